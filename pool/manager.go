@@ -1,0 +1,205 @@
+package pool
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"time"
+
+	"go.uber.org/zap"
+)
+
+// Manager owns every pool of server connections and the reaper goroutine
+// that closes connections idle or old past their limits.
+type Manager struct {
+	cfg     Config
+	log     *zap.Logger
+	metrics *metrics
+
+	mu     sync.Mutex
+	pools  map[poolKey]*pool
+	closed bool
+
+	stopReaper chan struct{}
+	reaperDone chan struct{}
+}
+
+// poolKey is what makes two connections interchangeable before setup.
+type poolKey struct {
+	addr, database, user string
+}
+
+// NewManager validates cfg and starts the reaper. The caller must Close the
+// Manager. It fails on a config value that has no meaning or when the
+// metrics cannot be registered.
+func NewManager(cfg Config, log *zap.Logger) (*Manager, error) {
+	cfg, err := cfg.withDefaults()
+	if err != nil {
+		return nil, err
+	}
+	met, err := newMetrics(cfg.Registerer)
+	if err != nil {
+		return nil, fmt.Errorf("pool: metrics: %w", err)
+	}
+	m := &Manager{
+		cfg:        cfg,
+		log:        log,
+		metrics:    met,
+		pools:      make(map[poolKey]*pool),
+		stopReaper: make(chan struct{}),
+		reaperDone: make(chan struct{}),
+	}
+	if every := cfg.reapInterval(); every > 0 {
+		go m.reap(every)
+	} else {
+		close(m.reaperDone)
+	}
+	return m, nil
+}
+
+// Acquire returns a connection of t's key with t.Setup applied: an idle one
+// when there is one (most recently used first, its session is warm), else a
+// new one, else it waits for one until ctx ends (ErrWaitTimeout). An idle
+// connection found broken (the server was restarted or the backend
+// terminated) is closed and the next one tried, so a stale pool never
+// reaches the caller. Errors: ErrClosed, ErrWaitTimeout, *SetupError, or
+// the connect error (wrapping pgconn's, and *pgconn.PgError when the server
+// refused the login). The caller must Release the Conn.
+func (m *Manager) Acquire(ctx context.Context, t Target) (*Conn, error) {
+	p, err := m.poolFor(t)
+	if err != nil {
+		return nil, err
+	}
+	for {
+		c, err := p.take(ctx)
+		if err != nil {
+			return nil, err
+		}
+		fresh := c == nil
+		if fresh {
+			c, err = connect(ctx, &m.cfg, &t)
+			if err != nil {
+				p.km.connectsFail.Inc()
+				p.dropSlot()
+				return nil, err
+			}
+			p.km.connectsOK.Inc()
+			c.pool = p
+			c.state = stateActive
+		} else if !c.alive() || m.expired(c, time.Now()) {
+			p.destroy(c)
+			continue
+		}
+		if err := c.setup(ctx, &m.cfg, &t); err != nil {
+			p.destroy(c)
+			var setupErr *SetupError
+			if fresh || errors.As(err, &setupErr) || ctx.Err() != nil {
+				return nil, err
+			}
+			// A reused connection that failed mid-setup died while idle.
+			m.log.Debug("pool: dropped broken idle connection", zap.String("database", t.Database),
+				zap.String("user", t.User), zap.Uint32("pid", c.pid), zap.Error(err))
+			continue
+		}
+		return c, nil
+	}
+}
+
+// Release hands c back. With reusable, the caller vouches that the protocol
+// is at a message boundary with the server waiting for a query (the last
+// server message was ReadyForQuery and nothing was sent since); c is reset
+// (see reset) and kept idle, or handed to a waiting Acquire. Otherwise, or
+// when the reset fails, the connection is too old, or the Manager is
+// closed, c is closed. Release blocks for the reset round trip, at most
+// Config.ResetTimeout. c must not be used afterwards.
+func (m *Manager) Release(c *Conn, reusable bool) {
+	p := c.pool
+	p.mu.Lock()
+	state := c.state
+	p.mu.Unlock()
+	if state != stateActive {
+		m.log.Error("pool: release of a connection that is not in use",
+			zap.Uint32("pid", c.pid), zap.Uint8("state", uint8(state)))
+		return
+	}
+	if reusable && !m.expired(c, time.Now()) {
+		err := c.reset(m.cfg.ResetTimeout)
+		if err == nil && p.put(c) {
+			return
+		}
+		if err != nil {
+			m.log.Info("pool: closing connection that failed reset", zap.String("database", p.key.database),
+				zap.String("user", p.key.user), zap.Uint32("pid", c.pid), zap.Error(err))
+		}
+	}
+	p.destroy(c)
+}
+
+// Close refuses further Acquires, wakes waiting ones with ErrClosed, closes
+// idle connections and stops the reaper. Connections in use are closed by
+// their Release. It is idempotent and returns when the reaper has ended.
+func (m *Manager) Close() error {
+	m.mu.Lock()
+	wasClosed := m.closed
+	m.closed = true
+	pools := make([]*pool, 0, len(m.pools))
+	for _, p := range m.pools {
+		pools = append(pools, p)
+	}
+	m.mu.Unlock()
+	if !wasClosed {
+		close(m.stopReaper)
+	}
+	<-m.reaperDone
+	for _, p := range pools {
+		p.close()
+	}
+	return nil
+}
+
+func (m *Manager) poolFor(t Target) (*pool, error) {
+	k := poolKey{addr: t.Addr, database: t.Database, user: t.User}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.closed {
+		return nil, ErrClosed
+	}
+	p := m.pools[k]
+	if p == nil {
+		p = &pool{key: k, max: m.cfg.MaxConnsPerKey, km: m.metrics.forKey(t.Database, t.User)}
+		m.pools[k] = p
+	}
+	return p, nil
+}
+
+func (m *Manager) expired(c *Conn, now time.Time) bool {
+	return m.cfg.MaxLifetime > 0 && now.Sub(c.createdAt) >= m.cfg.MaxLifetime
+}
+
+// reap runs until Close, closing idle connections past IdleTimeout or
+// MaxLifetime. Pools are never removed: their number is bounded by the
+// routes, and an empty one holds no connection.
+func (m *Manager) reap(every time.Duration) {
+	defer close(m.reaperDone)
+	tick := time.NewTicker(every)
+	defer tick.Stop()
+	for {
+		select {
+		case <-m.stopReaper:
+			return
+		case now := <-tick.C:
+			m.mu.Lock()
+			pools := make([]*pool, 0, len(m.pools))
+			for _, p := range m.pools {
+				pools = append(pools, p)
+			}
+			m.mu.Unlock()
+			for _, p := range pools {
+				p.evict(func(c *Conn) bool {
+					return m.expired(c, now) || (m.cfg.IdleTimeout > 0 && now.Sub(c.idleSince) >= m.cfg.IdleTimeout)
+				})
+			}
+		}
+	}
+}
