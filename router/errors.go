@@ -1,0 +1,83 @@
+package router
+
+import (
+	"errors"
+	"fmt"
+)
+
+// Code classifies every error the proxy can report to a client. The proxy
+// maps each Code to a severity and SQLSTATE in exactly one place, so the
+// table in DESIGN.md has one implementation.
+type Code int
+
+// Error codes, one per row of DESIGN.md's error table plus the protocol
+// and internal failures PostgreSQL itself would report.
+const (
+	// CodeInternal is an unexpected failure; clients see XX000.
+	CodeInternal Code = iota
+	// CodeNoTenant: the connection names no tenant (FATAL 28000).
+	CodeNoTenant
+	// CodeNoUser: the startup packet names no user (FATAL 28000).
+	CodeNoUser
+	// CodeConflictingTenant: two identification sources disagree (FATAL 28000).
+	CodeConflictingTenant
+	// CodeInvalidTenant: the tenant marker is not a valid id (FATAL 3D000).
+	CodeInvalidTenant
+	// CodeUnknownTenant: no such tenant in the catalog (FATAL 3D000).
+	CodeUnknownTenant
+	// CodeTenantSuspended: the tenant is suspended (FATAL 28000).
+	CodeTenantSuspended
+	// CodeTenantUnavailable: the tenant is still being provisioned (FATAL 57P03).
+	CodeTenantUnavailable
+	// CodeAuthFailed: wrong password or unknown user of that tenant (FATAL 28P01).
+	CodeAuthFailed
+	// CodeTLSRequired: the proxy accepts only TLS connections (FATAL 28000).
+	CodeTLSRequired
+	// CodeStatementRefused: the tenant policy refused a statement (ERROR 42501).
+	CodeStatementRefused
+	// CodeTooManyConnections: the per-tenant connection cap (FATAL 53300).
+	CodeTooManyConnections
+	// CodeRateLimited: too many failed logins, or a pool wait timed out (ERROR 53400).
+	CodeRateLimited
+	// CodeShuttingDown: the proxy is draining (FATAL 57P01).
+	CodeShuttingDown
+	// CodeProtocolViolation: malformed or unexpected message (FATAL 08P01).
+	CodeProtocolViolation
+	// CodeFeatureNotSupported: e.g. an unsupported protocol version or a
+	// replication connection (FATAL 0A000).
+	CodeFeatureNotSupported
+	// CodeBackendUnavailable: the backend cannot be reached or died (FATAL 08006).
+	CodeBackendUnavailable
+)
+
+// Error is a decision the client must hear about. Msg is written for the
+// client and must never contain secrets; Err, if any, is for logs.
+type Error struct {
+	Code Code
+	Msg  string
+	Err  error
+}
+
+func (e *Error) Error() string {
+	if e.Err != nil {
+		return fmt.Sprintf("%s: %v", e.Msg, e.Err)
+	}
+	return e.Msg
+}
+
+func (e *Error) Unwrap() error { return e.Err }
+
+// Errorf builds an *Error with a client-facing message.
+func Errorf(code Code, format string, args ...any) *Error {
+	return &Error{Code: code, Msg: fmt.Sprintf(format, args...)}
+}
+
+// CodeOf returns the Code of the first *Error in err's chain, or
+// CodeInternal when there is none.
+func CodeOf(err error) Code {
+	var e *Error
+	if errors.As(err, &e) {
+		return e.Code
+	}
+	return CodeInternal
+}

@@ -1,0 +1,196 @@
+package router
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"net"
+	"regexp"
+	"strconv"
+	"strings"
+
+	"github.com/jackc/pgx/v5/pgconn"
+
+	"github.com/tenantproxy/tenantproxy/catalog"
+)
+
+// Directory is what routing needs from the catalog. *catalog.Catalog
+// implements it; look-ups of missing rows wrap catalog.ErrNotFound.
+type Directory interface {
+	TenantBySubdomain(ctx context.Context, subdomain string) (*catalog.Tenant, error)
+	Backend(ctx context.Context, name string) (*catalog.Backend, error)
+	User(ctx context.Context, tenantID, username string) (*catalog.User, error)
+}
+
+// DefaultTenantGUC is the setting the shared tier's RLS policies read.
+const DefaultTenantGUC = "app.tenant_id"
+
+// Route says where and as whom a tenant's session runs.
+type Route struct {
+	Tenant *catalog.Tenant
+	// Backend is the catalog name of the server.
+	Backend string
+	// Network is "tcp" or "unix"; Addr is host:port or a socket path.
+	Network, Addr string
+	// TLS is the client TLS configuration toward the backend, nil for
+	// plaintext (sslmode disable, allow or prefer in the backend's DSN).
+	TLS *tls.Config
+	// Database, User and Password are the login to the backend: the
+	// tenant's database and the backend's serving role.
+	Database, User, Password string
+	// Setup is SQL to run on the server connection before the client's
+	// first statement, e.g. SET app.tenant_id = '42'.
+	Setup []string
+}
+
+// Resolver turns tenants into Routes. It is safe for concurrent use.
+type Resolver struct {
+	dir Directory
+	guc string
+}
+
+var gucPattern = regexp.MustCompile(`^[a-z_][a-z0-9_]*\.[a-z_][a-z0-9_]*$`)
+
+// NewResolver returns a Resolver over dir. tenantGUC is the custom setting
+// shared-tier RLS reads; empty means DefaultTenantGUC.
+func NewResolver(dir Directory, tenantGUC string) (*Resolver, error) {
+	if tenantGUC == "" {
+		tenantGUC = DefaultTenantGUC
+	}
+	if !gucPattern.MatchString(tenantGUC) {
+		return nil, fmt.Errorf("router: tenant setting %q is not a custom setting name like app.tenant_id", tenantGUC)
+	}
+	return &Resolver{dir: dir, guc: tenantGUC}, nil
+}
+
+// TenantGUC is the setting that carries the tenant id in the shared tier.
+func (r *Resolver) TenantGUC() string { return r.guc }
+
+// Tenant looks up an active tenant by subdomain. Errors: CodeUnknownTenant,
+// CodeTenantSuspended, CodeTenantUnavailable (still provisioning), or
+// CodeInternal wrapping a catalog failure.
+func (r *Resolver) Tenant(ctx context.Context, subdomain string) (*catalog.Tenant, error) {
+	t, err := r.dir.TenantBySubdomain(ctx, subdomain)
+	if errors.Is(err, catalog.ErrNotFound) {
+		return nil, Errorf(CodeUnknownTenant, "tenant %q does not exist", subdomain)
+	}
+	if err != nil {
+		return nil, &Error{Code: CodeInternal, Msg: "tenant look-up failed", Err: err}
+	}
+	switch t.Status {
+	case catalog.StatusActive:
+		return t, nil
+	case catalog.StatusSuspended:
+		return nil, Errorf(CodeTenantSuspended, "tenant %q is suspended", subdomain)
+	default:
+		return nil, Errorf(CodeTenantUnavailable, "tenant %q is not available yet", subdomain)
+	}
+}
+
+// User returns a tenant's login, or nil when the tenant has no such user.
+func (r *Resolver) User(ctx context.Context, t *catalog.Tenant, name string) (*catalog.User, error) {
+	u, err := r.dir.User(ctx, t.ID, name)
+	if errors.Is(err, catalog.ErrNotFound) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, &Error{Code: CodeInternal, Msg: "user look-up failed", Err: err}
+	}
+	return u, nil
+}
+
+// Route resolves an active tenant to its server, database, login role and
+// session setup.
+func (r *Resolver) Route(ctx context.Context, t *catalog.Tenant) (*Route, error) {
+	b, err := r.dir.Backend(ctx, t.Backend)
+	if err != nil {
+		return nil, &Error{Code: CodeInternal, Msg: "backend look-up failed", Err: err}
+	}
+	rt := &Route{Tenant: t, Backend: b.Name, Database: t.Database, User: b.ServingUser, Password: b.ServingPassword}
+	if rt.Network, rt.Addr, rt.TLS, err = backendAddr(b.AdminDSN); err != nil {
+		// The DSN holds a secret: report the backend by name only.
+		return nil, &Error{Code: CodeInternal, Msg: "backend address", Err: fmt.Errorf("backend %q: unusable DSN", b.Name)}
+	}
+	switch t.Tier {
+	case catalog.TierShared:
+		rt.Setup = []string{fmt.Sprintf("SET %s = %s", r.guc, QuoteLiteral(t.ID))}
+	case catalog.TierSchema:
+		if t.SchemaName == "" {
+			return nil, &Error{Code: CodeInternal, Msg: "tenant has no schema", Err: fmt.Errorf("tenant %q: schema tier without schema_name", t.Subdomain)}
+		}
+		rt.Setup = []string{
+			"SET ROLE " + QuoteIdent(t.SchemaName),
+			"SET search_path = " + QuoteIdent(t.SchemaName),
+		}
+	case catalog.TierDatabase:
+	default:
+		return nil, &Error{Code: CodeInternal, Msg: "unknown tier", Err: fmt.Errorf("tenant %q: tier %q", t.Subdomain, t.Tier)}
+	}
+	return rt, nil
+}
+
+// backendAddr takes the server location and TLS requirement from a
+// backend's admin DSN; the credentials in it are for provisioning only.
+func backendAddr(dsn string) (network, addr string, tlsCfg *tls.Config, err error) {
+	cfg, err := pgconn.ParseConfig(dsn)
+	if err != nil {
+		return "", "", nil, err
+	}
+	tlsCfg = cfg.TLSConfig
+	for _, fb := range cfg.Fallbacks {
+		// sslmode=prefer/allow: plaintext is acceptable, and is what the
+		// pool speaks when TLS is optional.
+		if fb.TLSConfig == nil {
+			tlsCfg = nil
+		}
+	}
+	port := strconv.Itoa(int(cfg.Port))
+	if strings.HasPrefix(cfg.Host, "/") {
+		return "unix", cfg.Host + "/.s.PGSQL." + port, nil, nil
+	}
+	return "tcp", net.JoinHostPort(cfg.Host, port), tlsCfg, nil
+}
+
+// QuoteIdent quotes s as an SQL identifier.
+func QuoteIdent(s string) string {
+	return `"` + strings.ReplaceAll(s, `"`, `""`) + `"`
+}
+
+// QuoteLiteral quotes s as an SQL string literal that means the same
+// whatever standard_conforming_strings is.
+func QuoteLiteral(s string) string {
+	q := "'" + strings.ReplaceAll(s, "'", "''") + "'"
+	if strings.Contains(s, `\`) {
+		q = "E" + strings.ReplaceAll(q, `\`, `\\`)
+	}
+	return q
+}
+
+// startupSettings are the settings a client may pass in its startup
+// packet (as parameters or "-c" options). They are applied with SET after
+// the tenant's setup; nothing else is, because a pooled server connection
+// outlives the client and other settings could widen the tenant's context.
+var startupSettings = map[string]bool{
+	"application_name": true, "client_encoding": true, "datestyle": true, "timezone": true,
+	"intervalstyle": true, "extra_float_digits": true, "search_path": true,
+	"statement_timeout": true, "lock_timeout": true, "idle_in_transaction_session_timeout": true,
+	"bytea_output": true, "client_min_messages": true,
+	"default_transaction_isolation": true, "default_transaction_read_only": true,
+	"work_mem": true, "jit": true,
+}
+
+// SessionSettings turns startup settings into statements, refusing
+// (CodeStatementRefused) any the proxy does not pass on. set_config parses
+// the value as PostgreSQL parses a startup parameter (so search_path
+// "a,b" is a list), which SET with a quoted literal would not.
+func SessionSettings(settings []Setting) ([]string, error) {
+	out := make([]string, 0, len(settings))
+	for _, s := range settings {
+		if !startupSettings[strings.ToLower(s.Name)] {
+			return nil, Errorf(CodeStatementRefused, "setting %q cannot be set at connection start through the proxy", s.Name)
+		}
+		out = append(out, fmt.Sprintf("SELECT pg_catalog.set_config(%s, %s, false)", QuoteLiteral(strings.ToLower(s.Name)), QuoteLiteral(s.Value)))
+	}
+	return out, nil
+}

@@ -1,0 +1,125 @@
+package router
+
+import (
+	"context"
+	"fmt"
+	"slices"
+	"testing"
+
+	"github.com/tenantproxy/tenantproxy/catalog"
+)
+
+// directory is an in-memory Directory for policy tests.
+type directory struct {
+	tenants  map[string]*catalog.Tenant
+	backends map[string]*catalog.Backend
+}
+
+func (d directory) TenantBySubdomain(_ context.Context, sub string) (*catalog.Tenant, error) {
+	if t, ok := d.tenants[sub]; ok {
+		return t, nil
+	}
+	return nil, fmt.Errorf("tenant %q: %w", sub, catalog.ErrNotFound)
+}
+
+func (d directory) Backend(_ context.Context, name string) (*catalog.Backend, error) {
+	if b, ok := d.backends[name]; ok {
+		return b, nil
+	}
+	return nil, fmt.Errorf("backend %q: %w", name, catalog.ErrNotFound)
+}
+
+func (d directory) User(context.Context, string, string) (*catalog.User, error) {
+	return nil, catalog.ErrNotFound
+}
+
+var _ Directory = directory{}
+
+func TestRoutePerTier(t *testing.T) {
+	dir := directory{
+		tenants: map[string]*catalog.Tenant{
+			"free":   {ID: "11", Subdomain: "free", Tier: catalog.TierShared, Status: catalog.StatusActive, Backend: "main", Database: "shared"},
+			"pro":    {ID: "12", Subdomain: "pro", Tier: catalog.TierSchema, Status: catalog.StatusActive, Backend: "main", Database: "schemas", SchemaName: "tenant_pro"},
+			"big":    {ID: "13", Subdomain: "big", Tier: catalog.TierDatabase, Status: catalog.StatusActive, Backend: "eu", Database: "tenant_big"},
+			"frozen": {ID: "14", Subdomain: "frozen", Tier: catalog.TierShared, Status: catalog.StatusSuspended, Backend: "main"},
+			"new":    {ID: "15", Subdomain: "new", Tier: catalog.TierShared, Status: catalog.StatusProvisioning, Backend: "main"},
+		},
+		backends: map[string]*catalog.Backend{
+			"main": {Name: "main", AdminDSN: "postgres://admin:secret@127.0.0.1:5432/postgres?sslmode=disable", ServingUser: "serve", ServingPassword: "pw"},
+			"eu":   {Name: "eu", AdminDSN: "host=/tmp/pg port=6543 user=admin sslmode=prefer", ServingUser: "serve"},
+		},
+	}
+	r, err := NewResolver(dir, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	tests := []struct {
+		sub           string
+		wantAddr      string
+		wantDB        string
+		wantSetup     []string
+		wantErrorCode Code
+	}{
+		{sub: "free", wantAddr: "127.0.0.1:5432", wantDB: "shared", wantSetup: []string{"SET app.tenant_id = '11'"}},
+		{sub: "pro", wantAddr: "127.0.0.1:5432", wantDB: "schemas", wantSetup: []string{`SET ROLE "tenant_pro"`, `SET search_path = "tenant_pro"`}},
+		{sub: "big", wantAddr: "/tmp/pg/.s.PGSQL.6543", wantDB: "tenant_big"},
+		{sub: "frozen", wantErrorCode: CodeTenantSuspended},
+		{sub: "new", wantErrorCode: CodeTenantUnavailable},
+		{sub: "nope", wantErrorCode: CodeUnknownTenant},
+	}
+	for _, tt := range tests {
+		t.Run(tt.sub, func(t *testing.T) {
+			tn, err := r.Tenant(ctx, tt.sub)
+			if tt.wantErrorCode != CodeInternal {
+				if CodeOf(err) != tt.wantErrorCode {
+					t.Fatalf("Tenant(%q) error %v; want code %d", tt.sub, err, tt.wantErrorCode)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			rt, err := r.Route(ctx, tn)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if rt.Addr != tt.wantAddr || rt.Database != tt.wantDB || rt.User != "serve" || !slices.Equal(rt.Setup, tt.wantSetup) {
+				t.Fatalf("Route(%q) = %+v", tt.sub, rt)
+			}
+			if rt.TLS != nil {
+				t.Fatalf("Route(%q) requires TLS for a DSN that does not", tt.sub)
+			}
+		})
+	}
+}
+
+func TestNewResolverRejectsBadGUC(t *testing.T) {
+	for _, guc := range []string{"tenant", "app.x; DROP", `app."x"`} {
+		if _, err := NewResolver(directory{}, guc); err == nil {
+			t.Errorf("NewResolver accepted setting name %q", guc)
+		}
+	}
+}
+
+func TestQuoting(t *testing.T) {
+	if got := QuoteIdent(`a"b`); got != `"a""b"` {
+		t.Errorf("QuoteIdent = %s", got)
+	}
+	if got := QuoteLiteral(`it's`); got != `'it''s'` {
+		t.Errorf("QuoteLiteral = %s", got)
+	}
+	if got := QuoteLiteral(`a\b`); got != `E'a\\b'` {
+		t.Errorf("QuoteLiteral = %s", got)
+	}
+}
+
+func TestSessionSettings(t *testing.T) {
+	got, err := SessionSettings([]Setting{{"application_name", "it's"}})
+	if err != nil || len(got) != 1 || got[0] != `SELECT pg_catalog.set_config('application_name', 'it''s', false)` {
+		t.Fatalf("SessionSettings = %q, %v", got, err)
+	}
+	if _, err := SessionSettings([]Setting{{"role", "x"}}); CodeOf(err) != CodeStatementRefused {
+		t.Fatalf("setting role at startup: %v; want refused", err)
+	}
+}
