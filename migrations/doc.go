@@ -1,0 +1,32 @@
+// Package migrations owns every table tenantproxy creates and the runner that
+// applies them. The SQL is embedded, so a binary carries exactly the schema it
+// was built with.
+//
+//   - control/*.sql is the catalog (backends, tenants, tenant_users, outbox)
+//     in the control database.
+//   - tenant/*.sql is the chat data model, written once as text/template and
+//     rendered in three forms (For): KindShared adds a tenant_id column that
+//     defaults to the tenant GUC plus forced, fail-closed RLS; KindSchema
+//     creates the objects in the tenant's schema as the tenant's role;
+//     KindDatabase creates them in the tenant's own database. Shared and
+//     database forms grant DML to the serving role.
+//
+// Every target (the control database, each backend's shared database, each
+// tenant schema, each tenant database) keeps its own schema_migrations table
+// of version, name, checksum and applied_at. Apply runs each pending
+// migration in its own transaction under the target's advisory lock and
+// refuses an applied migration whose SQL changed (ChecksumError).
+//
+// API the CLI calls:
+//
+//	Up(ctx, controlDSN, Options{Concurrency, Progress, Logger}) (*Report, error)     // migrate up
+//	Status(ctx, controlDSN, Options{...}) (*Report, error)                            // migrate status
+//	TextProgress(w) func(Progress)                                                    // a progress display
+//
+// Up migrates the control database, registers the catalog's own server as
+// backend "main" on an empty catalog (RegisterBackend: serving role, shared
+// and schema databases), then fans out over every target with bounded
+// concurrency; a failed target is reported in the Report and the joined
+// error, and the others carry on. The catalog package calls Apply,
+// RegisterBackend and CreateDatabase while it provisions.
+package migrations

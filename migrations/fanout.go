@@ -1,0 +1,317 @@
+package migrations
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"sync"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"go.uber.org/zap"
+)
+
+// DefaultConcurrency is how many targets Up and Status work on at once when
+// Options.Concurrency is zero.
+const DefaultConcurrency = 8
+
+// MainBackend and DefaultRegion name the backend that Up registers on an
+// empty catalog: the catalog's own server.
+const (
+	MainBackend   = "main"
+	DefaultRegion = "default"
+)
+
+// Options tune Up and Status.
+type Options struct {
+	// Concurrency bounds the targets worked on at once and the connections
+	// held per database; zero means DefaultConcurrency.
+	Concurrency int
+	// Progress, when set, is called once per finished target, never
+	// concurrently.
+	Progress func(Progress)
+	// Logger receives one line per failed target; nil means no logging.
+	Logger *zap.Logger
+}
+
+// Progress reports one finished target.
+type Progress struct {
+	Done, Total int
+	Result      Result
+}
+
+// Result is the outcome for one target.
+type Result struct {
+	Target Target `json:"target"`
+	// Applied counts the migrations this run applied (Up only).
+	Applied int `json:"applied"`
+	// Version is the highest applied version afterwards; Latest is the
+	// highest this binary knows for the target's kind.
+	Version int   `json:"version"`
+	Latest  int   `json:"latest"`
+	Err     error `json:"-"`
+}
+
+// Report lists every target's result, in catalog order.
+type Report struct {
+	Results  []Result      `json:"results"`
+	Failed   int           `json:"failed"`
+	Duration time.Duration `json:"duration"`
+}
+
+// TextProgress renders progress as one line per target on w, for humans.
+func TextProgress(w io.Writer) func(Progress) {
+	return func(p Progress) {
+		r := p.Result
+		switch {
+		case r.Err != nil:
+			fmt.Fprintf(w, "[%d/%d] %s: FAILED: %v\n", p.Done, p.Total, r.Target, r.Err)
+		case r.Applied > 0:
+			fmt.Fprintf(w, "[%d/%d] %s: applied %d, now at version %d\n", p.Done, p.Total, r.Target, r.Applied, r.Version)
+		default:
+			fmt.Fprintf(w, "[%d/%d] %s: up to date (version %d)\n", p.Done, p.Total, r.Target, r.Version)
+		}
+	}
+}
+
+// Up migrates the catalog at controlDSN, registers the catalog's own server
+// as backend "main" (region "default") when the catalog has no backend, and
+// then brings every backend's shared database, every tenant schema and every
+// tenant database up to date, opts.Concurrency at a time. One target's
+// failure does not stop the others: the report lists every result and the
+// error joins the failures. Two Up runs at once are safe: the control step is
+// serialized by a session advisory lock, each target by its own.
+func Up(ctx context.Context, controlDSN string, opts Options) (*Report, error) {
+	start := time.Now()
+	control, err := ConnectAs(ctx, controlDSN, "")
+	if err != nil {
+		return nil, fmt.Errorf("migrations: control database: %w", err)
+	}
+	defer control.Close(context.WithoutCancel(ctx))
+
+	ctrl, err := upControl(ctx, control, controlDSN)
+	if err != nil {
+		return nil, err
+	}
+	targets, err := tenantTargets(ctx, control)
+	if err != nil {
+		return nil, err
+	}
+	rep := run(ctx, control, targets, opts, func(ctx context.Context, db DB, t Target) Result {
+		n, err := Apply(ctx, db, t)
+		r := Result{Target: t, Applied: n, Err: err}
+		if err == nil {
+			r.Version, r.Err = Version(ctx, db, t)
+		}
+		return r
+	})
+	rep.Results = append([]Result{ctrl}, rep.Results...)
+	rep.Duration = time.Since(start)
+	return rep, rep.err()
+}
+
+func upControl(ctx context.Context, control *pgx.Conn, controlDSN string) (Result, error) {
+	t := Target{Kind: KindControl, Database: control.Config().Database}
+	if _, err := control.Exec(ctx, "SELECT pg_advisory_lock($1)", upLockKey); err != nil {
+		return Result{}, fmt.Errorf("migrations: control lock: %w", err)
+	}
+	defer control.Exec(context.WithoutCancel(ctx), "SELECT pg_advisory_unlock($1)", upLockKey) //nolint:errcheck // the session ends soon; a failed unlock dies with it
+	n, err := Apply(ctx, control, t)
+	if err != nil {
+		return Result{}, err
+	}
+	var empty bool
+	if err := control.QueryRow(ctx, "SELECT NOT EXISTS (SELECT FROM backends)").Scan(&empty); err != nil {
+		return Result{}, fmt.Errorf("migrations: %w", err)
+	}
+	if empty {
+		if err := RegisterBackend(ctx, control, Backend{Name: MainBackend, Region: DefaultRegion, AdminDSN: controlDSN}); err != nil {
+			return Result{}, err
+		}
+	}
+	v, err := Version(ctx, control, t)
+	return Result{Target: t, Applied: n, Version: v, Latest: latest(KindControl)}, err
+}
+
+// Status reports every target's applied version without changing anything.
+func Status(ctx context.Context, controlDSN string, opts Options) (*Report, error) {
+	start := time.Now()
+	control, err := ConnectAs(ctx, controlDSN, "")
+	if err != nil {
+		return nil, fmt.Errorf("migrations: control database: %w", err)
+	}
+	defer control.Close(context.WithoutCancel(ctx))
+	ct := Target{Kind: KindControl, Database: control.Config().Database}
+	v, err := Version(ctx, control, ct)
+	if err != nil {
+		return nil, fmt.Errorf("migrations: control database: %w", err)
+	}
+	ctrl := Result{Target: ct, Version: v, Latest: latest(KindControl)}
+	var targets []Target
+	if v > 0 {
+		if targets, err = tenantTargets(ctx, control); err != nil {
+			return nil, err
+		}
+	}
+	rep := run(ctx, control, targets, opts, func(ctx context.Context, db DB, t Target) Result {
+		v, err := Version(ctx, db, t)
+		return Result{Target: t, Version: v, Err: err}
+	})
+	rep.Results = append([]Result{ctrl}, rep.Results...)
+	rep.Duration = time.Since(start)
+	return rep, rep.err()
+}
+
+func (r *Report) err() error {
+	var errs []error
+	for _, res := range r.Results {
+		if res.Err != nil {
+			errs = append(errs, res.Err)
+		}
+	}
+	if len(errs) == 0 {
+		return nil
+	}
+	return fmt.Errorf("migrations: %d of %d targets failed: %w", len(errs), len(r.Results), errors.Join(errs...))
+}
+
+func latest(k Kind) int {
+	ms, err := For(k)
+	if err != nil || len(ms) == 0 {
+		return 0
+	}
+	return ms[len(ms)-1].Version
+}
+
+// tenantTargets lists every backend's shared database and every tenant's
+// schema or database. Tenants still being provisioned are left to their
+// create, which migrates them itself.
+func tenantTargets(ctx context.Context, control *pgx.Conn) ([]Target, error) {
+	rows, err := control.Query(ctx, `
+		SELECT 'shared', name, shared_database, '', '' FROM backends
+		UNION ALL
+		SELECT isolation_level, backend, database, coalesce(schema_name, ''), id FROM tenants
+		WHERE isolation_level IN ('schema', 'database') AND status <> 'provisioning'
+		ORDER BY 1 DESC, 2, 3, 4`)
+	if err != nil {
+		return nil, fmt.Errorf("migrations: listing targets: %w", err)
+	}
+	var t Target
+	targets, err := pgx.CollectRows(rows, func(row pgx.CollectableRow) (Target, error) {
+		err := row.Scan(&t.Kind, &t.Backend, &t.Database, &t.Schema, &t.Tenant)
+		return t, err
+	})
+	if err != nil {
+		return nil, fmt.Errorf("migrations: listing targets: %w", err)
+	}
+	return targets, nil
+}
+
+// run calls fn for every target, opts.Concurrency at a time. Each worker
+// keeps one connection per database it has worked in, so 500 tenant schemas
+// in one database cost opts.Concurrency connections, not 500.
+func run(ctx context.Context, control *pgx.Conn, targets []Target, opts Options, fn func(context.Context, DB, Target) Result) *Report {
+	n := opts.Concurrency
+	if n <= 0 {
+		n = DefaultConcurrency
+	}
+	rep := &Report{Results: make([]Result, len(targets))}
+	dsns, err := adminDSNs(ctx, control)
+	if err != nil {
+		for i, t := range targets {
+			rep.Results[i] = Result{Target: t, Err: err}
+		}
+		rep.Failed = len(targets)
+		return rep
+	}
+
+	var mu sync.Mutex
+	done := 0
+	finish := func(i int, r Result) {
+		r.Latest = latest(r.Target.Kind)
+		mu.Lock()
+		defer mu.Unlock()
+		rep.Results[i] = r
+		done++
+		if r.Err != nil {
+			rep.Failed++
+			if opts.Logger != nil {
+				opts.Logger.Error("migration target failed", zap.String("target", r.Target.String()),
+					zap.String("tenant", r.Target.Tenant), zap.Error(r.Err))
+			}
+		}
+		if opts.Progress != nil {
+			opts.Progress(Progress{Done: done, Total: len(targets), Result: r})
+		}
+	}
+
+	work := make(chan int)
+	var wg sync.WaitGroup
+	for range min(n, len(targets)) {
+		wg.Go(func() {
+			w := worker{dsns: dsns, conns: map[[2]string]*pgx.Conn{}}
+			defer w.close(ctx)
+			for i := range work {
+				finish(i, w.do(ctx, targets[i], fn))
+			}
+		})
+	}
+	for i := range targets {
+		work <- i
+	}
+	close(work)
+	wg.Wait()
+	return rep
+}
+
+// worker holds its connections to the shared and schema databases across
+// targets; a tenant's own database gets a connection for its turn only.
+type worker struct {
+	dsns  map[string]string
+	conns map[[2]string]*pgx.Conn
+}
+
+func (w *worker) do(ctx context.Context, t Target, fn func(context.Context, DB, Target) Result) Result {
+	dsn, ok := w.dsns[t.Backend]
+	if !ok {
+		return Result{Target: t, Err: fmt.Errorf("migrations: %s: unknown backend %q", t, t.Backend)}
+	}
+	key := [2]string{t.Backend, t.Database}
+	conn := w.conns[key]
+	if conn == nil || conn.IsClosed() {
+		var err error
+		if conn, err = ConnectAs(ctx, dsn, t.Database); err != nil {
+			return Result{Target: t, Err: fmt.Errorf("migrations: %s: %w", t, err)}
+		}
+		if t.Kind == KindDatabase {
+			defer conn.Close(context.WithoutCancel(ctx))
+		} else {
+			w.conns[key] = conn
+		}
+	}
+	return fn(ctx, conn, t)
+}
+
+func (w *worker) close(ctx context.Context) {
+	for _, c := range w.conns {
+		c.Close(context.WithoutCancel(ctx))
+	}
+}
+
+func adminDSNs(ctx context.Context, control *pgx.Conn) (map[string]string, error) {
+	rows, err := control.Query(ctx, "SELECT name, admin_dsn FROM backends")
+	if err != nil {
+		return nil, fmt.Errorf("migrations: listing backends: %w", err)
+	}
+	dsns := map[string]string{}
+	var name, dsn string
+	_, err = pgx.ForEachRow(rows, []any{&name, &dsn}, func() error {
+		dsns[name] = dsn
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("migrations: listing backends: %w", err)
+	}
+	return dsns, nil
+}

@@ -1,0 +1,179 @@
+package migrations
+
+import (
+	"bytes"
+	"crypto/sha256"
+	"embed"
+	"encoding/hex"
+	"fmt"
+	"io/fs"
+	"path"
+	"sort"
+	"strconv"
+	"strings"
+	"sync"
+	"text/template"
+
+	"github.com/jackc/pgx/v5"
+)
+
+//go:embed control/*.sql tenant/*.sql
+var files embed.FS
+
+// Names every backend shares. They are fixed rather than configurable so
+// that the proxy, the catalog and an operator reading pg_roles agree on them.
+const (
+	// ServingRole is the non-superuser login role that carries tenant traffic.
+	ServingRole = "tenantproxy_serving"
+	// SharedDatabase holds the shared tier's RLS tables.
+	SharedDatabase = "tenantproxy_shared"
+	// SchemaDatabase holds one schema per schema-tier tenant.
+	SchemaDatabase = "tenantproxy_tenants"
+	// TenantGUC is the setting the shared tier's policies compare tenant_id
+	// with; the proxy sets it per transaction.
+	TenantGUC = "app.tenant_id"
+)
+
+// Kind says what a migration target is and which set of migrations it gets.
+type Kind string
+
+// The four kinds of target. The last three get the same chat model rendered
+// in their tier's form.
+const (
+	KindControl  Kind = "control"
+	KindShared   Kind = "shared"
+	KindSchema   Kind = "schema"
+	KindDatabase Kind = "database"
+)
+
+// Migration is one versioned SQL script, rendered for its kind of target.
+// Checksum is the hex SHA-256 of SQL; an applied migration whose checksum
+// changed has been edited after the fact, which the runner refuses.
+type Migration struct {
+	Version  int
+	Name     string
+	SQL      string
+	Checksum string
+}
+
+// sets renders every kind's migrations once; the templates are embedded, so
+// a rendering error is a bug in this package and every caller sees it.
+var sets = sync.OnceValues(func() (map[Kind][]Migration, error) {
+	out := map[Kind][]Migration{}
+	control, err := load("control", nil)
+	if err != nil {
+		return nil, err
+	}
+	out[KindControl] = control
+	for _, k := range []Kind{KindShared, KindSchema, KindDatabase} {
+		ms, err := load("tenant", tenantFuncs(k))
+		if err != nil {
+			return nil, err
+		}
+		out[k] = ms
+	}
+	return out, nil
+})
+
+// For returns the migrations a target of kind k gets, in version order.
+func For(k Kind) ([]Migration, error) {
+	all, err := sets()
+	if err != nil {
+		return nil, err
+	}
+	ms, ok := all[k]
+	if !ok {
+		return nil, fmt.Errorf("migrations: unknown target kind %q", k)
+	}
+	return ms, nil
+}
+
+// load reads dir's "<version>_<name>.sql" files, rendering them as templates
+// when funcs is not nil.
+func load(dir string, funcs template.FuncMap) ([]Migration, error) {
+	entries, err := fs.ReadDir(files, dir)
+	if err != nil {
+		return nil, err
+	}
+	var ms []Migration
+	seen := map[int]string{}
+	for _, e := range entries {
+		base := e.Name()
+		num, name, ok := strings.Cut(strings.TrimSuffix(base, ".sql"), "_")
+		v, err := strconv.Atoi(num)
+		if !ok || err != nil || v <= 0 {
+			return nil, fmt.Errorf("migrations: %s/%s: want <version>_<name>.sql", dir, base)
+		}
+		if prev, dup := seen[v]; dup {
+			return nil, fmt.Errorf("migrations: %s: version %d used by %s and %s", dir, v, prev, base)
+		}
+		seen[v] = base
+		raw, err := files.ReadFile(path.Join(dir, base))
+		if err != nil {
+			return nil, err
+		}
+		sql := string(raw)
+		if funcs != nil {
+			t, err := template.New(base).Funcs(funcs).Parse(sql)
+			if err != nil {
+				return nil, fmt.Errorf("migrations: %s/%s: %w", dir, base, err)
+			}
+			var b bytes.Buffer
+			if err := t.Execute(&b, nil); err != nil {
+				return nil, fmt.Errorf("migrations: %s/%s: %w", dir, base, err)
+			}
+			sql = b.String()
+		}
+		sum := sha256.Sum256([]byte(sql))
+		ms = append(ms, Migration{Version: v, Name: name, SQL: sql, Checksum: hex.EncodeToString(sum[:])})
+	}
+	sort.Slice(ms, func(i, j int) bool { return ms[i].Version < ms[j].Version })
+	return ms, nil
+}
+
+// tenantFuncs are the template markers of tenant/*.sql for one tier. Only the
+// shared tier has a tenant column and RLS; the schema tier's objects are
+// owned by the tenant's role, so only the other two grant to the serving role.
+func tenantFuncs(k Kind) template.FuncMap {
+	shared := k == KindShared
+	guc := "NULLIF(current_setting(" + quoteLiteral(TenantGUC) + ", true), '')"
+	return template.FuncMap{
+		"tenantColumn": func() string {
+			if !shared {
+				return ""
+			}
+			return "tenant_id text NOT NULL DEFAULT " + guc + ","
+		},
+		"key": func() string {
+			if !shared {
+				return ""
+			}
+			return "tenant_id, "
+		},
+		// The policy compares with NULLIF(..., ''): an unset GUC (NULL) or one
+		// reset to '' matches no row and lets no row in, so forgetting to set
+		// the tenant fails closed.
+		"isolate": func(table string) string {
+			if !shared {
+				return ""
+			}
+			t := ident(table)
+			return fmt.Sprintf("ALTER TABLE %[1]s ENABLE ROW LEVEL SECURITY;\n"+
+				"ALTER TABLE %[1]s FORCE ROW LEVEL SECURITY;\n"+
+				"CREATE POLICY tenant_isolation ON %[1]s USING (tenant_id = %[2]s) WITH CHECK (tenant_id = %[2]s);",
+				t, guc)
+		},
+		"grant": func(table string) string {
+			if k == KindSchema {
+				return ""
+			}
+			return fmt.Sprintf("GRANT SELECT, INSERT, UPDATE, DELETE ON %s TO %s;", ident(table), ident(ServingRole))
+		},
+	}
+}
+
+func ident(parts ...string) string { return pgx.Identifier(parts).Sanitize() }
+
+// quoteLiteral quotes s as an SQL string literal (standard_conforming_strings
+// on, the default since PostgreSQL 9.1).
+func quoteLiteral(s string) string { return "'" + strings.ReplaceAll(s, "'", "''") + "'" }

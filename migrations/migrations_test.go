@@ -1,0 +1,292 @@
+package migrations_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/tenantproxy/tenantproxy/internal/pgtest"
+	"github.com/tenantproxy/tenantproxy/migrations"
+)
+
+func TestMain(m *testing.M) { pgtest.RunMain(m) }
+
+func ctxT(t testing.TB) context.Context {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	t.Cleanup(cancel)
+	return ctx
+}
+
+func connect(t testing.TB, dsn string) *pgx.Conn {
+	t.Helper()
+	conn, err := pgx.Connect(ctxT(t), dsn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close(context.Background()) })
+	return conn
+}
+
+// freshCatalog starts a private cluster (the serving role and backend
+// databases are cluster-wide) and returns its control DSN, migrated.
+func freshCatalog(t testing.TB) (*pgtest.Cluster, string) {
+	t.Helper()
+	c := pgtest.StartT(t)
+	dsn := pgtest.NewDatabase(t, c)
+	if _, err := migrations.Up(ctxT(t), dsn, migrations.Options{}); err != nil {
+		t.Fatalf("migrate up: %v", err)
+	}
+	return c, dsn
+}
+
+// seedSchemaTenants registers n schema-tier tenants the way provisioning
+// does, minus their migrations, so that Up has every one of them to migrate.
+func seedSchemaTenants(t testing.TB, c *pgtest.Cluster, controlDSN, prefix string, n int) []string {
+	t.Helper()
+	ctx := ctxT(t)
+	control := connect(t, controlDSN)
+	tenants := connect(t, c.DSN(migrations.SchemaDatabase))
+	var ids []string
+	for i := range n {
+		ids = append(ids, fmt.Sprintf("%s-%04d", prefix, i))
+	}
+	for chunk := range slicesChunk(ids, 100) {
+		var ddl strings.Builder
+		for _, id := range chunk {
+			name := pgx.Identifier{"tenant_" + id}.Sanitize()
+			fmt.Fprintf(&ddl, "CREATE ROLE %[1]s NOLOGIN; CREATE SCHEMA %[1]s AUTHORIZATION %[1]s; GRANT %[1]s TO %[2]s;\n",
+				name, migrations.ServingRole)
+		}
+		if _, err := tenants.Exec(ctx, ddl.String()); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := control.Exec(ctx, `INSERT INTO tenants (id, name, subdomain, isolation_level, plan, status,
+			data_region, backend, database, schema_name, max_users, max_storage_gb)
+			SELECT id, id, id, 'schema', 'standard', 'active', 'default', 'main', $2, 'tenant_' || id, 50, 50
+			FROM unnest($1::text[]) id`, chunk, migrations.SchemaDatabase); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return ids
+}
+
+func slicesChunk(s []string, n int) func(func([]string) bool) {
+	return func(yield func([]string) bool) {
+		for len(s) > 0 {
+			k := min(n, len(s))
+			if !yield(s[:k]) {
+				return
+			}
+			s = s[k:]
+		}
+	}
+}
+
+func TestUpOnEmptyCatalogRegistersMainWithServingRole(t *testing.T) {
+	c, dsn := freshCatalog(t)
+	ctx := ctxT(t)
+	control := connect(t, dsn)
+
+	var name, region, adminDSN, user, password string
+	if err := control.QueryRow(ctx, "SELECT name, region, admin_dsn, serving_user, serving_password FROM backends").
+		Scan(&name, &region, &adminDSN, &user, &password); err != nil {
+		t.Fatal(err)
+	}
+	if name != "main" || region != "default" || adminDSN != dsn || user != migrations.ServingRole || len(password) < 20 {
+		t.Fatalf("backend row = %q %q dsn-equal=%v %q password-len=%d; want main default true %s >=20",
+			name, region, adminDSN == dsn, user, len(password), migrations.ServingRole)
+	}
+
+	var login, super, bypass, createRole, createDB, inherit bool
+	if err := control.QueryRow(ctx, `SELECT rolcanlogin, rolsuper, rolbypassrls, rolcreaterole, rolcreatedb, rolinherit
+		FROM pg_roles WHERE rolname = $1`, user).Scan(&login, &super, &bypass, &createRole, &createDB, &inherit); err != nil {
+		t.Fatal(err)
+	}
+	if !login || super || bypass || createRole || createDB || inherit {
+		t.Fatalf("serving role login=%v super=%v bypassrls=%v createrole=%v createdb=%v inherit=%v; want only login",
+			login, super, bypass, createRole, createDB, inherit)
+	}
+
+	// PUBLIC may not connect to the backend databases; the serving role may,
+	// with the password the catalog stores.
+	if _, err := control.Exec(ctx, "CREATE ROLE outsider LOGIN PASSWORD 'outsider-pw'"); err != nil {
+		t.Fatal(err)
+	}
+	for _, db := range []string{migrations.SharedDatabase, migrations.SchemaDatabase} {
+		var public, serving bool
+		if err := control.QueryRow(ctx, "SELECT has_database_privilege('outsider', $1, 'CONNECT'), has_database_privilege($2, $1, 'CONNECT')",
+			db, user).Scan(&public, &serving); err != nil {
+			t.Fatal(err)
+		}
+		if public || !serving {
+			t.Errorf("%s: CONNECT for PUBLIC=%v serving=%v; want false true", db, public, serving)
+		}
+		cfg, err := pgx.ParseConfig(c.DSN(db))
+		if err != nil {
+			t.Fatal(err)
+		}
+		cfg.User, cfg.Password = user, password
+		conn, err := pgx.ConnectConfig(ctx, cfg)
+		if err != nil {
+			t.Fatalf("serving role cannot log in to %s: %v", db, err)
+		}
+		conn.Close(ctx)
+	}
+
+	// A second up changes nothing.
+	rep, err := migrations.Up(ctx, dsn, migrations.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, r := range rep.Results {
+		if r.Applied != 0 || r.Version != r.Latest {
+			t.Errorf("second up: %s applied %d, at %d of %d; want 0 applied, up to date", r.Target, r.Applied, r.Version, r.Latest)
+		}
+	}
+}
+
+func TestTenantModelRendersThreeForms(t *testing.T) {
+	shared, err := migrations.For(migrations.KindShared)
+	if err != nil {
+		t.Fatal(err)
+	}
+	schema, _ := migrations.For(migrations.KindSchema)
+	database, _ := migrations.For(migrations.KindDatabase)
+	if len(shared) == 0 || len(shared) != len(schema) || len(schema) != len(database) {
+		t.Fatalf("forms have %d, %d, %d migrations; want the same non-zero count", len(shared), len(schema), len(database))
+	}
+	for i := range shared {
+		s, sc, d := shared[i].SQL, schema[i].SQL, database[i].SQL
+		if !strings.Contains(s, "FORCE ROW LEVEL SECURITY") || !strings.Contains(s, "tenant_id text NOT NULL DEFAULT NULLIF(current_setting('app.tenant_id', true), '')") {
+			t.Errorf("shared %d lacks forced RLS or the tenant column", shared[i].Version)
+		}
+		if strings.Contains(sc, "tenant_id") || strings.Contains(sc, "GRANT") || strings.Contains(sc, "POLICY") {
+			t.Errorf("schema %d has tenant_id, GRANT or POLICY; its tenant role owns the tables", schema[i].Version)
+		}
+		if strings.Contains(d, "tenant_id") || !strings.Contains(d, "GRANT SELECT, INSERT, UPDATE, DELETE") {
+			t.Errorf("database %d: want no tenant_id and a grant to the serving role", database[i].Version)
+		}
+	}
+}
+
+func TestEditedAppliedMigrationIsRefused(t *testing.T) {
+	c := pgtest.Shared(t)
+	ctx := ctxT(t)
+	conn := connect(t, pgtest.NewDatabase(t, c))
+	target := migrations.Target{Kind: migrations.KindControl}
+	if _, err := migrations.Apply(ctx, conn, target); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := conn.Exec(ctx, "UPDATE schema_migrations SET checksum = 'edited' WHERE version = 1"); err != nil {
+		t.Fatal(err)
+	}
+	_, err := migrations.Apply(ctx, conn, target)
+	var ce *migrations.ChecksumError
+	if !errors.As(err, &ce) || ce.Version != 1 {
+		t.Fatalf("apply after an edit: err = %v; want a ChecksumError for version 1", err)
+	}
+}
+
+func TestConcurrentUpMigratesEachTargetExactlyOnce(t *testing.T) {
+	c, dsn := freshCatalog(t)
+	ids := seedSchemaTenants(t, c, dsn, "conc", 40)
+
+	var wg sync.WaitGroup
+	reps := make([]*migrations.Report, 2)
+	errs := make([]error, 2)
+	for i := range reps {
+		wg.Go(func() { reps[i], errs[i] = migrations.Up(ctxT(t), dsn, migrations.Options{Concurrency: 4}) })
+	}
+	wg.Wait()
+	for i, err := range errs {
+		if err != nil {
+			t.Fatalf("up #%d: %v", i, err)
+		}
+	}
+	applied := map[string]int{}
+	for _, rep := range reps {
+		for _, r := range rep.Results {
+			applied[r.Target.String()] += r.Applied
+			if r.Version != r.Latest {
+				t.Errorf("%s at version %d after up; want %d", r.Target, r.Version, r.Latest)
+			}
+		}
+	}
+	latest, _ := migrations.For(migrations.KindSchema)
+	conn := connect(t, c.DSN(migrations.SchemaDatabase))
+	for _, id := range ids {
+		var rows int
+		if err := conn.QueryRow(ctxT(t), "SELECT count(*) FROM "+pgx.Identifier{"tenant_" + id, "schema_migrations"}.Sanitize()).Scan(&rows); err != nil {
+			t.Fatal(err)
+		}
+		if rows != len(latest) {
+			t.Errorf("tenant %s has %d schema_migrations rows; want %d", id, rows, len(latest))
+		}
+	}
+	for target, n := range applied {
+		if strings.HasPrefix(target, "tenant ") && n != len(latest) {
+			t.Errorf("%s: the two runs applied %d migrations together; want exactly %d", target, n, len(latest))
+		}
+	}
+	if len(applied) != len(ids)+2 {
+		t.Errorf("reports name %d targets; want %d tenants + shared + control", len(applied), len(ids))
+	}
+}
+
+func TestUpReportsAFailingTenantAndMigratesTheOthers(t *testing.T) {
+	c, dsn := freshCatalog(t)
+	ids := seedSchemaTenants(t, c, dsn, "part", 5)
+	broken := ids[2]
+	if err := c.Exec(ctxT(t), migrations.SchemaDatabase, "DROP SCHEMA "+pgx.Identifier{"tenant_" + broken}.Sanitize()); err != nil {
+		t.Fatal(err)
+	}
+	var seen int
+	rep, err := migrations.Up(ctxT(t), dsn, migrations.Options{Progress: func(migrations.Progress) { seen++ }})
+	if err == nil || !strings.Contains(err.Error(), "1 of") {
+		t.Fatalf("up with a broken tenant: err = %v; want one failed target", err)
+	}
+	if rep.Failed != 1 || seen != len(ids)+1 {
+		t.Fatalf("report failed=%d progress calls=%d; want 1 and %d", rep.Failed, seen, len(ids)+1)
+	}
+	for _, r := range rep.Results {
+		if wantErr := r.Target.Tenant == broken; (r.Err != nil) != wantErr || (!wantErr && r.Version != r.Latest) {
+			t.Errorf("%s: err=%v version=%d; want failure only for %s, the rest up to date", r.Target, r.Err, r.Version, broken)
+		}
+	}
+
+	st, err := migrations.Status(ctxT(t), dsn, migrations.Options{})
+	if err != nil || len(st.Results) != len(ids)+2 {
+		t.Fatalf("status: err=%v results=%d; want %d results", err, len(st.Results), len(ids)+2)
+	}
+	for _, r := range st.Results {
+		if behind := r.Version != r.Latest; behind != (r.Target.Tenant == broken) {
+			t.Errorf("status %s: version %d of %d; want only %s behind", r.Target, r.Version, r.Latest, broken)
+		}
+	}
+}
+
+// BenchmarkUp500SchemaTenants times `migrate up` over 500 schema-tier
+// tenants that each need every tenant migration. Run it once:
+//
+//	go test ./migrations -run '^$' -bench Up500 -benchtime 1x
+func BenchmarkUp500SchemaTenants(b *testing.B) {
+	c, dsn := freshCatalog(b)
+	i := 0
+	for b.Loop() {
+		b.StopTimer()
+		seedSchemaTenants(b, c, dsn, fmt.Sprintf("b%d", i), 500)
+		i++
+		b.StartTimer()
+		rep, err := migrations.Up(ctxT(b), dsn, migrations.Options{})
+		if err != nil {
+			b.Fatal(err)
+		}
+		b.ReportMetric(float64(len(rep.Results)), "targets/op")
+	}
+}

@@ -1,0 +1,197 @@
+package migrations
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"hash/fnv"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+)
+
+// DB is what the runner needs from a connection: *pgx.Conn, *pgxpool.Pool
+// and *pgxpool.Conn all qualify.
+type DB interface {
+	Begin(ctx context.Context) (pgx.Tx, error)
+	Exec(ctx context.Context, sql string, args ...any) (pgconn.CommandTag, error)
+	QueryRow(ctx context.Context, sql string, args ...any) pgx.Row
+}
+
+// Target is one place that carries a schema_migrations table.
+type Target struct {
+	Kind    Kind   `json:"kind"`
+	Backend string `json:"backend,omitempty"`
+	// Database is the database on Backend the target lives in.
+	Database string `json:"database"`
+	// Schema is the tenant's schema and, by construction, the name of the
+	// tenant's role that owns it (schema kind only).
+	Schema string `json:"schema,omitempty"`
+	// Tenant is the tenant id (schema and database kinds only).
+	Tenant string `json:"tenant,omitempty"`
+}
+
+func (t Target) String() string {
+	switch t.Kind {
+	case KindControl:
+		return "control"
+	case KindShared:
+		return "shared " + t.Backend + "/" + t.Database
+	case KindSchema:
+		return "tenant " + t.Tenant + " (schema " + t.Backend + "/" + t.Database + "/" + t.Schema + ")"
+	default:
+		return "tenant " + t.Tenant + " (database " + t.Backend + "/" + t.Database + ")"
+	}
+}
+
+// ChecksumError reports an applied migration whose SQL has since changed.
+// Editing history is refused: ship a new version instead.
+type ChecksumError struct {
+	Target  Target
+	Version int
+	Name    string
+}
+
+func (e *ChecksumError) Error() string {
+	return fmt.Sprintf("migrations: %s: applied migration %d_%s was edited afterwards (checksum differs); add a new migration instead",
+		e.Target, e.Version, e.Name)
+}
+
+// table is the target's schema_migrations, qualified so that the tenant's
+// search_path cannot redirect it.
+func (t Target) table() string {
+	if t.Kind == KindSchema {
+		return ident(t.Schema, "schema_migrations")
+	}
+	return ident("public", "schema_migrations")
+}
+
+// lockKey names the target's advisory lock. Advisory locks are scoped to the
+// current database, so the schema alone tells targets in one database apart.
+func (t Target) lockKey() int64 {
+	h := fnv.New64a()
+	h.Write([]byte("tenantproxy/migrate/" + t.Schema))
+	return int64(h.Sum64())
+}
+
+// Apply brings t up to date with its kind's migrations and returns how many
+// it applied. Each migration runs in its own transaction under the target's
+// advisory transaction lock and is recorded in that same transaction, so a
+// concurrent Apply on the same target waits, then sees the version recorded
+// and skips it: every migration is applied exactly once. On error, the
+// migrations before the failing one stay applied.
+func Apply(ctx context.Context, db DB, t Target) (int, error) {
+	ms, err := For(t.Kind)
+	if err != nil {
+		return 0, err
+	}
+	applied, err := t.applied(ctx, db)
+	if err != nil {
+		return 0, err
+	}
+	n := 0
+	for _, m := range ms {
+		if sum, ok := applied[m.Version]; ok {
+			if sum != m.Checksum {
+				return n, &ChecksumError{Target: t, Version: m.Version, Name: m.Name}
+			}
+			continue
+		}
+		ran, err := t.apply(ctx, db, m)
+		if err != nil {
+			return n, fmt.Errorf("migrations: %s: %d_%s: %w", t, m.Version, m.Name, err)
+		}
+		if ran {
+			n++
+		}
+	}
+	return n, nil
+}
+
+// applied creates the target's schema_migrations when missing and returns
+// the recorded checksum of each applied version.
+func (t Target) applied(ctx context.Context, db DB) (map[int]string, error) {
+	out := map[int]string{}
+	err := pgx.BeginFunc(ctx, db, func(tx pgx.Tx) error {
+		if _, err := tx.Exec(ctx, "SELECT pg_advisory_xact_lock($1)", t.lockKey()); err != nil {
+			return err
+		}
+		if _, err := tx.Exec(ctx, `CREATE TABLE IF NOT EXISTS `+t.table()+` (
+			version    integer PRIMARY KEY,
+			name       text NOT NULL,
+			checksum   text NOT NULL,
+			applied_at timestamptz NOT NULL DEFAULT now())`); err != nil {
+			return err
+		}
+		rows, err := tx.Query(ctx, "SELECT version, checksum FROM "+t.table())
+		if err != nil {
+			return err
+		}
+		var v int
+		var sum string
+		_, err = pgx.ForEachRow(rows, []any{&v, &sum}, func() error {
+			out[v] = sum
+			return nil
+		})
+		return err
+	})
+	if err != nil {
+		return nil, fmt.Errorf("migrations: %s: reading schema_migrations: %w", t, err)
+	}
+	return out, nil
+}
+
+// apply runs m unless a concurrent runner recorded it first; it reports
+// whether it ran m.
+func (t Target) apply(ctx context.Context, db DB, m Migration) (bool, error) {
+	ran := false
+	err := pgx.BeginFunc(ctx, db, func(tx pgx.Tx) error {
+		if _, err := tx.Exec(ctx, "SELECT pg_advisory_xact_lock($1)", t.lockKey()); err != nil {
+			return err
+		}
+		var sum string
+		err := tx.QueryRow(ctx, "SELECT checksum FROM "+t.table()+" WHERE version = $1", m.Version).Scan(&sum)
+		switch {
+		case err == nil && sum != m.Checksum:
+			return &ChecksumError{Target: t, Version: m.Version, Name: m.Name}
+		case err == nil:
+			return nil
+		case !errors.Is(err, pgx.ErrNoRows):
+			return err
+		}
+		if t.Kind == KindSchema {
+			// Objects land in the tenant's schema and belong to the tenant's
+			// role, which is what lets the proxy's SET ROLE reach them and
+			// nothing else.
+			if _, err := tx.Exec(ctx, "SET LOCAL search_path = "+ident(t.Schema)+"; SET LOCAL ROLE "+ident(t.Schema)); err != nil {
+				return err
+			}
+		}
+		if _, err := tx.Exec(ctx, m.SQL); err != nil {
+			return err
+		}
+		if t.Kind == KindSchema {
+			if _, err := tx.Exec(ctx, "RESET ROLE"); err != nil {
+				return err
+			}
+		}
+		if _, err := tx.Exec(ctx, "INSERT INTO "+t.table()+" (version, name, checksum) VALUES ($1, $2, $3)",
+			m.Version, m.Name, m.Checksum); err != nil {
+			return err
+		}
+		ran = true
+		return nil
+	})
+	return ran, err
+}
+
+// Version returns the highest version applied to t, 0 when none is.
+func Version(ctx context.Context, db DB, t Target) (int, error) {
+	var exists bool
+	if err := db.QueryRow(ctx, "SELECT to_regclass($1) IS NOT NULL", t.table()).Scan(&exists); err != nil || !exists {
+		return 0, err
+	}
+	var v int
+	err := db.QueryRow(ctx, "SELECT coalesce(max(version), 0) FROM "+t.table()).Scan(&v)
+	return v, err
+}
