@@ -5,6 +5,7 @@ import (
 	"encoding/binary"
 	"fmt"
 	"net"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -36,6 +37,13 @@ type Conn struct {
 	secretKey uint32
 	params    map[string]string
 	createdAt time.Time
+
+	// Reused on every setup and reset so that a warm Acquire/Release does
+	// not allocate for them.
+	query    pgproto3.Query
+	setupOf  []string // the Setup that setupSQL was joined from
+	setupSQL string
+	liveness probe
 
 	// Guarded by pool.mu.
 	state     connState
@@ -94,14 +102,16 @@ func connect(ctx context.Context, cfg *Config, t *Target) (*Conn, error) {
 	// nothing buffered there, so no bytes are lost.
 	fe := pgproto3.NewFrontend(hc.Conn, hc.Conn)
 	fe.SetMaxBodyLen(cfg.MaxMessageBodyLen)
-	return &Conn{
+	c := &Conn{
 		netConn:   hc.Conn,
 		fe:        fe,
 		pid:       hc.PID,
 		secretKey: binary.BigEndian.Uint32(hc.SecretKey),
 		params:    hc.ParameterStatuses,
 		createdAt: time.Now(),
-	}, nil
+	}
+	c.liveness.init(hc.Conn)
+	return c, nil
 }
 
 // pgconnConfig starts from ParseConfig for pgconn's defaults (dialer,
@@ -160,7 +170,11 @@ func (c *Conn) setup(ctx context.Context, cfg *Config, t *Target) error {
 	if ctx.Done() != nil {
 		stop = context.AfterFunc(ctx, func() { c.netConn.SetDeadline(time.Unix(1, 0)) })
 	}
-	status, pgErr, err := c.exchange(strings.Join(t.Setup, ";\n"))
+	if !slices.Equal(c.setupOf, t.Setup) {
+		c.setupOf = slices.Clone(t.Setup)
+		c.setupSQL = strings.Join(t.Setup, ";\n")
+	}
+	status, pgErr, err := c.exchange(c.setupSQL)
 	if stop != nil && !stop() {
 		return fmt.Errorf("pool: setup: %w", context.Cause(ctx))
 	}
@@ -210,7 +224,8 @@ func (c *Conn) reset(timeout time.Duration) error {
 // protocol state is unknown. ParameterStatus updates c.params.
 func (c *Conn) exchange(queries ...string) (txStatus byte, pgErr *pgconn.PgError, err error) {
 	for _, q := range queries {
-		c.fe.Send(&pgproto3.Query{String: q})
+		c.query.String = q
+		c.fe.Send(&c.query)
 	}
 	if err := c.fe.Flush(); err != nil {
 		return 0, nil, err

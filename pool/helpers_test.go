@@ -37,7 +37,7 @@ const svcPassword = "serving-secret"
 
 // newFixture also arms a goroutine-leak check that runs after every other
 // cleanup of the test, so Manager.Close must have ended all it started.
-func newFixture(t *testing.T) *fixture {
+func newFixture(t testing.TB) *fixture {
 	t.Helper()
 	c := pgtest.Shared(t)
 	ignore := goleak.IgnoreCurrent()
@@ -137,7 +137,7 @@ func (f *fixture) schemaSetup() []string {
 
 // newManager returns a Manager closed when the test ends, with its metrics
 // in reg.
-func newManager(t *testing.T, cfg pool.Config) (*pool.Manager, *prometheus.Registry) {
+func newManager(t testing.TB, cfg pool.Config) (*pool.Manager, *prometheus.Registry) {
 	t.Helper()
 	reg := prometheus.NewRegistry()
 	cfg.Registerer = reg
