@@ -16,8 +16,8 @@
 // or whose protocol state is unknown is closed, never reused.
 //
 // After the reset a custom setting such as app.tenant_id reads as the empty
-// string, not as absent: row-level security policies must treat ” as "no
-// tenant" and fail closed.
+// string, not as absent: row-level security policies must treat the empty
+// string as "no tenant" and fail closed.
 //
 // Pools are keyed by (Addr, Database, User), shared by every tenant routed
 // there. A key holds at most Config.MaxConnsPerKey connections; Acquire
