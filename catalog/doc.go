@@ -2,5 +2,30 @@
 // database: tenants, backend servers, tenant login users and the provisioning
 // outbox. It also provisions tenants in every isolation tier and keeps an LRU
 // cache of look-ups that LISTEN/NOTIFY invalidates across processes, because
-// every new client connection asks the catalog who its tenant is.
+// every new client connection asks the catalog who its tenant is. The tables
+// themselves are created by package migrations (control/).
+//
+// Look-ups the proxy calls on every new connection, cached (size and TTL in
+// Options) and invalidated within milliseconds by the control database's
+// triggers, which notify channel tenantproxy_catalog on every change:
+//
+//	Open(ctx, dsn, Options{CacheSize, CacheTTL, Logger, Sender}) (*Catalog, error); (*Catalog).Close()
+//	TenantBySubdomain(ctx, subdomain) (*Tenant, error)   // errors wrap ErrNotFound
+//	Backend(ctx, name) (*Backend, error)
+//	User(ctx, tenantID, username) (*User, error)
+//
+// Administration, uncached:
+//
+//	Create(ctx, CreateRequest) (*Created, error)           // tenant create
+//	List(ctx) ([]Tenant, error); Show(ctx, subdomain) (*Tenant, error)
+//	Suspend(ctx, subdomain) error; Resume(ctx, subdomain) error; Delete(ctx, subdomain) error
+//	ListBackends(ctx) ([]Backend, error); AddBackend(ctx, AddBackendRequest) (*Backend, error)
+//	AddUser(ctx, tenantID, username, password, role) (*User, string, error)
+//
+// Bad input is a *ValidationError (nothing is created); a lifecycle change
+// the status forbids is a *StateError. The tenant id equals its subdomain;
+// its schema, role and database name is DerivedName(id), stored in the row.
+// Create rolls a failed provisioning back completely, so the same command can
+// be retried; the welcome email is an outbox row written with the
+// activation and handed to the Sender (LogSender by default).
 package catalog

@@ -1,7 +1,34 @@
 package catalog
 
-import "errors"
+import (
+	"errors"
+	"fmt"
+)
 
 // ErrNotFound is returned (wrapped) by look-ups of a tenant, backend or user
 // that the catalog does not hold.
 var ErrNotFound = errors.New("not found")
+
+// ValidationError rejects input before anything is created. Its message is
+// written for the operator who typed the command.
+type ValidationError struct {
+	Field  string
+	Value  string
+	Reason string
+}
+
+func (e *ValidationError) Error() string {
+	return fmt.Sprintf("invalid %s %q: %s", e.Field, e.Value, e.Reason)
+}
+
+// StateError refuses a lifecycle change the tenant's status does not allow,
+// such as suspending a tenant that is still being provisioned.
+type StateError struct {
+	Tenant string
+	Status Status
+	Op     string
+}
+
+func (e *StateError) Error() string {
+	return fmt.Sprintf("cannot %s tenant %q: it is %s", e.Op, e.Tenant, e.Status)
+}

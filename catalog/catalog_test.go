@@ -1,0 +1,589 @@
+package catalog_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sort"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+
+	"github.com/tenantproxy/tenantproxy/catalog"
+	"github.com/tenantproxy/tenantproxy/internal/pgtest"
+	"github.com/tenantproxy/tenantproxy/migrations"
+)
+
+func TestMain(m *testing.M) { pgtest.RunMain(m) }
+
+// env is a migrated catalog on a private cluster: the serving role and the
+// backend databases are cluster-wide, so catalogs must not share a server.
+type env struct {
+	cluster *pgtest.Cluster
+	dsn     string
+	cat     *catalog.Catalog
+	sent    *recordingSender
+}
+
+func newEnv(t testing.TB) *env {
+	t.Helper()
+	c := pgtest.StartT(t)
+	dsn := pgtest.NewDatabase(t, c)
+	if _, err := migrations.Up(ctxT(t), dsn, migrations.Options{}); err != nil {
+		t.Fatalf("migrate up: %v", err)
+	}
+	e := &env{cluster: c, dsn: dsn, sent: &recordingSender{}}
+	e.cat = openCatalog(t, dsn, e.sent)
+	return e
+}
+
+func openCatalog(t testing.TB, dsn string, s catalog.Sender) *catalog.Catalog {
+	t.Helper()
+	cat, err := catalog.Open(ctxT(t), dsn, catalog.Options{Sender: s})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(cat.Close)
+	return cat
+}
+
+func ctxT(t testing.TB) context.Context {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	t.Cleanup(cancel)
+	return ctx
+}
+
+func connect(t testing.TB, dsn string) *pgx.Conn {
+	t.Helper()
+	conn, err := pgx.Connect(ctxT(t), dsn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close(context.Background()) })
+	return conn
+}
+
+// serving logs in to database as backend main's serving role, with the
+// password the catalog stores, the way the proxy will.
+func (e *env) serving(t testing.TB, database string) *pgx.Conn {
+	t.Helper()
+	b, err := e.cat.Backend(ctxT(t), "main")
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg, err := pgx.ParseConfig(e.cluster.DSN(database))
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg.User, cfg.Password = b.ServingUser, b.ServingPassword
+	conn, err := pgx.ConnectConfig(ctxT(t), cfg)
+	if err != nil {
+		t.Fatalf("serving role login to %s: %v", database, err)
+	}
+	t.Cleanup(func() { conn.Close(context.Background()) })
+	return conn
+}
+
+func (e *env) create(t testing.TB, subdomain, plan string) *catalog.Created {
+	t.Helper()
+	cr, err := e.cat.Create(ctxT(t), catalog.CreateRequest{Subdomain: subdomain, Name: "Tenant " + subdomain, Plan: plan})
+	if err != nil {
+		t.Fatalf("create %s (%s): %v", subdomain, plan, err)
+	}
+	return cr
+}
+
+type recordingSender struct {
+	mu     sync.Mutex
+	events []catalog.Event
+}
+
+func (s *recordingSender) Send(_ context.Context, e catalog.Event) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.events = append(s.events, e)
+	return nil
+}
+
+func wantSQLState(t testing.TB, err error, code, what string) {
+	t.Helper()
+	var pgErr *pgconn.PgError
+	if !errors.As(err, &pgErr) || pgErr.Code != code {
+		t.Fatalf("%s: err = %v; want SQLSTATE %s", what, err, code)
+	}
+}
+
+func count(t testing.TB, conn *pgx.Conn, sql string, args ...any) int {
+	t.Helper()
+	var n int
+	if err := conn.QueryRow(ctxT(t), sql, args...).Scan(&n); err != nil {
+		t.Fatalf("%s: %v", sql, err)
+	}
+	return n
+}
+
+func TestProvisionOneTenantPerTier(t *testing.T) {
+	e := newEnv(t)
+	ctx := ctxT(t)
+	control := connect(t, e.dsn)
+	tests := []struct {
+		subdomain, plan string
+		tier            catalog.Tier
+		database        string
+		schema          string
+	}{
+		{"alpha", catalog.PlanFree, catalog.TierShared, migrations.SharedDatabase, ""},
+		{"beta", catalog.PlanStandard, catalog.TierSchema, migrations.SchemaDatabase, "tenant_beta"},
+		{"gamma", catalog.PlanEnterprise, catalog.TierDatabase, "tenant_gamma", ""},
+	}
+	for _, tt := range tests {
+		cr := e.create(t, tt.subdomain, tt.plan)
+		got := cr.Tenant
+		if got.ID != tt.subdomain || got.Tier != tt.tier || got.Status != catalog.StatusActive || got.Backend != "main" ||
+			got.Database != tt.database || got.SchemaName != tt.schema || got.Region != "default" {
+			t.Errorf("create %s: got %+v; want tier %s, active, on main, database %s, schema %q", tt.subdomain, got, tt.tier, tt.database, tt.schema)
+		}
+		if cr.AdminUser != "admin" || len(cr.Password) < 16 {
+			t.Errorf("create %s: admin %q with a %d-character generated password; want admin and a long password", tt.subdomain, cr.AdminUser, len(cr.Password))
+		}
+		u, err := e.cat.User(ctx, tt.subdomain, "admin")
+		if err != nil || !strings.HasPrefix(u.Verifier, "SCRAM-SHA-256$4096:") || strings.Contains(u.Verifier, cr.Password) {
+			t.Errorf("admin user of %s: %+v, %v; want a stored SCRAM verifier only", tt.subdomain, u, err)
+		}
+		if n := count(t, control, "SELECT count(*) FROM outbox WHERE tenant_id = $1 AND kind = 'welcome_email' AND sent_at IS NOT NULL", tt.subdomain); n != 1 {
+			t.Errorf("%s: %d sent welcome events in the outbox; want 1", tt.subdomain, n)
+		}
+	}
+	if len(e.sent.events) != len(tests) || strings.Contains(string(e.sent.events[0].Payload), "password") {
+		t.Errorf("sender saw %d events (%v); want %d without passwords", len(e.sent.events), e.sent.events, len(tests))
+	}
+
+	// Schema tier: the tenant's role owns the schema and its tables.
+	tenants := connect(t, e.cluster.DSN(migrations.SchemaDatabase))
+	if n := count(t, tenants, `SELECT count(*) FROM pg_tables WHERE schemaname = 'tenant_beta' AND tableowner = 'tenant_beta'
+		AND tablename IN ('users', 'channels', 'channel_members', 'messages', 'files')`); n != 5 {
+		t.Errorf("tenant_beta owns %d of the 5 chat tables in its schema", n)
+	}
+	var login bool
+	if err := tenants.QueryRow(ctx, "SELECT rolcanlogin FROM pg_roles WHERE rolname = 'tenant_beta'").Scan(&login); err != nil || login {
+		t.Errorf("role tenant_beta: login=%v err=%v; want a NOLOGIN role", login, err)
+	}
+
+	// Database tier: its own database, which the serving role may use and
+	// PUBLIC may not connect to.
+	if _, err := control.Exec(ctx, "CREATE ROLE outsider LOGIN"); err != nil {
+		t.Fatal(err)
+	}
+	if n := count(t, control, "SELECT count(*) FROM pg_database WHERE datname = 'tenant_gamma' AND NOT has_database_privilege('outsider', oid, 'CONNECT')"); n != 1 {
+		t.Errorf("tenant_gamma: want a database PUBLIC cannot connect to")
+	}
+	gamma := e.serving(t, "tenant_gamma")
+	if _, err := gamma.Exec(ctx, "INSERT INTO users (username) VALUES ('g1')"); err != nil {
+		t.Fatalf("serving role writes to its database-tier tenant: %v", err)
+	}
+	if n := count(t, gamma, "SELECT count(*) FROM users"); n != 1 {
+		t.Errorf("tenant_gamma users = %d; want 1", n)
+	}
+}
+
+func TestSchemaTierRoleReachesOnlyItsOwnSchema(t *testing.T) {
+	e := newEnv(t)
+	ctx := ctxT(t)
+	e.create(t, "beta", catalog.PlanStandard)
+	e.create(t, "delta", catalog.PlanPro)
+	conn := e.serving(t, migrations.SchemaDatabase)
+
+	// NOINHERIT: membership alone reaches nothing.
+	_, err := conn.Exec(ctx, "SELECT * FROM tenant_beta.users")
+	wantSQLState(t, err, "42501", "serving role reads a tenant schema without SET ROLE")
+
+	if _, err := conn.Exec(ctx, `SET ROLE tenant_beta; SET search_path = tenant_beta`); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := conn.Exec(ctx, "INSERT INTO users (username) VALUES ('b1')"); err != nil {
+		t.Fatalf("tenant_beta writes its own schema: %v", err)
+	}
+	if n := count(t, conn, "SELECT count(*) FROM users"); n != 1 {
+		t.Fatalf("tenant_beta sees %d users in its schema; want 1", n)
+	}
+	for _, sql := range []string{
+		"SELECT * FROM tenant_delta.users",
+		"INSERT INTO tenant_delta.users (username) VALUES ('intruder')",
+		"CREATE TABLE tenant_delta.planted (x int)",
+		"SELECT * FROM tenant_delta.schema_migrations",
+		"CREATE TABLE public.planted (x int)",
+	} {
+		_, err := conn.Exec(ctx, sql)
+		wantSQLState(t, err, "42501", "as tenant_beta: "+sql)
+	}
+}
+
+func TestSharedTierFailsClosedAndSeparatesTenants(t *testing.T) {
+	e := newEnv(t)
+	ctx := ctxT(t)
+	e.create(t, "tenant-a", catalog.PlanFree)
+	e.create(t, "tenant-b", catalog.PlanTrial)
+	conn := e.serving(t, migrations.SharedDatabase)
+	setTenant := func(id string) {
+		t.Helper()
+		if _, err := conn.Exec(ctx, "SELECT set_config($1, $2, false)", migrations.TenantGUC, id); err != nil {
+			t.Fatal(err)
+		}
+	}
+	setTenant("tenant-a")
+	if _, err := conn.Exec(ctx, "INSERT INTO users (username) VALUES ('alice')"); err != nil {
+		t.Fatal(err)
+	}
+	setTenant("tenant-b")
+	if _, err := conn.Exec(ctx, "INSERT INTO users (username) VALUES ('bob')"); err != nil {
+		t.Fatal(err)
+	}
+
+	// No tenant: nothing visible, nothing insertable, whether the GUC was
+	// never set (fresh session), reset, or set to ''.
+	fresh := e.serving(t, migrations.SharedDatabase)
+	if n := count(t, fresh, "SELECT count(*) FROM users"); n != 0 {
+		t.Errorf("session without the tenant GUC sees %d users; want 0", n)
+	}
+	if _, err := fresh.Exec(ctx, "INSERT INTO users (username) VALUES ('nobody')"); err == nil {
+		t.Error("session without the tenant GUC inserted a row; want a refusal")
+	}
+	_, err := fresh.Exec(ctx, "INSERT INTO users (tenant_id, username) VALUES ('tenant-a', 'sneaky')")
+	wantSQLState(t, err, "42501", "insert naming a tenant without the GUC")
+	setTenant("")
+	if n := count(t, conn, "SELECT count(*) FROM users"); n != 0 {
+		t.Errorf("session with an empty tenant GUC sees %d users; want 0", n)
+	}
+
+	setTenant("tenant-a")
+	var names []string
+	rows, err := conn.Query(ctx, "SELECT tenant_id || '/' || username FROM users ORDER BY 1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if names, err = pgx.CollectRows(rows, pgx.RowTo[string]); err != nil {
+		t.Fatal(err)
+	}
+	if fmt.Sprint(names) != "[tenant-a/alice]" {
+		t.Errorf("tenant A sees %v; want only [tenant-a/alice]", names)
+	}
+	_, err = conn.Exec(ctx, "INSERT INTO users (tenant_id, username) VALUES ('tenant-b', 'mallory')")
+	wantSQLState(t, err, "42501", "tenant A inserts a row for tenant B")
+	_, err = conn.Exec(ctx, "UPDATE users SET tenant_id = 'tenant-b'")
+	wantSQLState(t, err, "42501", "tenant A moves its row to tenant B")
+	if tag, err := conn.Exec(ctx, "DELETE FROM users WHERE username = 'bob'"); err != nil || tag.RowsAffected() != 0 {
+		t.Errorf("tenant A deleting B's row: %v rows, %v; want 0 rows", tag.RowsAffected(), err)
+	}
+}
+
+// snapshot is what a failed or refused create must not change.
+func (e *env) snapshot(t testing.TB) string {
+	t.Helper()
+	ctx := ctxT(t)
+	control := connect(t, e.dsn)
+	var s []string
+	for _, q := range []string{
+		"SELECT 'tenant ' || id || ' ' || status FROM tenants",
+		"SELECT 'user ' || tenant_id || '/' || username FROM tenant_users",
+		"SELECT 'outbox ' || tenant_id || ' ' || kind FROM outbox",
+		"SELECT 'role ' || rolname FROM pg_roles WHERE rolname NOT LIKE 'pg\\_%'",
+		"SELECT 'database ' || datname FROM pg_database",
+	} {
+		rows, err := control.Query(ctx, q)
+		if err != nil {
+			t.Fatal(err)
+		}
+		got, err := pgx.CollectRows(rows, pgx.RowTo[string])
+		if err != nil {
+			t.Fatal(err)
+		}
+		s = append(s, got...)
+	}
+	tenants := connect(t, e.cluster.DSN(migrations.SchemaDatabase))
+	rows, err := tenants.Query(ctx, "SELECT 'schema ' || nspname FROM pg_namespace")
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err := pgx.CollectRows(rows, pgx.RowTo[string])
+	if err != nil {
+		t.Fatal(err)
+	}
+	s = append(s, got...)
+	shared := connect(t, e.cluster.DSN(migrations.SharedDatabase))
+	s = append(s, fmt.Sprintf("shared users %d", count(t, shared, "SELECT count(*) FROM users")))
+	sort.Strings(s)
+	return strings.Join(s, "\n")
+}
+
+func TestCreateRefusesInvalidSubdomainsAndCreatesNothing(t *testing.T) {
+	e := newEnv(t)
+	e.create(t, "taken", catalog.PlanStandard)
+	before := e.snapshot(t)
+	tests := []struct {
+		subdomain, plan, reason string
+	}{
+		{"Uppercase", catalog.PlanStandard, "must be lowercase"},
+		{"-leading", catalog.PlanStandard, "must not start or end with a hyphen"},
+		{strings.Repeat("x", 64), catalog.PlanEnterprise, "64 characters long"},
+		{"admin", catalog.PlanFree, "is reserved"},
+		{"a'; drop role postgres; --", catalog.PlanStandard, "may contain only"},
+		{`x"; drop schema tenant_taken cascade; --`, catalog.PlanEnterprise, "may contain only"},
+		{"taken", catalog.PlanStandard, "is already taken"},
+		{"taken", catalog.PlanEnterprise, "is already taken"},
+	}
+	for _, tt := range tests {
+		_, err := e.cat.Create(ctxT(t), catalog.CreateRequest{Subdomain: tt.subdomain, Plan: tt.plan})
+		var ve *catalog.ValidationError
+		if !errors.As(err, &ve) || ve.Field != "subdomain" || !strings.Contains(err.Error(), tt.reason) {
+			t.Errorf("create %q: %v; want a subdomain ValidationError saying %q", tt.subdomain, err, tt.reason)
+		}
+	}
+	if after := e.snapshot(t); after != before {
+		t.Fatalf("refused creates changed the catalog or server:\nbefore:\n%s\nafter:\n%s", before, after)
+	}
+}
+
+func TestInjectedProvisioningFailureRollsBackAndRetrySucceeds(t *testing.T) {
+	e := newEnv(t)
+	injected := errors.New("injected failure")
+	plans := map[catalog.Tier]string{
+		catalog.TierShared: catalog.PlanFree, catalog.TierSchema: catalog.PlanStandard, catalog.TierDatabase: catalog.PlanEnterprise,
+	}
+	for tier, plan := range plans {
+		for _, step := range []string{"catalog", "objects", "migrate", "activate"} {
+			t.Run(string(tier)+"/"+step, func(t *testing.T) {
+				sub := fmt.Sprintf("fail-%s-%s", tier, step)
+				before := e.snapshot(t)
+				catalog.SetFailpoint(e.cat, func(s string) error {
+					if s == step {
+						return injected
+					}
+					return nil
+				})
+				_, err := e.cat.Create(ctxT(t), catalog.CreateRequest{Subdomain: sub, Plan: plan})
+				catalog.SetFailpoint(e.cat, nil)
+				if !errors.Is(err, injected) || !strings.Contains(err.Error(), "rolled back") {
+					t.Fatalf("create with a failure after %s: %v; want the injected error, rolled back", step, err)
+				}
+				if after := e.snapshot(t); after != before {
+					t.Fatalf("failed create left traces:\nbefore:\n%s\nafter:\n%s", before, after)
+				}
+				cr, err := e.cat.Create(ctxT(t), catalog.CreateRequest{Subdomain: sub, Plan: plan})
+				if err != nil || cr.Tenant.Status != catalog.StatusActive {
+					t.Fatalf("retry: %v; want an active tenant", err)
+				}
+			})
+		}
+	}
+}
+
+func TestCacheSeesChangesFromAnotherInstanceWithinASecond(t *testing.T) {
+	e := newEnv(t)
+	ctx := ctxT(t)
+	e.create(t, "cached", catalog.PlanStandard)
+	other := openCatalog(t, e.dsn, nil)
+	if tn, err := other.TenantBySubdomain(ctx, "cached"); err != nil || tn.Status != catalog.StatusActive {
+		t.Fatalf("look-up: %+v, %v", tn, err)
+	}
+
+	// A change that fires no trigger stays invisible: the look-up is served
+	// from the cache.
+	control := connect(t, e.dsn)
+	if _, err := control.Exec(ctx, "SET session_replication_role = replica; UPDATE tenants SET name = 'silent' WHERE id = 'cached'; RESET session_replication_role"); err != nil {
+		t.Fatal(err)
+	}
+	if tn, _ := other.TenantBySubdomain(ctx, "cached"); tn.Name == "silent" {
+		t.Fatal("look-up read the control database; want it served from the cache")
+	}
+
+	start := time.Now()
+	if err := e.cat.Suspend(ctx, "cached"); err != nil {
+		t.Fatal(err)
+	}
+	for {
+		tn, err := other.TenantBySubdomain(ctx, "cached")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if tn.Status == catalog.StatusSuspended {
+			t.Logf("suspension seen by the other instance after %v", time.Since(start))
+			break
+		}
+		if time.Since(start) > time.Second {
+			t.Fatal("the other instance still serves the active tenant 1 s after the suspension")
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+
+	// Users and deletions invalidate too.
+	if _, err := other.User(ctx, "cached", "admin"); err != nil {
+		t.Fatal(err)
+	}
+	if err := e.cat.Delete(ctx, "cached"); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(time.Second)
+	for {
+		_, errT := other.TenantBySubdomain(ctx, "cached")
+		_, errU := other.User(ctx, "cached", "admin")
+		if errors.Is(errT, catalog.ErrNotFound) && errors.Is(errU, catalog.ErrNotFound) {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("1 s after delete: tenant err %v, user err %v; want ErrNotFound for both", errT, errU)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+func TestLifecycleSuspendResumeDelete(t *testing.T) {
+	e := newEnv(t)
+	ctx := ctxT(t)
+	before := e.snapshot(t)
+	for _, plan := range []string{catalog.PlanTrial, catalog.PlanPro, catalog.PlanEnterprise} {
+		sub := "life-" + plan
+		cr := e.create(t, sub, plan)
+		if cr.Tenant.Tier == catalog.TierShared {
+			conn := e.serving(t, migrations.SharedDatabase)
+			if _, err := conn.Exec(ctx, "SELECT set_config($1, $2, false)", migrations.TenantGUC, sub); err != nil {
+				t.Fatal(err)
+			}
+			if _, err := conn.Exec(ctx, "INSERT INTO users (username) VALUES ('u2')"); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if err := e.cat.Suspend(ctx, sub); err != nil {
+			t.Fatal(err)
+		}
+		if tn, _ := e.cat.Show(ctx, sub); tn.Status != catalog.StatusSuspended {
+			t.Fatalf("after suspend: %s; want suspended", tn.Status)
+		}
+		if err := e.cat.Resume(ctx, sub); err != nil {
+			t.Fatal(err)
+		}
+		if tn, _ := e.cat.Show(ctx, sub); tn.Status != catalog.StatusActive {
+			t.Fatalf("after resume: %s; want active", tn.Status)
+		}
+		if err := e.cat.Delete(ctx, sub); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := e.cat.Show(ctx, sub); !errors.Is(err, catalog.ErrNotFound) {
+			t.Fatalf("show after delete: %v; want ErrNotFound", err)
+		}
+	}
+	if after := e.snapshot(t); after != before {
+		t.Fatalf("deleted tenants left traces:\nbefore:\n%s\nafter:\n%s", before, after)
+	}
+	if err := e.cat.Suspend(ctx, "nobody"); !errors.Is(err, catalog.ErrNotFound) {
+		t.Fatalf("suspend of an unknown tenant: %v; want ErrNotFound", err)
+	}
+	ts, err := e.cat.List(ctx)
+	if err != nil || len(ts) != 0 {
+		t.Fatalf("list after deleting everything: %v, %v; want empty", ts, err)
+	}
+}
+
+func TestAddBackendInAnotherRegionTakesItsTenants(t *testing.T) {
+	e := newEnv(t)
+	ctx := ctxT(t)
+	eu := pgtest.StartT(t)
+	b, err := e.cat.AddBackend(ctx, catalog.AddBackendRequest{Name: "eu-1", DSN: eu.DSN("postgres"), Region: "eu"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if b.Region != "eu" || b.ServingUser != migrations.ServingRole || b.ServingPassword == "" {
+		t.Fatalf("added backend %+v", b)
+	}
+	bs, err := e.cat.ListBackends(ctx)
+	if err != nil || len(bs) != 2 {
+		t.Fatalf("backends: %v, %v; want main and eu-1", bs, err)
+	}
+	for _, plan := range []string{catalog.PlanFree, catalog.PlanStandard, catalog.PlanEnterprise} {
+		cr, err := e.cat.Create(ctx, catalog.CreateRequest{Subdomain: "eu-" + plan, Plan: plan, Region: "eu"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if cr.Tenant.Backend != "eu-1" || cr.Tenant.Region != "eu" {
+			t.Fatalf("%s tenant placed on %s in %s; want eu-1 in eu", plan, cr.Tenant.Backend, cr.Tenant.Region)
+		}
+	}
+	euConn := connect(t, eu.DSN("postgres"))
+	if n := count(t, euConn, "SELECT count(*) FROM pg_database WHERE datname = 'tenant_eu-enterprise'"); n != 1 {
+		t.Fatal("the enterprise tenant's database is not on the eu server")
+	}
+	_, err = e.cat.Create(ctx, catalog.CreateRequest{Subdomain: "mars", Plan: catalog.PlanFree, Region: "mars"})
+	var ve *catalog.ValidationError
+	if !errors.As(err, &ve) || ve.Field != "region" {
+		t.Fatalf("create in a region without backends: %v; want a region ValidationError", err)
+	}
+	rep, err := migrations.Up(ctx, e.dsn, migrations.Options{})
+	if err != nil || len(rep.Results) != 1+2+1+1 {
+		t.Fatalf("up after adding eu-1: %v, %d results; want control, 2 shared, 1 schema, 1 database", err, len(rep.Results))
+	}
+}
+
+// benchmarkCreate provisions b.N tenants of plan and reports the median time
+// of one create. The issue asks for the median of 20:
+//
+//	go test ./catalog -run '^$' -bench Create -benchtime 20x
+func benchmarkCreate(b *testing.B, plan string) {
+	e := newEnv(b)
+	var took []time.Duration
+	i := 0
+	for b.Loop() {
+		start := time.Now()
+		if _, err := e.cat.Create(ctxT(b), catalog.CreateRequest{Subdomain: fmt.Sprintf("bench-%d", i), Plan: plan, AdminPassword: "benchmark-password"}); err != nil {
+			b.Fatal(err)
+		}
+		took = append(took, time.Since(start))
+		i++
+	}
+	sort.Slice(took, func(i, j int) bool { return took[i] < took[j] })
+	b.ReportMetric(float64(took[len(took)/2].Microseconds())/1000, "median-ms")
+}
+
+func BenchmarkCreateSchemaTier(b *testing.B)   { benchmarkCreate(b, catalog.PlanStandard) }
+func BenchmarkCreateDatabaseTier(b *testing.B) { benchmarkCreate(b, catalog.PlanEnterprise) }
+
+func TestListenerReconnectsAfterItsConnectionDies(t *testing.T) {
+	e := newEnv(t)
+	ctx := ctxT(t)
+	e.create(t, "relisten", catalog.PlanFree)
+	other := openCatalog(t, e.dsn, nil)
+	control := connect(t, e.dsn)
+	listeners := `SELECT count(*) FROM pg_stat_activity WHERE query = 'LISTEN tenantproxy_catalog' AND datname = current_database()`
+	if n := count(t, control, "SELECT count(*) FROM (SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE query = 'LISTEN tenantproxy_catalog' AND datname = current_database()) k"); n != 2 {
+		t.Fatalf("terminated %d listeners; want both instances' listeners", n)
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for count(t, control, listeners) < 2 {
+		if time.Now().After(deadline) {
+			t.Fatal("listeners did not reconnect within 5 s")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if _, err := other.TenantBySubdomain(ctx, "relisten"); err != nil {
+		t.Fatal(err)
+	}
+	if err := e.cat.Suspend(ctx, "relisten"); err != nil {
+		t.Fatal(err)
+	}
+	deadline = time.Now().Add(time.Second)
+	for {
+		tn, err := other.TenantBySubdomain(ctx, "relisten")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if tn.Status == catalog.StatusSuspended {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("after reconnecting, a suspension was not seen within 1 s")
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}

@@ -1,0 +1,5 @@
+package catalog
+
+// SetFailpoint makes every later Create of c call f after each provisioning
+// step ("catalog", "objects", "migrate", "activate") and fail with its error.
+func SetFailpoint(c *Catalog, f func(step string) error) { c.failpoint = f }

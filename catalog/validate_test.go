@@ -1,0 +1,107 @@
+package catalog_test
+
+import (
+	"errors"
+	"strings"
+	"testing"
+
+	"github.com/tenantproxy/tenantproxy/catalog"
+)
+
+func TestValidateSubdomain(t *testing.T) {
+	tests := []struct {
+		in     string
+		reason string // "" means valid
+	}{
+		{"acme", ""},
+		{"a", ""},
+		{"0", ""},
+		{"acme-corp-2", ""},
+		{strings.Repeat("a", 63), ""},
+		{"", "must not be empty"},
+		{"Acme", "must be lowercase"},
+		{"ACME", "must be lowercase"},
+		{"-acme", "must not start or end with a hyphen"},
+		{"acme-", "must not start or end with a hyphen"},
+		{strings.Repeat("a", 64), "64 characters long"},
+		{"admin", "is reserved"},
+		{"www", "is reserved"},
+		{"api", "is reserved"},
+		{"app", "is reserved"},
+		{"postgres", "is reserved"},
+		{"template1", "is reserved"},
+		{"acme;drop", "may contain only"},
+		{"x'); drop table tenants; --", "may contain only"},
+		{"x'); DROP TABLE tenants; --", "must be lowercase"},
+		{`a"b`, "may contain only"},
+		{"a b", "may contain only"},
+		{"a_b", "may contain only"},
+		{"a.b", "may contain only"},
+		{"ácme", "may contain only"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.in, func(t *testing.T) {
+			err := catalog.ValidateSubdomain(tt.in)
+			if tt.reason == "" {
+				if err != nil {
+					t.Fatalf("ValidateSubdomain(%q) = %v; want nil", tt.in, err)
+				}
+				return
+			}
+			var ve *catalog.ValidationError
+			if !errors.As(err, &ve) || ve.Field != "subdomain" || !strings.Contains(ve.Reason, tt.reason) {
+				t.Fatalf("ValidateSubdomain(%q) = %v; want a subdomain ValidationError saying %q", tt.in, err, tt.reason)
+			}
+		})
+	}
+}
+
+func TestDerivedNameFitsAndStaysDistinct(t *testing.T) {
+	long1 := strings.Repeat("a", 62) + "1"
+	long2 := strings.Repeat("a", 62) + "2"
+	tests := []struct {
+		id, want string
+	}{
+		{"acme", "tenant_acme"},
+		{strings.Repeat("b", 56), "tenant_" + strings.Repeat("b", 56)},
+	}
+	for _, tt := range tests {
+		if got := catalog.DerivedName(tt.id); got != tt.want {
+			t.Errorf("DerivedName(%q) = %q; want %q", tt.id, got, tt.want)
+		}
+	}
+	n1, n2 := catalog.DerivedName(long1), catalog.DerivedName(long2)
+	if len(n1) > 63 || len(n2) > 63 || n1 == n2 || n1 != catalog.DerivedName(long1) {
+		t.Fatalf("long ids derive %q (%d) and %q (%d); want distinct, deterministic, at most 63 bytes", n1, len(n1), n2, len(n2))
+	}
+	if !strings.HasPrefix(n1, "tenant_aaaa") {
+		t.Errorf("DerivedName(long) = %q; want it to keep a readable prefix of the id", n1)
+	}
+}
+
+func TestCreateRequestValidation(t *testing.T) {
+	// These fail before the catalog is consulted, so a nil *Catalog is not
+	// reached; the database-backed cases live in provision_test.go.
+	tests := []struct {
+		name  string
+		req   catalog.CreateRequest
+		field string
+	}{
+		{"bad plan", catalog.CreateRequest{Subdomain: "acme", Plan: "gold"}, "plan"},
+		{"bad tier", catalog.CreateRequest{Subdomain: "acme", Plan: "free", Tier: "cluster"}, "isolation"},
+		{"bad user", catalog.CreateRequest{Subdomain: "acme", Plan: "free", AdminUser: "bob.acme"}, "user name"},
+		{"short password", catalog.CreateRequest{Subdomain: "acme", Plan: "free", AdminPassword: "short"}, "admin password"},
+		{"long name", catalog.CreateRequest{Subdomain: "acme", Plan: "free", Name: strings.Repeat("n", 201)}, "name"},
+		{"bad subdomain", catalog.CreateRequest{Subdomain: "Acme", Plan: "free"}, "subdomain"},
+	}
+	var c *catalog.Catalog
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			_, err := c.Create(t.Context(), tt.req)
+			var ve *catalog.ValidationError
+			if !errors.As(err, &ve) || ve.Field != tt.field {
+				t.Fatalf("Create(%+v) = %v; want a ValidationError on %s", tt.req, err, tt.field)
+			}
+		})
+	}
+}
