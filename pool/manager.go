@@ -31,12 +31,15 @@ type poolKey struct {
 }
 
 // NewManager validates cfg and starts the reaper. The caller must Close the
-// Manager. It fails on a config value that has no meaning or when the
+// Manager. A nil log discards the pool's few log lines. It fails on a config value that has no meaning or when the
 // metrics cannot be registered.
 func NewManager(cfg Config, log *zap.Logger) (*Manager, error) {
 	cfg, err := cfg.withDefaults()
 	if err != nil {
 		return nil, err
+	}
+	if log == nil {
+		log = zap.NewNop()
 	}
 	met, err := newMetrics(cfg.Registerer)
 	if err != nil {
@@ -65,8 +68,14 @@ func NewManager(cfg Config, log *zap.Logger) (*Manager, error) {
 // terminated) is closed and the next one tried, so a stale pool never
 // reaches the caller. Errors: ErrClosed, ErrWaitTimeout, *SetupError, or
 // the connect error (wrapping pgconn's, and *pgconn.PgError when the server
-// refused the login). The caller must Release the Conn.
+// refused the login). Without a deadline or cancellation on ctx a full pool
+// is waited for until Close. The caller must Release the Conn.
 func (m *Manager) Acquire(ctx context.Context, t Target) (*Conn, error) {
+	// A context that has already ended would only interrupt the setup of a
+	// good idle connection and get it closed.
+	if err := ctx.Err(); err != nil {
+		return nil, fmt.Errorf("pool: acquire: %w", err)
+	}
 	p, err := m.poolFor(t)
 	if err != nil {
 		return nil, err

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgproto3"
 
 	"github.com/tenantproxy/tenantproxy/pool"
 )
@@ -520,4 +521,52 @@ func TestConfigRejectsMeaninglessValues(t *testing.T) {
 			t.Errorf("NewManager(%+v) succeeded, want a config error", cfg)
 		}
 	}
+}
+
+func TestSetupInterruptedByContextClosesConnection(t *testing.T) {
+	f := newFixture(t)
+	m, _ := newManager(t, pool.Config{MaxConnsPerKey: 1})
+	ctx, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
+	defer cancel()
+	start := time.Now()
+	_, err := m.Acquire(ctx, f.target("SELECT pg_sleep(10)"))
+	if !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("acquire with a setup outlasting ctx: %v, want the deadline", err)
+	}
+	if d := time.Since(start); d > 5*time.Second {
+		t.Fatalf("acquire returned %s after its deadline", d)
+	}
+	// The slot is free and the interrupted backend is not handed out.
+	c := acquire(t, m, f.target())
+	defer m.Release(c, true)
+	if got := value(t, c, "SELECT 'fresh'"); got != "fresh" {
+		t.Fatalf("got %q", got)
+	}
+}
+
+// TestReleaseInUnknownProtocolStateClosesConnection releases a connection
+// whose client left in the middle of an extended-protocol exchange that
+// failed: the server ignores everything until a Sync, so the reset cannot
+// complete and the connection must be closed, not reused or hung on.
+func TestReleaseInUnknownProtocolStateClosesConnection(t *testing.T) {
+	f := newFixture(t)
+	m, _ := newManager(t, pool.Config{MaxConnsPerKey: 1, ResetTimeout: 300 * time.Millisecond})
+	c := acquire(t, m, f.target())
+	pid := c.PID()
+	fe := pgproto3.NewFrontend(c.NetConn(), c.NetConn())
+	fe.Send(&pgproto3.Parse{Query: "SELEC 1"})
+	if err := fe.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	start := time.Now()
+	m.Release(c, true)
+	if d := time.Since(start); d > 5*time.Second {
+		t.Fatalf("release took %s, want about ResetTimeout", d)
+	}
+	c = acquire(t, m, f.target())
+	defer m.Release(c, true)
+	if c.PID() == pid {
+		t.Fatalf("connection in an unknown protocol state was reused (backend %d)", pid)
+	}
+	f.waitServerConns(t, "1")
 }
