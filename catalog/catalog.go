@@ -9,7 +9,7 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/hashicorp/golang-lru/v2/expirable"
+	lru "github.com/hashicorp/golang-lru/v2"
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"go.uber.org/zap"
@@ -18,7 +18,7 @@ import (
 // Options configure Open.
 type Options struct {
 	// CacheSize bounds each look-up cache (tenants, backends, users) in
-	// entries; zero means 10000.
+	// entries; zero means 10000, a negative size is an error.
 	CacheSize int
 	// CacheTTL bounds how long a cached entry is trusted even without a
 	// notification; zero means one minute.
@@ -47,9 +47,10 @@ type Catalog struct {
 	mu        sync.Mutex
 	gen       uint64
 	listening atomic.Bool
-	tenants   *expirable.LRU[string, Tenant]
-	backends  *expirable.LRU[string, Backend]
-	users     *expirable.LRU[string, User]
+	ttl       time.Duration
+	tenants   *lru.Cache[string, entry[Tenant]]
+	backends  *lru.Cache[string, entry[Backend]]
+	users     *lru.Cache[string, entry[User]]
 
 	stop      context.CancelFunc
 	done      chan struct{}
@@ -76,6 +77,9 @@ func Open(ctx context.Context, dsn string, opts Options) (*Catalog, error) {
 	if opts.Sender == nil {
 		opts.Sender = LogSender{Logger: opts.Logger}
 	}
+	if opts.CacheSize < 0 {
+		return nil, &ValidationError{Field: "cache size", Value: fmt.Sprint(opts.CacheSize), Reason: "must not be negative"}
+	}
 	cfg, err := pgxpool.ParseConfig(dsn)
 	if err != nil {
 		return nil, errors.New("catalog: invalid control DSN")
@@ -85,14 +89,16 @@ func Open(ctx context.Context, dsn string, opts Options) (*Catalog, error) {
 		return nil, fmt.Errorf("catalog: %w", err)
 	}
 	c := &Catalog{
-		db:       db,
-		log:      opts.Logger,
-		sender:   opts.Sender,
-		tenants:  expirable.NewLRU[string, Tenant](opts.CacheSize, nil, opts.CacheTTL),
-		backends: expirable.NewLRU[string, Backend](opts.CacheSize, nil, opts.CacheTTL),
-		users:    expirable.NewLRU[string, User](opts.CacheSize, nil, opts.CacheTTL),
-		done:     make(chan struct{}),
+		db:     db,
+		log:    opts.Logger,
+		sender: opts.Sender,
+		ttl:    opts.CacheTTL,
+		done:   make(chan struct{}),
 	}
+	// lru.New fails only for a size below 1, which Open refused above.
+	c.tenants, _ = lru.New[string, entry[Tenant]](opts.CacheSize)
+	c.backends, _ = lru.New[string, entry[Backend]](opts.CacheSize)
+	c.users, _ = lru.New[string, entry[User]](opts.CacheSize)
 	listener, err := c.connectListener(ctx, cfg.ConnConfig)
 	if err != nil {
 		db.Close()
@@ -219,11 +225,19 @@ func (c *Catalog) generation() uint64 {
 	return c.gen
 }
 
+// entry is a cached value and when it stops being trusted. The TTL is
+// checked on read rather than by expirable.LRU, whose cleanup goroutine
+// cannot be stopped (hashicorp/golang-lru#159) and would outlive Close.
+type entry[V any] struct {
+	v       V
+	expires time.Time
+}
+
 // cached serves key from cache or loads it; a load is stored only when no
 // invalidation raced it and the listener is up.
-func cached[V any](c *Catalog, cache *expirable.LRU[string, V], key string, load func() (V, error)) (V, error) {
-	if v, ok := cache.Get(key); ok {
-		return v, nil
+func cached[V any](c *Catalog, cache *lru.Cache[string, entry[V]], key string, load func() (V, error)) (V, error) {
+	if e, ok := cache.Get(key); ok && time.Now().Before(e.expires) {
+		return e.v, nil
 	}
 	gen := c.generation()
 	v, err := load()
@@ -233,7 +247,7 @@ func cached[V any](c *Catalog, cache *expirable.LRU[string, V], key string, load
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if c.gen == gen && c.listening.Load() {
-		cache.Add(key, v)
+		cache.Add(key, entry[V]{v: v, expires: time.Now().Add(c.ttl)})
 	}
 	return v, nil
 }

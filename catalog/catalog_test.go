@@ -12,6 +12,7 @@ import (
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
+	"go.uber.org/goleak"
 
 	"github.com/tenantproxy/tenantproxy/catalog"
 	"github.com/tenantproxy/tenantproxy/internal/pgtest"
@@ -586,4 +587,19 @@ func TestListenerReconnectsAfterItsConnectionDies(t *testing.T) {
 		}
 		time.Sleep(5 * time.Millisecond)
 	}
+}
+
+func TestCloseStopsEveryGoroutine(t *testing.T) {
+	e := newEnv(t)
+	ignore := goleak.IgnoreCurrent()
+	cat, err := catalog.Open(ctxT(t), e.dsn, catalog.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := cat.TenantBySubdomain(ctxT(t), "none"); !errors.Is(err, catalog.ErrNotFound) {
+		t.Fatalf("look-up of a missing tenant: %v; want ErrNotFound", err)
+	}
+	cat.Close()
+	cat.Close()
+	goleak.VerifyNone(t, ignore)
 }

@@ -290,3 +290,28 @@ func BenchmarkUp500SchemaTenants(b *testing.B) {
 		b.ReportMetric(float64(len(rep.Results)), "targets/op")
 	}
 }
+
+func TestConcurrentUpOnAnEmptyCatalogRegistersMainOnce(t *testing.T) {
+	c := pgtest.StartT(t)
+	dsn := pgtest.NewDatabase(t, c)
+	var wg sync.WaitGroup
+	errs := make([]error, 3)
+	for i := range errs {
+		wg.Go(func() { _, errs[i] = migrations.Up(ctxT(t), dsn, migrations.Options{}) })
+	}
+	wg.Wait()
+	for i, err := range errs {
+		if err != nil {
+			t.Fatalf("up #%d: %v", i, err)
+		}
+	}
+	control := connect(t, dsn)
+	ms, _ := migrations.For(migrations.KindControl)
+	var backends, versions int
+	if err := control.QueryRow(ctxT(t), "SELECT (SELECT count(*) FROM backends), (SELECT count(*) FROM schema_migrations)").Scan(&backends, &versions); err != nil {
+		t.Fatal(err)
+	}
+	if backends != 1 || versions != len(ms) {
+		t.Fatalf("after 3 concurrent ups: %d backends, %d control versions; want 1 and %d", backends, versions, len(ms))
+	}
+}
