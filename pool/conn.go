@@ -3,8 +3,10 @@ package pool
 import (
 	"context"
 	"encoding/binary"
+	"errors"
 	"fmt"
 	"net"
+	"os"
 	"slices"
 	"strconv"
 	"strings"
@@ -175,8 +177,15 @@ func (c *Conn) setup(ctx context.Context, cfg *Config, t *Target) error {
 		c.setupSQL = strings.Join(t.Setup, ";\n")
 	}
 	status, pgErr, err := c.exchange(c.setupSQL)
-	if stop != nil && !stop() {
-		return fmt.Errorf("pool: setup: %w", context.Cause(ctx))
+	interrupted := stop != nil && !stop()
+	switch {
+	case ctx.Err() != nil && (err != nil || interrupted):
+		return fmt.Errorf("pool: setup: %w", errors.Join(context.Cause(ctx), err))
+	case errors.Is(err, os.ErrDeadlineExceeded):
+		// The socket deadline is the context's; it can fire a moment
+		// before the context's own timer. Say so, so callers can tell a
+		// timeout from a broken connection.
+		return fmt.Errorf("pool: setup: %w", errors.Join(context.DeadlineExceeded, err))
 	}
 	if err != nil {
 		return fmt.Errorf("pool: setup: %w", err)

@@ -103,7 +103,8 @@ func (m *Manager) Acquire(ctx context.Context, t Target) (*Conn, error) {
 		if err := c.setup(ctx, &m.cfg, &t); err != nil {
 			p.destroy(c)
 			var setupErr *SetupError
-			if fresh || errors.As(err, &setupErr) || ctx.Err() != nil {
+			if fresh || errors.As(err, &setupErr) || errors.Is(err, context.DeadlineExceeded) ||
+				errors.Is(err, context.Canceled) || ctx.Err() != nil {
 				return nil, err
 			}
 			// A reused connection that failed mid-setup died while idle.
