@@ -603,3 +603,29 @@ func TestCloseStopsEveryGoroutine(t *testing.T) {
 	cat.Close()
 	goleak.VerifyNone(t, ignore)
 }
+
+func TestAddUserKeepsWithinThePlanAndStoresOnlyVerifiers(t *testing.T) {
+	e := newEnv(t)
+	ctx := ctxT(t)
+	e.create(t, "small", catalog.PlanFree) // 5 users, the admin included
+	for i := range 4 {
+		u, pw, err := e.cat.AddUser(ctx, "small", fmt.Sprintf("member%d", i), "", "member")
+		if err != nil || pw == "" || strings.Contains(u.Verifier, pw) {
+			t.Fatalf("add member %d: %+v, %v; want a generated password and only its verifier stored", i, u, err)
+		}
+	}
+	_, _, err := e.cat.AddUser(ctx, "small", "one-too-many", "long-enough-pw", "member")
+	var ve *catalog.ValidationError
+	if !errors.As(err, &ve) || !strings.Contains(err.Error(), "5 users") {
+		t.Fatalf("sixth user on a free plan: %v; want a ValidationError about the plan's 5 users", err)
+	}
+	if _, _, err := e.cat.AddUser(ctx, "small", "member0", "long-enough-pw", "member"); !errors.As(err, &ve) {
+		t.Fatalf("duplicate user: %v; want a ValidationError", err)
+	}
+	if _, _, err := e.cat.AddUser(ctx, "nobody", "x", "", "member"); !errors.Is(err, catalog.ErrNotFound) {
+		t.Fatalf("user for an unknown tenant: %v; want ErrNotFound", err)
+	}
+	if u, err := e.cat.User(ctx, "small", "member3"); err != nil || u.Role != "member" {
+		t.Fatalf("look-up of member3: %+v, %v", u, err)
+	}
+}

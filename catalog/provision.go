@@ -143,8 +143,12 @@ func (c *Catalog) Create(ctx context.Context, req CreateRequest) (*Created, erro
 		return nil, fmt.Errorf("catalog: %w", err)
 	}
 
-	if _, err := c.tenant(ctx, c.db, req.Subdomain); err == nil {
-		return nil, &ValidationError{Field: "subdomain", Value: req.Subdomain, Reason: "is already taken"}
+	if t, err := c.tenant(ctx, c.db, req.Subdomain); err == nil {
+		reason := "is already taken"
+		if t.Status == StatusProvisioning {
+			reason += " by a tenant being provisioned; if its create was interrupted, delete the tenant to clean up"
+		}
+		return nil, &ValidationError{Field: "subdomain", Value: req.Subdomain, Reason: reason}
 	} else if !errors.Is(err, ErrNotFound) {
 		return nil, err
 	}

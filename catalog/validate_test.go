@@ -105,3 +105,23 @@ func TestCreateRequestValidation(t *testing.T) {
 		})
 	}
 }
+
+// FuzzValidateSubdomain checks that whatever ValidateSubdomain accepts is a
+// lowercase DNS label whose derived name fits a PostgreSQL identifier.
+func FuzzValidateSubdomain(f *testing.F) {
+	for _, s := range []string{"acme", "a-b", "-a", "A", strings.Repeat("z", 64), "admin", "x'; drop", "\x00", "ä"} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, s string) {
+		if catalog.ValidateSubdomain(s) != nil {
+			return
+		}
+		if len(s) == 0 || len(s) > 63 || strings.Trim(s, "abcdefghijklmnopqrstuvwxyz0123456789-") != "" ||
+			s[0] == '-' || s[len(s)-1] == '-' {
+			t.Fatalf("accepted %q", s)
+		}
+		if n := catalog.DerivedName(s); len(n) > 63 || n != catalog.DerivedName(s) || !strings.HasPrefix(n, "tenant_") {
+			t.Fatalf("DerivedName(%q) = %q", s, n)
+		}
+	})
+}

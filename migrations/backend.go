@@ -159,7 +159,7 @@ func ConnectAs(ctx context.Context, dsn, database string) (*pgx.Conn, error) {
 	cfg, err := pgx.ParseConfig(dsn)
 	if err != nil {
 		// pgx's parse errors can echo the DSN, password included.
-		return nil, errors.New("invalid admin DSN")
+		return nil, errors.New("invalid DSN")
 	}
 	if database != "" {
 		cfg.Database = database
