@@ -48,6 +48,8 @@ const (
 	CodeFeatureNotSupported
 	// CodeBackendUnavailable: the backend cannot be reached or died (FATAL 08006).
 	CodeBackendUnavailable
+	// CodeMessageTooLarge: a client message exceeds the size limit (FATAL 54000).
+	CodeMessageTooLarge
 )
 
 // Error is a decision the client must hear about. Msg is written for the

@@ -31,8 +31,9 @@ type Route struct {
 	Tenant *catalog.Tenant
 	// Backend is the catalog name of the server.
 	Backend string
-	// Network is "tcp" or "unix"; Addr is host:port or a socket path.
-	Network, Addr string
+	// Addr is "host:port"; a host starting with '/' is the directory of
+	// the server's unix socket, as in libpq and pool.Target.
+	Addr string
 	// TLS is the client TLS configuration toward the backend, nil for
 	// plaintext (sslmode disable, allow or prefer in the backend's DSN).
 	TLS *tls.Config
@@ -108,7 +109,7 @@ func (r *Resolver) Route(ctx context.Context, t *catalog.Tenant) (*Route, error)
 		return nil, &Error{Code: CodeInternal, Msg: "backend look-up failed", Err: err}
 	}
 	rt := &Route{Tenant: t, Backend: b.Name, Database: t.Database, User: b.ServingUser, Password: b.ServingPassword}
-	if rt.Network, rt.Addr, rt.TLS, err = backendAddr(b.AdminDSN); err != nil {
+	if rt.Addr, rt.TLS, err = backendAddr(b.AdminDSN); err != nil {
 		// The DSN holds a secret: report the backend by name only.
 		return nil, &Error{Code: CodeInternal, Msg: "backend address", Err: fmt.Errorf("backend %q: unusable DSN", b.Name)}
 	}
@@ -132,10 +133,10 @@ func (r *Resolver) Route(ctx context.Context, t *catalog.Tenant) (*Route, error)
 
 // backendAddr takes the server location and TLS requirement from a
 // backend's admin DSN; the credentials in it are for provisioning only.
-func backendAddr(dsn string) (network, addr string, tlsCfg *tls.Config, err error) {
+func backendAddr(dsn string) (addr string, tlsCfg *tls.Config, err error) {
 	cfg, err := pgconn.ParseConfig(dsn)
 	if err != nil {
-		return "", "", nil, err
+		return "", nil, err
 	}
 	tlsCfg = cfg.TLSConfig
 	for _, fb := range cfg.Fallbacks {
@@ -145,11 +146,10 @@ func backendAddr(dsn string) (network, addr string, tlsCfg *tls.Config, err erro
 			tlsCfg = nil
 		}
 	}
-	port := strconv.Itoa(int(cfg.Port))
 	if strings.HasPrefix(cfg.Host, "/") {
-		return "unix", cfg.Host + "/.s.PGSQL." + port, nil, nil
+		tlsCfg = nil
 	}
-	return "tcp", net.JoinHostPort(cfg.Host, port), tlsCfg, nil
+	return net.JoinHostPort(cfg.Host, strconv.Itoa(int(cfg.Port))), tlsCfg, nil
 }
 
 // QuoteIdent quotes s as an SQL identifier.

@@ -63,7 +63,7 @@ func TestRoutePerTier(t *testing.T) {
 	}{
 		{sub: "free", wantAddr: "127.0.0.1:5432", wantDB: "shared", wantSetup: []string{"SET app.tenant_id = '11'"}},
 		{sub: "pro", wantAddr: "127.0.0.1:5432", wantDB: "schemas", wantSetup: []string{`SET ROLE "tenant_pro"`, `SET search_path = "tenant_pro"`}},
-		{sub: "big", wantAddr: "/tmp/pg/.s.PGSQL.6543", wantDB: "tenant_big"},
+		{sub: "big", wantAddr: "/tmp/pg:6543", wantDB: "tenant_big"},
 		{sub: "frozen", wantErrorCode: CodeTenantSuspended},
 		{sub: "new", wantErrorCode: CodeTenantUnavailable},
 		{sub: "nope", wantErrorCode: CodeUnknownTenant},

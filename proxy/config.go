@@ -1,0 +1,168 @@
+package proxy
+
+import (
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"go.uber.org/zap"
+
+	"github.com/tenantproxy/tenantproxy/router"
+)
+
+// Auth methods for Config.AuthMethod.
+const (
+	// AuthSCRAM authenticates clients with SCRAM-SHA-256 against the
+	// catalog's verifiers. md5 is not offered: the catalog stores SCRAM
+	// verifiers only, from which an md5 exchange cannot be checked.
+	AuthSCRAM = "scram-sha-256"
+	// AuthTrust lets any existing user of the tenant in without a password.
+	// Meant for the demo only.
+	AuthTrust = "trust"
+)
+
+// Config configures a Server. The zero value (plus Directory and Backends
+// given to New) serves plaintext SCRAM on 127.0.0.1:6432. Fields marked
+// "live" take effect for new connections on Reload; the others are read
+// once by New.
+type Config struct {
+	// Listen are the TCP addresses ListenAndServe listens on. Zero means
+	// "127.0.0.1:6432".
+	Listen []string
+	// UnixSocket is a path ListenAndServe also listens on (e.g.
+	// /run/tenantproxy/.s.PGSQL.6432). Empty means none.
+	UnixSocket string
+
+	// TLSCertFile and TLSKeyFile are a PEM certificate and key; when both
+	// are set, SSLRequest is answered with TLS, otherwise with 'N'. Live:
+	// Reload re-reads the files.
+	TLSCertFile, TLSKeyFile string
+	// TLS, when non-nil, is used as is instead of the files (tests, demo).
+	// Live.
+	TLS *tls.Config
+	// RequireTLS refuses clients that did not negotiate TLS (28000). Live.
+	RequireTLS bool
+
+	// Identify says where tenants are named: base domain for SNI, order
+	// of sources, user separator. Live.
+	Identify router.IdentifyConfig
+	// TenantGUC is the setting shared-tier RLS reads. Zero means
+	// router.DefaultTenantGUC.
+	TenantGUC string
+
+	// AuthMethod is AuthSCRAM or AuthTrust. Zero means AuthSCRAM. Live.
+	AuthMethod string
+	// MaxLoginFailures failed logins of one tenant user within
+	// LoginFailureWindow make further attempts fail with 53400 until the
+	// window passes. Zero means 5; negative disables the limit. Live.
+	MaxLoginFailures int
+	// LoginFailureWindow: zero means 1 min. Live.
+	LoginFailureWindow time.Duration
+
+	// StartupTimeout bounds everything from accept to the first
+	// ReadyForQuery: TLS, startup packet, authentication, server
+	// connection. Zero means 15 s. Live.
+	StartupTimeout time.Duration
+	// MaxStartupPacket bounds the startup packet in bytes. Zero means
+	// 10000, PostgreSQL's own limit. Live.
+	MaxStartupPacket int
+	// MaxMessageSize bounds a client message in bytes once the session
+	// runs. Zero means 64 MiB. Live.
+	MaxMessageSize int
+	// MaxConnsPerTenant caps a tenant's client connections (53300). Zero
+	// means no cap. Live.
+	MaxConnsPerTenant int
+	// DrainTimeout is how long Shutdown lets open transactions finish
+	// before ending sessions with 57P01. Zero means 30 s.
+	DrainTimeout time.Duration
+	// CancelTimeout bounds forwarding one CancelRequest to a server. Zero
+	// means 5 s.
+	CancelTimeout time.Duration
+
+	// Logger receives one line per session and errors. Nil means no logs.
+	Logger *zap.Logger
+	// Registerer receives the proxy's metrics. Nil means not registered.
+	Registerer prometheus.Registerer
+}
+
+const (
+	defaultListen             = "127.0.0.1:6432"
+	defaultMaxLoginFailures   = 5
+	defaultLoginFailureWindow = time.Minute
+	defaultStartupTimeout     = 15 * time.Second
+	defaultMaxStartupPacket   = 10000
+	defaultMaxMessageSize     = 64 << 20
+	defaultDrainTimeout       = 30 * time.Second
+	defaultCancelTimeout      = 5 * time.Second
+	// minStartupPacket fits an SSLRequest: length and code.
+	minStartupPacket = 8
+)
+
+// withDefaults fills zero fields and validates the rest, loading TLS
+// files.
+func (c Config) withDefaults() (Config, error) {
+	var errs []error
+	if len(c.Listen) == 0 {
+		c.Listen = []string{defaultListen}
+	}
+	switch c.AuthMethod {
+	case "":
+		c.AuthMethod = AuthSCRAM
+	case AuthSCRAM, AuthTrust:
+	default:
+		errs = append(errs, fmt.Errorf("auth method %q: want %q or %q (md5 needs md5 hashes the catalog does not store)", c.AuthMethod, AuthSCRAM, AuthTrust))
+	}
+	if c.MaxLoginFailures == 0 {
+		c.MaxLoginFailures = defaultMaxLoginFailures
+	}
+	if c.LoginFailureWindow <= 0 {
+		c.LoginFailureWindow = defaultLoginFailureWindow
+	}
+	if c.StartupTimeout <= 0 {
+		c.StartupTimeout = defaultStartupTimeout
+	}
+	if c.MaxStartupPacket == 0 {
+		c.MaxStartupPacket = defaultMaxStartupPacket
+	}
+	if c.MaxStartupPacket < minStartupPacket {
+		errs = append(errs, fmt.Errorf("MaxStartupPacket %d: must be at least %d", c.MaxStartupPacket, minStartupPacket))
+	}
+	if c.MaxMessageSize == 0 {
+		c.MaxMessageSize = defaultMaxMessageSize
+	}
+	if c.MaxMessageSize < 5 {
+		errs = append(errs, fmt.Errorf("MaxMessageSize %d: too small", c.MaxMessageSize))
+	}
+	if c.MaxConnsPerTenant < 0 {
+		errs = append(errs, fmt.Errorf("MaxConnsPerTenant %d: must not be negative", c.MaxConnsPerTenant))
+	}
+	if c.DrainTimeout <= 0 {
+		c.DrainTimeout = defaultDrainTimeout
+	}
+	if c.CancelTimeout <= 0 {
+		c.CancelTimeout = defaultCancelTimeout
+	}
+	if err := c.Identify.Validate(); err != nil {
+		errs = append(errs, err)
+	}
+	if c.TLS == nil && (c.TLSCertFile != "" || c.TLSKeyFile != "") {
+		cert, err := tls.LoadX509KeyPair(c.TLSCertFile, c.TLSKeyFile)
+		if err != nil {
+			errs = append(errs, fmt.Errorf("TLS certificate: %w", err))
+		} else {
+			c.TLS = &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}
+		}
+	}
+	if c.RequireTLS && c.TLS == nil {
+		errs = append(errs, errors.New("RequireTLS without a certificate"))
+	}
+	if c.Logger == nil {
+		c.Logger = zap.NewNop()
+	}
+	if err := errors.Join(errs...); err != nil {
+		return c, fmt.Errorf("proxy: config: %w", err)
+	}
+	return c, nil
+}

@@ -1,0 +1,49 @@
+package proxy
+
+import (
+	"errors"
+
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// metrics are per tenant. Tenants are a bounded, operator-created set, so
+// the label is fine for now; a cap on label values can come with scale.
+type metrics struct {
+	clients      *prometheus.GaugeVec
+	queries      *prometheus.CounterVec
+	transactions *prometheus.CounterVec
+	authFailures *prometheus.CounterVec
+}
+
+func newMetrics(reg prometheus.Registerer) (*metrics, error) {
+	m := &metrics{
+		clients: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "tenantproxy_client_connections",
+			Help: "Client connections in session, per tenant.",
+		}, []string{"tenant"}),
+		queries: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "tenantproxy_queries_total",
+			Help: "Queries relayed (simple Query and extended Execute messages), per tenant.",
+		}, []string{"tenant"}),
+		transactions: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "tenantproxy_transactions_total",
+			Help: "Transactions ended (ReadyForQuery returning to idle), per tenant.",
+		}, []string{"tenant"}),
+		authFailures: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "tenantproxy_auth_failures_total",
+			Help: "Failed client logins, per tenant and reason (password, rate_limited).",
+		}, []string{"tenant", "reason"}),
+	}
+	if reg == nil {
+		return m, nil
+	}
+	for _, c := range []prometheus.Collector{m.clients, m.queries, m.transactions, m.authFailures} {
+		if err := reg.Register(c); err != nil {
+			var are prometheus.AlreadyRegisteredError
+			if !errors.As(err, &are) {
+				return nil, err
+			}
+		}
+	}
+	return m, nil
+}

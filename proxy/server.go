@@ -1,0 +1,369 @@
+package proxy
+
+import (
+	"context"
+	"crypto/rand"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"go.uber.org/zap"
+
+	"github.com/tenantproxy/tenantproxy/pool"
+	"github.com/tenantproxy/tenantproxy/router"
+)
+
+// ErrServerClosed is returned by Serve and ListenAndServe after Shutdown.
+var ErrServerClosed = errors.New("proxy: server closed")
+
+// Backends hands out server connections; *pool.Manager is the real one.
+type Backends interface {
+	Acquire(ctx context.Context, t pool.Target) (*pool.Conn, error)
+	Release(c *pool.Conn, reusable bool)
+}
+
+var _ Backends = (*pool.Manager)(nil)
+
+// live is the part of the configuration Reload may replace.
+type live struct {
+	cfg Config
+}
+
+// Server is the client-facing proxy. Create it with New, run it with
+// Serve or ListenAndServe, stop it with Shutdown.
+type Server struct {
+	log      *zap.Logger
+	resolver *router.Resolver
+	policy   *router.Policy
+	backends Backends
+	metrics  *metrics
+	cancels  *cancelKeys
+	limiter  *loginLimiter
+	// dummyKey derives fake SCRAM salts for unknown users.
+	dummyKey []byte
+	listen   []string
+	unix     string
+	live     atomic.Pointer[live]
+
+	// ctx ends when Shutdown gives up waiting; it bounds catalog and pool
+	// calls of connections still starting.
+	ctx    context.Context
+	cancel context.CancelFunc
+
+	mu        sync.Mutex
+	closing   bool
+	listeners map[net.Listener]struct{}
+	conns     map[*tracked]struct{}
+	perTenant map[string]int
+	// handlers counts connection and Serve goroutines.
+	handlers sync.WaitGroup
+}
+
+// tracked is a client connection the Server can reach at Shutdown: its
+// socket while starting, its session once relaying.
+type tracked struct {
+	raw  net.Conn
+	sess atomic.Pointer[session]
+}
+
+// New returns a Server that looks tenants up in dir and takes server
+// connections from backends.
+func New(cfg Config, dir router.Directory, backends Backends) (*Server, error) {
+	cfg, err := cfg.withDefaults()
+	if err != nil {
+		return nil, err
+	}
+	resolver, err := router.NewResolver(dir, cfg.TenantGUC)
+	if err != nil {
+		return nil, err
+	}
+	m, err := newMetrics(cfg.Registerer)
+	if err != nil {
+		return nil, fmt.Errorf("proxy: metrics: %w", err)
+	}
+	key := make([]byte, 32)
+	rand.Read(key)
+	ctx, cancel := context.WithCancel(context.Background())
+	s := &Server{
+		log: cfg.Logger, resolver: resolver, policy: router.NewPolicy(resolver.TenantGUC()),
+		backends: backends, metrics: m, cancels: newCancelKeys(), limiter: newLoginLimiter(),
+		dummyKey: key, listen: cfg.Listen, unix: cfg.UnixSocket, ctx: ctx, cancel: cancel,
+		listeners: make(map[net.Listener]struct{}), conns: make(map[*tracked]struct{}), perTenant: make(map[string]int),
+	}
+	s.live.Store(&live{cfg: cfg})
+	return s, nil
+}
+
+// Reload applies the live fields of cfg (see Config) to new connections;
+// sessions already running keep what they started with. Listen addresses,
+// TenantGUC, Logger and Registerer are not reloaded. On error nothing
+// changes.
+func (s *Server) Reload(cfg Config) error {
+	cfg, err := cfg.withDefaults()
+	if err != nil {
+		return err
+	}
+	old := s.live.Load().cfg
+	cfg.Listen, cfg.UnixSocket, cfg.TenantGUC, cfg.Logger, cfg.Registerer = old.Listen, old.UnixSocket, old.TenantGUC, old.Logger, old.Registerer
+	s.live.Store(&live{cfg: cfg})
+	s.log.Info("configuration reloaded")
+	return nil
+}
+
+// ListenAndServe listens on Config.Listen and Config.UnixSocket and serves
+// until Shutdown, when it returns ErrServerClosed; a listener that cannot
+// be opened is returned as an error after closing the others.
+func (s *Server) ListenAndServe() error {
+	var ls []net.Listener
+	closeAll := func() {
+		for _, l := range ls {
+			l.Close()
+		}
+	}
+	for _, addr := range s.listen {
+		l, err := net.Listen("tcp", addr)
+		if err != nil {
+			closeAll()
+			return fmt.Errorf("proxy: listen %s: %w", addr, err)
+		}
+		ls = append(ls, l)
+	}
+	if s.unix != "" {
+		// A socket file left by a crashed process would make Listen fail.
+		if fi, err := os.Stat(s.unix); err == nil && fi.Mode()&os.ModeSocket != 0 {
+			os.Remove(s.unix)
+		}
+		l, err := net.Listen("unix", s.unix)
+		if err != nil {
+			closeAll()
+			return fmt.Errorf("proxy: listen %s: %w", s.unix, err)
+		}
+		ls = append(ls, l)
+	}
+	errs := make(chan error, len(ls))
+	for _, l := range ls {
+		go func() { errs <- s.Serve(l) }()
+	}
+	var first error
+	for range ls {
+		if err := <-errs; !errors.Is(err, ErrServerClosed) && first == nil {
+			first = err
+			closeAll()
+		}
+	}
+	if first != nil {
+		return first
+	}
+	return ErrServerClosed
+}
+
+// Serve accepts connections on l until Shutdown (ErrServerClosed) or an
+// accept error. It closes l.
+func (s *Server) Serve(l net.Listener) error {
+	s.mu.Lock()
+	if s.closing {
+		s.mu.Unlock()
+		l.Close()
+		return ErrServerClosed
+	}
+	s.listeners[l] = struct{}{}
+	s.handlers.Add(1)
+	s.mu.Unlock()
+	defer s.handlers.Done()
+	defer func() {
+		s.mu.Lock()
+		delete(s.listeners, l)
+		s.mu.Unlock()
+		l.Close()
+	}()
+	for {
+		conn, err := l.Accept()
+		if err != nil {
+			s.mu.Lock()
+			closing := s.closing
+			s.mu.Unlock()
+			if closing {
+				return ErrServerClosed
+			}
+			var ne net.Error
+			if errors.As(err, &ne) && ne.Timeout() {
+				time.Sleep(10 * time.Millisecond)
+				continue
+			}
+			return fmt.Errorf("proxy: accept: %w", err)
+		}
+		t := &tracked{raw: conn}
+		s.mu.Lock()
+		if s.closing {
+			s.mu.Unlock()
+			conn.Close()
+			return ErrServerClosed
+		}
+		s.conns[t] = struct{}{}
+		s.handlers.Add(1)
+		s.mu.Unlock()
+		go s.handle(t)
+	}
+}
+
+// handle owns one client connection from accept to close.
+func (s *Server) handle(t *tracked) {
+	defer s.handlers.Done()
+	defer func() {
+		s.mu.Lock()
+		delete(s.conns, t)
+		s.mu.Unlock()
+		t.raw.Close()
+	}()
+	lv := s.live.Load()
+	t.raw.SetDeadline(time.Now().Add(lv.cfg.StartupTimeout))
+	ctx, cancel := context.WithTimeout(s.ctx, lv.cfg.StartupTimeout)
+	defer cancel()
+	c := &clientConn{raw: t.raw, conn: t.raw}
+	ss, err := s.start(ctx, c, lv)
+	if err != nil {
+		s.refuse(c, err)
+		return
+	}
+	if ss == nil {
+		return
+	}
+	defer c.conn.Close()
+	if err := t.raw.SetDeadline(time.Time{}); err != nil {
+		ss.kill()
+	}
+	t.sess.Store(ss)
+	s.mu.Lock()
+	switch {
+	case s.closing && s.ctx.Err() != nil:
+		ss.kill()
+	case s.closing:
+		ss.drain()
+	}
+	s.mu.Unlock()
+	ss.run()
+}
+
+// start runs admission and establishment; nil, nil is a handled
+// CancelRequest.
+func (s *Server) start(ctx context.Context, c *clientConn, lv *live) (*session, error) {
+	p, err := s.admit(c, lv)
+	if err != nil || p == nil {
+		return nil, err
+	}
+	if s.isClosing() {
+		return nil, errShuttingDown
+	}
+	return s.establish(ctx, c, lv, p)
+}
+
+// refuse reports a startup failure to the client when there is something
+// to say: decisions and server refusals get an ErrorResponse, a client
+// that went away or timed out gets nothing.
+func (s *Server) refuse(c *clientConn, err error) {
+	var rErr *router.Error
+	var setupErr *pool.SetupError
+	if !errors.As(err, &rErr) && !errors.As(err, &setupErr) && !errors.Is(err, pool.ErrWaitTimeout) && !errors.Is(err, pool.ErrClosed) {
+		s.log.Debug("connection ended during startup", zap.Stringer("client", c.raw.RemoteAddr()), zap.Error(err))
+		return
+	}
+	if rErr != nil && rErr.Code == router.CodeInternal {
+		s.log.Error("startup failed", zap.Stringer("client", c.raw.RemoteAddr()), zap.Error(err))
+	}
+	c.raw.SetWriteDeadline(time.Now().Add(time.Second))
+	c.send(errorResponse(err, true))
+}
+
+func (s *Server) isClosing() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.closing
+}
+
+// takeSlot counts a client of tenant against max (0: no cap).
+func (s *Server) takeSlot(tenant string, max int) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if max > 0 && s.perTenant[tenant] >= max {
+		return false
+	}
+	s.perTenant[tenant]++
+	return true
+}
+
+func (s *Server) giveSlot(tenant string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.perTenant[tenant]--; s.perTenant[tenant] <= 0 {
+		delete(s.perTenant, tenant)
+	}
+}
+
+// forwardCancel sends a client's CancelRequest to the server of the
+// session that owns the key, if any. Like PostgreSQL, it answers nothing.
+func (s *Server) forwardCancel(pid uint32, secret []byte) {
+	t, ok := s.cancels.lookup(pid, secret)
+	if !ok {
+		s.log.Debug("cancel request with an unknown key")
+		return
+	}
+	ctx, cancel := context.WithTimeout(s.ctx, s.live.Load().cfg.CancelTimeout)
+	defer cancel()
+	if err := pool.Cancel(ctx, t.target, t.pid, t.key); err != nil {
+		s.log.Warn("forwarding cancel request failed", zap.Error(err))
+	}
+}
+
+// Shutdown stops accepting, lets sessions finish their transactions (each
+// ends with 57P01 as soon as it is idle) for up to DrainTimeout or until
+// ctx ends, then ends the rest with 57P01 and waits for every connection
+// goroutine. It returns ctx's error if ctx ended before they all finished.
+// It does not close the Backends.
+func (s *Server) Shutdown(ctx context.Context) error {
+	s.mu.Lock()
+	s.closing = true
+	for l := range s.listeners {
+		l.Close()
+	}
+	for t := range s.conns {
+		if ss := t.sess.Load(); ss != nil {
+			ss.drain()
+		}
+	}
+	s.mu.Unlock()
+
+	all := make(chan struct{})
+	go func() {
+		s.handlers.Wait()
+		close(all)
+	}()
+	drain := time.NewTimer(s.live.Load().cfg.DrainTimeout)
+	defer drain.Stop()
+	select {
+	case <-all:
+		s.cancel()
+		return nil
+	case <-drain.C:
+	case <-ctx.Done():
+	}
+	s.mu.Lock()
+	s.cancel()
+	for t := range s.conns {
+		if ss := t.sess.Load(); ss != nil {
+			ss.kill()
+		} else {
+			t.raw.SetDeadline(time.Unix(1, 0))
+		}
+	}
+	s.mu.Unlock()
+	select {
+	case <-all:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}

@@ -1,0 +1,263 @@
+package test
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/tenantproxy/tenantproxy/catalog"
+	"github.com/tenantproxy/tenantproxy/internal/pgtest"
+	"github.com/tenantproxy/tenantproxy/proxy"
+)
+
+// seed gives a tenant a user, a channel and n messages that name the
+// tenant, through the proxy.
+func seed(t *testing.T, conn *pgx.Conn, sub string, n int) {
+	t.Helper()
+	ctx := ctxT(t)
+	var uid, cid int64
+	if err := conn.QueryRow(ctx, "INSERT INTO users (username) VALUES ($1) RETURNING id", "u-"+sub).Scan(&uid); err != nil {
+		t.Fatalf("%s: insert user: %v", sub, err)
+	}
+	if err := conn.QueryRow(ctx, "INSERT INTO channels (name, created_by) VALUES ('general', $1) RETURNING id", uid).Scan(&cid); err != nil {
+		t.Fatalf("%s: insert channel: %v", sub, err)
+	}
+	for i := range n {
+		if _, err := conn.Exec(ctx, "INSERT INTO messages (channel_id, author_id, body) VALUES ($1, $2, $3)", cid, uid, fmt.Sprintf("%s message %d", sub, i)); err != nil {
+			t.Fatalf("%s: insert message: %v", sub, err)
+		}
+	}
+}
+
+// TestClientsThroughProxy drives every tier with pgx, psql and pgbench.
+func TestClientsThroughProxy(t *testing.T) {
+	e := newProxyEnv(t)
+	_, addr := e.startProxy(t, proxy.Config{})
+	for i, tt := range tierTenants {
+		seed(t, connect(t, dsn(addr, "alice."+tt.sub, tenantPassword)), tt.sub, 3+i)
+	}
+
+	for i, tt := range tierTenants {
+		t.Run(string(tt.tier)+"/"+tt.sub, func(t *testing.T) {
+			ctx := ctxT(t)
+			conn := connect(t, dsn(addr, "alice."+tt.sub, tenantPassword))
+
+			// Only the tenant's own rows, whatever the tier.
+			rows, err := conn.Query(ctx, "SELECT body FROM messages ORDER BY id")
+			if err != nil {
+				t.Fatal(err)
+			}
+			bodies, err := pgx.CollectRows(rows, pgx.RowTo[string])
+			if err != nil {
+				t.Fatal(err)
+			}
+			if len(bodies) != 3+i {
+				t.Fatalf("got %d messages %q; want the tenant's %d", len(bodies), bodies, 3+i)
+			}
+			for _, b := range bodies {
+				if !strings.HasPrefix(b, tt.sub+" ") {
+					t.Fatalf("tenant %s sees another tenant's message %q", tt.sub, b)
+				}
+			}
+
+			// Prepared statement, extended protocol.
+			if _, err := conn.Prepare(ctx, "count_like", "SELECT count(*) FROM messages WHERE body LIKE $1"); err != nil {
+				t.Fatal(err)
+			}
+			var n int
+			if err := conn.QueryRow(ctx, "count_like", tt.sub+"%").Scan(&n); err != nil || n != 3+i {
+				t.Fatalf("prepared count = %d, %v; want %d", n, err, 3+i)
+			}
+
+			// COPY in and out.
+			var uid, cid int64
+			if err := conn.QueryRow(ctx, "SELECT author_id, channel_id FROM messages LIMIT 1").Scan(&uid, &cid); err != nil {
+				t.Fatal(err)
+			}
+			copied, err := conn.CopyFrom(ctx, pgx.Identifier{"messages"}, []string{"channel_id", "author_id", "body"},
+				pgx.CopyFromSlice(100, func(j int) ([]any, error) { return []any{cid, uid, fmt.Sprintf("%s copied %d", tt.sub, j)}, nil }))
+			want := 103 + i
+			if tt.tier == catalog.TierShared {
+				// PostgreSQL refuses COPY FROM into tables with row-level
+				// security; the server's error reaches the client intact.
+				if sqlstateOf(err) != "0A000" {
+					t.Fatalf("COPY FROM into an RLS table = %d, %v; want the server's 0A000", copied, err)
+				}
+				want = 3 + i
+			} else if err != nil || copied != 100 {
+				t.Fatalf("COPY FROM = %d, %v", copied, err)
+			}
+			var out bytes.Buffer
+			tag, err := conn.PgConn().CopyTo(ctx, &out, "COPY (SELECT body FROM messages ORDER BY id) TO STDOUT")
+			if err != nil || tag.RowsAffected() != int64(want) {
+				t.Fatalf("COPY TO = %v, %v; want %d rows", tag, err, want)
+			}
+			if strings.Count(out.String(), tt.sub+" ") != want {
+				t.Fatalf("COPY TO returned other tenants' rows")
+			}
+
+			// A large result streams through.
+			var total int64
+			if err := conn.QueryRow(ctx, "SELECT sum(length(s)) FROM (SELECT repeat('x', 1000) || g AS s FROM generate_series(1, 20000) g) q").Scan(&total); err != nil {
+				t.Fatal(err)
+			}
+			rows, err = conn.Query(ctx, "SELECT repeat('y', 1000) || g FROM generate_series(1, 20000) g")
+			if err != nil {
+				t.Fatal(err)
+			}
+			got := 0
+			for rows.Next() {
+				var s string
+				if err := rows.Scan(&s); err != nil {
+					t.Fatal(err)
+				}
+				got++
+			}
+			if rows.Err() != nil || got != 20000 {
+				t.Fatalf("large result: %d rows, %v", got, rows.Err())
+			}
+
+			// An error in the middle of a result, and the session goes on.
+			_, err = conn.Exec(ctx, "SELECT 1 / (g - 5000) FROM generate_series(1, 10000) g")
+			if sqlstateOf(err) != "22012" {
+				t.Fatalf("division by zero mid-stream: %v; want 22012", err)
+			}
+			if err := conn.QueryRow(ctx, "SELECT 1").Scan(&n); err != nil {
+				t.Fatalf("after an error: %v", err)
+			}
+
+			// LISTEN/NOTIFY through the proxy.
+			listener := connect(t, dsn(addr, "alice."+tt.sub, tenantPassword))
+			if _, err := listener.Exec(ctx, "LISTEN chat"); err != nil {
+				t.Fatal(err)
+			}
+			if _, err := conn.Exec(ctx, "SELECT pg_notify('chat', 'hello ' || $1::text)", tt.sub); err != nil {
+				t.Fatal(err)
+			}
+			wctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+			defer cancel()
+			note, err := listener.WaitForNotification(wctx)
+			if err != nil || note.Payload != "hello "+tt.sub {
+				t.Fatalf("notification = %+v, %v", note, err)
+			}
+
+			// Context cancel reaches the server through the proxy's key.
+			cctx, ccancel := context.WithTimeout(ctx, 300*time.Millisecond)
+			defer ccancel()
+			start := time.Now()
+			_, err = conn.Exec(cctx, "SELECT pg_sleep(30)")
+			if err == nil || time.Since(start) > 10*time.Second {
+				t.Fatalf("pg_sleep under a cancelled context: %v after %s", err, time.Since(start))
+			}
+			var pgErr interface{ SQLState() string }
+			if !errors.As(err, &pgErr) || pgErr.SQLState() != "57014" {
+				// pgx may report the context error; the server must still have
+				// cancelled, which the next query on the same session shows.
+				t.Logf("cancel surfaced as %v", err)
+			}
+			if conn.IsClosed() {
+				conn = connect(t, dsn(addr, "alice."+tt.sub, tenantPassword))
+			}
+			if err := conn.QueryRow(ctx, "SELECT 1").Scan(&n); err != nil {
+				t.Fatalf("after cancel: %v", err)
+			}
+		})
+	}
+
+	psql := clientTool(t, "psql")
+	for _, tt := range tierTenants {
+		t.Run("psql/"+tt.sub, func(t *testing.T) {
+			url := dsn(addr, "alice."+tt.sub, tenantPassword)
+			out := run(t, psql, url, "-X", "-A", "-t", "-c", `\dt`)
+			if !strings.Contains(out, "messages") || !strings.Contains(out, "channels") {
+				t.Fatalf(`\dt lists %q; want the chat tables`, out)
+			}
+			out = run(t, psql, url, "-X", "-A", "-t", "-c", "SELECT DISTINCT split_part(body, ' ', 1) FROM messages")
+			if strings.TrimSpace(out) != tt.sub {
+				t.Fatalf("messages of tenants %q; want only %s", out, tt.sub)
+			}
+			file := filepath.Join(t.TempDir(), "messages.csv")
+			run(t, psql, url, "-X", "-c", fmt.Sprintf(`\copy (SELECT channel_id, author_id, body FROM messages) TO '%s' CSV`, file))
+			before := strings.TrimSpace(run(t, psql, url, "-X", "-A", "-t", "-c", "SELECT count(*) FROM messages"))
+			copyIn := fmt.Sprintf(`\copy messages (channel_id, author_id, body) FROM '%s' CSV`, file)
+			if tt.tier == catalog.TierShared {
+				// See above: PostgreSQL has no COPY FROM under RLS.
+				if out, err := runErr(psql, url, "-X", "-c", copyIn); err == nil || !strings.Contains(out, "row-level security") {
+					t.Fatalf(`\copy FROM into the shared tier: %v %s; want PostgreSQL's RLS refusal`, err, out)
+				}
+				copyIn = fmt.Sprintf(`\copy (SELECT count(*) FROM messages) TO '%s'`, file)
+			}
+			run(t, psql, url, "-X", "-c", copyIn)
+			after := strings.TrimSpace(run(t, psql, url, "-X", "-A", "-t", "-c", "SELECT count(*) FROM messages"))
+			var b, a int
+			fmt.Sscan(before, &b)
+			fmt.Sscan(after, &a)
+			switch {
+			case tt.tier == catalog.TierShared && (b == 0 || a != b):
+				t.Fatalf(`refused \copy FROM changed rows: %s before, %s after`, before, after)
+			case tt.tier != catalog.TierShared && (b == 0 || a != 2*b):
+				t.Fatalf(`\copy round trip: %s rows before, %s after; want double`, before, after)
+			}
+		})
+	}
+
+	pgbench := clientTool(t, "pgbench")
+	script := filepath.Join(t.TempDir(), "chat.sql")
+	if err := os.WriteFile(script, []byte("\\set n random(1, 100)\nSELECT count(*) FROM messages WHERE id > :n;\nBEGIN;\nSELECT body FROM messages ORDER BY id DESC LIMIT 5;\nCOMMIT;\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	for _, tt := range tierTenants {
+		for _, mode := range []string{"simple", "extended"} {
+			t.Run("pgbench/"+mode+"/"+tt.sub, func(t *testing.T) {
+				out := run(t, pgbench, "-n", "-M", mode, "-c", "4", "-t", "50", "-f", script, dsn(addr, "alice."+tt.sub, tenantPassword))
+				if !strings.Contains(out, "number of transactions actually processed: 200/200") {
+					t.Fatalf("pgbench -M %s: %s", mode, out)
+				}
+			})
+		}
+	}
+}
+
+// clientTool finds a PostgreSQL client binary next to the server's.
+func clientTool(t *testing.T, name string) string {
+	t.Helper()
+	path, err := pgtest.Tool(name)
+	if err != nil {
+		if p, lerr := exec.LookPath(name); lerr == nil {
+			return p
+		}
+		t.Fatalf("%s: %v", name, err)
+	}
+	return path
+}
+
+// run runs a client tool and returns its output; a failure fails t.
+func run(t *testing.T, bin string, args ...string) string {
+	t.Helper()
+	out, err := runErr(bin, args...)
+	if err != nil {
+		t.Fatalf("%s %s: %v\n%s", filepath.Base(bin), redact(strings.Join(args, " ")), err, out)
+	}
+	return out
+}
+
+// runErr runs a client tool and returns its stdout and stderr.
+func runErr(bin string, args ...string) (string, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, bin, args...)
+	cmd.Env = append(os.Environ(), "PGCONNECT_TIMEOUT=10")
+	var out bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &out
+	err := cmd.Run()
+	return out.String(), err
+}

@@ -1,0 +1,145 @@
+package test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/prometheus/client_golang/prometheus"
+	"go.uber.org/zap/zaptest"
+
+	"github.com/tenantproxy/tenantproxy/catalog"
+	"github.com/tenantproxy/tenantproxy/internal/pgtest"
+	"github.com/tenantproxy/tenantproxy/migrations"
+	"github.com/tenantproxy/tenantproxy/pool"
+	"github.com/tenantproxy/tenantproxy/proxy"
+)
+
+// tenantPassword is every test tenant's admin password.
+const tenantPassword = "correct-horse-battery"
+
+// tierTenants are provisioned once per environment, one per tier.
+var tierTenants = []struct {
+	sub  string
+	plan string
+	tier catalog.Tier
+}{
+	{"acme", catalog.PlanFree, catalog.TierShared},
+	{"globex", catalog.PlanFree, catalog.TierShared},
+	{"initech", catalog.PlanStandard, catalog.TierSchema},
+	{"umbrella", catalog.PlanEnterprise, catalog.TierDatabase},
+}
+
+// proxyEnv is a migrated catalog with tenants in every tier on a private
+// cluster (the serving role is cluster-wide), plus a pool. Proxies are
+// started per test on top of it.
+type proxyEnv struct {
+	cluster *pgtest.Cluster
+	cat     *catalog.Catalog
+	pool    *pool.Manager
+}
+
+// newProxyEnv builds the environment; TestProxy builds one and runs
+// every proxy suite on it as subtests.
+func newProxyEnv(t *testing.T) *proxyEnv {
+	t.Helper()
+	c := pgtest.StartT(t)
+	dsn := pgtest.NewDatabase(t, c)
+	ctx := ctxT(t)
+	if _, err := migrations.Up(ctx, dsn, migrations.Options{}); err != nil {
+		t.Fatalf("migrate up: %v", err)
+	}
+	cat, err := catalog.Open(ctx, dsn, catalog.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(cat.Close)
+	for _, tt := range tierTenants {
+		if _, err := cat.Create(ctx, catalog.CreateRequest{Subdomain: tt.sub, Plan: tt.plan, Tier: tt.tier, AdminUser: "alice", AdminPassword: tenantPassword}); err != nil {
+			t.Fatalf("create tenant %s: %v", tt.sub, err)
+		}
+	}
+	mgr, err := pool.NewManager(pool.Config{}, zaptest.NewLogger(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { mgr.Close() })
+	return &proxyEnv{cluster: c, cat: cat, pool: mgr}
+}
+
+// startProxy serves a proxy over e on 127.0.0.1:0 and shuts it down when
+// t ends.
+func (e *proxyEnv) startProxy(t *testing.T, cfg proxy.Config) (*proxy.Server, string) {
+	t.Helper()
+	if cfg.Logger == nil {
+		cfg.Logger = zaptest.NewLogger(t)
+	}
+	if cfg.Registerer == nil {
+		cfg.Registerer = prometheus.NewRegistry()
+	}
+	srv, err := proxy.New(cfg, e.cat, e.pool)
+	if err != nil {
+		t.Fatal(err)
+	}
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	served := make(chan error, 1)
+	go func() { served <- srv.Serve(l) }()
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		if err := srv.Shutdown(ctx); err != nil {
+			t.Errorf("shutdown: %v", err)
+		}
+		if err := <-served; err != proxy.ErrServerClosed {
+			t.Errorf("Serve returned %v; want ErrServerClosed", err)
+		}
+	})
+	return srv, l.Addr().String()
+}
+
+// dsn is a libpq URL for user at the proxy, with extra query parameters.
+func dsn(addr, user, password string, extra ...string) string {
+	host, port, _ := net.SplitHostPort(addr)
+	q := append([]string{"sslmode=disable"}, extra...)
+	return fmt.Sprintf("postgres://%s:%s@%s:%s/app?%s", user, password, host, port, strings.Join(q, "&"))
+}
+
+func connect(t *testing.T, connString string) *pgx.Conn {
+	t.Helper()
+	conn, err := pgx.Connect(ctxT(t), connString)
+	if err != nil {
+		t.Fatalf("connect %s: %v", redact(connString), err)
+	}
+	t.Cleanup(func() { conn.Close(context.Background()) })
+	return conn
+}
+
+// sqlstateOf returns err's SQLSTATE, "" for nil, and a readable note
+// for errors without one, so assertions print what happened.
+func sqlstateOf(err error) string {
+	if err == nil {
+		return ""
+	}
+	var pgErr *pgconn.PgError
+	if errors.As(err, &pgErr) {
+		return pgErr.Code
+	}
+	return "no SQLSTATE: " + err.Error()
+}
+
+func redact(s string) string { return strings.ReplaceAll(s, tenantPassword, "…") }
+
+func ctxT(t testing.TB) context.Context {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	t.Cleanup(cancel)
+	return ctx
+}
