@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -445,8 +446,8 @@ func TestConcurrentAcquireNeverExceedsMax(t *testing.T) {
 	if p := peak.Load(); p > max {
 		t.Fatalf("%d connections held at once, MaxConnsPerKey is %d", p, max)
 	}
-	if got := f.serverConns(t); got > fmt.Sprint(max) {
-		t.Fatalf("server has %s connections, want at most %d", got, max)
+	if got, _ := strconv.Atoi(f.serverConns(t)); got > max {
+		t.Fatalf("server has %d connections, want at most %d", got, max)
 	}
 }
 
