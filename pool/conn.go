@@ -157,7 +157,7 @@ func pgconnConfig(cfg *Config, t *Target) (*pgconn.Config, error) {
 // setup establishes the tenant context with one Query write. It returns a
 // *SetupError when the server refused a statement and any other error when
 // the connection failed; either way the Conn must be closed.
-func (c *Conn) setup(ctx context.Context, cfg *Config, t *Target) error {
+func (c *Conn) setup(ctx context.Context, t *Target) error {
 	if len(t.Setup) == 0 {
 		return nil
 	}

@@ -100,7 +100,7 @@ func (m *Manager) Acquire(ctx context.Context, t Target) (*Conn, error) {
 			p.destroy(c)
 			continue
 		}
-		if err := c.setup(ctx, &m.cfg, &t); err != nil {
+		if err := c.setup(ctx, &t); err != nil {
 			p.destroy(c)
 			var setupErr *SetupError
 			if fresh || errors.As(err, &setupErr) || errors.Is(err, context.DeadlineExceeded) ||
