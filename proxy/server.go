@@ -274,8 +274,12 @@ func (s *Server) refuse(c *clientConn, err error) {
 	if rErr != nil && rErr.Code == router.CodeInternal {
 		s.log.Error("startup failed", zap.Stringer("client", c.raw.RemoteAddr()), zap.Error(err))
 	}
+	// Everything before the first ReadyForQuery ends the connection, so
+	// it is FATAL, as in PostgreSQL, except where DESIGN.md's table keeps
+	// ERROR to tell clients the condition is temporary (53400).
+	temporary := router.CodeOf(err) == router.CodeRateLimited || errors.Is(err, pool.ErrWaitTimeout)
 	c.raw.SetWriteDeadline(time.Now().Add(time.Second))
-	c.send(errorResponse(err, true))
+	c.send(errorResponse(err, !temporary))
 }
 
 func (s *Server) isClosing() bool {

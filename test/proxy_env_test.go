@@ -87,7 +87,7 @@ func (e *proxyEnv) startProxy(t *testing.T, cfg proxy.Config) (*proxy.Server, st
 	if err != nil {
 		t.Fatal(err)
 	}
-	l, err := net.Listen("tcp", "127.0.0.1:0")
+	l, err := newListener()
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -143,3 +143,5 @@ func ctxT(t testing.TB) context.Context {
 	t.Cleanup(cancel)
 	return ctx
 }
+
+func newListener() (net.Listener, error) { return net.Listen("tcp", "127.0.0.1:0") }

@@ -1,0 +1,191 @@
+package test
+
+import (
+	"context"
+	"errors"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+	"go.uber.org/zap/zaptest"
+
+	"github.com/tenantproxy/tenantproxy/catalog"
+	"github.com/tenantproxy/tenantproxy/pool"
+	"github.com/tenantproxy/tenantproxy/proxy"
+)
+
+// connectErr connects and returns the error, closing any connection made.
+func connectErr(t *testing.T, connString string) error {
+	t.Helper()
+	conn, err := pgx.Connect(ctxT(t), connString)
+	if err == nil {
+		conn.Close(context.Background())
+	}
+	return err
+}
+
+// TestErrorTable produces every row of DESIGN.md's error table with a real
+// client and asserts the SQLSTATE and severity.
+func TestErrorTable(t *testing.T) {
+	e := newProxyEnv(t)
+	ctx := ctxT(t)
+	_, addr := e.startProxy(t, proxy.Config{})
+
+	if _, _, err := e.cat.AddUser(ctx, "acme", "carol", "carol-password", "member"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := e.cat.Create(ctx, catalog.CreateRequest{Subdomain: "hooli", Plan: catalog.PlanFree, AdminUser: "alice", AdminPassword: tenantPassword}); err != nil {
+		t.Fatal(err)
+	}
+	if err := e.cat.Suspend(ctx, "hooli"); err != nil {
+		t.Fatal(err)
+	}
+
+	startupErrors := []struct {
+		name, connString, sqlstate, message string
+	}{
+		{"no tenant in the connection", dsn(addr, "alice", tenantPassword), "28000", "no tenant"},
+		{"sources disagree", dsn(addr, "alice.acme", tenantPassword, "options=-c%20tenant%3Dglobex"), "28000", "conflicting"},
+		{"tenant does not exist", dsn(addr, "alice.nosuch", tenantPassword), "3D000", "does not exist"},
+		{"tenant suspended", dsn(addr, "alice.hooli", tenantPassword), "28000", "suspended"},
+		{"wrong password", dsn(addr, "alice.acme", "wrong-password"), "28P01", "password authentication failed"},
+		{"unknown user", dsn(addr, "mallory.acme", tenantPassword), "28P01", "password authentication failed"},
+		{"user of another tenant", dsn(addr, "carol.globex", "carol-password"), "28P01", "password authentication failed"},
+	}
+	for _, tt := range startupErrors {
+		t.Run(tt.name, func(t *testing.T) {
+			var err error
+			// The catalog learns of the suspension through NOTIFY; give it
+			// a moment.
+			for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(50 * time.Millisecond) {
+				err = connectErr(t, tt.connString)
+				if sqlstateOf(err) == tt.sqlstate || time.Now().After(deadline) {
+					break
+				}
+			}
+			assertPgError(t, err, "FATAL", tt.sqlstate, tt.message)
+		})
+	}
+	t.Run("same user of its own tenant logs in", func(t *testing.T) {
+		connect(t, dsn(addr, "carol.acme", "carol-password"))
+		connect(t, dsn(addr, "carol", "carol-password", "options=-c%20tenant%3Dacme"))
+	})
+
+	t.Run("statement refused by the tenant policy", func(t *testing.T) {
+		for _, tt := range tierTenants {
+			conn := connect(t, dsn(addr, "alice."+tt.sub, tenantPassword))
+			for _, sql := range []string{"SET ROLE tenantproxy_serving", "RESET ROLE", "SET app.tenant_id = 'globex'", "SELECT set_config('app.tenant_id', 'globex', false)", "DISCARD ALL"} {
+				_, err := conn.Exec(ctx, sql)
+				assertPgError(t, err, "ERROR", "42501", "not allowed")
+				// Extended protocol: a refused Parse fails the same way.
+				_, err = conn.Exec(ctx, sql+" -- $1", pgx.QueryExecModeExec, "x")
+				if sqlstateOf(err) != "42501" {
+					t.Fatalf("%s: extended %q: %v; want 42501", tt.sub, sql, err)
+				}
+				var n int
+				if err := conn.QueryRow(ctx, "SELECT count(*) FROM messages").Scan(&n); err != nil {
+					t.Fatalf("%s: connection unusable after refusing %q: %v", tt.sub, sql, err)
+				}
+			}
+			// Inside a transaction, and in a pipeline with other
+			// statements: the replies stay in order.
+			tx, err := conn.Begin(ctx)
+			if err != nil {
+				t.Fatal(err)
+			}
+			_, err = tx.Exec(ctx, "SET LOCAL ROLE tenantproxy_serving")
+			assertPgError(t, err, "ERROR", "42501", "not allowed")
+			tx.Rollback(ctx)
+			results, err := conn.PgConn().Exec(ctx, "SELECT 1; SET ROLE x; SELECT 2").ReadAll()
+			if sqlstateOf(err) != "42501" || len(results) != 0 {
+				t.Fatalf("multi-statement query with a refused statement: %v, %d results", err, len(results))
+			}
+			var who string
+			if err := conn.QueryRow(ctx, "SELECT current_user").Scan(&who); err != nil || who == "tenantproxy_serving" && tt.tier == catalog.TierSchema {
+				t.Fatalf("current_user after refusals = %q, %v", who, err)
+			}
+		}
+	})
+
+	t.Run("per-tenant connection cap", func(t *testing.T) {
+		_, capped := e.startProxy(t, proxy.Config{MaxConnsPerTenant: 1})
+		connect(t, dsn(capped, "alice.acme", tenantPassword))
+		assertPgError(t, connectErr(t, dsn(capped, "alice.acme", tenantPassword)), "FATAL", "53300", "too many connections")
+		connect(t, dsn(capped, "alice.globex", tenantPassword)) // other tenants are not affected
+	})
+
+	t.Run("failed-login rate limit", func(t *testing.T) {
+		_, limited := e.startProxy(t, proxy.Config{MaxLoginFailures: 2})
+		for range 2 {
+			assertPgError(t, connectErr(t, dsn(limited, "alice.globex", "wrong-password")), "FATAL", "28P01", "")
+		}
+		assertPgError(t, connectErr(t, dsn(limited, "alice.globex", tenantPassword)), "ERROR", "53400", "too many failed logins")
+		connect(t, dsn(limited, "alice.acme", tenantPassword)) // per tenant user
+	})
+
+	t.Run("pool wait timeout", func(t *testing.T) {
+		one, err := pool.NewManager(pool.Config{MaxConnsPerKey: 1}, zaptest.NewLogger(t))
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { one.Close() })
+		srv, err := proxy.New(proxy.Config{StartupTimeout: time.Second, Logger: zaptest.NewLogger(t)}, e.cat, one)
+		if err != nil {
+			t.Fatal(err)
+		}
+		addr := serve(t, srv)
+		connect(t, dsn(addr, "alice.acme", tenantPassword))
+		assertPgError(t, connectErr(t, dsn(addr, "alice.globex", tenantPassword)), "ERROR", "53400", "timed out waiting for a server connection")
+	})
+
+	t.Run("proxy shutting down", func(t *testing.T) {
+		srv, err := proxy.New(proxy.Config{Logger: zaptest.NewLogger(t)}, e.cat, e.pool)
+		if err != nil {
+			t.Fatal(err)
+		}
+		addr := serve(t, srv)
+		conn := connect(t, dsn(addr, "alice.acme", tenantPassword))
+		sctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		defer cancel()
+		if err := srv.Shutdown(sctx); err != nil {
+			t.Fatal(err)
+		}
+		_, err = conn.Exec(ctx, "SELECT 1")
+		assertPgError(t, err, "FATAL", "57P01", "shutting down")
+	})
+}
+
+// serve runs srv on 127.0.0.1:0 until t ends.
+func serve(t *testing.T, srv *proxy.Server) string {
+	t.Helper()
+	l, err := newListener()
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		srv.Serve(l)
+	}()
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		srv.Shutdown(ctx)
+		<-done
+	})
+	return l.Addr().String()
+}
+
+// assertPgError checks that err carries the server-style error wanted.
+func assertPgError(t *testing.T, err error, severity, sqlstate, message string) {
+	t.Helper()
+	var pgErr *pgconn.PgError
+	if !errors.As(err, &pgErr) {
+		t.Fatalf("error %v; want %s %s", err, severity, sqlstate)
+	}
+	if pgErr.Code != sqlstate || pgErr.Severity != severity || !strings.Contains(pgErr.Message, message) {
+		t.Fatalf("error %s %s %q; want %s %s containing %q", pgErr.Severity, pgErr.Code, pgErr.Message, severity, sqlstate, message)
+	}
+}
