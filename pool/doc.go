@@ -33,6 +33,11 @@
 //
 //   - NewManager returns (*Manager, error): it validates Config and
 //     registers metrics, and either can fail.
+//   - Config has, beyond the announced fields, ResetTimeout,
+//     MaxMessageBodyLen, ApplicationName and Registerer.
+//   - Acquire's typed errors: ErrWaitTimeout (pool full until ctx ended;
+//     53400), ErrClosed (57P01), *SetupError (wraps the server's
+//     *pgconn.PgError); connect errors wrap pgconn's.
 //   - Cancel uses only Addr and TLS of the Target.
 //   - Connections speak protocol 3.0, so SecretKey fits the uint32.
 //
