@@ -109,7 +109,10 @@ func (e *proxyEnv) startProxy(t *testing.T, cfg proxy.Config) (*proxy.Server, st
 // dsn is a libpq URL for user at the proxy, with extra query parameters.
 func dsn(addr, user, password string, extra ...string) string {
 	host, port, _ := net.SplitHostPort(addr)
-	q := append([]string{"sslmode=disable"}, extra...)
+	q := extra
+	if !strings.Contains(strings.Join(extra, "&"), "sslmode=") {
+		q = append([]string{"sslmode=disable"}, extra...)
+	}
 	return fmt.Sprintf("postgres://%s:%s@%s:%s/app?%s", user, password, host, port, strings.Join(q, "&"))
 }
 
