@@ -1,27 +1,242 @@
 package main
 
 import (
+	"context"
 	"errors"
+	"fmt"
+	"os"
+	"os/signal"
+	"syscall"
+	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
+	"go.uber.org/zap"
+
+	"github.com/tenantproxy/tenantproxy/admin"
+	"github.com/tenantproxy/tenantproxy/catalog"
+	"github.com/tenantproxy/tenantproxy/pool"
+	"github.com/tenantproxy/tenantproxy/proxy"
+	"github.com/tenantproxy/tenantproxy/router"
 )
 
-func newServeCommand(*globals) *cobra.Command {
-	return &cobra.Command{
-		Use:   "serve",
-		Short: "Serve the proxy (arrives with issue #3)",
-		RunE: func(*cobra.Command, []string) error {
-			return errors.New("serve is not built yet: issue #3 brings it")
+// serveFlags are the settings of `serve`; `demo` shares the proxy part.
+type serveFlags struct {
+	catalog     catalogFlags
+	listen      []string
+	unixSocket  string
+	adminListen string
+
+	tlsCert, tlsKey string
+	requireTLS      bool
+
+	baseDomain    string
+	identifyOrder []string
+	userSeparator string
+	auth          string
+
+	maxConnsPerTenant int
+	startupTimeout    time.Duration
+	drainTimeout      time.Duration
+
+	poolMaxConns    int
+	poolIdleTimeout time.Duration
+	poolMaxLifetime time.Duration
+	poolConnTimeout time.Duration
+}
+
+func (f *serveFlags) register(fs *pflag.FlagSet, defaultAuth string) {
+	fs.StringSliceVar(&f.listen, "listen", []string{"127.0.0.1:6432"}, "TCP addresses for PostgreSQL clients")
+	fs.StringVar(&f.unixSocket, "unix-socket", "", "also listen on this unix socket path")
+	fs.StringVar(&f.adminListen, "admin-listen", "127.0.0.1:9090", "address of /metrics, /healthz and /readyz; empty disables")
+	fs.StringVar(&f.tlsCert, "tls-cert", "", "PEM certificate for client TLS (with --tls-key); reloaded on SIGHUP")
+	fs.StringVar(&f.tlsKey, "tls-key", "", "PEM key for client TLS")
+	fs.BoolVar(&f.requireTLS, "require-tls", false, "refuse clients that do not use TLS")
+	fs.StringVar(&f.baseDomain, "base-domain", "", "tenants are <subdomain>.<base-domain> in TLS SNI; empty disables SNI identification")
+	fs.StringSliceVar(&f.identifyOrder, "identify", []string{"sni", "options", "user"}, "identification sources in order: sni, options (-c tenant=ID), user (name.tenant)")
+	fs.StringVar(&f.userSeparator, "user-separator", ".", "separates user name and tenant in the user source")
+	fs.StringVar(&f.auth, "auth", defaultAuth, "client authentication: scram-sha-256, or trust (demos only)")
+	fs.IntVar(&f.maxConnsPerTenant, "max-conns-per-tenant", 0, "client connections one tenant may hold; 0 means no cap")
+	fs.DurationVar(&f.startupTimeout, "startup-timeout", 15*time.Second, "time a client has from connect to ready (TLS, startup, auth)")
+	fs.DurationVar(&f.drainTimeout, "drain-timeout", 30*time.Second, "on SIGTERM, time open sessions get before they are ended with 57P01")
+	fs.IntVar(&f.poolMaxConns, "pool-max-conns", 20, "server connections per (backend, database, role)")
+	fs.DurationVar(&f.poolIdleTimeout, "pool-idle-timeout", 5*time.Minute, "close server connections idle this long")
+	fs.DurationVar(&f.poolMaxLifetime, "pool-max-lifetime", time.Hour, "close server connections this old once idle")
+	fs.DurationVar(&f.poolConnTimeout, "pool-connect-timeout", 10*time.Second, "bound on connecting and authenticating to a backend")
+}
+
+func (f *serveFlags) proxyConfig(log *zap.Logger, reg prometheus.Registerer) proxy.Config {
+	order := make([]router.Source, len(f.identifyOrder))
+	for i, s := range f.identifyOrder {
+		order[i] = router.Source(s)
+	}
+	return proxy.Config{
+		Listen:      f.listen,
+		UnixSocket:  f.unixSocket,
+		TLSCertFile: f.tlsCert,
+		TLSKeyFile:  f.tlsKey,
+		RequireTLS:  f.requireTLS,
+		Identify: router.IdentifyConfig{
+			Order:         order,
+			BaseDomain:    f.baseDomain,
+			UserSeparator: f.userSeparator,
 		},
+		AuthMethod:        f.auth,
+		MaxConnsPerTenant: f.maxConnsPerTenant,
+		StartupTimeout:    f.startupTimeout,
+		DrainTimeout:      f.drainTimeout,
+		Logger:            log,
+		Registerer:        reg,
 	}
 }
 
-func newDemoCommand(*globals) *cobra.Command {
-	return &cobra.Command{
-		Use:   "demo",
-		Short: "Throwaway PostgreSQL, demo tenants in every tier and the proxy (arrives with issue #3)",
-		RunE: func(*cobra.Command, []string) error {
-			return errors.New("demo is not built yet: issue #3 brings it")
+func (f *serveFlags) poolConfig(reg prometheus.Registerer) pool.Config {
+	return pool.Config{
+		MaxConnsPerKey: f.poolMaxConns,
+		IdleTimeout:    f.poolIdleTimeout,
+		MaxLifetime:    f.poolMaxLifetime,
+		ConnectTimeout: f.poolConnTimeout,
+		Registerer:     reg,
+	}
+}
+
+func newServeCommand(g *globals) *cobra.Command {
+	cmd, _ := buildServeCommand(g)
+	return cmd
+}
+
+// buildServeCommand returns the command and the flags it fills, so that a
+// reload can parse a fresh copy.
+func buildServeCommand(g *globals) (*cobra.Command, *serveFlags) {
+	f := &serveFlags{}
+	cmd := &cobra.Command{
+		Use:   "serve",
+		Short: "Serve the proxy: clients name their tenant, the proxy routes them to its data",
+		Long: "Serves PostgreSQL clients on --listen. Tenants are identified by TLS SNI under --base-domain,\n" +
+			"by options=-c tenant=ID, or by user name.tenant. SIGTERM drains sessions (--drain-timeout);\n" +
+			"SIGHUP re-reads the environment and --config file and applies what can change live.",
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			cat, err := f.catalog.open(cmd.Context(), g)
+			if err != nil {
+				return err
+			}
+			defer cat.Close()
+			srv, adm, mgr, err := startProxy(g, f, cat)
+			if err != nil {
+				return err
+			}
+			defer mgr.Close()
+			served := make(chan error, 1)
+			go func() { served <- srv.ListenAndServe() }()
+			g.logger.Info("serving", zap.Strings("listen", f.listen), zap.String("admin", f.adminListen))
+			return runProxy(cmd.Context(), g, f, srv, adm, served, reloader(cmd, g))
 		},
 	}
+	f.catalog.register(cmd)
+	f.register(cmd.Flags(), proxy.AuthSCRAM)
+	return cmd, f
+}
+
+// reloader re-reads the configuration of a running serve: the command-line
+// flags as given, and the environment and config file as they are now.
+func reloader(cmd *cobra.Command, g *globals) func() (*serveFlags, error) {
+	return func() (*serveFlags, error) {
+		var args []string
+		cmd.Flags().Visit(func(fl *pflag.Flag) {
+			if sv, ok := fl.Value.(pflag.SliceValue); ok {
+				for _, v := range sv.GetSlice() {
+					args = append(args, "--"+fl.Name+"="+v)
+				}
+				return
+			}
+			args = append(args, "--"+fl.Name+"="+fl.Value.String())
+		})
+		fresh, f := buildServeCommand(g)
+		fresh.Flags().AddFlagSet(cmd.InheritedFlags())
+		if err := fresh.ParseFlags(args); err != nil {
+			return nil, err
+		}
+		if err := applyConfig(fresh, g.configPath, os.LookupEnv); err != nil {
+			return nil, err
+		}
+		return f, nil
+	}
+}
+
+// runProxy waits while srv serves (served yields what Serve returned) and
+// drains it when ctx ends. reload, when not nil, is called on SIGHUP.
+func runProxy(ctx context.Context, g *globals, f *serveFlags, srv *proxy.Server, adm *admin.Server, served <-chan error, reload func() (*serveFlags, error)) error {
+	hup := make(chan os.Signal, 1)
+	if reload != nil {
+		signal.Notify(hup, syscall.SIGHUP)
+		defer signal.Stop(hup)
+	}
+	for {
+		select {
+		case <-hup:
+			next, err := reload()
+			if err == nil {
+				err = srv.Reload(next.proxyConfig(g.logger, nil))
+			}
+			if err != nil {
+				g.logger.Error("reload refused; the running configuration stays", zap.Error(err))
+			}
+		case err := <-served:
+			shutdownAdmin(adm)
+			return err
+		case <-ctx.Done():
+			return stopProxy(g, f, srv, adm, served)
+		}
+	}
+}
+
+// startProxy builds the pool, the proxy and the admin listener. The caller
+// owns the returned pieces; adm is nil when --admin-listen is empty.
+func startProxy(g *globals, f *serveFlags, cat *catalog.Catalog) (*proxy.Server, *admin.Server, *pool.Manager, error) {
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	mgr, err := pool.NewManager(f.poolConfig(reg), g.logger)
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	srv, err := proxy.New(f.proxyConfig(g.logger, reg), cat, mgr)
+	if err != nil {
+		mgr.Close()
+		return nil, nil, nil, err
+	}
+	var adm *admin.Server
+	if f.adminListen != "" {
+		adm, err = admin.Start(f.adminListen, reg, cat.Ping, g.logger, nil)
+		if err != nil {
+			mgr.Close()
+			return nil, nil, nil, fmt.Errorf("admin listener: %w", err)
+		}
+	}
+	return srv, adm, mgr, nil
+}
+
+// stopProxy drains the proxy (open transactions get the drain timeout, then
+// 57P01) and stops the admin listener.
+func stopProxy(g *globals, f *serveFlags, srv *proxy.Server, adm *admin.Server, served <-chan error) error {
+	g.logger.Info("draining", zap.Duration("timeout", f.drainTimeout))
+	ctx, cancel := context.WithTimeout(context.Background(), f.drainTimeout+5*time.Second)
+	defer cancel()
+	err := srv.Shutdown(ctx)
+	if serr := <-served; !errors.Is(serr, proxy.ErrServerClosed) {
+		err = errors.Join(err, serr)
+	}
+	shutdownAdmin(adm)
+	return err
+}
+
+func shutdownAdmin(adm *admin.Server) {
+	if adm == nil {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	adm.Shutdown(ctx)
 }
