@@ -105,7 +105,7 @@ func demo(ctx context.Context, g *globals, f *serveFlags, out io.Writer) (err er
 		stopProxy(g, f, srv, adm, served)
 		return fmt.Errorf("sample data: %w", err)
 	}
-	printDemo(out, addr, adm, time.Since(started))
+	printDemo(out, cluster, addr, adm, time.Since(started))
 	g.logger.Debug("demo ready", zap.Stringer("addr", addr))
 	return runProxy(ctx, g, f, srv, adm, served, nil)
 }
@@ -168,12 +168,13 @@ func demoDSN(addr *net.TCPAddr, tenant string) string {
 	return fmt.Sprintf("postgres://alice.%s:%s@%s/chat?sslmode=disable", tenant, demoPassword, addr)
 }
 
-func printDemo(out io.Writer, addr *net.TCPAddr, adm *admin.Server, took time.Duration) {
+func printDemo(out io.Writer, cluster *pgtest.Cluster, addr *net.TCPAddr, adm *admin.Server, took time.Duration) {
 	var b strings.Builder
 	fmt.Fprintf(&b, "\ntenantproxy demo is ready (%s)\n\n", took.Round(time.Millisecond))
-	fmt.Fprintf(&b, "  proxy    %s  (SCRAM-SHA-256; every demo user is alice, password %s)\n", addr, demoPassword)
+	fmt.Fprintf(&b, "  proxy       %s  (SCRAM-SHA-256; every demo user is alice, password %s)\n", addr, demoPassword)
+	fmt.Fprintf(&b, "  PostgreSQL  %s in %s\n", cluster.Addr(), cluster.Dir)
 	if adm != nil {
-		fmt.Fprintf(&b, "  metrics  http://%s/metrics\n", adm.Addr())
+		fmt.Fprintf(&b, "  metrics     http://%s/metrics\n", adm.Addr())
 	}
 	b.WriteString("\nTenants (same SQL everywhere, each sees only its own rows):\n")
 	for _, t := range demoTenants {

@@ -1,0 +1,96 @@
+package main
+
+import (
+	"bufio"
+	"context"
+	"io"
+	"os"
+	"regexp"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/tenantproxy/tenantproxy/internal/pgtest"
+)
+
+// TestDemoServesEveryTierAndCleansUp runs `tenantproxy demo` as a newcomer
+// would, follows one printed psql line with a real client, and checks that
+// Ctrl-C leaves no cluster behind.
+func TestDemoServesEveryTierAndCleansUp(t *testing.T) {
+	if _, err := pgtest.BinDir(); err != nil && os.Getenv("CI") != "true" {
+		t.Skip(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	pr, pw := io.Pipe()
+	done := make(chan error, 1)
+	go func() {
+		done <- run(ctx, []string{"demo", "--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0", "--drain-timeout", "2s", "--log-level", "warn"}, pw, io.Discard)
+		pw.Close()
+	}()
+
+	var printed strings.Builder
+	lines := bufio.NewScanner(pr)
+	ready := make(chan struct{})
+	go func() {
+		for lines.Scan() {
+			printed.WriteString(lines.Text() + "\n")
+			if strings.HasPrefix(lines.Text(), "Ctrl-C stops") {
+				close(ready)
+			}
+		}
+		io.Copy(io.Discard, pr)
+	}()
+	select {
+	case <-ready:
+	case err := <-done:
+		t.Fatalf("demo exited before it was ready: %v", err)
+	case <-time.After(90 * time.Second):
+		t.Fatal("demo not ready after 90 s")
+	}
+	out := printed.String()
+
+	// The printed line for the database tier, turned into a pgx DSN.
+	m := regexp.MustCompile(`psql "host=(\S+) port=(\d+) user=alice\.initech dbname=chat sslmode=disable"`).FindStringSubmatch(out)
+	if m == nil {
+		t.Fatalf("no psql line for initech in:\n%s", out)
+	}
+	conn, err := pgx.Connect(ctx, "postgres://alice.initech:"+demoPassword+"@"+m[1]+":"+m[2]+"/chat?sslmode=disable")
+	if err != nil {
+		t.Fatal(err)
+	}
+	rows, err := conn.Query(ctx, "SELECT body FROM messages ORDER BY id")
+	if err != nil {
+		t.Fatal(err)
+	}
+	bodies, err := pgx.CollectRows(rows, pgx.RowTo[string])
+	conn.Close(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(bodies) != 2 || !strings.Contains(bodies[0], "Initech") || !strings.Contains(bodies[1], "Initech") {
+		t.Fatalf("initech sees %q; want its two sample messages only", bodies)
+	}
+
+	dm := regexp.MustCompile(`PostgreSQL\s+\S+ in (\S+)`).FindStringSubmatch(out)
+	if dm == nil {
+		t.Fatalf("demo did not say where its PostgreSQL lives:\n%s", out)
+	}
+	if _, err := os.Stat(dm[1]); err != nil {
+		t.Fatalf("cluster directory %s: %v", dm[1], err)
+	}
+	cancel()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatalf("demo stopped with %v", err)
+		}
+	case <-time.After(60 * time.Second):
+		t.Fatal("demo did not stop within 60 s of Ctrl-C")
+	}
+	if _, err := os.Stat(dm[1]); !os.IsNotExist(err) {
+		t.Fatalf("cluster directory %s survived the demo (stat: %v)", dm[1], err)
+	}
+}
