@@ -49,7 +49,9 @@ func TestServeReloadsConfigOnSIGHUPAndDrainsOnStop(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	done := make(chan error, 1)
-	go func() { done <- run(ctx, []string{"serve", "--config", config, "--log-level", "warn"}, io.Discard, io.Discard) }()
+	go func() {
+		done <- run(ctx, []string{"serve", "--config", config, "--log-level", "warn"}, io.Discard, io.Discard)
+	}()
 
 	clientDSN := "postgres://alice.acme:correct-horse@" + listen + "/chat?sslmode=disable"
 	var first *pgx.Conn
