@@ -128,7 +128,7 @@ type clientResult struct {
 // leaves or an error, then tells backendToClient.
 func (ss *session) clientToBackend() clientResult {
 	r := ss.forwardClient()
-	if r.err != nil && !isNetErr(r.err) {
+	if clientFacing(r.err) {
 		ss.clientErr = r.err
 	}
 	ss.clientGone.Store(true)
@@ -180,7 +180,7 @@ func (ss *session) forwardClient() clientResult {
 			if size-5 > ss.maxMsg {
 				return clientResult{err: router.Errorf(router.CodeMessageTooLarge, "message of %d bytes exceeds the limit of %d", size-5, ss.maxMsg)}
 			}
-			if skipping && typ != 'S' {
+			if skipping && typ != 'S' && typ != 'X' {
 				drop = size
 				break
 			}
@@ -240,7 +240,12 @@ func (ss *session) forwardClient() clientResult {
 					ss.sentRFQ.Add(1)
 				}
 			case 'F':
-				ss.sentRFQ.Add(1)
+				// A fast-path call names a function by OID with its
+				// arguments out of band (set_config(2078) included), which
+				// the policy cannot read; refuse them all.
+				drop, sub = size, syncMessage
+				ss.refusals.push(ss.sentRFQ.Add(1), "fast-path function calls are not allowed through the proxy")
+				break scan
 			case 'E':
 				ss.queries.Inc()
 			case 'X':
@@ -443,7 +448,9 @@ func (ss *session) sendClient(m interface{ Encode([]byte) ([]byte, error) }) err
 	return err
 }
 
-func isNetErr(err error) bool {
+// clientFacing reports whether err is a decision the client should hear
+// about (a *router.Error), as opposed to an I/O failure.
+func clientFacing(err error) bool {
 	var rErr *router.Error
-	return !errors.As(err, &rErr)
+	return errors.As(err, &rErr)
 }

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"io"
 	"net"
+	"strings"
 	"syscall"
 	"testing"
 	"time"
@@ -209,6 +210,35 @@ func TestHostileClients(t *testing.T) {
 		expectClosed(t, c)
 	})
 
+	t.Run("fast-path function call refused, session goes on", func(t *testing.T) {
+		c := session(t)
+		fe := pgproto3.NewFrontend(c, c)
+		// set_config(text, text, bool) by OID: the policy cannot read it.
+		fe.Send(&pgproto3.FunctionCall{Function: 2078, Arguments: [][]byte{[]byte("app.tenant_id"), []byte("globex"), []byte("f")}, ArgFormatCodes: []uint16{0}})
+		fe.Send(&pgproto3.Query{String: "SELECT current_setting('app.tenant_id')"})
+		if err := fe.Flush(); err != nil {
+			t.Fatal(err)
+		}
+		var got []string
+		for ready := 0; ready < 2; {
+			msg, err := fe.Receive()
+			if err != nil {
+				t.Fatal(err)
+			}
+			switch m := msg.(type) {
+			case *pgproto3.ErrorResponse:
+				got = append(got, "E"+m.Code)
+			case *pgproto3.DataRow:
+				got = append(got, "D"+string(m.Values[0]))
+			case *pgproto3.ReadyForQuery:
+				got = append(got, "Z")
+				ready++
+			}
+		}
+		if strings.Join(got, " ") != "E42501 Z Dacme Z" {
+			t.Fatalf("replies %q; want the refusal, then the tenant still acme", got)
+		}
+	})
 	t.Run("real clients still served", func(t *testing.T) {
 		conn := connect(t, dsn(addr, "alice.acme", tenantPassword))
 		var n int
