@@ -2,6 +2,9 @@ package test
 
 import (
 	"context"
+	"os"
+	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -165,6 +168,38 @@ func TestSessionLifecycle(t *testing.T) {
 		}
 		_, err = tx.Exec(ctx, "SELECT 1")
 		assertPgError(t, err, "FATAL", "57P01", "shutting down")
+	})
+
+	t.Run("ListenAndServe on TCP and a unix socket", func(t *testing.T) {
+		dir, err := os.MkdirTemp("", "tp")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer os.RemoveAll(dir)
+		srv, err := proxy.New(proxy.Config{Listen: []string{"127.0.0.1:0"}, UnixSocket: filepath.Join(dir, ".s.PGSQL.6432"), Logger: zaptest.NewLogger(t)}, e.cat, e.pool)
+		if err != nil {
+			t.Fatal(err)
+		}
+		served := make(chan error, 1)
+		go func() { served <- srv.ListenAndServe() }()
+		for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+			if _, err := os.Stat(filepath.Join(dir, ".s.PGSQL.6432")); err == nil {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatal("unix socket never appeared")
+			}
+		}
+		out := run(t, clientTool(t, "psql"), "host="+dir+" port=6432 dbname=app user=alice.initech password="+tenantPassword, "-X", "-A", "-t", "-c", "SELECT current_user")
+		if strings.TrimSpace(out) != "tenant_initech" {
+			t.Fatalf("over the unix socket: %q", out)
+		}
+		if err := srv.Shutdown(ctx); err != nil {
+			t.Fatal(err)
+		}
+		if err := <-served; err != proxy.ErrServerClosed {
+			t.Fatalf("ListenAndServe: %v", err)
+		}
 	})
 
 	t.Run("reload switches auth method for new connections", func(t *testing.T) {
