@@ -234,7 +234,7 @@ func TestClientsThroughProxy(t *testing.T) {
 }
 
 // clientTool finds a PostgreSQL client binary next to the server's.
-func clientTool(t *testing.T, name string) string {
+func clientTool(t testing.TB, name string) string {
 	t.Helper()
 	path, err := pgtest.Tool(name)
 	if err != nil {
@@ -247,7 +247,7 @@ func clientTool(t *testing.T, name string) string {
 }
 
 // run runs a client tool and returns its output; a failure fails t.
-func run(t *testing.T, bin string, args ...string) string {
+func run(t testing.TB, bin string, args ...string) string {
 	t.Helper()
 	out, err := runErr(bin, args...)
 	if err != nil {

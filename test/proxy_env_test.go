@@ -45,11 +45,18 @@ type proxyEnv struct {
 	pool    *pool.Manager
 }
 
-// newProxyEnv builds the environment; TestProxy builds one and runs
-// every proxy suite on it as subtests.
-func newProxyEnv(t *testing.T) *proxyEnv {
+// newProxyEnv builds the environment on a private cluster with default
+// settings.
+func newProxyEnv(t testing.TB) *proxyEnv {
 	t.Helper()
-	c := pgtest.StartT(t)
+	return newProxyEnvWith(t, pgtest.Options{}, pool.Config{})
+}
+
+// newProxyEnvWith builds the environment with cluster settings and a pool
+// configuration of the caller's choosing.
+func newProxyEnvWith(t testing.TB, opts pgtest.Options, poolCfg pool.Config) *proxyEnv {
+	t.Helper()
+	c := pgtest.StartT(t, opts)
 	dsn := pgtest.NewDatabase(t, c)
 	ctx := ctxT(t)
 	if _, err := migrations.Up(ctx, dsn, migrations.Options{}); err != nil {
@@ -65,7 +72,7 @@ func newProxyEnv(t *testing.T) *proxyEnv {
 			t.Fatalf("create tenant %s: %v", tt.sub, err)
 		}
 	}
-	mgr, err := pool.NewManager(pool.Config{}, zaptest.NewLogger(t))
+	mgr, err := pool.NewManager(poolCfg, zaptest.NewLogger(t))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -75,7 +82,7 @@ func newProxyEnv(t *testing.T) *proxyEnv {
 
 // startProxy serves a proxy over e on 127.0.0.1:0 and shuts it down when
 // t ends.
-func (e *proxyEnv) startProxy(t *testing.T, cfg proxy.Config) (*proxy.Server, string) {
+func (e *proxyEnv) startProxy(t testing.TB, cfg proxy.Config) (*proxy.Server, string) {
 	t.Helper()
 	if cfg.Logger == nil {
 		cfg.Logger = zaptest.NewLogger(t)
@@ -116,7 +123,7 @@ func dsn(addr, user, password string, extra ...string) string {
 	return fmt.Sprintf("postgres://%s:%s@%s:%s/app?%s", user, password, host, port, strings.Join(q, "&"))
 }
 
-func connect(t *testing.T, connString string) *pgx.Conn {
+func connect(t testing.TB, connString string) *pgx.Conn {
 	t.Helper()
 	conn, err := pgx.Connect(ctxT(t), connString)
 	if err != nil {
