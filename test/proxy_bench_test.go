@@ -132,4 +132,3 @@ func BenchmarkIdleClientMemory(b *testing.B) {
 		}
 	}
 }
-
