@@ -4,7 +4,8 @@ import "bytes"
 
 // Policy refuses client SQL that would change or escape the tenant
 // context of a session: SET/RESET ROLE, SESSION AUTHORIZATION, the tenant
-// setting, RESET ALL, DISCARD ALL and set_config(). It is lexical, so it
+// setting, RESET ALL, DISCARD ALL, set_config() and query_to_xml() (which
+// runs SQL given as a string). It is lexical, so it
 // reads SQL the way PostgreSQL's scanner splits it (comments, quoted
 // strings, quoted identifiers, dollar quotes) without parsing it. Function
 // and DO bodies (dollar-quoted) are scanned too, including the strings in
@@ -44,6 +45,10 @@ func (p *Policy) Check(sql []byte) string {
 		switch {
 		case eq(w[bytes.LastIndexByte(w, '.')+1:], "set_config"):
 			return "set_config() is not allowed through the proxy"
+		case hasPrefixFold(w[bytes.LastIndexByte(w, '.')+1:], "query_to_xml"):
+			// query_to_xml() runs a query given as a string, which would
+			// hide it from this scanner.
+			return "query_to_xml() is not allowed through the proxy"
 		case eq(w, "update"):
 			// UPDATE … SET col = … assigns columns, not settings.
 			sawUpdate = true
@@ -80,6 +85,25 @@ func eq(w []byte, s string) bool {
 		j++
 	}
 	return j == len(s)
+}
+
+// hasPrefixFold reports whether the word starts with an ASCII prefix,
+// case-insensitively and ignoring double quotes.
+func hasPrefixFold(w []byte, prefix string) bool {
+	j := 0
+	for _, c := range w {
+		if j == len(prefix) {
+			return true
+		}
+		if c == '"' {
+			continue
+		}
+		if lower(c) != lower(prefix[j]) {
+			return false
+		}
+		j++
+	}
+	return j == len(prefix)
 }
 
 func lower(c byte) byte {

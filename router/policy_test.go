@@ -29,6 +29,8 @@ func TestPolicy(t *testing.T) {
 		"UPDATE t SET x = 1; SET ROLE b",
 		`SELECT 1 AS "it's"; SET ROLE b`,
 		"SET standard_conforming_strings = off",
+		"SELECT query_to_xml('select set_config(''app.tenant_id'', ''b'', false)', true, true, '')",
+		`SELECT pg_catalog."query_to_xml_and_xmlschema"('x', true, true, '')`,
 	}
 	allowed := []string{
 		"SELECT * FROM messages",

@@ -76,7 +76,8 @@ func TestErrorTable(t *testing.T) {
 	t.Run("statement refused by the tenant policy", func(t *testing.T) {
 		for _, tt := range tierTenants {
 			conn := connect(t, dsn(addr, "alice."+tt.sub, tenantPassword))
-			for _, sql := range []string{"SET ROLE tenantproxy_serving", "RESET ROLE", "SET app.tenant_id = 'globex'", "SELECT set_config('app.tenant_id', 'globex', false)", "DISCARD ALL"} {
+			for _, sql := range []string{"SET ROLE tenantproxy_serving", "RESET ROLE", "SET app.tenant_id = 'globex'", "SELECT set_config('app.tenant_id', 'globex', false)", "DISCARD ALL",
+				"SELECT query_to_xml('SELECT set_config(''app.tenant_id'', ''globex'', false)', true, true, '')"} {
 				_, err := conn.Exec(ctx, sql)
 				assertPgError(t, err, "ERROR", "42501", "not allowed")
 				// Extended protocol: a refused Parse fails the same way.
