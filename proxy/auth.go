@@ -231,8 +231,9 @@ func (l *loginLimiter) succeed(key string) {
 	l.mu.Unlock()
 }
 
-// login identifies nothing and routes nothing: it checks the rate limit,
-// authenticates, and records the outcome.
+// login authenticates the tenant's user behind the failed-login limit and
+// records the outcome; it logs failures (without secrets) and returns the
+// client-facing error.
 func (s *Server) login(ctx context.Context, c *clientConn, lv *live, t *catalog.Tenant, name string) error {
 	key := limiterKey(t.ID, name)
 	now := time.Now()

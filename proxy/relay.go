@@ -38,7 +38,6 @@ type session struct {
 	client  net.Conn
 	backend *pool.Conn
 	bconn   net.Conn
-	target  pool.Target
 
 	tenant, user string
 	started      time.Time

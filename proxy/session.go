@@ -42,7 +42,7 @@ func (s *Server) establish(ctx context.Context, c *clientConn, lv *live, p *star
 	if !s.takeSlot(t.Subdomain, lv.cfg.MaxConnsPerTenant) {
 		return nil, router.Errorf(router.CodeTooManyConnections, "too many connections for tenant %q", t.Subdomain)
 	}
-	ss, err := s.connect(ctx, c, t, id, p)
+	ss, err := s.connect(ctx, c, lv, t, id, p)
 	if err != nil {
 		s.giveSlot(t.Subdomain)
 		return nil, err
@@ -52,14 +52,14 @@ func (s *Server) establish(ctx context.Context, c *clientConn, lv *live, p *star
 
 // connect routes the tenant, acquires its server connection and completes
 // the client's startup.
-func (s *Server) connect(ctx context.Context, c *clientConn, t *catalog.Tenant, id router.Identity, p *startupPacket) (*session, error) {
+func (s *Server) connect(ctx context.Context, c *clientConn, lv *live, t *catalog.Tenant, id router.Identity, p *startupPacket) (*session, error) {
 	rt, err := s.resolver.Route(ctx, t)
 	if err != nil {
 		return nil, err
 	}
 	// Startup parameters first, then "-c" options, as PostgreSQL applies
-	// them; sorted so the setup text (and the server's plan cache) is
-	// stable.
+	// them; parameters sorted so the same startup packet always gives the
+	// same setup.
 	var settings []router.Setting
 	names := make([]string, 0, len(p.params))
 	for name := range p.params {
@@ -98,9 +98,8 @@ func (s *Server) connect(ctx context.Context, c *clientConn, t *catalog.Tenant, 
 		s.backends.Release(bc, true)
 		return nil, err
 	}
-	lv := s.live.Load()
 	return &session{
-		srv: s, client: c.conn, backend: bc, bconn: bc.NetConn(), target: target,
+		srv: s, client: c.conn, backend: bc, bconn: bc.NetConn(),
 		tenant: t.Subdomain, user: id.User, started: time.Now(), cancelPID: pid,
 		maxMsg:       lv.cfg.MaxMessageSize,
 		queries:      s.metrics.queries.WithLabelValues(t.Subdomain),
