@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"net/url"
 	"strings"
 	"testing"
 	"time"
@@ -155,3 +156,16 @@ func ctxT(t testing.TB) context.Context {
 }
 
 func newListener() (net.Listener, error) { return net.Listen("tcp", "127.0.0.1:0") }
+
+// servingDSN connects directly to database as the serving role of the
+// backend "main", the role the proxy logs in with.
+func (e *proxyEnv) servingDSN(t testing.TB, database string) string {
+	t.Helper()
+	b, err := e.cat.Backend(ctxT(t), "main")
+	if err != nil {
+		t.Fatal(err)
+	}
+	u := url.URL{Scheme: "postgres", User: url.UserPassword(b.ServingUser, b.ServingPassword),
+		Host: e.cluster.Addr(), Path: "/" + database, RawQuery: "sslmode=disable"}
+	return u.String()
+}
