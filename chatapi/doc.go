@@ -1,0 +1,26 @@
+// Package chatapi is the chat service's HTTP JSON API and tenantproxy's
+// reference client: it reaches tenant data only through the proxy, naming
+// the tenant in the connection, so its SQL is the same in every isolation
+// tier and never filters by tenant. Isolation is the proxy's and the
+// database's job; this package proves an application gets it for free.
+//
+// A request names its tenant by the subdomain of its Host header (primary,
+// under Config.BaseDomain), the X-Tenant-ID header, or the path prefix
+// /t/{tenant}/ (fallback). All sources present must agree. Every error is
+// an RFC 9457 problem document (application/problem+json).
+//
+// Data access: one small pgx pool per active tenant, logging in to the
+// proxy as the tenant's service user (Config.ServiceUser) whose password is
+// HMAC-SHA256(Config.ServiceSecret, tenant id), so every replica derives
+// the same password without storing it; the first request for a tenant
+// makes sure the catalog holds the matching verifier. The pools live in an
+// LRU that closes what it evicts.
+//
+// Operator endpoints under /admin/ (sign-up, suspend, resume, GDPR export
+// and delete) need Config.OperatorToken as a bearer token and use the
+// catalog directly, except export, which reads through the proxy as the
+// tenant so that it contains exactly what the tenant can see.
+//
+// The routes are documented in openapi.json, served at /openapi.json; a
+// test keeps the two in step.
+package chatapi

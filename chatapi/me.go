@@ -1,0 +1,51 @@
+package chatapi
+
+import (
+	"encoding/json"
+	"net/http"
+	"time"
+
+	"github.com/tenantproxy/tenantproxy/catalog"
+)
+
+// Me describes the calling tenant: what the catalog says about its plan,
+// and its usage as read through the proxy.
+type Me struct {
+	Tenant                string          `json:"tenant"`
+	Name                  string          `json:"name"`
+	Plan                  string          `json:"plan"`
+	IsolationLevel        catalog.Tier    `json:"isolation_level"`
+	Status                catalog.Status  `json:"status"`
+	Region                string          `json:"region"`
+	Features              json.RawMessage `json:"features"`
+	Limits                Limits          `json:"limits"`
+	Usage                 Usage           `json:"usage"`
+	SubscriptionExpiresAt *time.Time      `json:"subscription_expires_at,omitempty"`
+}
+
+// Limits are the plan's limits.
+type Limits struct {
+	MaxUsers     int `json:"max_users"`
+	MaxStorageGB int `json:"max_storage_gb"`
+}
+
+// Usage is what counts against Limits.
+type Usage struct {
+	Users        int64 `json:"users"`
+	StorageBytes int64 `json:"storage_bytes"`
+}
+
+func (s *Server) me(w http.ResponseWriter, r *http.Request, t *tenantReq) error {
+	tn := t.tenant
+	m := Me{
+		Tenant: tn.ID, Name: tn.Name, Plan: tn.Plan, IsolationLevel: tn.Tier, Status: tn.Status, Region: tn.Region,
+		Features: tn.Features, Limits: Limits{MaxUsers: tn.MaxUsers, MaxStorageGB: tn.MaxStorageGB},
+		SubscriptionExpiresAt: tn.SubscriptionExpiresAt,
+	}
+	err := t.db.QueryRow(r.Context(), "SELECT (SELECT count(*) FROM users), (SELECT coalesce(sum(size_bytes), 0)::bigint FROM files)").
+		Scan(&m.Usage.Users, &m.Usage.StorageBytes)
+	if err != nil {
+		return err
+	}
+	return writeJSON(w, http.StatusOK, m)
+}
