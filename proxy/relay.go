@@ -300,7 +300,8 @@ func statementOf(m []byte) []byte {
 }
 
 // backendResult is how backendToClient ended. clean means the server is
-// at a message boundary with nothing unread and owes no reply.
+// at a message boundary with nothing unread and owes no reply; it may be
+// inside a transaction, which the pool's reset rolls back.
 type backendResult struct {
 	clean bool
 	// own is set when the session ended for the server side's reasons
@@ -328,7 +329,7 @@ func (ss *session) backendToClient() backendResult {
 						if ss.clientErr != nil && boundary {
 							ss.sendClient(errorResponse(ss.clientErr, true))
 						}
-						return backendResult{clean: boundary && status == 'I' && recv == ss.sentRFQ.Load(), err: ss.clientErr}
+						return backendResult{clean: boundary && recv == ss.sentRFQ.Load(), err: ss.clientErr}
 					}
 					if ss.draining.Load() && boundary && status == 'I' && recv == ss.sentRFQ.Load() {
 						ss.sendClient(errorResponse(errShuttingDown, true))

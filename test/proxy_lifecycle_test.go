@@ -70,6 +70,23 @@ func TestSessionLifecycle(t *testing.T) {
 		}
 	})
 
+	t.Run("client leaving mid-transaction", func(t *testing.T) {
+		conn := connect(t, dsn(addr, "alice.umbrella", tenantPassword))
+		tx, err := conn.Begin(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := tx.Exec(ctx, "INSERT INTO users (username) VALUES ('abandoned')"); err != nil {
+			t.Fatal(err)
+		}
+		conn.Close(ctx)
+		next := connect(t, dsn(addr, "alice.umbrella", tenantPassword))
+		var n int
+		if err := next.QueryRow(ctx, "SELECT count(*) FROM users WHERE username = 'abandoned'").Scan(&n); err != nil || n != 0 {
+			t.Fatalf("abandoned transaction's row: %d, %v; want rolled back", n, err)
+		}
+	})
+
 	t.Run("startup parameters reach the server and are reported", func(t *testing.T) {
 		conn := connect(t, dsn(addr, "alice.acme", tenantPassword, "application_name=chat-api", "options=-c%20statement_timeout%3D1234"))
 		if got := conn.PgConn().ParameterStatus("application_name"); got != "chat-api" {
