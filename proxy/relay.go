@@ -335,10 +335,12 @@ func (ss *session) backendToClient() backendResult {
 						ss.sendClient(errorResponse(errShuttingDown, true))
 						return backendResult{own: true, err: errShuttingDown}
 					}
-					// Not idle yet: keep relaying. Clearing the deadline
-					// races with a new wake, so look at the flags again.
+					// Draining but not idle: keep relaying; the next
+					// ReadyForQuery that leaves the session idle ends it.
+					// Clearing the deadline races with a wake for a final
+					// reason, so look at those flags again.
 					ss.bconn.SetReadDeadline(time.Time{})
-					if ss.clientGone.Load() || ss.killed.Load() || (ss.draining.Load() && status == 'I') {
+					if ss.clientGone.Load() || ss.killed.Load() {
 						ss.wake()
 					}
 					continue

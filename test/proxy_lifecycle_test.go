@@ -139,9 +139,20 @@ func TestSessionLifecycle(t *testing.T) {
 		if _, err := tx.Exec(ctx, "INSERT INTO users (username) VALUES ('drained')"); err != nil {
 			t.Fatal(err)
 		}
+		// A query in flight when the drain starts finishes too.
+		slow := connect(t, dsn(daddr, "alice.umbrella", tenantPassword))
+		slowDone := make(chan error, 1)
+		go func() {
+			_, err := slow.Exec(ctx, "SELECT pg_sleep(0.5)")
+			slowDone <- err
+		}()
+		time.Sleep(100 * time.Millisecond)
 		shut := make(chan error, 1)
 		go func() { shut <- srv.Shutdown(context.Background()) }()
 		time.Sleep(200 * time.Millisecond)
+		if err := <-slowDone; err != nil {
+			t.Fatalf("query in flight during drain: %v", err)
+		}
 		_, err = idle.Exec(ctx, "SELECT 1")
 		assertPgError(t, err, "FATAL", "57P01", "shutting down")
 		if _, err := tx.Exec(ctx, "SELECT 1"); err != nil {
