@@ -1,18 +1,53 @@
 package main
 
 import (
-	"errors"
+	"fmt"
+	"os"
 
 	"github.com/spf13/cobra"
+
+	"github.com/tenantproxy/tenantproxy/bench"
 )
 
 func newBenchCommand(*globals) *cobra.Command {
-	return &cobra.Command{
+	var opts bench.Options
+	cmd := &cobra.Command{
 		Use:   "bench",
-		Short: "Benchmark the proxy against direct connections and PgBouncer (arrives with issue #7)",
-		Args:  cobra.NoArgs,
-		RunE: func(*cobra.Command, []string) error {
-			return errors.New("bench is not built yet: issue #7 brings it")
+		Short: "Benchmark the proxy against direct PostgreSQL and PgBouncer on this machine",
+		Long: "Starts a throwaway PostgreSQL from local binaries, provisions tenants in the shared and schema\n" +
+			"tiers, and measures direct PostgreSQL, tenantproxy (session mode, and transaction mode when\n" +
+			"available) and PgBouncer (when installed) in the same run, interleaved, with pgbench and a\n" +
+			"built-in load generator. Prints a table of medians and ratios; writes bench.json and an SVG\n" +
+			"chart per scenario into --out. Scenarios: a per-query overhead, b tenant context switching,\n" +
+			"c connection scale and memory, d connect rate, e noisy neighbour, f provisioning rate.",
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			self, err := os.Executable()
+			if err != nil {
+				return fmt.Errorf("bench runs this binary's serve: %w", err)
+			}
+			if opts.ProxyBinary == "" {
+				opts.ProxyBinary = self
+			}
+			opts.Progress = cmd.ErrOrStderr()
+			report, err := bench.Run(cmd.Context(), opts)
+			if report != nil {
+				if terr := report.WriteTable(cmd.OutOrStdout()); terr != nil && err == nil {
+					err = terr
+				}
+				fmt.Fprintf(cmd.OutOrStdout(), "\nbench.json and charts in %s\n", opts.OutDir)
+			}
+			return err
 		},
 	}
+	f := cmd.Flags()
+	f.BoolVar(&opts.Quick, "quick", false, "one-minute smoke run: short measurements, one round, small scales")
+	f.DurationVar(&opts.Duration, "duration", 0, "length of one measurement; 0 means 5s (quick: 1s)")
+	f.IntVar(&opts.Rounds, "rounds", 0, "interleaved repetitions of every measurement; 0 means 3 (quick: 1)")
+	f.StringSliceVar(&opts.Scenarios, "scenarios", nil, "scenarios to run, by letter a-f; empty means all")
+	f.StringSliceVar(&opts.Targets, "targets", nil, "targets: direct, tp-session, tp-transaction, pgbouncer; empty means all available")
+	f.StringVar(&opts.Script, "script", "", "pgbench script for the custom case of scenario a (may use :naccounts)")
+	f.StringVar(&opts.OutDir, "out", "bench-results", "directory for bench.json and the SVG charts")
+	f.StringVar(&opts.ProxyBinary, "proxy-binary", "", "tenantproxy executable to measure; empty means this one")
+	return cmd
 }

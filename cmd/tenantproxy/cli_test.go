@@ -87,10 +87,12 @@ func TestAdminCommandsEndToEnd(t *testing.T) {
 	}
 }
 
-func TestCommandsThatAnotherIssueBringsSaySo(t *testing.T) {
-	_, err := cli(t, "bench")
-	if err == nil || !strings.Contains(err.Error(), "#7") {
-		t.Fatalf("bench: %v, want a pointer to issue #7", err)
+// TestBenchRefusesUnknownScenario checks the wiring of bench's flags
+// without starting anything; test/bench_test.go runs a real --quick.
+func TestBenchRefusesUnknownScenario(t *testing.T) {
+	_, err := cli(t, "bench", "--scenarios", "z", "--out", t.TempDir())
+	if err == nil || !strings.Contains(err.Error(), `unknown scenario "z"`) {
+		t.Fatalf("bench --scenarios z: %v, want an unknown-scenario error", err)
 	}
 }
 

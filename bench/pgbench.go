@@ -1,0 +1,52 @@
+package bench
+
+import (
+	"context"
+	"fmt"
+	"os/exec"
+	"regexp"
+	"strconv"
+	"time"
+)
+
+// pgbenchRun is one pgbench invocation's outcome.
+type pgbenchRun struct {
+	tps       float64
+	latencyMS float64
+}
+
+var (
+	tpsLine     = regexp.MustCompile(`(?m)^tps = ([0-9.]+)`)
+	latencyLine = regexp.MustCompile(`(?m)^latency average = ([0-9.]+) ms`)
+)
+
+// runPgbench runs pgbench for d against connString with args (mode,
+// clients, script) and parses its throughput and mean latency. The tps of
+// pgbench 14+ excludes the initial connection time, except with -C, where
+// connecting is part of every transaction.
+func runPgbench(ctx context.Context, bin, connString string, d time.Duration, args ...string) (pgbenchRun, error) {
+	secs := max(1, int(d.Round(time.Second)/time.Second))
+	full := append([]string{"-n", "-T", strconv.Itoa(secs)}, args...)
+	full = append(full, connString)
+	// -T is pgbench's own bound; the context only guards against a hang.
+	ctx, cancel := context.WithTimeout(ctx, d+2*time.Minute)
+	defer cancel()
+	out, err := exec.CommandContext(ctx, bin, full...).CombinedOutput()
+	if err != nil {
+		return pgbenchRun{}, fmt.Errorf("pgbench: %w: %s", err, tail(out, 600))
+	}
+	m := tpsLine.FindSubmatch(out)
+	if m == nil {
+		return pgbenchRun{}, fmt.Errorf("pgbench printed no tps: %s", tail(out, 600))
+	}
+	var r pgbenchRun
+	r.tps, _ = strconv.ParseFloat(string(m[1]), 64)
+	if m := latencyLine.FindSubmatch(out); m != nil {
+		r.latencyMS, _ = strconv.ParseFloat(string(m[1]), 64)
+	}
+	return r, nil
+}
+
+// pgbenchThreads is pgbench's -j for c clients: one thread per core of the
+// 2-core reference machine, never more threads than clients.
+func pgbenchThreads(c int) string { return strconv.Itoa(min(c, 2)) }
