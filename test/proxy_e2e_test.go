@@ -216,6 +216,22 @@ func TestClientsThroughProxy(t *testing.T) {
 		})
 	}
 
+	t.Run("psql Ctrl-C cancels on the server", func(t *testing.T) {
+		var out bytes.Buffer
+		cmd := exec.Command(psql, dsn(addr, "alice.initech", tenantPassword), "-X", "-c", "SELECT pg_sleep(30)")
+		cmd.Stdout, cmd.Stderr = &out, &out
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(time.Second)
+		start := time.Now()
+		cmd.Process.Signal(os.Interrupt)
+		cmd.Wait()
+		if !strings.Contains(out.String(), "canceling statement due to user request") || time.Since(start) > 10*time.Second {
+			t.Fatalf("psql after SIGINT (%s): %s", time.Since(start), out.String())
+		}
+	})
+
 	pgbench := clientTool(t, "pgbench")
 	script := filepath.Join(t.TempDir(), "chat.sql")
 	if err := os.WriteFile(script, []byte("\\set n random(1, 100)\nSELECT count(*) FROM messages WHERE id > :n;\nBEGIN;\nSELECT body FROM messages ORDER BY id DESC LIMIT 5;\nCOMMIT;\n"), 0o644); err != nil {
