@@ -90,6 +90,21 @@ func TestErrorTable(t *testing.T) {
 					t.Fatalf("%s: connection unusable after refusing %q: %v", tt.sub, sql, err)
 				}
 			}
+			// Statements larger than the relay's buffer are inspected whole.
+			long := "SELECT length('" + strings.Repeat("x", 100_000) + "')"
+			var n int
+			if err := conn.QueryRow(ctx, long, pgx.QueryExecModeSimpleProtocol).Scan(&n); err != nil || n != 100_000 {
+				t.Fatalf("%s: long simple query = %d, %v", tt.sub, n, err)
+			}
+			if err := conn.QueryRow(ctx, long+" + $1::int", 1).Scan(&n); err != nil || n != 100_001 {
+				t.Fatalf("%s: long extended query = %d, %v", tt.sub, n, err)
+			}
+			_, err := conn.Exec(ctx, long+"; SET ROLE tenantproxy_serving", pgx.QueryExecModeSimpleProtocol)
+			assertPgError(t, err, "ERROR", "42501", "not allowed")
+			_, err = conn.Exec(ctx, long+" + $1::int; SET ROLE x", pgx.QueryExecModeExec, 1)
+			if sqlstateOf(err) != "42501" {
+				t.Fatalf("%s: long refused Parse: %v; want 42501", tt.sub, err)
+			}
 			// Inside a transaction, and in a pipeline with other
 			// statements: the replies stay in order.
 			tx, err := conn.Begin(ctx)
