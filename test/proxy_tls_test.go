@@ -69,6 +69,7 @@ func selfSigned(t *testing.T) (certFile, keyFile string, roots *x509.CertPool) {
 func TestTLSAndSNI(t *testing.T) {
 	e := newProxyEnv(t)
 	certFile, keyFile, roots := selfSigned(t)
+	newCert, newKey, newRoots := selfSigned(t)
 	srv, addr := e.startProxy(t, proxy.Config{TLSCertFile: certFile, TLSKeyFile: keyFile, Identify: router.IdentifyConfig{BaseDomain: baseDomain}})
 
 	t.Run("sslmode=require with psql", func(t *testing.T) {
@@ -81,7 +82,7 @@ func TestTLSAndSNI(t *testing.T) {
 
 	// The tenant comes from the server name alone: the user has no
 	// marker and there are no options.
-	sniConn := func(t *testing.T, serverName, user string) (*pgx.Conn, error) {
+	sniConnWith := func(t *testing.T, roots *x509.CertPool, serverName, user string) (*pgx.Conn, error) {
 		cfg, err := pgx.ParseConfig(dsn(addr, user, tenantPassword, "sslmode=require"))
 		if err != nil {
 			t.Fatal(err)
@@ -89,6 +90,9 @@ func TestTLSAndSNI(t *testing.T) {
 		cfg.TLSConfig = &tls.Config{ServerName: serverName, RootCAs: roots}
 		cfg.Fallbacks = nil
 		return pgx.ConnectConfig(ctxT(t), cfg)
+	}
+	sniConn := func(t *testing.T, serverName, user string) (*pgx.Conn, error) {
+		return sniConnWith(t, roots, serverName, user)
 	}
 	t.Run("SNI names the tenant", func(t *testing.T) {
 		for _, tt := range tierTenants {
@@ -108,12 +112,26 @@ func TestTLSAndSNI(t *testing.T) {
 		assertPgError(t, err, "FATAL", "28000", "conflicting")
 	})
 
+	t.Run("Reload rotates the certificate", func(t *testing.T) {
+		if err := srv.Reload(proxy.Config{TLSCertFile: newCert, TLSKeyFile: newKey, Identify: router.IdentifyConfig{BaseDomain: baseDomain}}); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := sniConn(t, "acme."+baseDomain, "alice"); err == nil {
+			t.Fatal("the old certificate is still served")
+		}
+		conn, err := sniConnWith(t, newRoots, "acme."+baseDomain, "alice")
+		if err != nil {
+			t.Fatalf("with the new certificate: %v", err)
+		}
+		conn.Close(ctxT(t))
+	})
+
 	t.Run("RequireTLS refuses plaintext", func(t *testing.T) {
-		if err := srv.Reload(proxy.Config{TLSCertFile: certFile, TLSKeyFile: keyFile, RequireTLS: true, Identify: router.IdentifyConfig{BaseDomain: baseDomain}}); err != nil {
+		if err := srv.Reload(proxy.Config{TLSCertFile: newCert, TLSKeyFile: newKey, RequireTLS: true, Identify: router.IdentifyConfig{BaseDomain: baseDomain}}); err != nil {
 			t.Fatal(err)
 		}
 		assertPgError(t, connectErr(t, dsn(addr, "alice.acme", tenantPassword)), "FATAL", "28000", "TLS")
-		conn, err := sniConn(t, "acme."+baseDomain, "alice")
+		conn, err := sniConnWith(t, newRoots, "acme."+baseDomain, "alice")
 		if err != nil {
 			t.Fatal(err)
 		}
