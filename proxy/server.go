@@ -273,6 +273,8 @@ func (s *Server) refuse(c *clientConn, err error) {
 	}
 	if rErr != nil && rErr.Code == router.CodeInternal {
 		s.log.Error("startup failed", zap.Stringer("client", c.raw.RemoteAddr()), zap.Error(err))
+	} else {
+		s.log.Debug("connection refused", zap.Stringer("client", c.raw.RemoteAddr()), zap.Error(err))
 	}
 	// Everything before the first ReadyForQuery ends the connection, so
 	// it is FATAL, as in PostgreSQL, except where DESIGN.md's table keeps
