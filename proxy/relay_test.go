@@ -1,0 +1,118 @@
+package proxy
+
+import (
+	"bytes"
+	"encoding/binary"
+	"io"
+	"net"
+	"testing"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/tenantproxy/tenantproxy/router"
+)
+
+// forwardBytes runs forwardClient over in and returns what it wrote
+// toward the server and how it ended.
+func forwardBytes(t *testing.T, in []byte) ([]byte, clientResult) {
+	t.Helper()
+	clientSide, proxyClient := net.Pipe()
+	proxyServer, serverSide := net.Pipe()
+	ss := &session{
+		srv:     &Server{policy: router.NewPolicy(router.DefaultTenantGUC)},
+		client:  proxyClient,
+		bconn:   proxyServer,
+		maxMsg:  1 << 16,
+		queries: prometheus.NewCounter(prometheus.CounterOpts{Name: "q"}),
+	}
+	go func() {
+		clientSide.Write(in)
+		clientSide.Close()
+	}()
+	out := make(chan []byte, 1)
+	go func() {
+		b, _ := io.ReadAll(serverSide)
+		out <- b
+	}()
+	r := ss.forwardClient()
+	proxyServer.Close()
+	proxyClient.Close()
+	return <-out, r
+}
+
+func msg(typ byte, body string) []byte {
+	b := []byte{typ}
+	b = binary.BigEndian.AppendUint32(b, uint32(4+len(body)))
+	return append(b, body...)
+}
+
+func TestForwardClient(t *testing.T) {
+	parse := func(sql string) []byte { return msg('P', "\x00"+sql+"\x00\x00\x00") }
+	tests := []struct {
+		name      string
+		in        [][]byte
+		want      [][]byte
+		wantClean bool
+		refusals  int
+	}{
+		{name: "queries pass, terminate is kept", in: [][]byte{msg('Q', "SELECT 1\x00"), msg('X', "")}, want: [][]byte{msg('Q', "SELECT 1\x00")}, wantClean: true},
+		{name: "refused query becomes a sync", in: [][]byte{msg('Q', "SELECT 1\x00"), msg('Q', "SET ROLE x\x00"), msg('Q', "SELECT 2\x00")},
+			want: [][]byte{msg('Q', "SELECT 1\x00"), syncMessage, msg('Q', "SELECT 2\x00")}, wantClean: true, refusals: 1},
+		{name: "refused parse drops up to sync", in: [][]byte{parse("SET ROLE x"), msg('B', "\x00\x00\x00\x00\x00\x00\x00"), msg('E', "\x00\x00\x00\x00\x00"), msg('S', ""), msg('Q', "SELECT 1\x00")},
+			want: [][]byte{msg('S', ""), msg('Q', "SELECT 1\x00")}, wantClean: true, refusals: 1},
+		{name: "fast-path call refused", in: [][]byte{msg('F', "\x00\x00\x08\x1e\x00\x00\x00\x00\x00\x00")}, want: [][]byte{syncMessage}, wantClean: true, refusals: 1},
+		{name: "large message streams", in: [][]byte{msg('d', string(bytes.Repeat([]byte("x"), 3*relayBufSize)))}, want: [][]byte{msg('d', string(bytes.Repeat([]byte("x"), 3*relayBufSize)))}, wantClean: true},
+		{name: "large refused query", in: [][]byte{msg('Q', string(bytes.Repeat([]byte(" "), 2*relayBufSize))+"SET ROLE x\x00")}, want: [][]byte{syncMessage}, wantClean: true, refusals: 1},
+		{name: "truncated message", in: [][]byte{msg('Q', "SELECT 1\x00")[:7]}, want: nil},
+		{name: "length below 4", in: [][]byte{{'Q', 0, 0, 0, 3}}, want: nil},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			got, r := forwardBytes(t, bytes.Join(tt.in, nil))
+			if want := bytes.Join(tt.want, nil); !bytes.Equal(got, want) {
+				t.Fatalf("forwarded %q; want %q", got, want)
+			}
+			if r.clean != tt.wantClean {
+				t.Fatalf("clean = %v (%v); want %v", r.clean, r.err, tt.wantClean)
+			}
+		})
+	}
+}
+
+// FuzzForwardClient checks that whatever a client sends, the relay never
+// panics, forwards whole Query and Parse messages only when the policy
+// allows their SQL, and never a fast-path call. (Other messages stream,
+// so a client that stops mid-message leaves a partial one behind.)
+func FuzzForwardClient(f *testing.F) {
+	f.Add(append(msg('Q', "SELECT 1\x00"), msg('X', "")...))
+	f.Add(append(msg('P', "\x00SET ROLE x\x00\x00\x00"), msg('S', "")...))
+	f.Add([]byte{'Q', 0xff, 0xff, 0xff, 0xff})
+	policy := router.NewPolicy(router.DefaultTenantGUC)
+	f.Fuzz(func(t *testing.T, in []byte) {
+		out, _ := forwardBytes(t, in)
+		for len(out) > 0 {
+			if len(out) < 5 {
+				t.Fatalf("forwarded a partial header %q", out)
+			}
+			size := 1 + int(binary.BigEndian.Uint32(out[1:]))
+			if size < 5 {
+				t.Fatalf("forwarded an invalid length %q", out)
+			}
+			if size > len(out) {
+				if out[0] == 'Q' || out[0] == 'P' || out[0] == 'F' {
+					t.Fatalf("forwarded part of an inspected message %q", out)
+				}
+				return
+			}
+			if m := out[:size]; m[0] == 'Q' || m[0] == 'P' {
+				if reason := policy.Check(statementOf(m)); reason != "" {
+					t.Fatalf("forwarded refused SQL %q", m)
+				}
+			}
+			if out[0] == 'F' {
+				t.Fatalf("forwarded a fast-path call")
+			}
+			out = out[size:]
+		}
+	})
+}
