@@ -1,81 +1,364 @@
 package router
 
-import "testing"
+import (
+	"encoding/json"
+	"strings"
+	"testing"
 
-func TestPolicy(t *testing.T) {
+	"github.com/tenantproxy/tenantproxy/catalog"
+)
+
+var tiers = []catalog.Tier{catalog.TierShared, catalog.TierSchema, catalog.TierDatabase}
+
+// refusedEverywhere must be refused in every tier whatever the settings,
+// with a reason containing the given word.
+var refusedEverywhere = []struct{ sql, why string }{
+	{"SET ROLE tenant_b", "ROLE"},
+	{"set role = 'tenant_b'", "ROLE"},
+	{"SET SESSION ROLE tenant_b", "ROLE"},
+	{"SET LOCAL ROLE tenant_b", "ROLE"},
+	{`SET "role" TO tenant_b`, "ROLE"},
+	{"RESET ROLE", "ROLE"},
+	{"SET SESSION AUTHORIZATION postgres", "AUTHORIZATION"},
+	{"RESET SESSION AUTHORIZATION", "AUTHORIZATION"},
+	{"SET session_authorization TO x", "AUTHORIZATION"},
+	{"SET app.tenant_id = 'b'", "app.tenant_id"},
+	{`SET "app"."tenant_id" TO 'b'`, "app.tenant_id"},
+	{`SET "APP.TENANT_ID" TO 'b'`, "app.tenant_id"},
+	{"SET app . tenant_id = 'b'", "app.tenant_id"},
+	{"SET LOCAL APP.TENANT_ID = 'b'", "app.tenant_id"},
+	{"RESET app.tenant_id", "app.tenant_id"},
+	{"RESET ALL", "RESET ALL"},
+	{"DISCARD ALL", "DISCARD ALL"},
+	{"SELECT set_config('app.tenant_id', 'b', false)", "set_config"},
+	{"SELECT pg_catalog.SET_CONFIG('role', 'x', false)", "set_config"},
+	{`SELECT "pg_catalog"."set_config"('role', 'x', false)`, "set_config"},
+	{`SELECT U&"\0073et_config"('role', 'x', false)`, "set_config"},
+	{"SELECT * FROM set_config('role', 'x', true)", "set_config"},
+	{"SELECT 1 WHERE EXISTS (SELECT set_config('role','x',true))", "set_config"},
+	{"WITH x AS (SELECT set_config('role','x',true)) SELECT * FROM x", "set_config"},
+	{"SELECT 1; SET ROLE b", "ROLE"},
+	{"SELECT 1; SELECT set_config('role','b',false)", "set_config"},
+	{"/* c */ SET /* c */ ROLE b", "ROLE"},
+	{"UPDATE t SET x = 1; SET ROLE b", "ROLE"},
+	{`SELECT 1 AS "it's"; SET ROLE b`, "ROLE"},
+	{`SELECT time'\' ; SET ROLE x; --'`, "ROLE"},
+	{"PREPARE p AS SELECT set_config('role','b',false)", "set_config"},
+	{"EXPLAIN ANALYZE SELECT set_config('role','b',false)", "set_config"},
+	{"COPY (SELECT set_config('role','b',false)) TO STDOUT", "set_config"},
+	{"DECLARE c CURSOR FOR SELECT set_config('role','b',false)", "set_config"},
+	{"COPY messages TO '/tmp/x'", "COPY"},
+	{"COPY messages TO PROGRAM 'cat > /tmp/x'", "COPY"},
+	{"COPY messages FROM PROGRAM 'id'", "COPY"},
+	{"SELECT query_to_xml('select set_config(''role'',''b'',false)', true, true, '')", "query_to_xml"},
+	{"SELECT ts_stat('select 1')", "ts_stat"},
+	{"SELECT ts_rewrite('a'::tsquery, 'select 1')", "ts_rewrite"},
+	{"SELECT * FROM pg_stat_activity", "pg_stat_activity"},
+	{"SELECT query FROM pg_catalog.pg_stat_activity WHERE pid <> pg_backend_pid()", "pg_stat_activity"},
+	{`SELECT * FROM "pg_catalog"."PG_STAT_ACTIVITY"`, "pg_stat_activity"},
+	{"SELECT * FROM pg_stat_get_activity(NULL)", "pg_stat_get_activity"},
+	{"SELECT * FROM pg_locks", "pg_locks"},
+	{"SELECT * FROM pg_stats WHERE tablename = 'messages'", "pg_stats"},
+	{"SELECT * FROM pg_stat_statements", "pg_stat_statements"},
+	{"SELECT datname FROM pg_database", "pg_database"},
+	{"SELECT rolname FROM pg_roles", "pg_roles"},
+	{"SELECT pg_terminate_backend(123)", "pg_terminate_backend"},
+	{"SELECT pg_cancel_backend(123)", "pg_cancel_backend"},
+	{"SELECT pg_read_file('/etc/passwd')", "pg_read_file"},
+	{"SELECT lo_import('/etc/passwd')", "lo_import"},
+	{"SELECT dblink('dbname=x', 'select 1')", "dblink"},
+	{"SELECT pg_database_size('tenantproxy_shared')", "pg_database_size"},
+	{"ALTER ROLE tenantproxy_serving PASSWORD 'x'", "AlterRole"},
+	{"ALTER ROLE CURRENT_USER SET role = 'tenant_b'", "AlterRoleSet"},
+	{"ALTER USER tenantproxy_serving SET default_transaction_read_only = on", "AlterRoleSet"},
+	{"CREATE ROLE x", "CreateRole"},
+	{"GRANT tenant_b TO CURRENT_USER", "GrantRole"},
+	{"ALTER DATABASE tenantproxy_shared SET app.tenant_id = 'b'", "AlterDatabaseSet"},
+	{"ALTER SYSTEM SET log_statement = 'all'", "AlterSystem"},
+	{"LOAD 'plpgsql'", "Load"},
+	{"CREATE EXTENSION dblink", "CreateExtension"},
+	{"CREATE AGGREGATE evil(text, bool) (sfunc = set_config, stype = text)", "Define"},
+	{"PREPARE TRANSACTION 'x'", "two-phase"},
+	{"COMMIT PREPARED 'other-tenants-gid'", "two-phase"},
+	{"CHECKPOINT", "CheckPoint"},
+	{"ALTER TABLE messages OWNER TO tenant_b", "owner"},
+	{"CREATE FUNCTION f() RETURNS int LANGUAGE sql SECURITY DEFINER AS 'select 1'", "SECURITY DEFINER"},
+	{"CREATE FUNCTION f() RETURNS int LANGUAGE sql SET role = 'b' AS 'select 1'", "ROLE"},
+	{"CREATE FUNCTION f() RETURNS int LANGUAGE sql SET app.tenant_id = 'b' AS 'select 1'", "app.tenant_id"},
+	{"CREATE FUNCTION f() RETURNS text LANGUAGE sql AS $$ SELECT set_config('role','b',false) $$", "set_config"},
+	{"CREATE FUNCTION f() RETURNS text LANGUAGE sql BEGIN ATOMIC SELECT set_config('role','b',false); END", "set_config"},
+	{"ALTER FUNCTION f() SECURITY DEFINER", "SECURITY DEFINER"},
+	{"ALTER FUNCTION f() SET role = 'b'", "ROLE"},
+	{"CREATE VIEW v AS SELECT * FROM pg_stat_activity", "pg_stat_activity"},
+	{"CREATE TABLE t (x text DEFAULT set_config('role','b',false))", "set_config"},
+	{"SET client_encoding = 'SJIS'", "UTF8"},
+	{"SET NAMES 'BIG5'", "UTF8"},
+	{"SET standard_conforming_strings = off", "standard_conforming_strings"},
+	{"SELEC 1", "parser"},
+}
+
+// tierRules: statements whose verdict depends on the tier's defaults
+// (allowed where the tier is listed).
+var tierRules = []struct {
+	sql     string
+	allowed []catalog.Tier
+}{
+	{"CREATE TABLE t (id int)", []catalog.Tier{catalog.TierDatabase}},
+	{"ALTER TABLE messages DISABLE ROW LEVEL SECURITY", []catalog.Tier{catalog.TierDatabase}},
+	{"ALTER TABLE messages NO FORCE ROW LEVEL SECURITY", []catalog.Tier{catalog.TierDatabase}},
+	{"DROP TABLE messages", []catalog.Tier{catalog.TierDatabase}},
+	{"TRUNCATE messages", []catalog.Tier{catalog.TierDatabase}},
+	{"SELECT * INTO copy_of_messages FROM messages", []catalog.Tier{catalog.TierDatabase}},
+	{"CREATE TABLE x AS SELECT * FROM messages", []catalog.Tier{catalog.TierDatabase}},
+	{"CREATE FUNCTION f() RETURNS int LANGUAGE sql AS 'select 1'", []catalog.Tier{catalog.TierDatabase}},
+	{"GRANT SELECT ON messages TO PUBLIC", []catalog.Tier{catalog.TierDatabase}},
+	{"DO $$ BEGIN EXECUTE 'SET ROLE tenant_b'; END $$", nil},
+	{"CREATE FUNCTION f() RETURNS void LANGUAGE plpgsql AS $$ BEGIN EXECUTE 'SET ROLE b'; END $$", nil},
+	{"SET search_path = tenant_b, public", []catalog.Tier{catalog.TierDatabase}},
+	{"RESET search_path", []catalog.Tier{catalog.TierDatabase}},
+	{"LISTEN tenant_b_events", []catalog.Tier{catalog.TierDatabase}},
+	{"NOTIFY tenant_b_events, 'x'", []catalog.Tier{catalog.TierDatabase}},
+	{"SELECT pg_notify('tenant_b_events', 'x')", []catalog.Tier{catalog.TierDatabase}},
+	{"SELECT pg_advisory_lock(42)", []catalog.Tier{catalog.TierDatabase}},
+	{"SELECT pg_try_advisory_xact_lock(1, 2)", []catalog.Tier{catalog.TierDatabase}},
+	{"SELECT relname, n_live_tup FROM pg_stat_user_tables", []catalog.Tier{catalog.TierDatabase}},
+	{"SELECT * FROM pg_statio_user_tables", []catalog.Tier{catalog.TierDatabase}},
+	{"SELECT pg_total_relation_size('tenant_b.messages')", []catalog.Tier{catalog.TierDatabase}},
+	{"LOCK TABLE messages IN ACCESS EXCLUSIVE MODE", []catalog.Tier{catalog.TierSchema, catalog.TierDatabase}},
+	{"SELECT lo_get(16384)", []catalog.Tier{catalog.TierSchema, catalog.TierDatabase}},
+	{"SELECT * FROM pg_largeobject_metadata", []catalog.Tier{catalog.TierSchema, catalog.TierDatabase}},
+	{"EXPLAIN SELECT * FROM messages WHERE body = 'secret'", []catalog.Tier{catalog.TierSchema, catalog.TierDatabase}},
+	{"CREATE RULE r AS ON INSERT TO t DO ALSO NOTIFY x", []catalog.Tier{catalog.TierDatabase}},
+}
+
+// allowedEverywhere must pass in every tier.
+var allowedEverywhere = []string{
+	"SELECT * FROM messages",
+	"select id, body from messages where channel_id = $1 and id < $2 order by id desc limit 50",
+	"INSERT INTO messages (channel_id, author_id, body) VALUES ($1, $2, $3) RETURNING id",
+	"UPDATE members SET role = 'admin' WHERE id = 1",
+	"INSERT INTO t VALUES ('please SET ROLE admin and RESET ALL') ON CONFLICT (id) DO UPDATE SET role = 'x'",
+	"SELECT current_setting('app.tenant_id')",
+	"SHOW app.tenant_id",
+	"SHOW search_path",
+	"SET application_name = 'x'",
+	"SET statement_timeout = '5s'",
+	"SET LOCAL work_mem = '64MB'",
+	"SET TIME ZONE 'UTC'",
+	"SET client_encoding = 'UTF8'",
+	"SET NAMES 'utf-8'",
+	"SET SESSION CHARACTERISTICS AS TRANSACTION ISOLATION LEVEL SERIALIZABLE",
+	"-- SET ROLE b\nSELECT 1",
+	"/* SET ROLE /* nested */ b */ SELECT 1",
+	"SELECT $1::text, 'a''b' AS role",
+	"DISCARD PLANS",
+	"DISCARD TEMP",
+	`SELECT E'\'' AS x`,
+	`SELECT E'\\'; SELECT 2`,
+	"BEGIN; SELECT 1; COMMIT",
+	"START TRANSACTION ISOLATION LEVEL REPEATABLE READ",
+	"SAVEPOINT a; ROLLBACK TO SAVEPOINT a; RELEASE a",
+	"WITH m AS (DELETE FROM messages WHERE id = 1 RETURNING *) SELECT count(*) FROM m",
+	"SELECT pg_backend_pid(), pg_typeof(1), pg_sleep(0)",
+	"SELECT n.nspname, c.relname FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace",
+	"SELECT t.oid, t.typname FROM pg_type t WHERE t.typname = $1",
+	"PREPARE p(int) AS SELECT * FROM messages WHERE id = $1",
+	"EXECUTE p(1)",
+	"DEALLOCATE p",
+	"COPY messages TO STDOUT",
+	"COPY (SELECT * FROM messages) TO STDOUT WITH (FORMAT csv)",
+	"COPY messages (channel_id, author_id, body) FROM STDIN",
+	"DECLARE c CURSOR FOR SELECT * FROM messages; FETCH 10 FROM c; CLOSE c",
+	"SELECT * FROM pg_prepared_statements",
+	"SET CONSTRAINTS ALL DEFERRED",
+	"SELECT 'pg_stat_activity', 'set_config(''role'', ''x'', false)'",
+	"SELECT ts_rewrite('a & b'::tsquery, 'a'::tsquery, 'c'::tsquery)",
+	"INSERT INTO t (x) VALUES (1)",
+}
+
+func TestPolicyRefusesInEveryTier(t *testing.T) {
 	p := NewPolicy(DefaultTenantGUC)
-	refused := []string{
-		"SET ROLE tenant_b",
-		"set role = 'tenant_b'",
-		"SET SESSION ROLE tenant_b",
-		"SET LOCAL ROLE tenant_b",
-		"RESET ROLE",
-		"SET SESSION AUTHORIZATION postgres",
-		"RESET SESSION AUTHORIZATION",
-		"SET session_authorization TO x",
-		"SET app.tenant_id = 'b'",
-		`SET "app"."tenant_id" TO 'b'`,
-		"SET LOCAL APP.TENANT_ID = 'b'",
-		"RESET app.tenant_id",
-		"RESET ALL",
-		"DISCARD ALL",
-		"SELECT set_config('app.tenant_id', 'b', false)",
-		"SELECT pg_catalog.SET_CONFIG('role', 'x', false)",
-		"SELECT 1; SET ROLE b",
-		"/* c */ SET /* c */ ROLE b",
-		"DO $$ BEGIN EXECUTE 'SET ROLE tenant_b'; END $$",
-		"DO $fn$ BEGIN PERFORM set_config('app.tenant_id','b',false); END $fn$",
-		"CREATE FUNCTION f() RETURNS int LANGUAGE sql SET app.tenant_id = 'b' AS 'select 1'",
-		"UPDATE t SET x = 1; SET ROLE b",
-		`SELECT 1 AS "it's"; SET ROLE b`,
-		"SET standard_conforming_strings = off",
-		"SELECT query_to_xml('select set_config(''app.tenant_id'', ''b'', false)', true, true, '')",
-		`SELECT pg_catalog."query_to_xml_and_xmlschema"('x', true, true, '')`,
+	everything := Rules{DDL: true, Procedural: true, SearchPath: true, DatabaseWide: true, SharedTables: true, Explain: true}
+	for _, tt := range refusedEverywhere {
+		for _, r := range []Rules{{}, DefaultRules(catalog.TierSchema), DefaultRules(catalog.TierDatabase), everything} {
+			reason := p.CheckRules([]byte(tt.sql), r)
+			if reason == "" {
+				t.Errorf("%q allowed under %+v; want refused", tt.sql, r)
+				continue
+			}
+			if !strings.Contains(strings.ToLower(reason), strings.ToLower(tt.why)) {
+				t.Errorf("%q refused with %q; want a reason naming %q", tt.sql, reason, tt.why)
+			}
+		}
 	}
-	allowed := []string{
-		"SELECT * FROM messages",
-		"UPDATE members SET role = 'admin' WHERE id = 1",
-		"INSERT INTO t VALUES ('please SET ROLE admin and RESET ALL') ON CONFLICT (id) DO UPDATE SET role = 'x'",
-		"SELECT current_setting('app.tenant_id')",
-		"SHOW app.tenant_id",
-		"SET search_path = public",
-		"SET application_name = 'x'",
-		"-- SET ROLE b\nSELECT 1",
-		"/* SET ROLE /* nested */ b */ SELECT 1",
-		"SELECT $1::text, 'a''b' AS role",
-		"DISCARD PLANS",
-		`SELECT E'\'' AS x`,
+}
+
+func TestPolicyAllowsPlainWorkInEveryTier(t *testing.T) {
+	p := NewPolicy(DefaultTenantGUC)
+	for _, sql := range allowedEverywhere {
+		for _, tier := range tiers {
+			if reason := p.CheckRules([]byte(sql), DefaultRules(tier)); reason != "" {
+				t.Errorf("%s tier: %q refused: %s", tier, sql, reason)
+			}
+		}
 	}
-	for _, sql := range refused {
+}
+
+func TestPolicyTierDefaults(t *testing.T) {
+	p := NewPolicy(DefaultTenantGUC)
+	for _, tt := range tierRules {
+		for _, tier := range tiers {
+			want := false
+			for _, a := range tt.allowed {
+				want = want || a == tier
+			}
+			reason := p.CheckRules([]byte(tt.sql), DefaultRules(tier))
+			if got := reason == ""; got != want {
+				t.Errorf("%s tier: %q allowed=%v (reason %q); want allowed=%v", tier, tt.sql, got, reason, want)
+			}
+		}
+	}
+}
+
+// TestPolicyCheckIsSharedTier: Check, the proxy's entry point before
+// per-tenant rules reach it, applies the strictest rules.
+func TestPolicyCheckIsSharedTier(t *testing.T) {
+	p := NewPolicy(DefaultTenantGUC)
+	for _, sql := range []string{"CREATE TABLE t (id int)", "LISTEN x", "EXPLAIN SELECT 1", "SET search_path = x"} {
 		if p.Check([]byte(sql)) == "" {
-			t.Errorf("policy allowed %q", sql)
-		}
-	}
-	for _, sql := range allowed {
-		if r := p.Check([]byte(sql)); r != "" {
-			t.Errorf("policy refused %q: %s", sql, r)
+			t.Errorf("Check allowed %q; want the shared tier's refusal", sql)
 		}
 	}
 }
 
-func TestPolicyDoesNotAllocate(t *testing.T) {
+func TestRulesForSettings(t *testing.T) {
+	tests := []struct {
+		tier     catalog.Tier
+		settings string
+		want     Rules
+		wantErr  bool
+	}{
+		{catalog.TierShared, ``, Rules{}, false},
+		{catalog.TierShared, `{}`, Rules{}, false},
+		{catalog.TierShared, `{"policy": {"allow_explain": true}}`, Rules{Explain: true}, false},
+		{catalog.TierShared, `{"policy": {"allow_ddl": true}}`, Rules{}, true},
+		{catalog.TierSchema, `{"policy": {"allow_ddl": true}}`, Rules{DDL: true, SharedTables: true, Explain: true}, false},
+		{catalog.TierSchema, `{"policy": {"allow_procedural": true}}`, Rules{}, true},
+		{catalog.TierDatabase, `{"policy": {"allow_ddl": false, "allow_procedural": true}}`,
+			Rules{Procedural: true, SearchPath: true, DatabaseWide: true, SharedTables: true, Explain: true}, false},
+		{catalog.TierDatabase, `{"policy": "yes"}`, Rules{}, true},
+		{catalog.TierDatabase, `{"other": 1}`, DefaultRules(catalog.TierDatabase), false},
+	}
+	for _, tt := range tests {
+		tn := &catalog.Tenant{Subdomain: "acme", Tier: tt.tier, Settings: json.RawMessage(tt.settings)}
+		got, err := RulesFor(tn)
+		if (err != nil) != tt.wantErr {
+			t.Errorf("%s %s: error %v; want error=%v", tt.tier, tt.settings, err, tt.wantErr)
+			continue
+		}
+		if err == nil && got != tt.want {
+			t.Errorf("%s %s: %+v; want %+v", tt.tier, tt.settings, got, tt.want)
+		}
+	}
+}
+
+func TestPolicyAllowDDLForSchemaTenant(t *testing.T) {
 	p := NewPolicy(DefaultTenantGUC)
-	sql := []byte(`SELECT "a"."b", 'x' FROM t WHERE id = $1; UPDATE t SET role = 1`)
-	if n := testing.AllocsPerRun(100, func() { p.Check(sql) }); n != 0 {
-		t.Fatalf("Check allocates %v times per call; want 0", n)
+	r, err := RulesFor(&catalog.Tenant{Tier: catalog.TierSchema, Settings: json.RawMessage(`{"policy": {"allow_ddl": true}}`)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if reason := p.CheckRules([]byte("CREATE TABLE notes (id int)"), r); reason != "" {
+		t.Errorf("allow_ddl tenant refused CREATE TABLE: %s", reason)
+	}
+	if reason := p.CheckRules([]byte("DO $$ BEGIN END $$"), r); reason == "" {
+		t.Errorf("allow_ddl tenant allowed DO")
 	}
 }
 
-// FuzzPolicy checks that the scanner terminates without panicking and
-// never modifies the SQL it inspects.
+// TestFastPathAgreesWithParser: whenever the fast path decides, the
+// parser decides the same way under the strictest rules.
+func TestFastPathAgreesWithParser(t *testing.T) {
+	p := NewPolicy(DefaultTenantGUC)
+	var all []string
+	for _, tt := range refusedEverywhere {
+		all = append(all, tt.sql)
+	}
+	for _, tt := range tierRules {
+		all = append(all, tt.sql)
+	}
+	all = append(all, allowedEverywhere...)
+	decided := 0
+	for _, sql := range all {
+		checkFastAgrees(t, p, sql)
+		if v, _ := p.fast([]byte(sql)); v != fastUnsure {
+			decided++
+		}
+	}
+	if decided < 20 {
+		t.Errorf("the fast path decided only %d of %d statements; it should handle plain DML and SET ROLE", decided, len(all))
+	}
+}
+
+func checkFastAgrees(t *testing.T, p *Policy, sql string) {
+	t.Helper()
+	v, reason := p.fast([]byte(sql))
+	parsed := analyze(sql, p.guc).verdict(Rules{})
+	switch {
+	case strings.HasPrefix(parsed, reasonUnparsable):
+		// The server rejects it too; nothing runs either way.
+	case v == fastSafe && parsed != "":
+		t.Errorf("fast path allowed %q, which the parser refuses: %s", sql, parsed)
+	case v == fastRefused && parsed == "":
+		t.Errorf("fast path refused %q (%s), which the parser allows", sql, reason)
+	}
+}
+
+func TestPolicyFastPathDoesNotAllocate(t *testing.T) {
+	p := NewPolicy(DefaultTenantGUC)
+	for _, sql := range []string{
+		`SELECT "a"."b", 'x' FROM t WHERE id = $1; UPDATE t SET role = 1`,
+		"SET ROLE tenant_b",
+	} {
+		b := []byte(sql)
+		if n := testing.AllocsPerRun(100, func() { p.Check(b) }); n != 0 {
+			t.Errorf("Check(%q) allocates %v times per call; want 0", sql, n)
+		}
+	}
+}
+
+func TestPolicyCacheHitDoesNotAllocate(t *testing.T) {
+	p := NewPolicy(DefaultTenantGUC)
+	b := []byte("SELECT n.nspname FROM pg_catalog.pg_namespace n WHERE n.oid = $1")
+	if v, _ := p.fast(b); v != fastUnsure {
+		t.Fatalf("statement should need the parser")
+	}
+	p.Check(b)
+	if n := testing.AllocsPerRun(100, func() { p.Check(b) }); n != 0 {
+		t.Fatalf("cached Check allocates %v times per call; want 0", n)
+	}
+}
+
+// FuzzPolicy checks that the policy terminates without panicking, never
+// modifies the SQL it inspects, and that the fast path never allows what
+// the parser refuses.
 func FuzzPolicy(f *testing.F) {
-	f.Add("SET ROLE x")
+	for _, tt := range refusedEverywhere {
+		f.Add(tt.sql)
+	}
+	for _, sql := range allowedEverywhere {
+		f.Add(sql)
+	}
 	f.Add(`DO $a$ '$a$ "x"" ; /* */ E'\'' $1`)
+	p := NewPolicy(DefaultTenantGUC)
 	f.Fuzz(func(t *testing.T, sql string) {
 		b := []byte(sql)
-		NewPolicy(DefaultTenantGUC).Check(b)
+		p.Check(b)
 		if string(b) != sql {
 			t.Fatalf("Check modified its input")
+		}
+		if strings.IndexByte(sql, 0) < 0 {
+			checkFastAgrees(t, p, sql)
 		}
 	})
 }

@@ -1,0 +1,502 @@
+package router
+
+import (
+	"strings"
+
+	pg_query "github.com/pganalyze/pg_query_go/v6"
+	"google.golang.org/protobuf/reflect/protoreflect"
+)
+
+// class is a kind of statement a tenant's Rules may or may not allow.
+type class uint8
+
+const (
+	classDDL class = 1 << iota
+	classProcedural
+	classSearchPath
+	classDatabaseWide
+	classSharedTables
+	classExplain
+	numClasses = iota
+)
+
+func (r Rules) allows(c class) bool {
+	switch c {
+	case classDDL:
+		return r.DDL
+	case classProcedural:
+		return r.Procedural
+	case classSearchPath:
+		return r.SearchPath
+	case classDatabaseWide:
+		return r.DatabaseWide
+	case classSharedTables:
+		return r.SharedTables
+	case classExplain:
+		return r.Explain
+	}
+	return false
+}
+
+// facts are what a statement text does, independent of who sends it: a
+// reason it is refused for everyone, or the classes it needs. They are
+// cached per text; verdict applies a tenant's Rules to them.
+type facts struct {
+	refused string
+	needs   class
+	// why holds, per class bit, the refusal reason naming the first thing
+	// in the text that needs the class.
+	why [numClasses]string
+}
+
+func (f *facts) refuse(reason string) {
+	if f.refused == "" {
+		f.refused = reason
+	}
+}
+
+func (f *facts) need(c class, reason string) {
+	if f.needs&c == 0 {
+		f.needs |= c
+		for i := range numClasses {
+			if c == 1<<i {
+				f.why[i] = reason
+			}
+		}
+	}
+}
+
+func (f *facts) merge(g *facts) {
+	f.refuse(g.refused)
+	for i := range numClasses {
+		if g.needs&(1<<i) != 0 {
+			f.need(1<<i, g.why[i])
+		}
+	}
+}
+
+// verdict returns the refusal reason under r, "" when allowed.
+func (f *facts) verdict(r Rules) string {
+	if f.refused != "" {
+		return f.refused
+	}
+	for i := range numClasses {
+		if c := class(1 << i); f.needs&c != 0 && !r.allows(c) {
+			return f.why[i]
+		}
+	}
+	return ""
+}
+
+// Reasons shared by the fast path and the parser, so a statement gets the
+// same message whichever decided.
+const (
+	reasonRole       = "SET/RESET ROLE is refused: the role is the tenant's isolation boundary and only the proxy sets it"
+	reasonSessAuth   = "SET/RESET SESSION AUTHORIZATION is refused: it would change who the session runs as"
+	reasonTenantGUC  = "changing the tenant setting %s is refused: the proxy sets it for this tenant"
+	reasonResetAll   = "RESET ALL is refused: it would undo the tenant context the proxy set up"
+	reasonDiscardAll = "DISCARD ALL is refused: it would undo the tenant context the proxy set up"
+	reasonUnparsable = "the statement was not sent: the proxy's SQL parser rejected it"
+)
+
+// tenantGUCReason is reasonTenantGUC for guc, built once per Policy use;
+// the fast path returns it without allocating.
+func tenantGUCReason(guc string) string {
+	return strings.Replace(reasonTenantGUC, "%s", guc, 1)
+}
+
+// analyze parses sql and collects its facts. Text the parser rejects is
+// refused: a statement the proxy cannot read is not forwarded.
+func analyze(sql, guc string) *facts {
+	f := &facts{}
+	res, err := pg_query.Parse(sql)
+	if err != nil {
+		f.refuse(reasonUnparsable + " (" + err.Error() + ")")
+		return f
+	}
+	a := analyzer{guc: guc, f: f}
+	for _, s := range res.Stmts {
+		a.statement(s.Stmt)
+		a.walk(s.Stmt.ProtoReflect())
+	}
+	return f
+}
+
+type analyzer struct {
+	guc string
+	f   *facts
+}
+
+// statement classifies one statement by kind, recursing into the
+// statements that PREPARE, EXPLAIN, COPY, DECLARE and CREATE TABLE AS
+// wrap. Expressions everywhere in the tree (function calls, relations,
+// SET clauses) are walk's job.
+func (a *analyzer) statement(n *pg_query.Node) {
+	if n == nil {
+		return
+	}
+	switch s := n.Node.(type) {
+	case *pg_query.Node_SelectStmt:
+		if s.SelectStmt.IntoClause != nil {
+			a.f.need(classDDL, "SELECT INTO is refused: it creates a table, and schema changes are not allowed for this tenant")
+		}
+	case *pg_query.Node_InsertStmt, *pg_query.Node_UpdateStmt, *pg_query.Node_DeleteStmt, *pg_query.Node_MergeStmt,
+		*pg_query.Node_VariableShowStmt, *pg_query.Node_VariableSetStmt, *pg_query.Node_ExecuteStmt,
+		*pg_query.Node_DeallocateStmt, *pg_query.Node_FetchStmt, *pg_query.Node_ClosePortalStmt,
+		*pg_query.Node_CallStmt, *pg_query.Node_ConstraintsSetStmt:
+		// Plain work; what it calls or names is checked by walk.
+	case *pg_query.Node_TransactionStmt:
+		switch s.TransactionStmt.Kind {
+		case pg_query.TransactionStmtKind_TRANS_STMT_PREPARE, pg_query.TransactionStmtKind_TRANS_STMT_COMMIT_PREPARED,
+			pg_query.TransactionStmtKind_TRANS_STMT_ROLLBACK_PREPARED:
+			a.f.refuse("two-phase commit is refused: prepared transaction names are shared by every tenant of the server")
+		}
+	case *pg_query.Node_DiscardStmt:
+		if s.DiscardStmt.Target == pg_query.DiscardMode_DISCARD_ALL {
+			a.f.refuse(reasonDiscardAll)
+		}
+	case *pg_query.Node_PrepareStmt:
+		a.statement(s.PrepareStmt.Query)
+	case *pg_query.Node_ExplainStmt:
+		a.f.need(classExplain, "EXPLAIN is refused for this tenant: its estimates come from statistics over every tenant's rows")
+		a.statement(s.ExplainStmt.Query)
+	case *pg_query.Node_DeclareCursorStmt:
+		a.statement(s.DeclareCursorStmt.Query)
+	case *pg_query.Node_CopyStmt:
+		c := s.CopyStmt
+		if c.IsProgram || c.Filename != "" {
+			a.f.refuse("COPY to or from a server file or program is refused: only COPY ... STDIN/STDOUT is allowed")
+		}
+		a.statement(c.Query)
+	case *pg_query.Node_ListenStmt, *pg_query.Node_UnlistenStmt, *pg_query.Node_NotifyStmt:
+		a.f.need(classDatabaseWide, "LISTEN/NOTIFY is refused for this tenant: channel names are shared by every tenant of the database")
+	case *pg_query.Node_LockStmt:
+		a.f.need(classSharedTables, "LOCK TABLE is refused for this tenant: the tables are shared by every tenant of the shared tier")
+	case *pg_query.Node_DoStmt:
+		a.f.need(classProcedural, "DO is refused for this tenant: procedural code can run SQL the proxy cannot check")
+	case *pg_query.Node_CreateFunctionStmt:
+		a.function(s.CreateFunctionStmt)
+	case *pg_query.Node_AlterFunctionStmt:
+		a.functionOptions(s.AlterFunctionStmt.Actions)
+		a.f.need(classDDL, "ALTER FUNCTION is refused: schema changes are not allowed for this tenant")
+	case *pg_query.Node_AlterTableStmt:
+		for _, c := range s.AlterTableStmt.Cmds {
+			if c.GetAlterTableCmd().GetSubtype() == pg_query.AlterTableType_AT_ChangeOwner {
+				a.f.refuse("changing an object's owner is refused: ownership decides which tenant can reach it")
+			}
+		}
+		a.f.need(classDDL, "ALTER TABLE is refused: schema changes are not allowed for this tenant")
+	case *pg_query.Node_CreateTableAsStmt:
+		a.f.need(classDDL, "CREATE TABLE AS is refused: schema changes are not allowed for this tenant")
+		a.statement(s.CreateTableAsStmt.Query)
+	case *pg_query.Node_CreateStmt, *pg_query.Node_IndexStmt, *pg_query.Node_ViewStmt, *pg_query.Node_CreateSeqStmt,
+		*pg_query.Node_AlterSeqStmt, *pg_query.Node_CompositeTypeStmt, *pg_query.Node_CreateEnumStmt,
+		*pg_query.Node_AlterEnumStmt, *pg_query.Node_CreateDomainStmt, *pg_query.Node_AlterDomainStmt,
+		*pg_query.Node_CreateRangeStmt, *pg_query.Node_RefreshMatViewStmt, *pg_query.Node_DropStmt,
+		*pg_query.Node_RenameStmt, *pg_query.Node_CommentStmt, *pg_query.Node_TruncateStmt,
+		*pg_query.Node_VacuumStmt, *pg_query.Node_ClusterStmt, *pg_query.Node_ReindexStmt,
+		*pg_query.Node_CreateTrigStmt, *pg_query.Node_CreatePolicyStmt, *pg_query.Node_AlterPolicyStmt,
+		*pg_query.Node_GrantStmt, *pg_query.Node_AlterObjectSchemaStmt, *pg_query.Node_CreateSchemaStmt,
+		*pg_query.Node_CreateStatsStmt, *pg_query.Node_AlterStatsStmt, *pg_query.Node_RuleStmt:
+		a.f.need(classDDL, statementName(n)+" is refused: schema changes are not allowed for this tenant")
+	default:
+		// Roles, databases, tablespaces, server configuration, extensions,
+		// languages, foreign servers, replication, event triggers,
+		// aggregates, operators, casts, ownership: what tenants share, or
+		// ways to make built-in functions run on a tenant's behalf.
+		a.f.refuse(statementName(n) + " is refused: it acts on roles, databases, server configuration or objects every tenant shares")
+	}
+}
+
+// statementName turns a node's type (pg_query.Node_AlterRoleStmt) into a
+// readable name (AlterRole), for messages.
+func statementName(n *pg_query.Node) string {
+	name := string(n.ProtoReflect().WhichOneof(n.ProtoReflect().Descriptor().Oneofs().Get(0)).Message().Name())
+	return strings.TrimSuffix(name, "Stmt")
+}
+
+// function classifies CREATE FUNCTION/PROCEDURE: SQL-language bodies are
+// parsed and checked like client SQL and need DDL; any other language is
+// procedural. SECURITY DEFINER and SET clauses are checked by
+// functionOptions.
+func (a *analyzer) function(s *pg_query.CreateFunctionStmt) {
+	a.functionOptions(s.Options)
+	lang, body := "", ""
+	if s.SqlBody != nil {
+		lang = "sql"
+	}
+	for _, o := range s.Options {
+		d := o.GetDefElem()
+		switch d.GetDefname() {
+		case "language":
+			lang = strings.ToLower(d.GetArg().GetString_().GetSval())
+		case "as":
+			for _, part := range d.GetArg().GetList().GetItems() {
+				body += part.GetString_().GetSval()
+			}
+		}
+	}
+	if lang != "sql" {
+		a.f.need(classProcedural, "CREATE FUNCTION/PROCEDURE in a language other than SQL is refused for this tenant: its body can run SQL the proxy cannot check")
+		return
+	}
+	a.f.need(classDDL, "CREATE FUNCTION/PROCEDURE is refused: schema changes are not allowed for this tenant")
+	if body != "" {
+		a.f.merge(analyze(body, a.guc))
+	}
+}
+
+// functionOptions refuses SECURITY DEFINER: a function that runs as its
+// owner lends the owner's rights to whoever calls it. SET clauses are
+// VariableSetStmt nodes, which walk checks.
+func (a *analyzer) functionOptions(opts []*pg_query.Node) {
+	for _, o := range opts {
+		d := o.GetDefElem()
+		if d.GetDefname() == "security" && d.GetArg().GetBoolean().GetBoolval() {
+			a.f.refuse("SECURITY DEFINER is refused: a function must not run with rights its caller does not have")
+		}
+	}
+}
+
+// walk visits every message in the tree for what can hide anywhere: calls
+// of functions, relations named, settings changed, notifications sent.
+func (a *analyzer) walk(m protoreflect.Message) {
+	switch v := m.Interface().(type) {
+	case *pg_query.FuncCall:
+		a.funcCall(v)
+	case *pg_query.RangeVar:
+		a.relation(v.Relname)
+	case *pg_query.VariableSetStmt:
+		a.set(v)
+	case *pg_query.NotifyStmt:
+		a.f.need(classDatabaseWide, "NOTIFY is refused for this tenant: channel names are shared by every tenant of the database")
+	}
+	m.Range(func(fd protoreflect.FieldDescriptor, val protoreflect.Value) bool {
+		switch {
+		case fd.Kind() != protoreflect.MessageKind:
+		case fd.IsList():
+			l := val.List()
+			for i := range l.Len() {
+				a.walk(l.Get(i).Message())
+			}
+		case fd.IsMap():
+		default:
+			a.walk(val.Message())
+		}
+		return true
+	})
+}
+
+// set checks SET, SET LOCAL and RESET, also as a function's SET clause.
+func (a *analyzer) set(s *pg_query.VariableSetStmt) {
+	if s.Kind == pg_query.VariableSetKind_VAR_RESET_ALL {
+		a.f.refuse(reasonResetAll)
+		return
+	}
+	switch name := strings.ToLower(s.Name); name {
+	case "role":
+		a.f.refuse(reasonRole)
+	case "session_authorization":
+		a.f.refuse(reasonSessAuth)
+	case a.guc:
+		a.f.refuse(tenantGUCReason(a.guc))
+	case "search_path":
+		a.f.need(classSearchPath, "changing search_path is refused for this tenant: the proxy sets it as part of the tenant context")
+	case "client_encoding":
+		// In client encodings such as SJIS or BIG5 a multi-byte character
+		// can end in a backslash; the server reads the bytes in that
+		// encoding, the proxy's parser as UTF-8, so a string literal could
+		// end where the parser thinks it goes on, and hide a statement.
+		if s.Kind == pg_query.VariableSetKind_VAR_SET_VALUE && (len(s.Args) != 1 || !SafeClientEncoding(constString(s.Args[0]))) {
+			a.f.refuse("client encodings other than UTF8 are refused: the proxy reads SQL as UTF-8")
+		}
+	case "standard_conforming_strings":
+		if s.Kind == pg_query.VariableSetKind_VAR_SET_VALUE && (len(s.Args) != 1 || !isOn(constString(s.Args[0]))) {
+			a.f.refuse("turning standard_conforming_strings off is refused: it changes where string literals end for the server but not for the proxy's parser")
+		}
+	}
+}
+
+// SafeClientEncoding reports whether a client_encoding value leaves every
+// byte below 0x80 meaning ASCII, so that the proxy, reading UTF-8, splits
+// SQL where the server does.
+func SafeClientEncoding(v string) bool {
+	switch strings.ToLower(strings.NewReplacer("-", "", "_", "").Replace(v)) {
+	case "utf8", "unicode", "sqlascii":
+		return true
+	}
+	return false
+}
+
+func isOn(v string) bool {
+	switch strings.ToLower(v) {
+	case "on", "true", "yes", "1":
+		return true
+	}
+	return false
+}
+
+// constString returns a SET argument's value: a string, identifier-like
+// keyword, or number as text.
+func constString(n *pg_query.Node) string {
+	c := n.GetAConst()
+	switch {
+	case c == nil:
+		return ""
+	case c.GetSval() != nil:
+		return c.GetSval().GetSval()
+	case c.GetBoolval() != nil:
+		if c.GetBoolval().GetBoolval() {
+			return "on"
+		}
+		return "off"
+	case c.GetIval() != nil:
+		if c.GetIval().GetIval() == 1 {
+			return "1"
+		}
+		return "0"
+	}
+	return ""
+}
+
+// funcCall checks a function call by its unqualified name, compared
+// case-insensitively: a quoted "SET_CONFIG" is not the built-in, but
+// refusing it costs nothing and a schema-qualified or quoted spelling of
+// the built-in can never slip through.
+func (a *analyzer) funcCall(c *pg_query.FuncCall) {
+	if len(c.Funcname) == 0 {
+		return
+	}
+	name := strings.ToLower(c.Funcname[len(c.Funcname)-1].GetString_().GetSval())
+	if name == "ts_rewrite" && len(c.Args) != 2 {
+		// Only the two-argument form runs a query given as text.
+		return
+	}
+	if reason, ok := refusedFunctions[name]; ok {
+		a.f.refuse(name + "() is refused: " + reason)
+		return
+	}
+	for _, p := range refusedFunctionPrefixes {
+		if strings.HasPrefix(name, p.prefix) {
+			a.f.refuse(name + "() is refused: " + p.reason)
+			return
+		}
+	}
+	for _, p := range classFunctionPrefixes {
+		if strings.HasPrefix(name, p.prefix) || name == p.prefix {
+			a.f.need(p.class, name+"() is refused for this tenant: "+p.reason)
+			return
+		}
+	}
+}
+
+const (
+	whyRunsSQL    = "it runs SQL given as text, which the proxy cannot check"
+	whyServerWide = "it reaches sessions, files or state of the whole server, which every tenant shares"
+)
+
+var refusedFunctions = map[string]string{
+	"set_config":                     "it changes settings that carry the tenant context",
+	"query_to_xml":                   whyRunsSQL,
+	"query_to_xmlschema":             whyRunsSQL,
+	"query_to_xml_and_xmlschema":     whyRunsSQL,
+	"cursor_to_xml":                  whyRunsSQL,
+	"cursor_to_xmlschema":            whyRunsSQL,
+	"table_to_xml":                   whyRunsSQL,
+	"table_to_xmlschema":             whyRunsSQL,
+	"table_to_xml_and_xmlschema":     whyRunsSQL,
+	"schema_to_xml":                  whyRunsSQL,
+	"schema_to_xmlschema":            whyRunsSQL,
+	"schema_to_xml_and_xmlschema":    whyRunsSQL,
+	"database_to_xml":                whyRunsSQL,
+	"database_to_xmlschema":          whyRunsSQL,
+	"database_to_xml_and_xmlschema":  whyRunsSQL,
+	"ts_stat":                        whyRunsSQL,
+	"ts_rewrite":                     whyRunsSQL,
+	"pg_terminate_backend":           whyServerWide,
+	"pg_cancel_backend":              whyServerWide,
+	"pg_reload_conf":                 whyServerWide,
+	"pg_rotate_logfile":              whyServerWide,
+	"pg_log_backend_memory_contexts": whyServerWide,
+	"pg_lock_status":                 whyServerWide,
+	"pg_blocking_pids":               whyServerWide,
+	"pg_safe_snapshot_blocking_pids": whyServerWide,
+	"pg_prepared_xact":               whyServerWide,
+	"pg_read_file":                   whyServerWide,
+	"pg_read_binary_file":            whyServerWide,
+	"lo_import":                      whyServerWide,
+	"lo_export":                      whyServerWide,
+	"pg_database_size":               whyServerWide,
+	"pg_tablespace_size":             whyServerWide,
+	"pg_current_logfile":             whyServerWide,
+	"pg_switch_wal":                  whyServerWide,
+	"pg_create_restore_point":        whyServerWide,
+	"pg_promote":                     whyServerWide,
+	"pg_backup_start":                whyServerWide,
+	"pg_backup_stop":                 whyServerWide,
+	"pg_import_system_collations":    whyServerWide,
+	"pg_get_backend_memory_contexts": whyServerWide,
+	"pg_export_snapshot":             whyServerWide,
+}
+
+var refusedFunctionPrefixes = []struct{ prefix, reason string }{
+	// Activity, locks, per-backend and per-database statistics, resets,
+	// pg_stat_file, pg_stat_statements.
+	{"pg_stat_", whyServerWide},
+	{"pg_ls_", whyServerWide},
+	{"pg_file_", whyServerWide},
+	{"pg_create_", whyServerWide},
+	{"pg_drop_replication", whyServerWide},
+	{"pg_replication_", whyServerWide},
+	{"pg_logical_", whyServerWide},
+	{"dblink", "it connects to other databases"},
+}
+
+var classFunctionPrefixes = []struct {
+	prefix string
+	class  class
+	reason string
+}{
+	{"pg_advisory", classDatabaseWide, "advisory lock keys are shared by every tenant of the database"},
+	{"pg_try_advisory", classDatabaseWide, "advisory lock keys are shared by every tenant of the database"},
+	{"pg_notify", classDatabaseWide, "channel names are shared by every tenant of the database"},
+	{"pg_relation_size", classDatabaseWide, "object sizes show other tenants' volume in a shared database"},
+	{"pg_total_relation_size", classDatabaseWide, "object sizes show other tenants' volume in a shared database"},
+	{"pg_table_size", classDatabaseWide, "object sizes show other tenants' volume in a shared database"},
+	{"pg_indexes_size", classDatabaseWide, "object sizes show other tenants' volume in a shared database"},
+	{"lo_", classSharedTables, "large objects of the shared tier belong to the serving role, so to every tenant"},
+	{"loread", classSharedTables, "large objects of the shared tier belong to the serving role, so to every tenant"},
+	{"lowrite", classSharedTables, "large objects of the shared tier belong to the serving role, so to every tenant"},
+}
+
+// relation checks a relation named anywhere (FROM, COPY, LOCK, DML
+// targets) by unqualified name: the views below are PostgreSQL's, and a
+// tenant cannot create look-alikes in shared or schema tiers anyway.
+func (a *analyzer) relation(name string) {
+	name = strings.ToLower(name)
+	switch {
+	case perDatabaseStats[name] || strings.HasPrefix(name, "pg_statio_"):
+		a.f.need(classDatabaseWide, name+" is refused for this tenant: it shows other tenants' tables and volume in a shared database")
+	case strings.HasPrefix(name, "pg_stat") || refusedRelations[name]:
+		a.f.refuse(name + " is refused: it shows other tenants' sessions, queries, data statistics, roles or databases")
+	case name == "pg_largeobject_metadata":
+		a.f.need(classSharedTables, name+" is refused for this tenant: large objects of the shared tier belong to every tenant")
+	}
+}
+
+var perDatabaseStats = map[string]bool{
+	"pg_stat_all_tables": true, "pg_stat_user_tables": true, "pg_stat_sys_tables": true,
+	"pg_stat_xact_all_tables": true, "pg_stat_xact_user_tables": true, "pg_stat_xact_sys_tables": true,
+	"pg_stat_all_indexes": true, "pg_stat_user_indexes": true, "pg_stat_sys_indexes": true,
+	"pg_stat_user_functions": true, "pg_stat_xact_user_functions": true,
+}
+
+var refusedRelations = map[string]bool{
+	"pg_locks": true, "pg_prepared_xacts": true, "pg_roles": true, "pg_user": true, "pg_authid": true,
+	"pg_shadow": true, "pg_group": true, "pg_auth_members": true, "pg_database": true,
+	"pg_db_role_setting": true, "pg_replication_slots": true, "pg_hba_file_rules": true,
+	"pg_ident_file_mappings": true, "pg_file_settings": true, "pg_backend_memory_contexts": true,
+	"pg_shmem_allocations": true, "pg_user_mappings": true, "pg_user_mapping": true,
+	"pg_largeobject": true, "pg_shdescription": true, "pg_shseclabel": true, "pg_subscription": true,
+	"pg_replication_origin_status": true,
+}
