@@ -11,4 +11,18 @@
 // session.go (routing, server connection, handover), relay.go (the
 // forwarding loops), cancel.go (cancel keys), server.go (lifecycle:
 // Serve, Shutdown, Reload).
+//
+// Sessions run in session mode: one server connection per client
+// connection, returned to the pool (and reset there) when the client
+// leaves it at a message boundary. The relay forwards bytes straight out
+// of its read buffers and decodes only what it acts on: Query and Parse
+// (the statement policy), FunctionCall (refused), Sync, Execute and
+// Terminate from the client; ReadyForQuery from the server. A refused
+// statement is replaced by a Sync, and its 42501 error is put in front of
+// the ReadyForQuery that answers it, so replies stay in order without an
+// extra round trip.
+//
+// Goroutines: Serve owns one handler goroutine per connection; a running
+// session adds one more for the client-to-server direction, which the
+// handler waits for before releasing the server connection.
 package proxy
