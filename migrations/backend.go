@@ -104,11 +104,24 @@ func prepareServer(ctx context.Context, b Backend, password string) error {
 			return err
 		}
 	}
+	// Hardened again on every registration, so a server prepared by an
+	// older release, or loosened by hand, is repaired.
+	schema, err := ConnectAs(ctx, b.AdminDSN, SchemaDatabase)
+	if err != nil {
+		return err
+	}
+	defer schema.Close(context.WithoutCancel(ctx))
+	if err := Harden(ctx, schema, true); err != nil {
+		return err
+	}
 	shared, err := ConnectAs(ctx, b.AdminDSN, SharedDatabase)
 	if err != nil {
 		return err
 	}
 	defer shared.Close(context.WithoutCancel(ctx))
+	if err := Harden(ctx, shared, true); err != nil {
+		return err
+	}
 	if _, err := Apply(ctx, shared, Target{Kind: KindShared, Backend: b.Name, Database: SharedDatabase}); err != nil {
 		return err
 	}
@@ -131,7 +144,8 @@ func ensureDatabase(ctx context.Context, admin *pgx.Conn, name string) error {
 
 // CreateDatabase creates database name through admin (a connection to any
 // other database of the server), lets the serving role, and no longer PUBLIC,
-// connect to it and takes CREATE on its public schema away from PUBLIC.
+// connect to it, takes CREATE on its public schema away from PUBLIC and
+// hardens it (Harden) as a database of its own tenant.
 func CreateDatabase(ctx context.Context, admin *pgx.Conn, name string) error {
 	db := ident(name)
 	if _, err := admin.Exec(ctx, "CREATE DATABASE "+db); err != nil {
@@ -150,7 +164,7 @@ func CreateDatabase(ctx context.Context, admin *pgx.Conn, name string) error {
 	if _, err := conn.Exec(ctx, "REVOKE CREATE ON SCHEMA public FROM PUBLIC"); err != nil {
 		return fmt.Errorf("database %s public schema: %w", name, err)
 	}
-	return nil
+	return Harden(ctx, conn, false)
 }
 
 // ConnectAs connects with dsn, to database instead of the DSN's own when

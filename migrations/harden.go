@@ -1,0 +1,91 @@
+package migrations
+
+import (
+	"context"
+	"fmt"
+
+	"github.com/jackc/pgx/v5"
+)
+
+// Harden takes away from PUBLIC, in the database conn is connected to,
+// what lets one tenant observe or disturb another through the server
+// itself, so that the isolation holds for a direct connection as the
+// serving role or a tenant role, not only behind the proxy's statement
+// policy. It needs a superuser (grants on pg_catalog objects belong to
+// their bootstrap owner) and is idempotent.
+//
+// In every tenant-facing database:
+//   - pg_stat_activity and the functions behind it: the serving role would
+//     see the query texts of every session it runs, i.e. of every tenant
+//     of the shared and database tiers; pg_locks and pg_lock_status: who
+//     holds what; pg_stats*: most-common values of columns, i.e. other
+//     tenants' data in the shared tables; pg_terminate_backend and
+//     pg_cancel_backend: the serving role could end every tenant's
+//     sessions. The predefined monitoring roles (pg_read_all_stats,
+//     pg_signal_backend) get them back, so monitoring keeps working.
+//   - set_config stays executable: the proxy applies startup settings
+//     with it, and SET can change the same settings anyway; the proxy's
+//     policy refuses it.
+//
+// Where tenants share the database (shared, the shared tier's; or the
+// schema tier's), also: advisory locks and pg_notify (keys and channels
+// every tenant of the database shares), every statistics view (row counts
+// and names of other tenants' tables) and relation sizes.
+func Harden(ctx context.Context, conn *pgx.Conn, shared bool) error {
+	stmts := []string{
+		hardenViews(`'pg_stat_activity', 'pg_locks', 'pg_stats', 'pg_stats_ext', 'pg_stats_ext_exprs', 'pg_prepared_xacts'`, "pg_read_all_stats"),
+		hardenFunctions(`'pg_stat_get_activity', 'pg_stat_get_backend_activity', 'pg_lock_status', 'pg_blocking_pids'`, "pg_read_all_stats"),
+		hardenFunctions(`'pg_terminate_backend', 'pg_cancel_backend'`, "pg_signal_backend"),
+	}
+	if shared {
+		stmts = append(stmts,
+			hardenViewsLike(`'pg\_stat\_%', 'pg\_statio\_%'`, "pg_read_all_stats"),
+			hardenFunctionsLike(`'pg\_advisory\_%', 'pg\_try\_advisory\_%', 'pg\_notify', 'pg\_relation\_size', 'pg\_total\_relation\_size', 'pg\_table\_size', 'pg\_indexes\_size', 'pg\_stat\_get\_%'`, "pg_read_all_stats"),
+		)
+	}
+	for _, s := range stmts {
+		if _, err := conn.Exec(ctx, s); err != nil {
+			return fmt.Errorf("hardening database %s: %w", conn.Config().Database, err)
+		}
+	}
+	return nil
+}
+
+// hardenViews revokes SELECT on pg_catalog views named in list (an SQL
+// list of literals) from PUBLIC and grants it to role. Views missing in
+// this server version are skipped.
+func hardenViews(list, role string) string {
+	return hardenRelations("relname IN ("+list+")", role)
+}
+
+func hardenViewsLike(patterns, role string) string {
+	return hardenRelations("relname LIKE ANY (ARRAY["+patterns+"])", role)
+}
+
+func hardenRelations(cond, role string) string {
+	return `DO $harden$ DECLARE r regclass; BEGIN
+	FOR r IN SELECT c.oid::regclass FROM pg_catalog.pg_class c
+		WHERE c.relnamespace = 'pg_catalog'::regnamespace AND c.relkind = 'v' AND ` + cond + ` LOOP
+		EXECUTE format('REVOKE SELECT ON %s FROM PUBLIC', r);
+		EXECUTE format('GRANT SELECT ON %s TO ` + role + `', r);
+	END LOOP; END $harden$`
+}
+
+// hardenFunctions revokes EXECUTE on every overload of the pg_catalog
+// functions named in list from PUBLIC and grants it to role.
+func hardenFunctions(list, role string) string {
+	return hardenRoutines("proname IN ("+list+")", role)
+}
+
+func hardenFunctionsLike(patterns, role string) string {
+	return hardenRoutines("proname LIKE ANY (ARRAY["+patterns+"])", role)
+}
+
+func hardenRoutines(cond, role string) string {
+	return `DO $harden$ DECLARE f regprocedure; BEGIN
+	FOR f IN SELECT p.oid::regprocedure FROM pg_catalog.pg_proc p
+		WHERE p.pronamespace = 'pg_catalog'::regnamespace AND ` + cond + ` LOOP
+		EXECUTE format('REVOKE EXECUTE ON FUNCTION %s FROM PUBLIC', f);
+		EXECUTE format('GRANT EXECUTE ON FUNCTION %s TO ` + role + `', f);
+	END LOOP; END $harden$`
+}
