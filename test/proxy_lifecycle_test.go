@@ -2,6 +2,9 @@ package test
 
 import (
 	"context"
+	"encoding/binary"
+	"io"
+	"net"
 	"os"
 	"path/filepath"
 	"strings"
@@ -67,6 +70,45 @@ func TestSessionLifecycle(t *testing.T) {
 		}
 		if app == "leaky" || prepared != 0 || listens != 0 {
 			t.Fatalf("next session sees application_name %q, %d prepared statements, %d LISTENs", app, prepared, listens)
+		}
+	})
+
+	t.Run("cancel only with the exact key", func(t *testing.T) {
+		conn := connect(t, dsn(addr, "alice.acme", tenantPassword))
+		pid, secret := conn.PgConn().PID(), conn.PgConn().SecretKey()
+		cancelWith := func(pid uint32, secret []byte) {
+			c, err := net.Dial("tcp", addr)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer c.Close()
+			req := binary.BigEndian.AppendUint32(nil, uint32(12+len(secret)))
+			req = binary.BigEndian.AppendUint32(req, 80877102)
+			req = binary.BigEndian.AppendUint32(req, pid)
+			c.Write(append(req, secret...))
+			io.Copy(io.Discard, c) // the proxy answers nothing and closes
+		}
+		wrong := append([]byte(nil), secret...)
+		wrong[3] ^= 1
+		done := make(chan error, 1)
+		go func() {
+			_, err := conn.Exec(ctx, "SELECT pg_sleep(1)")
+			done <- err
+		}()
+		time.Sleep(300 * time.Millisecond)
+		cancelWith(pid, wrong)
+		cancelWith(pid+1, secret)
+		if err := <-done; err != nil {
+			t.Fatalf("a cancel with a wrong key reached the server: %v", err)
+		}
+		go func() {
+			_, err := conn.Exec(ctx, "SELECT pg_sleep(30)")
+			done <- err
+		}()
+		time.Sleep(300 * time.Millisecond)
+		cancelWith(pid, secret)
+		if err := <-done; sqlstateOf(err) != "57014" {
+			t.Fatalf("cancel with the right key: %v; want 57014", err)
 		}
 	})
 
