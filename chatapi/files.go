@@ -99,8 +99,8 @@ func (s *Server) createFile(w http.ResponseWriter, r *http.Request, t *tenantReq
 	}
 	quota := int64(t.tenant.MaxStorageGB) << 30
 	f, err := scanFile(t.db.QueryRow(r.Context(), `INSERT INTO files (message_id, uploader_id, filename, content_type, size_bytes, sha256, storage_key)
-		SELECT $1, $2, $3, $4, $5, $6, $7
-		WHERE (SELECT coalesce(sum(size_bytes), 0) FROM files) + $5 <= $8
+		SELECT $1::bigint, $2::bigint, $3::text, $4::text, $5::bigint, $6::bytea, $7::text
+		WHERE (SELECT coalesce(sum(size_bytes), 0) FROM files) + $5::bigint <= $8::bigint
 		RETURNING `+fileColumns,
 		in.MessageID, in.UploaderID, in.Filename, in.ContentType, in.SizeBytes, sum, "files/"+rand.Text(), quota))
 	if errors.Is(err, pgx.ErrNoRows) {

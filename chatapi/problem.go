@@ -107,10 +107,15 @@ func (s *Server) pgProblem(r *http.Request, e *pgconn.PgError) *problem {
 	case e.Code == "23514", e.Code == "23502", e.Code[:2] == "22":
 		return invalidBody("the value is not accepted: %s", e.Message)
 	case e.Code == "28000":
-		// The tenant was suspended after this request looked it up.
-		return newProblem(http.StatusForbidden, "tenant-suspended", "Tenant suspended", e.Message)
+		// The tenant was suspended after this request looked it up (the
+		// catalog's invalidation is asynchronous); the proxy knew first.
+		p := newProblem(http.StatusForbidden, "tenant-suspended", "Tenant suspended", e.Message)
+		p.Tenant = state(r).tenant
+		return p
 	case e.Code == "3D000":
-		return newProblem(http.StatusNotFound, "unknown-tenant", "Unknown tenant", e.Message)
+		p := newProblem(http.StatusNotFound, "unknown-tenant", "Unknown tenant", e.Message)
+		p.Tenant = state(r).tenant
+		return p
 	case e.Code == "28P01":
 		// The service login was removed or the secret rotated elsewhere:
 		// a fresh pool ensures the login again.

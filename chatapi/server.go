@@ -197,6 +197,10 @@ func (s *Server) tenant(h tenantHandler) http.Handler {
 			return err
 		}
 		tp, err := s.pools.acquire(r.Context(), t.ID)
+		if errors.Is(err, catalog.ErrNotFound) {
+			// Deleted since the (cached) look-up.
+			return unknownTenant(id)
+		}
 		if err != nil {
 			return err
 		}
@@ -210,9 +214,7 @@ func (s *Server) tenant(h tenantHandler) http.Handler {
 func (s *Server) activeTenant(ctx context.Context, id string) (*catalog.Tenant, error) {
 	t, err := s.cat.TenantBySubdomain(ctx, id)
 	if errors.Is(err, catalog.ErrNotFound) {
-		p := newProblem(http.StatusNotFound, "unknown-tenant", "Unknown tenant", "tenant \""+id+"\" does not exist")
-		p.Tenant = id
-		return nil, p
+		return nil, unknownTenant(id)
 	}
 	if err != nil {
 		return nil, err
@@ -230,6 +232,12 @@ func (s *Server) activeTenant(ctx context.Context, id string) (*catalog.Tenant, 
 		p.Tenant = id
 		return nil, p
 	}
+}
+
+func unknownTenant(id string) *problem {
+	p := newProblem(http.StatusNotFound, "unknown-tenant", "Unknown tenant", "tenant \""+id+"\" does not exist")
+	p.Tenant = id
+	return p
 }
 
 // requireFeature answers 403 unless the tenant's plan enables feature.

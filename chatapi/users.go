@@ -1,13 +1,16 @@
 package chatapi
 
 import (
+	"context"
+	"errors"
 	"fmt"
-	"hash/fnv"
 	"net/http"
 	"strings"
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgxpool"
 )
 
 // User is a member of a tenant's chat.
@@ -64,9 +67,10 @@ type newUser struct {
 }
 
 // createUser adds a chat user within the plan's max_users. The count and
-// the insert run under a transaction-scoped advisory lock keyed by the
-// tenant, so concurrent sign-ups of one tenant cannot both take the last
-// place, while other tenants (even in the same database) never wait.
+// the insert run in a SERIALIZABLE transaction, so two concurrent creates
+// cannot both take the last place: PostgreSQL aborts one (40001) and it is
+// retried. Locks would serialize more cheaply, but the proxy refuses LOCK
+// TABLE and advisory locks, which act across tenants.
 func (s *Server) createUser(w http.ResponseWriter, r *http.Request, t *tenantReq) error {
 	var in newUser
 	if err := decode(w, r, &in); err != nil {
@@ -77,10 +81,7 @@ func (s *Server) createUser(w http.ResponseWriter, r *http.Request, t *tenantReq
 	}
 	ctx := r.Context()
 	var u User
-	err := pgx.BeginFunc(ctx, t.db, func(tx pgx.Tx) error {
-		if _, err := tx.Exec(ctx, "SELECT pg_advisory_xact_lock($1)", lockKey(t.tenant.ID, "users")); err != nil {
-			return err
-		}
+	err := serializable(ctx, t.db, func(tx pgx.Tx) error {
 		var n int64
 		if err := tx.QueryRow(ctx, "SELECT count(*) FROM users").Scan(&n); err != nil {
 			return err
@@ -103,11 +104,21 @@ func (s *Server) createUser(w http.ResponseWriter, r *http.Request, t *tenantReq
 	return writeJSON(w, http.StatusCreated, u)
 }
 
-// lockKey is an advisory lock key for one tenant's named critical section.
-// It is a lock name computed here, not a filter: the SQL stays the same for
-// every tenant.
-func lockKey(tenant, section string) int64 {
-	h := fnv.New64a()
-	h.Write([]byte("chatapi\x00" + section + "\x00" + tenant))
-	return int64(h.Sum64())
+// maxSerializableAttempts bounds the retries of a transaction that keeps
+// losing serialization conflicts; each round commits at least one of the
+// contenders, so this only ends a pathological pile-up.
+const maxSerializableAttempts = 20
+
+// serializable runs fn in a SERIALIZABLE transaction, again while it fails
+// with a serialization failure (SQLSTATE 40001).
+func serializable(ctx context.Context, db *pgxpool.Pool, fn func(pgx.Tx) error) error {
+	var err error
+	for range maxSerializableAttempts {
+		err = pgx.BeginTxFunc(ctx, db, pgx.TxOptions{IsoLevel: pgx.Serializable}, fn)
+		var pgErr *pgconn.PgError
+		if !errors.As(err, &pgErr) || pgErr.Code != "40001" {
+			return err
+		}
+	}
+	return err
 }
