@@ -190,6 +190,10 @@ func SessionSettings(settings []Setting) ([]string, error) {
 		if !startupSettings[strings.ToLower(s.Name)] {
 			return nil, Errorf(CodeStatementRefused, "setting %q cannot be set at connection start through the proxy", s.Name)
 		}
+		// The statement policy reads SQL as UTF-8; see SafeClientEncoding.
+		if strings.EqualFold(s.Name, "client_encoding") && !SafeClientEncoding(s.Value) {
+			return nil, Errorf(CodeStatementRefused, "client_encoding %q is refused: the proxy reads SQL as UTF-8, and in this encoding a string could hide a statement from it", s.Value)
+		}
 		out = append(out, fmt.Sprintf("SELECT pg_catalog.set_config(%s, %s, false)", QuoteLiteral(strings.ToLower(s.Name)), QuoteLiteral(s.Value)))
 	}
 	return out, nil
