@@ -105,7 +105,13 @@ func demo(ctx context.Context, g *globals, f *serveFlags, out io.Writer) (err er
 		stopProxy(g, f, srv, adm, served)
 		return fmt.Errorf("sample data: %w", err)
 	}
-	printDemo(out, cluster, addr, adm, time.Since(started))
+	chat, chatCfg, err := startDemoChat(g, addr, cat)
+	if err != nil {
+		stopProxy(g, f, srv, adm, served)
+		return fmt.Errorf("chat API: %w", err)
+	}
+	defer chat.stop()
+	printDemo(out, cluster, addr, adm, chat, chatCfg, time.Since(started))
 	g.logger.Debug("demo ready", zap.Stringer("addr", addr))
 	return runProxy(ctx, g, f, srv, adm, served, nil)
 }
@@ -168,7 +174,7 @@ func demoDSN(addr *net.TCPAddr, tenant string) string {
 	return fmt.Sprintf("postgres://alice.%s:%s@%s/chat?sslmode=disable", tenant, demoPassword, addr)
 }
 
-func printDemo(out io.Writer, cluster *pgtest.Cluster, addr *net.TCPAddr, adm *admin.Server, took time.Duration) {
+func printDemo(out io.Writer, cluster *pgtest.Cluster, addr *net.TCPAddr, adm *admin.Server, chat *chatServer, chatCfg *chatFlags, took time.Duration) {
 	var b strings.Builder
 	fmt.Fprintf(&b, "\ntenantproxy demo is ready (%s)\n\n", took.Round(time.Millisecond))
 	fmt.Fprintf(&b, "  proxy       %s  (SCRAM-SHA-256; every demo user is alice, password %s)\n", addr, demoPassword)
@@ -187,6 +193,7 @@ func printDemo(out io.Writer, cluster *pgtest.Cluster, addr *net.TCPAddr, adm *a
 	if adm != nil {
 		fmt.Fprintf(&b, "  curl -s http://%s/metrics | grep ^tenantproxy_\n", adm.Addr())
 	}
-	b.WriteString("  (the chat HTTP API joins the demo with issue #6)\n\nCtrl-C stops the demo and removes everything.\n")
+	writeDemoChat(&b, chat, chatCfg)
+	b.WriteString("\nCtrl-C stops the demo and removes everything.\n")
 	io.WriteString(out, b.String())
 }

@@ -52,6 +52,7 @@ func newRootCommand() *cobra.Command {
 		newTenantCommand(g),
 		newServeCommand(g),
 		newDemoCommand(g),
+		newChatCommand(g),
 		newBenchCommand(g),
 	)
 	return root
