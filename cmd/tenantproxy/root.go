@@ -54,6 +54,7 @@ func newRootCommand() *cobra.Command {
 		newDemoCommand(g),
 		newChatCommand(g),
 		newBenchCommand(g),
+		newCheckCommand(g),
 	)
 	return root
 }
