@@ -5,11 +5,14 @@ import (
 	"fmt"
 	"maps"
 	"net/http"
+	"net/http/httptest"
 	"slices"
 	"strings"
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/tenantproxy/tenantproxy/catalog"
 	"github.com/tenantproxy/tenantproxy/chatapi"
@@ -133,6 +136,7 @@ func TestChatAPI(t *testing.T) {
 	t.Run("SignUpErrors", func(t *testing.T) { testSignUpErrors(t, e) })
 	t.Run("GDPRDelete", func(t *testing.T) { testDelete(t, e) })
 	t.Run("MetricsKeepTenantLabelsBounded", func(t *testing.T) { testMetrics(t, e) })
+	t.Run("PoolsBeyondTheLRUAreClosedWithoutFailingRequests", func(t *testing.T) { testPoolEviction(t, e, tenants) })
 }
 
 // testCrossTenantIDs asks every tenant for every other tenant's message,
@@ -482,4 +486,66 @@ func eventually(t *testing.T, e *chatEnv, c call, status int) {
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
+}
+
+// testPoolEviction runs a second API instance (replicas derive the same
+// service passwords) whose LRU holds two tenant pools, and sends six
+// tenants' requests at it concurrently: pools are evicted and closed while
+// other requests are using them, and no request may fail for it.
+func testPoolEviction(t *testing.T, e *chatEnv, tenants []*seeded) {
+	reg := prometheus.NewRegistry()
+	api, err := chatapi.New(chatapi.Config{
+		ProxyDSN:       "postgres://" + e.proxyAddr + "/chat?sslmode=disable",
+		ServiceSecret:  []byte("a-service-secret-of-at-least-32-bytes"),
+		OperatorToken:  chatOperator,
+		MaxTenantPools: 2,
+		PoolMaxConns:   2,
+		Registerer:     reg,
+	}, e.cat)
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := httptest.NewServer(api)
+	second := &chatEnv{url: srv.URL}
+	var wg sync.WaitGroup
+	for _, x := range tenants {
+		for range 3 {
+			wg.Go(func() {
+				for range 8 {
+					r, err := second.try(http.DefaultClient, as(byHeader, x.sub, "GET", fmt.Sprintf("/channels/%d/messages", x.channel), nil))
+					if err != nil || r.status != 200 {
+						t.Errorf("%s through a 2-pool API: %v %v", x.sub, r, err)
+						return
+					}
+				}
+			})
+		}
+	}
+	wg.Wait()
+	srv.Close()
+	if got := gaugeValue(t, reg, "tenantproxy_chatapi_tenant_pools"); got != 2 {
+		t.Errorf("open pools = %v; want the LRU's 2", got)
+	}
+	closed := make(chan struct{})
+	go func() { api.Close(); close(closed) }()
+	select {
+	case <-closed:
+	case <-time.After(30 * time.Second):
+		t.Fatal("Close did not return: an evicted pool was never closed")
+	}
+}
+
+func gaugeValue(t *testing.T, reg *prometheus.Registry, name string) float64 {
+	t.Helper()
+	families, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, f := range families {
+		if f.GetName() == name && len(f.GetMetric()) == 1 {
+			return f.GetMetric()[0].GetGauge().GetValue()
+		}
+	}
+	t.Fatalf("no gauge %s", name)
+	return 0
 }

@@ -34,6 +34,8 @@ type chatEnv struct {
 	*proxyEnv
 	url string
 	reg *prometheus.Registry
+	// proxyAddr is where the proxy listens, for a second API instance.
+	proxyAddr string
 }
 
 type chatEnvOptions struct {
@@ -95,7 +97,7 @@ func newChatEnv(t *testing.T, o chatEnvOptions) *chatEnv {
 	t.Cleanup(api.Close)
 	srv := httptest.NewServer(api)
 	t.Cleanup(srv.Close)
-	return &chatEnv{proxyEnv: pe, url: srv.URL, reg: reg}
+	return &chatEnv{proxyEnv: pe, url: srv.URL, reg: reg, proxyAddr: addr}
 }
 
 // call is one HTTP request to the chat API.
