@@ -316,6 +316,9 @@ func (r *runner) measure(ctx context.Context, s *scenario, c *benchCase, t *targ
 	}
 	vals, err := c.run(ctx, t)
 	if err != nil {
+		if log := t.logTail(); log != "" {
+			err = fmt.Errorf("%w; end of %s's log: %s", err, t.name, log)
+		}
 		for _, m := range c.metrics {
 			get(m).Errors = append(get(m).Errors, err.Error())
 		}

@@ -40,7 +40,22 @@ type target struct {
 	maxClients int
 	// proc is the process whose memory is measured; nil for direct.
 	proc *os.Process
-	stop func() error
+	// logPath is where proc writes its log; a failed measurement quotes
+	// its end.
+	logPath string
+	stop    func() error
+}
+
+// logTail is the end of the target's log, for an error message.
+func (t *target) logTail() string {
+	if t.logPath == "" {
+		return ""
+	}
+	b, err := os.ReadFile(t.logPath)
+	if err != nil || len(b) == 0 {
+		return ""
+	}
+	return string(tail(b, 400))
 }
 
 // clientDSN is the DSN a client of tenant i uses, and the statements it
@@ -156,7 +171,7 @@ func startChild(ctx context.Context, cmd *exec.Cmd, name, addr, logPath string, 
 			return nil, fmt.Errorf("%s not accepting on %s after 30 s", name, addr)
 		}
 	}
-	t := &target{name: name, addr: addr, proc: cmd.Process, stop: stop}
+	t := &target{name: name, addr: addr, proc: cmd.Process, logPath: logPath, stop: stop}
 	configure(t)
 	return t, nil
 }
@@ -234,6 +249,7 @@ log_disconnections = 0
 	}
 	return startChild(ctx, cmd, TargetPgBouncer, addr, filepath.Join(pgDir, "stdout.log"), func(t *target) {
 		t.pooled, t.maxClients = true, maxClients
+		t.logPath = filepath.Join(pgDir, "pgbouncer.log")
 	})
 }
 
