@@ -34,13 +34,22 @@ type tenantPools struct {
 	user   string
 	gauge  prometheus.Gauge
 
-	// create serializes pool creation so that two first requests of a
-	// tenant ensure its login and open its pool once. Look-ups of existing
-	// pools do not take it.
-	create sync.Mutex
-	cache  *lru.Cache[string, *tenantPool]
+	// mu guards opening: the first request of a tenant ensures its login
+	// and opens its pool while later ones wait for that result, so a
+	// tenant's pool is opened once without holding up other tenants.
+	// Look-ups of open pools take only the LRU's own lock.
+	mu      sync.Mutex
+	opening map[string]*opening
+	cache   *lru.Cache[string, *tenantPool]
 	// closing tracks the goroutines closing evicted pools; Close waits.
 	closing sync.WaitGroup
+}
+
+// opening is a pool being opened; done is closed once tp or err is set.
+type opening struct {
+	done chan struct{}
+	tp   *tenantPool
+	err  error
 }
 
 // tenantPool is a pool with a count of the requests using it, so that an
@@ -55,7 +64,7 @@ type tenantPool struct {
 }
 
 func newTenantPools(cfg Config, base *pgxpool.Config, cat *catalog.Catalog, gauge prometheus.Gauge) *tenantPools {
-	p := &tenantPools{base: base, cat: cat, secret: cfg.ServiceSecret, user: cfg.ServiceUser, gauge: gauge}
+	p := &tenantPools{base: base, cat: cat, secret: cfg.ServiceSecret, user: cfg.ServiceUser, gauge: gauge, opening: map[string]*opening{}}
 	base.MaxConns = int32(cfg.PoolMaxConns)
 	base.MinConns = 0
 	base.MaxConnIdleTime = cfg.PoolIdleTimeout
@@ -89,11 +98,39 @@ func (p *tenantPools) acquire(ctx context.Context, tenant string) (*tenantPool, 
 }
 
 func (p *tenantPools) open(ctx context.Context, tenant string) (*tenantPool, error) {
-	p.create.Lock()
-	defer p.create.Unlock()
+	p.mu.Lock()
 	if tp, ok := p.cache.Get(tenant); ok {
+		p.mu.Unlock()
 		return tp, nil
 	}
+	if o, ok := p.opening[tenant]; ok {
+		p.mu.Unlock()
+		select {
+		case <-o.done:
+			return o.tp, o.err
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		}
+	}
+	o := &opening{done: make(chan struct{})}
+	p.opening[tenant] = o
+	p.mu.Unlock()
+
+	o.tp, o.err = p.connect(ctx, tenant)
+	p.mu.Lock()
+	if o.err == nil {
+		p.cache.Add(tenant, o.tp)
+		p.gauge.Inc()
+	}
+	delete(p.opening, tenant)
+	p.mu.Unlock()
+	close(o.done)
+	return o.tp, o.err
+}
+
+// connect ensures tenant's service login and builds its pool, which
+// connects lazily.
+func (p *tenantPools) connect(ctx context.Context, tenant string) (*tenantPool, error) {
 	password := ServicePassword(p.secret, tenant)
 	if err := p.cat.EnsureServiceUser(ctx, tenant, p.user, password); err != nil {
 		return nil, fmt.Errorf("service login of tenant %q: %w", tenant, err)
@@ -107,10 +144,7 @@ func (p *tenantPools) open(ctx context.Context, tenant string) (*tenantPool, err
 	if err != nil {
 		return nil, fmt.Errorf("pool of tenant %q: %w", tenant, err)
 	}
-	tp := &tenantPool{Pool: pool, owner: p}
-	p.cache.Add(tenant, tp)
-	p.gauge.Inc()
-	return tp, nil
+	return &tenantPool{Pool: pool, owner: p}, nil
 }
 
 // drop closes tenant's pool once its current requests are done; the next
