@@ -22,14 +22,13 @@ import (
 // Server is the chat API. It is an http.Handler; the caller owns the
 // listener and must call Close after the HTTP server has shut down.
 type Server struct {
-	cfg      Config
-	cat      *catalog.Catalog
-	pools    *tenantPools
-	metrics  *metrics
-	log      *zap.Logger
-	mux      *http.ServeMux
-	routes   []route
-	features map[string]bool
+	cfg     Config
+	cat     *catalog.Catalog
+	pools   *tenantPools
+	metrics *metrics
+	log     *zap.Logger
+	mux     *http.ServeMux
+	routes  []route
 }
 
 // scope says who may call a route and how it finds its tenant.
