@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"go.uber.org/goleak"
 
 	"github.com/tenantproxy/tenantproxy/catalog"
 	"github.com/tenantproxy/tenantproxy/chatapi"
@@ -493,6 +494,9 @@ func eventually(t *testing.T, e *chatEnv, c call, status int) {
 // tenants' requests at it concurrently: pools are evicted and closed while
 // other requests are using them, and no request may fail for it.
 func testPoolEviction(t *testing.T, e *chatEnv, tenants []*seeded) {
+	// Everything the second instance starts, in the API and in the proxy
+	// sessions it opens, must be gone once it is closed.
+	defer goleak.VerifyNone(t, goleak.IgnoreCurrent())
 	reg := prometheus.NewRegistry()
 	api, err := chatapi.New(chatapi.Config{
 		ProxyDSN:       "postgres://" + e.proxyAddr + "/chat?sslmode=disable",
