@@ -9,11 +9,11 @@ import (
 )
 
 // transparencyScript exercises what a relay could get wrong: result sets
-// of several sizes, errors mid-result and mid-transaction, notices,
+// of several sizes, errors mid-result and mid-transaction, warnings,
 // COPY in both directions, multi-statement queries, empty queries and
-// prepared statements.
+// prepared statements. Table t is created beforehand, outside the
+// proxy: the statement policy decides whether a tenant may run DDL.
 const transparencyScript = `
-CREATE TABLE t (id int PRIMARY KEY, body text);
 INSERT INTO t SELECT g, repeat('x', g % 300) FROM generate_series(1, 5000) g;
 SELECT count(*), sum(length(body)) FROM t;
 SELECT id, body FROM t WHERE id % 1000 = 0 ORDER BY id;
@@ -23,7 +23,7 @@ SELECT 1;
 SELECT nosuchcolumn FROM t;
 SELECT 2;
 ROLLBACK;
-DO $$ BEGIN RAISE NOTICE 'hello from %', 'the server'; END $$;
+ROLLBACK;
 COPY (SELECT id, body FROM t WHERE id < 4) TO STDOUT;
 COPY t FROM STDIN;
 9001	copied in
@@ -35,7 +35,7 @@ SELECT 1 \; SELECT 2 \; SELECT 3;
 PREPARE q(int) AS SELECT body FROM t WHERE id = $1;
 EXECUTE q(9001);
 DEALLOCATE q;
-DROP TABLE t;
+DELETE FROM t;
 `
 
 // TestTransparency runs the same psql script directly against the
@@ -45,7 +45,7 @@ func TestTransparency(t *testing.T) {
 	e := newProxyEnv(t)
 	_, addr := e.startProxy(t, proxy.Config{})
 	ctx := ctxT(t)
-	if err := e.cluster.Exec(ctx, "tenant_umbrella", "GRANT CREATE ON SCHEMA public TO tenantproxy_serving"); err != nil {
+	if err := e.cluster.Exec(ctx, "tenant_umbrella", "CREATE TABLE t (id int PRIMARY KEY, body text); GRANT SELECT, INSERT, UPDATE, DELETE ON t TO tenantproxy_serving"); err != nil {
 		t.Fatal(err)
 	}
 	script := filepath.Join(t.TempDir(), "script.sql")
