@@ -139,8 +139,9 @@ type PolicySettings struct {
 // applied. What no setting can grant: DDL in the shared tier (its tables
 // are every tenant's), procedural code outside the database tier (dynamic
 // SQL could SET ROLE to any schema-tier tenant, since the serving role is
-// a member of them all). Malformed settings are an error, so a typo does
-// not silently fall back to a default.
+// a member of them all). Malformed or impossible settings are an error,
+// returned with the strictest rules (the zero Rules): a typo must neither
+// widen a tenant's rights nor lock it out, and the caller logs it.
 func RulesFor(t *catalog.Tenant) (Rules, error) {
 	r := DefaultRules(t.Tier)
 	if len(t.Settings) == 0 {
@@ -150,18 +151,18 @@ func RulesFor(t *catalog.Tenant) (Rules, error) {
 		Policy PolicySettings `json:"policy"`
 	}
 	if err := json.Unmarshal(t.Settings, &s); err != nil {
-		return r, fmt.Errorf("router: tenant %q: settings.policy: %w", t.Subdomain, err)
+		return Rules{}, fmt.Errorf("router: tenant %q: settings.policy: %w", t.Subdomain, err)
 	}
 	p := s.Policy
 	if p.AllowDDL != nil {
 		if *p.AllowDDL && t.Tier == catalog.TierShared {
-			return r, fmt.Errorf("router: tenant %q: settings.policy.allow_ddl cannot be granted in the shared tier", t.Subdomain)
+			return Rules{}, fmt.Errorf("router: tenant %q: settings.policy.allow_ddl cannot be granted in the shared tier", t.Subdomain)
 		}
 		r.DDL = *p.AllowDDL
 	}
 	if p.AllowProcedural != nil {
 		if *p.AllowProcedural && t.Tier != catalog.TierDatabase {
-			return r, fmt.Errorf("router: tenant %q: settings.policy.allow_procedural is only for the database tier", t.Subdomain)
+			return Rules{}, fmt.Errorf("router: tenant %q: settings.policy.allow_procedural is only for the database tier", t.Subdomain)
 		}
 		r.Procedural = *p.AllowProcedural
 	}

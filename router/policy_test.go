@@ -256,6 +256,9 @@ func TestRulesForSettings(t *testing.T) {
 			t.Errorf("%s %s: error %v; want error=%v", tt.tier, tt.settings, err, tt.wantErr)
 			continue
 		}
+		if err != nil && got != (Rules{}) {
+			t.Errorf("%s %s: rules %+v with an error; want the strictest (zero) rules", tt.tier, tt.settings, got)
+		}
 		if err == nil && got != tt.want {
 			t.Errorf("%s %s: %+v; want %+v", tt.tier, tt.settings, got, tt.want)
 		}
