@@ -23,6 +23,8 @@ type Directory interface {
 	User(ctx context.Context, tenantID, username string) (*catalog.User, error)
 }
 
+var _ Directory = (*catalog.Catalog)(nil)
+
 // DefaultTenantGUC is the setting the shared tier's RLS policies read.
 const DefaultTenantGUC = "app.tenant_id"
 
