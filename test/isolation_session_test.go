@@ -28,7 +28,7 @@ func TestIsolationSessionState(t *testing.T) {
 		t.Run("leftovers/"+string(p.tier), func(t *testing.T) {
 			defaults := queryText(t, e.pgconn(t, p.victim), "SHOW statement_timeout; SHOW work_mem; SHOW application_name")
 			a := e.pgconn(t, p.attacker)
-			queryText(t, a, `SET statement_timeout = '1ms'; SET work_mem = '1GB'; SET application_name = 'mallory';
+			queryText(t, a, `SET statement_timeout = '4321s'; SET work_mem = '1GB'; SET application_name = 'mallory';
 				SET SESSION CHARACTERISTICS AS TRANSACTION READ ONLY;
 				PREPARE leak AS SELECT body FROM messages;
 				BEGIN; DECLARE held CURSOR WITH HOLD FOR SELECT body FROM messages; COMMIT`)
