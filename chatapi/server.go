@@ -172,12 +172,20 @@ func routeLabel(pattern string) string {
 	return strings.Replace(pattern, " "+tenantPrefix+"/", " /", 1)
 }
 
-// plain adapts a handler that returns an error.
+// plain adapts a handler that returns an error. An error after the
+// response has begun (the client went away mid-body) can no longer reach
+// the client as a problem, so it is only logged.
 func (s *Server) plain(h plainHandler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if err := h(w, r); err != nil {
-			writeProblem(w, r, s.asProblem(r, err))
+		err := h(w, r)
+		if err == nil {
+			return
 		}
+		if rw, ok := w.(*recorder); ok && rw.wrote {
+			s.log.Debug("response failed after it began", zap.String("tenant", state(r).tenant), zap.Error(err))
+			return
+		}
+		writeProblem(w, r, s.asProblem(r, err))
 	})
 }
 
