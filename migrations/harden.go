@@ -23,6 +23,8 @@ import (
 //     pg_cancel_backend: the serving role could end every tenant's
 //     sessions. The predefined monitoring roles (pg_read_all_stats,
 //     pg_signal_backend) get them back, so monitoring keeps working.
+//   - UPDATE on pg_settings: its rule calls set_config, so it is SET in
+//     the disguise of DML.
 //   - set_config stays executable: the proxy applies startup settings
 //     with it, and SET can change the same settings anyway; the proxy's
 //     policy refuses it.
@@ -33,6 +35,9 @@ import (
 // and names of other tenants' tables) and relation sizes.
 func Harden(ctx context.Context, conn *pgx.Conn, shared bool) error {
 	stmts := []string{
+		// pg_settings' UPDATE rule calls set_config: SET under another
+		// name, and one the policy would have to recognise in DML.
+		"REVOKE UPDATE ON pg_catalog.pg_settings FROM PUBLIC",
 		hardenViews(`'pg_stat_activity', 'pg_locks', 'pg_stats', 'pg_stats_ext', 'pg_stats_ext_exprs', 'pg_prepared_xacts'`, "pg_read_all_stats"),
 		hardenFunctions(`'pg_stat_get_activity', 'pg_stat_get_backend_activity', 'pg_lock_status', 'pg_blocking_pids'`, "pg_read_all_stats"),
 		hardenFunctions(`'pg_terminate_backend', 'pg_cancel_backend'`, "pg_signal_backend"),

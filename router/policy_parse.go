@@ -270,6 +270,14 @@ func (a *analyzer) walk(m protoreflect.Message) {
 		a.set(v)
 	case *pg_query.NotifyStmt:
 		a.f.need(classDatabaseWide, "NOTIFY is refused for this tenant: channel names are shared by every tenant of the database")
+	case *pg_query.UpdateStmt:
+		a.writeTarget(v.Relation)
+	case *pg_query.InsertStmt:
+		a.writeTarget(v.Relation)
+	case *pg_query.DeleteStmt:
+		a.writeTarget(v.Relation)
+	case *pg_query.MergeStmt:
+		a.writeTarget(v.Relation)
 	}
 	m.Range(func(fd protoreflect.FieldDescriptor, val protoreflect.Value) bool {
 		switch {
@@ -285,6 +293,15 @@ func (a *analyzer) walk(m protoreflect.Message) {
 		}
 		return true
 	})
+}
+
+// writeTarget refuses writes to pg_settings: its UPDATE rule calls
+// set_config, so UPDATE pg_settings is SET in disguise (client_encoding,
+// standard_conforming_strings and search_path are all listed there).
+func (a *analyzer) writeTarget(rel *pg_query.RangeVar) {
+	if strings.EqualFold(rel.GetRelname(), "pg_settings") {
+		a.f.refuse("writing to pg_settings is refused: it changes settings, which SET checks and it would not")
+	}
 }
 
 // set checks SET, SET LOCAL and RESET, also as a function's SET clause.

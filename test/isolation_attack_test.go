@@ -91,6 +91,8 @@ var attacks = []attack{
 	{name: "aggregate whose state function is set_config", sql: "CREATE AGGREGATE evil(text, bool) (sfunc = set_config, stype = text, initcond = 'role')", want: refused},
 	{name: "query_to_xml running set_config", sql: "SELECT query_to_xml('SELECT set_config(''role'', ''{role}'', false)', true, true, '')", want: refused},
 	{name: "ts_rewrite running a query", sql: "SELECT ts_rewrite('a'::tsquery, 'SELECT set_config(''role'', ''{role}'', false)::tsquery, ''b''::tsquery')", want: refused},
+	{name: "UPDATE pg_settings (its rule calls set_config)", sql: "UPDATE pg_settings SET setting = '{victim}' WHERE name = 'app.tenant_id'", want: refused},
+	{name: "search_path through pg_settings", sql: "UPDATE pg_catalog.pg_settings SET setting = 'tenant_{victim}' WHERE name = 'search_path'", want: refused},
 	{name: "search_path to the victim's schema", sql: "SET search_path = tenant_{victim}, public", want: refused},
 	{name: "client encoding that hides statements from the proxy", sql: "SET client_encoding = 'SJIS'", want: refused},
 	{name: "standard_conforming_strings off", sql: "SET standard_conforming_strings = off", want: refused},

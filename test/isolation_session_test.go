@@ -250,6 +250,7 @@ func TestIsolationDirectConnections(t *testing.T) {
 		expectErr(t, s, "SELECT pg_notify('x', 'y')", "42501")
 		expectErr(t, s, "SELECT pg_terminate_backend(pg_backend_pid())", "42501")
 		expectErr(t, s, "TRUNCATE messages", "42501")
+		expectErr(t, s, "UPDATE pg_settings SET setting = 'SJIS' WHERE name = 'client_encoding'", "42501")
 		expectErr(t, s, "ALTER TABLE messages NO FORCE ROW LEVEL SECURITY", "42501")
 	})
 
