@@ -4,7 +4,9 @@ import (
 	"fmt"
 	"net/http"
 	"os"
+	"runtime"
 	"slices"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -102,6 +104,11 @@ func TestChatAPILoad(t *testing.T) {
 	t.Logf("%d tenants × %d workers for %s: %d messages, %.0f messages/s; latency p50 %s, p99 %s, max %s",
 		tenants, workers, elapsed.Round(time.Millisecond), len(latencies), float64(len(latencies))/elapsed.Seconds(),
 		pct(0.50).Round(10*time.Microsecond), pct(0.99).Round(10*time.Microsecond), latencies[len(latencies)-1].Round(10*time.Microsecond))
+	// Everything (client, API, proxy, PostgreSQL) shares the machine, so a
+	// figure means little without how busy it was.
+	if load, err := os.ReadFile("/proc/loadavg"); err == nil {
+		t.Logf("machine: %d CPUs, load average %s", runtime.NumCPU(), strings.Join(strings.Fields(string(load))[:3], " "))
+	}
 }
 
 func envDuration(t *testing.T, name string, def time.Duration) time.Duration {
