@@ -305,6 +305,11 @@ func (r *runner) measure(ctx context.Context, s *scenario, c *benchCase, t *targ
 		}
 		return res
 	}
+	// Every metric's result exists from the first measurement on, so the
+	// table lists metrics in the case's order.
+	for _, m := range c.metrics {
+		get(m)
+	}
 	if c.skip != nil {
 		if why := c.skip(t); why != "" {
 			for _, m := range c.metrics {
@@ -327,7 +332,10 @@ func (r *runner) measure(ctx context.Context, s *scenario, c *benchCase, t *targ
 	}
 	var shown []string
 	for i, m := range c.metrics {
-		if i < len(vals) && !math.IsNaN(vals[i]) {
+		switch {
+		case i >= len(vals) || math.IsNaN(vals[i]):
+			get(m).Skipped = "not measured for this target"
+		default:
 			get(m).add(vals[i])
 			shown = append(shown, fmt.Sprintf("%s %s", formatValue(vals[i]), m.unit))
 		}

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"net"
 	"os/exec"
+	"runtime"
 	"strconv"
 	"testing"
 
@@ -24,7 +25,8 @@ func TestMain(m *testing.M) { pgtest.RunMain(m) }
 
 // fixture is an in-process proxy in session mode, with trust auth (the
 // login is not what these benchmarks measure), in front of the harness's
-// PostgreSQL, with one shared-tier tenant and the pgbench tables.
+// PostgreSQL, with one shared-tier tenant and the pgbench tables. poolMax
+// bounds the server connections.
 type fixture struct {
 	cluster   *pgtest.Cluster
 	cat       *catalog.Catalog
@@ -34,7 +36,7 @@ type fixture struct {
 	direct, tenant string
 }
 
-func newFixture(b *testing.B) *fixture {
+func newFixture(b *testing.B, poolMax int) *fixture {
 	b.Helper()
 	ctx := context.Background()
 	cluster := pgtest.Shared(b)
@@ -66,7 +68,7 @@ func newFixture(b *testing.B) *fixture {
 		b.Fatal(err)
 	}
 
-	mgr, err := pool.NewManager(pool.Config{}, nil)
+	mgr, err := pool.NewManager(pool.Config{MaxConnsPerKey: poolMax}, nil)
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -165,7 +167,7 @@ func roundTrip(c net.Conn, r *bufio.Reader, q []byte) error {
 // hops per round trip: syscalls and goroutine wake-ups, not Go code (see
 // the pprof figures of BenchmarkProxyPgbenchSelectOnly).
 func BenchmarkRelay(b *testing.B) {
-	f := newFixture(b)
+	f := newFixture(b, 20)
 	for _, q := range []struct{ name, sql string }{
 		{"select1", "SELECT 1"},
 		{"1000rows", "SELECT repeat('x', 100) FROM generate_series(1, 1000)"},
@@ -189,7 +191,7 @@ func BenchmarkRelay(b *testing.B) {
 // makes, on a warm cache: no round trip to the control database. 0.5–1.7
 // µs, 288 B/op, 1 allocs/op (the copy of the Tenant handed to the caller).
 func BenchmarkTenantLookupCacheHit(b *testing.B) {
-	f := newFixture(b)
+	f := newFixture(b, 20)
 	ctx := context.Background()
 	if _, err := f.cat.TenantBySubdomain(ctx, "acme"); err != nil {
 		b.Fatal(err)
@@ -210,7 +212,7 @@ func BenchmarkTenantLookupCacheHit(b *testing.B) {
 // go test -run '^$' -bench ProxyPgbenchSelectOnly -benchtime 200000x -cpuprofile cpu.out ./bench/
 // go tool pprof -top bench.test cpu.out
 func BenchmarkProxyPgbenchSelectOnly(b *testing.B) {
-	f := newFixture(b)
+	f := newFixture(b, 20)
 	pgbench, err := pgtest.Tool("pgbench")
 	if err != nil {
 		b.Fatal(err)
@@ -227,4 +229,50 @@ func BenchmarkProxyPgbenchSelectOnly(b *testing.B) {
 			}
 		})
 	}
+}
+
+// BenchmarkIdleSessionMemory opens 200 client connections through the
+// proxy and leaves them idle, then reports what each costs the proxy's
+// process in heap and in goroutine stacks. In session mode that includes
+// the server connection each client holds; the connection-scale scenario of
+// `tenantproxy bench` reports the same as RSS of a separate process.
+func BenchmarkIdleSessionMemory(b *testing.B) {
+	const n = 200
+	f := newFixture(b, n)
+	ctx := context.Background()
+	for b.Loop() {
+		before := memInUse()
+		conns := make([]net.Conn, n)
+		for i := range conns {
+			pc, err := pgconn.Connect(ctx, f.tenant)
+			if err != nil {
+				b.Fatal(err)
+			}
+			// Keep only the socket: pgconn's buffers are not the proxy's.
+			hc, err := pc.Hijack()
+			if err != nil {
+				b.Fatal(err)
+			}
+			conns[i] = hc.Conn
+		}
+		after := memInUse()
+		for _, c := range conns {
+			c.Write([]byte{'X', 0, 0, 0, 4})
+			c.Close()
+		}
+		b.ReportMetric(float64(after.heap-before.heap)/n, "heap-B/conn")
+		b.ReportMetric(float64(after.stack-before.stack)/n, "stack-B/conn")
+	}
+}
+
+type memUse struct{ heap, stack uint64 }
+
+// memInUse is the process's live heap (after a collection) and goroutine
+// stacks. The clients keep only their sockets, so nearly all of it is the
+// proxy's.
+func memInUse() memUse {
+	runtime.GC()
+	var m runtime.MemStats
+	runtime.ReadMemStats(&m)
+	return memUse{heap: m.HeapAlloc, stack: m.StackInuse}
 }

@@ -185,3 +185,48 @@ func setDeadlines(conns []*pgconn.PgConn, t time.Time) {
 		c.Conn().SetDeadline(t)
 	}
 }
+
+// connectLoop runs parallel goroutines for d, each connecting to connString,
+// running SELECT 1 and closing, over and over. It returns completed
+// connections per second.
+func connectLoop(ctx context.Context, connString string, parallel int, d time.Duration) (float64, error) {
+	cfg, err := pgconn.ParseConfig(connString)
+	if err != nil {
+		return 0, err
+	}
+	end := time.Now().Add(d)
+	var (
+		wg    sync.WaitGroup
+		done  atomic.Int64
+		errMu sync.Mutex
+		first error
+	)
+	start := time.Now()
+	for range parallel {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for time.Now().Before(end) && ctx.Err() == nil {
+				cctx, cancel := context.WithDeadline(ctx, end.Add(30*time.Second))
+				c, err := pgconn.ConnectConfig(cctx, cfg)
+				if err == nil {
+					err = c.Exec(cctx, "SELECT 1").Close()
+					c.Close(cctx)
+				}
+				cancel()
+				if err != nil {
+					errMu.Lock()
+					first = errors.Join(first, err)
+					errMu.Unlock()
+					return
+				}
+				done.Add(1)
+			}
+		}()
+	}
+	wg.Wait()
+	if first != nil {
+		return 0, first
+	}
+	return float64(done.Load()) / time.Since(start).Seconds(), ctx.Err()
+}

@@ -195,13 +195,15 @@ func (r *runner) contextSwitching() (*scenario, error) {
 }
 
 // (c) many connections open, a few busy at a time, and the memory of the
-// process that holds them.
+// process that holds them. Process targets are restarted first, so that
+// their RSS is this case's and not the high-water mark of an earlier one.
 func (r *runner) connectionScale() (*scenario, error) {
 	s := &scenario{}
 	for _, n := range r.sc.idleConns {
 		s.cases = append(s.cases, &benchCase{
-			name:    fmt.Sprintf("%d conns", n),
-			metrics: []metric{metricTPS, {"RSS", "MB", false}, {"connections opened", "conn/s", true}},
+			name: fmt.Sprintf("%d conns", n),
+			metrics: []metric{metricTPS, {"RSS", "MB", false}, {"RSS per connection", "KB", false},
+				{"connections opened", "conn/s", true}},
 			skip: func(t *target) string {
 				if n > t.maxClients {
 					return fmt.Sprintf("one server connection per client; %d is past max_connections", n)
@@ -209,6 +211,17 @@ func (r *runner) connectionScale() (*scenario, error) {
 				return ""
 			},
 			run: func(ctx context.Context, t *target) ([]float64, error) {
+				base := math.NaN()
+				if t.child != nil {
+					if err := t.restart(ctx); err != nil {
+						return nil, err
+					}
+					b, err := rssBytes(t.proc)
+					if err != nil {
+						return nil, err
+					}
+					base = float64(b)
+				}
 				if err := r.env.waitForBackends(ctx, t, n); err != nil {
 					return nil, err
 				}
@@ -225,36 +238,48 @@ func (r *runner) connectionScale() (*scenario, error) {
 				}
 				opened := float64(n) / time.Since(start).Seconds()
 				defer closeConns(conns)
-				rss := math.NaN()
+				rss, perConn := math.NaN(), math.NaN()
 				if t.proc != nil {
 					b, err := rssBytes(t.proc)
 					if err != nil {
 						return nil, err
 					}
-					rss = float64(b) / (1 << 20)
+					rss, perConn = float64(b)/(1<<20), (float64(b)-base)/float64(n)/(1<<10)
 				}
 				tps, err := roundRobin(ctx, conns, r.sc.workers, r.opts.Duration, "SELECT 1")
-				return []float64{tps, rss, opened}, err
+				return []float64{tps, rss, perConn, opened}, err
 			},
 		})
 	}
 	return s, nil
 }
 
-// (d) a new connection, with SCRAM, for every transaction.
+// (d) a new connection, with SCRAM, for every transaction: pgbench -C as
+// users run it, where libpq's client side of SCRAM and pgbench's serial
+// connects per thread weigh heavily, and the Go client with many connects in
+// flight, which finds how many connections per second the target takes.
 func (r *runner) connectRate() (*scenario, error) {
 	script := filepath.Join(r.dir, "select1.sql")
 	if err := os.WriteFile(script, []byte("SELECT 1;\n"), 0o644); err != nil {
 		return nil, err
 	}
 	c := r.sc.clients[0]
+	const parallel = 32
+	connRate := metric{"connections", "conn/s", true}
 	return &scenario{cases: []*benchCase{{
-		name:    fmt.Sprintf("connect, SELECT 1, disconnect c=%d", c),
-		metrics: []metric{{"connections", "conn/s", true}, metricLatency},
+		name:    fmt.Sprintf("pgbench -C, SELECT 1, c=%d", c),
+		metrics: []metric{connRate, metricLatency},
 		run: func(ctx context.Context, t *target) ([]float64, error) {
 			res, err := runPgbench(ctx, r.pgbench, r.pgbenchDSN(t), r.opts.Duration,
 				"-C", "-M", "simple", "-c", strconv.Itoa(c), "-j", pgbenchThreads(c), "-f", script)
 			return []float64{res.tps, res.latencyMS}, err
+		},
+	}, {
+		name:    fmt.Sprintf("Go client: connect, SELECT 1, close, %d in flight", parallel),
+		metrics: []metric{connRate},
+		run: func(ctx context.Context, t *target) ([]float64, error) {
+			rate, err := connectLoop(ctx, r.pgbenchDSN(t), parallel, r.opts.Duration)
+			return []float64{rate}, err
 		},
 	}}}, nil
 }

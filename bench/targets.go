@@ -43,7 +43,16 @@ type target struct {
 	// logPath is where proc writes its log; a failed measurement quotes
 	// its end.
 	logPath string
-	stop    func() error
+	// child starts proc again; nil for direct.
+	child *child
+	stop  func() error
+}
+
+// child is how a process target is started: a fresh command each time,
+// its stdout and stderr file.
+type child struct {
+	command func() *exec.Cmd
+	outPath string
 }
 
 // logTail is the end of the target's log, for an error message.
@@ -99,12 +108,15 @@ func startProxy(ctx context.Context, bin, name string, e *env, logPath string, m
 		// connection slots through the next target's turn.
 		"--pool-idle-timeout", "2s",
 	}, extra...)
-	cmd := exec.Command(bin, args...)
-	cmd.Env = withoutTenantproxyEnv(os.Environ())
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
-	return startChild(ctx, cmd, name, addr, logPath, func(t *target) {
-		t.tenantAware, t.pooled, t.maxClients = true, true, maxClients
-	})
+	command := func() *exec.Cmd {
+		cmd := exec.Command(bin, args...)
+		cmd.Env = withoutTenantproxyEnv(os.Environ())
+		cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
+		return cmd
+	}
+	t := &target{name: name, addr: addr, tenantAware: true, pooled: true, maxClients: maxClients,
+		logPath: logPath, child: &child{command: command, outPath: logPath}}
+	return t, t.launch(ctx)
 }
 
 // withoutTenantproxyEnv drops TENANTPROXY_* variables, so the user's
@@ -120,26 +132,28 @@ func withoutTenantproxyEnv(env []string) []string {
 	return out
 }
 
-// startChild starts cmd with its output in logPath and waits for addr to
-// accept connections. The returned target's stop ends the process (SIGTERM,
-// then SIGKILL after 10 s) and waits for it.
-func startChild(ctx context.Context, cmd *exec.Cmd, name, addr, logPath string, configure func(*target)) (*target, error) {
-	logFile, err := os.Create(logPath)
+// launch starts the target's process with its output in child.outPath
+// and waits for addr to accept connections. stop then ends the process
+// (SIGTERM, then SIGKILL after 10 s) and waits for it.
+func (t *target) launch(ctx context.Context) error {
+	cmd := t.child.command()
+	out, err := os.Create(t.child.outPath)
 	if err != nil {
-		return nil, err
+		return err
 	}
-	cmd.Stdout, cmd.Stderr = logFile, logFile
+	cmd.Stdout, cmd.Stderr = out, out
 	if err := cmd.Start(); err != nil {
-		logFile.Close()
-		return nil, fmt.Errorf("%s: %w", name, err)
+		out.Close()
+		return fmt.Errorf("%s: %w", t.name, err)
 	}
 	exited := make(chan struct{})
 	go func() {
 		cmd.Wait()
-		logFile.Close()
+		out.Close()
 		close(exited)
 	}()
-	stop := func() error {
+	t.proc = cmd.Process
+	t.stop = func() error {
 		syscall.Kill(-cmd.Process.Pid, syscall.SIGTERM)
 		select {
 		case <-exited:
@@ -147,33 +161,40 @@ func startChild(ctx context.Context, cmd *exec.Cmd, name, addr, logPath string, 
 		case <-time.After(10 * time.Second):
 			syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
 			<-exited
-			return fmt.Errorf("%s ignored SIGTERM and was killed", name)
+			return fmt.Errorf("%s ignored SIGTERM and was killed", t.name)
 		}
 	}
 	deadline := time.Now().Add(30 * time.Second)
 	for {
-		c, err := net.DialTimeout("tcp", addr, time.Second)
+		c, err := net.DialTimeout("tcp", t.addr, time.Second)
 		if err == nil {
 			c.Close()
-			break
+			return nil
 		}
 		select {
 		case <-exited:
-			log, _ := os.ReadFile(logPath)
-			return nil, fmt.Errorf("%s exited during start-up: %s", name, tail(log, 1500))
+			log, _ := os.ReadFile(t.child.outPath)
+			return fmt.Errorf("%s exited during start-up: %s", t.name, tail(log, 1500))
 		case <-ctx.Done():
-			stop()
-			return nil, ctx.Err()
+			t.stop()
+			return ctx.Err()
 		case <-time.After(50 * time.Millisecond):
 		}
 		if time.Now().After(deadline) {
-			stop()
-			return nil, fmt.Errorf("%s not accepting on %s after 30 s", name, addr)
+			t.stop()
+			return fmt.Errorf("%s not accepting on %s after 30 s", t.name, t.addr)
 		}
 	}
-	t := &target{name: name, addr: addr, proc: cmd.Process, logPath: logPath, stop: stop}
-	configure(t)
-	return t, nil
+}
+
+// restart stops the target's process and starts it again on the same
+// address, so that a memory measurement starts from a fresh process rather
+// than from whatever the previous case left allocated.
+func (t *target) restart(ctx context.Context) error {
+	if err := t.stop(); err != nil {
+		return err
+	}
+	return t.launch(ctx)
 }
 
 // startPgBouncer runs PgBouncer in transaction mode in front of e's
@@ -232,25 +253,26 @@ log_disconnections = 0
 	if err := os.WriteFile(iniPath, []byte(ini), 0o600); err != nil {
 		return nil, err
 	}
-	cmd := exec.Command(bin, iniPath)
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
+	var cred *syscall.Credential
 	if os.Geteuid() == 0 {
 		// PgBouncer refuses to run as root.
-		cred, err := postgresUser()
-		if err != nil {
+		if cred, err = postgresUser(); err != nil {
 			return nil, fmt.Errorf("pgbouncer: %w", err)
 		}
-		cmd.SysProcAttr.Credential = cred
 		for _, p := range []string{pgDir, userlist, iniPath} {
 			if err := os.Chown(p, int(cred.Uid), int(cred.Gid)); err != nil {
 				return nil, err
 			}
 		}
 	}
-	return startChild(ctx, cmd, TargetPgBouncer, addr, filepath.Join(pgDir, "stdout.log"), func(t *target) {
-		t.pooled, t.maxClients = true, maxClients
-		t.logPath = filepath.Join(pgDir, "pgbouncer.log")
-	})
+	command := func() *exec.Cmd {
+		cmd := exec.Command(bin, iniPath)
+		cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL, Credential: cred}
+		return cmd
+	}
+	t := &target{name: TargetPgBouncer, addr: addr, pooled: true, maxClients: maxClients,
+		logPath: filepath.Join(pgDir, "pgbouncer.log"), child: &child{command: command, outPath: filepath.Join(pgDir, "stdout.log")}}
+	return t, t.launch(ctx)
 }
 
 // ErrNoPgBouncer means pgbouncer is not installed; the run goes on without
