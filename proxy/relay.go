@@ -40,6 +40,9 @@ type session struct {
 	bconn   net.Conn
 
 	tenant, user string
+	// rules are the statement classes the tenant's tier and settings
+	// allow; the zero value is the strictest.
+	rules        router.Rules
 	started      time.Time
 	cancelPID    uint32
 	maxMsg       int
@@ -198,7 +201,7 @@ func (ss *session) forwardClient() clientResult {
 						if _, err := io.ReadFull(src, m); err != nil {
 							return clientResult{err: err}
 						}
-						if reason := ss.srv.policy.Check(statementOf(m)); reason != "" {
+						if reason := ss.srv.policy.CheckRules(statementOf(m), ss.rules); reason != "" {
 							if typ == 'Q' {
 								ss.refusals.push(ss.sentRFQ.Add(1), reason)
 								m = syncMessage
@@ -220,7 +223,7 @@ func (ss *session) forwardClient() clientResult {
 					}
 					break scan
 				}
-				if reason := ss.srv.policy.Check(statementOf(buf[n : n+size])); reason != "" {
+				if reason := ss.srv.policy.CheckRules(statementOf(buf[n:n+size]), ss.rules); reason != "" {
 					drop = size
 					if typ == 'Q' {
 						ss.refusals.push(ss.sentRFQ.Add(1), reason)

@@ -98,9 +98,15 @@ func (s *Server) connect(ctx context.Context, c *clientConn, lv *live, t *catalo
 		s.backends.Release(bc, true)
 		return nil, err
 	}
+	rules, err := router.RulesFor(t)
+	if err != nil {
+		// RulesFor gave the strictest rules: a bad setting must not lock
+		// the tenant out, nor widen what it may do.
+		s.log.Warn("tenant policy settings ignored", zap.String("tenant", t.Subdomain), zap.Error(err))
+	}
 	return &session{
 		srv: s, client: c.conn, backend: bc, bconn: bc.NetConn(),
-		tenant: t.Subdomain, user: id.User, started: time.Now(), cancelPID: pid,
+		tenant: t.Subdomain, user: id.User, rules: rules, started: time.Now(), cancelPID: pid,
 		maxMsg:       lv.cfg.MaxMessageSize,
 		queries:      s.metrics.queries.WithLabelValues(t.Subdomain),
 		transactions: s.metrics.transactions.WithLabelValues(t.Subdomain),

@@ -50,6 +50,21 @@ var notShared = map[catalog.Tier]outcome{
 	catalog.TierDatabase: {"42703", "tenant_id"},
 }
 
+// notOwner is the database's answer to changing a table one does not own.
+var notOwner = outcome{"42501", "must be owner"}
+
+// ownDatabase is for what the database tier's rules allow, alone in its
+// database: there the database itself decides, with outcome o.
+func ownDatabase(o outcome) map[catalog.Tier]outcome {
+	return map[catalog.Tier]outcome{catalog.TierDatabase: o}
+}
+
+// notSharedTier is for what only the shared tier's rules refuse: tables
+// and statistics shared with other tenants.
+func notSharedTier(o outcome) map[catalog.Tier]outcome {
+	return map[catalog.Tier]outcome{catalog.TierSchema: o, catalog.TierDatabase: o}
+}
+
 func withShared(o outcome, others map[catalog.Tier]outcome) map[catalog.Tier]outcome {
 	m := map[catalog.Tier]outcome{catalog.TierShared: o}
 	for k, v := range others {
@@ -93,7 +108,8 @@ var attacks = []attack{
 	{name: "ts_rewrite running a query", sql: "SELECT ts_rewrite('a'::tsquery, 'SELECT set_config(''role'', ''{role}'', false)::tsquery, ''b''::tsquery')", want: refused},
 	{name: "UPDATE pg_settings (its rule calls set_config)", sql: "UPDATE pg_settings SET setting = '{victim}' WHERE name = 'app.tenant_id'", want: refused},
 	{name: "search_path through pg_settings", sql: "UPDATE pg_catalog.pg_settings SET setting = 'tenant_{victim}' WHERE name = 'search_path'", want: refused},
-	{name: "search_path to the victim's schema", sql: "SET search_path = tenant_{victim}, public", want: refused},
+	{name: "search_path to the victim's schema", sql: "BEGIN; SET LOCAL search_path = tenant_{victim}, public; SELECT body FROM messages", want: refused, simpleOnly: true,
+		tiers: map[catalog.Tier]outcome{catalog.TierDatabase: harmless}},
 	{name: "client encoding that hides statements from the proxy", sql: "SET client_encoding = 'SJIS'", want: refused},
 	{name: "standard_conforming_strings off", sql: "SET standard_conforming_strings = off", want: refused},
 
@@ -108,17 +124,18 @@ var attacks = []attack{
 	{name: "UPDATE own rows into the victim's", sql: "UPDATE users SET tenant_id = '{victim}'",
 		tiers: withShared(outcome{"42501", "row-level security"}, notShared)},
 	{name: "DELETE the victim's rows", sql: "DELETE FROM messages WHERE tenant_id = '{victim}'", tiers: withShared(harmless, notShared)},
-	{name: "TRUNCATE a shared table", sql: "TRUNCATE messages", want: refused},
-	{name: "ALTER TABLE DISABLE ROW LEVEL SECURITY", sql: "ALTER TABLE messages DISABLE ROW LEVEL SECURITY", want: refused},
-	{name: "ALTER TABLE NO FORCE ROW LEVEL SECURITY", sql: "ALTER TABLE messages NO FORCE ROW LEVEL SECURITY", want: refused},
-	{name: "DROP POLICY", sql: "DROP POLICY tenant_isolation ON messages", want: refused},
-	{name: "view over the shared table", sql: "CREATE VIEW leak AS SELECT * FROM messages", want: refused},
+	{name: "TRUNCATE a shared table", sql: "TRUNCATE messages", want: refused, tiers: ownDatabase(outcome{"42501", "permission denied for table"})},
+	{name: "ALTER TABLE DISABLE ROW LEVEL SECURITY", sql: "ALTER TABLE messages DISABLE ROW LEVEL SECURITY", want: refused, tiers: ownDatabase(notOwner)},
+	{name: "ALTER TABLE NO FORCE ROW LEVEL SECURITY", sql: "ALTER TABLE messages NO FORCE ROW LEVEL SECURITY", want: refused, tiers: ownDatabase(notOwner)},
+	{name: "DROP POLICY", sql: "DROP POLICY tenant_isolation ON messages", want: refused, tiers: ownDatabase(outcome{"42704", "does not exist"})},
+	{name: "view over the shared table", sql: "CREATE VIEW leak AS SELECT * FROM messages", want: refused, tiers: ownDatabase(outcome{"42501", "permission denied for schema public"})},
 	{name: "ALTER TABLE OWNER TO the victim's role", sql: "ALTER TABLE messages OWNER TO {role}", want: refused},
-	{name: "temporary table on a pooled connection", sql: "CREATE TEMP TABLE leftover (x text)", want: refused},
+	{name: "temporary table on a pooled connection", sql: "CREATE TEMP TABLE leftover (x text)", want: refused,
+		tiers: ownDatabase(outcome{"42501", "permission denied to create temporary tables"})},
 	{name: "COPY TO PROGRAM", sql: "COPY messages TO PROGRAM 'cat > /tmp/leak'", want: refused},
 	{name: "COPY to a server file", sql: "COPY messages TO '/tmp/leak'", want: refused},
 	{name: "lo_import of a server file", sql: "SELECT lo_import('/etc/passwd')", want: refused},
-	{name: "large objects of the serving role", sql: "SELECT lo_get(oid) FROM pg_largeobject_metadata", want: refused},
+	{name: "large objects of the serving role", sql: "SELECT lo_get(oid) FROM pg_largeobject_metadata", want: refused, tiers: notSharedTier(harmless)},
 	{name: "pg_read_file", sql: "SELECT pg_read_file('/etc/passwd')", want: refused},
 	{name: "CREATE EXTENSION dblink", sql: "CREATE EXTENSION dblink", want: refused},
 	{name: "dblink to the victim's database", sql: "SELECT * FROM dblink('dbname=tenant_{victim}', 'SELECT body FROM messages') AS t(body text)", want: refused},
@@ -138,16 +155,16 @@ var attacks = []attack{
 	{name: "pg_stat_get_activity", sql: "SELECT query FROM pg_stat_get_activity(NULL)", want: refused},
 	{name: "pg_locks", sql: "SELECT * FROM pg_locks", want: refused},
 	{name: "pg_stats most common values", sql: "SELECT most_common_vals::text FROM pg_stats WHERE tablename = 'messages'", want: refused},
-	{name: "pg_stat_user_tables row counts", sql: "SELECT relname, n_live_tup FROM pg_stat_user_tables", want: refused},
-	{name: "relation size of a shared table", sql: "SELECT pg_total_relation_size('messages')", want: refused},
+	{name: "pg_stat_user_tables row counts", sql: "SELECT relname, n_live_tup FROM pg_stat_user_tables", want: refused, tiers: ownDatabase(harmless)},
+	{name: "relation size of a shared table", sql: "SELECT pg_total_relation_size('messages')", want: refused, tiers: ownDatabase(harmless)},
 	{name: "pg_database names", sql: "SELECT datname FROM pg_database", want: refused},
 	{name: "pg_roles names", sql: "SELECT rolname FROM pg_roles", want: refused},
-	{name: "EXPLAIN estimates over every tenant's rows", sql: "EXPLAIN SELECT * FROM messages WHERE body = 'secret-of-{victim}'", want: refused},
-	{name: "LISTEN on the victim's channel", sql: "LISTEN {victim}_events", want: refused},
-	{name: "NOTIFY the victim's channel", sql: "NOTIFY {victim}_events, 'spoofed'", want: refused},
-	{name: "pg_notify the victim's channel", sql: "SELECT pg_notify('{victim}_events', 'spoofed')", want: refused},
-	{name: "advisory lock the victim may use", sql: "SELECT pg_advisory_lock(42)", want: refused},
-	{name: "LOCK a shared table", sql: "BEGIN; LOCK TABLE messages IN ACCESS EXCLUSIVE MODE; COMMIT", want: refused, simpleOnly: true},
+	{name: "EXPLAIN estimates over every tenant's rows", sql: "EXPLAIN SELECT * FROM messages WHERE body = 'guess-{victim}'", want: refused, tiers: notSharedTier(harmless)},
+	{name: "LISTEN on the victim's channel", sql: "LISTEN {victim}_events", want: refused, tiers: ownDatabase(harmless)},
+	{name: "NOTIFY the victim's channel", sql: "NOTIFY {victim}_events, 'spoofed'", want: refused, tiers: ownDatabase(harmless)},
+	{name: "pg_notify the victim's channel", sql: "SELECT pg_notify('{victim}_events', 'spoofed')", want: refused, tiers: ownDatabase(harmless)},
+	{name: "advisory lock the victim may use", sql: "SELECT pg_advisory_xact_lock(42)", want: refused, tiers: ownDatabase(harmless)},
+	{name: "LOCK a shared table", sql: "BEGIN; LOCK TABLE messages IN ACCESS EXCLUSIVE MODE; COMMIT", want: refused, simpleOnly: true, tiers: notSharedTier(harmless)},
 	{name: "pg_terminate_backend of every session", sql: "SELECT pg_terminate_backend(pid) FROM pg_stat_activity", want: refused},
 	{name: "pg_cancel_backend", sql: "SELECT pg_cancel_backend(1)", want: refused},
 	// Permitted: what they show is the attacker's own, or names only
