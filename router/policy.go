@@ -190,8 +190,20 @@ func (p *Policy) CheckRules(sql []byte, r Rules) string {
 	case fastRefused:
 		return reason
 	}
+	if len(sql) > MaxParsedStatement {
+		return reasonTooLarge
+	}
 	return p.factsOf(sql).verdict(r)
 }
+
+// MaxParsedStatement bounds the text the parser is given: parsing costs
+// memory in proportion to the tree, and one client must not be able to
+// make the proxy build a tree of a 64 MiB statement. Bulk loads that big
+// are plain INSERTs, which the fast path passes, or COPY, whose data is
+// not SQL.
+const MaxParsedStatement = 1 << 20
+
+const reasonTooLarge = "the statement was not sent: it is over 1 MiB and not plain DML, too large for the proxy's policy to parse"
 
 // factsOf returns sql's facts from the cache, parsing it on a miss.
 func (p *Policy) factsOf(sql []byte) *facts {

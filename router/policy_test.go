@@ -368,3 +368,15 @@ func FuzzPolicy(f *testing.F) {
 		}
 	})
 }
+
+func TestPolicyBoundsWhatItParses(t *testing.T) {
+	p := NewPolicy(DefaultTenantGUC)
+	big := "INSERT INTO t (body) VALUES ('" + strings.Repeat("x", MaxParsedStatement) + "')"
+	if reason := p.Check([]byte(big)); reason != "" {
+		t.Errorf("a large plain INSERT was refused: %s", reason)
+	}
+	bigDDL := "CREATE TABLE t (body text DEFAULT '" + strings.Repeat("x", MaxParsedStatement) + "')"
+	if reason := p.CheckRules([]byte(bigDDL), DefaultRules(catalog.TierDatabase)); !strings.Contains(reason, "1 MiB") {
+		t.Errorf("a statement over 1 MiB that needs the parser: %q; want the size refusal", reason)
+	}
+}
