@@ -134,6 +134,33 @@ func TestIsolationSessionState(t *testing.T) {
 		}
 	})
 
+	t.Run("database tier: advisory locks and channels are per database", func(t *testing.T) {
+		a, v := e.pgconn(t, "umbrella"), e.pgconn(t, "stark")
+		queryText(t, a, "SELECT pg_advisory_lock(42); LISTEN events")
+		if got := queryText(t, v, "SELECT pg_try_advisory_lock(42)"); got != "t" {
+			t.Errorf("the victim could not take advisory lock 42 the attacker holds in its own database: %q", got)
+		}
+		queryText(t, v, "NOTIFY events, 'secret-of-stark'")
+		wctx, cancel := context.WithTimeout(ctx, 500*time.Millisecond)
+		defer cancel()
+		if err := a.WaitForNotification(wctx); err == nil {
+			t.Errorf("the attacker received a notification from the victim's database")
+		}
+	})
+
+	t.Run("psql meta-commands", func(t *testing.T) {
+		psql := clientTool(t, "psql")
+		for _, p := range isolationPairs {
+			conn := dsn(e.addr, "alice."+p.attacker, tenantPassword)
+			for cmd, want := range map[string]string{`\l`: "refused", `\du`: "refused", `\dt`: "messages"} {
+				out, _ := runErr(psql, "-X", "-c", cmd, conn)
+				if !strings.Contains(out, want) || strings.Contains(out, "secret-of-") {
+					t.Errorf("%s: psql %s: %q; want it to contain %q", p.tier, cmd, out, want)
+				}
+			}
+		}
+	})
+
 	t.Run("cancel-key guessing", func(t *testing.T) {
 		v := e.pgconn(t, "globex")
 		pid := v.PID()
