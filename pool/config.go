@@ -27,8 +27,14 @@ type Target struct {
 	// Setup holds the statements that establish the tenant context. They
 	// are sent as one simple Query on every Acquire (the previous holder's
 	// context was reset on Release), so they run as one implicit
-	// transaction: all of them take effect or none does.
+	// transaction: all of them take effect or none does. In transaction
+	// mode (AcquireTx) they are sent only when the connection's context
+	// differs.
 	Setup []string
+	// Tenant names who holds the connection, for Config.MaxConnsPerTenant
+	// and for serving waiters round-robin across tenants. Empty means an
+	// uncapped holder sharing one queue with every other empty Tenant.
+	Tenant string
 }
 
 // Config tunes a Manager. The zero value is a working configuration; each
@@ -37,6 +43,19 @@ type Config struct {
 	// MaxConnsPerKey caps the server connections, idle or in use, of one
 	// (addr, database, user). Zero means 20. Acquire beyond it waits.
 	MaxConnsPerKey int
+	// MaxConnsPerTenant caps the connections of one key that one Target.Tenant
+	// holds at once, so one tenant cannot take every connection; its
+	// further Acquires wait while other tenants are served. Zero means no
+	// cap.
+	MaxConnsPerTenant int
+	// MinIdle is how many idle connections per key the reaper keeps open
+	// (IdleTimeout does not close below it) and opens again, once the key
+	// has been used. Zero means none.
+	MinIdle int
+	// WaitTimeout bounds how long an Acquire waits for a connection of a
+	// full pool (or for its tenant's cap) before ErrWaitTimeout (53400).
+	// Zero means until the Acquire's context ends.
+	WaitTimeout time.Duration
 	// IdleTimeout closes a connection idle for longer. Zero means 5 min;
 	// negative disables.
 	IdleTimeout time.Duration
@@ -81,6 +100,15 @@ func (c Config) withDefaults() (Config, error) {
 	}
 	if c.MaxConnsPerKey < 0 {
 		errs = append(errs, fmt.Errorf("MaxConnsPerKey %d: must be positive", c.MaxConnsPerKey))
+	}
+	if c.MaxConnsPerTenant < 0 {
+		errs = append(errs, fmt.Errorf("MaxConnsPerTenant %d: must not be negative", c.MaxConnsPerTenant))
+	}
+	if c.MinIdle < 0 || c.MinIdle > c.MaxConnsPerKey {
+		errs = append(errs, fmt.Errorf("MinIdle %d: must be between 0 and MaxConnsPerKey (%d)", c.MinIdle, c.MaxConnsPerKey))
+	}
+	if c.WaitTimeout < 0 {
+		errs = append(errs, fmt.Errorf("WaitTimeout %s: must not be negative", c.WaitTimeout))
 	}
 	if c.IdleTimeout == 0 {
 		c.IdleTimeout = defaultIdleTimeout
@@ -127,7 +155,10 @@ func (c Config) reapInterval() time.Duration {
 		}
 	}
 	if d == 0 {
-		return 0
+		if c.MinIdle == 0 {
+			return 0
+		}
+		d = 2 * time.Second
 	}
 	return min(max(d/2, 10*time.Millisecond), time.Minute)
 }

@@ -47,9 +47,20 @@ type Conn struct {
 	setupSQL string
 	liveness probe
 
+	// context is the tenant context the session carries: the Setup key
+	// (setupKey) applied last, "" when none (new or reset). Transaction
+	// mode keeps it across holders and skips the setup when it matches.
+	context string
+	// statements are the names of protocol-level prepared statements the
+	// proxy created on the session in transaction mode (see Statement).
+	statements map[string]struct{}
+	// inject is reused for the messages AcquireTx returns.
+	inject []byte
+
 	// Guarded by pool.mu.
 	state     connState
 	idleSince time.Time
+	holder    *tenantQueue
 }
 
 // NetConn is the raw socket, positioned after startup, authentication and
@@ -176,6 +187,7 @@ func (c *Conn) setup(ctx context.Context, t *Target) error {
 		c.setupOf = slices.Clone(t.Setup)
 		c.setupSQL = strings.Join(t.Setup, ";\n")
 	}
+	c.context = ""
 	status, pgErr, err := c.exchange(c.setupSQL)
 	interrupted := stop != nil && !stop()
 	switch {
@@ -197,6 +209,7 @@ func (c *Conn) setup(ctx context.Context, t *Target) error {
 		// Setup that opens a transaction would leave the client inside it.
 		return fmt.Errorf("pool: setup left transaction status %q: %w", status, errProtocol)
 	}
+	c.context = c.setupSQL
 	return c.netConn.SetDeadline(time.Time{})
 }
 
@@ -211,6 +224,8 @@ func (c *Conn) reset(timeout time.Duration) error {
 	if err := c.netConn.SetDeadline(time.Now().Add(timeout)); err != nil {
 		return err
 	}
+	c.context = ""
+	clear(c.statements)
 	status, pgErr, err := c.exchange("DISCARD ALL")
 	if err == nil && status != 'I' {
 		status, pgErr, err = c.exchange("ROLLBACK", "DISCARD ALL")
@@ -239,7 +254,13 @@ func (c *Conn) exchange(queries ...string) (txStatus byte, pgErr *pgconn.PgError
 	if err := c.fe.Flush(); err != nil {
 		return 0, nil, err
 	}
-	for pending := len(queries); pending > 0; {
+	return c.awaitReady(len(queries))
+}
+
+// awaitReady reads replies up to the pending'th ReadyForQuery; see
+// exchange.
+func (c *Conn) awaitReady(pending int) (txStatus byte, pgErr *pgconn.PgError, err error) {
+	for pending > 0 {
 		msg, err := c.fe.Receive()
 		if err != nil {
 			return 0, nil, err

@@ -76,29 +76,30 @@ func (m *Manager) Acquire(ctx context.Context, t Target) (*Conn, error) {
 	if err := ctx.Err(); err != nil {
 		return nil, fmt.Errorf("pool: acquire: %w", err)
 	}
-	p, err := m.poolFor(t)
+	p, err := m.poolFor(&t)
 	if err != nil {
 		return nil, err
 	}
 	for {
-		c, err := p.take(ctx)
+		c, holder, err := p.take(ctx, t.Tenant, "", m.cfg.WaitTimeout)
 		if err != nil {
 			return nil, err
 		}
 		fresh := c == nil
 		if fresh {
-			c, err = connect(ctx, &m.cfg, &t)
-			if err != nil {
-				p.km.connectsFail.Inc()
-				p.dropSlot()
+			if c, err = m.dial(ctx, p, &t, holder); err != nil {
 				return nil, err
 			}
-			p.km.connectsOK.Inc()
-			c.pool = p
-			c.state = stateActive
 		} else if !c.alive() || m.expired(c, time.Now()) {
 			p.destroy(c)
 			continue
+		} else if c.context != "" {
+			// Left in a tenant context by transaction mode: a session
+			// starts from a reset connection, as after Release.
+			if err := c.reset(m.cfg.ResetTimeout); err != nil {
+				p.destroy(c)
+				continue
+			}
 		}
 		if err := c.setup(ctx, &t); err != nil {
 			p.destroy(c)
@@ -168,7 +169,7 @@ func (m *Manager) Close() error {
 	return nil
 }
 
-func (m *Manager) poolFor(t Target) (*pool, error) {
+func (m *Manager) poolFor(t *Target) (*pool, error) {
 	k := poolKey{addr: t.Addr, database: t.Database, user: t.User}
 	m.mu.Lock()
 	defer m.mu.Unlock()
@@ -177,8 +178,18 @@ func (m *Manager) poolFor(t Target) (*pool, error) {
 	}
 	p := m.pools[k]
 	if p == nil {
-		p = &pool{key: k, max: m.cfg.MaxConnsPerKey, km: m.metrics.forKey(t.Database, t.User)}
+		p = &pool{key: k, max: m.cfg.MaxConnsPerKey, perTenant: m.cfg.MaxConnsPerTenant,
+			km: m.metrics.forKey(t.Database, t.User), tenants: make(map[string]*tenantQueue)}
 		m.pools[k] = p
+	}
+	if m.cfg.MinIdle > 0 {
+		p.mu.Lock()
+		if p.target == nil || p.target.Password != t.Password {
+			saved := *t
+			saved.Setup, saved.Tenant = nil, ""
+			p.target = &saved
+		}
+		p.mu.Unlock()
 	}
 	return p, nil
 }
@@ -206,9 +217,12 @@ func (m *Manager) reap(every time.Duration) {
 			}
 			m.mu.Unlock()
 			for _, p := range pools {
-				p.evict(func(c *Conn) bool {
-					return m.expired(c, now) || (m.cfg.IdleTimeout > 0 && now.Sub(c.idleSince) >= m.cfg.IdleTimeout)
-				})
+				p.evict(func(c *Conn) bool { return m.expired(c, now) },
+					func(c *Conn) bool { return m.cfg.IdleTimeout > 0 && now.Sub(c.idleSince) >= m.cfg.IdleTimeout },
+					m.cfg.MinIdle)
+			}
+			if m.cfg.MinIdle > 0 {
+				m.fillIdle(pools)
 			}
 		}
 	}

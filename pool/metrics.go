@@ -12,6 +12,7 @@ import (
 type metrics struct {
 	conns    *prometheus.GaugeVec
 	connects *prometheus.CounterVec
+	waiting  *prometheus.GaugeVec
 }
 
 func newMetrics(reg prometheus.Registerer) (*metrics, error) {
@@ -24,6 +25,10 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 			Name: "tenantproxy_server_connects_total",
 			Help: "Attempts to open a server connection, by result (ok or error).",
 		}, []string{"database", "user", "result"}),
+		waiting: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "tenantproxy_server_connection_waiters",
+			Help: "Acquires waiting for a server connection of a full pool or of a tenant at its cap.",
+		}, []string{"database", "user"}),
 	}
 	if reg == nil {
 		return m, nil
@@ -33,6 +38,9 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 		return nil, err
 	}
 	if m.connects, err = register(reg, m.connects); err != nil {
+		return nil, err
+	}
+	if m.waiting, err = register(reg, m.waiting); err != nil {
 		return nil, err
 	}
 	return m, nil
@@ -54,7 +62,7 @@ func register[C prometheus.Collector](reg prometheus.Registerer, c C) (C, error)
 // keyMetrics are one pool's series, looked up once so the hot path does not
 // hash label values.
 type keyMetrics struct {
-	idle, active             prometheus.Gauge
+	idle, active, waiting    prometheus.Gauge
 	connectsOK, connectsFail prometheus.Counter
 }
 
@@ -64,5 +72,6 @@ func (m *metrics) forKey(database, user string) keyMetrics {
 		active:       m.conns.WithLabelValues(database, user, "active"),
 		connectsOK:   m.connects.WithLabelValues(database, user, "ok"),
 		connectsFail: m.connects.WithLabelValues(database, user, "error"),
+		waiting:      m.waiting.WithLabelValues(database, user),
 	}
 }

@@ -8,25 +8,48 @@ import (
 	"time"
 )
 
-// pool is the connections of one key. Its invariant, under mu: open counts
-// every connection that holds one of the max slots (idle, in use, or being
-// dialled), and waiters is non-empty only while idle is empty, because a
-// released connection or a freed slot goes to the first waiter before
+// pool is the connections of one key. Its invariants, under mu: open
+// counts every connection that holds one of the max slots (idle, in use,
+// or being dialled); a waiter is queued only while nothing can be handed
+// to it (no idle connection and no free slot, or its tenant at its cap),
+// because a released connection or a freed slot goes to a waiter before
 // anything else.
+//
+// Waiters queue per tenant and tenants are served round-robin (rr), so a
+// tenant with many waiting clients delays another tenant's next client by
+// at most one grant, not by its whole queue.
 type pool struct {
 	key poolKey
 	max int
-	km  keyMetrics
+	// perTenant caps the connections one tenant holds at once (0: no
+	// cap). Acquires without a tenant are never capped.
+	perTenant int
+	km        keyMetrics
 
-	mu      sync.Mutex
-	idle    []*Conn // stack: the most recently released on top
-	open    int
-	waiters []*waiter // FIFO
+	mu   sync.Mutex
+	idle []*Conn // stack: the most recently released on top
+	open int
+	// tenants are the tenants holding or waiting for connections; an
+	// entry with neither is deleted.
+	tenants map[string]*tenantQueue
+	// rr lists the tenants with waiters, in the order they are served.
+	rr      []*tenantQueue
+	waiting int
 	closed  bool
+	// target is the latest Target seen, so the reaper can dial up to
+	// MinIdle connections.
+	target *Target
 }
 
-// grant is what a waiter is woken with: a reset connection, permission to
-// dial in a slot already counted for it (conn == nil, err == nil), or the
+// tenantQueue is one tenant's share of a pool.
+type tenantQueue struct {
+	name    string
+	held    int
+	waiters []*waiter // FIFO
+}
+
+// grant is what a waiter is woken with: a connection, permission to dial
+// in a slot already counted for it (conn == nil, err == nil), or the
 // reason to give up.
 type grant struct {
 	conn *Conn
@@ -35,63 +58,162 @@ type grant struct {
 
 type waiter struct {
 	ch chan grant // buffered 1: granting never blocks under mu
+	tq *tenantQueue
+	// context is the tenant context the waiter wants, to prefer an idle
+	// connection that carries it.
+	context string
 }
 
-// take returns an idle connection, or nil meaning the caller holds a slot
-// and must dial (and on failure call dropSlot), or an error when ctx ended
-// while waiting or the pool closed.
-func (p *pool) take(ctx context.Context) (*Conn, error) {
+// take returns an idle connection (preferring one in the given context),
+// or nil meaning the caller holds a slot and must dial (and on failure
+// call dropSlot), or an error when ctx ended while waiting (or wait ran
+// out) or the pool closed. The connection or slot counts against tenant
+// until it is put back, destroyed or dropped.
+func (p *pool) take(ctx context.Context, tenant, wantContext string, wait time.Duration) (*Conn, *tenantQueue, error) {
 	p.mu.Lock()
 	if p.closed {
 		p.mu.Unlock()
-		return nil, ErrClosed
+		return nil, nil, ErrClosed
 	}
-	if n := len(p.idle); n > 0 {
-		c := p.idle[n-1]
-		p.idle[n-1] = nil
-		p.idle = p.idle[:n-1]
-		c.state = stateActive
-		p.km.idle.Dec()
-		p.km.active.Inc()
-		p.mu.Unlock()
-		return c, nil
+	tq := p.queueLocked(tenant)
+	if len(tq.waiters) == 0 && p.underCapLocked(tq) {
+		if c := p.idleLocked(wantContext); c != nil {
+			tq.held++
+			c.holder = tq
+			p.mu.Unlock()
+			return c, tq, nil
+		}
+		if p.open < p.max {
+			p.open++
+			tq.held++
+			p.km.active.Inc()
+			p.mu.Unlock()
+			return nil, tq, nil
+		}
 	}
-	if p.open < p.max {
-		p.open++
-		p.km.active.Inc()
-		p.mu.Unlock()
-		return nil, nil
+	w := &waiter{ch: make(chan grant, 1), tq: tq, context: wantContext}
+	if len(tq.waiters) == 0 {
+		p.rr = append(p.rr, tq)
 	}
-	w := &waiter{ch: make(chan grant, 1)}
-	p.waiters = append(p.waiters, w)
-	inUse := p.open
+	tq.waiters = append(tq.waiters, w)
+	p.waiting++
+	p.km.waiting.Inc()
+	inUse, held := p.open, tq.held
 	p.mu.Unlock()
 
+	var expired <-chan time.Time
+	if wait > 0 {
+		t := time.NewTimer(wait)
+		defer t.Stop()
+		expired = t.C
+	}
+	var cause error
 	select {
 	case g := <-w.ch:
-		return g.conn, g.err
+		return g.conn, tq, g.err
 	case <-ctx.Done():
+		cause = context.Cause(ctx)
+	case <-expired:
+		cause = fmt.Errorf("waited %s", wait)
 	}
 	p.mu.Lock()
-	if i := slices.Index(p.waiters, w); i >= 0 {
-		p.waiters = slices.Delete(p.waiters, i, i+1)
+	if i := slices.Index(tq.waiters, w); i >= 0 {
+		p.removeWaiterLocked(tq, i)
+		p.forgetLocked(tq)
 		p.mu.Unlock()
 	} else {
 		// Granted while giving up: pass the grant on rather than lose a slot.
 		g := <-w.ch
 		switch {
 		case g.conn != nil:
-			p.putLocked(g.conn)
+			p.putLocked(g.conn, tq)
 		case g.err == nil:
-			p.freeSlotLocked()
+			p.freeSlotLocked(tq)
 		}
 		p.mu.Unlock()
 	}
-	return nil, fmt.Errorf("%w (%d of %d connections to %s as %s in use): %w",
-		ErrWaitTimeout, inUse, p.max, p.key.database, p.key.user, context.Cause(ctx))
+	if p.perTenant > 0 && tenant != "" && held >= p.perTenant {
+		return nil, nil, fmt.Errorf("%w (tenant %s holds %d of its %d connections to %s as %s): %w",
+			ErrWaitTimeout, tenant, held, p.perTenant, p.key.database, p.key.user, cause)
+	}
+	return nil, nil, fmt.Errorf("%w (%d of %d connections to %s as %s in use): %w",
+		ErrWaitTimeout, inUse, p.max, p.key.database, p.key.user, cause)
 }
 
-// put keeps a reset connection for reuse, or reports false when the pool is
+// queueLocked returns tenant's queue, creating it.
+func (p *pool) queueLocked(tenant string) *tenantQueue {
+	tq := p.tenants[tenant]
+	if tq == nil {
+		tq = &tenantQueue{name: tenant}
+		p.tenants[tenant] = tq
+	}
+	return tq
+}
+
+// forgetLocked drops a tenant's entry once it holds and waits for nothing,
+// so the map grows with tenants in flight, not with every tenant ever seen.
+func (p *pool) forgetLocked(tq *tenantQueue) {
+	if tq.held == 0 && len(tq.waiters) == 0 {
+		delete(p.tenants, tq.name)
+	}
+}
+
+func (p *pool) underCapLocked(tq *tenantQueue) bool {
+	return p.perTenant <= 0 || tq.name == "" || tq.held < p.perTenant
+}
+
+func (p *pool) removeWaiterLocked(tq *tenantQueue, i int) {
+	tq.waiters = slices.Delete(tq.waiters, i, i+1)
+	p.waiting--
+	p.km.waiting.Dec()
+	if len(tq.waiters) == 0 {
+		p.rr = slices.DeleteFunc(p.rr, func(q *tenantQueue) bool { return q == tq })
+	}
+}
+
+// idleLocked pops an idle connection: the most recently used one that
+// carries context, else the most recently used one.
+func (p *pool) idleLocked(want string) *Conn {
+	n := len(p.idle)
+	if n == 0 {
+		return nil
+	}
+	i := n - 1
+	if want != "" {
+		for j := n - 1; j >= 0; j-- {
+			if p.idle[j].context == want {
+				i = j
+				break
+			}
+		}
+	}
+	c := p.idle[i]
+	p.idle = slices.Delete(p.idle, i, i+1)
+	c.state = stateActive
+	p.km.idle.Dec()
+	p.km.active.Inc()
+	return c
+}
+
+// nextWaiterLocked removes and returns the waiter to serve next: the first
+// of the next tenant in round-robin order that is under its cap, or nil.
+func (p *pool) nextWaiterLocked() *waiter {
+	for k := 0; k < len(p.rr); k++ {
+		tq := p.rr[0]
+		// Rotate: this tenant goes to the back whether or not it is served.
+		copy(p.rr, p.rr[1:])
+		p.rr[len(p.rr)-1] = tq
+		if !p.underCapLocked(tq) {
+			continue
+		}
+		w := tq.waiters[0]
+		p.removeWaiterLocked(tq, 0)
+		return w
+	}
+	return nil
+}
+
+// put keeps a connection for reuse, or reports false when the pool is
 // closed and the caller must destroy it instead.
 func (p *pool) put(c *Conn) bool {
 	p.mu.Lock()
@@ -99,59 +221,77 @@ func (p *pool) put(c *Conn) bool {
 	if p.closed {
 		return false
 	}
-	p.putLocked(c)
+	p.putLocked(c, c.holder)
 	return true
 }
 
-func (p *pool) putLocked(c *Conn) {
-	if len(p.waiters) > 0 {
-		w := p.waiters[0]
-		p.waiters = slices.Delete(p.waiters, 0, 1)
+// putLocked takes c back from holder and hands it to the next waiter, or
+// keeps it idle.
+func (p *pool) putLocked(c *Conn, holder *tenantQueue) {
+	p.unholdLocked(holder)
+	if w := p.nextWaiterLocked(); w != nil {
+		w.tq.held++
+		c.holder = w.tq
 		w.ch <- grant{conn: c}
 		return
 	}
 	c.state = stateIdle
+	c.holder = nil
 	c.idleSince = time.Now()
 	p.idle = append(p.idle, c)
 	p.km.active.Dec()
 	p.km.idle.Inc()
 }
 
+func (p *pool) unholdLocked(tq *tenantQueue) {
+	if tq == nil {
+		return
+	}
+	tq.held--
+	p.forgetLocked(tq)
+}
+
 // destroy closes an active connection and frees its slot.
 func (p *pool) destroy(c *Conn) {
 	p.mu.Lock()
 	c.state = stateClosed
-	p.freeSlotLocked()
+	p.freeSlotLocked(c.holder)
+	c.holder = nil
 	p.mu.Unlock()
 	c.close()
 }
 
-// dropSlot frees the slot of a dial that failed.
-func (p *pool) dropSlot() {
+// dropSlot frees the slot of a dial that failed; holder is what take
+// returned with it, nil for the reaper's dials.
+func (p *pool) dropSlot(holder *tenantQueue) {
 	p.mu.Lock()
-	p.freeSlotLocked()
+	p.freeSlotLocked(holder)
 	p.mu.Unlock()
 }
 
-// freeSlotLocked gives an active slot to the first waiter, who will dial
-// in it, or returns it to the pool.
-func (p *pool) freeSlotLocked() {
-	if len(p.waiters) > 0 && !p.closed {
-		w := p.waiters[0]
-		p.waiters = slices.Delete(p.waiters, 0, 1)
-		w.ch <- grant{}
-		return
+// freeSlotLocked gives an active slot of holder to the next waiter, who
+// will dial in it, or returns it to the pool.
+func (p *pool) freeSlotLocked(holder *tenantQueue) {
+	p.unholdLocked(holder)
+	if !p.closed {
+		if w := p.nextWaiterLocked(); w != nil {
+			w.tq.held++
+			w.ch <- grant{}
+			return
+		}
 	}
 	p.open--
 	p.km.active.Dec()
 }
 
-// evict closes the idle connections for which stale reports true.
-func (p *pool) evict(stale func(*Conn) bool) {
+// evict closes the idle connections for which expired reports true, and
+// those for which idleTooLong does while more than keep are idle.
+func (p *pool) evict(expired, idleTooLong func(*Conn) bool, keep int) {
 	var victims []*Conn
 	p.mu.Lock()
+	n := len(p.idle)
 	p.idle = slices.DeleteFunc(p.idle, func(c *Conn) bool {
-		if !stale(c) {
+		if !expired(c) && (n-len(victims) <= keep || !idleTooLong(c)) {
 			return false
 		}
 		c.state = stateClosed
@@ -166,15 +306,35 @@ func (p *pool) evict(stale func(*Conn) bool) {
 	}
 }
 
+// reserveIdle takes a slot for the reaper to dial an idle connection in,
+// when fewer than minIdle are idle and nobody waits. It returns the Target
+// to dial, or nil.
+func (p *pool) reserveIdle(minIdle int) *Target {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.closed || p.target == nil || len(p.idle) >= minIdle || p.open >= p.max || p.waiting > 0 {
+		return nil
+	}
+	p.open++
+	p.km.active.Inc()
+	return p.target
+}
+
 // close marks the pool closed, fails its waiters and closes its idle
 // connections. Active ones are closed by Release.
 func (p *pool) close() {
 	p.mu.Lock()
 	p.closed = true
-	for _, w := range p.waiters {
-		w.ch <- grant{err: ErrClosed}
+	for _, tq := range p.rr {
+		for _, w := range tq.waiters {
+			w.ch <- grant{err: ErrClosed}
+			p.waiting--
+			p.km.waiting.Dec()
+		}
+		tq.waiters = nil
+		p.forgetLocked(tq)
 	}
-	p.waiters = nil
+	p.rr = nil
 	p.mu.Unlock()
-	p.evict(func(*Conn) bool { return true })
+	p.evict(func(*Conn) bool { return true }, nil, 0)
 }

@@ -74,6 +74,10 @@ type Config struct {
 	// MaxConnsPerTenant caps a tenant's client connections (53300). Zero
 	// means no cap. Live.
 	MaxConnsPerTenant int
+	// PoolMode is the default pool mode of tenants whose catalog settings
+	// name none ({"pool_mode": "session"} or "transaction"): PoolSession
+	// or PoolTransaction. Zero means PoolSession. Live.
+	PoolMode string
 	// DrainTimeout is how long Shutdown lets open transactions finish
 	// before ending sessions with 57P01. Zero means 30 s.
 	DrainTimeout time.Duration
@@ -137,6 +141,13 @@ func (c Config) withDefaults() (Config, error) {
 	}
 	if c.MaxConnsPerTenant < 0 {
 		errs = append(errs, fmt.Errorf("MaxConnsPerTenant %d: must not be negative", c.MaxConnsPerTenant))
+	}
+	switch c.PoolMode {
+	case "":
+		c.PoolMode = PoolSession
+	case PoolSession, PoolTransaction:
+	default:
+		errs = append(errs, fmt.Errorf("pool mode %q: want %q or %q", c.PoolMode, PoolSession, PoolTransaction))
 	}
 	if c.DrainTimeout <= 0 {
 		c.DrainTimeout = defaultDrainTimeout

@@ -48,6 +48,9 @@ type session struct {
 	maxMsg       int
 	queries      prometheus.Counter
 	transactions prometheus.Counter
+	// tx is set in transaction pooling mode (txn.go), where backend and
+	// bconn are nil: server connections are bound per transaction.
+	tx *txSession
 
 	// sentRFQ counts client messages the server answers with one
 	// ReadyForQuery each (Query, Sync, FunctionCall), incremented before
@@ -106,6 +109,10 @@ func (ss *session) wake() { ss.bconn.SetReadDeadline(time.Unix(1, 0)) }
 
 // drain asks the session to end at the next moment it is idle.
 func (ss *session) drain() {
+	if ss.tx != nil {
+		ss.tx.drain()
+		return
+	}
 	ss.draining.Store(true)
 	ss.wake()
 }
@@ -113,6 +120,10 @@ func (ss *session) drain() {
 // kill ends the session now with 57P01, giving the client a moment to
 // receive it.
 func (ss *session) kill() {
+	if ss.tx != nil {
+		ss.tx.kill()
+		return
+	}
 	ss.killed.Store(true)
 	ss.client.SetWriteDeadline(time.Now().Add(time.Second))
 	ss.bconn.SetDeadline(time.Unix(1, 0))

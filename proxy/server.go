@@ -39,6 +39,9 @@ type Server struct {
 	log      *zap.Logger
 	resolver *router.Resolver
 	policy   *router.Policy
+	// txnCheck refuses, in transaction pooling mode, what would outlive
+	// a transaction on a shared server connection.
+	txnCheck *router.TxnModeCheck
 	backends Backends
 	metrics  *metrics
 	cancels  *cancelKeys
@@ -89,7 +92,7 @@ func New(cfg Config, dir router.Directory, backends Backends) (*Server, error) {
 	rand.Read(key)
 	ctx, cancel := context.WithCancel(context.Background())
 	s := &Server{
-		log: cfg.Logger, resolver: resolver, policy: router.NewPolicy(resolver.TenantGUC()),
+		log: cfg.Logger, resolver: resolver, policy: router.NewPolicy(resolver.TenantGUC()), txnCheck: router.NewTxnModeCheck(),
 		backends: backends, metrics: m, cancels: newCancelKeys(), limiter: newLoginLimiter(),
 		dummyKey: key, listen: cfg.Listen, unix: cfg.UnixSocket, ctx: ctx, cancel: cancel,
 		listeners: make(map[net.Listener]struct{}), conns: make(map[*tracked]struct{}), perTenant: make(map[string]int),

@@ -79,6 +79,9 @@ func (s *Server) connect(ctx context.Context, c *clientConn, lv *live, t *catalo
 		Addr: rt.Addr, Database: rt.Database, User: rt.User, Password: rt.Password, TLS: rt.TLS,
 		Setup: append(append([]string(nil), rt.Setup...), extra...),
 	}
+	if poolModeOf(t, lv.cfg.PoolMode) == PoolTransaction {
+		return s.connectTx(ctx, c, lv, t, id, target)
+	}
 	bc, err := s.backends.Acquire(ctx, target)
 	if err != nil {
 		var setupErr *pool.SetupError
@@ -117,6 +120,10 @@ func (s *Server) connect(ctx context.Context, c *clientConn, lv *live, t *catalo
 // to the pool (for reuse only when the client left it clean) and logs
 // the session.
 func (ss *session) run() {
+	if ss.tx != nil {
+		ss.tx.run()
+		return
+	}
 	s := ss.srv
 	gauge := s.metrics.clients.WithLabelValues(ss.tenant)
 	gauge.Inc()

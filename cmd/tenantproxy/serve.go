@@ -41,10 +41,14 @@ type serveFlags struct {
 	startupTimeout    time.Duration
 	drainTimeout      time.Duration
 
-	poolMaxConns    int
-	poolIdleTimeout time.Duration
-	poolMaxLifetime time.Duration
-	poolConnTimeout time.Duration
+	poolMode         string
+	poolMaxConns     int
+	poolMaxPerTenant int
+	poolMinIdle      int
+	poolWaitTimeout  time.Duration
+	poolIdleTimeout  time.Duration
+	poolMaxLifetime  time.Duration
+	poolConnTimeout  time.Duration
 }
 
 func (f *serveFlags) register(fs *pflag.FlagSet, defaultAuth string) {
@@ -61,7 +65,11 @@ func (f *serveFlags) register(fs *pflag.FlagSet, defaultAuth string) {
 	fs.IntVar(&f.maxConnsPerTenant, "max-conns-per-tenant", 0, "client connections one tenant may hold; 0 means no cap")
 	fs.DurationVar(&f.startupTimeout, "startup-timeout", 15*time.Second, "time a client has from connect to ready (TLS, startup, auth)")
 	fs.DurationVar(&f.drainTimeout, "drain-timeout", 30*time.Second, "on SIGTERM, time open sessions get before they are ended with 57P01")
+	fs.StringVar(&f.poolMode, "pool-mode", proxy.PoolSession, "default pool mode of tenants whose settings name none: session (a server connection per client) or transaction (per transaction)")
 	fs.IntVar(&f.poolMaxConns, "pool-max-conns", 20, "server connections per (backend, database, role)")
+	fs.IntVar(&f.poolMaxPerTenant, "pool-max-conns-per-tenant", 0, "server connections of one pool a tenant may hold at once; 0 means no cap")
+	fs.IntVar(&f.poolMinIdle, "pool-min-idle", 0, "idle server connections kept open per pool once it has been used")
+	fs.DurationVar(&f.poolWaitTimeout, "pool-wait-timeout", 30*time.Second, "how long a client waits for a server connection of a full pool before 53400")
 	fs.DurationVar(&f.poolIdleTimeout, "pool-idle-timeout", 5*time.Minute, "close server connections idle this long")
 	fs.DurationVar(&f.poolMaxLifetime, "pool-max-lifetime", time.Hour, "close server connections this old once idle")
 	fs.DurationVar(&f.poolConnTimeout, "pool-connect-timeout", 10*time.Second, "bound on connecting and authenticating to a backend")
@@ -85,6 +93,7 @@ func (f *serveFlags) proxyConfig(log *zap.Logger, reg prometheus.Registerer) pro
 		},
 		AuthMethod:        f.auth,
 		MaxConnsPerTenant: f.maxConnsPerTenant,
+		PoolMode:          f.poolMode,
 		StartupTimeout:    f.startupTimeout,
 		DrainTimeout:      f.drainTimeout,
 		Logger:            log,
@@ -94,11 +103,14 @@ func (f *serveFlags) proxyConfig(log *zap.Logger, reg prometheus.Registerer) pro
 
 func (f *serveFlags) poolConfig(reg prometheus.Registerer) pool.Config {
 	return pool.Config{
-		MaxConnsPerKey: f.poolMaxConns,
-		IdleTimeout:    f.poolIdleTimeout,
-		MaxLifetime:    f.poolMaxLifetime,
-		ConnectTimeout: f.poolConnTimeout,
-		Registerer:     reg,
+		MaxConnsPerKey:    f.poolMaxConns,
+		MaxConnsPerTenant: f.poolMaxPerTenant,
+		MinIdle:           f.poolMinIdle,
+		WaitTimeout:       f.poolWaitTimeout,
+		IdleTimeout:       f.poolIdleTimeout,
+		MaxLifetime:       f.poolMaxLifetime,
+		ConnectTimeout:    f.poolConnTimeout,
+		Registerer:        reg,
 	}
 }
 

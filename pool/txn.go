@@ -1,0 +1,250 @@
+package pool
+
+import (
+	"context"
+	"encoding/binary"
+	"fmt"
+	"strings"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgconn"
+	"go.uber.org/zap"
+)
+
+// TxTarget is a Target prepared for transaction mode: its tenant context
+// rendered once into the Query messages the proxy sends in front of a
+// client's first message, so that binding a connection costs no
+// allocation and no round trip of its own.
+type TxTarget struct {
+	Target
+	// key identifies the context: the setup statements joined, as a
+	// session-mode setup leaves them in Conn.context too.
+	key string
+	// fromNeutral establishes the context on a connection that carries
+	// none; fromOther first removes another context in a Query of its
+	// own. The removal commits on its own, so if the setup proper failed
+	// the connection would be left with no tenant context (RLS and the
+	// schema privileges fail closed), never with the previous tenant's.
+	fromNeutral, fromOther []byte
+}
+
+// neutralize removes every trace of a tenant context that RESET can undo:
+// the role (not covered by RESET ALL) and every setting, the tenant GUC,
+// search_path and startup settings included.
+const neutralize = "RESET ROLE; RESET ALL"
+
+// MaxStatementsPerConn bounds the protocol-level prepared statements the
+// proxy keeps on one server connection in transaction mode; past it, the
+// next AcquireTx deallocates them all (in the same write) and they are
+// prepared again on demand.
+const MaxStatementsPerConn = 1000
+
+// NewTxTarget prepares t for AcquireTx.
+func NewTxTarget(t Target) *TxTarget {
+	tt := &TxTarget{Target: t, key: setupKey(t.Setup)}
+	if tt.key != "" {
+		tt.fromNeutral = appendQuery(nil, tt.key)
+	}
+	tt.fromOther = appendQuery(appendQuery(nil, neutralize), tt.key)
+	if tt.key == "" {
+		tt.fromOther = appendQuery(nil, neutralize)
+	}
+	return tt
+}
+
+func setupKey(setup []string) string { return strings.Join(setup, ";\n") }
+
+// appendQuery appends a simple Query message for sql.
+func appendQuery(b []byte, sql string) []byte {
+	b = append(b, 'Q', 0, 0, 0, 0)
+	binary.BigEndian.PutUint32(b[len(b)-4:], uint32(4+len(sql)+1))
+	b = append(b, sql...)
+	return append(b, 0)
+}
+
+// AcquireTx binds a connection of tt's key for one transaction. It
+// prefers an idle connection already in tt's context; otherwise it takes
+// any idle one or dials. Nothing is sent: setup holds zero or more simple
+// Query messages that the caller must write before (and in the same write
+// as) the client's first message, and whose replies (queries
+// ReadyForQuery-terminated replies, no rows) it must consume. The
+// connection's context is recorded as tt's from here on; if any of those
+// replies is an error, the caller must release with ReleaseTx(c, false).
+// setup belongs to c and is valid until c is released.
+//
+// The connection counts against tt.Tenant's cap (Config.MaxConnsPerTenant)
+// until released; waiting ends with ErrWaitTimeout after
+// Config.WaitTimeout or when ctx ends.
+func (m *Manager) AcquireTx(ctx context.Context, tt *TxTarget) (c *Conn, setup []byte, queries int, err error) {
+	p, err := m.poolFor(&tt.Target)
+	if err != nil {
+		return nil, nil, 0, err
+	}
+	for {
+		c, holder, err := p.take(ctx, tt.Tenant, tt.key, m.cfg.WaitTimeout)
+		if err != nil {
+			return nil, nil, 0, err
+		}
+		if c == nil {
+			if c, err = m.dial(ctx, p, &tt.Target, holder); err != nil {
+				return nil, nil, 0, err
+			}
+		} else if !c.alive() || m.expired(c, time.Now()) {
+			p.destroy(c)
+			continue
+		}
+		c.inject = c.inject[:0]
+		queries = 0
+		if len(c.statements) >= MaxStatementsPerConn {
+			c.inject = appendQuery(c.inject, "DEALLOCATE ALL")
+			clear(c.statements)
+			queries++
+		}
+		switch c.context {
+		case tt.key:
+		case "":
+			c.inject = append(c.inject, tt.fromNeutral...)
+			queries++
+		default:
+			c.inject = append(c.inject, tt.fromOther...)
+			queries++
+			if tt.key != "" {
+				queries++
+			}
+		}
+		c.context = tt.key
+		return c, c.inject, queries, nil
+	}
+}
+
+// ReleaseTx ends c's binding. With clean, the caller vouches that the
+// server's last message was a ReadyForQuery with status 'I', that nothing
+// was sent since and nothing is unread: c keeps its context and prepared
+// statements and goes to the next waiter (round-robin over tenants) or
+// the idle stack, without a round trip. Otherwise c is closed. c must not
+// be used afterwards.
+func (m *Manager) ReleaseTx(c *Conn, clean bool) {
+	p := c.pool
+	if clean && !m.expired(c, time.Now()) && p.put(c) {
+		return
+	}
+	p.destroy(c)
+}
+
+// dial opens a connection in a slot take granted to holder, freeing the
+// slot when it fails.
+func (m *Manager) dial(ctx context.Context, p *pool, t *Target, holder *tenantQueue) (*Conn, error) {
+	c, err := connect(ctx, &m.cfg, t)
+	if err != nil {
+		p.km.connectsFail.Inc()
+		p.dropSlot(holder)
+		return nil, err
+	}
+	p.km.connectsOK.Inc()
+	p.mu.Lock()
+	c.pool = p
+	c.state = stateActive
+	c.holder = holder
+	p.mu.Unlock()
+	return c, nil
+}
+
+// HasStatement reports whether the proxy prepared the statement name on
+// c; AddStatement and ForgetStatement keep that record. The record is the
+// holder's to keep true: it survives ReleaseTx and is cleared by a reset.
+func (c *Conn) HasStatement(name string) bool {
+	_, ok := c.statements[name]
+	return ok
+}
+
+// AddStatement records that name was prepared on c.
+func (c *Conn) AddStatement(name string) {
+	if c.statements == nil {
+		c.statements = make(map[string]struct{})
+	}
+	c.statements[name] = struct{}{}
+}
+
+// ForgetStatement removes name from c's record (its Parse failed).
+func (c *Conn) ForgetStatement(name string) { delete(c.statements, name) }
+
+// fillIdle dials idle connections up to Config.MinIdle for every pool
+// that has served a Target; the reaper calls it.
+func (m *Manager) fillIdle(pools []*pool) {
+	for _, p := range pools {
+		for {
+			t := p.reserveIdle(m.cfg.MinIdle)
+			if t == nil {
+				break
+			}
+			ctx, cancel := context.WithTimeout(context.Background(), m.cfg.ConnectTimeout)
+			c, err := m.dial(ctx, p, t, nil)
+			cancel()
+			if err != nil {
+				m.log.Warn("pool: could not open an idle connection", zap.String("database", p.key.database),
+					zap.String("user", p.key.user), zap.Error(fmt.Errorf("min idle: %w", err)))
+				break
+			}
+			if !p.put(c) {
+				p.destroy(c)
+				break
+			}
+		}
+	}
+}
+
+// AcquireTxReady is AcquireTx with the setup already run by the pool, for
+// a client's startup, which must report the server's settings in the
+// tenant's context before any transaction. Errors are AcquireTx's, or a
+// *SetupError, or the connection's failure (it was closed).
+func (m *Manager) AcquireTxReady(ctx context.Context, tt *TxTarget) (*Conn, error) {
+	c, setup, queries, err := m.AcquireTx(ctx, tt)
+	if err != nil {
+		return nil, err
+	}
+	if queries == 0 {
+		return c, nil
+	}
+	if deadline, ok := ctx.Deadline(); ok {
+		c.netConn.SetDeadline(deadline)
+	}
+	_, werr := c.netConn.Write(setup)
+	var status byte
+	var pgErr error
+	if werr == nil {
+		var e *pgconn.PgError
+		status, e, werr = c.awaitReady(queries)
+		if e != nil {
+			pgErr = e
+		}
+	}
+	switch {
+	case werr != nil:
+		err = fmt.Errorf("pool: setup: %w", werr)
+	case pgErr != nil:
+		err = &SetupError{Database: tt.Database, User: tt.User, Err: pgErr}
+	case status != 'I':
+		err = fmt.Errorf("pool: setup left transaction status %q: %w", status, errProtocol)
+	default:
+		err = c.netConn.SetDeadline(time.Time{})
+	}
+	if err != nil {
+		m.ReleaseTx(c, false)
+		return nil, err
+	}
+	return c, nil
+}
+
+// SetParameterStatus records a ParameterStatus the server sent while the
+// proxy relayed, so that ParameterStatuses stays true for the next holder's
+// startup. It allocates only when the value changed.
+func (c *Conn) SetParameterStatus(name, value []byte) {
+	if old, ok := c.params[string(name)]; ok && old == string(value) {
+		return
+	}
+	c.params[string(name)] = string(value)
+}
+
+// Key identifies tt's tenant context: two TxTargets with equal keys leave
+// a connection in the same state.
+func (tt *TxTarget) Key() string { return tt.key }

@@ -1,0 +1,997 @@
+package proxy
+
+import (
+	"bufio"
+	"context"
+	"crypto/sha256"
+	"encoding/binary"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"io"
+	"os"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgproto3"
+	"go.uber.org/zap"
+
+	"github.com/tenantproxy/tenantproxy/catalog"
+	"github.com/tenantproxy/tenantproxy/pool"
+	"github.com/tenantproxy/tenantproxy/router"
+)
+
+// Pool modes, for Config.PoolMode and a tenant's catalog setting
+// {"pool_mode": "..."}.
+const (
+	// PoolSession binds one server connection to a client for its whole
+	// session (relay.go).
+	PoolSession = "session"
+	// PoolTransaction binds a server connection from a client's first
+	// message of a transaction to the ReadyForQuery that ends it (status
+	// 'I'), so many clients share few server connections (this file).
+	PoolTransaction = "transaction"
+)
+
+// poolModeOf returns the tenant's pool mode setting, or def when it names
+// none. A malformed or unknown setting falls back to def rather than
+// locking the tenant out; both modes isolate tenants.
+func poolModeOf(t *catalog.Tenant, def string) string {
+	if len(t.Settings) == 0 {
+		return def
+	}
+	var s struct {
+		PoolMode string `json:"pool_mode"`
+	}
+	if json.Unmarshal(t.Settings, &s) != nil {
+		return def
+	}
+	switch s.PoolMode {
+	case PoolSession, PoolTransaction:
+		return s.PoolMode
+	}
+	return def
+}
+
+// txBackends is what transaction mode needs beyond Backends;
+// *pool.Manager has it.
+type txBackends interface {
+	AcquireTx(ctx context.Context, tt *pool.TxTarget) (*pool.Conn, []byte, int, error)
+	AcquireTxReady(ctx context.Context, tt *pool.TxTarget) (*pool.Conn, error)
+	ReleaseTx(c *pool.Conn, clean bool)
+	Release(c *pool.Conn, reusable bool)
+}
+
+var _ txBackends = (*pool.Manager)(nil)
+
+// connectTx completes a transaction-mode client's startup. A server
+// connection is bound only long enough to establish the tenant's context
+// and read the settings the client must be told, then goes back to the
+// pool still in that context, ready for the client's first transaction.
+func (s *Server) connectTx(ctx context.Context, c *clientConn, lv *live, t *catalog.Tenant, id router.Identity, target pool.Target) (*session, error) {
+	txb, ok := s.backends.(txBackends)
+	if !ok {
+		return nil, router.Errorf(router.CodeFeatureNotSupported, "transaction pooling is not available in this proxy")
+	}
+	target.Tenant = t.Subdomain
+	tt := pool.NewTxTarget(target)
+	bc, err := txb.AcquireTxReady(ctx, tt)
+	if err != nil {
+		var setupErr *pool.SetupError
+		if errors.Is(err, pool.ErrWaitTimeout) || errors.Is(err, pool.ErrClosed) || errors.As(err, &setupErr) {
+			return nil, err
+		}
+		return nil, &router.Error{Code: router.CodeBackendUnavailable, Msg: "could not connect to the tenant's server", Err: err}
+	}
+	msgs := []pgproto3.BackendMessage{&pgproto3.AuthenticationOk{}}
+	for name, value := range bc.ParameterStatuses() {
+		msgs = append(msgs, &pgproto3.ParameterStatus{Name: name, Value: value})
+	}
+	txb.ReleaseTx(bc, true)
+	// The key maps to no server until a transaction binds one (rebind).
+	pid, secret := s.cancels.add(target, 0, 0)
+	msgs = append(msgs, &pgproto3.BackendKeyData{ProcessID: pid, SecretKey: secret[:]}, &pgproto3.ReadyForQuery{TxStatus: 'I'})
+	if err := c.send(msgs...); err != nil {
+		s.cancels.remove(pid)
+		return nil, err
+	}
+	ss := &session{
+		srv: s, client: c.conn,
+		tenant: t.Subdomain, user: id.User, started: time.Now(), cancelPID: pid,
+		maxMsg:       lv.cfg.MaxMessageSize,
+		queries:      s.metrics.queries.WithLabelValues(t.Subdomain),
+		transactions: s.metrics.transactions.WithLabelValues(t.Subdomain),
+	}
+	ss.tx = &txSession{
+		ss: ss, backends: txb, target: tt, bindCh: make(chan binding, 1),
+		stmts: make(map[string]*clientStmt),
+	}
+	return ss, nil
+}
+
+// txSession is a transaction-mode client. Two goroutines: the client
+// loop (the connection's handler goroutine) reads client messages, binds
+// a server connection when a transaction starts and writes to it; the
+// server loop, started by run and ended when the client loop closes
+// bindCh, relays each bound connection's replies to the client and
+// unbinds it at the ReadyForQuery that leaves it idle.
+//
+// Writes to the client belong to the server loop while a connection is
+// bound and to the client loop while none is: the server loop writes the
+// last reply of a transaction before it unbinds.
+type txSession struct {
+	ss       *session
+	backends txBackends
+	target   *pool.TxTarget
+	bindCh   chan binding
+
+	mu sync.Mutex
+	// server is the bound connection, nil between transactions. Only the
+	// client loop binds, only the server loop unbinds (or the client loop
+	// after the server loop ended), both under mu.
+	server *pool.Conn
+	// partial: extended-protocol messages were sent since the last Sync,
+	// so the server is mid-batch even when idle.
+	partial bool
+	// replies are the messages sent whose replies the server loop must
+	// tell apart (Parse, Close, and everything answered by ReadyForQuery),
+	// in order; q[head:] are pending.
+	replies []reply
+	head    int
+	// sent counts messages answered by one ReadyForQuery (Query, Sync);
+	// recv, the server loop's own, counts ReadyForQuery relayed.
+	sent atomic.Uint64
+	recv uint64
+	// epoch counts bindings, so that the client's unnamed statement is
+	// known to be on the bound connection only in the binding that parsed
+	// it.
+	epoch uint64
+
+	clientGone, draining, killed, ended atomic.Bool
+	// endErr is why the server loop ended the session; written before
+	// ended is set.
+	endErr error
+
+	// Client loop only.
+	stmts        map[string]*clientStmt
+	unnamed      []byte // the client's last unnamed Parse, as sent
+	unnamedEpoch uint64 // binding in which it was sent; 0: none
+	skipping     bool   // dropping messages up to the next Sync
+	skipErr      error  // what that Sync is answered with
+	skipReason   string // the refusal, when skipErr is one
+	in, out, w   []byte
+}
+
+// binding hands the server loop a connection and how many setup
+// ReadyForQuery-terminated replies precede the client's.
+type binding struct {
+	c       *pool.Conn
+	swallow int
+}
+
+type replyKind uint8
+
+const (
+	replyParse replyKind = iota + 1
+	replyClose
+	replyReady
+)
+
+// reply is one expected reply: injected ones are the proxy's and are not
+// relayed; a Parse's name is forgotten on the connection if the Parse
+// never completes; a ReadyForQuery with a refusal gets its ErrorResponse
+// in front.
+type reply struct {
+	kind    replyKind
+	inject  bool
+	name    string
+	refusal string
+}
+
+// clientStmt is one of the client's named prepared statements.
+type clientStmt struct {
+	server string // the name on server connections
+	parse  []byte // the Parse message under that name
+}
+
+// unknownStatement is what a client's reference to a statement it never
+// prepared is sent as: no statement has that name, so the server answers
+// as it would have, and a client cannot reach a statement the proxy
+// prepared for someone else.
+const unknownStatement = "tenantproxy_unknown_statement"
+
+// run relays until the session ends, then logs it.
+func (tx *txSession) run() {
+	ss := tx.ss
+	s := ss.srv
+	gauge := s.metrics.clients.WithLabelValues(ss.tenant)
+	gauge.Inc()
+	defer gauge.Dec()
+	done := make(chan struct{})
+	go tx.serverLoop(done)
+	cerr := tx.clientLoop()
+	tx.clientGone.Store(true)
+	tx.mu.Lock()
+	if tx.server != nil {
+		tx.server.NetConn().SetReadDeadline(time.Unix(1, 0))
+	}
+	tx.mu.Unlock()
+	close(tx.bindCh)
+	<-done
+	s.cancels.remove(ss.cancelPID)
+	s.giveSlot(ss.tenant)
+	reason := tx.endErr
+	if !tx.ended.Load() {
+		reason = cerr
+	}
+	s.log.Info("session ended", zap.String("tenant", ss.tenant), zap.String("user", ss.user),
+		zap.String("pool_mode", PoolTransaction), zap.Stringer("client", ss.client.RemoteAddr()),
+		zap.Duration("duration", time.Since(ss.started)), zap.NamedError("reason", reason))
+}
+
+// drain ends the session when no transaction is open: now if none is
+// bound, else when the server loop unbinds.
+func (tx *txSession) drain() {
+	tx.draining.Store(true)
+	tx.ss.client.SetReadDeadline(time.Unix(1, 0))
+}
+
+// kill ends the session now with 57P01.
+func (tx *txSession) kill() {
+	tx.killed.Store(true)
+	tx.ss.client.SetWriteDeadline(time.Now().Add(time.Second))
+	tx.ss.client.SetReadDeadline(time.Unix(1, 0))
+	tx.mu.Lock()
+	if tx.server != nil {
+		tx.server.NetConn().SetDeadline(time.Unix(1, 0))
+	}
+	tx.mu.Unlock()
+}
+
+// clientLoop reads the client until it leaves or the session ends.
+func (tx *txSession) clientLoop() error {
+	ss := tx.ss
+	src := bufio.NewReaderSize(ss.client, relayBufSize)
+	for {
+		typ, err := tx.read(src)
+		if err != nil {
+			if !errors.Is(err, os.ErrDeadlineExceeded) || tx.ended.Load() {
+				return err
+			}
+			if tx.killed.Load() || tx.draining.Load() {
+				if !tx.bound() {
+					tx.sendClient(errorResponse(errShuttingDown, true))
+					return errShuttingDown
+				}
+				if tx.killed.Load() {
+					return errShuttingDown
+				}
+			}
+			// Woken while a transaction is open; the server loop wakes
+			// this loop again when it unbinds.
+			ss.client.SetReadDeadline(time.Time{})
+			if tx.draining.Load() && !tx.bound() {
+				ss.client.SetReadDeadline(time.Unix(1, 0))
+			}
+			continue
+		}
+		if typ == 'X' {
+			return nil
+		}
+		if err := tx.handle(typ, src); err != nil {
+			return err
+		}
+	}
+}
+
+func (tx *txSession) bound() bool {
+	tx.mu.Lock()
+	defer tx.mu.Unlock()
+	return tx.server != nil
+}
+
+// read reads one whole client message into tx.in.
+func (tx *txSession) read(src *bufio.Reader) (byte, error) {
+	hdr, err := src.Peek(5)
+	if err != nil {
+		return 0, err
+	}
+	size := 1 + int(binary.BigEndian.Uint32(hdr[1:]))
+	if size < 5 {
+		return 0, router.Errorf(router.CodeProtocolViolation, "invalid message length")
+	}
+	if size-5 > tx.ss.maxMsg {
+		return 0, router.Errorf(router.CodeMessageTooLarge, "message of %d bytes exceeds the limit of %d", size-5, tx.ss.maxMsg)
+	}
+	if cap(tx.in) < size {
+		tx.in = make([]byte, size)
+	}
+	tx.in = tx.in[:size]
+	if _, err := io.ReadFull(src, tx.in); err != nil {
+		return 0, err
+	}
+	return tx.in[0], nil
+}
+
+// refusal is why a Query or Parse in tx.in must not run, or "".
+func (tx *txSession) refusal() string {
+	sql := statementOf(tx.in)
+	if r := tx.ss.srv.policy.Check(sql); r != "" {
+		return r
+	}
+	return tx.ss.srv.txnCheck.Check(sql)
+}
+
+// handle acts on the client message in tx.in and on every further whole
+// message already buffered, writing them to the bound server connection
+// in one write, binding one first if needed.
+func (tx *txSession) handle(typ byte, src *bufio.Reader) error {
+	if tx.ended.Load() {
+		return tx.endErr
+	}
+	if tx.skipping && typ != 'S' {
+		return nil
+	}
+	tx.mu.Lock()
+	if tx.server == nil {
+		tx.mu.Unlock()
+		// Between transactions: answer what needs no server here.
+		switch {
+		case tx.skipping: // at its Sync
+			tx.skipping = false
+			return tx.answer(tx.skipErr)
+		case typ == 'Q':
+			if r := tx.refusal(); r != "" {
+				return tx.answer(router.Errorf(router.CodeStatementRefused, "%s", r))
+			}
+		case typ == 'P':
+			if r := tx.refusal(); r != "" {
+				tx.skip(r)
+				return nil
+			}
+		case typ == 'F':
+			return tx.answer(router.Errorf(router.CodeStatementRefused, "fast-path function calls are not allowed through the proxy"))
+		}
+		if tx.draining.Load() || tx.killed.Load() {
+			tx.sendClient(errorResponse(errShuttingDown, true))
+			return errShuttingDown
+		}
+		c, setup, queries, err := tx.backends.AcquireTx(tx.ss.srv.ctx, tx.target)
+		if err != nil {
+			return tx.acquireFailed(typ, err)
+		}
+		tx.mu.Lock()
+		tx.server = c
+		tx.epoch++
+		tx.out = append(tx.out[:0], setup...)
+		tx.ss.srv.cancels.rebind(tx.ss.cancelPID, c.PID(), c.SecretKey())
+		tx.bindCh <- binding{c: c, swallow: queries}
+	} else {
+		tx.out = tx.out[:0]
+	}
+	c := tx.server
+	tx.message(c, typ)
+	for !tx.skipping {
+		// Pipelined messages already here go in the same write; Peek
+		// would wait for more.
+		if src.Buffered() < 5 {
+			break
+		}
+		hdr, _ := src.Peek(5)
+		if hdr[0] == 'X' {
+			break
+		}
+		if size := 1 + int(binary.BigEndian.Uint32(hdr[1:])); size < 5 || size > src.Buffered() || size-5 > tx.ss.maxMsg {
+			break
+		}
+		typ, _ = tx.read(src)
+		tx.message(c, typ)
+	}
+	_, err := c.NetConn().Write(tx.out)
+	tx.mu.Unlock()
+	if err != nil && !tx.ended.Load() {
+		// The server loop reads the same failure and tells the client.
+		tx.mu.Lock()
+		if tx.server == c {
+			c.NetConn().SetReadDeadline(time.Unix(1, 0))
+		}
+		tx.mu.Unlock()
+	}
+	return nil
+}
+
+// answer ends a client request that never reached a server: err as an
+// ErrorResponse, then ReadyForQuery.
+func (tx *txSession) answer(err error) error {
+	tx.w = tx.w[:0]
+	resp := errorResponse(err, false)
+	var nf nonFatal
+	if errors.As(err, &nf) {
+		resp.Severity, resp.SeverityUnlocalized = "ERROR", "ERROR"
+	}
+	tx.w, _ = resp.Encode(tx.w)
+	tx.w, _ = (&pgproto3.ReadyForQuery{TxStatus: 'I'}).Encode(tx.w)
+	_, werr := tx.ss.client.Write(tx.w)
+	return werr
+}
+
+// acquireFailed answers a request that could not get a server connection:
+// 53400 after the wait timeout, 08006 when the server cannot be reached.
+// The session goes on: a later transaction may find one.
+func (tx *txSession) acquireFailed(typ byte, err error) error {
+	if errors.Is(err, pool.ErrClosed) {
+		tx.sendClient(errorResponse(errShuttingDown, true))
+		return errShuttingDown
+	}
+	if !errors.Is(err, pool.ErrWaitTimeout) {
+		var setupErr *pool.SetupError
+		if !errors.As(err, &setupErr) {
+			err = &router.Error{Code: router.CodeBackendUnavailable, Msg: "could not connect to the tenant's server", Err: err}
+		}
+		tx.ss.srv.log.Warn("transaction could not get a server connection", zap.String("tenant", tx.ss.tenant), zap.Error(err))
+	}
+	err = nonFatal{err}
+	if typ == 'Q' || typ == 'S' {
+		return tx.answer(err)
+	}
+	tx.skipping, tx.skipErr = true, err
+	return nil
+}
+
+// skip drops messages up to the next Sync, which is answered with the
+// refusal (like PostgreSQL after an error in the extended protocol).
+func (tx *txSession) skip(reason string) {
+	tx.skipping, tx.skipReason = true, reason
+	tx.skipErr = router.Errorf(router.CodeStatementRefused, "%s", reason)
+}
+
+// nonFatal reports an error at ERROR severity: the session survives a
+// transaction that could not start.
+type nonFatal struct{ error }
+
+func (e nonFatal) Unwrap() error { return e.error }
+
+// message appends the client message in tx.in to tx.out for server
+// connection c, rewriting prepared statement names and preparing on
+// demand; refused statements become a Sync whose ReadyForQuery carries
+// the refusal. Called with tx.mu held.
+func (tx *txSession) message(c *pool.Conn, typ byte) {
+	ss := tx.ss
+	m := tx.in
+	switch typ {
+	case 'Q':
+		if r := tx.refusal(); r != "" {
+			tx.sync(r)
+			return
+		}
+		ss.queries.Inc()
+		tx.push(reply{kind: replyReady})
+		tx.sent.Add(1)
+		tx.out = append(tx.out, m...)
+		return
+	case 'S':
+		if tx.skipping {
+			tx.skipping = false
+			tx.sync(tx.skipReason)
+			return
+		}
+		tx.partial = false
+		tx.push(reply{kind: replyReady})
+		tx.sent.Add(1)
+		tx.out = append(tx.out, m...)
+		return
+	case 'F':
+		tx.sync("fast-path function calls are not allowed through the proxy")
+		return
+	case 'P':
+		tx.partial = true
+		if r := tx.refusal(); r != "" {
+			tx.skip(r)
+			return
+		}
+		tx.parse(c)
+		return
+	case 'B':
+		tx.partial = true
+		portal, rest, ok := cstring(m[5:])
+		name, rest2, ok2 := cstring(rest)
+		if !ok || !ok2 {
+			break
+		}
+		if len(name) == 0 {
+			tx.ensureUnnamed()
+			break
+		}
+		server := tx.ensure(c, name)
+		tx.out = appendHeader(tx.out, 'B', len(portal)+1+len(server)+1+len(rest2))
+		tx.out = append(append(tx.out, portal...), 0)
+		tx.out = append(append(tx.out, server...), 0)
+		tx.out = append(tx.out, rest2...)
+		return
+	case 'D', 'C':
+		tx.partial = true
+		if typ == 'C' {
+			tx.push(reply{kind: replyClose})
+		}
+		if len(m) < 7 || m[5] != 'S' {
+			break
+		}
+		name, _, ok := cstring(m[6:])
+		if !ok {
+			break
+		}
+		if len(name) == 0 {
+			if typ == 'D' {
+				tx.ensureUnnamed()
+			}
+			break
+		}
+		// A closed statement stays on server connections for other
+		// clients of the context; closing a name that does not exist is
+		// not an error, so the client gets its CloseComplete.
+		server := unknownStatement
+		if typ == 'C' {
+			delete(tx.stmts, string(name))
+		} else {
+			server = tx.ensure(c, name)
+		}
+		tx.out = appendHeader(tx.out, typ, 1+len(server)+1)
+		tx.out = append(tx.out, 'S')
+		tx.out = append(append(tx.out, server...), 0)
+		return
+	case 'E':
+		tx.partial = true
+		ss.queries.Inc()
+	case 'H':
+		tx.partial = true
+	}
+	tx.out = append(tx.out, m...)
+}
+
+// sync sends a Sync in place of a refused message; its ReadyForQuery will
+// carry the refusal.
+func (tx *txSession) sync(refusal string) {
+	tx.partial = false
+	tx.push(reply{kind: replyReady, refusal: refusal})
+	tx.sent.Add(1)
+	tx.out = append(tx.out, syncMessage...)
+}
+
+// parse forwards the client's Parse in tx.in: an unnamed one as is
+// (remembered, to be sent again if a later binding uses it); a named one
+// under its server name, derived from the tenant context and the
+// statement, so clients of one context share it on a connection and no
+// two contexts ever do.
+func (tx *txSession) parse(c *pool.Conn) {
+	m := tx.in
+	name, rest, ok := cstring(m[5:])
+	if !ok || len(name) == 0 {
+		tx.unnamed = append(tx.unnamed[:0], m...)
+		tx.unnamedEpoch = tx.epoch
+		tx.push(reply{kind: replyParse})
+		tx.out = append(tx.out, m...)
+		return
+	}
+	server := statementName(tx.target.Key(), rest)
+	st := &clientStmt{server: server}
+	st.parse = appendHeader(nil, 'P', len(server)+1+len(rest))
+	st.parse = append(append(st.parse, server...), 0)
+	st.parse = append(st.parse, rest...)
+	tx.stmts[string(name)] = st
+	if c.HasStatement(server) {
+		// Prepared before, maybe by another client of the context: close
+		// it so the client's own Parse gets its own answer in order.
+		tx.push(reply{kind: replyClose, inject: true})
+		tx.out = appendHeader(tx.out, 'C', 1+len(server)+1)
+		tx.out = append(append(append(tx.out, 'S'), server...), 0)
+	}
+	c.AddStatement(server)
+	tx.push(reply{kind: replyParse, name: server})
+	tx.out = append(tx.out, st.parse...)
+}
+
+// ensure returns the server name of the client's statement name, first
+// preparing it on c if c lacks it. A name the client never prepared maps
+// to unknownStatement.
+func (tx *txSession) ensure(c *pool.Conn, name []byte) string {
+	st := tx.stmts[string(name)]
+	if st == nil {
+		return unknownStatement
+	}
+	if !c.HasStatement(st.server) {
+		c.AddStatement(st.server)
+		tx.push(reply{kind: replyParse, inject: true, name: st.server})
+		tx.out = append(tx.out, st.parse...)
+	}
+	return st.server
+}
+
+// ensureUnnamed sends the client's unnamed statement again when this
+// binding did not parse it: the connection's unnamed statement may be
+// another client's.
+func (tx *txSession) ensureUnnamed() {
+	if tx.unnamedEpoch == tx.epoch || len(tx.unnamed) == 0 {
+		return
+	}
+	tx.unnamedEpoch = tx.epoch
+	tx.push(reply{kind: replyParse, inject: true})
+	tx.out = append(tx.out, tx.unnamed...)
+}
+
+func (tx *txSession) push(r reply) { tx.replies = append(tx.replies, r) }
+
+// pop returns the next expected reply. Called with tx.mu held.
+func (tx *txSession) pop() (reply, bool) {
+	if tx.head == len(tx.replies) {
+		return reply{}, false
+	}
+	r := tx.replies[tx.head]
+	tx.replies[tx.head] = reply{}
+	tx.head++
+	if tx.head == len(tx.replies) {
+		tx.replies, tx.head = tx.replies[:0], 0
+	}
+	return r, true
+}
+
+// serverLoop relays each binding until the client loop closes bindCh.
+func (tx *txSession) serverLoop(done chan<- struct{}) {
+	defer close(done)
+	src := bufio.NewReaderSize(nil, relayBufSize)
+	for b := range tx.bindCh {
+		if tx.ended.Load() {
+			// Bound by a client loop that had not yet seen the end.
+			tx.unbind(b.c)
+			tx.backends.ReleaseTx(b.c, false)
+			continue
+		}
+		src.Reset(b.c.NetConn())
+		tx.relay(src, b)
+	}
+}
+
+// endSession records why the server loop ends the session and wakes the
+// client loop to end it.
+func (tx *txSession) endSession(err error) {
+	tx.endErr = err
+	tx.ended.Store(true)
+	tx.ss.client.SetReadDeadline(time.Unix(1, 0))
+}
+
+// unbind clears the binding of c; it reports false if c is no longer
+// bound (the client loop gave it up).
+func (tx *txSession) unbind(c *pool.Conn) bool {
+	tx.mu.Lock()
+	defer tx.mu.Unlock()
+	if tx.server != c {
+		return false
+	}
+	tx.server = nil
+	tx.partial = false
+	tx.replies, tx.head = tx.replies[:0], 0
+	tx.ss.srv.cancels.rebind(tx.ss.cancelPID, 0, 0)
+	return true
+}
+
+// relay forwards the replies of one binding to the client. It returns
+// true when the transaction ended and c went back to the pool, false when
+// the session must end (c was released or closed either way).
+func (tx *txSession) relay(src *bufio.Reader, b binding) bool {
+	ss := tx.ss
+	c := b.c
+	conn := c.NetConn()
+	// A wake meant for the previous holder may have left a deadline.
+	conn.SetReadDeadline(time.Time{})
+	swallow := b.swallow
+	status := byte('I')
+	rest, want := 0, 5
+	for {
+		if src.Buffered() < want {
+			if _, err := src.Peek(want); err != nil {
+				if more, ok := tx.serverStopped(c, err, rest == 0 && src.Buffered() == 0, status); !more {
+					return ok
+				}
+				continue
+			}
+		}
+		if rest > 0 {
+			chunk := min(rest, src.Buffered())
+			p, _ := src.Peek(chunk)
+			if _, err := ss.client.Write(p); err != nil {
+				tx.unbind(c)
+				tx.backends.ReleaseTx(c, false)
+				return false
+			}
+			src.Discard(chunk)
+			rest -= chunk
+			want = 1
+			if rest == 0 {
+				want = 5
+			}
+			continue
+		}
+		buf, _ := src.Peek(src.Buffered())
+		n, from := 0, 0
+		want = 5
+		idle := false
+		var refused string
+		var werr error
+		flush := func(to int) {
+			if to > from && werr == nil {
+				_, werr = ss.client.Write(buf[from:to])
+			}
+			from = to
+		}
+	scan:
+		for n+5 <= len(buf) {
+			typ := buf[n]
+			size := 1 + int(binary.BigEndian.Uint32(buf[n+1:]))
+			if size < 5 {
+				tx.unbind(c)
+				tx.backends.ReleaseTx(c, false)
+				tx.endSession(errors.New("server sent an invalid message length"))
+				return false
+			}
+			if swallow > 0 {
+				// A reply to the injected setup: never relayed.
+				if typ == 'E' {
+					flush(n)
+					tx.unbind(c)
+					tx.backends.ReleaseTx(c, false)
+					err := router.Errorf(router.CodeBackendUnavailable, "terminating connection: the tenant context could not be established")
+					ss.srv.log.Error("tenant context setup failed in transaction mode", zap.String("tenant", ss.tenant), zap.Uint32("pid", c.PID()))
+					ss.client.Write(mustEncode(errorResponse(err, true)))
+					tx.endSession(err)
+					return false
+				}
+				if n+size > len(buf) {
+					if n == 0 {
+						want = size
+					}
+					break
+				}
+				flush(n)
+				switch typ {
+				case 'Z':
+					swallow--
+				case 'S':
+					tx.parameterStatus(c, buf[n+5:n+size])
+				}
+				n += size
+				from = n
+				continue
+			}
+			switch typ {
+			case '1', '3':
+				tx.mu.Lock()
+				r, _ := tx.pop()
+				tx.mu.Unlock()
+				if r.inject {
+					flush(n)
+					n += size
+					from = n
+					continue
+				}
+			case 'S':
+				if n+size > len(buf) {
+					if n == 0 {
+						want = size
+					}
+					break scan
+				}
+				tx.parameterStatus(c, buf[n+5:n+size])
+			case 'Z':
+				if n+size > len(buf) {
+					if n == 0 {
+						want = size
+					}
+					break scan
+				}
+				status = buf[n+5]
+				refusal := tx.ready(c)
+				tx.recv++
+				if refusal != "" {
+					flush(n)
+					refused = refusal
+					n += size
+					break scan
+				}
+				n += size
+				if status == 'I' {
+					ss.transactions.Inc()
+					if tx.recv == tx.sent.Load() {
+						idle = true
+						break scan
+					}
+				}
+				continue
+			}
+			if n+size > len(buf) {
+				rest = n + size - len(buf)
+				n = len(buf)
+				break
+			}
+			n += size
+		}
+		if refused != "" {
+			// The refusal's ErrorResponse goes just before its
+			// ReadyForQuery, which is buf[from:n].
+			if werr == nil {
+				_, werr = ss.client.Write(mustEncode(errorResponse(router.Errorf(router.CodeStatementRefused, "%s", refused), false)))
+			}
+			if status == 'I' {
+				ss.transactions.Inc()
+				idle = tx.recv == tx.sent.Load()
+			}
+		}
+		flush(n)
+		src.Discard(n)
+		if werr != nil {
+			tx.unbind(c)
+			tx.backends.Release(c, !tx.partialUnlocked() && rest == 0 && src.Buffered() == 0 && tx.recv == tx.sent.Load())
+			tx.endSession(werr)
+			return false
+		}
+		if rest > 0 {
+			want = 1
+		}
+		if idle && src.Buffered() == 0 && tx.unbindIfIdle(c) {
+			tx.backends.ReleaseTx(c, true)
+			if tx.draining.Load() || tx.killed.Load() {
+				ss.client.SetReadDeadline(time.Unix(1, 0))
+			}
+			return true
+		}
+	}
+}
+
+func (tx *txSession) partialUnlocked() bool {
+	tx.mu.Lock()
+	defer tx.mu.Unlock()
+	return tx.partial
+}
+
+// unbindIfIdle unbinds c if the client has nothing in flight on it.
+func (tx *txSession) unbindIfIdle(c *pool.Conn) bool {
+	tx.mu.Lock()
+	defer tx.mu.Unlock()
+	if tx.server != c || tx.partial || tx.recv != tx.sent.Load() {
+		return false
+	}
+	tx.server = nil
+	tx.replies, tx.head = tx.replies[:0], 0
+	tx.ss.srv.cancels.rebind(tx.ss.cancelPID, 0, 0)
+	return true
+}
+
+// ready consumes the expected replies up to the ReadyForQuery being
+// relayed: Parses still pending there failed (the server skipped them
+// after an error), so their statements do not exist on c. It returns the
+// refusal to report before the ReadyForQuery, if any.
+func (tx *txSession) ready(c *pool.Conn) string {
+	tx.mu.Lock()
+	defer tx.mu.Unlock()
+	for {
+		r, ok := tx.pop()
+		if !ok || r.kind == replyReady {
+			return r.refusal
+		}
+		if r.kind == replyParse && r.name != "" {
+			c.ForgetStatement(r.name)
+		}
+	}
+}
+
+// parameterStatus records a ParameterStatus body (name\0value\0) on c.
+func (tx *txSession) parameterStatus(c *pool.Conn, body []byte) {
+	name, rest, ok := cstring(body)
+	if !ok {
+		return
+	}
+	value, _, ok := cstring(rest)
+	if ok {
+		c.SetParameterStatus(name, value)
+	}
+}
+
+// serverStopped handles the bound connection's read failing: a wake (the
+// client left, a kill) or the server gone. more means relay on (a wake
+// that found the session going on); otherwise ok is relay's result.
+func (tx *txSession) serverStopped(c *pool.Conn, err error, boundary bool, status byte) (more, ok bool) {
+	ss := tx.ss
+	if errors.Is(err, os.ErrDeadlineExceeded) && !tx.killed.Load() {
+		if !tx.clientGone.Load() {
+			c.NetConn().SetReadDeadline(time.Time{})
+			// A final reason may have come with the wake just cleared.
+			if tx.clientGone.Load() || tx.killed.Load() {
+				c.NetConn().SetReadDeadline(time.Unix(1, 0))
+			}
+			return true, false
+		}
+		// The client left mid-transaction: keep the connection if it is
+		// at rest (rolled back and reset unless idle), else close it.
+		tx.mu.Lock()
+		quiet := boundary && !tx.partial && tx.recv == tx.sent.Load()
+		tx.mu.Unlock()
+		tx.unbind(c)
+		if quiet && status == 'I' {
+			tx.backends.ReleaseTx(c, true)
+		} else {
+			// Release rolls back and resets (DISCARD ALL): the context
+			// goes too, and the next holder sets it again.
+			tx.backends.Release(c, quiet)
+		}
+		return false, false
+	}
+	tx.unbind(c)
+	tx.backends.ReleaseTx(c, false)
+	if tx.killed.Load() {
+		if boundary {
+			ss.client.Write(mustEncode(errorResponse(errShuttingDown, true)))
+		}
+		tx.endSession(errShuttingDown)
+		return false, false
+	}
+	if tx.clientGone.Load() {
+		return false, false
+	}
+	if boundary {
+		ss.client.Write(mustEncode(errorResponse(errServerLost, true)))
+	}
+	tx.endSession(errors.Join(errServerLost, err))
+	return false, false
+}
+
+// sendClient writes one message to the client; only the loop that owns
+// client writes at the moment calls it.
+func (tx *txSession) sendClient(m interface{ Encode([]byte) ([]byte, error) }) {
+	tx.ss.client.Write(mustEncode(m))
+}
+
+func mustEncode(m interface{ Encode([]byte) ([]byte, error) }) []byte {
+	b, _ := m.Encode(nil)
+	return b
+}
+
+// cstring splits a NUL-terminated string off b.
+func cstring(b []byte) (s, rest []byte, ok bool) {
+	for i, ch := range b {
+		if ch == 0 {
+			return b[:i], b[i+1:], true
+		}
+	}
+	return nil, nil, false
+}
+
+// appendHeader appends a message type and the length of a body of n
+// bytes.
+func appendHeader(b []byte, typ byte, n int) []byte {
+	b = append(b, typ, 0, 0, 0, 0)
+	binary.BigEndian.PutUint32(b[len(b)-4:], uint32(4+n))
+	return b
+}
+
+// rebind points a client's cancel key at the server connection its
+// transaction is bound to (pid 0: none; a cancel then reaches no query).
+func (k *cancelKeys) rebind(pid, serverPID, serverKey uint32) {
+	k.mu.Lock()
+	if t, ok := k.m[pid]; ok {
+		t.pid, t.key = serverPID, serverKey
+		k.m[pid] = t
+	}
+	k.mu.Unlock()
+}
+
+// statementName is the server-side name of a named statement: a digest
+// of the tenant context and the Parse body after the name (query text
+// and parameter types), so that equal statements of one context share a
+// name on a connection and statements of different contexts never do.
+func statementName(context string, body []byte) string {
+	h := sha256.New()
+	h.Write([]byte(context))
+	h.Write([]byte{0})
+	h.Write(body)
+	var sum [sha256.Size]byte
+	return "tp_" + hex.EncodeToString(h.Sum(sum[:0])[:16])
+}
