@@ -255,7 +255,7 @@ func (c *Catalog) AddUser(ctx context.Context, tenantID, username, password, rol
 		// Locking the tenant row serializes concurrent AddUsers, so the
 		// max_users check cannot be raced past.
 		var maxUsers, users int
-		err := tx.QueryRow(ctx, `SELECT max_users, (SELECT count(*) FROM tenant_users WHERE tenant_id = $1)
+		err := tx.QueryRow(ctx, `SELECT max_users, (SELECT count(*) FROM tenant_users WHERE tenant_id = $1 AND kind = 'person')
 			FROM tenants WHERE id = $1 FOR UPDATE`, tenantID).Scan(&maxUsers, &users)
 		if errors.Is(err, pgx.ErrNoRows) {
 			return fmt.Errorf("catalog: tenant %q: %w", tenantID, ErrNotFound)

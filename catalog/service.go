@@ -17,8 +17,9 @@ import (
 // reaches tenant data through the proxy. Such services derive the password
 // from a secret on every replica, so this is called often: when the stored
 // verifier already matches, nothing is written (and no cache invalidation
-// is broadcast). A service login is not a person, so it is not held to the
-// plan's max_users, unlike AddUser.
+// is broadcast). A service login is not a person (kind 'service'), so it is
+// not held to the plan's max_users, unlike AddUser, and it never takes over
+// a person's login of the same name.
 func (c *Catalog) EnsureServiceUser(ctx context.Context, tenantID, username, password string) error {
 	if err := validateUsername(username); err != nil {
 		return err
@@ -41,14 +42,20 @@ func (c *Catalog) EnsureServiceUser(ctx context.Context, tenantID, username, pas
 	if err != nil {
 		return fmt.Errorf("catalog: %w", err)
 	}
-	_, err = c.db.Exec(ctx, `INSERT INTO tenant_users (tenant_id, username, verifier, role) VALUES ($1, $2, $3, 'member')
-		ON CONFLICT (tenant_id, username) DO UPDATE SET verifier = EXCLUDED.verifier`, tenantID, username, verifier)
+	tag, err := c.db.Exec(ctx, `INSERT INTO tenant_users (tenant_id, username, verifier, role, kind) VALUES ($1, $2, $3, 'member', 'service')
+		ON CONFLICT (tenant_id, username) DO UPDATE SET verifier = EXCLUDED.verifier
+		WHERE tenant_users.kind = 'service'`, tenantID, username, verifier)
 	var pgErr *pgconn.PgError
 	if errors.As(err, &pgErr) && pgErr.Code == "23503" {
 		return fmt.Errorf("catalog: tenant %q: %w", tenantID, ErrNotFound)
 	}
 	if err != nil {
 		return fmt.Errorf("catalog: service user %q of tenant %q: %w", username, tenantID, err)
+	}
+	if tag.RowsAffected() == 0 {
+		// The name belongs to a person: taking over their login would hand
+		// their account to whoever holds the service secret.
+		return &ValidationError{Field: "user", Value: username, Reason: "is a person's login in tenant " + tenantID + ", not a service's"}
 	}
 	return nil
 }

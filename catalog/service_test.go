@@ -50,3 +50,29 @@ func verifierOf(t *testing.T, e *env, tenant, user string) string {
 	}
 	return v
 }
+
+func TestServiceUserTakesNoPersonSlotAndNoPersonsLogin(t *testing.T) {
+	e := newEnv(t)
+	ctx := ctxT(t)
+	e.create(t, "roomy", catalog.PlanFree) // 5 logins, the admin included
+	if err := e.cat.EnsureServiceUser(ctx, "roomy", "chatapi", "first-secret-password"); err != nil {
+		t.Fatal(err)
+	}
+	for i := range 4 {
+		if _, _, err := e.cat.AddUser(ctx, "roomy", fmt.Sprintf("member%d", i), "", "member"); err != nil {
+			t.Fatalf("person %d of 5 beside a service login: %v; the service must not take a slot", i+2, err)
+		}
+	}
+	var ve *catalog.ValidationError
+	if _, _, err := e.cat.AddUser(ctx, "roomy", "member4", "", "member"); !errors.As(err, &ve) {
+		t.Fatalf("sixth person: %v; want the plan's limit", err)
+	}
+
+	before := verifierOf(t, e, "roomy", "member0")
+	if err := e.cat.EnsureServiceUser(ctx, "roomy", "member0", "takeover-secret-pw"); !errors.As(err, &ve) {
+		t.Fatalf("service login over a person's name: %v; want a ValidationError", err)
+	}
+	if verifierOf(t, e, "roomy", "member0") != before {
+		t.Fatal("a service call replaced a person's password")
+	}
+}
