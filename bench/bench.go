@@ -32,7 +32,9 @@ type Options struct {
 	// small scales. Duration, Rounds and the scales still follow the
 	// explicit fields when set.
 	Quick bool
-	// Duration is one measurement's length. Zero means 5 s (quick: 1 s).
+	// Duration is one measurement's length. Zero means 5 s (quick: 2 s:
+	// pgbench's clock includes connecting, which on a busy machine can take
+	// most of a second).
 	Duration time.Duration
 	// Rounds is how many times every measurement is repeated, interleaved
 	// across targets. Zero means 3 (quick: 1).
@@ -87,7 +89,7 @@ func Run(ctx context.Context, opts Options) (*Report, error) {
 	if opts.Duration <= 0 {
 		opts.Duration = 5 * time.Second
 		if opts.Quick {
-			opts.Duration = time.Second
+			opts.Duration = 2 * time.Second
 		}
 	}
 	if opts.Rounds <= 0 {
@@ -113,7 +115,7 @@ func Run(ctx context.Context, opts Options) (*Report, error) {
 	}
 	raiseFileLimit()
 
-	r := &runner{opts: opts, sc: opts.scales(), started: time.Now()}
+	r := &runner{opts: opts, sc: opts.scales(), started: time.Now(), failures: map[string]int{}}
 	r.report = &Report{Started: r.started.UTC(), Quick: opts.Quick, Rounds: opts.Rounds, Duration: opts.Duration.String(),
 		Machine: Machine{CPUs: runtime.NumCPU(), GOOS: runtime.GOOS, GOARCH: runtime.GOARCH}}
 	if err := r.bringUp(ctx); err != nil {
@@ -146,7 +148,14 @@ type runner struct {
 	pgbench string
 	// step and steps count measurements for the progress display.
 	step, steps int
+	// failures counts each target's consecutive failed measurements.
+	failures map[string]int
 }
+
+// maxFailures consecutive failed measurements make the run skip a target
+// for the rest of its cases: a target that hangs would otherwise cost its
+// timeout in every case.
+const maxFailures = 3
 
 func (r *runner) progress(msg string) {
 	fmt.Fprintf(r.opts.Progress, "[%s] %s\n", time.Since(r.started).Round(time.Second), msg)
@@ -310,8 +319,12 @@ func (r *runner) measure(ctx context.Context, s *scenario, c *benchCase, t *targ
 	for _, m := range c.metrics {
 		get(m)
 	}
-	if c.skip != nil {
-		if why := c.skip(t); why != "" {
+	skip := c.skip
+	if r.failures[t.name] >= maxFailures {
+		skip = func(*target) string { return fmt.Sprintf("%d measurements in a row failed", maxFailures) }
+	}
+	if skip != nil {
+		if why := skip(t); why != "" {
 			for _, m := range c.metrics {
 				get(m).Skipped = why
 			}
@@ -327,9 +340,13 @@ func (r *runner) measure(ctx context.Context, s *scenario, c *benchCase, t *targ
 		for _, m := range c.metrics {
 			get(m).Errors = append(get(m).Errors, err.Error())
 		}
+		if r.failures[t.name]++; r.failures[t.name] == maxFailures {
+			r.note(fmt.Sprintf("%s skipped for the rest of the run after %d failed measurements in a row; last: %s", t.name, maxFailures, firstLine(err.Error(), 200)))
+		}
 		r.progress(fmt.Sprintf("%3d/%d %s: failed: %v", r.step, r.steps, label, err))
 		return
 	}
+	r.failures[t.name] = 0
 	var shown []string
 	for i, m := range c.metrics {
 		switch {

@@ -20,6 +20,12 @@ import (
 // and the generator stays cheap next to what it measures; a socket
 // deadline bounds a query that never returns.
 
+// stuckAfter is how long past its end a measurement may run before its
+// queries are abandoned: a target that stops answering costs a bounded
+// time, and after maxFailures in a row it is skipped for the rest of the
+// run.
+const stuckAfter = 15 * time.Second
+
 // openConns opens n connections, parallel at a time; dsnFor gives
 // connection j's DSN and the statements it runs once connected (a direct
 // client entering a tenant's context). On error the connections opened so
@@ -104,7 +110,7 @@ func closeConns(conns []*pgconn.PgConn) {
 func roundRobin(ctx context.Context, conns []*pgconn.PgConn, workers int, d time.Duration, sql string) (float64, error) {
 	workers = min(workers, len(conns))
 	end := time.Now().Add(d)
-	setDeadlines(conns, end.Add(30*time.Second))
+	setDeadlines(conns, end.Add(stuckAfter))
 	defer setDeadlines(conns, time.Time{})
 	var (
 		wg    sync.WaitGroup
@@ -150,7 +156,7 @@ func roundRobin(ctx context.Context, conns []*pgconn.PgConn, workers int, d time
 // latency, sorted.
 func paced(ctx context.Context, c *pgconn.PgConn, interval, d time.Duration, sql string) ([]time.Duration, error) {
 	end := time.Now().Add(d)
-	setDeadlines([]*pgconn.PgConn{c}, end.Add(30*time.Second))
+	setDeadlines([]*pgconn.PgConn{c}, end.Add(stuckAfter))
 	defer setDeadlines([]*pgconn.PgConn{c}, time.Time{})
 	tick := time.NewTicker(interval)
 	defer tick.Stop()
@@ -207,7 +213,7 @@ func connectLoop(ctx context.Context, connString string, parallel int, d time.Du
 		go func() {
 			defer wg.Done()
 			for time.Now().Before(end) && ctx.Err() == nil {
-				cctx, cancel := context.WithDeadline(ctx, end.Add(30*time.Second))
+				cctx, cancel := context.WithDeadline(ctx, end.Add(stuckAfter))
 				c, err := pgconn.ConnectConfig(cctx, cfg)
 				if err == nil {
 					err = c.Exec(cctx, "SELECT 1").Close()

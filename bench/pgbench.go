@@ -29,10 +29,14 @@ func runPgbench(ctx context.Context, bin, connString string, d time.Duration, ar
 	secs := max(1, int(d.Round(time.Second)/time.Second))
 	full := append([]string{"-n", "-T", strconv.Itoa(secs)}, args...)
 	full = append(full, connString)
-	// -T is pgbench's own bound; the context only guards against a hang.
-	ctx, cancel := context.WithTimeout(ctx, d+2*time.Minute)
+	// -T is pgbench's own bound; the context only guards against a target
+	// that stops answering.
+	ctx, cancel := context.WithTimeout(ctx, d+2*stuckAfter)
 	defer cancel()
 	out, err := exec.CommandContext(ctx, bin, full...).CombinedOutput()
+	if ctx.Err() != nil {
+		return pgbenchRun{}, fmt.Errorf("pgbench still running %s after its -T %ds: the target stopped answering", 2*stuckAfter, secs)
+	}
 	if err != nil {
 		return pgbenchRun{}, fmt.Errorf("pgbench: %w: %s", err, tail(out, 600))
 	}

@@ -42,7 +42,7 @@ func newBenchCommand(*globals) *cobra.Command {
 	}
 	f := cmd.Flags()
 	f.BoolVar(&opts.Quick, "quick", false, "one-minute smoke run: short measurements, one round, small scales")
-	f.DurationVar(&opts.Duration, "duration", 0, "length of one measurement; 0 means 5s (quick: 1s)")
+	f.DurationVar(&opts.Duration, "duration", 0, "length of one measurement; 0 means 5s (quick: 2s)")
 	f.IntVar(&opts.Rounds, "rounds", 0, "interleaved repetitions of every measurement; 0 means 3 (quick: 1)")
 	f.StringSliceVar(&opts.Scenarios, "scenarios", nil, "scenarios to run, by letter a-f; empty means all")
 	f.StringSliceVar(&opts.Targets, "targets", nil, "targets: direct, tp-session, tp-transaction, pgbouncer; empty means all available")
