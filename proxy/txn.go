@@ -74,9 +74,9 @@ func (s *Server) connectTx(ctx context.Context, c *clientConn, lv *live, t *cata
 	if !ok {
 		return nil, router.Errorf(router.CodeFeatureNotSupported, "transaction pooling is not available in this proxy")
 	}
-	target.Tenant = t.Subdomain
-	tt := pool.NewTxTarget(target)
-	bc, err := txb.AcquireTxReady(ctx, tt)
+	// The startup's connection is not the tenant's: a tenant at its cap
+	// of held connections can still connect clients.
+	bc, err := txb.AcquireTxReady(ctx, pool.NewTxTarget(target))
 	if err != nil {
 		var setupErr *pool.SetupError
 		if errors.Is(err, pool.ErrWaitTimeout) || errors.Is(err, pool.ErrClosed) || errors.As(err, &setupErr) {
@@ -96,13 +96,20 @@ func (s *Server) connectTx(ctx context.Context, c *clientConn, lv *live, t *cata
 		s.cancels.remove(pid)
 		return nil, err
 	}
+	rules, err := router.RulesFor(t)
+	if err != nil {
+		// The strictest rules apply; see connect.
+		s.log.Warn("tenant policy settings ignored", zap.String("tenant", t.Subdomain), zap.Error(err))
+	}
 	ss := &session{
-		srv: s, client: c.conn,
+		srv: s, client: c.conn, rules: rules,
 		tenant: t.Subdomain, user: id.User, started: time.Now(), cancelPID: pid,
 		maxMsg:       lv.cfg.MaxMessageSize,
 		queries:      s.metrics.queries.WithLabelValues(t.Subdomain),
 		transactions: s.metrics.transactions.WithLabelValues(t.Subdomain),
 	}
+	target.Tenant = t.Subdomain
+	tt := pool.NewTxTarget(target)
 	ss.tx = &txSession{
 		ss: ss, backends: txb, target: tt, bindCh: make(chan binding, 1),
 		stmts: make(map[string]*clientStmt),
@@ -317,10 +324,12 @@ func (tx *txSession) read(src *bufio.Reader) (byte, error) {
 // refusal is why a Query or Parse in tx.in must not run, or "".
 func (tx *txSession) refusal() string {
 	sql := statementOf(tx.in)
-	if r := tx.ss.srv.policy.Check(sql); r != "" {
+	// Transaction mode's own refusal first: where both refuse, it is the
+	// one that tells the user what to do.
+	if r := tx.ss.srv.txnCheck.Check(sql); r != "" {
 		return r
 	}
-	return tx.ss.srv.txnCheck.Check(sql)
+	return tx.ss.srv.policy.CheckRules(sql, tx.ss.rules)
 }
 
 // handle acts on the client message in tx.in and on every further whole

@@ -1,6 +1,7 @@
 package router
 
 import (
+	"bytes"
 	"hash/maphash"
 	"strings"
 
@@ -38,10 +39,12 @@ func NewTxnModeCheck() *TxnModeCheck {
 }
 
 // txnModeWords are the substrings one of the refused forms must contain:
-// TEMP/TEMPORARY/pg_temp, HOLD, SET/RESET (and set_config), LISTEN, the
-// advisory lock functions, PREPARE, DEALLOCATE; "u&" because a Unicode
-// escape can spell any identifier without its letters.
-var txnModeWords = []string{"temp", "hold", "set", "listen", "advisory", "prepare", "deallocate", "u&"}
+// TEMP/TEMPORARY/pg_temp, HOLD, set_config, LISTEN, the advisory lock
+// functions, PREPARE, DEALLOCATE; "u&" because a Unicode escape can spell
+// any identifier without its letters. SET and RESET are looked for as
+// the first word of a statement (leadingSet): "set" alone would send
+// every UPDATE to the parser.
+var txnModeWords = []string{"temp", "hold", "set_config", "listen", "advisory", "prepare", "deallocate", "u&"}
 
 const sessionModeHint = "; connect in session mode (tenant setting pool_mode \"session\") to use it"
 
@@ -67,7 +70,47 @@ func mentionsAny(sql []byte) bool {
 			return true
 		}
 	}
+	return leadingSet(sql)
+}
+
+// leadingSet reports whether a statement of sql may start with SET or
+// RESET: the first word of the text or after a ';'. A comment could hide
+// where a statement starts, so any text with a comment and "set" in it
+// counts; a ';' inside a literal only costs a parse.
+func leadingSet(sql []byte) bool {
+	if (bytes.Contains(sql, []byte("/*")) || bytes.Contains(sql, []byte("--"))) && containsFoldASCII(sql, "set") {
+		return true
+	}
+	start := true
+	for i := 0; i < len(sql); i++ {
+		c := sql[i]
+		switch {
+		case c == ';':
+			start = true
+		case c == ' ' || c == '\t' || c == '\n' || c == '\r' || c == '\f':
+		case start:
+			rest := sql[i:]
+			if hasWordFold(rest, "set") || hasWordFold(rest, "reset") {
+				return true
+			}
+			start = false
+		}
+	}
 	return false
+}
+
+// hasWordFold reports whether b starts with the lower-case word w in any
+// case, followed by a non-word byte or the end.
+func hasWordFold(b []byte, w string) bool {
+	if len(b) < len(w) {
+		return false
+	}
+	for i := range len(w) {
+		if lower(b[i]) != w[i] {
+			return false
+		}
+	}
+	return len(b) == len(w) || !isWordByte(b[len(w)])
 }
 
 // containsFoldASCII reports whether s contains the lower-case ASCII word w

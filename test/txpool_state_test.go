@@ -1,0 +1,274 @@
+package test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+
+	"github.com/tenantproxy/tenantproxy/internal/pgtest"
+	"github.com/tenantproxy/tenantproxy/pool"
+	"github.com/tenantproxy/tenantproxy/proxy"
+)
+
+// sessionTraces is what a later holder of the server connection would see
+// of state a transaction-mode client left behind.
+const sessionTraces = `SELECT current_setting('statement_timeout') || '|' ||
+	(SELECT count(*) FROM pg_cursors WHERE name <> '') || '|' ||
+	(SELECT count(*) FROM pg_prepared_statements WHERE from_sql) || '|' ||
+	(SELECT count(*) FROM pg_listening_channels()) || '|' ||
+	(SELECT count(*) FROM pg_class WHERE relpersistence = 't')`
+
+const noTraces = "0|0|0|0|0"
+
+func TestTxPoolSessionStateIsRefusedAndNeverReachesTheNextTenant(t *testing.T) {
+	// One server connection per pool: every client of a tier's database
+	// takes turns on the same server session.
+	e := newTxEnv(t, pgtest.Options{}, pool.Config{MaxConnsPerKey: 1}, proxy.Config{})
+	ctx := ctxT(t)
+	items := []struct{ name, sql string }{
+		{"temporary table", "CREATE TEMP TABLE leftover (a int)"},
+		{"select into temporary table", "SELECT 1 AS a INTO TEMP leftover"},
+		{"with hold cursor", "DECLARE held CURSOR WITH HOLD FOR SELECT 1"},
+		{"session set", "SET statement_timeout = '7s'"},
+		{"reset", "RESET statement_timeout"},
+		{"listen", "LISTEN leftover"},
+		{"advisory lock", "SELECT pg_advisory_lock(42)"},
+		{"sql prepare", "PREPARE leftover AS SELECT 1"},
+		{"sql deallocate", "DEALLOCATE ALL"},
+	}
+	// umbrella (database tier) may run DDL, advisory locks and LISTEN in
+	// session mode, so its refusals here are transaction mode's own.
+	for _, tenant := range []string{"acme", "initech", "umbrella"} {
+		for _, it := range items {
+			t.Run(tenant+"/"+it.name, func(t *testing.T) {
+				for _, proto := range []string{"simple", "extended"} {
+					conn := connect(t, dsn(e.addr, "alice."+tenant, tenantPassword))
+					var err error
+					if proto == "simple" {
+						_, err = conn.Exec(ctx, it.sql, pgx.QueryExecModeSimpleProtocol)
+					} else {
+						_, err = conn.Exec(ctx, it.sql)
+					}
+					var pgErr *pgconn.PgError
+					if !errors.As(err, &pgErr) || pgErr.Code != "42501" {
+						t.Fatalf("%s %q: got %v; want 42501", proto, it.sql, err)
+					}
+					if tenant == "umbrella" && !strings.Contains(pgErr.Message, "session mode") {
+						t.Errorf("%s %q: message %q does not point to session mode", proto, it.sql, pgErr.Message)
+					}
+					// Inside a transaction too, and the transaction is
+					// aborted like after any error.
+					tx, err := conn.Begin(ctx)
+					if err != nil {
+						t.Fatal(err)
+					}
+					if _, err := tx.Exec(ctx, it.sql); sqlstateOf(err) != "42501" {
+						t.Fatalf("in a transaction %q: got %v; want 42501", it.sql, err)
+					}
+					tx.Rollback(ctx)
+					conn.Close(ctx)
+				}
+				// The next client, of another tenant when the tier has
+				// one, finds the server session clean.
+				next := map[string]string{"acme": "globex", "initech": "initech", "umbrella": "umbrella"}[tenant]
+				other := connect(t, dsn(e.addr, "alice."+next, tenantPassword))
+				var traces string
+				if err := other.QueryRow(ctx, sessionTraces).Scan(&traces); err != nil {
+					t.Fatal(err)
+				}
+				if traces != noTraces {
+					t.Fatalf("next client sees %q; want %q", traces, noTraces)
+				}
+			})
+		}
+	}
+}
+
+func TestTxPoolTransactionScopedStateIsAllowedAndEndsWithTheTransaction(t *testing.T) {
+	e := newTxEnv(t, pgtest.Options{}, pool.Config{MaxConnsPerKey: 1}, proxy.Config{})
+	ctx := ctxT(t)
+	conn := connect(t, dsn(e.addr, "alice.umbrella", tenantPassword))
+	tx, err := conn.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, sql := range []string{
+		"SET LOCAL statement_timeout = '7s'",
+		"DECLARE c CURSOR FOR SELECT 1",
+	} {
+		if _, err := tx.Exec(ctx, sql); err != nil {
+			t.Fatalf("%q: %v", sql, err)
+		}
+	}
+	if err := tx.Commit(ctx); err != nil {
+		t.Fatal(err)
+	}
+	var traces string
+	if err := conn.QueryRow(ctx, sessionTraces).Scan(&traces); err != nil {
+		t.Fatal(err)
+	}
+	if traces != noTraces {
+		t.Fatalf("after commit: %q; want %q", traces, noTraces)
+	}
+}
+
+func TestTxPoolClientLeavingMidTransactionIsRolledBack(t *testing.T) {
+	e := newTxEnv(t, pgtest.Options{}, pool.Config{MaxConnsPerKey: 1}, proxy.Config{})
+	e.seedUsers(t, "acme", "globex")
+	ctx := ctxT(t)
+	for _, tenant := range []string{"acme", "initech"} {
+		leaver, err := pgx.Connect(ctx, dsn(e.addr, "alice."+tenant, tenantPassword))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := leaver.Exec(ctx, "BEGIN"); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := leaver.Exec(ctx, "SET LOCAL statement_timeout = '7s'"); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := leaver.Exec(ctx, "INSERT INTO users (username) VALUES ('uncommitted')"); err != nil {
+			t.Fatal(err)
+		}
+		// Gone without COMMIT or Terminate.
+		leaver.PgConn().Conn().Close()
+
+		next := connect(t, dsn(e.addr, "alice."+tenant, tenantPassword))
+		var n int
+		var timeout string
+		deadline := time.Now().Add(10 * time.Second)
+		for {
+			err := next.QueryRow(ctx, "SELECT count(*) FILTER (WHERE username = 'uncommitted'), current_setting('statement_timeout') FROM users").Scan(&n, &timeout)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if n == 0 && timeout == "0" || time.Now().After(deadline) {
+				break
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
+		if n != 0 || timeout != "0" {
+			t.Fatalf("%s after a client left mid-transaction: %d uncommitted rows, statement_timeout %s; want 0 and 0", tenant, n, timeout)
+		}
+	}
+}
+
+func TestTxPoolPgbenchEveryProtocolMode(t *testing.T) {
+	e := newTxEnv(t, pgtest.Options{}, pool.Config{MaxConnsPerKey: 2}, proxy.Config{})
+	e.seedUsers(t, "acme", "initech", "umbrella")
+	pgbench := clientTool(t, "pgbench")
+	script := filepath.Join(t.TempDir(), "chat.sql")
+	// Parameters, a multi-statement transaction and single statements,
+	// so that consecutive transactions land on different connections.
+	// One pgbench thread per client: -M prepared prepares with a blocking
+	// call, so with clients sharing a thread, one waiting for a server
+	// connection would stall the clients in transactions that hold them.
+	if err := os.WriteFile(script, []byte("\\set n random(1, 100)\nSELECT count(*) FROM users WHERE id > :n - 100;\nBEGIN;\nSELECT username FROM users WHERE id > :n - 1000 ORDER BY id LIMIT 5;\nCOMMIT;\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	for _, tenant := range []string{"acme", "initech", "umbrella"} {
+		for _, mode := range []string{"simple", "extended", "prepared"} {
+			t.Run(mode+"/"+tenant, func(t *testing.T) {
+				out := run(t, pgbench, "-n", "-M", mode, "-c", "8", "-j", "8", "-t", "100", "-f", script, dsn(e.addr, "alice."+tenant, tenantPassword))
+				if !strings.Contains(out, "number of transactions actually processed: 800/800") {
+					t.Fatalf("pgbench -M %s: %s", mode, out)
+				}
+			})
+		}
+	}
+}
+
+func TestTxPoolPreparedStatementsFollowClientsAcrossServerConnections(t *testing.T) {
+	e := newTxEnv(t, pgtest.Options{}, pool.Config{MaxConnsPerKey: 3}, proxy.Config{})
+	e.seedUsers(t, "acme", "globex", "initech")
+	ctx := ctxT(t)
+	errs := make(chan error, 12)
+	for i := range 12 {
+		tenant := []string{"acme", "globex", "initech"}[i%3]
+		conn := connect(t, dsn(e.addr, "alice."+tenant, tenantPassword))
+		go func() {
+			errs <- func() error {
+				// The same statement name with a different text per client.
+				if _, err := conn.Prepare(ctx, "mine", fmt.Sprintf("SELECT username, %d FROM users WHERE username = $1", i)); err != nil {
+					return err
+				}
+				for j := range 60 {
+					var name string
+					var k int
+					if err := conn.QueryRow(ctx, "mine", "u-"+tenant).Scan(&name, &k); err != nil {
+						return fmt.Errorf("client %d, run %d: %w", i, j, err)
+					}
+					if name != "u-"+tenant || k != i {
+						return fmt.Errorf("client %d of %s got (%s, %d)", i, tenant, name, k)
+					}
+					// pgx's statement cache: named statements per query text.
+					if err := onlyOwnUsers(ctx, conn, tenant); err != nil {
+						return err
+					}
+					if j == 30 {
+						if err := conn.Deallocate(ctx, "mine"); err != nil {
+							return err
+						}
+						if _, err := conn.Prepare(ctx, "mine", fmt.Sprintf("SELECT username, %d FROM users WHERE username = $1", i)); err != nil {
+							return err
+						}
+					}
+				}
+				return nil
+			}()
+		}()
+	}
+	for range 12 {
+		if err := <-errs; err != nil {
+			t.Error(err)
+		}
+	}
+}
+
+func TestTxPoolTenantCapAndWaitTimeout(t *testing.T) {
+	e := newTxEnv(t, pgtest.Options{}, pool.Config{MaxConnsPerKey: 2, MaxConnsPerTenant: 1, WaitTimeout: 300 * time.Millisecond}, proxy.Config{})
+	ctx := ctxT(t)
+	holder := connect(t, dsn(e.addr, "alice.acme", tenantPassword))
+	tx, err := holder.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := tx.Exec(ctx, "SELECT 1"); err != nil {
+		t.Fatal(err)
+	}
+	// acme holds its one connection: its next client waits, then 53400,
+	// and keeps its session.
+	second := connect(t, dsn(e.addr, "alice.acme", tenantPassword))
+	start := time.Now()
+	_, err = second.Exec(ctx, "SELECT 1")
+	if sqlstateOf(err) != "53400" {
+		t.Fatalf("second acme client: %v; want 53400", err)
+	}
+	if waited := time.Since(start); waited < 250*time.Millisecond {
+		t.Fatalf("53400 after %s; want the wait timeout first", waited)
+	}
+	// globex, in the same pool, is not held back by acme.
+	other := connect(t, dsn(e.addr, "alice.globex", tenantPassword))
+	if _, err := other.Exec(ctx, "SELECT 1"); err != nil {
+		t.Fatalf("globex beside acme at its cap: %v", err)
+	}
+	if err := tx.Commit(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := second.Exec(ctx, "SELECT 1"); err != nil {
+		t.Fatalf("second acme client after the first committed: %v", err)
+	}
+}
+
+// retryCtx is a short context for a single statement.
+func retryCtx(ctx context.Context) (context.Context, context.CancelFunc) {
+	return context.WithTimeout(ctx, 10*time.Second)
+}
