@@ -214,7 +214,7 @@ func txnModeNode(n any) string {
 			return ""
 		}
 		name := strings.ToLower(n.Funcname[len(n.Funcname)-1].GetString_().GetSval())
-		if (strings.HasPrefix(name, "pg_advisory_lock") || strings.HasPrefix(name, "pg_try_advisory_lock")) {
+		if strings.HasPrefix(name, "pg_advisory_lock") || strings.HasPrefix(name, "pg_try_advisory_lock") {
 			return "session-level advisory locks outlive the transaction in transaction pooling mode; use pg_advisory_xact_lock" + sessionModeHint
 		}
 		if name == "set_config" {
