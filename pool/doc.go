@@ -21,7 +21,8 @@
 //
 // Pools are keyed by (Addr, Database, User), shared by every tenant routed
 // there. A key holds at most Config.MaxConnsPerKey connections; Acquire
-// beyond that waits in FIFO order until its context ends (ErrWaitTimeout).
+// beyond that waits (per tenant, tenants served round-robin) until its
+// context ends or Config.WaitTimeout passes (ErrWaitTimeout).
 // Idle connections are reused most-recently-released first, and a reaper
 // goroutine, owned by the Manager and ended by Close, closes those past
 // IdleTimeout or MaxLifetime. An idle connection that died (backend
@@ -48,13 +49,23 @@
 // tenantproxy_server_connects_total{database,user,result}. Labels omit the
 // server address and the tenant, so series grow with routes, not clients.
 //
-// # Towards transaction pooling
+// # Transaction mode
 //
-// Issue 4 binds a connection per transaction instead of per client. The
-// pieces that change are confined here: a Conn will remember the context it
-// carries so that setup is skipped (or sent in the client's first write)
-// when it matches, the idle stack will prefer connections already in the
-// wanted context, and waiters will be queued per tenant for fairness
-// instead of one FIFO per key. The slot accounting (pool.open, grants to
-// waiters) and the reset stay as they are.
+// AcquireTx binds a connection for one transaction without a round trip
+// of its own: it prefers an idle connection whose context (Conn.context,
+// the joined Setup last applied) is the TxTarget's, and otherwise returns
+// the Query messages that establish it for the proxy to send in front of
+// the client's first message and whose replies the proxy consumes. A
+// connection coming from another context is neutralised first in a Query
+// of its own (RESET ROLE; RESET ALL), so a failing setup leaves no
+// tenant's context behind. ReleaseTx keeps the connection's context and
+// the protocol-level statements the proxy prepared on it (AddStatement);
+// Release resets both. A session-mode Acquire of a connection left in a
+// context resets it first.
+//
+// Waiters queue per Target.Tenant and are served round-robin across
+// tenants; Config.MaxConnsPerTenant caps what one tenant holds, and
+// Config.WaitTimeout turns a long wait into ErrWaitTimeout. The reaper
+// also keeps Config.MinIdle idle connections per key once the key has
+// been used.
 package pool
