@@ -1,0 +1,134 @@
+package pool_test
+
+import (
+	"context"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/tenantproxy/tenantproxy/pool"
+)
+
+// acquireTx binds a connection and runs its setup the way the proxy does:
+// the returned messages written, their replies read.
+func acquireTx(t testing.TB, m *pool.Manager, tt *pool.TxTarget) *pool.Conn {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	c, err := m.AcquireTxReady(ctx, tt)
+	if err != nil {
+		t.Fatalf("AcquireTxReady: %v", err)
+	}
+	return c
+}
+
+func TestAcquireTxPrefersAConnectionInTheTenantsContext(t *testing.T) {
+	f := newFixture(t)
+	m, _ := newManager(t, pool.Config{MaxConnsPerKey: 3})
+	schema := pool.NewTxTarget(f.target(f.schemaSetup()...))
+	plain := pool.NewTxTarget(f.target("SET application_name = 'other'"))
+
+	a := acquireTx(t, m, schema)
+	b := acquireTx(t, m, plain)
+	pidA := a.PID()
+	m.ReleaseTx(a, true)
+	m.ReleaseTx(b, true) // on top of the idle stack
+
+	ctx := context.Background()
+	c, setup, queries, err := m.AcquireTx(ctx, schema)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.PID() != pidA || len(setup) != 0 || queries != 0 {
+		t.Fatalf("got backend %d with %d setup queries; want %d, already in the context, with none", c.PID(), queries, pidA)
+	}
+	if got := value(t, c, "SELECT current_user || ' ' || current_setting('search_path')"); got != f.tenantRole+" "+f.tenantRole {
+		t.Fatalf("context kept across ReleaseTx: %q", got)
+	}
+	m.ReleaseTx(c, true)
+
+}
+
+func TestAcquireTxSwitchesContextWithoutLeavingThePreviousOne(t *testing.T) {
+	f := newFixture(t)
+	m, _ := newManager(t, pool.Config{MaxConnsPerKey: 1})
+	schema := pool.NewTxTarget(f.target(append(f.schemaSetup(), "SET statement_timeout = '7s'")...))
+	plain := pool.NewTxTarget(f.target("SET application_name = 'other'"))
+	m.ReleaseTx(acquireTx(t, m, schema), true)
+
+	c, _, queries, err := m.AcquireTx(context.Background(), plain)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Not sent: the connection's context is unknown, so it is closed.
+	m.ReleaseTx(c, false)
+	if queries != 2 {
+		t.Fatalf("switch from another context: %d setup queries; want the neutral reset and the setup", queries)
+	}
+	m.ReleaseTx(acquireTx(t, m, schema), true)
+	c = acquireTx(t, m, plain)
+	defer m.ReleaseTx(c, true)
+	got := value(t, c, "SELECT current_user || ' ' || current_setting('search_path') || ' ' || current_setting('statement_timeout') || ' ' || current_setting('application_name')")
+	if want := f.svc + ` "$user", public 0 other`; got != want {
+		t.Fatalf("after the switch: %q; want %q", got, want)
+	}
+}
+
+func TestWaitersAreServedRoundRobinAcrossTenants(t *testing.T) {
+	f := newFixture(t)
+	m, _ := newManager(t, pool.Config{MaxConnsPerKey: 1})
+	base := f.target()
+	targetOf := func(tenant string) *pool.TxTarget {
+		tg := base
+		tg.Tenant = tenant
+		return pool.NewTxTarget(tg)
+	}
+	holder := acquireTx(t, m, targetOf("a"))
+
+	var mu sync.Mutex
+	var order []string
+	var wg sync.WaitGroup
+	enqueue := func(tenant string) {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			c, _, _, err := m.AcquireTx(context.Background(), targetOf(tenant))
+			if err != nil {
+				t.Error(err)
+				return
+			}
+			mu.Lock()
+			order = append(order, tenant)
+			mu.Unlock()
+			time.Sleep(10 * time.Millisecond)
+			m.ReleaseTx(c, true)
+		}()
+		time.Sleep(30 * time.Millisecond) // queue in this order
+	}
+	for range 4 {
+		enqueue("a")
+	}
+	enqueue("b")
+	m.ReleaseTx(holder, true)
+	wg.Wait()
+	if len(order) != 5 || order[1] != "b" {
+		t.Fatalf("grant order %v; want tenant b second, not behind all of a's waiters", order)
+	}
+}
+
+func TestTenantCapMakesOnlyThatTenantWait(t *testing.T) {
+	f := newFixture(t)
+	m, _ := newManager(t, pool.Config{MaxConnsPerKey: 3, MaxConnsPerTenant: 1, WaitTimeout: 100 * time.Millisecond})
+	tg := f.target()
+	tg.Tenant = "a"
+	a := pool.NewTxTarget(tg)
+	tg.Tenant = "b"
+	b := pool.NewTxTarget(tg)
+	held := acquireTx(t, m, a)
+	if _, _, _, err := m.AcquireTx(context.Background(), a); err == nil {
+		t.Fatal("tenant a past its cap got a connection")
+	}
+	m.ReleaseTx(acquireTx(t, m, b), true)
+	m.ReleaseTx(held, true)
+	m.ReleaseTx(acquireTx(t, m, a), true)
+}
