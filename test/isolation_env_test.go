@@ -29,11 +29,16 @@ var isolationPairs = []isolationPair{
 }
 
 // isolationEnv is proxyEnv plus a victim in the schema and database tiers
-// and a planted secret in every tenant.
+// and a planted secret in every tenant, with one proxy per pooling mode.
 type isolationEnv struct {
 	*proxyEnv
-	addr string
+	// addr serves in session mode, addrs by mode.
+	addr  string
+	addrs map[string]string
 }
+
+// poolModes are the proxy's pooling modes; every attack runs in each.
+var poolModes = []string{proxy.PoolSession, proxy.PoolTransaction}
 
 func newIsolationEnv(t *testing.T) *isolationEnv {
 	t.Helper()
@@ -46,8 +51,11 @@ func newIsolationEnv(t *testing.T) *isolationEnv {
 			t.Fatalf("create %s: %v", v.sub, err)
 		}
 	}
-	_, addr := e.startProxy(t, proxy.Config{})
-	ie := &isolationEnv{proxyEnv: e, addr: addr}
+	ie := &isolationEnv{proxyEnv: e, addrs: map[string]string{}}
+	for _, mode := range poolModes {
+		_, ie.addrs[mode] = e.startProxy(t, proxy.Config{PoolMode: mode})
+	}
+	ie.addr = ie.addrs[proxy.PoolSession]
 	for _, p := range isolationPairs {
 		for _, sub := range []string{p.attacker, p.victim} {
 			conn := ie.pgconn(t, sub)
@@ -62,10 +70,17 @@ func newIsolationEnv(t *testing.T) *isolationEnv {
 	return ie
 }
 
-// pgconn connects through the proxy as tenant sub's admin user.
+// pgconn connects through the session-mode proxy as tenant sub's admin
+// user.
 func (e *isolationEnv) pgconn(t *testing.T, sub string, extra ...string) *pgconn.PgConn {
 	t.Helper()
-	conn, err := pgconn.Connect(ctxT(t), dsn(e.addr, "alice."+sub, tenantPassword, extra...))
+	return e.pgconnIn(t, proxy.PoolSession, sub, extra...)
+}
+
+// pgconnIn connects through the proxy of pooling mode mode.
+func (e *isolationEnv) pgconnIn(t *testing.T, mode, sub string, extra ...string) *pgconn.PgConn {
+	t.Helper()
+	conn, err := pgconn.Connect(ctxT(t), dsn(e.addrs[mode], "alice."+sub, tenantPassword, extra...))
 	if err != nil {
 		t.Fatalf("connect as %s: %v", sub, err)
 	}
