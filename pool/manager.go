@@ -81,7 +81,7 @@ func (m *Manager) Acquire(ctx context.Context, t Target) (*Conn, error) {
 		return nil, err
 	}
 	for {
-		c, holder, err := p.take(ctx, t.Tenant, "", m.cfg.WaitTimeout)
+		c, holder, err := p.take(ctx, t.Tenant, "", m.cfg.WaitTimeout, nil)
 		if err != nil {
 			return nil, err
 		}

@@ -29,8 +29,8 @@ type pool struct {
 	mu   sync.Mutex
 	idle []*Conn // stack: the most recently released on top
 	open int
-	// tenants are the tenants holding or waiting for connections; an
-	// entry with neither is deleted.
+	// tenants are the tenants holding or waiting for connections, and
+	// recent ones (forgetLocked).
 	tenants map[string]*tenantQueue
 	// rr lists the tenants with waiters, in the order they are served.
 	rr      []*tenantQueue
@@ -56,20 +56,24 @@ type grant struct {
 	err  error
 }
 
+// waiter is one waiting take. A caller that waits again and again (a
+// transaction-mode client, through its TxTarget) reuses its waiter, so
+// waiting does not allocate: take leaves ch empty and the timer stopped
+// whichever way it returns.
 type waiter struct {
-	ch chan grant // buffered 1: granting never blocks under mu
-	tq *tenantQueue
-	// context is the tenant context the waiter wants, to prefer an idle
-	// connection that carries it.
-	context string
+	ch    chan grant // buffered 1: granting never blocks under mu
+	tq    *tenantQueue
+	timer *time.Timer
 }
+
+func newWaiter() *waiter { return &waiter{ch: make(chan grant, 1)} }
 
 // take returns an idle connection (preferring one in the given context),
 // or nil meaning the caller holds a slot and must dial (and on failure
 // call dropSlot), or an error when ctx ended while waiting (or wait ran
 // out) or the pool closed. The connection or slot counts against tenant
 // until it is put back, destroyed or dropped.
-func (p *pool) take(ctx context.Context, tenant, wantContext string, wait time.Duration) (*Conn, *tenantQueue, error) {
+func (p *pool) take(ctx context.Context, tenant, wantContext string, wait time.Duration, w *waiter) (*Conn, *tenantQueue, error) {
 	p.mu.Lock()
 	if p.closed {
 		p.mu.Unlock()
@@ -91,7 +95,10 @@ func (p *pool) take(ctx context.Context, tenant, wantContext string, wait time.D
 			return nil, tq, nil
 		}
 	}
-	w := &waiter{ch: make(chan grant, 1), tq: tq, context: wantContext}
+	if w == nil {
+		w = newWaiter()
+	}
+	w.tq = tq
 	if len(tq.waiters) == 0 {
 		p.rr = append(p.rr, tq)
 	}
@@ -103,9 +110,13 @@ func (p *pool) take(ctx context.Context, tenant, wantContext string, wait time.D
 
 	var expired <-chan time.Time
 	if wait > 0 {
-		t := time.NewTimer(wait)
-		defer t.Stop()
-		expired = t.C
+		if w.timer == nil {
+			w.timer = time.NewTimer(wait)
+		} else {
+			w.timer.Reset(wait)
+		}
+		defer w.timer.Stop()
+		expired = w.timer.C
 	}
 	var cause error
 	select {
@@ -150,10 +161,16 @@ func (p *pool) queueLocked(tenant string) *tenantQueue {
 	return tq
 }
 
-// forgetLocked drops a tenant's entry once it holds and waits for nothing,
-// so the map grows with tenants in flight, not with every tenant ever seen.
+// keptTenantQueues is how many entries of tenants that hold and wait for
+// nothing a pool keeps, so a tenant's next transaction does not allocate
+// its entry again; past it they are dropped, so the map stays bounded by
+// the tenants in flight.
+const keptTenantQueues = 4096
+
+// forgetLocked drops a tenant's entry once it holds and waits for nothing
+// and the map is past keptTenantQueues.
 func (p *pool) forgetLocked(tq *tenantQueue) {
-	if tq.held == 0 && len(tq.waiters) == 0 {
+	if tq.held == 0 && len(tq.waiters) == 0 && len(p.tenants) > keptTenantQueues {
 		delete(p.tenants, tq.name)
 	}
 }

@@ -26,6 +26,8 @@ type TxTarget struct {
 	// the connection would be left with no tenant context (RLS and the
 	// schema privileges fail closed), never with the previous tenant's.
 	fromNeutral, fromOther []byte
+	// w is reused by every wait of this TxTarget's AcquireTx.
+	w *waiter
 }
 
 // neutralize removes every trace of a tenant context that RESET can undo:
@@ -41,7 +43,7 @@ const MaxStatementsPerConn = 1000
 
 // NewTxTarget prepares t for AcquireTx.
 func NewTxTarget(t Target) *TxTarget {
-	tt := &TxTarget{Target: t, key: setupKey(t.Setup)}
+	tt := &TxTarget{Target: t, key: setupKey(t.Setup), w: newWaiter()}
 	if tt.key != "" {
 		tt.fromNeutral = appendQuery(nil, tt.key)
 	}
@@ -74,14 +76,16 @@ func appendQuery(b []byte, sql string) []byte {
 //
 // The connection counts against tt.Tenant's cap (Config.MaxConnsPerTenant)
 // until released; waiting ends with ErrWaitTimeout after
-// Config.WaitTimeout or when ctx ends.
+// Config.WaitTimeout or when ctx ends. Calls with the same tt must not
+// overlap (it holds the wait's reusable state): one client, one
+// transaction at a time.
 func (m *Manager) AcquireTx(ctx context.Context, tt *TxTarget) (c *Conn, setup []byte, queries int, err error) {
 	p, err := m.poolFor(&tt.Target)
 	if err != nil {
 		return nil, nil, 0, err
 	}
 	for {
-		c, holder, err := p.take(ctx, tt.Tenant, tt.key, m.cfg.WaitTimeout)
+		c, holder, err := p.take(ctx, tt.Tenant, tt.key, m.cfg.WaitTimeout, tt.w)
 		if err != nil {
 			return nil, nil, 0, err
 		}

@@ -1,0 +1,157 @@
+package test
+
+import (
+	"context"
+	"runtime"
+	"slices"
+	"strconv"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"go.uber.org/zap"
+
+	"github.com/tenantproxy/tenantproxy/internal/pgtest"
+	"github.com/tenantproxy/tenantproxy/pool"
+	"github.com/tenantproxy/tenantproxy/proxy"
+)
+
+// BenchmarkTxPoolNoisyNeighbour measures a quiet tenant's p99 latency for
+// SELECT 1 (one query every 5 ms for 3 s) alone, then beside a noisy
+// tenant of the same pool running 64 clients flat out (a ~2 ms CPU-bound
+// query each), in transaction mode with 20 server connections, without a
+// per-tenant cap and with one of 2 (the cores of the machine it was
+// written on). Run with
+//
+//	go test -run '^$' -bench TxPoolNoisyNeighbour -benchtime 1x ./test/
+//
+// Figures on the 2-core development VM (PostgreSQL 15, Go 1.26; quiet p99
+// alone / beside the noisy tenant):
+//
+//	cap=none  see the closing note of issue 4
+//	cap=2     see the closing note of issue 4
+func BenchmarkTxPoolNoisyNeighbour(b *testing.B) {
+	for _, cap := range []int{0, 2} {
+		name := "cap=none"
+		if cap > 0 {
+			name = "cap=" + strconv.Itoa(cap)
+		}
+		b.Run(name, func(b *testing.B) {
+			e := newProxyEnvWith(b, pgtest.Options{Conf: map[string]string{"max_connections": "200"}},
+				pool.Config{MaxConnsPerKey: 20, MaxConnsPerTenant: cap})
+			_, addr := e.startProxy(b, proxy.Config{PoolMode: proxy.PoolTransaction, Logger: zap.NewNop()})
+			ctx := ctxT(b)
+			quiet, err := pgx.Connect(ctx, dsn(addr, "alice.globex", tenantPassword))
+			if err != nil {
+				b.Fatal(err)
+			}
+			defer quiet.Close(ctx)
+			for range b.N {
+				alone := quietP99(ctx, b, quiet)
+				stop := make(chan struct{})
+				var wg sync.WaitGroup
+				var noisyTx int64
+				var mu sync.Mutex
+				for range 64 {
+					c, err := pgx.Connect(ctx, dsn(addr, "alice.acme", tenantPassword))
+					if err != nil {
+						b.Fatal(err)
+					}
+					wg.Add(1)
+					go func() {
+						defer wg.Done()
+						defer c.Close(context.Background())
+						n := int64(0)
+						for {
+							select {
+							case <-stop:
+								mu.Lock()
+								noisyTx += n
+								mu.Unlock()
+								return
+							default:
+							}
+							if _, err := c.Exec(ctx, "SELECT count(*) FROM generate_series(1, 30000)"); err != nil {
+								b.Error(err)
+								return
+							}
+							n++
+						}
+					}()
+				}
+				time.Sleep(500 * time.Millisecond)
+				beside := quietP99(ctx, b, quiet)
+				close(stop)
+				wg.Wait()
+				b.ReportMetric(alone, "quiet-p99-alone-ms")
+				b.ReportMetric(beside, "quiet-p99-beside-ms")
+				b.ReportMetric(beside/alone, "slowdown-x")
+				b.ReportMetric(float64(noisyTx)/3.5, "noisy-tps")
+			}
+		})
+	}
+}
+
+// quietP99 runs SELECT 1 every 5 ms for 3 s and returns the p99 latency
+// in milliseconds.
+func quietP99(ctx context.Context, b *testing.B, c *pgx.Conn) float64 {
+	var lat []float64
+	tick := time.NewTicker(5 * time.Millisecond)
+	defer tick.Stop()
+	end := time.Now().Add(3 * time.Second)
+	for time.Now().Before(end) {
+		<-tick.C
+		start := time.Now()
+		if _, err := c.Exec(ctx, "SELECT 1"); err != nil {
+			b.Fatal(err)
+		}
+		lat = append(lat, float64(time.Since(start).Microseconds())/1000)
+	}
+	slices.Sort(lat)
+	return lat[len(lat)*99/100]
+}
+
+// BenchmarkTxPoolSelectOnly runs pgbench -S -M simple|prepared through the
+// proxy in transaction mode (8 clients on 2 server connections, database
+// tier) and reports pgbench's latency and the proxy's allocations per
+// transaction (Mallocs of this process, where the proxy and the pool run;
+// pgbench is a child process). Run with
+//
+//	go test -run '^$' -bench TxPoolSelectOnly -benchtime 20000x ./test/
+//
+// On the 2-core development VM: 0.10 (simple) and 0.12 (prepared)
+// proxy-allocs/query, i.e. ~2,000-2,500 allocations per run, which is
+// the 8 clients' startup (SCRAM, catalog, pgbench's connection); none per
+// transaction: binding, the setup check, relaying and the pool's
+// take/put (waiters reuse their TxTarget's state) do not allocate.
+func BenchmarkTxPoolSelectOnly(b *testing.B) {
+	e := newProxyEnvWith(b, pgtest.Options{}, pool.Config{MaxConnsPerKey: 2})
+	ctx := ctxT(b)
+	db := "tenant_umbrella"
+	pgbench := clientTool(b, "pgbench")
+	run(b, pgbench, "-i", "-q", "-s", "1", e.cluster.DSN(db))
+	if err := e.cluster.Exec(ctx, db, "GRANT SELECT ON ALL TABLES IN SCHEMA public TO tenantproxy_serving"); err != nil {
+		b.Fatal(err)
+	}
+	_, addr := e.startProxy(b, proxy.Config{PoolMode: proxy.PoolTransaction, Logger: zap.NewNop()})
+	through := dsn(addr, "alice.umbrella", tenantPassword)
+	for _, mode := range []string{"simple", "prepared"} {
+		b.Run(mode, func(b *testing.B) {
+			perClient := max(b.N/8, 1)
+			var before, after runtime.MemStats
+			runtime.ReadMemStats(&before)
+			b.ResetTimer()
+			out := run(b, pgbench, "-n", "-S", "-M", mode, "-c", "8", "-j", "8", "-t", strconv.Itoa(perClient), through)
+			b.StopTimer()
+			runtime.ReadMemStats(&after)
+			m := pgbenchLatency.FindStringSubmatch(out)
+			if m == nil {
+				b.Fatalf("no latency in pgbench output:\n%s", out)
+			}
+			ms, _ := strconv.ParseFloat(m[1], 64)
+			b.ReportMetric(ms, "ms/query")
+			b.ReportMetric(float64(after.Mallocs-before.Mallocs)/float64(perClient*8), "proxy-allocs/query")
+		})
+	}
+}
