@@ -23,8 +23,8 @@ import (
 
 func TestMain(m *testing.M) { pgtest.RunMain(m) }
 
-// fixture is an in-process proxy in session mode, with trust auth (the
-// login is not what these benchmarks measure), in front of the harness's
+// fixture is an in-process proxy in poolMode, with trust auth (the login is
+// not what these benchmarks measure), in front of the harness's
 // PostgreSQL, with one shared-tier tenant and the pgbench tables. poolMax
 // bounds the server connections.
 type fixture struct {
@@ -36,7 +36,7 @@ type fixture struct {
 	direct, tenant string
 }
 
-func newFixture(b *testing.B, poolMax int) *fixture {
+func newFixture(b *testing.B, poolMax int, poolMode string) *fixture {
 	b.Helper()
 	ctx := context.Background()
 	cluster := pgtest.Shared(b)
@@ -73,7 +73,7 @@ func newFixture(b *testing.B, poolMax int) *fixture {
 		b.Fatal(err)
 	}
 	b.Cleanup(func() { mgr.Close() })
-	srv, err := proxy.New(proxy.Config{AuthMethod: proxy.AuthTrust}, cat, mgr)
+	srv, err := proxy.New(proxy.Config{AuthMethod: proxy.AuthTrust, PoolMode: poolMode}, cat, mgr)
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -167,7 +167,7 @@ func roundTrip(c net.Conn, r *bufio.Reader, q []byte) error {
 // hops per round trip: syscalls and goroutine wake-ups, not Go code (see
 // the pprof figures of BenchmarkProxyPgbenchSelectOnly).
 func BenchmarkRelay(b *testing.B) {
-	f := newFixture(b, 20)
+	f := newFixture(b, 20, proxy.PoolSession)
 	for _, q := range []struct{ name, sql string }{
 		{"select1", "SELECT 1"},
 		{"1000rows", "SELECT repeat('x', 100) FROM generate_series(1, 1000)"},
@@ -191,7 +191,7 @@ func BenchmarkRelay(b *testing.B) {
 // makes, on a warm cache: no round trip to the control database. 0.5–1.7
 // µs, 288 B/op, 1 allocs/op (the copy of the Tenant handed to the caller).
 func BenchmarkTenantLookupCacheHit(b *testing.B) {
-	f := newFixture(b, 20)
+	f := newFixture(b, 20, proxy.PoolSession)
 	ctx := context.Background()
 	if _, err := f.cat.TenantBySubdomain(ctx, "acme"); err != nil {
 		b.Fatal(err)
@@ -205,27 +205,32 @@ func BenchmarkTenantLookupCacheHit(b *testing.B) {
 }
 
 // BenchmarkProxyPgbenchSelectOnly runs pgbench -S with 8 clients through
-// the in-process proxy, b.N transactions in all. It exists to profile the
-// proxy under the bench's main workload: pgbench and PostgreSQL are other
-// processes, so the CPU profile of the test binary is the proxy's.
+// the in-process proxy in each pool mode and protocol, b.N transactions in
+// all. It exists to profile the proxy under the bench's main workload:
+// pgbench and PostgreSQL are other processes, so the CPU profile of the
+// test binary is the proxy's.
 //
-// go test -run '^$' -bench ProxyPgbenchSelectOnly -benchtime 200000x -cpuprofile cpu.out ./bench/
+// go test -run '^$' -bench 'ProxyPgbenchSelectOnly/transaction/simple' -benchtime 300000x -cpuprofile cpu.out ./bench/
 // go tool pprof -top bench.test cpu.out
 func BenchmarkProxyPgbenchSelectOnly(b *testing.B) {
-	f := newFixture(b, 20)
 	pgbench, err := pgtest.Tool("pgbench")
 	if err != nil {
 		b.Fatal(err)
 	}
 	const clients = 8
-	for _, mode := range []string{"simple", "extended"} {
-		b.Run(mode, func(b *testing.B) {
-			perClient := max(1, b.N/clients)
-			b.ResetTimer()
-			out, err := exec.Command(pgbench, "-n", "-S", "-M", mode, "-c", strconv.Itoa(clients), "-j", "2",
-				"-t", strconv.Itoa(perClient), f.tenant).CombinedOutput()
-			if err != nil {
-				b.Fatalf("pgbench: %v\n%s", err, out)
+	for _, poolMode := range []string{proxy.PoolSession, proxy.PoolTransaction} {
+		b.Run(poolMode, func(b *testing.B) {
+			f := newFixture(b, 20, poolMode)
+			for _, mode := range []string{"simple", "extended", "prepared"} {
+				b.Run(mode, func(b *testing.B) {
+					perClient := max(1, b.N/clients)
+					b.ResetTimer()
+					out, err := exec.Command(pgbench, "-n", "-S", "-M", mode, "-c", strconv.Itoa(clients), "-j", "2",
+						"-t", strconv.Itoa(perClient), f.tenant).CombinedOutput()
+					if err != nil {
+						b.Fatalf("pgbench: %v\n%s", err, out)
+					}
+				})
 			}
 		})
 	}
@@ -238,7 +243,7 @@ func BenchmarkProxyPgbenchSelectOnly(b *testing.B) {
 // `tenantproxy bench` reports the same as RSS of a separate process.
 func BenchmarkIdleSessionMemory(b *testing.B) {
 	const n = 200
-	f := newFixture(b, n)
+	f := newFixture(b, n, proxy.PoolSession)
 	ctx := context.Background()
 	for b.Loop() {
 		before := memInUse()

@@ -7,6 +7,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -55,6 +56,14 @@ func TestBenchQuickRunsEveryScenario(t *testing.T) {
 			}
 			if !hasSamples(report, s.scenario, target, s.metric) {
 				t.Errorf("scenario (%s) has no %s for %s; progress:\n%s", s.scenario, s.metric, target, progress.String())
+			}
+		}
+	}
+	// Transaction mode is measured whenever the binary has it.
+	if slices.Contains(report.Targets, bench.TargetTransaction) {
+		for _, s := range []string{"a", "b", "c", "d"} {
+			if !hasSamples(report, s, bench.TargetTransaction, "throughput") && !hasSamples(report, s, bench.TargetTransaction, "connections") {
+				t.Errorf("scenario (%s) has no numbers for %s; progress:\n%s", s, bench.TargetTransaction, progress.String())
 			}
 		}
 	}
