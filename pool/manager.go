@@ -178,7 +178,7 @@ func (m *Manager) poolFor(t *Target) (*pool, error) {
 	}
 	p := m.pools[k]
 	if p == nil {
-		p = &pool{key: k, max: m.cfg.MaxConnsPerKey, perTenant: m.cfg.MaxConnsPerTenant,
+		p = &pool{manager: m, key: k, max: m.cfg.MaxConnsPerKey, perTenant: m.cfg.MaxConnsPerTenant,
 			km: m.metrics.forKey(t.Database, t.User), tenants: make(map[string]*tenantQueue)}
 		m.pools[k] = p
 	}

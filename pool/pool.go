@@ -19,8 +19,9 @@ import (
 // tenant with many waiting clients delays another tenant's next client by
 // at most one grant, not by its whole queue.
 type pool struct {
-	key poolKey
-	max int
+	manager *Manager
+	key     poolKey
+	max     int
 	// perTenant caps the connections one tenant holds at once (0: no
 	// cap). Acquires without a tenant are never capped.
 	perTenant int

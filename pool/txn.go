@@ -28,6 +28,10 @@ type TxTarget struct {
 	fromNeutral, fromOther []byte
 	// w is reused by every wait of this TxTarget's AcquireTx.
 	w *waiter
+	// p is the pool of the key, looked up once: pools live as long as
+	// their Manager, and skipping the Manager's lock matters when every
+	// transaction acquires.
+	p *pool
 }
 
 // neutralize removes every trace of a tenant context that RESET can undo:
@@ -80,9 +84,13 @@ func appendQuery(b []byte, sql string) []byte {
 // overlap (it holds the wait's reusable state): one client, one
 // transaction at a time.
 func (m *Manager) AcquireTx(ctx context.Context, tt *TxTarget) (c *Conn, setup []byte, queries int, err error) {
-	p, err := m.poolFor(&tt.Target)
-	if err != nil {
-		return nil, nil, 0, err
+	p := tt.p
+	if p == nil || p.manager != m {
+		var err error
+		if p, err = m.poolFor(&tt.Target); err != nil {
+			return nil, nil, 0, err
+		}
+		tt.p = p
 	}
 	for {
 		c, holder, err := p.take(ctx, tt.Tenant, tt.key, m.cfg.WaitTimeout, tt.w)

@@ -132,3 +132,22 @@ func TestTenantCapMakesOnlyThatTenantWait(t *testing.T) {
 	m.ReleaseTx(held, true)
 	m.ReleaseTx(acquireTx(t, m, a), true)
 }
+
+func TestMinIdleConnectionsAreKeptAndReopened(t *testing.T) {
+	f := newFixture(t)
+	m, _ := newManager(t, pool.Config{MaxConnsPerKey: 5, MinIdle: 2, IdleTimeout: 100 * time.Millisecond})
+	tg := f.target()
+	a, b, c := acquire(t, m, tg), acquire(t, m, tg), acquire(t, m, tg)
+	m.Release(a, true)
+	m.Release(b, true)
+	m.Release(c, true)
+	// The idle timeout closes one of three, not below the minimum.
+	f.waitServerConns(t, "2")
+	// A terminated idle connection is replaced by the reaper.
+	f.super(t, "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = '"+f.svc+"'")
+	time.Sleep(200 * time.Millisecond)
+	// The peek at acquire drops the dead ones; the reaper dials again.
+	d := acquire(t, m, tg)
+	m.Release(d, true)
+	f.waitServerConns(t, "2")
+}

@@ -397,8 +397,13 @@ func (tx *txSession) handle(typ byte, src *bufio.Reader) error {
 		typ, _ = tx.read(src)
 		tx.message(c, typ)
 	}
-	_, err := c.NetConn().Write(tx.out)
+	// Written without the lock, so the server loop can relay (and take
+	// the lock for replies it must match) while a big write waits for
+	// the server to read: every message above left the server owing a
+	// ReadyForQuery (sent) or mid-batch (partial), so the server loop
+	// cannot unbind c until the server has read this write.
 	tx.mu.Unlock()
+	_, err := c.NetConn().Write(tx.out)
 	if err != nil && !tx.ended.Load() {
 		// The server loop reads the same failure and tells the client.
 		tx.mu.Lock()
@@ -552,7 +557,11 @@ func (tx *txSession) message(c *pool.Conn, typ byte) {
 	case 'E':
 		tx.partial = true
 		ss.queries.Inc()
-	case 'H':
+	case 'd', 'c', 'f':
+		// COPY data, done, fail: the Query that started the COPY is still
+		// owed its ReadyForQuery.
+	default:
+		// Flush and whatever else: mid-batch until a Sync says otherwise.
 		tx.partial = true
 	}
 	tx.out = append(tx.out, m...)

@@ -102,6 +102,10 @@ func TestTxPoolTransactionScopedStateIsAllowedAndEndsWithTheTransaction(t *testi
 	}
 	for _, sql := range []string{
 		"SET LOCAL statement_timeout = '7s'",
+		// The database tier's rules allow advisory locks (its databases
+		// grant no TEMP, so ON COMMIT DROP tables are checked in
+		// router's table test only).
+		"SELECT pg_advisory_xact_lock(42)",
 		"DECLARE c CURSOR FOR SELECT 1",
 	} {
 		if _, err := tx.Exec(ctx, sql); err != nil {
@@ -271,4 +275,67 @@ func TestTxPoolTenantCapAndWaitTimeout(t *testing.T) {
 // retryCtx is a short context for a single statement.
 func retryCtx(ctx context.Context) (context.Context, context.CancelFunc) {
 	return context.WithTimeout(ctx, 10*time.Second)
+}
+
+func TestTxPoolCopyInAndOutThenNextTransactionsOnOtherConnections(t *testing.T) {
+	e := newTxEnv(t, pgtest.Options{}, pool.Config{MaxConnsPerKey: 2}, proxy.Config{})
+	ctx := ctxT(t)
+	// COPY FROM is not supported under the shared tier's row-level
+	// security, so the schema and database tiers.
+	for _, tenant := range []string{"initech", "umbrella"} {
+		conn := connect(t, dsn(e.addr, "alice."+tenant, tenantPassword))
+		rows := [][]any{{"c-" + tenant + "-1"}, {"c-" + tenant + "-2"}}
+		n, err := conn.CopyFrom(ctx, pgx.Identifier{"users"}, []string{"username"}, pgx.CopyFromRows(rows))
+		if err != nil || n != 2 {
+			t.Fatalf("%s: COPY FROM: %d rows, %v", tenant, n, err)
+		}
+		var out strings.Builder
+		if _, err := conn.PgConn().CopyTo(ctx, &out, "COPY (SELECT username FROM users ORDER BY username) TO STDOUT"); err != nil {
+			t.Fatalf("%s: COPY TO: %v", tenant, err)
+		}
+		if want := "c-" + tenant + "-1\nc-" + tenant + "-2\n"; out.String() != want {
+			t.Fatalf("%s: COPY TO gave %q; want %q", tenant, out.String(), want)
+		}
+		// The session goes on in transaction mode after COPY.
+		for range 5 {
+			var k int
+			if err := conn.QueryRow(ctx, "SELECT count(*) FROM users").Scan(&k); err != nil || k != 2 {
+				t.Fatalf("%s after COPY: %d rows, %v", tenant, k, err)
+			}
+		}
+	}
+}
+
+func TestTxPoolCancelReachesTheTransactionsServerConnection(t *testing.T) {
+	e := newTxEnv(t, pgtest.Options{}, pool.Config{MaxConnsPerKey: 2}, proxy.Config{})
+	conn := connect(t, dsn(e.addr, "alice.initech", tenantPassword))
+	ctx, cancel := context.WithTimeout(ctxT(t), 500*time.Millisecond)
+	defer cancel()
+	start := time.Now()
+	_, err := conn.Exec(ctx, "SELECT pg_sleep(30)")
+	if err == nil || time.Since(start) > 10*time.Second {
+		t.Fatalf("pg_sleep(30) with a 500 ms context: %v after %s; want it cancelled", err, time.Since(start))
+	}
+	// The server stopped sleeping: PostgreSQL does not notice a closed
+	// client socket during pg_sleep, so only the cancel ends it early.
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		var running int
+		if err := connect(t, e.cluster.DSN("postgres")).QueryRow(ctxT(t),
+			"SELECT count(*) FROM pg_stat_activity WHERE query = 'SELECT pg_sleep(30)' AND state = 'active'").Scan(&running); err != nil {
+			t.Fatal(err)
+		}
+		if running == 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("pg_sleep(30) still running 10 s after the cancel")
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	// A new session finds a working pool.
+	again := connect(t, dsn(e.addr, "alice.initech", tenantPassword))
+	if _, err := again.Exec(ctxT(t), "SELECT 1"); err != nil {
+		t.Fatal(err)
+	}
 }
