@@ -11,7 +11,6 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
-	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
 	"go.uber.org/zap"
@@ -114,8 +113,7 @@ type chatServer struct {
 
 // startChat listens on f.listen and serves the API over cat.
 func startChat(g *globals, f *chatFlags, cat *catalog.Catalog) (*chatServer, error) {
-	reg := prometheus.NewRegistry()
-	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	reg := newRegistry()
 	api, err := chatapi.New(f.config(g.logger, reg), cat)
 	if err != nil {
 		return nil, err

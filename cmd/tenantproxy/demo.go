@@ -91,7 +91,7 @@ func demo(ctx context.Context, g *globals, f *serveFlags, out io.Writer) (err er
 		return err
 	}
 	f.adminListen = freeAddrOr(f.adminListen)
-	srv, adm, mgr, err := startProxy(g, f, cat)
+	srv, adm, mgr, err := startProxy(g, f, cat, newRegistry())
 	if err != nil {
 		l.Close()
 		return err

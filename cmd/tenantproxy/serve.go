@@ -16,6 +16,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/tenantproxy/tenantproxy/admin"
+	"github.com/tenantproxy/tenantproxy/canary"
 	"github.com/tenantproxy/tenantproxy/catalog"
 	"github.com/tenantproxy/tenantproxy/pool"
 	"github.com/tenantproxy/tenantproxy/proxy"
@@ -49,6 +50,9 @@ type serveFlags struct {
 	poolIdleTimeout  time.Duration
 	poolMaxLifetime  time.Duration
 	poolConnTimeout  time.Duration
+
+	// isolationInterval is serve's alone: the demo does not run the canary.
+	isolationInterval time.Duration
 }
 
 func (f *serveFlags) register(fs *pflag.FlagSet, defaultAuth string) {
@@ -136,7 +140,8 @@ func buildServeCommand(g *globals) (*cobra.Command, *serveFlags) {
 				return err
 			}
 			defer cat.Close()
-			srv, adm, mgr, err := startProxy(g, f, cat)
+			reg := newRegistry()
+			srv, adm, mgr, err := startProxy(g, f, cat, reg)
 			if err != nil {
 				return err
 			}
@@ -144,12 +149,37 @@ func buildServeCommand(g *globals) (*cobra.Command, *serveFlags) {
 			served := make(chan error, 1)
 			go func() { served <- srv.ListenAndServe() }()
 			g.logger.Info("serving", zap.Strings("listen", f.listen), zap.String("admin", f.adminListen))
+			if f.isolationInterval > 0 {
+				stop, err := startCanary(cmd.Context(), g, f, cat, reg)
+				if err != nil {
+					return err
+				}
+				defer stop()
+			}
 			return runProxy(cmd.Context(), g, f, srv, adm, served, reloader(cmd, g))
 		},
 	}
 	f.catalog.register(cmd)
 	f.register(cmd.Flags(), proxy.AuthSCRAM)
+	cmd.Flags().DurationVar(&f.isolationInterval, "isolation-check-interval", 0,
+		"run the isolation canary through the proxy this often (violations log as critical and count in tenantproxy_isolation_violations_total); 0 disables")
 	return cmd, f
+}
+
+// startCanary runs the isolation canary against the proxy's first listen
+// address until the returned stop is called, which waits for it to end.
+func startCanary(ctx context.Context, g *globals, f *serveFlags, cat *catalog.Catalog, reg prometheus.Registerer) (stop func(), err error) {
+	can, err := canary.New(canary.Config{ProxyAddr: f.listen[0], Logger: g.logger, Registerer: reg}, cat)
+	if err != nil {
+		return nil, fmt.Errorf("isolation canary: %w", err)
+	}
+	ctx, cancel := context.WithCancel(ctx)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		can.Run(ctx, f.isolationInterval)
+	}()
+	return func() { cancel(); <-done }, nil
 }
 
 // reloader re-reads the configuration of a running serve: the command-line
@@ -205,11 +235,17 @@ func runProxy(ctx context.Context, g *globals, f *serveFlags, srv *proxy.Server,
 	}
 }
 
-// startProxy builds the pool, the proxy and the admin listener. The caller
-// owns the returned pieces; adm is nil when --admin-listen is empty.
-func startProxy(g *globals, f *serveFlags, cat *catalog.Catalog) (*proxy.Server, *admin.Server, *pool.Manager, error) {
+// newRegistry is a metrics registry with the Go runtime's and the
+// process's collectors beside the project's own.
+func newRegistry() *prometheus.Registry {
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	return reg
+}
+
+// startProxy builds the pool, the proxy and the admin listener. The caller
+// owns the returned pieces; adm is nil when --admin-listen is empty.
+func startProxy(g *globals, f *serveFlags, cat *catalog.Catalog, reg *prometheus.Registry) (*proxy.Server, *admin.Server, *pool.Manager, error) {
 	mgr, err := pool.NewManager(f.poolConfig(reg), g.logger)
 	if err != nil {
 		return nil, nil, nil, err

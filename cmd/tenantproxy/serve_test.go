@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"strings"
 	"syscall"
 	"testing"
 	"time"
@@ -112,5 +113,49 @@ func TestServeReloadsConfigOnSIGHUPAndDrainsOnStop(t *testing.T) {
 	}
 	if err := first.Ping(context.Background()); err == nil {
 		t.Fatal("a session survived the proxy's shutdown")
+	}
+}
+
+// TestServeRunsTheIsolationCanaryOnSchedule serves two tenants with the
+// canary every 200 ms and reads its verdicts from /metrics.
+func TestServeRunsTheIsolationCanaryOnSchedule(t *testing.T) {
+	dsn := pgtest.NewDatabase(t, pgtest.Shared(t))
+	t.Setenv("TENANTPROXY_CATALOG_DSN", dsn)
+	mustCLI(t, "migrate", "up")
+	mustCLI(t, "tenant", "create", "acme", "--plan", "free")
+	mustCLI(t, "tenant", "create", "globex", "--plan", "standard")
+
+	listen, adminAddr := freeAddr(t), freeAddr(t)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	done := make(chan error, 1)
+	go func() {
+		done <- run(ctx, []string{"serve", "--listen", listen, "--admin-listen", adminAddr, "--drain-timeout", "1s",
+			"--isolation-check-interval", "200ms", "--log-level", "warn"}, io.Discard, io.Discard)
+	}()
+
+	deadline := time.Now().Add(30 * time.Second)
+	var metrics string
+	for !strings.Contains(metrics, `tenantproxy_isolation_checks_total{result="ok"}`) {
+		if time.Now().After(deadline) {
+			t.Fatalf("no successful canary check within 30 s; metrics:\n%s", metrics)
+		}
+		select {
+		case err := <-done:
+			t.Fatalf("serve exited: %v", err)
+		case <-time.After(200 * time.Millisecond):
+		}
+		if resp, err := http.Get("http://" + adminAddr + "/metrics"); err == nil {
+			b, _ := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			metrics = string(b)
+		}
+	}
+	if !strings.Contains(metrics, "tenantproxy_isolation_violations_total 0") {
+		t.Fatalf("violations counter missing or non-zero:\n%s", metrics)
+	}
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatalf("serve stopped with %v", err)
 	}
 }
