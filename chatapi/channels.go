@@ -27,36 +27,6 @@ func scanChannel(row pgx.Row) (Channel, error) {
 	return c, err
 }
 
-func collectChannel(row pgx.CollectableRow) (Channel, error) { return scanChannel(row) }
-
-func (s *Server) listChannels(w http.ResponseWriter, r *http.Request, t *tenantReq) error {
-	after, limit, err := keyset(r, "after", 0)
-	if err != nil {
-		return err
-	}
-	rows, err := t.db.Query(r.Context(), "SELECT "+channelColumns+" FROM channels WHERE id > $1 ORDER BY id LIMIT $2", after, limit+1)
-	if err != nil {
-		return err
-	}
-	cs, err := pgx.CollectRows(rows, collectChannel)
-	if err != nil {
-		return err
-	}
-	return writeJSON(w, http.StatusOK, pageOf(cs, limit, func(c Channel) int64 { return c.ID }))
-}
-
-func (s *Server) getChannel(w http.ResponseWriter, r *http.Request, t *tenantReq) error {
-	id, err := pathID(r, "channel")
-	if err != nil {
-		return err
-	}
-	c, err := scanChannel(t.db.QueryRow(r.Context(), "SELECT "+channelColumns+" FROM channels WHERE id = $1", id))
-	if err != nil {
-		return rowOr404(err, "channel", id)
-	}
-	return writeJSON(w, http.StatusOK, c)
-}
-
 type newChannel struct {
 	Name      string `json:"name"`
 	Topic     string `json:"topic"`

@@ -36,36 +36,6 @@ func scanFile(row pgx.Row) (File, error) {
 	return f, err
 }
 
-func collectFile(row pgx.CollectableRow) (File, error) { return scanFile(row) }
-
-func (s *Server) listFiles(w http.ResponseWriter, r *http.Request, t *tenantReq) error {
-	after, limit, err := keyset(r, "after", 0)
-	if err != nil {
-		return err
-	}
-	rows, err := t.db.Query(r.Context(), "SELECT "+fileColumns+" FROM files WHERE id > $1 ORDER BY id LIMIT $2", after, limit+1)
-	if err != nil {
-		return err
-	}
-	fs, err := pgx.CollectRows(rows, collectFile)
-	if err != nil {
-		return err
-	}
-	return writeJSON(w, http.StatusOK, pageOf(fs, limit, func(f File) int64 { return f.ID }))
-}
-
-func (s *Server) getFile(w http.ResponseWriter, r *http.Request, t *tenantReq) error {
-	id, err := pathID(r, "file")
-	if err != nil {
-		return err
-	}
-	f, err := scanFile(t.db.QueryRow(r.Context(), "SELECT "+fileColumns+" FROM files WHERE id = $1", id))
-	if err != nil {
-		return rowOr404(err, "file", id)
-	}
-	return writeJSON(w, http.StatusOK, f)
-}
-
 type newFile struct {
 	MessageID   *int64 `json:"message_id"`
 	UploaderID  int64  `json:"uploader_id"`

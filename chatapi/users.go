@@ -30,36 +30,6 @@ func scanUser(row pgx.Row) (User, error) {
 	return u, err
 }
 
-func collectUser(row pgx.CollectableRow) (User, error) { return scanUser(row) }
-
-func (s *Server) listUsers(w http.ResponseWriter, r *http.Request, t *tenantReq) error {
-	after, limit, err := keyset(r, "after", 0)
-	if err != nil {
-		return err
-	}
-	rows, err := t.db.Query(r.Context(), "SELECT "+userColumns+" FROM users WHERE id > $1 ORDER BY id LIMIT $2", after, limit+1)
-	if err != nil {
-		return err
-	}
-	users, err := pgx.CollectRows(rows, collectUser)
-	if err != nil {
-		return err
-	}
-	return writeJSON(w, http.StatusOK, pageOf(users, limit, func(u User) int64 { return u.ID }))
-}
-
-func (s *Server) getUser(w http.ResponseWriter, r *http.Request, t *tenantReq) error {
-	id, err := pathID(r, "user")
-	if err != nil {
-		return err
-	}
-	u, err := scanUser(t.db.QueryRow(r.Context(), "SELECT "+userColumns+" FROM users WHERE id = $1", id))
-	if err != nil {
-		return rowOr404(err, "user", id)
-	}
-	return writeJSON(w, http.StatusOK, u)
-}
-
 type newUser struct {
 	Username    string  `json:"username"`
 	DisplayName string  `json:"display_name"`
