@@ -7,6 +7,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -109,6 +110,7 @@ func TestTxPoolTwoThousandClientsOfTwoHundredTenantsOnTwentyServerConnections(t 
 	if testing.Short() {
 		t.Skip("-short: 2,000 clients")
 	}
+	raiseFileLimit(t, 2*clients+1000)
 	// Two pools (the shared tier's database and the schema tier's), ten
 	// server connections each.
 	e := newTxEnv(t, pgtest.Options{}, pool.Config{MaxConnsPerKey: 10},
@@ -182,6 +184,33 @@ func TestTxPoolTwoThousandClientsOfTwoHundredTenantsOnTwentyServerConnections(t 
 	}
 	t.Logf("%d clients of %d tenants: %d row-checked queries in %s on at most %d server connections",
 		clients, len(subs), checked.Load(), time.Since(start).Round(time.Millisecond), peak.Load())
+}
+
+// raiseFileLimit makes sure this process may hold need descriptors: the
+// clients' sockets and the proxy's both ends live in it. The soft limit
+// is raised up to the hard one (no privilege needed); a hard limit too
+// low is a failure that says so, not a skip.
+func raiseFileLimit(t *testing.T, need int) {
+	t.Helper()
+	var lim syscall.Rlimit
+	if err := syscall.Getrlimit(syscall.RLIMIT_NOFILE, &lim); err != nil {
+		t.Fatal(err)
+	}
+	if lim.Cur >= uint64(need) {
+		return
+	}
+	if lim.Max < uint64(need) {
+		t.Fatalf("open file limit: hard limit %d, need %d (raise it with ulimit -Hn)", lim.Max, need)
+	}
+	old := lim.Cur
+	lim.Cur = uint64(need)
+	if err := syscall.Setrlimit(syscall.RLIMIT_NOFILE, &lim); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		lim.Cur = old
+		syscall.Setrlimit(syscall.RLIMIT_NOFILE, &lim)
+	})
 }
 
 func TestTxPoolSurvivesTerminatedBackendsAndRestartWithoutWrongTenantReuse(t *testing.T) {
