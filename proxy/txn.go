@@ -332,6 +332,15 @@ func (tx *txSession) refusal() string {
 	return tx.ss.srv.policy.CheckRules(sql, tx.ss.rules)
 }
 
+// verdict is refusal for the statements it applies to (Query, Parse),
+// "" for every other message type.
+func (tx *txSession) verdict(typ byte) string {
+	if typ != 'Q' && typ != 'P' {
+		return ""
+	}
+	return tx.refusal()
+}
+
 // handle acts on the client message in tx.in and on every further whole
 // message already buffered, writing them to the bound server connection
 // in one write, binding one first if needed.
@@ -342,6 +351,9 @@ func (tx *txSession) handle(typ byte, src *bufio.Reader) error {
 	if tx.skipping && typ != 'S' {
 		return nil
 	}
+	// Checked once: the unbound branch answers a refusal without a
+	// server, message sends it as a Sync when bound.
+	r := tx.verdict(typ)
 	tx.mu.Lock()
 	if tx.server == nil {
 		tx.mu.Unlock()
@@ -351,11 +363,11 @@ func (tx *txSession) handle(typ byte, src *bufio.Reader) error {
 			tx.skipping = false
 			return tx.answer(tx.skipErr)
 		case typ == 'Q':
-			if r := tx.refusal(); r != "" {
+			if r != "" {
 				return tx.answer(router.Errorf(router.CodeStatementRefused, "%s", r))
 			}
 		case typ == 'P':
-			if r := tx.refusal(); r != "" {
+			if r != "" {
 				tx.skip(r)
 				return nil
 			}
@@ -380,7 +392,7 @@ func (tx *txSession) handle(typ byte, src *bufio.Reader) error {
 		tx.out = tx.out[:0]
 	}
 	c := tx.server
-	tx.message(c, typ)
+	tx.message(c, typ, r)
 	for !tx.skipping {
 		// Pipelined messages already here go in the same write; Peek
 		// would wait for more.
@@ -395,7 +407,7 @@ func (tx *txSession) handle(typ byte, src *bufio.Reader) error {
 			break
 		}
 		typ, _ = tx.read(src)
-		tx.message(c, typ)
+		tx.message(c, typ, tx.verdict(typ))
 	}
 	// Written without the lock, so the server loop can relay (and take
 	// the lock for replies it must match) while a big write waits for
@@ -469,14 +481,15 @@ func (e nonFatal) Unwrap() error { return e.error }
 // message appends the client message in tx.in to tx.out for server
 // connection c, rewriting prepared statement names and preparing on
 // demand; refused statements become a Sync whose ReadyForQuery carries
-// the refusal. Called with tx.mu held.
-func (tx *txSession) message(c *pool.Conn, typ byte) {
+// the refusal. refusal is tx.verdict(typ), computed by the caller. Called
+// with tx.mu held.
+func (tx *txSession) message(c *pool.Conn, typ byte, refusal string) {
 	ss := tx.ss
 	m := tx.in
 	switch typ {
 	case 'Q':
-		if r := tx.refusal(); r != "" {
-			tx.sync(r)
+		if refusal != "" {
+			tx.sync(refusal)
 			return
 		}
 		ss.queries.Inc()
@@ -500,8 +513,8 @@ func (tx *txSession) message(c *pool.Conn, typ byte) {
 		return
 	case 'P':
 		tx.partial = true
-		if r := tx.refusal(); r != "" {
-			tx.skip(r)
+		if refusal != "" {
+			tx.skip(refusal)
 			return
 		}
 		tx.parse(c)
