@@ -324,12 +324,13 @@ func (tx *txSession) read(src *bufio.Reader) (byte, error) {
 // refusal is why a Query or Parse in tx.in must not run, or "".
 func (tx *txSession) refusal() string {
 	sql := statementOf(tx.in)
-	// Transaction mode's own refusal first: where both refuse, it is the
-	// one that tells the user what to do.
-	if r := tx.ss.srv.txnCheck.Check(sql); r != "" {
+	// The policy first: what it refuses (SET ROLE, set_config, RESET ALL)
+	// is refused in session mode too, so transaction mode's hint to
+	// connect in session mode would be false for it.
+	if r := tx.ss.srv.policy.CheckRules(sql, tx.ss.rules); r != "" {
 		return r
 	}
-	return tx.ss.srv.policy.CheckRules(sql, tx.ss.rules)
+	return tx.ss.srv.txnCheck.Check(sql)
 }
 
 // verdict is refusal for the statements it applies to (Query, Parse),

@@ -53,12 +53,9 @@ func (a attack) outcome(tier catalog.Tier, mode string) outcome {
 	if !ok {
 		o = a.want
 	}
-	if o == refused && mode == proxy.PoolTransaction {
-		// Transaction mode refuses what outlives a transaction (any
-		// session-level SET, set_config, PREPARE, LISTEN, TEMP) before
-		// the policy sees it; either refusal will do.
-		o.alt = "transaction pooling mode"
-	}
+	// The policy's refusal comes first in transaction mode too: what it
+	// refuses must not be answered with transaction mode's hint to use
+	// session mode, which would not allow it either.
 	return o
 }
 
