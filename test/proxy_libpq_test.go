@@ -114,7 +114,7 @@ func copyMessages(ctx context.Context, db *sql.DB, cid, uid int64, sub string) e
 		return err
 	}
 	defer tx.Rollback()
-	stmt, err := tx.PrepareContext(ctx, pq.CopyIn("messages", "channel_id", "author_id", "body"))
+	stmt, err := tx.PrepareContext(ctx, "COPY messages (channel_id, author_id, body) FROM STDIN")
 	if err != nil {
 		return err
 	}
