@@ -3,7 +3,9 @@ package main
 import (
 	"bufio"
 	"context"
+	"encoding/json"
 	"io"
+	"net/http"
 	"os"
 	"regexp"
 	"strings"
@@ -16,8 +18,8 @@ import (
 )
 
 // TestDemoServesEveryTierAndCleansUp runs `tenantproxy demo` as a newcomer
-// would, follows one printed psql line with a real client, and checks that
-// Ctrl-C leaves no cluster behind.
+// would, follows a printed psql line with a real client and the chat API's
+// curl lines over HTTP, and checks that Ctrl-C leaves no cluster behind.
 func TestDemoServesEveryTierAndCleansUp(t *testing.T) {
 	if _, err := pgtest.BinDir(); err != nil && os.Getenv("CI") != "true" {
 		t.Skip(err)
@@ -74,6 +76,37 @@ func TestDemoServesEveryTierAndCleansUp(t *testing.T) {
 		t.Fatalf("initech sees %q; want its two sample messages only", bodies)
 	}
 
+	// The chat API's printed curl lines: a tenant's /me by header, and an
+	// operator export with the printed token.
+	me := regexp.MustCompile(`curl -s -H 'X-Tenant-ID: acme' (http://\S+/me)`).FindStringSubmatch(out)
+	export := regexp.MustCompile(`curl -s -H 'Authorization: Bearer (\S+)' (http://\S+/admin/tenants/acme/export)`).FindStringSubmatch(out)
+	if me == nil || export == nil {
+		t.Fatalf("no chat curl lines for /me and export in:\n%s", out)
+	}
+	get := func(url string, header ...string) map[string]any {
+		t.Helper()
+		req, err := http.NewRequest("GET", url, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		req.Header.Set(header[0], header[1])
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		var v map[string]any
+		if err := json.NewDecoder(resp.Body).Decode(&v); err != nil || resp.StatusCode != 200 {
+			t.Fatalf("GET %s: %d, %v", url, resp.StatusCode, err)
+		}
+		return v
+	}
+	if v := get(me[1], "X-Tenant-ID", "acme"); v["tenant"] != "acme" || v["isolation_level"] != "shared" {
+		t.Fatalf("/me of acme: %v", v)
+	}
+	if v := get(export[2], "Authorization", "Bearer "+export[1]); len(v["messages"].([]any)) != 2 {
+		t.Fatalf("export of acme: %v; want its two sample messages", v)
+	}
 	dm := regexp.MustCompile(`PostgreSQL\s+\S+ in (\S+)`).FindStringSubmatch(out)
 	if dm == nil {
 		t.Fatalf("demo did not say where its PostgreSQL lives:\n%s", out)
