@@ -1,75 +1,24 @@
 package test
 
 import (
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/tls"
 	"crypto/x509"
-	"crypto/x509/pkix"
-	"encoding/pem"
-	"math/big"
-	"os"
-	"path/filepath"
 	"strings"
 	"testing"
-	"time"
 
 	"github.com/jackc/pgx/v5"
 
+	"github.com/tenantproxy/tenantproxy/internal/pgtest"
 	"github.com/tenantproxy/tenantproxy/proxy"
 	"github.com/tenantproxy/tenantproxy/router"
 )
 
 const baseDomain = "db.test"
 
-// selfSigned writes a certificate for *.db.test and returns the file
-// paths and a pool that trusts it.
-func selfSigned(t *testing.T) (certFile, keyFile string, roots *x509.CertPool) {
-	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tmpl := &x509.Certificate{
-		SerialNumber: big.NewInt(1),
-		Subject:      pkix.Name{CommonName: "*." + baseDomain},
-		DNSNames:     []string{"*." + baseDomain, baseDomain},
-		NotBefore:    time.Now().Add(-time.Hour),
-		NotAfter:     time.Now().Add(time.Hour),
-		KeyUsage:     x509.KeyUsageDigitalSignature | x509.KeyUsageCertSign,
-		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
-		IsCA:         true, BasicConstraintsValid: true,
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	keyDER, err := x509.MarshalECPrivateKey(key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	dir := t.TempDir()
-	certFile, keyFile = filepath.Join(dir, "cert.pem"), filepath.Join(dir, "key.pem")
-	if err := os.WriteFile(certFile, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(keyFile, pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: keyDER}), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	cert, err := x509.ParseCertificate(der)
-	if err != nil {
-		t.Fatal(err)
-	}
-	roots = x509.NewCertPool()
-	roots.AddCert(cert)
-	return certFile, keyFile, roots
-}
-
 func TestTLSAndSNI(t *testing.T) {
 	e := newProxyEnv(t)
-	certFile, keyFile, roots := selfSigned(t)
-	newCert, newKey, newRoots := selfSigned(t)
+	certFile, keyFile, roots := pgtest.SelfSignedCert(t, "*."+baseDomain, baseDomain)
+	newCert, newKey, newRoots := pgtest.SelfSignedCert(t, "*."+baseDomain, baseDomain)
 	srv, addr := e.startProxy(t, proxy.Config{TLSCertFile: certFile, TLSKeyFile: keyFile, Identify: router.IdentifyConfig{BaseDomain: baseDomain}})
 
 	t.Run("sslmode=require with psql", func(t *testing.T) {
