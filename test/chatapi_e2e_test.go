@@ -527,7 +527,7 @@ func testPoolEviction(t *testing.T, e *chatEnv, tenants []*seeded) {
 	}
 	wg.Wait()
 	srv.Close()
-	if got := gaugeValue(t, reg, "tenantproxy_chatapi_tenant_pools"); got != 2 {
+	if got := metricValue(t, reg, "tenantproxy_chatapi_tenant_pools"); got != 2 {
 		t.Errorf("open pools = %v; want the LRU's 2", got)
 	}
 	closed := make(chan struct{})
@@ -539,17 +539,23 @@ func testPoolEviction(t *testing.T, e *chatEnv, tenants []*seeded) {
 	}
 }
 
-func gaugeValue(t *testing.T, reg *prometheus.Registry, name string) float64 {
+// metricValue is the value of the one unlabelled gauge or counter name.
+func metricValue(t *testing.T, reg *prometheus.Registry, name string) float64 {
 	t.Helper()
 	families, err := reg.Gather()
 	if err != nil {
 		t.Fatal(err)
 	}
 	for _, f := range families {
-		if f.GetName() == name && len(f.GetMetric()) == 1 {
-			return f.GetMetric()[0].GetGauge().GetValue()
+		if f.GetName() != name || len(f.GetMetric()) != 1 {
+			continue
+		}
+		if m := f.GetMetric()[0]; m.GetGauge() != nil {
+			return m.GetGauge().GetValue()
+		} else if m.GetCounter() != nil {
+			return m.GetCounter().GetValue()
 		}
 	}
-	t.Fatalf("no gauge %s", name)
+	t.Fatalf("no unlabelled gauge or counter %s", name)
 	return 0
 }

@@ -61,23 +61,7 @@ func TestIsolationCanary(t *testing.T) {
 	if critical.Len() != 2 || critical.All()[0].Level != zap.ErrorLevel {
 		t.Errorf("%d critical log lines (%v); want 2 at error level", critical.Len(), critical.All())
 	}
-	if got := unlabelledCounter(t, reg, "tenantproxy_isolation_violations_total"); got != 2 {
+	if got := metricValue(t, reg, "tenantproxy_isolation_violations_total"); got != 2 {
 		t.Errorf("tenantproxy_isolation_violations_total = %v; want 2", got)
 	}
-}
-
-// unlabelledCounter is the value of a counter without labels.
-func unlabelledCounter(t *testing.T, reg *prometheus.Registry, name string) float64 {
-	t.Helper()
-	families, err := reg.Gather()
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, f := range families {
-		if f.GetName() == name && len(f.GetMetric()) == 1 {
-			return f.GetMetric()[0].GetCounter().GetValue()
-		}
-	}
-	t.Fatalf("counter %s not registered", name)
-	return 0
 }
