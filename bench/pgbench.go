@@ -14,11 +14,14 @@ import (
 type pgbenchRun struct {
 	tps       float64
 	latencyMS float64
+	// transactions is the count pgbench completed.
+	transactions float64
 }
 
 var (
 	tpsLine     = regexp.MustCompile(`(?m)^tps = ([0-9.]+)`)
 	latencyLine = regexp.MustCompile(`(?m)^latency average = ([0-9.]+) ms`)
+	txLine      = regexp.MustCompile(`(?m)^number of transactions actually processed: ([0-9]+)`)
 )
 
 // runPgbench runs pgbench for d against connString with args (mode,
@@ -50,6 +53,9 @@ func runPgbench(ctx context.Context, bin, connString string, d time.Duration, ar
 	r.tps, _ = strconv.ParseFloat(string(m[1]), 64)
 	if m := latencyLine.FindSubmatch(out); m != nil {
 		r.latencyMS, _ = strconv.ParseFloat(string(m[1]), 64)
+	}
+	if m := txLine.FindSubmatch(out); m != nil {
+		r.transactions, _ = strconv.ParseFloat(string(m[1]), 64)
 	}
 	return r, nil
 }

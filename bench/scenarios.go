@@ -42,6 +42,10 @@ type metric struct {
 var (
 	metricTPS     = metric{"throughput", "tps", true}
 	metricLatency = metric{"latency", "ms", false}
+	// metricCPU is the target process's CPU time per transaction: on a
+	// machine where client, proxy and server share the cores, it is what
+	// decides the proxy's throughput.
+	metricCPU = metric{"proxy CPU per transaction", "µs", false}
 )
 
 // Titles of the scenarios, in run order.
@@ -120,10 +124,25 @@ func (r *runner) overhead() (*scenario, error) {
 	naccounts := "naccounts=" + strconv.Itoa(100000*r.sc.pgbenchScale)
 	add := func(name string, skip func(*target) string, args ...string) {
 		s.cases = append(s.cases, &benchCase{
-			name: name, metrics: []metric{metricTPS, metricLatency}, skip: skip,
+			name: name, metrics: []metric{metricTPS, metricLatency, metricCPU}, skip: skip,
 			run: func(ctx context.Context, t *target) ([]float64, error) {
+				cpu, err := t.cpuSeconds()
+				if err != nil {
+					return nil, err
+				}
 				res, err := runPgbench(ctx, r.pgbench, r.pgbenchDSN(t), r.opts.Duration, args...)
-				return []float64{res.tps, res.latencyMS}, err
+				if err != nil {
+					return nil, err
+				}
+				perTx := math.NaN()
+				if !math.IsNaN(cpu) && res.transactions > 0 {
+					after, err := t.cpuSeconds()
+					if err != nil {
+						return nil, err
+					}
+					perTx = (after - cpu) / res.transactions * 1e6
+				}
+				return []float64{res.tps, res.latencyMS, perTx}, nil
 			},
 		})
 	}
