@@ -4,6 +4,8 @@ import (
 	"context"
 	"testing"
 
+	"github.com/jackc/pgx/v5/pgproto3"
+
 	"github.com/tenantproxy/tenantproxy/pool"
 )
 
@@ -45,6 +47,57 @@ func BenchmarkAcquireRelease(b *testing.B) {
 					b.Fatal(err)
 				}
 				m.Release(c, true)
+			}
+		})
+	}
+}
+
+// BenchmarkTxContextSwitch is the server's price of moving a connection
+// between tenants in transaction mode: one transaction (SELECT 1) per
+// op on one connection, always for the same shared-tier tenant (no setup)
+// or alternating between two (the switch Query in front, in the same
+// write, as the proxy sends it). No proxy in between: the difference is
+// PostgreSQL running the switch's statements.
+//
+//	go test -run '^$' -bench TxContextSwitch -count 5 ./pool/
+func BenchmarkTxContextSwitch(b *testing.B) {
+	f := newFixture(b)
+	tenant := func(id string) *pool.TxTarget {
+		tg := f.target("SET app.tenant_id = '" + id + "'")
+		tg.Tenant = id
+		return pool.NewTxTarget(tg)
+	}
+	query, _ := (&pgproto3.Query{String: "SELECT 1"}).Encode(nil)
+	for _, bc := range []struct {
+		name    string
+		tenants []*pool.TxTarget
+	}{
+		{"same-tenant", []*pool.TxTarget{tenant("a")}},
+		{"switching", []*pool.TxTarget{tenant("a"), tenant("b")}},
+	} {
+		b.Run(bc.name, func(b *testing.B) {
+			m, _ := newManager(b, pool.Config{MaxConnsPerKey: 1})
+			ctx := context.Background()
+			var out []byte
+			i := 0
+			for b.Loop() {
+				c, setup, queries, err := m.AcquireTx(ctx, bc.tenants[i%len(bc.tenants)])
+				if err != nil {
+					b.Fatal(err)
+				}
+				i++
+				out = append(append(out[:0], setup...), query...)
+				nc := c.NetConn()
+				if _, err := nc.Write(out); err != nil {
+					b.Fatal(err)
+				}
+				fe := pgproto3.NewFrontend(nc, nc)
+				for range queries + 1 {
+					if _, pgErr := receive(b, fe, "switch"); pgErr != nil {
+						b.Fatal(pgErr)
+					}
+				}
+				m.ReleaseTx(c, true)
 			}
 		})
 	}

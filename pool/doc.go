@@ -56,9 +56,9 @@
 // the joined Setup last applied) is the TxTarget's, and otherwise returns
 // the Query messages that establish it for the proxy to send in front of
 // the client's first message and whose replies the proxy consumes. A
-// connection coming from another context is neutralised first in a Query
-// of its own (RESET ROLE; RESET ALL), so a failing setup leaves no
-// tenant's context behind. ReleaseTx keeps the connection's context and
+// connection coming from another context is neutralised first (RESET
+// ROLE; RESET ALL; COMMIT, in front of the setup in the same Query), so a
+// failing setup leaves no tenant's context behind. ReleaseTx keeps the connection's context and
 // the protocol-level statements the proxy prepared on it (AddStatement);
 // Release resets both. A session-mode Acquire of a connection left in a
 // context resets it first.

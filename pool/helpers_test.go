@@ -176,6 +176,12 @@ func query(t testing.TB, c *pool.Conn, sql string) ([][]string, *pgconn.PgError)
 	if err := fe.Flush(); err != nil {
 		t.Fatalf("%s: %v", sql, err)
 	}
+	return receive(t, fe, sql)
+}
+
+// receive reads rows or an error up to a ReadyForQuery.
+func receive(t testing.TB, fe *pgproto3.Frontend, sql string) ([][]string, *pgconn.PgError) {
+	t.Helper()
 	var rows [][]string
 	var pgErr *pgconn.PgError
 	for {

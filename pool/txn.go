@@ -21,10 +21,11 @@ type TxTarget struct {
 	// session-mode setup leaves them in Conn.context too.
 	key string
 	// fromNeutral establishes the context on a connection that carries
-	// none; fromOther first removes another context in a Query of its
-	// own. The removal commits on its own, so if the setup proper failed
-	// the connection would be left with no tenant context (RLS and the
-	// schema privileges fail closed), never with the previous tenant's.
+	// none; fromOther first removes another context, in the same Query:
+	// the removal is committed on its own (switchFrom), so if the setup
+	// proper failed the connection would be left with no tenant context
+	// (RLS and the schema privileges fail closed), never with the previous
+	// tenant's.
 	fromNeutral, fromOther []byte
 	// w is reused by every wait of this TxTarget's AcquireTx.
 	w *waiter
@@ -39,6 +40,14 @@ type TxTarget struct {
 // search_path and startup settings included.
 const neutralize = "RESET ROLE; RESET ALL"
 
+// switchFrom starts the Query that moves a connection from one context to
+// another. In a multi-statement Query, a COMMIT ends the implicit
+// transaction: the resets are committed whatever happens to the setup
+// statements after it, which run in a transaction of their own. One Query
+// instead of two saves the server a transaction and a ReadyForQuery on
+// every switch.
+const switchFrom = neutralize + "; COMMIT; "
+
 // MaxStatementsPerConn bounds the protocol-level prepared statements the
 // proxy keeps on one server connection in transaction mode; past it, the
 // next AcquireTx deallocates them all (in the same write) and they are
@@ -51,7 +60,7 @@ func NewTxTarget(t Target) *TxTarget {
 	if tt.key != "" {
 		tt.fromNeutral = appendQuery(nil, tt.key)
 	}
-	tt.fromOther = appendQuery(appendQuery(nil, neutralize), tt.key)
+	tt.fromOther = appendQuery(nil, switchFrom+tt.key)
 	if tt.key == "" {
 		tt.fromOther = appendQuery(nil, neutralize)
 	}
@@ -120,9 +129,6 @@ func (m *Manager) AcquireTx(ctx context.Context, tt *TxTarget) (c *Conn, setup [
 		default:
 			c.inject = append(c.inject, tt.fromOther...)
 			queries++
-			if tt.key != "" {
-				queries++
-			}
 		}
 		c.context = tt.key
 		return c, c.inject, queries, nil

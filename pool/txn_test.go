@@ -6,6 +6,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/jackc/pgx/v5/pgproto3"
+
 	"github.com/tenantproxy/tenantproxy/pool"
 )
 
@@ -62,8 +64,8 @@ func TestAcquireTxSwitchesContextWithoutLeavingThePreviousOne(t *testing.T) {
 	}
 	// Not sent: the connection's context is unknown, so it is closed.
 	m.ReleaseTx(c, false)
-	if queries != 2 {
-		t.Fatalf("switch from another context: %d setup queries; want the neutral reset and the setup", queries)
+	if queries != 1 {
+		t.Fatalf("switch from another context: %d setup queries; want one, the neutral reset and the setup", queries)
 	}
 	m.ReleaseTx(acquireTx(t, m, schema), true)
 	c = acquireTx(t, m, plain)
@@ -71,6 +73,43 @@ func TestAcquireTxSwitchesContextWithoutLeavingThePreviousOne(t *testing.T) {
 	got := value(t, c, "SELECT current_user || ' ' || current_setting('search_path') || ' ' || current_setting('statement_timeout') || ' ' || current_setting('application_name')")
 	if want := f.svc + ` "$user", public 0 other`; got != want {
 		t.Fatalf("after the switch: %q; want %q", got, want)
+	}
+}
+
+// A setup that fails (here a role dropped under a connected tenant) must
+// leave the connection neutral, not in the previous tenant's context: the
+// client's statement written behind it runs either way.
+func TestAcquireTxFailedSwitchLeavesNoContext(t *testing.T) {
+	f := newFixture(t)
+	m, _ := newManager(t, pool.Config{MaxConnsPerKey: 1})
+	schema := pool.NewTxTarget(f.target(f.schemaSetup()...))
+	gone := pool.NewTxTarget(f.target("SET ROLE tenantproxy_no_such_role", "SET search_path = nowhere"))
+	m.ReleaseTx(acquireTx(t, m, schema), true)
+
+	c, setup, queries, err := m.AcquireTx(context.Background(), gone)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer m.ReleaseTx(c, false)
+	if queries != 1 {
+		t.Fatalf("%d setup queries; want 1", queries)
+	}
+	// As the proxy does: the setup and the client's statement in one write.
+	nc := c.NetConn()
+	nc.SetDeadline(time.Now().Add(10 * time.Second))
+	fe := pgproto3.NewFrontend(nc, nc)
+	sql := "SELECT current_user || ' ' || current_setting('search_path')"
+	msg, _ := (&pgproto3.Query{String: sql}).Encode(nil)
+	if _, err := nc.Write(append(setup, msg...)); err != nil {
+		t.Fatal(err)
+	}
+	rows, pgErr := receive(t, fe, "setup")
+	if pgErr == nil || pgErr.Code != "22023" || rows != nil {
+		t.Fatalf("setup with a missing role: %v, rows %v; want 22023 and no rows", pgErr, rows)
+	}
+	rows, pgErr = receive(t, fe, sql)
+	if want := f.svc + ` "$user", public`; pgErr != nil || len(rows) != 1 || rows[0][0] != want {
+		t.Fatalf("statement after the failed switch: %v %v; want the neutral %q", rows, pgErr, want)
 	}
 }
 
