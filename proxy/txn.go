@@ -111,53 +111,65 @@ func (s *Server) connectTx(ctx context.Context, c *clientConn, lv *live, t *cata
 	target.Tenant = t.Subdomain
 	tt := pool.NewTxTarget(target)
 	ss.tx = &txSession{
-		ss: ss, backends: txb, target: tt, bindCh: make(chan binding, 1),
+		ss: ss, backends: txb, target: tt,
 		stmts: make(map[string]*clientStmt),
 	}
 	return ss, nil
 }
 
-// txSession is a transaction-mode client. Two goroutines: the client
-// loop (the connection's handler goroutine) reads client messages, binds
-// a server connection when a transaction starts and writes to it; the
-// server loop, started by run and ended when the client loop closes
-// bindCh, relays each bound connection's replies to the client and
-// unbinds it at the ReadyForQuery that leaves it idle.
+// txSession is a transaction-mode client. The client loop (the
+// connection's handler goroutine) reads client messages, binds a server
+// connection when a transaction starts and writes to it, then relays the
+// replies itself (relay, inline) until it has every reply it is owed:
+// request and reply need no second goroutine, and no wake-up of one, per
+// transaction. Only when the client must go on sending while the server
+// answers (COPY FROM STDIN, a batch without Sync) does a relay goroutine
+// take over the binding until it ends.
 //
-// Writes to the client belong to the server loop while a connection is
-// bound and to the client loop while none is: the server loop writes the
-// last reply of a transaction before it unbinds.
+// Writes to the client belong to the relayer while one runs and to the
+// client loop otherwise: the relayer writes the last reply of a
+// transaction before it unbinds.
 type txSession struct {
 	ss       *session
 	backends txBackends
 	target   *pool.TxTarget
-	bindCh   chan binding
 
 	mu sync.Mutex
 	// server is the bound connection, nil between transactions. Only the
-	// client loop binds, only the server loop unbinds (or the client loop
-	// after the server loop ended), both under mu.
+	// client loop binds; the relayer unbinds (or the client loop when
+	// none runs), under mu.
 	server *pool.Conn
+	// relaying: a relayer reads server; a background one while the client
+	// loop goes on (async). Cleared with server by unbind, so that the
+	// next binding never finds a stale relayer.
+	relaying, async bool
+	// wg waits for the background relayer.
+	wg sync.WaitGroup
 	// partial: extended-protocol messages were sent since the last Sync,
 	// so the server is mid-batch even when idle.
 	partial bool
-	// replies are the messages sent whose replies the server loop must
+	// replies are the messages sent whose replies the relayer must
 	// tell apart (Parse, Close, and everything answered by ReadyForQuery),
 	// in order; q[head:] are pending.
 	replies []reply
 	head    int
 	// sent counts messages answered by one ReadyForQuery (Query, Sync);
-	// recv, the server loop's own, counts ReadyForQuery relayed.
+	// recv, the relayer's own, counts ReadyForQuery relayed.
 	sent atomic.Uint64
 	recv uint64
+	// The relayer's own too, kept across the relays of one binding:
+	// swallow counts setup replies (ReadyForQuery-terminated) still to
+	// come before the client's; status is the last transaction status.
+	swallow int
+	status  byte
 	// epoch counts bindings, so that the client's unnamed statement is
 	// known to be on the bound connection only in the binding that parsed
 	// it.
 	epoch uint64
 
 	clientGone, draining, killed, ended atomic.Bool
-	// endErr is why the server loop ended the session; written before
-	// ended is set.
+	// endErr is why the relayer ended the session; written before ended
+	// is set.
 	endErr error
 
 	// Client loop only.
@@ -171,13 +183,6 @@ type txSession struct {
 	// first is what an idle client sent first, read without a pooled
 	// reader (idleRead).
 	first idlePrefix
-}
-
-// binding hands the server loop a connection and how many setup
-// ReadyForQuery-terminated replies precede the client's.
-type binding struct {
-	c       *pool.Conn
-	swallow int
 }
 
 type replyKind uint8
@@ -218,17 +223,21 @@ func (tx *txSession) run() {
 	gauge := s.metrics.clients.WithLabelValues(ss.tenant)
 	gauge.Inc()
 	defer gauge.Dec()
-	done := make(chan struct{})
-	go tx.serverLoop(done)
 	cerr := tx.clientLoop()
 	tx.clientGone.Store(true)
 	tx.mu.Lock()
-	if tx.server != nil {
-		tx.server.NetConn().SetReadDeadline(time.Unix(1, 0))
+	c, async := tx.server, tx.async
+	if c != nil && async {
+		c.NetConn().SetReadDeadline(time.Unix(1, 0))
 	}
 	tx.mu.Unlock()
-	close(tx.bindCh)
-	<-done
+	if async {
+		tx.wg.Wait()
+	} else if c != nil {
+		// Left with a transaction open and no relayer: all replies owed
+		// were relayed, nothing is buffered.
+		tx.serverStopped(c, os.ErrDeadlineExceeded, true)
+	}
 	s.cancels.remove(ss.cancelPID)
 	s.giveSlot(ss.tenant)
 	reason := tx.endErr
@@ -241,7 +250,7 @@ func (tx *txSession) run() {
 }
 
 // drain ends the session when no transaction is open: now if none is
-// bound, else when the server loop unbinds.
+// bound, else when the relayer unbinds.
 func (tx *txSession) drain() {
 	tx.draining.Store(true)
 	tx.ss.client.SetReadDeadline(time.Unix(1, 0))
@@ -263,7 +272,7 @@ func (tx *txSession) kill() {
 // clients and bindings while a message is in flight: an idle client holds
 // none, only its idlePrefix. BenchmarkIdleSessionMemory's loop run in
 // transaction mode with 1,000 clients: proxy heap per idle client ~19.2
-// kB with a reader per client and per server loop, ~3.3 kB pooled.
+// kB with a reader per client and per binding, ~3.3 kB pooled.
 var txReaders = sync.Pool{New: func() any { return bufio.NewReaderSize(nil, relayBufSize) }}
 
 func putTxReader(r *bufio.Reader) {
@@ -345,8 +354,8 @@ func (tx *txSession) clientLoop() error {
 					return errShuttingDown
 				}
 			}
-			// Woken while a transaction is open; the server loop wakes
-			// this loop again when it unbinds.
+			// Woken while a transaction is open; the relayer wakes this
+			// loop again when it unbinds.
 			ss.client.SetReadDeadline(time.Time{})
 			if tx.draining.Load() && !tx.bound() {
 				ss.client.SetReadDeadline(time.Unix(1, 0))
@@ -460,9 +469,9 @@ func (tx *txSession) handle(typ byte, src *bufio.Reader) error {
 		tx.mu.Lock()
 		tx.server = c
 		tx.epoch++
+		tx.swallow, tx.status = queries, 'I'
 		tx.out = append(tx.out[:0], setup...)
 		tx.ss.srv.cancels.rebind(tx.ss.cancelPID, c.PID(), c.SecretKey())
-		tx.bindCh <- binding{c: c, swallow: queries}
 	} else {
 		tx.out = tx.out[:0]
 	}
@@ -484,22 +493,65 @@ func (tx *txSession) handle(typ byte, src *bufio.Reader) error {
 		typ, _ = tx.read(src)
 		tx.message(c, typ, tx.verdict(typ))
 	}
-	// Written without the lock, so the server loop can relay (and take
-	// the lock for replies it must match) while a big write waits for
-	// the server to read: every message above left the server owing a
-	// ReadyForQuery (sent) or mid-batch (partial), so the server loop
-	// cannot unbind c until the server has read this write.
+	// Written without the lock, so a background relayer can relay (and
+	// take the lock for replies it must match) while a big write waits
+	// for the server to read: every message above left the server owing
+	// a ReadyForQuery (sent) or mid-batch (partial), so it cannot unbind
+	// c until the server has read this write. A failed write needs no
+	// handling here: the relayer's read finds the same failure.
 	tx.mu.Unlock()
-	_, err := c.NetConn().Write(tx.out)
-	if err != nil && !tx.ended.Load() {
-		// The server loop reads the same failure and tells the client.
+	c.NetConn().Write(tx.out)
+	return tx.awaitReplies(c, src)
+}
+
+// awaitReplies relays what the client is owed after a write to c: here,
+// when the client has sent a whole request (nothing buffered, no batch
+// open) and so waits for the answer; else in the background, since the
+// client may go on sending while the server answers.
+func (tx *txSession) awaitReplies(c *pool.Conn, client *bufio.Reader) error {
+	tx.mu.Lock()
+	if tx.server != c || tx.relaying {
+		tx.mu.Unlock()
+		return nil
+	}
+	tx.relaying = true
+	inline := !tx.partial && client.Buffered() == 0 && tx.first.r == tx.first.w
+	tx.async = !inline
+	tx.mu.Unlock()
+	src := txReaders.Get().(*bufio.Reader)
+	src.Reset(c.NetConn())
+	if !inline {
+		tx.background(src)
+		return nil
+	}
+	switch tx.relay(src, true) {
+	case relayFailed:
+		putTxReader(src)
+		return tx.endErr
+	case relayCopy:
 		tx.mu.Lock()
-		if tx.server == c {
-			c.NetConn().SetReadDeadline(time.Unix(1, 0))
-		}
+		tx.async = true
+		tx.mu.Unlock()
+		tx.background(src)
+		return nil
+	case relayPaused:
+		tx.mu.Lock()
+		tx.relaying = false
 		tx.mu.Unlock()
 	}
+	putTxReader(src)
 	return nil
+}
+
+// background relays the rest of the binding in a goroutine of its own,
+// from src (the binding's reader, which it puts back).
+func (tx *txSession) background(src *bufio.Reader) {
+	tx.wg.Add(1)
+	go func() {
+		defer tx.wg.Done()
+		tx.relay(src, false)
+		putTxReader(src)
+	}()
 }
 
 // answer ends a client request that never reached a server: err as an
@@ -741,26 +793,7 @@ func (tx *txSession) pop() (reply, bool) {
 	return r, true
 }
 
-// serverLoop relays each binding until the client loop closes bindCh.
-func (tx *txSession) serverLoop(done chan<- struct{}) {
-	defer close(done)
-	for b := range tx.bindCh {
-		if tx.ended.Load() {
-			// Bound by a client loop that had not yet seen the end.
-			tx.unbind(b.c)
-			tx.backends.ReleaseTx(b.c, false)
-			continue
-		}
-		// A reader per binding: relay returns with b.c unbound, so
-		// nothing buffered is needed afterwards.
-		src := txReaders.Get().(*bufio.Reader)
-		src.Reset(b.c.NetConn())
-		tx.relay(src, b)
-		putTxReader(src)
-	}
-}
-
-// endSession records why the server loop ends the session and wakes the
+// endSession records why the relayer ends the session and wakes the
 // client loop to end it.
 func (tx *txSession) endSession(err error) {
 	tx.endErr = err
@@ -777,29 +810,48 @@ func (tx *txSession) unbind(c *pool.Conn) bool {
 		return false
 	}
 	tx.server = nil
+	tx.relaying, tx.async = false, false
 	tx.partial = false
 	tx.replies, tx.head = tx.replies[:0], 0
 	tx.ss.srv.cancels.rebind(tx.ss.cancelPID, 0, 0)
 	return true
 }
 
-// relay forwards the replies of one binding to the client. It returns
-// true when the transaction ended and c went back to the pool, false when
-// the session must end (c was released or closed either way).
-func (tx *txSession) relay(src *bufio.Reader, b binding) bool {
+// relayEnd is how a relay returned.
+type relayEnd uint8
+
+const (
+	// relayUnbound: the transaction ended, c went back to the pool.
+	relayUnbound relayEnd = iota
+	// relayFailed: the session must end; c was released or closed.
+	relayFailed
+	// relayPaused (inline only): every reply owed was relayed, c stays
+	// bound to the open transaction and nothing is buffered.
+	relayPaused
+	// relayCopy (inline only): the server wants COPY data, which the
+	// client loop must read while the server may still answer.
+	relayCopy
+)
+
+// relay forwards the replies of the bound connection to the client from
+// src, which reads it. Inline (the client loop relaying), it also returns
+// when the client is owed nothing more (relayPaused) and after a
+// CopyInResponse or CopyBothResponse (relayCopy); in the background it
+// relays until the binding ends.
+func (tx *txSession) relay(src *bufio.Reader, inline bool) relayEnd {
 	ss := tx.ss
-	c := b.c
+	tx.mu.Lock()
+	c := tx.server
+	tx.mu.Unlock()
 	conn := c.NetConn()
 	// A wake meant for the previous holder may have left a deadline.
 	conn.SetReadDeadline(time.Time{})
-	swallow := b.swallow
-	status := byte('I')
 	rest, want := 0, 5
 	for {
 		if src.Buffered() < want {
 			if _, err := src.Peek(want); err != nil {
-				if more, ok := tx.serverStopped(c, err, rest == 0 && src.Buffered() == 0, status); !more {
-					return ok
+				if more, end := tx.serverStopped(c, err, rest == 0 && src.Buffered() == 0); !more {
+					return end
 				}
 				continue
 			}
@@ -810,7 +862,7 @@ func (tx *txSession) relay(src *bufio.Reader, b binding) bool {
 			if _, err := ss.client.Write(p); err != nil {
 				tx.unbind(c)
 				tx.backends.ReleaseTx(c, false)
-				return false
+				return relayFailed
 			}
 			src.Discard(chunk)
 			rest -= chunk
@@ -823,7 +875,7 @@ func (tx *txSession) relay(src *bufio.Reader, b binding) bool {
 		buf, _ := src.Peek(src.Buffered())
 		n, from := 0, 0
 		want = 5
-		idle := false
+		idle, copying := false, false
 		var refused string
 		var werr error
 		flush := func(to int) {
@@ -840,9 +892,9 @@ func (tx *txSession) relay(src *bufio.Reader, b binding) bool {
 				tx.unbind(c)
 				tx.backends.ReleaseTx(c, false)
 				tx.endSession(errors.New("server sent an invalid message length"))
-				return false
+				return relayFailed
 			}
-			if swallow > 0 {
+			if tx.swallow > 0 {
 				// A reply to the injected setup: never relayed.
 				if typ == 'E' {
 					flush(n)
@@ -852,7 +904,7 @@ func (tx *txSession) relay(src *bufio.Reader, b binding) bool {
 					ss.srv.log.Error("tenant context setup failed in transaction mode", zap.String("tenant", ss.tenant), zap.Uint32("pid", c.PID()))
 					ss.client.Write(mustEncode(errorResponse(err, true)))
 					tx.endSession(err)
-					return false
+					return relayFailed
 				}
 				if n+size > len(buf) {
 					if n == 0 {
@@ -863,7 +915,7 @@ func (tx *txSession) relay(src *bufio.Reader, b binding) bool {
 				flush(n)
 				switch typ {
 				case 'Z':
-					swallow--
+					tx.swallow--
 				case 'S':
 					tx.parameterStatus(c, buf[n+5:n+size])
 				}
@@ -890,6 +942,20 @@ func (tx *txSession) relay(src *bufio.Reader, b binding) bool {
 					break scan
 				}
 				tx.parameterStatus(c, buf[n+5:n+size])
+			case 'G', 'W':
+				if inline {
+					// Whole, so that the client has it before its loop
+					// goes back to reading the client.
+					if n+size > len(buf) {
+						if n == 0 {
+							want = size
+						}
+						break scan
+					}
+					n += size
+					copying = true
+					break scan
+				}
 			case 'Z':
 				if n+size > len(buf) {
 					if n == 0 {
@@ -897,7 +963,7 @@ func (tx *txSession) relay(src *bufio.Reader, b binding) bool {
 					}
 					break scan
 				}
-				status = buf[n+5]
+				tx.status = buf[n+5]
 				refusal := tx.ready(c)
 				tx.recv++
 				if refusal != "" {
@@ -907,7 +973,7 @@ func (tx *txSession) relay(src *bufio.Reader, b binding) bool {
 					break scan
 				}
 				n += size
-				if status == 'I' {
+				if tx.status == 'I' {
 					ss.transactions.Inc()
 					if tx.recv == tx.sent.Load() {
 						idle = true
@@ -929,7 +995,7 @@ func (tx *txSession) relay(src *bufio.Reader, b binding) bool {
 			if werr == nil {
 				_, werr = ss.client.Write(mustEncode(errorResponse(router.Errorf(router.CodeStatementRefused, "%s", refused), false)))
 			}
-			if status == 'I' {
+			if tx.status == 'I' {
 				ss.transactions.Inc()
 				idle = tx.recv == tx.sent.Load()
 			}
@@ -940,19 +1006,32 @@ func (tx *txSession) relay(src *bufio.Reader, b binding) bool {
 			tx.unbind(c)
 			tx.backends.Release(c, !tx.partialUnlocked() && rest == 0 && src.Buffered() == 0 && tx.recv == tx.sent.Load())
 			tx.endSession(werr)
-			return false
+			return relayFailed
 		}
 		if rest > 0 {
 			want = 1
+		}
+		if copying {
+			return relayCopy
 		}
 		if idle && src.Buffered() == 0 && tx.unbindIfIdle(c) {
 			tx.backends.ReleaseTx(c, true)
 			if tx.draining.Load() || tx.killed.Load() {
 				ss.client.SetReadDeadline(time.Unix(1, 0))
 			}
-			return true
+			return relayUnbound
+		}
+		if inline && rest == 0 && src.Buffered() == 0 && tx.owedNothing() {
+			return relayPaused
 		}
 	}
+}
+
+// owedNothing reports whether every reply the client is owed was relayed.
+func (tx *txSession) owedNothing() bool {
+	tx.mu.Lock()
+	defer tx.mu.Unlock()
+	return !tx.partial && tx.recv == tx.sent.Load()
 }
 
 func (tx *txSession) partialUnlocked() bool {
@@ -969,6 +1048,7 @@ func (tx *txSession) unbindIfIdle(c *pool.Conn) bool {
 		return false
 	}
 	tx.server = nil
+	tx.relaying, tx.async = false, false
 	tx.replies, tx.head = tx.replies[:0], 0
 	tx.ss.srv.cancels.rebind(tx.ss.cancelPID, 0, 0)
 	return true
@@ -1006,8 +1086,8 @@ func (tx *txSession) parameterStatus(c *pool.Conn, body []byte) {
 
 // serverStopped handles the bound connection's read failing: a wake (the
 // client left, a kill) or the server gone. more means relay on (a wake
-// that found the session going on); otherwise ok is relay's result.
-func (tx *txSession) serverStopped(c *pool.Conn, err error, boundary bool, status byte) (more, ok bool) {
+// that found the session going on); otherwise end is relay's result.
+func (tx *txSession) serverStopped(c *pool.Conn, err error, boundary bool) (more bool, end relayEnd) {
 	ss := tx.ss
 	if errors.Is(err, os.ErrDeadlineExceeded) && !tx.killed.Load() {
 		if !tx.clientGone.Load() {
@@ -1016,7 +1096,7 @@ func (tx *txSession) serverStopped(c *pool.Conn, err error, boundary bool, statu
 			if tx.clientGone.Load() || tx.killed.Load() {
 				c.NetConn().SetReadDeadline(time.Unix(1, 0))
 			}
-			return true, false
+			return true, relayFailed
 		}
 		// The client left mid-transaction: keep the connection if it is
 		// at rest (rolled back and reset unless idle), else close it.
@@ -1024,14 +1104,14 @@ func (tx *txSession) serverStopped(c *pool.Conn, err error, boundary bool, statu
 		quiet := boundary && !tx.partial && tx.recv == tx.sent.Load()
 		tx.mu.Unlock()
 		tx.unbind(c)
-		if quiet && status == 'I' {
+		if quiet && tx.status == 'I' {
 			tx.backends.ReleaseTx(c, true)
 		} else {
 			// Release rolls back and resets (DISCARD ALL): the context
 			// goes too, and the next holder sets it again.
 			tx.backends.Release(c, quiet)
 		}
-		return false, false
+		return false, relayFailed
 	}
 	tx.unbind(c)
 	tx.backends.ReleaseTx(c, false)
@@ -1040,16 +1120,16 @@ func (tx *txSession) serverStopped(c *pool.Conn, err error, boundary bool, statu
 			ss.client.Write(mustEncode(errorResponse(errShuttingDown, true)))
 		}
 		tx.endSession(errShuttingDown)
-		return false, false
+		return false, relayFailed
 	}
 	if tx.clientGone.Load() {
-		return false, false
+		return false, relayFailed
 	}
 	if boundary {
 		ss.client.Write(mustEncode(errorResponse(errServerLost, true)))
 	}
 	tx.endSession(errors.Join(errServerLost, err))
-	return false, false
+	return false, relayFailed
 }
 
 // sendClient writes one message to the client; only the loop that owns

@@ -168,79 +168,83 @@ func TestSessionLifecycle(t *testing.T) {
 		}
 	})
 
-	t.Run("drain lets a transaction finish", func(t *testing.T) {
-		srv, err := proxy.New(proxy.Config{DrainTimeout: 10 * time.Second, Logger: zaptest.NewLogger(t)}, e.cat, e.pool)
-		if err != nil {
-			t.Fatal(err)
-		}
-		daddr := serve(t, srv)
-		busy := connect(t, dsn(daddr, "alice.umbrella", tenantPassword))
-		idle := connect(t, dsn(daddr, "alice.umbrella", tenantPassword))
-		tx, err := busy.Begin(ctx)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if _, err := tx.Exec(ctx, "INSERT INTO users (username) VALUES ('drained')"); err != nil {
-			t.Fatal(err)
-		}
-		// A query in flight when the drain starts finishes too.
-		slow := connect(t, dsn(daddr, "alice.umbrella", tenantPassword))
-		slowDone := make(chan error, 1)
-		go func() {
-			_, err := slow.Exec(ctx, "SELECT pg_sleep(0.5)")
-			slowDone <- err
-		}()
-		time.Sleep(100 * time.Millisecond)
-		shut := make(chan error, 1)
-		go func() { shut <- srv.Shutdown(context.Background()) }()
-		time.Sleep(200 * time.Millisecond)
-		if err := <-slowDone; err != nil {
-			t.Fatalf("query in flight during drain: %v", err)
-		}
-		_, err = idle.Exec(ctx, "SELECT 1")
-		assertPgError(t, err, "FATAL", "57P01", "shutting down")
-		if _, err := tx.Exec(ctx, "SELECT 1"); err != nil {
-			t.Fatalf("open transaction cut during drain: %v", err)
-		}
-		if err := tx.Commit(ctx); err != nil {
-			t.Fatalf("commit during drain: %v", err)
-		}
-		select {
-		case err := <-shut:
+	// Both pool modes: in transaction mode the open transaction holds a
+	// pooled connection that the drain must wait for, then give back.
+	for _, mode := range []string{proxy.PoolSession, proxy.PoolTransaction} {
+		t.Run(mode+"/drain lets a transaction finish", func(t *testing.T) {
+			srv, err := proxy.New(proxy.Config{PoolMode: mode, DrainTimeout: 10 * time.Second, Logger: zaptest.NewLogger(t)}, e.cat, e.pool)
 			if err != nil {
 				t.Fatal(err)
 			}
-		case <-time.After(5 * time.Second):
-			t.Fatal("Shutdown still waiting after the last transaction ended")
-		}
-		check := connect(t, dsn(addr, "alice.umbrella", tenantPassword))
-		var n int
-		if err := check.QueryRow(ctx, "SELECT count(*) FROM users WHERE username = 'drained'").Scan(&n); err != nil || n != 1 {
-			t.Fatalf("committed row: %d, %v", n, err)
-		}
-	})
+			daddr := serve(t, srv)
+			busy := connect(t, dsn(daddr, "alice.umbrella", tenantPassword))
+			idle := connect(t, dsn(daddr, "alice.umbrella", tenantPassword))
+			tx, err := busy.Begin(ctx)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if _, err := tx.Exec(ctx, "INSERT INTO users (username) VALUES ($1)", "drained-"+mode); err != nil {
+				t.Fatal(err)
+			}
+			// A query in flight when the drain starts finishes too.
+			slow := connect(t, dsn(daddr, "alice.umbrella", tenantPassword))
+			slowDone := make(chan error, 1)
+			go func() {
+				_, err := slow.Exec(ctx, "SELECT pg_sleep(0.5)")
+				slowDone <- err
+			}()
+			time.Sleep(100 * time.Millisecond)
+			shut := make(chan error, 1)
+			go func() { shut <- srv.Shutdown(context.Background()) }()
+			time.Sleep(200 * time.Millisecond)
+			if err := <-slowDone; err != nil {
+				t.Fatalf("query in flight during drain: %v", err)
+			}
+			_, err = idle.Exec(ctx, "SELECT 1")
+			assertPgError(t, err, "FATAL", "57P01", "shutting down")
+			if _, err := tx.Exec(ctx, "SELECT 1"); err != nil {
+				t.Fatalf("open transaction cut during drain: %v", err)
+			}
+			if err := tx.Commit(ctx); err != nil {
+				t.Fatalf("commit during drain: %v", err)
+			}
+			select {
+			case err := <-shut:
+				if err != nil {
+					t.Fatal(err)
+				}
+			case <-time.After(5 * time.Second):
+				t.Fatal("Shutdown still waiting after the last transaction ended")
+			}
+			check := connect(t, dsn(addr, "alice.umbrella", tenantPassword))
+			var n int
+			if err := check.QueryRow(ctx, "SELECT count(*) FROM users WHERE username = $1", "drained-"+mode).Scan(&n); err != nil || n != 1 {
+				t.Fatalf("committed row: %d, %v", n, err)
+			}
+		})
 
-	t.Run("drain timeout ends open transactions", func(t *testing.T) {
-		srv, err := proxy.New(proxy.Config{DrainTimeout: 300 * time.Millisecond, Logger: zaptest.NewLogger(t)}, e.cat, e.pool)
-		if err != nil {
-			t.Fatal(err)
-		}
-		daddr := serve(t, srv)
-		busy := connect(t, dsn(daddr, "alice.umbrella", tenantPassword))
-		tx, err := busy.Begin(ctx)
-		if err != nil {
-			t.Fatal(err)
-		}
-		start := time.Now()
-		if err := srv.Shutdown(ctx); err != nil {
-			t.Fatal(err)
-		}
-		if d := time.Since(start); d > 5*time.Second {
-			t.Fatalf("Shutdown took %s with a 300ms drain timeout", d)
-		}
-		_, err = tx.Exec(ctx, "SELECT 1")
-		assertPgError(t, err, "FATAL", "57P01", "shutting down")
-	})
+		t.Run(mode+"/drain timeout ends open transactions", func(t *testing.T) {
+			srv, err := proxy.New(proxy.Config{PoolMode: mode, DrainTimeout: 300 * time.Millisecond, Logger: zaptest.NewLogger(t)}, e.cat, e.pool)
+			if err != nil {
+				t.Fatal(err)
+			}
+			daddr := serve(t, srv)
+			busy := connect(t, dsn(daddr, "alice.umbrella", tenantPassword))
+			tx, err := busy.Begin(ctx)
+			if err != nil {
+				t.Fatal(err)
+			}
+			start := time.Now()
+			if err := srv.Shutdown(ctx); err != nil {
+				t.Fatal(err)
+			}
+			if d := time.Since(start); d > 5*time.Second {
+				t.Fatalf("Shutdown took %s with a 300ms drain timeout", d)
+			}
+			_, err = tx.Exec(ctx, "SELECT 1")
+			assertPgError(t, err, "FATAL", "57P01", "shutting down")
+		})
+	}
 
 	t.Run("ListenAndServe on TCP and a unix socket", func(t *testing.T) {
 		dir, err := os.MkdirTemp("", "tp")

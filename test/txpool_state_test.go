@@ -296,6 +296,15 @@ func TestTxPoolCopyInAndOutThenNextTransactionsOnOtherConnections(t *testing.T) 
 		if want := "c-" + tenant + "-1\nc-" + tenant + "-2\n"; out.String() != want {
 			t.Fatalf("%s: COPY TO gave %q; want %q", tenant, out.String(), want)
 		}
+		// A COPY the server fails while the client still streams: the
+		// error reaches the client, the rows do not stay.
+		dup := make([][]any, 5000)
+		for i := range dup {
+			dup[i] = []any{fmt.Sprintf("d-%s-%d", tenant, i%4000)}
+		}
+		if _, err := conn.CopyFrom(ctx, pgx.Identifier{"users"}, []string{"username"}, pgx.CopyFromRows(dup)); sqlstateOf(err) != "23505" {
+			t.Fatalf("%s: COPY FROM with duplicates: %v; want 23505", tenant, err)
+		}
 		// The session goes on in transaction mode after COPY.
 		for range 5 {
 			var k int
