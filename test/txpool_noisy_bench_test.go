@@ -2,10 +2,14 @@ package test
 
 import (
 	"context"
+	"io"
+	"net"
 	"runtime"
 	"slices"
 	"strconv"
+	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -122,11 +126,15 @@ func quietP99(ctx context.Context, b *testing.B, c *pgx.Conn) float64 {
 
 // BenchmarkTxPoolSelectOnly runs pgbench -S -M simple|prepared through the
 // proxy in transaction mode (8 clients on 2 server connections, database
-// tier) and reports pgbench's latency and the proxy's allocations per
+// tier) and reports pgbench's latency, the proxy's allocations per
 // transaction (Mallocs of this process, where the proxy and the pool run;
-// pgbench is a child process). Run with
+// pgbench is a child process) and this process's CPU time per
+// transaction. For scale, the same pgbench runs through the floor of any
+// Go proxy: a byte relay (io.Copy each way, no protocol work) in front of
+// the same database, whose CPU per transaction is what Go's network
+// runtime costs on the machine. Run with
 //
-//	go test -run '^$' -bench TxPoolSelectOnly -benchtime 20000x ./test/
+//	go test -run '^$' -bench TxPoolSelectOnly -benchtime 100000x ./test/
 //
 // On the 2-core development VM: 0.10 (simple) and 0.12 (prepared)
 // proxy-allocs/query, i.e. ~2,000-2,500 allocations per run, which is
@@ -144,14 +152,19 @@ func BenchmarkTxPoolSelectOnly(b *testing.B) {
 	}
 	_, addr := e.startProxy(b, proxy.Config{PoolMode: proxy.PoolTransaction, Logger: zap.NewNop()})
 	through := dsn(addr, "alice.umbrella", tenantPassword)
-	for _, mode := range []string{"simple", "prepared"} {
-		b.Run(mode, func(b *testing.B) {
+	relayed := strings.Replace(e.cluster.DSN(db), e.cluster.Addr(), byteRelay(b, e.cluster.Addr()), 1)
+	for _, bc := range []struct{ name, mode, dsn string }{
+		{"simple", "simple", through}, {"prepared", "prepared", through}, {"go-relay-floor/simple", "simple", relayed},
+	} {
+		b.Run(bc.name, func(b *testing.B) {
 			perClient := max(b.N/8, 1)
 			var before, after runtime.MemStats
 			runtime.ReadMemStats(&before)
+			cpu := cpuMicros(b)
 			b.ResetTimer()
-			out := run(b, pgbench, "-n", "-S", "-M", mode, "-c", "8", "-j", "8", "-t", strconv.Itoa(perClient), through)
+			out := run(b, pgbench, "-n", "-S", "-M", bc.mode, "-c", "8", "-j", "8", "-t", strconv.Itoa(perClient), bc.dsn)
 			b.StopTimer()
+			cpu = cpuMicros(b) - cpu
 			runtime.ReadMemStats(&after)
 			m := pgbenchLatency.FindStringSubmatch(out)
 			if m == nil {
@@ -159,7 +172,49 @@ func BenchmarkTxPoolSelectOnly(b *testing.B) {
 			}
 			ms, _ := strconv.ParseFloat(m[1], 64)
 			b.ReportMetric(ms, "ms/query")
+			b.ReportMetric(cpu/float64(perClient*8), "cpu-µs/query")
 			b.ReportMetric(float64(after.Mallocs-before.Mallocs)/float64(perClient*8), "proxy-allocs/query")
 		})
 	}
+}
+
+// cpuMicros is this process's user and system CPU time so far, in µs.
+func cpuMicros(b testing.TB) float64 {
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+		b.Fatal(err)
+	}
+	return float64(ru.Utime.Nano()+ru.Stime.Nano()) / 1e3
+}
+
+// byteRelay listens on a free port and copies bytes between each client
+// and a connection to addr, a goroutine each way; it returns its address.
+func byteRelay(b testing.TB, addr string) string {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { ln.Close() })
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer c.Close()
+				s, err := net.Dial("tcp", addr)
+				if err != nil {
+					return
+				}
+				defer s.Close()
+				go func() {
+					io.Copy(s, c)
+					s.Close()
+				}()
+				io.Copy(c, s)
+			}()
+		}
+	}()
+	return ln.Addr().String()
 }
