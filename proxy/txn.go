@@ -514,6 +514,17 @@ func (tx *txSession) awaitReplies(c *pool.Conn, client *bufio.Reader) error {
 		tx.mu.Unlock()
 		return nil
 	}
+	if !tx.partial && tx.recv == tx.sent.Load() {
+		// Nothing to answer (the server ignores COPY messages outside a
+		// COPY): an idle connection goes back now, an open transaction
+		// keeps it.
+		idle := tx.status == 'I'
+		tx.mu.Unlock()
+		if idle {
+			tx.giveBack(c)
+		}
+		return nil
+	}
 	tx.relaying = true
 	inline := !tx.partial && client.Buffered() == 0 && tx.first.r == tx.first.w
 	tx.async = !inline
@@ -1014,11 +1025,7 @@ func (tx *txSession) relay(src *bufio.Reader, inline bool) relayEnd {
 		if copying {
 			return relayCopy
 		}
-		if idle && src.Buffered() == 0 && tx.unbindIfIdle(c) {
-			tx.backends.ReleaseTx(c, true)
-			if tx.draining.Load() || tx.killed.Load() {
-				ss.client.SetReadDeadline(time.Unix(1, 0))
-			}
+		if idle && src.Buffered() == 0 && tx.giveBack(c) {
 			return relayUnbound
 		}
 		if inline && rest == 0 && src.Buffered() == 0 && tx.owedNothing() {
@@ -1038,6 +1045,20 @@ func (tx *txSession) partialUnlocked() bool {
 	tx.mu.Lock()
 	defer tx.mu.Unlock()
 	return tx.partial
+}
+
+// giveBack returns c to the pool if the client has nothing in flight on
+// it, and wakes the client loop if the session is to end with this
+// transaction.
+func (tx *txSession) giveBack(c *pool.Conn) bool {
+	if !tx.unbindIfIdle(c) {
+		return false
+	}
+	tx.backends.ReleaseTx(c, true)
+	if tx.draining.Load() || tx.killed.Load() {
+		tx.ss.client.SetReadDeadline(time.Unix(1, 0))
+	}
+	return true
 }
 
 // unbindIfIdle unbinds c if the client has nothing in flight on it.

@@ -1,11 +1,14 @@
 package test
 
 import (
+	"context"
 	"fmt"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgproto3"
 
 	"github.com/tenantproxy/tenantproxy/internal/pgtest"
 	"github.com/tenantproxy/tenantproxy/pool"
@@ -41,6 +44,29 @@ func TestTxPoolClientWritesOfAnySizeAroundTheIdleRead(t *testing.T) {
 		}
 		if err := br.Close(); err != nil {
 			t.Fatal(err)
+		}
+	}
+}
+
+// TestTxPoolMessagesOwedNoReplyHoldNoConnection sends COPY messages outside
+// a COPY, which PostgreSQL reads and ignores: the proxy must not wait for
+// an answer that never comes, nor keep the pool's only connection.
+func TestTxPoolMessagesOwedNoReplyHoldNoConnection(t *testing.T) {
+	e := newTxEnv(t, pgtest.Options{}, pool.Config{MaxConnsPerKey: 1}, proxy.Config{})
+	ctx, cancel := context.WithTimeout(ctxT(t), 10*time.Second)
+	defer cancel()
+	conn := connect(t, dsn(e.addr, "alice.acme", tenantPassword))
+	other := connect(t, dsn(e.addr, "alice.acme", tenantPassword))
+	fe := conn.PgConn().Frontend()
+	fe.Send(&pgproto3.CopyData{Data: []byte("stray")})
+	fe.Send(&pgproto3.CopyDone{})
+	if err := fe.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range []*pgx.Conn{other, conn, other} {
+		var n int
+		if err := c.QueryRow(ctx, "SELECT 1").Scan(&n); err != nil || n != 1 {
+			t.Fatalf("after stray COPY messages: %d, %v", n, err)
 		}
 	}
 }
