@@ -9,6 +9,7 @@ import (
 	"regexp"
 	"strconv"
 	"strings"
+	"sync"
 
 	"github.com/jackc/pgx/v5/pgconn"
 
@@ -51,6 +52,18 @@ type Route struct {
 type Resolver struct {
 	dir Directory
 	guc string
+	// locs caches backendAddr by admin DSN: parsing a DSN (pgconn reads
+	// the environment and files for defaults) cost about 8% of the proxy's
+	// CPU when it ran for every client connection. A changed DSN is a new
+	// key; backends are few.
+	locs sync.Map // string -> backendLoc
+}
+
+// backendLoc is a backend's server location as backendAddr found it.
+type backendLoc struct {
+	addr string
+	tls  *tls.Config
+	err  error
 }
 
 var gucPattern = regexp.MustCompile(`^[a-z_][a-z0-9_]*\.[a-z_][a-z0-9_]*$`)
@@ -111,7 +124,14 @@ func (r *Resolver) Route(ctx context.Context, t *catalog.Tenant) (*Route, error)
 		return nil, &Error{Code: CodeInternal, Msg: "backend look-up failed", Err: err}
 	}
 	rt := &Route{Tenant: t, Backend: b.Name, Database: t.Database, User: b.ServingUser, Password: b.ServingPassword}
-	if rt.Addr, rt.TLS, err = backendAddr(b.AdminDSN); err != nil {
+	loc, ok := r.locs.Load(b.AdminDSN)
+	if !ok {
+		var l backendLoc
+		l.addr, l.tls, l.err = backendAddr(b.AdminDSN)
+		loc, _ = r.locs.LoadOrStore(b.AdminDSN, l)
+	}
+	l := loc.(backendLoc)
+	if rt.Addr, rt.TLS, err = l.addr, l.tls, l.err; err != nil {
 		// The DSN holds a secret: report the backend by name only.
 		return nil, &Error{Code: CodeInternal, Msg: "backend address", Err: fmt.Errorf("backend %q: unusable DSN", b.Name)}
 	}
