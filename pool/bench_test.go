@@ -57,7 +57,9 @@ func BenchmarkAcquireRelease(b *testing.B) {
 // op on one connection, always for the same shared-tier tenant (no setup)
 // or alternating between two (the switch Query in front, in the same
 // write, as the proxy sends it). No proxy in between: the difference is
-// PostgreSQL running the switch's statements.
+// PostgreSQL running the switch's statements. bare-set puts only the
+// tenant's SET in front, every time: the least any switch could cost,
+// though unsafe (a failed SET would leave the previous tenant's context).
 //
 //	go test -run '^$' -bench TxContextSwitch -count 5 ./pool/
 func BenchmarkTxContextSwitch(b *testing.B) {
@@ -68,12 +70,15 @@ func BenchmarkTxContextSwitch(b *testing.B) {
 		return pool.NewTxTarget(tg)
 	}
 	query, _ := (&pgproto3.Query{String: "SELECT 1"}).Encode(nil)
+	bareSet, _ := (&pgproto3.Query{String: "SET app.tenant_id = 'a'"}).Encode(nil)
 	for _, bc := range []struct {
 		name    string
 		tenants []*pool.TxTarget
+		extra   []byte
 	}{
-		{"same-tenant", []*pool.TxTarget{tenant("a")}},
-		{"switching", []*pool.TxTarget{tenant("a"), tenant("b")}},
+		{"same-tenant", []*pool.TxTarget{tenant("a")}, nil},
+		{"bare-set", []*pool.TxTarget{tenant("a")}, bareSet},
+		{"switching", []*pool.TxTarget{tenant("a"), tenant("b")}, nil},
 	} {
 		b.Run(bc.name, func(b *testing.B) {
 			m, _ := newManager(b, pool.Config{MaxConnsPerKey: 1})
@@ -86,7 +91,10 @@ func BenchmarkTxContextSwitch(b *testing.B) {
 					b.Fatal(err)
 				}
 				i++
-				out = append(append(out[:0], setup...), query...)
+				out = append(append(append(out[:0], setup...), bc.extra...), query...)
+				if bc.extra != nil {
+					queries++
+				}
 				nc := c.NetConn()
 				if _, err := nc.Write(out); err != nil {
 					b.Fatal(err)
