@@ -171,12 +171,17 @@ func TestSessionLifecycle(t *testing.T) {
 	// Both pool modes: in transaction mode the open transaction holds a
 	// pooled connection that the drain must wait for, then give back.
 	for _, mode := range []string{proxy.PoolSession, proxy.PoolTransaction} {
-		t.Run(mode+"/drain lets a transaction finish", func(t *testing.T) {
-			srv, err := proxy.New(proxy.Config{PoolMode: mode, DrainTimeout: 10 * time.Second, Logger: zaptest.NewLogger(t)}, e.cat, e.pool)
+		// A proxy of the subtest's own, so that Shutdown drains only its
+		// clients.
+		ownProxy := func(t *testing.T, drain time.Duration) (*proxy.Server, string) {
+			srv, err := proxy.New(proxy.Config{PoolMode: mode, DrainTimeout: drain, Logger: zaptest.NewLogger(t)}, e.cat, e.pool)
 			if err != nil {
 				t.Fatal(err)
 			}
-			daddr := serve(t, srv)
+			return srv, serve(t, srv)
+		}
+		t.Run(mode+"/drain lets a transaction finish", func(t *testing.T) {
+			srv, daddr := ownProxy(t, 10*time.Second)
 			busy := connect(t, dsn(daddr, "alice.umbrella", tenantPassword))
 			idle := connect(t, dsn(daddr, "alice.umbrella", tenantPassword))
 			tx, err := busy.Begin(ctx)
@@ -224,11 +229,7 @@ func TestSessionLifecycle(t *testing.T) {
 		})
 
 		t.Run(mode+"/drain timeout ends open transactions", func(t *testing.T) {
-			srv, err := proxy.New(proxy.Config{PoolMode: mode, DrainTimeout: 300 * time.Millisecond, Logger: zaptest.NewLogger(t)}, e.cat, e.pool)
-			if err != nil {
-				t.Fatal(err)
-			}
-			daddr := serve(t, srv)
+			srv, daddr := ownProxy(t, 300*time.Millisecond)
 			busy := connect(t, dsn(daddr, "alice.umbrella", tenantPassword))
 			tx, err := busy.Begin(ctx)
 			if err != nil {
