@@ -167,16 +167,9 @@ func (ss *session) forwardClient() clientResult {
 			}
 		}
 		if rest > 0 {
-			chunk := min(rest, src.Buffered())
-			b, _ := src.Peek(chunk)
-			if _, err := dst.Write(b); err != nil {
+			var err error
+			if rest, want, err = forwardRest(src, dst, rest); err != nil {
 				return clientResult{err: err}
-			}
-			src.Discard(chunk)
-			rest -= chunk
-			want = 1
-			if rest == 0 {
-				want = 5
 			}
 			continue
 		}
@@ -375,16 +368,9 @@ func (ss *session) backendToClient() backendResult {
 			}
 		}
 		if rest > 0 {
-			chunk := min(rest, src.Buffered())
-			b, _ := src.Peek(chunk)
-			if _, err := dst.Write(b); err != nil {
+			var err error
+			if rest, want, err = forwardRest(src, dst, rest); err != nil {
 				return backendResult{own: true, err: err}
-			}
-			src.Discard(chunk)
-			rest -= chunk
-			want = 1
-			if rest == 0 {
-				want = 5
 			}
 			continue
 		}
@@ -472,4 +458,21 @@ func (ss *session) sendClient(m interface{ Encode([]byte) ([]byte, error) }) err
 func clientFacing(err error) bool {
 	var rErr *router.Error
 	return errors.As(err, &rErr)
+}
+
+// forwardRest writes to dst what src holds of the rest bytes still to
+// come of a message whose start was already forwarded. It returns the
+// bytes still to come after that and how many to wait for next: one more
+// while the message goes on, a header once it is done.
+func forwardRest(src *bufio.Reader, dst io.Writer, rest int) (left, want int, err error) {
+	chunk := min(rest, src.Buffered())
+	b, _ := src.Peek(chunk)
+	if _, err = dst.Write(b); err != nil {
+		return rest, 0, err
+	}
+	src.Discard(chunk)
+	if rest -= chunk; rest > 0 {
+		return rest, 1, nil
+	}
+	return 0, 5, nil
 }

@@ -868,18 +868,11 @@ func (tx *txSession) relay(src *bufio.Reader, inline bool) relayEnd {
 			}
 		}
 		if rest > 0 {
-			chunk := min(rest, src.Buffered())
-			p, _ := src.Peek(chunk)
-			if _, err := ss.client.Write(p); err != nil {
+			var err error
+			if rest, want, err = forwardRest(src, ss.client, rest); err != nil {
 				tx.unbind(c)
 				tx.backends.ReleaseTx(c, false)
 				return relayFailed
-			}
-			src.Discard(chunk)
-			rest -= chunk
-			want = 1
-			if rest == 0 {
-				want = 5
 			}
 			continue
 		}

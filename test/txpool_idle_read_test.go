@@ -18,7 +18,8 @@ import (
 // TestTxPoolClientWritesOfAnySizeAroundTheIdleRead sends simple queries,
 // extended queries and pipelined batches of sizes on both sides of what an
 // idle transaction-mode client's first read takes (proxy's idlePrefixSize)
-// and of its read buffer: every message must arrive whole and in order.
+// and of its read buffer, and replies past that buffer: every message must
+// arrive whole and in order.
 func TestTxPoolClientWritesOfAnySizeAroundTheIdleRead(t *testing.T) {
 	e := newTxEnv(t, pgtest.Options{}, pool.Config{MaxConnsPerKey: 1}, proxy.Config{})
 	ctx := ctxT(t)
@@ -28,6 +29,11 @@ func TestTxPoolClientWritesOfAnySizeAroundTheIdleRead(t *testing.T) {
 		var got int
 		if err := conn.QueryRow(ctx, "SELECT length($1::text)", lit).Scan(&got); err != nil || got != size {
 			t.Fatalf("extended %d: %d %v", size, got, err)
+		}
+		// And back: replies past the relay's read buffer arrive whole.
+		var back string
+		if err := conn.QueryRow(ctx, "SELECT $1::text", lit).Scan(&back); err != nil || back != lit {
+			t.Fatalf("echo %d: %d bytes back, %v", size, len(back), err)
 		}
 		if err := conn.QueryRow(ctx, fmt.Sprintf("SELECT length('%s')", lit), pgx.QueryExecModeSimpleProtocol).Scan(&got); err != nil || got != size {
 			t.Fatalf("simple %d: %d %v", size, got, err)
@@ -45,6 +51,14 @@ func TestTxPoolClientWritesOfAnySizeAroundTheIdleRead(t *testing.T) {
 		if err := br.Close(); err != nil {
 			t.Fatal(err)
 		}
+	}
+	// The relay kept track of every message: the pool's only connection
+	// went back after each transaction, so another client gets it.
+	other := connect(t, dsn(e.addr, "alice.acme", tenantPassword))
+	octx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	if _, err := other.Exec(octx, "SELECT 1"); err != nil {
+		t.Fatalf("another client after the sizes: %v", err)
 	}
 }
 
