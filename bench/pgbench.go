@@ -34,10 +34,14 @@ func runPgbench(ctx context.Context, bin, connString string, d time.Duration, ar
 	full = append(full, connString)
 	// -T is pgbench's own bound; the context only guards against a target
 	// that stops answering.
-	ctx, cancel := context.WithTimeout(ctx, d+2*stuckAfter)
+	run, cancel := context.WithTimeout(ctx, d+2*stuckAfter)
 	defer cancel()
-	out, err := exec.CommandContext(ctx, bin, full...).CombinedOutput()
+	out, err := exec.CommandContext(run, bin, full...).CombinedOutput()
 	if ctx.Err() != nil {
+		// The run was interrupted (Ctrl-C), not stuck.
+		return pgbenchRun{}, ctx.Err()
+	}
+	if run.Err() != nil {
 		return pgbenchRun{}, fmt.Errorf("pgbench still running %s after its -T %ds: the target stopped answering", 2*stuckAfter, secs)
 	}
 	if err != nil {
