@@ -44,6 +44,10 @@ type Options struct {
 	// Targets picks targets by name (see the Target constants). Empty
 	// means every available one.
 	Targets []string
+	// ProxyProcs is GOMAXPROCS for the tenantproxy processes, to compare at
+	// the CPU budget of single-threaded PgBouncer (1). Zero leaves Go's
+	// default, every core.
+	ProxyProcs int
 	// Script is a pgbench script for scenario (a)'s custom case; it may
 	// use :naccounts. Empty means a built-in read transaction.
 	Script string
@@ -188,9 +192,12 @@ func (r *runner) bringUp(ctx context.Context) error {
 	if r.wants(TargetDirect) {
 		r.targets = append(r.targets, &target{name: TargetDirect, addr: r.env.cluster.Addr(), maxClients: perClient, stop: func() error { return nil }})
 	}
+	if r.opts.ProxyProcs > 0 && (r.wants(TargetSession) || r.wants(TargetTransaction)) {
+		r.note(fmt.Sprintf("tenantproxy ran with GOMAXPROCS=%d (--proxy-procs)", r.opts.ProxyProcs))
+	}
 	if r.wants(TargetSession) {
 		r.progress("starting tenantproxy (session mode)")
-		t, err := startProxy(ctx, r.opts.ProxyBinary, TargetSession, r.env, filepath.Join(r.dir, "tp-session.log"), perClient,
+		t, err := startProxy(ctx, r.opts.ProxyBinary, r.opts.ProxyProcs, TargetSession, r.env, filepath.Join(r.dir, "tp-session.log"), perClient,
 			"--pool-max-conns", fmt.Sprint(perClient))
 		if err != nil {
 			return err
@@ -200,7 +207,7 @@ func (r *runner) bringUp(ctx context.Context) error {
 	if r.wants(TargetTransaction) {
 		if proxyHasPoolMode(ctx, r.opts.ProxyBinary) {
 			r.progress("starting tenantproxy (transaction mode)")
-			t, err := startProxy(ctx, r.opts.ProxyBinary, TargetTransaction, r.env, filepath.Join(r.dir, "tp-transaction.log"), 1<<20,
+			t, err := startProxy(ctx, r.opts.ProxyBinary, r.opts.ProxyProcs, TargetTransaction, r.env, filepath.Join(r.dir, "tp-transaction.log"), 1<<20,
 				poolModeFlag, "transaction", "--pool-max-conns", "20")
 			if err != nil {
 				return err

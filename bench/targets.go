@@ -90,9 +90,9 @@ func proxyHasPoolMode(ctx context.Context, bin string) bool {
 }
 
 // startProxy runs `bin serve` as its own process, on a free port, with the
-// given extra flags, and waits until it accepts connections. Its log goes
-// to logPath.
-func startProxy(ctx context.Context, bin, name string, e *env, logPath string, maxClients int, extra ...string) (*target, error) {
+// given extra flags and, when procs > 0, GOMAXPROCS=procs, and waits until
+// it accepts connections. Its log goes to logPath.
+func startProxy(ctx context.Context, bin string, procs int, name string, e *env, logPath string, maxClients int, extra ...string) (*target, error) {
 	addr, err := freeAddr()
 	if err != nil {
 		return nil, err
@@ -113,6 +113,9 @@ func startProxy(ctx context.Context, bin, name string, e *env, logPath string, m
 	command := func() *exec.Cmd {
 		cmd := exec.Command(bin, args...)
 		cmd.Env = withoutTenantproxyEnv(os.Environ())
+		if procs > 0 {
+			cmd.Env = append(cmd.Env, "GOMAXPROCS="+strconv.Itoa(procs))
+		}
 		cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
 		return cmd
 	}

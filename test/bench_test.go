@@ -47,12 +47,12 @@ func TestBenchQuickRunsEveryScenario(t *testing.T) {
 	}
 
 	for _, s := range []struct{ scenario, metric string }{
-		{"a", "throughput"}, {"b", "throughput"}, {"c", "throughput"}, {"c", "RSS"},
-		{"d", "connections"}, {"e", "quiet p99 beside noisy"},
+		{"a", "throughput"}, {"a", "proxy CPU per transaction"}, {"b", "throughput"}, {"c", "throughput"},
+		{"c", "RSS"}, {"d", "connections"}, {"e", "quiet p99 beside noisy"},
 	} {
 		for _, target := range []string{bench.TargetDirect, bench.TargetSession} {
-			if s.metric == "RSS" && target == bench.TargetDirect {
-				continue // PostgreSQL's memory is not the proxy's
+			if (s.metric == "RSS" || s.metric == "proxy CPU per transaction") && target == bench.TargetDirect {
+				continue // PostgreSQL's resources are not the proxy's
 			}
 			if !hasSamples(report, s.scenario, target, s.metric) {
 				t.Errorf("scenario (%s) has no %s for %s; progress:\n%s", s.scenario, s.metric, target, progress.String())

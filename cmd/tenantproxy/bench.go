@@ -49,5 +49,6 @@ func newBenchCommand(*globals) *cobra.Command {
 	f.StringVar(&opts.Script, "script", "", "pgbench script for the custom case of scenario a (may use :naccounts)")
 	f.StringVar(&opts.OutDir, "out", "bench-results", "directory for bench.json and the SVG charts")
 	f.StringVar(&opts.ProxyBinary, "proxy-binary", "", "tenantproxy executable to measure; empty means this one")
+	f.IntVar(&opts.ProxyProcs, "proxy-procs", 0, "GOMAXPROCS of the measured tenantproxy (1: the one core PgBouncer uses); 0 leaves Go's default, every core")
 	return cmd
 }
