@@ -19,6 +19,17 @@ import (
 
 var pgbenchLatency = regexp.MustCompile(`latency average = ([0-9.]+) ms`)
 
+// reportLatency reports pgbench's average latency in out as ms/query.
+func reportLatency(b *testing.B, out string) {
+	b.Helper()
+	m := pgbenchLatency.FindStringSubmatch(out)
+	if m == nil {
+		b.Fatalf("no latency in pgbench output:\n%s", out)
+	}
+	ms, _ := strconv.ParseFloat(m[1], 64)
+	b.ReportMetric(ms, "ms/query")
+}
+
 // BenchmarkSelectOnly runs pgbench -S (simple protocol, one client, b.N
 // transactions) against the database-tier tenant's database, directly as
 // the superuser and through the proxy, in the same run, so their
@@ -54,12 +65,7 @@ func BenchmarkSelectOnly(b *testing.B) {
 			out := run(b, pgbench, "-n", "-S", "-M", "simple", "-c", "1", "-t", strconv.Itoa(b.N), bc.dsn)
 			b.StopTimer()
 			runtime.ReadMemStats(&after)
-			m := pgbenchLatency.FindStringSubmatch(out)
-			if m == nil {
-				b.Fatalf("no latency in pgbench output:\n%s", out)
-			}
-			ms, _ := strconv.ParseFloat(m[1], 64)
-			b.ReportMetric(ms, "ms/query")
+			reportLatency(b, out)
 			if bc.name == "proxy" {
 				b.ReportMetric(float64(after.Mallocs-before.Mallocs)/float64(b.N), "proxy-allocs/query")
 			}

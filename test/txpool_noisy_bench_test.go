@@ -166,12 +166,7 @@ func BenchmarkTxPoolSelectOnly(b *testing.B) {
 			b.StopTimer()
 			cpu = cpuMicros(b) - cpu
 			runtime.ReadMemStats(&after)
-			m := pgbenchLatency.FindStringSubmatch(out)
-			if m == nil {
-				b.Fatalf("no latency in pgbench output:\n%s", out)
-			}
-			ms, _ := strconv.ParseFloat(m[1], 64)
-			b.ReportMetric(ms, "ms/query")
+			reportLatency(b, out)
 			b.ReportMetric(cpu/float64(perClient*8), "cpu-µs/query")
 			b.ReportMetric(float64(after.Mallocs-before.Mallocs)/float64(perClient*8), "proxy-allocs/query")
 		})
