@@ -66,3 +66,14 @@ func (k *cancelKeys) lookup(pid uint32, secret []byte) (cancelTarget, bool) {
 	}
 	return t, true
 }
+
+// rebind points a client's cancel key at the server connection its
+// transaction is bound to (pid 0: none; a cancel then reaches no query).
+func (k *cancelKeys) rebind(pid, serverPID, serverKey uint32) {
+	k.mu.Lock()
+	if t, ok := k.m[pid]; ok {
+		t.pid, t.key = serverPID, serverKey
+		k.m[pid] = t
+	}
+	k.mu.Unlock()
+}

@@ -2,16 +2,93 @@ package proxy
 
 import (
 	"errors"
+	"fmt"
 
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgproto3"
 
+	"github.com/tenantproxy/tenantproxy/internal/pgwire"
 	"github.com/tenantproxy/tenantproxy/pool"
 	"github.com/tenantproxy/tenantproxy/router"
 )
 
+// This file is the proxy's one error boundary: classify is the only place
+// that knows the pool's, the server's and the policy's errors, and
+// errorResponse the only place that renders an error for a client.
+
+var (
+	errShuttingDown = router.Errorf(router.CodeShuttingDown, "terminating connection: tenantproxy is shutting down")
+	errServerLost   = router.Errorf(router.CodeBackendUnavailable, "terminating connection: the server connection was lost")
+	errContextLost  = router.Errorf(router.CodeBackendUnavailable, "terminating connection: the tenant context could not be established")
+	errFastPath     = "fast-path function calls are not allowed through the proxy"
+)
+
+// clientErr is what a client is told about an error.
+type clientErr struct {
+	// tell is false for failures of the client's own connection (it went
+	// away, timed out): there is no one to tell.
+	tell bool
+	code router.Code
+	msg  string
+	// server is the server's own refusal (a bad setting value in the
+	// startup packet, a setup statement the server rejected), passed on
+	// as the server said it.
+	server *pgconn.PgError
+	// transient errors keep ERROR severity even at startup, so that
+	// clients know to retry (53400).
+	transient bool
+}
+
+// classify decides what the client hears of err. A framing error is the
+// client's protocol violation (only client streams have limits); a
+// server's refusal
+// (found anywhere in the chain, e.g. inside a pool.SetupError) is passed
+// on; a *router.Error keeps its code and message; pool errors map to their
+// codes; anything else is an I/O failure of the client's connection, which
+// nobody hears of.
+func classify(err error) clientErr {
+	var pgErr *pgconn.PgError
+	var rErr *router.Error
+	var tooLarge *pgwire.TooLargeError
+	switch {
+	case errors.As(err, &tooLarge):
+		return clientErr{tell: true, code: router.CodeMessageTooLarge, msg: fmt.Sprintf("message of %d bytes exceeds the limit of %d", tooLarge.Size, tooLarge.Max)}
+	case errors.Is(err, pgwire.ErrInvalidLength):
+		return clientErr{tell: true, code: router.CodeProtocolViolation, msg: "invalid message length"}
+	case errors.As(err, &pgErr):
+		return clientErr{tell: true, server: pgErr}
+	case errors.As(err, &rErr):
+		msg := rErr.Msg
+		if rErr.Code == router.CodeInternal {
+			msg = "internal error in tenantproxy"
+		}
+		return clientErr{tell: true, code: rErr.Code, msg: msg, transient: rErr.Code == router.CodeRateLimited}
+	case errors.Is(err, pool.ErrWaitTimeout):
+		return clientErr{tell: true, code: router.CodeRateLimited, msg: "timed out waiting for a server connection", transient: true}
+	case errors.Is(err, pool.ErrClosed):
+		return clientErr{tell: true, code: router.CodeShuttingDown, msg: errShuttingDown.Msg}
+	}
+	return clientErr{code: router.CodeInternal, msg: "internal error in tenantproxy"}
+}
+
+// fromPool turns an Acquire failure into an error classify knows: what the
+// pool did not decide itself (a dial or TLS failure) is the tenant's
+// server being unreachable.
+func fromPool(err error) error {
+	var setupErr *pool.SetupError
+	if errors.Is(err, pool.ErrWaitTimeout) || errors.Is(err, pool.ErrClosed) || errors.As(err, &setupErr) {
+		return err
+	}
+	return &router.Error{Code: router.CodeBackendUnavailable, Msg: "could not connect to the tenant's server", Err: err}
+}
+
+// refused is the error of a statement the tenant policy refused.
+func refused(reason string) error {
+	return router.Errorf(router.CodeStatementRefused, "%s", reason)
+}
+
 // sqlstates is the one mapping from internal codes to what clients see;
-// DESIGN.md's error table is its specification.
+// the README's error table is its specification.
 var sqlstates = map[router.Code]struct {
 	fatal    bool
 	sqlstate string
@@ -36,34 +113,36 @@ var sqlstates = map[router.Code]struct {
 	router.CodeMessageTooLarge:     {true, "54000"},
 }
 
-// errorResponse renders err for the client. *router.Error keeps its
-// message; a server's own refusal (*pgconn.PgError, e.g. a bad setting
-// value in the startup packet) is passed on as the server said it; any
-// other error becomes a generic internal error so nothing internal leaks.
-// fatal forces FATAL severity, as PostgreSQL uses for every error before
-// the first ReadyForQuery.
-func errorResponse(err error, fatal bool) *pgproto3.ErrorResponse {
-	var pgErr *pgconn.PgError
-	if errors.As(err, &pgErr) {
-		return &pgproto3.ErrorResponse{Severity: "FATAL", SeverityUnlocalized: "FATAL", Code: pgErr.Code, Message: pgErr.Message, Detail: pgErr.Detail, Hint: pgErr.Hint}
-	}
-	code, msg := router.CodeInternal, "internal error in tenantproxy"
-	var rErr *router.Error
-	switch {
-	case errors.As(err, &rErr):
-		code = rErr.Code
-		if code != router.CodeInternal {
-			msg = rErr.Msg
+// Severities an error can be rendered with beyond its code's own.
+const (
+	asIs     = iota // the code's severity
+	fatal           // FATAL: the session ends (every error before the first ReadyForQuery)
+	nonfatal        // ERROR: the session goes on (a transaction that could not start)
+)
+
+// errorResponse renders err for the client with the given severity rule.
+// A server's own refusal is FATAL unless nonfatal: the proxy passes one on
+// when it ends the connection, or when a transaction could not start.
+func errorResponse(err error, severity int) *pgproto3.ErrorResponse {
+	ce := classify(err)
+	if ce.server != nil {
+		p := ce.server
+		sev := "FATAL"
+		if severity == nonfatal {
+			sev = "ERROR"
 		}
-	case errors.Is(err, pool.ErrWaitTimeout):
-		code, msg = router.CodeRateLimited, "timed out waiting for a server connection"
-	case errors.Is(err, pool.ErrClosed):
-		code, msg = router.CodeShuttingDown, "terminating connection: tenantproxy is shutting down"
+		return &pgproto3.ErrorResponse{Severity: sev, SeverityUnlocalized: sev, Code: p.Code, Message: p.Message, Detail: p.Detail, Hint: p.Hint}
 	}
-	m := sqlstates[code]
+	m := sqlstates[ce.code]
 	sev := "ERROR"
-	if m.fatal || fatal {
+	if (m.fatal && severity != nonfatal) || severity == fatal {
 		sev = "FATAL"
 	}
-	return &pgproto3.ErrorResponse{Severity: sev, SeverityUnlocalized: sev, Code: m.sqlstate, Message: msg}
+	return &pgproto3.ErrorResponse{Severity: sev, SeverityUnlocalized: sev, Code: m.sqlstate, Message: ce.msg}
+}
+
+// encodeError renders err for the client as wire bytes.
+func encodeError(err error, severity int) []byte {
+	b, _ := errorResponse(err, severity).Encode(nil)
+	return b
 }

@@ -9,6 +9,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/tenantproxy/tenantproxy/internal/pgwire"
 	"github.com/tenantproxy/tenantproxy/router"
 )
 
@@ -18,12 +19,14 @@ func forwardBytes(t *testing.T, in []byte) ([]byte, clientResult) {
 	t.Helper()
 	clientSide, proxyClient := net.Pipe()
 	proxyServer, serverSide := net.Pipe()
-	ss := &session{
-		srv:     &Server{policy: router.NewPolicy(router.DefaultTenantGUC)},
-		client:  proxyClient,
-		bconn:   proxyServer,
-		maxMsg:  1 << 16,
-		queries: prometheus.NewCounter(prometheus.CounterOpts{Name: "q"}),
+	ss := &pinnedSession{
+		sessionBase: sessionBase{
+			srv:     &Server{policy: router.NewPolicy(router.DefaultTenantGUC)},
+			client:  proxyClient,
+			maxMsg:  1 << 16,
+			queries: prometheus.NewCounter(prometheus.CounterOpts{Name: "q"}),
+		},
+		bconn: proxyServer,
 	}
 	go func() {
 		clientSide.Write(in)
@@ -105,7 +108,7 @@ func FuzzForwardClient(f *testing.F) {
 				return
 			}
 			if m := out[:size]; m[0] == 'Q' || m[0] == 'P' {
-				if reason := policy.Check(statementOf(m)); reason != "" {
+				if reason := policy.Check(pgwire.Statement(m)); reason != "" {
 					t.Fatalf("forwarded refused SQL %q", m)
 				}
 			}
@@ -150,12 +153,14 @@ func tcpPair(tb testing.TB) (net.Conn, net.Conn) {
 func BenchmarkForwardClient(b *testing.B) {
 	clientSide, proxyClient := tcpPair(b)
 	proxyServer, serverSide := tcpPair(b)
-	ss := &session{
-		srv:     &Server{policy: router.NewPolicy(router.DefaultTenantGUC)},
-		client:  proxyClient,
-		bconn:   proxyServer,
-		maxMsg:  1 << 16,
-		queries: prometheus.NewCounter(prometheus.CounterOpts{Name: "q"}),
+	ss := &pinnedSession{
+		sessionBase: sessionBase{
+			srv:     &Server{policy: router.NewPolicy(router.DefaultTenantGUC)},
+			client:  proxyClient,
+			maxMsg:  1 << 16,
+			queries: prometheus.NewCounter(prometheus.CounterOpts{Name: "q"}),
+		},
+		bconn: proxyServer,
 	}
 	done := make(chan struct{})
 	go func() {

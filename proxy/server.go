@@ -67,10 +67,10 @@ type Server struct {
 }
 
 // tracked is a client connection the Server can reach at Shutdown: its
-// socket while starting, its session once relaying.
+// socket while starting, its session once relaying (set under Server.mu).
 type tracked struct {
 	raw  net.Conn
-	sess atomic.Pointer[session]
+	sess clientSession
 }
 
 // New returns a Server that looks tenants up in dir and takes server
@@ -239,8 +239,8 @@ func (s *Server) handle(t *tracked) {
 	if err := t.raw.SetDeadline(time.Time{}); err != nil {
 		ss.kill()
 	}
-	t.sess.Store(ss)
 	s.mu.Lock()
+	t.sess = ss
 	switch {
 	case s.closing && s.ctx.Err() != nil:
 		ss.kill()
@@ -253,7 +253,7 @@ func (s *Server) handle(t *tracked) {
 
 // start runs admission and establishment; nil, nil is a handled
 // CancelRequest.
-func (s *Server) start(ctx context.Context, c *clientConn, lv *live) (*session, error) {
+func (s *Server) start(ctx context.Context, c *clientConn, lv *live) (clientSession, error) {
 	p, err := s.admit(c, lv)
 	if err != nil || p == nil {
 		return nil, err
@@ -268,23 +268,26 @@ func (s *Server) start(ctx context.Context, c *clientConn, lv *live) (*session, 
 // to say: decisions and server refusals get an ErrorResponse, a client
 // that went away or timed out gets nothing.
 func (s *Server) refuse(c *clientConn, err error) {
-	var rErr *router.Error
-	var setupErr *pool.SetupError
-	if !errors.As(err, &rErr) && !errors.As(err, &setupErr) && !errors.Is(err, pool.ErrWaitTimeout) && !errors.Is(err, pool.ErrClosed) {
+	ce := classify(err)
+	switch {
+	case !ce.tell:
 		s.log.Debug("connection ended during startup", zap.Stringer("client", c.raw.RemoteAddr()), zap.Error(err))
 		return
-	}
-	if rErr != nil && rErr.Code == router.CodeInternal {
+	case ce.server == nil && ce.code == router.CodeInternal:
 		s.log.Error("startup failed", zap.Stringer("client", c.raw.RemoteAddr()), zap.Error(err))
-	} else {
+	default:
 		s.log.Debug("connection refused", zap.Stringer("client", c.raw.RemoteAddr()), zap.Error(err))
 	}
 	// Everything before the first ReadyForQuery ends the connection, so
-	// it is FATAL, as in PostgreSQL, except where DESIGN.md's table keeps
-	// ERROR to tell clients the condition is temporary (53400).
-	temporary := router.CodeOf(err) == router.CodeRateLimited || errors.Is(err, pool.ErrWaitTimeout)
+	// it is FATAL, as in PostgreSQL, except where the README's error
+	// table keeps ERROR to tell clients the condition is temporary
+	// (53400).
+	severity := fatal
+	if ce.transient {
+		severity = asIs
+	}
 	c.raw.SetWriteDeadline(time.Now().Add(time.Second))
-	c.send(errorResponse(err, !temporary))
+	c.send(errorResponse(err, severity))
 }
 
 func (s *Server) isClosing() bool {
@@ -339,8 +342,8 @@ func (s *Server) Shutdown(ctx context.Context) error {
 		l.Close()
 	}
 	for t := range s.conns {
-		if ss := t.sess.Load(); ss != nil {
-			ss.drain()
+		if t.sess != nil {
+			t.sess.drain()
 		}
 	}
 	s.mu.Unlock()
@@ -362,10 +365,10 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	s.mu.Lock()
 	s.cancel()
 	for t := range s.conns {
-		if ss := t.sess.Load(); ss != nil {
-			ss.kill()
+		if t.sess != nil {
+			t.sess.kill()
 		} else {
-			t.raw.SetDeadline(time.Unix(1, 0))
+			t.raw.SetDeadline(pastDeadline)
 		}
 	}
 	s.mu.Unlock()

@@ -1,131 +1,54 @@
 package proxy
 
 import (
-	"context"
+	"bufio"
 	"errors"
-	"sort"
-	"strings"
+	"io"
+	"net"
+	"os"
+	"sync/atomic"
 	"time"
 
-	"github.com/jackc/pgx/v5/pgproto3"
 	"go.uber.org/zap"
 
-	"github.com/tenantproxy/tenantproxy/catalog"
+	"github.com/tenantproxy/tenantproxy/internal/pgwire"
 	"github.com/tenantproxy/tenantproxy/pool"
-	"github.com/tenantproxy/tenantproxy/router"
 )
 
-// startupOnlyParams are startup parameters that are not settings.
-var startupOnlyParams = map[string]bool{"user": true, "database": true, "options": true, "replication": true}
+// relayBufSize is each direction's read buffer. Messages are forwarded
+// straight out of it, so it is also the largest write per batch; bigger
+// messages stream through it.
+const relayBufSize = 8 << 10
 
-// establish takes an admitted client from its StartupMessage to its first
-// ReadyForQuery: identification, tenant look-up, authentication, the
-// per-tenant cap, routing and a server connection. On success the client
-// has been told everything a directly connected client would be, with the
-// proxy's cancel key, and the caller owns the session (and its slot in the
-// tenant's connection count).
-func (s *Server) establish(ctx context.Context, c *clientConn, lv *live, p *startupPacket) (*session, error) {
-	if r, ok := p.params["replication"]; ok && !isFalse(r) {
-		return nil, router.Errorf(router.CodeFeatureNotSupported, "replication connections are not supported through tenantproxy")
-	}
-	id, err := router.Identify(lv.cfg.Identify, router.Startup{ServerName: c.serverName, User: p.params["user"], Options: p.params["options"]})
-	if err != nil {
-		return nil, err
-	}
-	t, err := s.resolver.Tenant(ctx, id.Tenant)
-	if err != nil {
-		return nil, err
-	}
-	if err := s.login(ctx, c, lv, t, id.User); err != nil {
-		return nil, err
-	}
-	if !s.takeSlot(t.Subdomain, lv.cfg.MaxConnsPerTenant) {
-		return nil, router.Errorf(router.CodeTooManyConnections, "too many connections for tenant %q", t.Subdomain)
-	}
-	ss, err := s.connect(ctx, c, lv, t, id, p)
-	if err != nil {
-		s.giveSlot(t.Subdomain)
-		return nil, err
-	}
-	return ss, nil
-}
+// syncMessage stands in for a refused message: the server answers it
+// with the ReadyForQuery the client expects, and the refusal's error is
+// put in front of that ReadyForQuery, so the client sees exactly what
+// PostgreSQL would send for a failed statement, in order.
+var syncMessage = []byte{pgwire.Sync, 0, 0, 0, 4}
 
-// connect routes the tenant, acquires its server connection and completes
-// the client's startup.
-func (s *Server) connect(ctx context.Context, c *clientConn, lv *live, t *catalog.Tenant, id router.Identity, p *startupPacket) (*session, error) {
-	rt, err := s.resolver.Route(ctx, t)
-	if err != nil {
-		return nil, err
-	}
-	// Startup parameters first, then "-c" options, as PostgreSQL applies
-	// them; parameters sorted so the same startup packet always gives the
-	// same setup.
-	var settings []router.Setting
-	names := make([]string, 0, len(p.params))
-	for name := range p.params {
-		if !startupOnlyParams[name] {
-			names = append(names, name)
-		}
-	}
-	sort.Strings(names)
-	for _, name := range names {
-		settings = append(settings, router.Setting{Name: name, Value: p.params[name]})
-	}
-	extra, err := router.SessionSettings(append(settings, id.Settings...))
-	if err != nil {
-		return nil, err
-	}
-	target := pool.Target{
-		Addr: rt.Addr, Database: rt.Database, User: rt.User, Password: rt.Password, TLS: rt.TLS,
-		Setup: append(append([]string(nil), rt.Setup...), extra...),
-	}
-	if poolModeOf(t, lv.cfg.PoolMode) == PoolTransaction {
-		return s.connectTx(ctx, c, lv, t, id, target)
-	}
-	bc, err := s.backends.Acquire(ctx, target)
-	if err != nil {
-		var setupErr *pool.SetupError
-		if errors.Is(err, pool.ErrWaitTimeout) || errors.Is(err, pool.ErrClosed) || errors.As(err, &setupErr) {
-			return nil, err
-		}
-		return nil, &router.Error{Code: router.CodeBackendUnavailable, Msg: "could not connect to the tenant's server", Err: err}
-	}
-	pid, secret := s.cancels.add(target, bc.PID(), bc.SecretKey())
-	msgs := []pgproto3.BackendMessage{&pgproto3.AuthenticationOk{}}
-	for name, value := range bc.ParameterStatuses() {
-		msgs = append(msgs, &pgproto3.ParameterStatus{Name: name, Value: value})
-	}
-	msgs = append(msgs, &pgproto3.BackendKeyData{ProcessID: pid, SecretKey: secret[:]}, &pgproto3.ReadyForQuery{TxStatus: 'I'})
-	if err := c.send(msgs...); err != nil {
-		s.cancels.remove(pid)
-		s.backends.Release(bc, true)
-		return nil, err
-	}
-	rules, err := router.RulesFor(t)
-	if err != nil {
-		// RulesFor gave the strictest rules: a bad setting must not lock
-		// the tenant out, nor widen what it may do.
-		s.log.Warn("tenant policy settings ignored", zap.String("tenant", t.Subdomain), zap.Error(err))
-	}
-	return &session{
-		srv: s, client: c.conn, backend: bc, bconn: bc.NetConn(),
-		tenant: t.Subdomain, user: id.User, rules: rules, started: time.Now(), cancelPID: pid,
-		maxMsg:       lv.cfg.MaxMessageSize,
-		queries:      s.metrics.queries.WithLabelValues(t.Subdomain),
-		transactions: s.metrics.transactions.WithLabelValues(t.Subdomain),
-	}, nil
+// pinnedSession is a session-mode client: one server connection for the
+// whole session. Its two directions run on two goroutines:
+// clientToBackend on its own, and backendToClient on the connection's
+// handler goroutine, which also owns every write to the client.
+type pinnedSession struct {
+	sessionBase
+	backend *pool.Conn
+	bconn   net.Conn
+
+	// replies are the ReadyForQuery messages the server owes, with the
+	// refusals to report in front of them.
+	replies replyQueue
+
+	// clientGone: clientToBackend has returned; clientErr is what it
+	// wants the client told, written before clientGone is set.
+	clientGone atomic.Bool
+	clientErr  error
 }
 
 // run relays until the session ends, then returns the server connection
-// to the pool (for reuse only when the client left it clean) and logs
-// the session.
-func (ss *session) run() {
-	if ss.tx != nil {
-		ss.tx.run()
-		return
-	}
-	s := ss.srv
-	gauge := s.metrics.clients.WithLabelValues(ss.tenant)
+// to the pool (for reuse only when the client left it clean).
+func (ss *pinnedSession) run() {
+	gauge := ss.srv.metrics.clients.WithLabelValues(ss.tenant)
 	gauge.Inc()
 	defer gauge.Dec()
 	done := make(chan clientResult, 1)
@@ -135,27 +58,207 @@ func (ss *session) run() {
 		// Unblock clientToBackend: its read from the client, or its write
 		// to a server that stopped reading.
 		ss.client.Close()
-		ss.bconn.SetWriteDeadline(time.Unix(1, 0))
+		ss.bconn.SetWriteDeadline(pastDeadline)
 	}
 	c := <-done
 	reusable := !b.own && b.clean && c.clean
-	s.cancels.remove(ss.cancelPID)
 	ss.bconn.SetDeadline(time.Time{})
-	s.backends.Release(ss.backend, reusable)
-	s.giveSlot(ss.tenant)
+	ss.srv.backends.Release(ss.backend, reusable)
 	reason := b.err
 	if reason == nil {
 		reason = c.err
 	}
-	s.log.Info("session ended", zap.String("tenant", ss.tenant), zap.String("user", ss.user),
-		zap.Stringer("client", ss.client.RemoteAddr()), zap.Duration("duration", time.Since(ss.started)),
-		zap.Bool("server_reused", reusable), zap.NamedError("reason", reason))
+	ss.ended(reason, zap.Bool("server_reused", reusable))
 }
 
-func isFalse(v string) bool {
-	switch strings.ToLower(v) {
-	case "false", "off", "no", "0":
-		return true
+// drain asks the session to end at the next moment it is idle.
+func (ss *pinnedSession) drain() {
+	ss.draining.Store(true)
+	interruptRead(ss.bconn)
+}
+
+// kill ends the session now with 57P01, giving the client a moment to
+// receive it.
+func (ss *pinnedSession) kill() {
+	ss.killed.Store(true)
+	ss.client.SetWriteDeadline(time.Now().Add(killGrace))
+	ss.bconn.SetDeadline(pastDeadline)
+}
+
+// clientResult is how clientToBackend ended. clean means at a message
+// boundary, after Terminate or EOF, with nothing half-written to the
+// server.
+type clientResult struct {
+	clean bool
+	err   error
+}
+
+// clientToBackend forwards client messages to the server until the client
+// leaves or an error, then tells backendToClient.
+func (ss *pinnedSession) clientToBackend() clientResult {
+	r := ss.forwardClient()
+	if classify(r.err).tell {
+		ss.clientErr = r.err
 	}
-	return false
+	ss.clientGone.Store(true)
+	interruptRead(ss.bconn)
+	return r
+}
+
+// forwardClient relays the client's messages, checking every statement
+// against the tenant policy. A refused Query or FunctionCall is replaced
+// by a Sync; a refused Parse drops everything up to the next Sync, like
+// PostgreSQL after an error in the extended protocol, and the refusal is
+// reported at that Sync (so a client that sends Flush and waits for
+// ParseComplete hears of it only when it syncs; the drivers tested — pgx,
+// libpq, pgbench — always sync).
+func (ss *pinnedSession) forwardClient() clientResult {
+	src := bufio.NewReaderSize(ss.client, relayBufSize)
+	var sc pgwire.Scanner
+	sc.Reset(src, ss.bconn)
+	sc.SetMaxBody(ss.maxMsg)
+	sc.Whole(pgwire.Query, pgwire.Parse)
+	skipping, skipReason := false, ""
+	for {
+		m, err := sc.Next()
+		if err != nil {
+			return clientResult{clean: err == io.EOF && sc.AtBoundary() && sc.Buffered() == 0, err: err}
+		}
+		if skipping && m.Type != pgwire.Sync && m.Type != pgwire.Terminate {
+			err = sc.Discard()
+		} else {
+			switch m.Type {
+			case pgwire.Query, pgwire.Parse:
+				if reason := ss.srv.policy.CheckRules(pgwire.Statement(m.Bytes), ss.rules); reason != "" {
+					if m.Type == pgwire.Parse {
+						skipping, skipReason = true, reason
+					}
+					err = ss.refuse(&sc, m.Type == pgwire.Query, reason)
+				} else if m.Type == pgwire.Query {
+					ss.replies.push(reply{kind: replyReady})
+					ss.queries.Inc()
+				}
+			case pgwire.Sync:
+				ss.replies.push(reply{kind: replyReady, refusal: skipReason})
+				skipping, skipReason = false, ""
+			case pgwire.FunctionCall:
+				// A fast-path call names a function by OID with its
+				// arguments out of band (set_config(2078) included), which
+				// the policy cannot read; refuse them all.
+				err = ss.refuse(&sc, true, errFastPath)
+			case pgwire.Execute:
+				ss.queries.Inc()
+			case pgwire.Terminate:
+				return clientResult{clean: true, err: sc.Flush()}
+			}
+		}
+		if err != nil {
+			return clientResult{err: err}
+		}
+	}
+}
+
+// refuse drops the current message; with sync, a Sync takes its place,
+// whose ReadyForQuery will carry the refusal.
+func (ss *pinnedSession) refuse(sc *pgwire.Scanner, sync bool, reason string) error {
+	if err := sc.Discard(); err != nil || !sync {
+		return err
+	}
+	ss.replies.push(reply{kind: replyReady, refusal: reason})
+	return sc.Write(syncMessage)
+}
+
+// backendResult is how backendToClient ended. clean means the server is
+// at a message boundary with nothing unread and owes no reply; it may be
+// inside a transaction, which the pool's reset rolls back.
+type backendResult struct {
+	clean bool
+	// own is set when the session ended for the server side's reasons
+	// (server gone, drain, kill, client write failure) rather than the
+	// client leaving.
+	own bool
+	err error
+}
+
+// backendToClient forwards server messages to the client until the client
+// leaves (clientGone), the server connection fails, or the Server drains
+// or kills the session.
+func (ss *pinnedSession) backendToClient() backendResult {
+	src := bufio.NewReaderSize(ss.bconn, relayBufSize)
+	var sc pgwire.Scanner
+	sc.Reset(src, ss.client)
+	sc.Whole(pgwire.ReadyForQuery)
+	status, last := byte('I'), byte(0)
+	for {
+		m, err := sc.Next()
+		if err != nil {
+			if r, done := ss.backendStopped(err, sc.AtBoundary() && sc.Buffered() == 0, status, last); done {
+				return r
+			}
+			continue
+		}
+		last = m.Type
+		if m.Type != pgwire.ReadyForQuery {
+			continue
+		}
+		if refusal := ss.replies.readyFor(nil); refusal != "" {
+			err = sc.Write(encodeError(refused(refusal), asIs))
+		}
+		status = m.Body()[0]
+		if err == nil && status == 'I' {
+			ss.transactions.Inc()
+			if ss.draining.Load() && ss.replies.owed() == 0 {
+				err = sc.Forward()
+				if err == nil && sc.Buffered() == 0 {
+					return ss.endWith(&sc, errShuttingDown)
+				}
+			}
+		}
+		if err != nil {
+			return backendResult{own: true, err: err}
+		}
+	}
+}
+
+// endWith ends the session for its own reason, telling the client.
+func (ss *pinnedSession) endWith(sc *pgwire.Scanner, err error) backendResult {
+	if werr := sc.Write(encodeError(err, fatal)); werr != nil {
+		return backendResult{own: true, err: werr}
+	}
+	return backendResult{own: true, err: err}
+}
+
+// backendStopped handles the server's read failing: an interrupt (the
+// client left, drain, kill) or the server gone. done means
+// backendToClient returns r; else it reads on. boundary means nothing of
+// a message is half-relayed.
+func (ss *pinnedSession) backendStopped(err error, boundary bool, status, last byte) (r backendResult, done bool) {
+	if !errors.Is(err, os.ErrDeadlineExceeded) || ss.killed.Load() {
+		reason := errServerLost
+		if ss.killed.Load() {
+			reason, err = errShuttingDown, errShuttingDown
+		}
+		if boundary && (last != pgwire.ErrorResponse || ss.killed.Load()) {
+			ss.client.Write(encodeError(reason, fatal))
+		}
+		return backendResult{own: true, err: err}, true
+	}
+	if ss.clientGone.Load() {
+		if ss.clientErr != nil && boundary {
+			ss.client.Write(encodeError(ss.clientErr, fatal))
+		}
+		return backendResult{clean: boundary && ss.replies.owed() == 0, err: ss.clientErr}, true
+	}
+	if ss.draining.Load() && boundary && status == 'I' && ss.replies.owed() == 0 {
+		ss.client.Write(encodeError(errShuttingDown, fatal))
+		return backendResult{own: true, err: errShuttingDown}, true
+	}
+	// Draining but not idle: keep relaying; the next ReadyForQuery that
+	// leaves the session idle ends it. Clearing the deadline races with a
+	// wake for a final reason, so look at those flags again.
+	resumeRead(ss.bconn)
+	if ss.clientGone.Load() || ss.killed.Load() {
+		interruptRead(ss.bconn)
+	}
+	return backendResult{}, false
 }

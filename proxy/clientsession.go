@@ -1,0 +1,187 @@
+package proxy
+
+import (
+	"net"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"go.uber.org/zap"
+
+	"github.com/tenantproxy/tenantproxy/router"
+)
+
+// clientSession is a client past its startup, relaying until it leaves.
+// Serve's handler goroutine calls run; Shutdown calls drain, then kill,
+// from other goroutines. Session mode (pinnedSession, session.go) and
+// transaction mode (txSession, txsession.go) implement it.
+type clientSession interface {
+	// run relays until the session ends, gives back everything it holds
+	// (server connection, cancel key, the tenant's connection slot) and
+	// logs the session.
+	run()
+	// drain ends the session with 57P01 at the first moment it is idle:
+	// no transaction open, nothing owed.
+	drain()
+	// kill ends the session now with 57P01.
+	kill()
+}
+
+var (
+	_ clientSession = (*pinnedSession)(nil)
+	_ clientSession = (*txSession)(nil)
+)
+
+// sessionBase is what both pool modes know of a session.
+type sessionBase struct {
+	srv    *Server
+	client net.Conn
+
+	tenant, user string
+	// rules are the statement classes the tenant's tier and settings
+	// allow; the zero value is the strictest.
+	rules        router.Rules
+	started      time.Time
+	cancelPID    uint32
+	maxMsg       int
+	queries      prometheus.Counter
+	transactions prometheus.Counter
+
+	// Why a blocked read was interrupted: the relay goroutines look at
+	// these after interruptRead, so each is set before the interrupt.
+	draining, killed atomic.Bool
+}
+
+// ended gives back the session's cancel key and connection slot and logs
+// the session; both modes end through it.
+func (b *sessionBase) ended(reason error, fields ...zap.Field) {
+	b.srv.cancels.remove(b.cancelPID)
+	b.srv.giveSlot(b.tenant)
+	fields = append(fields, zap.String("tenant", b.tenant), zap.String("user", b.user),
+		zap.Stringer("client", b.client.RemoteAddr()), zap.Duration("duration", time.Since(b.started)),
+		zap.NamedError("reason", reason))
+	b.srv.log.Info("session ended", fields...)
+}
+
+// killGrace is how long a killed session may still take to write its
+// 57P01 to the client.
+const killGrace = time.Second
+
+// pastDeadline is in the past: a deadline set to it fails a blocked read
+// or write at once.
+var pastDeadline = time.Unix(1, 0)
+
+// interruptRead wakes a goroutine blocked reading c: its read fails with
+// os.ErrDeadlineExceeded, and its loop looks at the session's flags, then
+// either ends or clears the deadline (resumeRead) and reads on. Setting
+// the flag before the interrupt, and looking at it again after clearing
+// the deadline, is what keeps a wake from being lost.
+func interruptRead(c net.Conn) { c.SetReadDeadline(pastDeadline) }
+
+// resumeRead clears a deadline set by interruptRead.
+func resumeRead(c net.Conn) { c.SetReadDeadline(time.Time{}) }
+
+// replyKind is what the proxy must recognise among a server's replies.
+type replyKind uint8
+
+const (
+	// replyParse: ParseComplete, or nothing when an error came first.
+	replyParse replyKind = iota + 1
+	// replyClose: CloseComplete.
+	replyClose
+	// replyReady: ReadyForQuery, owed for every Query, Sync and
+	// FunctionCall.
+	replyReady
+)
+
+// reply is one reply a server owes. inject marks replies to the proxy's
+// own messages, which the client never sees; name is the server-side
+// statement of a Parse, forgotten on the connection if the Parse never
+// completes; refusal, on a ReadyForQuery, is the policy's reason to put
+// an ErrorResponse in front of it (the refused message was replaced by a
+// Sync).
+type reply struct {
+	kind    replyKind
+	inject  bool
+	name    string
+	refusal string
+}
+
+// replyQueue holds the replies a server owes, in the order it will send
+// them: the side writing to the server pushes, the side reading it pops.
+// Both pool modes use it; the two sides may be two goroutines.
+type replyQueue struct {
+	mu   sync.Mutex
+	q    []reply
+	head int
+	// ready counts replyReady entries pending: the ReadyForQuery messages
+	// owed.
+	ready int
+}
+
+func (q *replyQueue) push(r reply) {
+	q.mu.Lock()
+	q.q = append(q.q, r)
+	if r.kind == replyReady {
+		q.ready++
+	}
+	q.mu.Unlock()
+}
+
+// pop returns the next expected reply, if any.
+func (q *replyQueue) pop() (reply, bool) {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	return q.popLocked()
+}
+
+func (q *replyQueue) popLocked() (reply, bool) {
+	if q.head == len(q.q) {
+		return reply{}, false
+	}
+	r := q.q[q.head]
+	q.q[q.head] = reply{}
+	q.head++
+	if q.head == len(q.q) {
+		q.q, q.head = q.q[:0], 0
+	}
+	if r.kind == replyReady {
+		q.ready--
+	}
+	return r, true
+}
+
+// ready consumes the expected replies up to the next ReadyForQuery, which
+// is being relayed: Parses still pending there failed (the server skipped
+// them after an error), so forget is called with their statements' names.
+// It returns that ReadyForQuery's refusal, if any.
+func (q *replyQueue) readyFor(forget func(name string)) string {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	for {
+		r, ok := q.popLocked()
+		if !ok || r.kind == replyReady {
+			return r.refusal
+		}
+		if r.kind == replyParse && r.name != "" && forget != nil {
+			forget(r.name)
+		}
+	}
+}
+
+// owed reports how many ReadyForQuery messages the server still owes.
+func (q *replyQueue) owed() int {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	return q.ready
+}
+
+// clear forgets every expected reply: the connection they were owed on is
+// gone or back in the pool.
+func (q *replyQueue) clear() {
+	q.mu.Lock()
+	clear(q.q)
+	q.q, q.head, q.ready = q.q[:0], 0, 0
+	q.mu.Unlock()
+}

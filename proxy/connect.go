@@ -1,0 +1,226 @@
+package proxy
+
+import (
+	"context"
+	"encoding/json"
+	"sort"
+	"strings"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgproto3"
+	"go.uber.org/zap"
+
+	"github.com/tenantproxy/tenantproxy/catalog"
+	"github.com/tenantproxy/tenantproxy/pool"
+	"github.com/tenantproxy/tenantproxy/router"
+)
+
+// Pool modes, for Config.PoolMode and a tenant's catalog setting
+// {"pool_mode": "..."}.
+const (
+	// PoolSession binds one server connection to a client for its whole
+	// session (session.go).
+	PoolSession = "session"
+	// PoolTransaction binds a server connection from a client's first
+	// message of a transaction to the ReadyForQuery that ends it (status
+	// 'I'), so many clients share few server connections (txsession.go).
+	PoolTransaction = "transaction"
+)
+
+// poolModeOf returns the tenant's pool mode setting, or def when it names
+// none. A malformed or unknown setting falls back to def rather than
+// locking the tenant out; both modes isolate tenants.
+func poolModeOf(t *catalog.Tenant, def string) string {
+	if len(t.Settings) == 0 {
+		return def
+	}
+	var s struct {
+		PoolMode string `json:"pool_mode"`
+	}
+	if json.Unmarshal(t.Settings, &s) != nil {
+		return def
+	}
+	switch s.PoolMode {
+	case PoolSession, PoolTransaction:
+		return s.PoolMode
+	}
+	return def
+}
+
+// txBackends is what transaction mode needs beyond Backends;
+// *pool.Manager has it.
+type txBackends interface {
+	AcquireTx(ctx context.Context, tt *pool.TxTarget) (*pool.Conn, []byte, int, error)
+	AcquireTxReady(ctx context.Context, tt *pool.TxTarget) (*pool.Conn, error)
+	ReleaseTx(c *pool.Conn, clean bool)
+	Release(c *pool.Conn, reusable bool)
+}
+
+var _ txBackends = (*pool.Manager)(nil)
+
+// startupOnlyParams are startup parameters that are not settings.
+var startupOnlyParams = map[string]bool{"user": true, "database": true, "options": true, "replication": true}
+
+// establish takes an admitted client from its StartupMessage to its first
+// ReadyForQuery: identification, tenant look-up, authentication, the
+// per-tenant cap, routing and a server connection. On success the client
+// has been told everything a directly connected client would be, with the
+// proxy's cancel key, and the caller owns the session (and its slot in the
+// tenant's connection count).
+func (s *Server) establish(ctx context.Context, c *clientConn, lv *live, p *startupPacket) (clientSession, error) {
+	if r, ok := p.params["replication"]; ok && !isFalse(r) {
+		return nil, router.Errorf(router.CodeFeatureNotSupported, "replication connections are not supported through tenantproxy")
+	}
+	id, err := router.Identify(lv.cfg.Identify, router.Startup{ServerName: c.serverName, User: p.params["user"], Options: p.params["options"]})
+	if err != nil {
+		return nil, err
+	}
+	t, err := s.resolver.Tenant(ctx, id.Tenant)
+	if err != nil {
+		return nil, err
+	}
+	if err := s.login(ctx, c, lv, t, id.User); err != nil {
+		return nil, err
+	}
+	if !s.takeSlot(t.Subdomain, lv.cfg.MaxConnsPerTenant) {
+		return nil, router.Errorf(router.CodeTooManyConnections, "too many connections for tenant %q", t.Subdomain)
+	}
+	ss, err := s.connect(ctx, c, lv, t, id, p)
+	if err != nil {
+		s.giveSlot(t.Subdomain)
+		return nil, err
+	}
+	return ss, nil
+}
+
+// connect routes the tenant and completes the client's startup in the
+// tenant's pool mode.
+func (s *Server) connect(ctx context.Context, c *clientConn, lv *live, t *catalog.Tenant, id router.Identity, p *startupPacket) (clientSession, error) {
+	rt, err := s.resolver.Route(ctx, t)
+	if err != nil {
+		return nil, err
+	}
+	extra, err := router.SessionSettings(append(startupSettings(p), id.Settings...))
+	if err != nil {
+		return nil, err
+	}
+	target := pool.Target{
+		Addr: rt.Addr, Database: rt.Database, User: rt.User, Password: rt.Password, TLS: rt.TLS,
+		Setup: append(append([]string(nil), rt.Setup...), extra...),
+	}
+	if poolModeOf(t, lv.cfg.PoolMode) == PoolTransaction {
+		tx := &txSession{}
+		s.initBase(&tx.sessionBase, c, t, id, lv)
+		return tx, s.connectTx(ctx, c, tx, target)
+	}
+	ps := &pinnedSession{}
+	s.initBase(&ps.sessionBase, c, t, id, lv)
+	return ps, s.connectPinned(ctx, c, ps, target)
+}
+
+// startupSettings are the startup packet's settings, in the order
+// PostgreSQL applies them before the "-c" options; sorted, so that the
+// same startup packet always gives the same setup.
+func startupSettings(p *startupPacket) []router.Setting {
+	names := make([]string, 0, len(p.params))
+	for name := range p.params {
+		if !startupOnlyParams[name] {
+			names = append(names, name)
+		}
+	}
+	sort.Strings(names)
+	settings := make([]router.Setting, 0, len(names))
+	for _, name := range names {
+		settings = append(settings, router.Setting{Name: name, Value: p.params[name]})
+	}
+	return settings
+}
+
+// initBase sets what both pool modes know of the session starting.
+func (s *Server) initBase(b *sessionBase, c *clientConn, t *catalog.Tenant, id router.Identity, lv *live) {
+	rules, err := router.RulesFor(t)
+	if err != nil {
+		// RulesFor gave the strictest rules: a bad setting must not lock
+		// the tenant out, nor widen what it may do.
+		s.log.Warn("tenant policy settings ignored", zap.String("tenant", t.Subdomain), zap.Error(err))
+	}
+	b.srv, b.client, b.rules = s, c.conn, rules
+	b.tenant, b.user, b.started = t.Subdomain, id.User, time.Now()
+	b.maxMsg = lv.cfg.MaxMessageSize
+	b.queries = s.metrics.queries.WithLabelValues(t.Subdomain)
+	b.transactions = s.metrics.transactions.WithLabelValues(t.Subdomain)
+}
+
+// connectPinned acquires the session-mode client's server connection for
+// the whole session.
+func (s *Server) connectPinned(ctx context.Context, c *clientConn, ps *pinnedSession, target pool.Target) error {
+	bc, err := s.backends.Acquire(ctx, target)
+	if err != nil {
+		return fromPool(err)
+	}
+	ps.cancelPID, err = s.greet(c, target, serverSettings(bc), bc.PID(), bc.SecretKey())
+	if err != nil {
+		s.backends.Release(bc, true)
+		return err
+	}
+	ps.backend, ps.bconn = bc, bc.NetConn()
+	return nil
+}
+
+// connectTx completes a transaction-mode client's startup. A server
+// connection is bound only long enough to establish the tenant's context
+// and read the settings the client must be told, then goes back to the
+// pool still in that context, ready for the client's first transaction.
+func (s *Server) connectTx(ctx context.Context, c *clientConn, tx *txSession, target pool.Target) error {
+	txb, ok := s.backends.(txBackends)
+	if !ok {
+		return router.Errorf(router.CodeFeatureNotSupported, "transaction pooling is not available in this proxy")
+	}
+	// The startup's connection is not the tenant's: a tenant at its cap
+	// of held connections can still connect clients.
+	bc, err := txb.AcquireTxReady(ctx, pool.NewTxTarget(target))
+	if err != nil {
+		return fromPool(err)
+	}
+	msgs := serverSettings(bc)
+	txb.ReleaseTx(bc, true)
+	// The key maps to no server until a transaction binds one (rebind).
+	tx.cancelPID, err = s.greet(c, target, msgs, 0, 0)
+	if err != nil {
+		return err
+	}
+	target.Tenant = tx.tenant
+	tx.backends, tx.target = txb, pool.NewTxTarget(target)
+	tx.stmts = newRewriter(tx.target.Key())
+	return nil
+}
+
+// serverSettings is AuthenticationOk and the server's settings as a
+// directly connected client would hear them, read while bc is held.
+func serverSettings(bc *pool.Conn) []pgproto3.BackendMessage {
+	msgs := []pgproto3.BackendMessage{&pgproto3.AuthenticationOk{}}
+	for name, value := range bc.ParameterStatuses() {
+		msgs = append(msgs, &pgproto3.ParameterStatus{Name: name, Value: value})
+	}
+	return msgs
+}
+
+// greet completes the client's startup: msgs (serverSettings), the
+// proxy's cancel key for serverPID (0: none yet) and ReadyForQuery.
+func (s *Server) greet(c *clientConn, target pool.Target, msgs []pgproto3.BackendMessage, serverPID, serverKey uint32) (uint32, error) {
+	pid, secret := s.cancels.add(target, serverPID, serverKey)
+	msgs = append(msgs, &pgproto3.BackendKeyData{ProcessID: pid, SecretKey: secret[:]}, &pgproto3.ReadyForQuery{TxStatus: 'I'})
+	if err := c.send(msgs...); err != nil {
+		s.cancels.remove(pid)
+		return 0, err
+	}
+	return pid, nil
+}
+
+func isFalse(v string) bool {
+	switch strings.ToLower(v) {
+	case "false", "off", "no", "0":
+		return true
+	}
+	return false
+}

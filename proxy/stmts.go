@@ -1,0 +1,195 @@
+package proxy
+
+import (
+	"crypto/sha256"
+	"encoding/hex"
+
+	"github.com/tenantproxy/tenantproxy/internal/pgwire"
+)
+
+// stmtSet is the set of prepared statements a server connection holds;
+// *pool.Conn is one.
+type stmtSet interface {
+	HasStatement(name string) bool
+	AddStatement(name string)
+}
+
+// expecter records a reply the server will owe for what was written;
+// *replyQueue is one.
+type expecter interface{ push(reply) }
+
+// rewriter carries a transaction-mode client's prepared statements across
+// the server connections its transactions land on. It is pure: a client
+// message and the bound connection's statement set go in; the bytes to
+// write and the replies to expect come out. It is owned by the client
+// loop.
+//
+// A named statement lives on servers under a name derived from the tenant
+// context and the statement (statementName), so clients of one context
+// share it on a connection and two contexts never do; a reference to a
+// statement the connection lacks is preceded by its Parse. The unnamed
+// statement is sent again when a binding other than the one that parsed
+// it uses it, since the connection's unnamed statement may be another
+// client's.
+type rewriter struct {
+	// context is the tenant context's key (pool.TxTarget.Key).
+	context string
+	stmts   map[string]*clientStmt
+	// unnamed is the client's last unnamed Parse as sent, unnamedEpoch
+	// the binding that sent it (0: none).
+	unnamed      []byte
+	unnamedEpoch uint64
+}
+
+// clientStmt is one of the client's named prepared statements.
+type clientStmt struct {
+	server string // the name on server connections
+	parse  []byte // the Parse message under that name
+}
+
+// unknownStatement is what a client's reference to a statement it never
+// prepared is sent as: no statement has that name, so the server answers
+// as it would have, and a client cannot reach a statement the proxy
+// prepared for someone else.
+const unknownStatement = "tenantproxy_unknown_statement"
+
+func newRewriter(context string) *rewriter {
+	return &rewriter{context: context, stmts: make(map[string]*clientStmt)}
+}
+
+// rewrite appends to out the form of client message m (whole, header
+// included) to send on a connection holding cs, in binding epoch, and
+// records on q the replies the proxy must recognise. Messages other than
+// Parse, Bind, Describe and Close are appended unchanged. A malformed
+// message is passed on as it is: the server rejects it as it would have.
+func (rw *rewriter) rewrite(out, m []byte, cs stmtSet, epoch uint64, q expecter) []byte {
+	switch m[0] {
+	case 'P':
+		return rw.parse(out, m, cs, epoch, q)
+	case 'B':
+		return rw.bind(out, m, cs, epoch, q)
+	case 'D', 'C':
+		return rw.describeOrClose(out, m, cs, epoch, q)
+	}
+	return append(out, m...)
+}
+
+// parse forwards a Parse: an unnamed one as is (remembered, to be sent
+// again if a later binding uses it); a named one under its server name.
+func (rw *rewriter) parse(out, m []byte, cs stmtSet, epoch uint64, q expecter) []byte {
+	name, rest, ok := pgwire.CString(m[5:])
+	if !ok || len(name) == 0 {
+		rw.unnamed = append(rw.unnamed[:0], m...)
+		rw.unnamedEpoch = epoch
+		q.push(reply{kind: replyParse})
+		return append(out, m...)
+	}
+	server := statementName(rw.context, rest)
+	st := &clientStmt{server: server}
+	st.parse = pgwire.AppendHeader(nil, 'P', len(server)+1+len(rest))
+	st.parse = append(append(st.parse, server...), 0)
+	st.parse = append(st.parse, rest...)
+	rw.stmts[string(name)] = st
+	if cs.HasStatement(server) {
+		// Prepared before, maybe by another client of the context: close
+		// it so the client's own Parse gets its own answer in order.
+		q.push(reply{kind: replyClose, inject: true})
+		out = pgwire.AppendHeader(out, 'C', 1+len(server)+1)
+		out = append(append(append(out, 'S'), server...), 0)
+	}
+	cs.AddStatement(server)
+	q.push(reply{kind: replyParse, name: server})
+	return append(out, st.parse...)
+}
+
+// bind forwards a Bind with the statement's server name.
+func (rw *rewriter) bind(out, m []byte, cs stmtSet, epoch uint64, q expecter) []byte {
+	portal, rest, ok := pgwire.CString(m[5:])
+	name, params, ok2 := pgwire.CString(rest)
+	if !ok || !ok2 {
+		return append(out, m...)
+	}
+	if len(name) == 0 {
+		out = rw.ensureUnnamed(out, epoch, q)
+		return append(out, m...)
+	}
+	var server string
+	out, server = rw.ensure(out, name, cs, q)
+	out = pgwire.AppendHeader(out, 'B', len(portal)+1+len(server)+1+len(params))
+	out = append(append(out, portal...), 0)
+	out = append(append(out, server...), 0)
+	return append(out, params...)
+}
+
+// describeOrClose forwards a Describe or Close of a statement with its
+// server name; of a portal, unchanged. A closed statement stays on server
+// connections for other clients of the context; closing a name that does
+// not exist is not an error, so the client gets its CloseComplete.
+func (rw *rewriter) describeOrClose(out, m []byte, cs stmtSet, epoch uint64, q expecter) []byte {
+	typ := m[0]
+	if typ == 'C' {
+		q.push(reply{kind: replyClose})
+	}
+	if len(m) < 7 || m[5] != 'S' {
+		return append(out, m...)
+	}
+	name, _, ok := pgwire.CString(m[6:])
+	if !ok {
+		return append(out, m...)
+	}
+	if len(name) == 0 {
+		if typ == 'D' {
+			out = rw.ensureUnnamed(out, epoch, q)
+		}
+		return append(out, m...)
+	}
+	server := unknownStatement
+	if typ == 'C' {
+		delete(rw.stmts, string(name))
+	} else {
+		out, server = rw.ensure(out, name, cs, q)
+	}
+	out = pgwire.AppendHeader(out, typ, 1+len(server)+1)
+	out = append(out, 'S')
+	return append(append(out, server...), 0)
+}
+
+// ensure returns the server name of the client's statement name, first
+// appending its Parse when cs lacks it. A name the client never prepared
+// maps to unknownStatement.
+func (rw *rewriter) ensure(out, name []byte, cs stmtSet, q expecter) ([]byte, string) {
+	st := rw.stmts[string(name)]
+	if st == nil {
+		return out, unknownStatement
+	}
+	if !cs.HasStatement(st.server) {
+		cs.AddStatement(st.server)
+		q.push(reply{kind: replyParse, inject: true, name: st.server})
+		out = append(out, st.parse...)
+	}
+	return out, st.server
+}
+
+// ensureUnnamed appends the client's unnamed statement again when this
+// binding did not parse it.
+func (rw *rewriter) ensureUnnamed(out []byte, epoch uint64, q expecter) []byte {
+	if rw.unnamedEpoch == epoch || len(rw.unnamed) == 0 {
+		return out
+	}
+	rw.unnamedEpoch = epoch
+	q.push(reply{kind: replyParse, inject: true})
+	return append(out, rw.unnamed...)
+}
+
+// statementName is the server-side name of a named statement: a digest
+// of the tenant context and the Parse body after the name (query text
+// and parameter types), so that equal statements of one context share a
+// name on a connection and statements of different contexts never do.
+func statementName(context string, body []byte) string {
+	h := sha256.New()
+	h.Write([]byte(context))
+	h.Write([]byte{0})
+	h.Write(body)
+	var sum [sha256.Size]byte
+	return "tp_" + hex.EncodeToString(h.Sum(sum[:0])[:16])
+}

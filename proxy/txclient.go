@@ -1,0 +1,344 @@
+package proxy
+
+import (
+	"bufio"
+	"errors"
+	"os"
+
+	"github.com/jackc/pgx/v5/pgproto3"
+	"go.uber.org/zap"
+
+	"github.com/tenantproxy/tenantproxy/internal/pgwire"
+	"github.com/tenantproxy/tenantproxy/pool"
+)
+
+// clientLoop reads the client until it leaves or the session ends. It
+// holds a pooled reader only while the client has bytes buffered.
+func (tx *txSession) clientLoop() error {
+	sc := &tx.clientScan
+	sc.SetMaxBody(tx.maxMsg)
+	sc.WholeAll()
+	var src *bufio.Reader
+	defer func() {
+		if src != nil {
+			putTxReader(src)
+		}
+	}()
+	for {
+		var m pgwire.Message
+		var err error
+		if src == nil {
+			if src, err = tx.idleRead(); err == nil {
+				sc.Reset(src, nil)
+			}
+		}
+		if err == nil {
+			m, err = sc.Next()
+		}
+		if err != nil {
+			if done, err := tx.woken(err); done {
+				return err
+			}
+			continue
+		}
+		if m.Type == pgwire.Terminate {
+			return nil
+		}
+		tx.in = m.Bytes
+		if err := tx.handle(m.Type); err != nil {
+			return err
+		}
+		sc.Forward() // consumed: the scanner has no destination
+		if sc.Buffered() == 0 && tx.first.empty() {
+			putTxReader(src)
+			src = nil
+		}
+	}
+}
+
+// woken handles a failed read of the client: an interrupt (drain, kill,
+// the session ended by the reader of the server) or the client's own
+// failure. done means the loop ends with err.
+func (tx *txSession) woken(err error) (done bool, _ error) {
+	if !errors.Is(err, os.ErrDeadlineExceeded) {
+		return true, err
+	}
+	if _, ended := tx.endReason(); ended {
+		return true, err
+	}
+	if tx.killed.Load() || tx.draining.Load() {
+		if !tx.isBound() {
+			tx.client.Write(encodeError(errShuttingDown, fatal))
+			return true, errShuttingDown
+		}
+		if tx.killed.Load() {
+			return true, errShuttingDown
+		}
+	}
+	// Woken while a transaction is open; the reader of the server wakes
+	// this loop again when it unbinds.
+	resumeRead(tx.client)
+	if tx.draining.Load() && !tx.isBound() {
+		interruptRead(tx.client)
+	}
+	return false, nil
+}
+
+// verdict is why the Query or Parse in tx.in must not run, or "" (also
+// for every other message type).
+func (tx *txSession) verdict(typ byte) string {
+	if typ != 'Q' && typ != 'P' {
+		return ""
+	}
+	sql := pgwire.Statement(tx.in)
+	// The policy first: what it refuses (SET ROLE, set_config, RESET ALL)
+	// is refused in session mode too, so transaction mode's hint to
+	// connect in session mode would be false for it.
+	if r := tx.srv.policy.CheckRules(sql, tx.rules); r != "" {
+		return r
+	}
+	return tx.srv.txnCheck.Check(sql)
+}
+
+// handle acts on the client message in tx.in and on every further whole
+// message already buffered, writing them to the bound server connection
+// in one write, binding one first if needed.
+func (tx *txSession) handle(typ byte) error {
+	if err, ended := tx.endReason(); ended {
+		return err
+	}
+	if tx.skipping && typ != 'S' {
+		return nil
+	}
+	r := tx.verdict(typ)
+	tx.out = tx.out[:0]
+	if !tx.isBound() {
+		if answered, err := tx.unboundMessage(typ, r); answered {
+			return err
+		}
+		if err := tx.acquire(typ); err != nil || !tx.isBound() {
+			return err
+		}
+	}
+	tx.mu.Lock()
+	c := tx.server
+	tx.message(c, typ, r)
+	for !tx.skipping && tx.pipelined() {
+		m, _ := tx.clientScan.Next()
+		tx.in = m.Bytes
+		tx.message(c, m.Type, tx.verdict(m.Type))
+	}
+	// Written without the lock, so a background relayer can relay (and
+	// take the lock for replies it must match) while a big write waits
+	// for the server to read: every message above left the server owing
+	// a ReadyForQuery or mid-batch (partial), so it cannot unbind c until
+	// the server has read this write. A failed write needs no handling
+	// here: the reader of the server finds the same failure.
+	tx.mu.Unlock()
+	c.NetConn().Write(tx.out)
+	return tx.awaitReplies(c)
+}
+
+// pipelined reports whether another whole client message (not Terminate)
+// is already buffered: it goes in the same write. Reading it otherwise
+// would wait for more.
+func (tx *txSession) pipelined() bool {
+	typ, ok := tx.clientScan.Peek()
+	return ok && typ != pgwire.Terminate
+}
+
+// unboundMessage answers, between transactions, what needs no server:
+// refusals and the Sync ending a skipped batch. answered means the message
+// was dealt with (err is then the session's end, if any).
+func (tx *txSession) unboundMessage(typ byte, r string) (answered bool, err error) {
+	switch {
+	case tx.skipping: // at its Sync
+		tx.skipping = false
+		return true, tx.answer(tx.skipErr, asIs)
+	case typ == 'Q' && r != "":
+		return true, tx.answer(refused(r), asIs)
+	case typ == 'P' && r != "":
+		tx.skip(r)
+		return true, nil
+	case typ == 'F':
+		return true, tx.answer(refused(errFastPath), asIs)
+	}
+	return false, nil
+}
+
+// acquire binds a server connection for the transaction the client
+// message of type typ starts, with its context set-up in tx.out.
+func (tx *txSession) acquire(typ byte) error {
+	if tx.draining.Load() || tx.killed.Load() {
+		tx.client.Write(encodeError(errShuttingDown, fatal))
+		return errShuttingDown
+	}
+	c, setup, queries, err := tx.backends.AcquireTx(tx.srv.ctx, tx.target)
+	if err != nil {
+		return tx.acquireFailed(typ, err)
+	}
+	tx.bind(c, queries)
+	tx.out = append(tx.out, setup...)
+	return nil
+}
+
+// awaitReplies relays what the client is owed after a write to c: here,
+// when the client has sent a whole request (nothing buffered, no batch
+// open) and so waits for the answer; else in the background, since the
+// client may go on sending while the server answers.
+func (tx *txSession) awaitReplies(c *pool.Conn) error {
+	tx.mu.Lock()
+	if tx.server != c || tx.state.relaying() {
+		tx.mu.Unlock()
+		return nil
+	}
+	if !tx.partial && tx.replies.owed() == 0 {
+		// Nothing to answer (the server ignores COPY messages outside a
+		// COPY): an idle connection goes back now, an open transaction
+		// keeps it.
+		idle := tx.status == 'I'
+		tx.mu.Unlock()
+		if idle {
+			tx.giveBack(c)
+		}
+		return nil
+	}
+	tx.state = background
+	if !tx.partial && tx.clientScan.Buffered() == 0 && tx.first.empty() {
+		tx.state = inline
+	}
+	st := tx.state
+	tx.mu.Unlock()
+	src := getTxReader(c.NetConn())
+	if st == background {
+		tx.background(src)
+		return nil
+	}
+	return tx.relayInline(c, src)
+}
+
+// relayInline relays on the client loop until the client is owed nothing
+// more, handing over to a relay goroutine at a COPY.
+func (tx *txSession) relayInline(c *pool.Conn, src *bufio.Reader) error {
+	switch tx.relay(src, true) {
+	case relayFailed:
+		putTxReader(src)
+		err, _ := tx.endReason()
+		return err
+	case relayCopy:
+		tx.mu.Lock()
+		tx.state = copying
+		tx.mu.Unlock()
+		tx.background(src)
+		return nil
+	case relayPaused:
+		tx.mu.Lock()
+		if tx.server == c {
+			tx.state = bound
+		}
+		tx.mu.Unlock()
+	}
+	putTxReader(src)
+	return nil
+}
+
+// background relays the rest of the binding in a goroutine of its own,
+// from src (the binding's reader, which it puts back).
+func (tx *txSession) background(src *bufio.Reader) {
+	tx.wg.Add(1)
+	go func() {
+		defer tx.wg.Done()
+		tx.relay(src, false)
+		putTxReader(src)
+	}()
+}
+
+// answer ends a client request that never reached a server: err as an
+// ErrorResponse, then ReadyForQuery.
+func (tx *txSession) answer(err error, severity int) error {
+	tx.w, _ = errorResponse(err, severity).Encode(tx.w[:0])
+	tx.w, _ = (&pgproto3.ReadyForQuery{TxStatus: 'I'}).Encode(tx.w)
+	_, werr := tx.client.Write(tx.w)
+	return werr
+}
+
+// acquireFailed answers a request that could not get a server connection:
+// 53400 after the wait timeout, 08006 when the server cannot be reached.
+// The session goes on: a later transaction may find one.
+func (tx *txSession) acquireFailed(typ byte, err error) error {
+	err = fromPool(err)
+	if errors.Is(err, pool.ErrClosed) {
+		tx.client.Write(encodeError(errShuttingDown, fatal))
+		return errShuttingDown
+	}
+	if !errors.Is(err, pool.ErrWaitTimeout) {
+		tx.srv.log.Warn("transaction could not get a server connection", zap.String("tenant", tx.tenant), zap.Error(err))
+	}
+	if typ == 'Q' || typ == 'S' {
+		return tx.answer(err, nonfatal)
+	}
+	tx.skipping, tx.skipErr, tx.skipReason = true, err, ""
+	return nil
+}
+
+// skip drops messages up to the next Sync, which is answered with the
+// refusal (like PostgreSQL after an error in the extended protocol).
+func (tx *txSession) skip(reason string) {
+	tx.skipping, tx.skipReason = true, reason
+	tx.skipErr = refused(reason)
+}
+
+// message appends the client message in tx.in to tx.out for server
+// connection c; refused statements become a Sync whose ReadyForQuery
+// carries the refusal. refusal is tx.verdict(typ). Called with tx.mu
+// held.
+func (tx *txSession) message(c *pool.Conn, typ byte, refusal string) {
+	switch typ {
+	case 'Q':
+		if refusal != "" {
+			tx.sync(refusal)
+			return
+		}
+		tx.queries.Inc()
+		tx.replies.push(reply{kind: replyReady})
+		tx.out = append(tx.out, tx.in...)
+	case 'S':
+		if tx.skipping {
+			tx.skipping = false
+			tx.sync(tx.skipReason)
+			return
+		}
+		tx.partial = false
+		tx.replies.push(reply{kind: replyReady})
+		tx.out = append(tx.out, tx.in...)
+	case 'F':
+		tx.sync(errFastPath)
+	case 'P':
+		tx.partial = true
+		if refusal != "" {
+			tx.skip(refusal)
+			return
+		}
+		tx.out = tx.stmts.rewrite(tx.out, tx.in, c, tx.epoch, &tx.replies)
+	case 'd', 'c', 'f':
+		// COPY data, done, fail: the Query that started the COPY is still
+		// owed its ReadyForQuery.
+		tx.out = append(tx.out, tx.in...)
+	default:
+		// Bind, Describe, Close, Execute, Flush and the rest: mid-batch
+		// until a Sync says otherwise.
+		tx.partial = true
+		if typ == 'E' {
+			tx.queries.Inc()
+		}
+		tx.out = tx.stmts.rewrite(tx.out, tx.in, c, tx.epoch, &tx.replies)
+	}
+}
+
+// sync sends a Sync in place of a refused message; its ReadyForQuery will
+// carry the refusal.
+func (tx *txSession) sync(refusal string) {
+	tx.partial = false
+	tx.replies.push(reply{kind: replyReady, refusal: refusal})
+	tx.out = append(tx.out, syncMessage...)
+}
