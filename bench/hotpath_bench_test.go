@@ -14,6 +14,7 @@ import (
 	"github.com/jackc/pgx/v5/pgconn"
 
 	"github.com/tenantproxy/tenantproxy/catalog"
+	"github.com/tenantproxy/tenantproxy/internal/pgcluster"
 	"github.com/tenantproxy/tenantproxy/internal/pgtest"
 	"github.com/tenantproxy/tenantproxy/migrations"
 	"github.com/tenantproxy/tenantproxy/pool"
@@ -28,7 +29,7 @@ func TestMain(m *testing.M) { pgtest.RunMain(m) }
 // PostgreSQL, with one shared-tier tenant and the pgbench tables. poolMax
 // bounds the server connections.
 type fixture struct {
-	cluster   *pgtest.Cluster
+	cluster   *pgcluster.Cluster
 	cat       *catalog.Catalog
 	proxyAddr string
 	// direct is the serving role's DSN on the shared-tier database;
@@ -57,7 +58,7 @@ func newFixture(b *testing.B, poolMax int, poolMode string) *fixture {
 	if err != nil {
 		b.Fatal(err)
 	}
-	pgbench, err := pgtest.Tool("pgbench")
+	pgbench, err := pgcluster.Tool("pgbench")
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -213,7 +214,7 @@ func BenchmarkTenantLookupCacheHit(b *testing.B) {
 // go test -run '^$' -bench 'ProxyPgbenchSelectOnly/transaction/simple' -benchtime 300000x -cpuprofile cpu.out ./bench/
 // go tool pprof -top bench.test cpu.out
 func BenchmarkProxyPgbenchSelectOnly(b *testing.B) {
-	pgbench, err := pgtest.Tool("pgbench")
+	pgbench, err := pgcluster.Tool("pgbench")
 	if err != nil {
 		b.Fatal(err)
 	}

@@ -16,6 +16,7 @@ import (
 	"go.uber.org/zap/zaptest"
 
 	"github.com/tenantproxy/tenantproxy/catalog"
+	"github.com/tenantproxy/tenantproxy/internal/pgcluster"
 	"github.com/tenantproxy/tenantproxy/internal/pgtest"
 	"github.com/tenantproxy/tenantproxy/migrations"
 	"github.com/tenantproxy/tenantproxy/pool"
@@ -41,7 +42,7 @@ var tierTenants = []struct {
 // cluster (the serving role is cluster-wide), plus a pool. Proxies are
 // started per test on top of it.
 type proxyEnv struct {
-	cluster *pgtest.Cluster
+	cluster *pgcluster.Cluster
 	cat     *catalog.Catalog
 	pool    *pool.Manager
 }
@@ -50,12 +51,12 @@ type proxyEnv struct {
 // settings.
 func newProxyEnv(t testing.TB) *proxyEnv {
 	t.Helper()
-	return newProxyEnvWith(t, pgtest.Options{}, pool.Config{})
+	return newProxyEnvWith(t, pgcluster.Options{}, pool.Config{})
 }
 
 // newProxyEnvWith builds the environment with cluster settings and a pool
 // configuration of the caller's choosing.
-func newProxyEnvWith(t testing.TB, opts pgtest.Options, poolCfg pool.Config) *proxyEnv {
+func newProxyEnvWith(t testing.TB, opts pgcluster.Options, poolCfg pool.Config) *proxyEnv {
 	t.Helper()
 	c := pgtest.StartT(t, opts)
 	dsn := pgtest.NewDatabase(t, c)
