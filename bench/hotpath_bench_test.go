@@ -12,6 +12,7 @@ import (
 	"testing"
 
 	"github.com/jackc/pgx/v5/pgconn"
+	"go.uber.org/zap"
 
 	"github.com/tenantproxy/tenantproxy/catalog"
 	"github.com/tenantproxy/tenantproxy/internal/pgcluster"
@@ -20,6 +21,7 @@ import (
 	"github.com/tenantproxy/tenantproxy/pool"
 	"github.com/tenantproxy/tenantproxy/proxy"
 	"github.com/tenantproxy/tenantproxy/router"
+	"github.com/tenantproxy/tenantproxy/test"
 )
 
 func TestMain(m *testing.M) { pgtest.RunMain(m) }
@@ -74,21 +76,7 @@ func newFixture(b *testing.B, poolMax int, poolMode string) *fixture {
 		b.Fatal(err)
 	}
 	b.Cleanup(func() { mgr.Close() })
-	srv, err := proxy.New(proxy.Config{AuthMethod: proxy.AuthTrust, PoolMode: poolMode}, cat, mgr)
-	if err != nil {
-		b.Fatal(err)
-	}
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		b.Fatal(err)
-	}
-	served := make(chan error, 1)
-	go func() { served <- srv.Serve(l) }()
-	b.Cleanup(func() {
-		srv.Shutdown(context.Background())
-		<-served
-	})
-	addr := l.Addr().String()
+	_, addr := test.StartProxy(b, proxy.Config{AuthMethod: proxy.AuthTrust, PoolMode: poolMode, Logger: zap.NewNop()}, cat, mgr)
 	return &fixture{
 		cluster: cluster, cat: cat, proxyAddr: addr,
 		direct: fmt.Sprintf("postgres://%s:%s@%s/%s?sslmode=disable", be.ServingUser, be.ServingPassword, cluster.Addr(), be.SharedDatabase),

@@ -12,7 +12,6 @@ import (
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
-	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/zap/zaptest"
 
 	"github.com/tenantproxy/tenantproxy/catalog"
@@ -82,37 +81,10 @@ func newProxyEnvWith(t testing.TB, opts pgcluster.Options, poolCfg pool.Config) 
 	return &proxyEnv{cluster: c, cat: cat, pool: mgr}
 }
 
-// startProxy serves a proxy over e on 127.0.0.1:0 and shuts it down when
-// t ends.
+// startProxy is StartProxy over e's catalog and pool.
 func (e *proxyEnv) startProxy(t testing.TB, cfg proxy.Config) (*proxy.Server, string) {
 	t.Helper()
-	if cfg.Logger == nil {
-		cfg.Logger = zaptest.NewLogger(t)
-	}
-	if cfg.Registerer == nil {
-		cfg.Registerer = prometheus.NewRegistry()
-	}
-	srv, err := proxy.New(cfg, e.cat, e.pool)
-	if err != nil {
-		t.Fatal(err)
-	}
-	l, err := newListener()
-	if err != nil {
-		t.Fatal(err)
-	}
-	served := make(chan error, 1)
-	go func() { served <- srv.Serve(l) }()
-	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-		defer cancel()
-		if err := srv.Shutdown(ctx); err != nil {
-			t.Errorf("shutdown: %v", err)
-		}
-		if err := <-served; err != proxy.ErrServerClosed {
-			t.Errorf("Serve returned %v; want ErrServerClosed", err)
-		}
-	})
-	return srv, l.Addr().String()
+	return StartProxy(t, cfg, e.cat, e.pool)
 }
 
 // dsn is a libpq URL for user at the proxy, with extra query parameters.
@@ -155,8 +127,6 @@ func ctxT(t testing.TB) context.Context {
 	t.Cleanup(cancel)
 	return ctx
 }
-
-func newListener() (net.Listener, error) { return net.Listen("tcp", "127.0.0.1:0") }
 
 // servingDSN connects directly to database as the serving role of the
 // backend "main", the role the proxy logs in with.
