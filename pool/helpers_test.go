@@ -25,7 +25,7 @@ func TestMain(m *testing.M) { pgtest.RunMain(m) }
 
 // fixture is a fresh database on the shared cluster with a serving role
 // (LOGIN, password, no privileges beyond the tenant role it is granted, as
-// DESIGN.md prescribes) and one schema-tier tenant role and schema.
+// docs/design.md prescribes) and one schema-tier tenant role and schema.
 type fixture struct {
 	cluster    *pgcluster.Cluster
 	superDSN   string // superuser, in the fixture's database

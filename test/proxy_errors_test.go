@@ -26,8 +26,8 @@ func connectErr(t *testing.T, connString string) error {
 	return err
 }
 
-// TestErrorTable produces every row of DESIGN.md's error table with a real
-// client and asserts the SQLSTATE and severity.
+// TestErrorTable produces every row of the error table (docs/design.md and
+// the README) with a real client and asserts the SQLSTATE and severity.
 func TestErrorTable(t *testing.T) {
 	e := newProxyEnv(t)
 	ctx := ctxT(t)
