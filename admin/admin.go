@@ -1,6 +1,3 @@
-// Package admin serves the operator's HTTP endpoints beside the proxy:
-// Prometheus metrics, liveness and readiness. It is separate from the
-// client listener so that probes and scrapes never compete with tenants.
 package admin
 
 import (

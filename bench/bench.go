@@ -17,7 +17,7 @@ import (
 
 	"github.com/jackc/pgx/v5"
 
-	"github.com/tenantproxy/tenantproxy/internal/pgtest"
+	"github.com/tenantproxy/tenantproxy/internal/pgcluster"
 )
 
 // Options configure Run. The zero value (plus ProxyBinary) is the full run.
@@ -171,7 +171,7 @@ func (r *runner) wants(target string) bool {
 
 func (r *runner) bringUp(ctx context.Context) error {
 	var err error
-	if r.pgbench, err = pgtest.Tool("pgbench"); err != nil {
+	if r.pgbench, err = pgcluster.Tool("pgbench"); err != nil {
 		return err
 	}
 	if r.dir, err = os.MkdirTemp("", "tenantproxy-bench-"); err != nil {

@@ -22,4 +22,12 @@
 // in turn (the target order rotating per round), so drift of the machine
 // hits all targets alike. Results are the median with min and max over the
 // rounds, as a table, a JSON file and one SVG chart per scenario.
+// --proxy-procs (Options.ProxyProcs) sets GOMAXPROCS of the measured
+// tenantproxy processes, to compare at PgBouncer's single core.
+// PostgreSQL is a throwaway cluster from internal/pgcluster, removed when
+// the run ends.
+//
+// The package's go test benchmarks (hotpath_bench_test.go) measure the
+// hot path in-process instead: relay, the catalog cache, pgbench through
+// a proxy started by test.StartProxy, and the memory of idle sessions.
 package bench

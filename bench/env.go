@@ -14,7 +14,7 @@ import (
 	"github.com/jackc/pgx/v5"
 
 	"github.com/tenantproxy/tenantproxy/catalog"
-	"github.com/tenantproxy/tenantproxy/internal/pgtest"
+	"github.com/tenantproxy/tenantproxy/internal/pgcluster"
 	"github.com/tenantproxy/tenantproxy/migrations"
 	"github.com/tenantproxy/tenantproxy/router"
 )
@@ -30,7 +30,7 @@ const tenantUser = "alice"
 // env is the PostgreSQL side of a run: the cluster, its catalog, the bench
 // tenants and the pgbench tables.
 type env struct {
-	cluster *pgtest.Cluster
+	cluster *pgcluster.Cluster
 	cat     *catalog.Catalog
 	// catalogDSN is the control database's admin DSN, for `serve`.
 	catalogDSN string
@@ -53,7 +53,7 @@ type env struct {
 // a catalog, provisions n tenants and initialises pgbench at scale.
 func startEnv(ctx context.Context, maxConns, n, scale int, progress func(string)) (e *env, err error) {
 	progress("starting PostgreSQL")
-	cluster, err := pgtest.Start(ctx, pgtest.Options{Conf: map[string]string{
+	cluster, err := pgcluster.Start(ctx, pgcluster.Options{Conf: map[string]string{
 		"max_connections": strconv.Itoa(maxConns),
 		"shared_buffers":  "256MB",
 	}})
@@ -105,7 +105,7 @@ func (e *env) close() {
 // superuser and lets the serving role use them, so that the direct, proxy
 // and PgBouncer clients all run the same SQL on the same tables.
 func (e *env) initPgbench(ctx context.Context, scale int) error {
-	pgbench, err := pgtest.Tool("pgbench")
+	pgbench, err := pgcluster.Tool("pgbench")
 	if err != nil {
 		return err
 	}

@@ -12,13 +12,16 @@ import (
 	"testing"
 
 	"github.com/jackc/pgx/v5/pgconn"
+	"go.uber.org/zap"
 
 	"github.com/tenantproxy/tenantproxy/catalog"
+	"github.com/tenantproxy/tenantproxy/internal/pgcluster"
 	"github.com/tenantproxy/tenantproxy/internal/pgtest"
 	"github.com/tenantproxy/tenantproxy/migrations"
 	"github.com/tenantproxy/tenantproxy/pool"
 	"github.com/tenantproxy/tenantproxy/proxy"
 	"github.com/tenantproxy/tenantproxy/router"
+	"github.com/tenantproxy/tenantproxy/test"
 )
 
 func TestMain(m *testing.M) { pgtest.RunMain(m) }
@@ -28,7 +31,7 @@ func TestMain(m *testing.M) { pgtest.RunMain(m) }
 // PostgreSQL, with one shared-tier tenant and the pgbench tables. poolMax
 // bounds the server connections.
 type fixture struct {
-	cluster   *pgtest.Cluster
+	cluster   *pgcluster.Cluster
 	cat       *catalog.Catalog
 	proxyAddr string
 	// direct is the serving role's DSN on the shared-tier database;
@@ -57,7 +60,7 @@ func newFixture(b *testing.B, poolMax int, poolMode string) *fixture {
 	if err != nil {
 		b.Fatal(err)
 	}
-	pgbench, err := pgtest.Tool("pgbench")
+	pgbench, err := pgcluster.Tool("pgbench")
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -73,21 +76,7 @@ func newFixture(b *testing.B, poolMax int, poolMode string) *fixture {
 		b.Fatal(err)
 	}
 	b.Cleanup(func() { mgr.Close() })
-	srv, err := proxy.New(proxy.Config{AuthMethod: proxy.AuthTrust, PoolMode: poolMode}, cat, mgr)
-	if err != nil {
-		b.Fatal(err)
-	}
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		b.Fatal(err)
-	}
-	served := make(chan error, 1)
-	go func() { served <- srv.Serve(l) }()
-	b.Cleanup(func() {
-		srv.Shutdown(context.Background())
-		<-served
-	})
-	addr := l.Addr().String()
+	_, addr := test.StartProxy(b, proxy.Config{AuthMethod: proxy.AuthTrust, PoolMode: poolMode, Logger: zap.NewNop()}, cat, mgr)
 	return &fixture{
 		cluster: cluster, cat: cat, proxyAddr: addr,
 		direct: fmt.Sprintf("postgres://%s:%s@%s/%s?sslmode=disable", be.ServingUser, be.ServingPassword, cluster.Addr(), be.SharedDatabase),
@@ -213,7 +202,7 @@ func BenchmarkTenantLookupCacheHit(b *testing.B) {
 // go test -run '^$' -bench 'ProxyPgbenchSelectOnly/transaction/simple' -benchtime 300000x -cpuprofile cpu.out ./bench/
 // go tool pprof -top bench.test cpu.out
 func BenchmarkProxyPgbenchSelectOnly(b *testing.B) {
-	pgbench, err := pgtest.Tool("pgbench")
+	pgbench, err := pgcluster.Tool("pgbench")
 	if err != nil {
 		b.Fatal(err)
 	}

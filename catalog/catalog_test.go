@@ -15,6 +15,7 @@ import (
 	"go.uber.org/goleak"
 
 	"github.com/tenantproxy/tenantproxy/catalog"
+	"github.com/tenantproxy/tenantproxy/internal/pgcluster"
 	"github.com/tenantproxy/tenantproxy/internal/pgtest"
 	"github.com/tenantproxy/tenantproxy/migrations"
 )
@@ -24,7 +25,7 @@ func TestMain(m *testing.M) { pgtest.RunMain(m) }
 // env is a migrated catalog on a private cluster: the serving role and the
 // backend databases are cluster-wide, so catalogs must not share a server.
 type env struct {
-	cluster *pgtest.Cluster
+	cluster *pgcluster.Cluster
 	dsn     string
 	cat     *catalog.Catalog
 	sent    *recordingSender

@@ -21,6 +21,8 @@
 //	Suspend(ctx, subdomain) error; Resume(ctx, subdomain) error; Delete(ctx, subdomain) error
 //	ListBackends(ctx) ([]Backend, error); AddBackend(ctx, AddBackendRequest) (*Backend, error)
 //	AddUser(ctx, tenantID, username, password, role) (*User, string, error)
+//	EnsureServiceUser(ctx, tenantID, username, password) error // the chat API's and the canary's logins
+//	Ping(ctx) error                                            // readiness: /readyz
 //
 // Bad input is a *ValidationError (nothing is created); a lifecycle change
 // the status forbids is a *StateError. The tenant id equals its subdomain;

@@ -8,7 +8,8 @@ import (
 // Tier is a tenant's isolation level.
 type Tier string
 
-// The three isolation tiers; DESIGN.md's table says what each means.
+// The three isolation tiers; the tier table of docs/design.md (and of the
+// README) says what each means.
 const (
 	TierShared   Tier = "shared"
 	TierSchema   Tier = "schema"

@@ -8,8 +8,8 @@ import (
 	"strings"
 )
 
-// subdomainPattern is DESIGN.md's rule for a tenant id / subdomain: a DNS
-// label in lowercase.
+// subdomainPattern is docs/design.md's rule for a tenant id / subdomain: a
+// DNS label in lowercase.
 var subdomainPattern = regexp.MustCompile(`^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$`)
 
 // reserved subdomains name the platform's own hosts or PostgreSQL's own

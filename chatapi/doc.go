@@ -16,11 +16,16 @@
 // makes sure the catalog holds the matching verifier. The pools live in an
 // LRU that closes what it evicts.
 //
-// Operator endpoints under /admin/ (sign-up, suspend, resume, GDPR export
-// and delete) need Config.OperatorToken as a bearer token and use the
+// Operator endpoints under /admin/ (sign-up, show, suspend, resume, GDPR
+// export and delete) need Config.OperatorToken as a bearer token and use the
 // catalog directly, except export, which reads through the proxy as the
 // tenant so that it contains exactly what the tenant can see.
 //
 // The routes are documented in openapi.json, served at /openapi.json; a
 // test keeps the two in step.
+//
+// Metrics, registered with Config.Registerer:
+// tenantproxy_chatapi_requests_total,
+// tenantproxy_chatapi_request_duration_seconds and
+// tenantproxy_chatapi_tenant_pools.
 package chatapi

@@ -95,7 +95,7 @@ func (s *Server) asProblem(r *http.Request, err error) *problem {
 }
 
 // pgProblem maps the SQLSTATEs a client can cause, and the proxy's refusals
-// (DESIGN.md's table), to problems. Nil means a server-side fault.
+// (the error table of docs/design.md), to problems. Nil means a server-side fault.
 func (s *Server) pgProblem(r *http.Request, e *pgconn.PgError) *problem {
 	switch {
 	case e.Code == "23503":

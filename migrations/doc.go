@@ -2,9 +2,10 @@
 // applies them. The SQL is embedded, so a binary carries exactly the schema it
 // was built with.
 //
-//   - control/*.sql is the catalog (backends, tenants, tenant_users, outbox)
-//     in the control database.
-//   - tenant/*.sql is the chat data model, written once as text/template and
+//   - control/*.sql is the catalog (backends, tenants, tenant_users with
+//     their people and service logins, outbox) in the control database.
+//   - tenant/*.sql is the chat data model and the isolation canary's
+//     table (tenantproxy_canary), written once as text/template and
 //     rendered in three forms (For): KindShared adds a tenant_id column that
 //     defaults to the tenant GUC plus forced, fail-closed RLS; KindSchema
 //     creates the objects in the tenant's schema as the tenant's role;
@@ -27,6 +28,14 @@
 // backend "main" on an empty catalog (RegisterBackend: serving role, shared
 // and schema databases), then fans out over every target with bounded
 // concurrency; a failed target is reported in the Report and the joined
-// error, and the others carry on. The catalog package calls Apply,
-// RegisterBackend and CreateDatabase while it provisions.
+// error, and the others carry on. The catalog package calls Apply and
+// CreateDatabase while it provisions tenants, and RegisterBackend when it
+// adds a backend.
+//
+// Every database tenants reach is hardened when it is created (Harden):
+// PUBLIC loses what would let one tenant observe or disturb another
+// through the server itself (other sessions' queries, locks, column
+// statistics, advisory locks and notifications where tenants share a
+// database), so that isolation holds for a direct connection as the
+// serving role, not only behind the proxy's statement policy.
 package migrations

@@ -11,6 +11,7 @@ import (
 
 	"github.com/jackc/pgx/v5"
 
+	"github.com/tenantproxy/tenantproxy/internal/pgcluster"
 	"github.com/tenantproxy/tenantproxy/internal/pgtest"
 	"github.com/tenantproxy/tenantproxy/migrations"
 )
@@ -35,7 +36,7 @@ func connect(t testing.TB, dsn string) *pgx.Conn {
 
 // freshCatalog starts a private cluster (the serving role and backend
 // databases are cluster-wide) and returns its control DSN, migrated.
-func freshCatalog(t testing.TB) (*pgtest.Cluster, string) {
+func freshCatalog(t testing.TB) (*pgcluster.Cluster, string) {
 	t.Helper()
 	c := pgtest.StartT(t)
 	dsn := pgtest.NewDatabase(t, c)
@@ -47,7 +48,7 @@ func freshCatalog(t testing.TB) (*pgtest.Cluster, string) {
 
 // seedSchemaTenants registers n schema-tier tenants the way provisioning
 // does, minus their migrations, so that Up has every one of them to migrate.
-func seedSchemaTenants(t testing.TB, c *pgtest.Cluster, controlDSN, prefix string, n int) []string {
+func seedSchemaTenants(t testing.TB, c *pgcluster.Cluster, controlDSN, prefix string, n int) []string {
 	t.Helper()
 	ctx := ctxT(t)
 	control := connect(t, controlDSN)

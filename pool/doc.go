@@ -4,6 +4,12 @@
 // the connection serves anyone else, limits, health and metrics. It knows
 // tenants only as the setup statements it is handed.
 //
+// It exists because server connections are the scarce resource: each
+// costs a PostgreSQL process, so they are reused from client to client
+// (session mode) or shared transaction by transaction (transaction mode)
+// across tenants, and that is safe only if whatever one holder left behind
+// is gone before the next one gets the connection.
+//
 // # Session mode
 //
 // Acquire returns a Conn whose raw socket (NetConn) the proxy's relay then
@@ -30,23 +36,22 @@
 // socket or by a failing setup, closed, and replaced within the same
 // Acquire.
 //
-// # Differences from the API first announced to the proxy
+// # Errors and protocol
 //
-//   - NewManager returns (*Manager, error): it validates Config and
-//     registers metrics, and either can fail.
-//   - Config has, beyond the announced fields, ResetTimeout,
-//     MaxMessageBodyLen, ApplicationName and Registerer.
-//   - Acquire's typed errors: ErrWaitTimeout (pool full until ctx ended;
-//     53400), ErrClosed (57P01), *SetupError (wraps the server's
-//     *pgconn.PgError); connect errors wrap pgconn's.
-//   - Cancel uses only Addr and TLS of the Target.
-//   - Connections speak protocol 3.0, so SecretKey fits the uint32.
+// NewManager returns an error: it validates Config and registers metrics
+// with Config.Registerer, and either can fail. Acquire's errors are typed:
+// ErrWaitTimeout (the pool stayed full until the wait ended; the proxy
+// answers 53400), ErrClosed (57P01), *SetupError (wraps the server's
+// *pgconn.PgError); connect errors wrap pgconn's. Cancel forwards a
+// cancel request using only the Target's Addr and TLS. Connections speak
+// protocol 3.0, so a backend's SecretKey fits a uint32.
 //
 // # Metrics
 //
 // tenantproxy_server_connections{database,user,state} (state idle or
-// active; active includes connections being dialled or set up) and
-// tenantproxy_server_connects_total{database,user,result}. Labels omit the
+// active; active includes connections being dialled or set up),
+// tenantproxy_server_connects_total{database,user,result} and
+// tenantproxy_server_connection_waiters{database,user}. Labels omit the
 // server address and the tenant, so series grow with routes, not clients.
 //
 // # Transaction mode
@@ -58,10 +63,13 @@
 // the client's first message and whose replies the proxy consumes. A
 // connection coming from another context is neutralised first (RESET
 // ROLE; RESET ALL; COMMIT, in front of the setup in the same Query), so a
-// failing setup leaves no tenant's context behind. ReleaseTx keeps the connection's context and
-// the protocol-level statements the proxy prepared on it (AddStatement);
-// Release resets both. A session-mode Acquire of a connection left in a
-// context resets it first.
+// failing setup leaves no tenant's context behind. AcquireTxReady runs
+// the setup itself, for a client's startup, which must report the
+// server's settings in the tenant's context before any transaction.
+// ReleaseTx keeps the connection's context and the protocol-level
+// statements the proxy prepared on it (AddStatement); Release resets
+// both. A session-mode Acquire of a connection left in a context resets
+// it first.
 //
 // Waiters queue per Target.Tenant and are served round-robin across
 // tenants; Config.MaxConnsPerTenant caps what one tenant holds, and

@@ -16,6 +16,7 @@ import (
 	"go.uber.org/goleak"
 	"go.uber.org/zap/zaptest"
 
+	"github.com/tenantproxy/tenantproxy/internal/pgcluster"
 	"github.com/tenantproxy/tenantproxy/internal/pgtest"
 	"github.com/tenantproxy/tenantproxy/pool"
 )
@@ -24,9 +25,9 @@ func TestMain(m *testing.M) { pgtest.RunMain(m) }
 
 // fixture is a fresh database on the shared cluster with a serving role
 // (LOGIN, password, no privileges beyond the tenant role it is granted, as
-// DESIGN.md prescribes) and one schema-tier tenant role and schema.
+// docs/design.md prescribes) and one schema-tier tenant role and schema.
 type fixture struct {
-	cluster    *pgtest.Cluster
+	cluster    *pgcluster.Cluster
 	superDSN   string // superuser, in the fixture's database
 	database   string
 	svc        string // serving role

@@ -9,6 +9,7 @@ import (
 	"github.com/jackc/pgx/v5/pgconn"
 	"go.uber.org/goleak"
 
+	"github.com/tenantproxy/tenantproxy/internal/pgcluster"
 	"github.com/tenantproxy/tenantproxy/internal/pgtest"
 	"github.com/tenantproxy/tenantproxy/pool"
 )
@@ -21,7 +22,7 @@ func TestTLSToBackend(t *testing.T) {
 	ignore := goleak.IgnoreCurrent()
 	t.Cleanup(func() { goleak.VerifyNone(t, ignore) })
 	certFile, keyFile, roots := pgtest.SelfSignedCert(t, "localhost")
-	c := pgtest.StartT(t, pgtest.Options{Conf: map[string]string{
+	c := pgtest.StartT(t, pgcluster.Options{Conf: map[string]string{
 		"ssl": "on", "ssl_cert_file": certFile, "ssl_key_file": keyFile,
 	}})
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)

@@ -13,7 +13,7 @@ import (
 	"time"
 
 	"github.com/tenantproxy/tenantproxy/bench"
-	"github.com/tenantproxy/tenantproxy/internal/pgtest"
+	"github.com/tenantproxy/tenantproxy/internal/pgcluster"
 )
 
 // TestBenchQuickRunsEveryScenario runs `tenantproxy bench --quick` against
@@ -26,7 +26,7 @@ func TestBenchQuickRunsEveryScenario(t *testing.T) {
 	if testing.Short() {
 		t.Skip("builds the binary and runs a one-minute benchmark")
 	}
-	if _, err := pgtest.BinDir(); err != nil {
+	if _, err := pgcluster.BinDir(); err != nil {
 		if os.Getenv("CI") == "true" {
 			t.Fatal(err)
 		}

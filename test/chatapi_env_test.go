@@ -16,6 +16,7 @@ import (
 
 	"github.com/tenantproxy/tenantproxy/catalog"
 	"github.com/tenantproxy/tenantproxy/chatapi"
+	"github.com/tenantproxy/tenantproxy/internal/pgcluster"
 	"github.com/tenantproxy/tenantproxy/internal/pgtest"
 	"github.com/tenantproxy/tenantproxy/migrations"
 	"github.com/tenantproxy/tenantproxy/pool"
@@ -51,7 +52,7 @@ type chatEnvOptions struct {
 
 func newChatEnv(t *testing.T, o chatEnvOptions) *chatEnv {
 	t.Helper()
-	var opts pgtest.Options
+	var opts pgcluster.Options
 	if o.maxConnections != "" {
 		opts.Conf = map[string]string{"max_connections": o.maxConnections}
 	}

@@ -1,6 +1,3 @@
-// Package test holds tenantproxy's end-to-end suites: the real proxy on
-// 127.0.0.1:0 in front of real PostgreSQL clusters from internal/pgtest,
-// driven by real clients (pgx, psql, pgbench).
 package test
 
 import (
@@ -9,4 +6,6 @@ import (
 	"github.com/tenantproxy/tenantproxy/internal/pgtest"
 )
 
+// TestMain stops the shared cluster, which pgtest starts only when a test
+// first asks for it.
 func TestMain(m *testing.M) { pgtest.RunMain(m) }

@@ -12,7 +12,7 @@ import (
 	"github.com/jackc/pgx/v5/pgproto3"
 	"go.uber.org/zap"
 
-	"github.com/tenantproxy/tenantproxy/internal/pgtest"
+	"github.com/tenantproxy/tenantproxy/internal/pgcluster"
 	"github.com/tenantproxy/tenantproxy/pool"
 	"github.com/tenantproxy/tenantproxy/proxy"
 )
@@ -85,7 +85,7 @@ func BenchmarkSelectOnly(b *testing.B) {
 // pool's server connection state.
 func BenchmarkIdleClientMemory(b *testing.B) {
 	const clients = 1000
-	e := newProxyEnvWith(b, pgtest.Options{Conf: map[string]string{"max_connections": strconv.Itoa(clients + 100)}},
+	e := newProxyEnvWith(b, pgcluster.Options{Conf: map[string]string{"max_connections": strconv.Itoa(clients + 100)}},
 		pool.Config{MaxConnsPerKey: clients + 10})
 	_, addr := e.startProxy(b, proxy.Config{AuthMethod: proxy.AuthTrust, Logger: zap.NewNop()})
 	startup, err := (&pgproto3.StartupMessage{ProtocolVersion: pgproto3.ProtocolVersionNumber,

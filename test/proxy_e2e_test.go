@@ -16,7 +16,7 @@ import (
 	"github.com/jackc/pgx/v5/pgconn/ctxwatch"
 
 	"github.com/tenantproxy/tenantproxy/catalog"
-	"github.com/tenantproxy/tenantproxy/internal/pgtest"
+	"github.com/tenantproxy/tenantproxy/internal/pgcluster"
 	"github.com/tenantproxy/tenantproxy/proxy"
 )
 
@@ -257,7 +257,7 @@ func TestClientsThroughProxy(t *testing.T) {
 // clientTool finds a PostgreSQL client binary next to the server's.
 func clientTool(t testing.TB, name string) string {
 	t.Helper()
-	path, err := pgtest.Tool(name)
+	path, err := pgcluster.Tool(name)
 	if err != nil {
 		if p, lerr := exec.LookPath(name); lerr == nil {
 			return p

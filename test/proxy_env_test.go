@@ -12,10 +12,10 @@ import (
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
-	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/zap/zaptest"
 
 	"github.com/tenantproxy/tenantproxy/catalog"
+	"github.com/tenantproxy/tenantproxy/internal/pgcluster"
 	"github.com/tenantproxy/tenantproxy/internal/pgtest"
 	"github.com/tenantproxy/tenantproxy/migrations"
 	"github.com/tenantproxy/tenantproxy/pool"
@@ -41,7 +41,7 @@ var tierTenants = []struct {
 // cluster (the serving role is cluster-wide), plus a pool. Proxies are
 // started per test on top of it.
 type proxyEnv struct {
-	cluster *pgtest.Cluster
+	cluster *pgcluster.Cluster
 	cat     *catalog.Catalog
 	pool    *pool.Manager
 }
@@ -50,12 +50,12 @@ type proxyEnv struct {
 // settings.
 func newProxyEnv(t testing.TB) *proxyEnv {
 	t.Helper()
-	return newProxyEnvWith(t, pgtest.Options{}, pool.Config{})
+	return newProxyEnvWith(t, pgcluster.Options{}, pool.Config{})
 }
 
 // newProxyEnvWith builds the environment with cluster settings and a pool
 // configuration of the caller's choosing.
-func newProxyEnvWith(t testing.TB, opts pgtest.Options, poolCfg pool.Config) *proxyEnv {
+func newProxyEnvWith(t testing.TB, opts pgcluster.Options, poolCfg pool.Config) *proxyEnv {
 	t.Helper()
 	c := pgtest.StartT(t, opts)
 	dsn := pgtest.NewDatabase(t, c)
@@ -81,37 +81,10 @@ func newProxyEnvWith(t testing.TB, opts pgtest.Options, poolCfg pool.Config) *pr
 	return &proxyEnv{cluster: c, cat: cat, pool: mgr}
 }
 
-// startProxy serves a proxy over e on 127.0.0.1:0 and shuts it down when
-// t ends.
+// startProxy is StartProxy over e's catalog and pool.
 func (e *proxyEnv) startProxy(t testing.TB, cfg proxy.Config) (*proxy.Server, string) {
 	t.Helper()
-	if cfg.Logger == nil {
-		cfg.Logger = zaptest.NewLogger(t)
-	}
-	if cfg.Registerer == nil {
-		cfg.Registerer = prometheus.NewRegistry()
-	}
-	srv, err := proxy.New(cfg, e.cat, e.pool)
-	if err != nil {
-		t.Fatal(err)
-	}
-	l, err := newListener()
-	if err != nil {
-		t.Fatal(err)
-	}
-	served := make(chan error, 1)
-	go func() { served <- srv.Serve(l) }()
-	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-		defer cancel()
-		if err := srv.Shutdown(ctx); err != nil {
-			t.Errorf("shutdown: %v", err)
-		}
-		if err := <-served; err != proxy.ErrServerClosed {
-			t.Errorf("Serve returned %v; want ErrServerClosed", err)
-		}
-	})
-	return srv, l.Addr().String()
+	return StartProxy(t, cfg, e.cat, e.pool)
 }
 
 // dsn is a libpq URL for user at the proxy, with extra query parameters.
@@ -154,8 +127,6 @@ func ctxT(t testing.TB) context.Context {
 	t.Cleanup(cancel)
 	return ctx
 }
-
-func newListener() (net.Listener, error) { return net.Listen("tcp", "127.0.0.1:0") }
 
 // servingDSN connects directly to database as the serving role of the
 // backend "main", the role the proxy logs in with.

@@ -26,8 +26,8 @@ func connectErr(t *testing.T, connString string) error {
 	return err
 }
 
-// TestErrorTable produces every row of DESIGN.md's error table with a real
-// client and asserts the SQLSTATE and severity.
+// TestErrorTable produces every row of the error table (docs/design.md and
+// the README) with a real client and asserts the SQLSTATE and severity.
 func TestErrorTable(t *testing.T) {
 	e := newProxyEnv(t)
 	ctx := ctxT(t)
@@ -147,51 +147,22 @@ func TestErrorTable(t *testing.T) {
 			t.Fatal(err)
 		}
 		t.Cleanup(func() { one.Close() })
-		srv, err := proxy.New(proxy.Config{StartupTimeout: time.Second, Logger: zaptest.NewLogger(t)}, e.cat, one)
-		if err != nil {
-			t.Fatal(err)
-		}
-		addr := serve(t, srv)
+		_, addr := StartProxy(t, proxy.Config{StartupTimeout: time.Second}, e.cat, one)
 		connect(t, dsn(addr, "alice.acme", tenantPassword))
 		assertPgError(t, connectErr(t, dsn(addr, "alice.globex", tenantPassword)), "ERROR", "53400", "timed out waiting for a server connection")
 	})
 
 	t.Run("proxy shutting down", func(t *testing.T) {
-		srv, err := proxy.New(proxy.Config{Logger: zaptest.NewLogger(t)}, e.cat, e.pool)
-		if err != nil {
-			t.Fatal(err)
-		}
-		addr := serve(t, srv)
+		srv, addr := e.startProxy(t, proxy.Config{})
 		conn := connect(t, dsn(addr, "alice.acme", tenantPassword))
 		sctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 		defer cancel()
 		if err := srv.Shutdown(sctx); err != nil {
 			t.Fatal(err)
 		}
-		_, err = conn.Exec(ctx, "SELECT 1")
+		_, err := conn.Exec(ctx, "SELECT 1")
 		assertPgError(t, err, "FATAL", "57P01", "shutting down")
 	})
-}
-
-// serve runs srv on 127.0.0.1:0 until t ends.
-func serve(t *testing.T, srv *proxy.Server) string {
-	t.Helper()
-	l, err := newListener()
-	if err != nil {
-		t.Fatal(err)
-	}
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		srv.Serve(l)
-	}()
-	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-		defer cancel()
-		srv.Shutdown(ctx)
-		<-done
-	})
-	return l.Addr().String()
 }
 
 // assertPgError checks that err carries the server-style error wanted.

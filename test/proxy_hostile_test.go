@@ -12,7 +12,6 @@ import (
 
 	"github.com/jackc/pgx/v5/pgproto3"
 	"go.uber.org/goleak"
-	"go.uber.org/zap/zaptest"
 
 	"github.com/tenantproxy/tenantproxy/proxy"
 )
@@ -24,17 +23,7 @@ func TestHostileClients(t *testing.T) {
 	e := newProxyEnv(t)
 	leaks := goleak.IgnoreCurrent()
 	const startupTimeout = 500 * time.Millisecond
-	srv, err := proxy.New(proxy.Config{StartupTimeout: startupTimeout, MaxMessageSize: 1 << 20, Logger: zaptest.NewLogger(t)}, e.cat, e.pool)
-	if err != nil {
-		t.Fatal(err)
-	}
-	l, err := newListener()
-	if err != nil {
-		t.Fatal(err)
-	}
-	served := make(chan error, 1)
-	go func() { served <- srv.Serve(l) }()
-	addr := l.Addr().String()
+	srv, addr := e.startProxy(t, proxy.Config{StartupTimeout: startupTimeout, MaxMessageSize: 1 << 20})
 
 	dial := func(t *testing.T) net.Conn {
 		t.Helper()
@@ -163,19 +152,10 @@ func TestHostileClients(t *testing.T) {
 
 	// Hostile input in a running session: a trust-auth proxy lets a raw
 	// client in.
-	trust, err := proxy.New(proxy.Config{AuthMethod: proxy.AuthTrust, MaxMessageSize: 1 << 20, Logger: zaptest.NewLogger(t)}, e.cat, e.pool)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tl, err := newListener()
-	if err != nil {
-		t.Fatal(err)
-	}
-	trustServed := make(chan error, 1)
-	go func() { trustServed <- trust.Serve(tl) }()
+	trust, trustAddr := e.startProxy(t, proxy.Config{AuthMethod: proxy.AuthTrust, MaxMessageSize: 1 << 20})
 	session := func(t *testing.T) net.Conn {
 		t.Helper()
-		c, err := net.Dial("tcp", tl.Addr().String())
+		c, err := net.Dial("tcp", trustAddr)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -254,10 +234,6 @@ func TestHostileClients(t *testing.T) {
 	if err := trust.Shutdown(ctx); err != nil {
 		t.Fatal(err)
 	}
-	if err := <-served; err != proxy.ErrServerClosed {
-		t.Fatalf("Serve: %v", err)
-	}
-	<-trustServed
 	goleak.VerifyNone(t, leaks)
 }
 

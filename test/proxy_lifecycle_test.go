@@ -174,11 +174,7 @@ func TestSessionLifecycle(t *testing.T) {
 		// A proxy of the subtest's own, so that Shutdown drains only its
 		// clients.
 		ownProxy := func(t *testing.T, drain time.Duration) (*proxy.Server, string) {
-			srv, err := proxy.New(proxy.Config{PoolMode: mode, DrainTimeout: drain, Logger: zaptest.NewLogger(t)}, e.cat, e.pool)
-			if err != nil {
-				t.Fatal(err)
-			}
-			return srv, serve(t, srv)
+			return e.startProxy(t, proxy.Config{PoolMode: mode, DrainTimeout: drain})
 		}
 		t.Run(mode+"/drain lets a transaction finish", func(t *testing.T) {
 			srv, daddr := ownProxy(t, 10*time.Second)
@@ -280,11 +276,7 @@ func TestSessionLifecycle(t *testing.T) {
 	})
 
 	t.Run("reload switches auth method for new connections", func(t *testing.T) {
-		srv, err := proxy.New(proxy.Config{Logger: zaptest.NewLogger(t)}, e.cat, e.pool)
-		if err != nil {
-			t.Fatal(err)
-		}
-		raddr := serve(t, srv)
+		srv, raddr := e.startProxy(t, proxy.Config{})
 		assertPgError(t, connectErr(t, dsn(raddr, "alice.acme", "not-the-password")), "FATAL", "28P01", "")
 		if err := srv.Reload(proxy.Config{AuthMethod: proxy.AuthTrust}); err != nil {
 			t.Fatal(err)

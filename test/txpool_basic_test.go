@@ -8,7 +8,7 @@ import (
 
 	"github.com/jackc/pgx/v5"
 
-	"github.com/tenantproxy/tenantproxy/internal/pgtest"
+	"github.com/tenantproxy/tenantproxy/internal/pgcluster"
 	"github.com/tenantproxy/tenantproxy/pool"
 	"github.com/tenantproxy/tenantproxy/proxy"
 )
@@ -20,7 +20,7 @@ type txEnv struct {
 	addr string
 }
 
-func newTxEnv(t *testing.T, opts pgtest.Options, poolCfg pool.Config, cfg proxy.Config) *txEnv {
+func newTxEnv(t *testing.T, opts pgcluster.Options, poolCfg pool.Config, cfg proxy.Config) *txEnv {
 	t.Helper()
 	e := newProxyEnvWith(t, opts, poolCfg)
 	cfg.PoolMode = proxy.PoolTransaction
@@ -57,7 +57,7 @@ func onlyOwnUsers(ctx context.Context, conn *pgx.Conn, sub string) error {
 }
 
 func TestTxPoolClientsOfAllTiersShareFewServerConnections(t *testing.T) {
-	e := newTxEnv(t, pgtest.Options{}, pool.Config{MaxConnsPerKey: 2}, proxy.Config{})
+	e := newTxEnv(t, pgcluster.Options{}, pool.Config{MaxConnsPerKey: 2}, proxy.Config{})
 	subs := []string{"acme", "globex", "initech", "umbrella"}
 	e.seedUsers(t, subs...)
 	ctx := ctxT(t)

@@ -10,7 +10,7 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgproto3"
 
-	"github.com/tenantproxy/tenantproxy/internal/pgtest"
+	"github.com/tenantproxy/tenantproxy/internal/pgcluster"
 	"github.com/tenantproxy/tenantproxy/pool"
 	"github.com/tenantproxy/tenantproxy/proxy"
 )
@@ -21,7 +21,7 @@ import (
 // and of its read buffer, and replies past that buffer: every message must
 // arrive whole and in order.
 func TestTxPoolClientWritesOfAnySizeAroundTheIdleRead(t *testing.T) {
-	e := newTxEnv(t, pgtest.Options{}, pool.Config{MaxConnsPerKey: 1}, proxy.Config{})
+	e := newTxEnv(t, pgcluster.Options{}, pool.Config{MaxConnsPerKey: 1}, proxy.Config{})
 	ctx := ctxT(t)
 	conn := connect(t, dsn(e.addr, "alice.acme", tenantPassword))
 	for size := 400; size < 20000; size += 97 {
@@ -66,7 +66,7 @@ func TestTxPoolClientWritesOfAnySizeAroundTheIdleRead(t *testing.T) {
 // a COPY, which PostgreSQL reads and ignores: the proxy must not wait for
 // an answer that never comes, nor keep the pool's only connection.
 func TestTxPoolMessagesOwedNoReplyHoldNoConnection(t *testing.T) {
-	e := newTxEnv(t, pgtest.Options{}, pool.Config{MaxConnsPerKey: 1}, proxy.Config{})
+	e := newTxEnv(t, pgcluster.Options{}, pool.Config{MaxConnsPerKey: 1}, proxy.Config{})
 	ctx, cancel := context.WithTimeout(ctxT(t), 10*time.Second)
 	defer cancel()
 	conn := connect(t, dsn(e.addr, "alice.acme", tenantPassword))

@@ -16,7 +16,7 @@ import (
 	"github.com/jackc/pgx/v5"
 	"go.uber.org/zap"
 
-	"github.com/tenantproxy/tenantproxy/internal/pgtest"
+	"github.com/tenantproxy/tenantproxy/internal/pgcluster"
 	"github.com/tenantproxy/tenantproxy/pool"
 	"github.com/tenantproxy/tenantproxy/proxy"
 )
@@ -50,7 +50,7 @@ func BenchmarkTxPoolNoisyNeighbour(b *testing.B) {
 			name = "cap=" + strconv.Itoa(cap)
 		}
 		b.Run(name, func(b *testing.B) {
-			e := newProxyEnvWith(b, pgtest.Options{Conf: map[string]string{"max_connections": "200"}},
+			e := newProxyEnvWith(b, pgcluster.Options{Conf: map[string]string{"max_connections": "200"}},
 				pool.Config{MaxConnsPerKey: 20, MaxConnsPerTenant: cap})
 			_, addr := e.startProxy(b, proxy.Config{PoolMode: proxy.PoolTransaction, Logger: zap.NewNop()})
 			ctx := ctxT(b)
@@ -142,7 +142,7 @@ func quietP99(ctx context.Context, b *testing.B, c *pgx.Conn) float64 {
 // transaction: binding, the setup check, relaying and the pool's
 // take/put (waiters reuse their TxTarget's state) do not allocate.
 func BenchmarkTxPoolSelectOnly(b *testing.B) {
-	e := newProxyEnvWith(b, pgtest.Options{}, pool.Config{MaxConnsPerKey: 2})
+	e := newProxyEnvWith(b, pgcluster.Options{}, pool.Config{MaxConnsPerKey: 2})
 	ctx := ctxT(b)
 	db := "tenant_umbrella"
 	pgbench := clientTool(b, "pgbench")

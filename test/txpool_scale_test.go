@@ -15,7 +15,7 @@ import (
 	"golang.org/x/sync/errgroup"
 
 	"github.com/tenantproxy/tenantproxy/catalog"
-	"github.com/tenantproxy/tenantproxy/internal/pgtest"
+	"github.com/tenantproxy/tenantproxy/internal/pgcluster"
 	"github.com/tenantproxy/tenantproxy/pool"
 	"github.com/tenantproxy/tenantproxy/proxy"
 )
@@ -113,7 +113,7 @@ func TestTxPoolTwoThousandClientsOfTwoHundredTenantsOnTwentyServerConnections(t 
 	raiseFileLimit(t, 2*clients+1000)
 	// Two pools (the shared tier's database and the schema tier's), ten
 	// server connections each.
-	e := newTxEnv(t, pgtest.Options{}, pool.Config{MaxConnsPerKey: 10},
+	e := newTxEnv(t, pgcluster.Options{}, pool.Config{MaxConnsPerKey: 10},
 		proxy.Config{StartupTimeout: 3 * time.Minute})
 	subs := e.createTenants(t, perTier)
 	ctx := ctxT(t)
@@ -214,7 +214,7 @@ func raiseFileLimit(t *testing.T, need int) {
 }
 
 func TestTxPoolSurvivesTerminatedBackendsAndRestartWithoutWrongTenantReuse(t *testing.T) {
-	e := newTxEnv(t, pgtest.Options{}, pool.Config{MaxConnsPerKey: 4}, proxy.Config{})
+	e := newTxEnv(t, pgcluster.Options{}, pool.Config{MaxConnsPerKey: 4}, proxy.Config{})
 	subs := []string{"acme", "globex", "initech"}
 	e.seedUsers(t, subs...)
 	ctx := ctxT(t)

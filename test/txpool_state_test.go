@@ -13,7 +13,7 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 
-	"github.com/tenantproxy/tenantproxy/internal/pgtest"
+	"github.com/tenantproxy/tenantproxy/internal/pgcluster"
 	"github.com/tenantproxy/tenantproxy/pool"
 	"github.com/tenantproxy/tenantproxy/proxy"
 )
@@ -31,7 +31,7 @@ const noTraces = "0|0|0|0|0"
 func TestTxPoolSessionStateIsRefusedAndNeverReachesTheNextTenant(t *testing.T) {
 	// One server connection per pool: every client of a tier's database
 	// takes turns on the same server session.
-	e := newTxEnv(t, pgtest.Options{}, pool.Config{MaxConnsPerKey: 1}, proxy.Config{})
+	e := newTxEnv(t, pgcluster.Options{}, pool.Config{MaxConnsPerKey: 1}, proxy.Config{})
 	ctx := ctxT(t)
 	items := []struct{ name, sql string }{
 		{"temporary table", "CREATE TEMP TABLE leftover (a int)"},
@@ -93,7 +93,7 @@ func TestTxPoolSessionStateIsRefusedAndNeverReachesTheNextTenant(t *testing.T) {
 }
 
 func TestTxPoolTransactionScopedStateIsAllowedAndEndsWithTheTransaction(t *testing.T) {
-	e := newTxEnv(t, pgtest.Options{}, pool.Config{MaxConnsPerKey: 1}, proxy.Config{})
+	e := newTxEnv(t, pgcluster.Options{}, pool.Config{MaxConnsPerKey: 1}, proxy.Config{})
 	ctx := ctxT(t)
 	conn := connect(t, dsn(e.addr, "alice.umbrella", tenantPassword))
 	tx, err := conn.Begin(ctx)
@@ -125,7 +125,7 @@ func TestTxPoolTransactionScopedStateIsAllowedAndEndsWithTheTransaction(t *testi
 }
 
 func TestTxPoolClientLeavingMidTransactionIsRolledBack(t *testing.T) {
-	e := newTxEnv(t, pgtest.Options{}, pool.Config{MaxConnsPerKey: 1}, proxy.Config{})
+	e := newTxEnv(t, pgcluster.Options{}, pool.Config{MaxConnsPerKey: 1}, proxy.Config{})
 	e.seedUsers(t, "acme", "globex")
 	ctx := ctxT(t)
 	for _, tenant := range []string{"acme", "initech"} {
@@ -166,7 +166,7 @@ func TestTxPoolClientLeavingMidTransactionIsRolledBack(t *testing.T) {
 }
 
 func TestTxPoolPgbenchEveryProtocolMode(t *testing.T) {
-	e := newTxEnv(t, pgtest.Options{}, pool.Config{MaxConnsPerKey: 2}, proxy.Config{})
+	e := newTxEnv(t, pgcluster.Options{}, pool.Config{MaxConnsPerKey: 2}, proxy.Config{})
 	e.seedUsers(t, "acme", "initech", "umbrella")
 	pgbench := clientTool(t, "pgbench")
 	script := filepath.Join(t.TempDir(), "chat.sql")
@@ -191,7 +191,7 @@ func TestTxPoolPgbenchEveryProtocolMode(t *testing.T) {
 }
 
 func TestTxPoolPreparedStatementsFollowClientsAcrossServerConnections(t *testing.T) {
-	e := newTxEnv(t, pgtest.Options{}, pool.Config{MaxConnsPerKey: 3}, proxy.Config{})
+	e := newTxEnv(t, pgcluster.Options{}, pool.Config{MaxConnsPerKey: 3}, proxy.Config{})
 	e.seedUsers(t, "acme", "globex", "initech")
 	ctx := ctxT(t)
 	errs := make(chan error, 12)
@@ -238,7 +238,7 @@ func TestTxPoolPreparedStatementsFollowClientsAcrossServerConnections(t *testing
 }
 
 func TestTxPoolTenantCapAndWaitTimeout(t *testing.T) {
-	e := newTxEnv(t, pgtest.Options{}, pool.Config{MaxConnsPerKey: 2, MaxConnsPerTenant: 1, WaitTimeout: 300 * time.Millisecond}, proxy.Config{})
+	e := newTxEnv(t, pgcluster.Options{}, pool.Config{MaxConnsPerKey: 2, MaxConnsPerTenant: 1, WaitTimeout: 300 * time.Millisecond}, proxy.Config{})
 	ctx := ctxT(t)
 	holder := connect(t, dsn(e.addr, "alice.acme", tenantPassword))
 	tx, err := holder.Begin(ctx)
@@ -278,7 +278,7 @@ func retryCtx(ctx context.Context) (context.Context, context.CancelFunc) {
 }
 
 func TestTxPoolCopyInAndOutThenNextTransactionsOnOtherConnections(t *testing.T) {
-	e := newTxEnv(t, pgtest.Options{}, pool.Config{MaxConnsPerKey: 2}, proxy.Config{})
+	e := newTxEnv(t, pgcluster.Options{}, pool.Config{MaxConnsPerKey: 2}, proxy.Config{})
 	ctx := ctxT(t)
 	// COPY FROM is not supported under the shared tier's row-level
 	// security, so the schema and database tiers.
@@ -316,7 +316,7 @@ func TestTxPoolCopyInAndOutThenNextTransactionsOnOtherConnections(t *testing.T) 
 }
 
 func TestTxPoolCancelReachesTheTransactionsServerConnection(t *testing.T) {
-	e := newTxEnv(t, pgtest.Options{}, pool.Config{MaxConnsPerKey: 2}, proxy.Config{})
+	e := newTxEnv(t, pgcluster.Options{}, pool.Config{MaxConnsPerKey: 2}, proxy.Config{})
 	conn := connect(t, dsn(e.addr, "alice.initech", tenantPassword))
 	ctx, cancel := context.WithTimeout(ctxT(t), 500*time.Millisecond)
 	defer cancel()

@@ -15,7 +15,7 @@ import (
 
 	"github.com/tenantproxy/tenantproxy/admin"
 	"github.com/tenantproxy/tenantproxy/catalog"
-	"github.com/tenantproxy/tenantproxy/internal/pgtest"
+	"github.com/tenantproxy/tenantproxy/internal/pgcluster"
 	"github.com/tenantproxy/tenantproxy/migrations"
 	"github.com/tenantproxy/tenantproxy/proxy"
 )
@@ -55,7 +55,7 @@ func newDemoCommand(g *globals) *cobra.Command {
 func demo(ctx context.Context, g *globals, f *serveFlags, out io.Writer) (err error) {
 	started := time.Now()
 	fmt.Fprintln(out, "starting a throwaway PostgreSQL …")
-	cluster, err := pgtest.Start(ctx, pgtest.Options{})
+	cluster, err := pgcluster.Start(ctx, pgcluster.Options{})
 	if err != nil {
 		return fmt.Errorf("demo needs PostgreSQL server binaries (apt-get install -y postgresql, or set PG_BIN): %w", err)
 	}
@@ -174,7 +174,7 @@ func demoDSN(addr *net.TCPAddr, tenant string) string {
 	return fmt.Sprintf("postgres://alice.%s:%s@%s/chat?sslmode=disable", tenant, demoPassword, addr)
 }
 
-func printDemo(out io.Writer, cluster *pgtest.Cluster, addr *net.TCPAddr, adm *admin.Server, chat *chatServer, chatCfg *chatFlags, took time.Duration) {
+func printDemo(out io.Writer, cluster *pgcluster.Cluster, addr *net.TCPAddr, adm *admin.Server, chat *chatServer, chatCfg *chatFlags, took time.Duration) {
 	var b strings.Builder
 	fmt.Fprintf(&b, "\ntenantproxy demo is ready (%s)\n\n", took.Round(time.Millisecond))
 	fmt.Fprintf(&b, "  proxy       %s  (SCRAM-SHA-256; every demo user is alice, password %s)\n", addr, demoPassword)

@@ -14,14 +14,14 @@ import (
 
 	"github.com/jackc/pgx/v5"
 
-	"github.com/tenantproxy/tenantproxy/internal/pgtest"
+	"github.com/tenantproxy/tenantproxy/internal/pgcluster"
 )
 
 // TestDemoServesEveryTierAndCleansUp runs `tenantproxy demo` as a newcomer
 // would, follows a printed psql line with a real client and the chat API's
 // curl lines over HTTP, and checks that Ctrl-C leaves no cluster behind.
 func TestDemoServesEveryTierAndCleansUp(t *testing.T) {
-	if _, err := pgtest.BinDir(); err != nil && os.Getenv("CI") != "true" {
+	if _, err := pgcluster.BinDir(); err != nil && os.Getenv("CI") != "true" {
 		t.Skip(err)
 	}
 	ctx, cancel := context.WithCancel(context.Background())

@@ -1,7 +1,3 @@
-// Command tenantproxy is the tenant-aware PostgreSQL proxy: it serves the
-// proxy, migrates and administers the catalog, provisions tenants, and runs
-// the demo and the benchmark. This package only wires flags, configuration
-// and logging to the packages that do the work.
 package main
 
 import (

@@ -2,6 +2,8 @@ package pgtest
 
 import (
 	"context"
+	"crypto/rand"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"os"
@@ -11,11 +13,13 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+
+	"github.com/tenantproxy/tenantproxy/internal/pgcluster"
 )
 
 var shared struct {
 	sync.Mutex
-	cluster *Cluster
+	cluster *pgcluster.Cluster
 	err     error
 }
 
@@ -36,12 +40,12 @@ func RunMain(m *testing.M) {
 // Shared returns the test binary's one cluster, starting it on first use.
 // Tests that share it must not change cluster-wide state; they take their
 // own database from NewDatabase. The package's TestMain must call RunMain.
-func Shared(tb testing.TB) *Cluster {
+func Shared(tb testing.TB) *pgcluster.Cluster {
 	tb.Helper()
 	shared.Lock()
 	defer shared.Unlock()
 	if shared.cluster == nil && shared.err == nil {
-		shared.cluster, shared.err = Start(context.Background(), Options{})
+		shared.cluster, shared.err = pgcluster.Start(context.Background(), pgcluster.Options{})
 	}
 	if shared.err != nil {
 		unavailable(tb, shared.err)
@@ -51,13 +55,13 @@ func Shared(tb testing.TB) *Cluster {
 
 // StartT starts a private cluster that tb's cleanup stops, for tests that
 // restart servers or need a second one (another region).
-func StartT(tb testing.TB, opts ...Options) *Cluster {
+func StartT(tb testing.TB, opts ...pgcluster.Options) *pgcluster.Cluster {
 	tb.Helper()
-	var o Options
+	var o pgcluster.Options
 	if len(opts) > 0 {
 		o = opts[0]
 	}
-	c, err := Start(context.Background(), o)
+	c, err := pgcluster.Start(context.Background(), o)
 	if err != nil {
 		unavailable(tb, err)
 	}
@@ -74,7 +78,7 @@ func StartT(tb testing.TB, opts ...Options) *Cluster {
 // every integration test pass by skipping.
 func unavailable(tb testing.TB, err error) {
 	tb.Helper()
-	if errors.Is(err, ErrNoBinaries) && os.Getenv("CI") != "true" {
+	if errors.Is(err, pgcluster.ErrNoBinaries) && os.Getenv("CI") != "true" {
 		tb.Skip(err)
 	}
 	tb.Fatal(err)
@@ -84,9 +88,11 @@ var dbSeq atomic.Int64
 
 // NewDatabase creates a database with a fresh name on c and returns a
 // superuser DSN for it. It is dropped when tb ends.
-func NewDatabase(tb testing.TB, c *Cluster) string {
+func NewDatabase(tb testing.TB, c *pgcluster.Cluster) string {
 	tb.Helper()
-	name := fmt.Sprintf("test_%d_%d_%s", os.Getpid(), dbSeq.Add(1), randomHex(3))
+	suffix := make([]byte, 3)
+	rand.Read(suffix)
+	name := fmt.Sprintf("test_%d_%d_%s", os.Getpid(), dbSeq.Add(1), hex.EncodeToString(suffix))
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	if err := c.Exec(ctx, "postgres", "CREATE DATABASE "+pgx.Identifier{name}.Sanitize()); err != nil {
@@ -100,17 +106,4 @@ func NewDatabase(tb testing.TB, c *Cluster) string {
 		}
 	})
 	return c.DSN(name)
-}
-
-// Exec runs sql as SuperUser in database.
-func (c *Cluster) Exec(ctx context.Context, database, sql string) error {
-	conn, err := pgx.Connect(ctx, c.DSN(database))
-	if err != nil {
-		return fmt.Errorf("pgtest: connect %s: %w", database, err)
-	}
-	defer conn.Close(ctx)
-	if _, err := conn.Exec(ctx, sql); err != nil {
-		return fmt.Errorf("pgtest: %s: %w", sql, err)
-	}
-	return nil
 }

@@ -12,6 +12,8 @@ import (
 	"path/filepath"
 	"testing"
 	"time"
+
+	"github.com/tenantproxy/tenantproxy/internal/pgcluster"
 )
 
 // SelfSignedCert writes a self-signed server certificate for names (the
@@ -68,11 +70,7 @@ func SelfSignedCert(tb testing.TB, names ...string) (certFile, keyFile string, r
 	if err := os.WriteFile(keyFile, pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: keyDER}), 0o600); err != nil {
 		tb.Fatal(err)
 	}
-	o, err := serverOwner()
-	if err != nil {
-		tb.Fatal(err)
-	}
-	if err := o.chown(keyFile); err != nil {
+	if err := pgcluster.ChownToServer(keyFile); err != nil {
 		tb.Fatal(err)
 	}
 	return certFile, keyFile, roots

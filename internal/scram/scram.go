@@ -1,6 +1,3 @@
-// Package scram holds SCRAM-SHA-256 verifiers (RFC 5802, RFC 7677) in the
-// form PostgreSQL stores them, so the catalog keeps only verifiers and the
-// proxy can authenticate clients without ever seeing a stored password.
 package scram
 
 import (

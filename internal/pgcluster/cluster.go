@@ -1,4 +1,4 @@
-package pgtest
+package pgcluster
 
 import (
 	"context"
@@ -17,6 +17,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 )
 
@@ -62,7 +63,7 @@ func Start(ctx context.Context, opts Options) (*Cluster, error) {
 	}
 	dir, err := os.MkdirTemp("", "tenantproxy-pg-")
 	if err != nil {
-		return nil, fmt.Errorf("pgtest: %w", err)
+		return nil, fmt.Errorf("pgcluster: %w", err)
 	}
 	c := &Cluster{
 		Dir:       dir,
@@ -108,7 +109,7 @@ func serverOwner() (owner, error) {
 	}
 	u, err := user.Lookup("postgres")
 	if err != nil {
-		return owner{}, fmt.Errorf("pgtest: running as root needs a postgres OS user: %w", err)
+		return owner{}, fmt.Errorf("pgcluster: running as root needs a postgres OS user: %w", err)
 	}
 	uid, _ := strconv.Atoi(u.Uid)
 	gid, _ := strconv.Atoi(u.Gid)
@@ -122,6 +123,20 @@ func (o owner) chown(path string) error {
 	return os.Chown(path, int(o.cred.Uid), int(o.cred.Gid))
 }
 
+// ChownToServer hands path to the OS user clusters run as (postgres, when
+// this process is root), so that a server can read files another part of
+// the process wrote, such as a TLS key. It does nothing when not root.
+func ChownToServer(path string) error {
+	o, err := serverOwner()
+	if err != nil {
+		return err
+	}
+	if err := o.chown(path); err != nil {
+		return fmt.Errorf("pgcluster: %w", err)
+	}
+	return nil
+}
+
 func (o owner) command(ctx context.Context, name string, args ...string) *exec.Cmd {
 	cmd := exec.CommandContext(ctx, name, args...)
 	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: o.cred, Setpgid: true, Pdeathsig: syscall.SIGKILL}
@@ -131,14 +146,14 @@ func (o owner) command(ctx context.Context, name string, args ...string) *exec.C
 func (c *Cluster) initdb(ctx context.Context, bin string, o owner) error {
 	pwfile := filepath.Join(c.Dir, "pwfile")
 	if err := os.WriteFile(pwfile, []byte(c.Password+"\n"), 0o600); err != nil {
-		return fmt.Errorf("pgtest: %w", err)
+		return fmt.Errorf("pgcluster: %w", err)
 	}
 	if err := os.Mkdir(c.SocketDir, 0o700); err != nil {
-		return fmt.Errorf("pgtest: %w", err)
+		return fmt.Errorf("pgcluster: %w", err)
 	}
 	for _, p := range []string{c.Dir, pwfile, c.SocketDir} {
 		if err := o.chown(p); err != nil {
-			return fmt.Errorf("pgtest: %w", err)
+			return fmt.Errorf("pgcluster: %w", err)
 		}
 	}
 	cmd := o.command(ctx, filepath.Join(bin, "initdb"),
@@ -146,7 +161,7 @@ func (c *Cluster) initdb(ctx context.Context, bin string, o owner) error {
 		"--auth-local=trust", "--auth-host=scram-sha-256",
 		"-E", "UTF8", "--locale=C", "--no-sync")
 	if out, err := cmd.CombinedOutput(); err != nil {
-		return fmt.Errorf("pgtest: initdb: %w: %s", err, out)
+		return fmt.Errorf("pgcluster: initdb: %w: %s", err, out)
 	}
 	return nil
 }
@@ -177,14 +192,14 @@ func (c *Cluster) start(ctx context.Context, bin string, o owner, port int) erro
 	}
 	logFile, err := os.OpenFile(c.LogPath(), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
 	if err != nil {
-		return fmt.Errorf("pgtest: %w", err)
+		return fmt.Errorf("pgcluster: %w", err)
 	}
 	defer logFile.Close()
 	// Not CommandContext: the server must outlive the context that started it.
 	cmd := o.command(context.Background(), filepath.Join(bin, "postgres"), args...)
 	cmd.Stdout, cmd.Stderr = logFile, logFile
 	if err := cmd.Start(); err != nil {
-		return fmt.Errorf("pgtest: start postgres: %w", err)
+		return fmt.Errorf("pgcluster: start postgres: %w", err)
 	}
 	c.cmd, c.exited = cmd, make(chan struct{})
 	go func() {
@@ -207,9 +222,9 @@ func (c *Cluster) waitReady(ctx context.Context, timeout time.Duration) error {
 		case <-c.exited:
 			log, _ := os.ReadFile(c.LogPath())
 			c.cmd = nil
-			return fmt.Errorf("pgtest: postgres exited during start-up: %s", tail(log, 2000))
+			return fmt.Errorf("pgcluster: postgres exited during start-up: %s", tail(log, 2000))
 		case <-ctx.Done():
-			return fmt.Errorf("pgtest: postgres not ready after %s: %w", timeout, err)
+			return fmt.Errorf("pgcluster: postgres not ready after %s: %w", timeout, err)
 		case <-time.After(50 * time.Millisecond):
 		}
 	}
@@ -230,6 +245,19 @@ func (c *Cluster) DSN(database string) string {
 // Addr is the server's TCP address.
 func (c *Cluster) Addr() string { return net.JoinHostPort(c.Host, strconv.Itoa(c.Port)) }
 
+// Exec runs sql as SuperUser in database.
+func (c *Cluster) Exec(ctx context.Context, database, sql string) error {
+	conn, err := pgx.Connect(ctx, c.DSN(database))
+	if err != nil {
+		return fmt.Errorf("pgcluster: connect %s: %w", database, err)
+	}
+	defer conn.Close(ctx)
+	if _, err := conn.Exec(ctx, sql); err != nil {
+		return fmt.Errorf("pgcluster: %s: %w", sql, err)
+	}
+	return nil
+}
+
 // Stop shuts the server down fast and removes its directory. It is safe to
 // call more than once.
 func (c *Cluster) Stop() error {
@@ -243,11 +271,11 @@ func (c *Cluster) Stop() error {
 			case <-time.After(15 * time.Second):
 				syscall.Kill(-c.cmd.Process.Pid, syscall.SIGKILL)
 				<-c.exited
-				c.stopErr = errors.New("pgtest: postgres ignored fast shutdown and was killed")
+				c.stopErr = errors.New("pgcluster: postgres ignored fast shutdown and was killed")
 			}
 		}
 		if err := os.RemoveAll(c.Dir); err != nil && c.stopErr == nil {
-			c.stopErr = fmt.Errorf("pgtest: %w", err)
+			c.stopErr = fmt.Errorf("pgcluster: %w", err)
 		}
 	})
 	return c.stopErr
@@ -275,7 +303,7 @@ func (c *Cluster) Restart(ctx context.Context) error {
 func freePort() (int, error) {
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
-		return 0, fmt.Errorf("pgtest: find a free port: %w", err)
+		return 0, fmt.Errorf("pgcluster: find a free port: %w", err)
 	}
 	defer l.Close()
 	return l.Addr().(*net.TCPAddr).Port, nil

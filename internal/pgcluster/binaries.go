@@ -1,4 +1,4 @@
-package pgtest
+package pgcluster
 
 import (
 	"errors"
@@ -12,7 +12,7 @@ import (
 )
 
 // ErrNoBinaries means no PostgreSQL server binaries were found.
-var ErrNoBinaries = errors.New("pgtest: no PostgreSQL server binaries (set PG_BIN or install postgresql)")
+var ErrNoBinaries = errors.New("pgcluster: no PostgreSQL server binaries (set PG_BIN or install postgresql)")
 
 // BinDir finds the directory holding initdb and postgres: $PG_BIN, then
 // `pg_config --bindir`, then the newest /usr/lib/postgresql/*/bin.
@@ -54,7 +54,7 @@ func Tool(name string) (string, error) {
 	}
 	path := filepath.Join(dir, name)
 	if !isExecutable(path) {
-		return "", fmt.Errorf("pgtest: %s not found in %s", name, dir)
+		return "", fmt.Errorf("pgcluster: %s not found in %s", name, dir)
 	}
 	return path, nil
 }
