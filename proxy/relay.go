@@ -14,6 +14,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/tenantproxy/tenantproxy/internal/pgerr"
 	"github.com/tenantproxy/tenantproxy/pool"
 	"github.com/tenantproxy/tenantproxy/router"
 )
@@ -184,10 +185,10 @@ func (ss *session) forwardClient() clientResult {
 			typ := buf[n]
 			size := 1 + int(binary.BigEndian.Uint32(buf[n+1:]))
 			if size < 5 {
-				return clientResult{err: router.Errorf(router.CodeProtocolViolation, "invalid message length")}
+				return clientResult{err: pgerr.Errorf(pgerr.CodeProtocolViolation, "invalid message length")}
 			}
 			if size-5 > ss.maxMsg {
-				return clientResult{err: router.Errorf(router.CodeMessageTooLarge, "message of %d bytes exceeds the limit of %d", size-5, ss.maxMsg)}
+				return clientResult{err: pgerr.Errorf(pgerr.CodeMessageTooLarge, "message of %d bytes exceeds the limit of %d", size-5, ss.maxMsg)}
 			}
 			if skipping && typ != 'S' && typ != 'X' {
 				drop = size
@@ -423,7 +424,7 @@ func (ss *session) backendToClient() backendResult {
 			src.Discard(n)
 		}
 		if refused != "" {
-			if err := ss.sendClient(errorResponse(router.Errorf(router.CodeStatementRefused, "%s", refused), false)); err != nil {
+			if err := ss.sendClient(errorResponse(pgerr.Errorf(pgerr.CodeStatementRefused, "%s", refused), false)); err != nil {
 				return backendResult{own: true, err: err}
 			}
 		}
@@ -438,8 +439,8 @@ func (ss *session) backendToClient() backendResult {
 }
 
 var (
-	errShuttingDown = router.Errorf(router.CodeShuttingDown, "terminating connection: tenantproxy is shutting down")
-	errServerLost   = router.Errorf(router.CodeBackendUnavailable, "terminating connection: the server connection was lost")
+	errShuttingDown = pgerr.Errorf(pgerr.CodeShuttingDown, "terminating connection: tenantproxy is shutting down")
+	errServerLost   = pgerr.Errorf(pgerr.CodeBackendUnavailable, "terminating connection: the server connection was lost")
 )
 
 // sendClient writes one message to the client. Only backendToClient's
@@ -454,9 +455,9 @@ func (ss *session) sendClient(m interface{ Encode([]byte) ([]byte, error) }) err
 }
 
 // clientFacing reports whether err is a decision the client should hear
-// about (a *router.Error), as opposed to an I/O failure.
+// about (a *pgerr.Error), as opposed to an I/O failure.
 func clientFacing(err error) bool {
-	var rErr *router.Error
+	var rErr *pgerr.Error
 	return errors.As(err, &rErr)
 }
 

@@ -13,6 +13,7 @@ import (
 
 	"go.uber.org/zap"
 
+	"github.com/tenantproxy/tenantproxy/internal/pgerr"
 	"github.com/tenantproxy/tenantproxy/pool"
 	"github.com/tenantproxy/tenantproxy/router"
 )
@@ -268,13 +269,13 @@ func (s *Server) start(ctx context.Context, c *clientConn, lv *live) (*session, 
 // to say: decisions and server refusals get an ErrorResponse, a client
 // that went away or timed out gets nothing.
 func (s *Server) refuse(c *clientConn, err error) {
-	var rErr *router.Error
+	var rErr *pgerr.Error
 	var setupErr *pool.SetupError
 	if !errors.As(err, &rErr) && !errors.As(err, &setupErr) && !errors.Is(err, pool.ErrWaitTimeout) && !errors.Is(err, pool.ErrClosed) {
 		s.log.Debug("connection ended during startup", zap.Stringer("client", c.raw.RemoteAddr()), zap.Error(err))
 		return
 	}
-	if rErr != nil && rErr.Code == router.CodeInternal {
+	if rErr != nil && rErr.Code == pgerr.CodeInternal {
 		s.log.Error("startup failed", zap.Stringer("client", c.raw.RemoteAddr()), zap.Error(err))
 	} else {
 		s.log.Debug("connection refused", zap.Stringer("client", c.raw.RemoteAddr()), zap.Error(err))
@@ -282,7 +283,7 @@ func (s *Server) refuse(c *clientConn, err error) {
 	// Everything before the first ReadyForQuery ends the connection, so
 	// it is FATAL, as in PostgreSQL, except where DESIGN.md's table keeps
 	// ERROR to tell clients the condition is temporary (53400).
-	temporary := router.CodeOf(err) == router.CodeRateLimited || errors.Is(err, pool.ErrWaitTimeout)
+	temporary := pgerr.CodeOf(err) == pgerr.CodeRateLimited || errors.Is(err, pool.ErrWaitTimeout)
 	c.raw.SetWriteDeadline(time.Now().Add(time.Second))
 	c.send(errorResponse(err, !temporary))
 }

@@ -11,6 +11,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/tenantproxy/tenantproxy/catalog"
+	"github.com/tenantproxy/tenantproxy/internal/pgerr"
 	"github.com/tenantproxy/tenantproxy/pool"
 	"github.com/tenantproxy/tenantproxy/router"
 )
@@ -26,7 +27,7 @@ var startupOnlyParams = map[string]bool{"user": true, "database": true, "options
 // tenant's connection count).
 func (s *Server) establish(ctx context.Context, c *clientConn, lv *live, p *startupPacket) (*session, error) {
 	if r, ok := p.params["replication"]; ok && !isFalse(r) {
-		return nil, router.Errorf(router.CodeFeatureNotSupported, "replication connections are not supported through tenantproxy")
+		return nil, pgerr.Errorf(pgerr.CodeFeatureNotSupported, "replication connections are not supported through tenantproxy")
 	}
 	id, err := router.Identify(lv.cfg.Identify, router.Startup{ServerName: c.serverName, User: p.params["user"], Options: p.params["options"]})
 	if err != nil {
@@ -40,7 +41,7 @@ func (s *Server) establish(ctx context.Context, c *clientConn, lv *live, p *star
 		return nil, err
 	}
 	if !s.takeSlot(t.Subdomain, lv.cfg.MaxConnsPerTenant) {
-		return nil, router.Errorf(router.CodeTooManyConnections, "too many connections for tenant %q", t.Subdomain)
+		return nil, pgerr.Errorf(pgerr.CodeTooManyConnections, "too many connections for tenant %q", t.Subdomain)
 	}
 	ss, err := s.connect(ctx, c, lv, t, id, p)
 	if err != nil {
@@ -88,7 +89,7 @@ func (s *Server) connect(ctx context.Context, c *clientConn, lv *live, t *catalo
 		if errors.Is(err, pool.ErrWaitTimeout) || errors.Is(err, pool.ErrClosed) || errors.As(err, &setupErr) {
 			return nil, err
 		}
-		return nil, &router.Error{Code: router.CodeBackendUnavailable, Msg: "could not connect to the tenant's server", Err: err}
+		return nil, &pgerr.Error{Code: pgerr.CodeBackendUnavailable, Msg: "could not connect to the tenant's server", Err: err}
 	}
 	pid, secret := s.cancels.add(target, bc.PID(), bc.SecretKey())
 	msgs := []pgproto3.BackendMessage{&pgproto3.AuthenticationOk{}}

@@ -18,6 +18,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/tenantproxy/tenantproxy/catalog"
+	"github.com/tenantproxy/tenantproxy/internal/pgerr"
 	"github.com/tenantproxy/tenantproxy/pool"
 	"github.com/tenantproxy/tenantproxy/router"
 )
@@ -72,7 +73,7 @@ var _ txBackends = (*pool.Manager)(nil)
 func (s *Server) connectTx(ctx context.Context, c *clientConn, lv *live, t *catalog.Tenant, id router.Identity, target pool.Target) (*session, error) {
 	txb, ok := s.backends.(txBackends)
 	if !ok {
-		return nil, router.Errorf(router.CodeFeatureNotSupported, "transaction pooling is not available in this proxy")
+		return nil, pgerr.Errorf(pgerr.CodeFeatureNotSupported, "transaction pooling is not available in this proxy")
 	}
 	// The startup's connection is not the tenant's: a tenant at its cap
 	// of held connections can still connect clients.
@@ -82,7 +83,7 @@ func (s *Server) connectTx(ctx context.Context, c *clientConn, lv *live, t *cata
 		if errors.Is(err, pool.ErrWaitTimeout) || errors.Is(err, pool.ErrClosed) || errors.As(err, &setupErr) {
 			return nil, err
 		}
-		return nil, &router.Error{Code: router.CodeBackendUnavailable, Msg: "could not connect to the tenant's server", Err: err}
+		return nil, &pgerr.Error{Code: pgerr.CodeBackendUnavailable, Msg: "could not connect to the tenant's server", Err: err}
 	}
 	msgs := []pgproto3.BackendMessage{&pgproto3.AuthenticationOk{}}
 	for name, value := range bc.ParameterStatuses() {
@@ -389,10 +390,10 @@ func (tx *txSession) read(src *bufio.Reader) (byte, error) {
 	}
 	size := 1 + int(binary.BigEndian.Uint32(hdr[1:]))
 	if size < 5 {
-		return 0, router.Errorf(router.CodeProtocolViolation, "invalid message length")
+		return 0, pgerr.Errorf(pgerr.CodeProtocolViolation, "invalid message length")
 	}
 	if size-5 > tx.ss.maxMsg {
-		return 0, router.Errorf(router.CodeMessageTooLarge, "message of %d bytes exceeds the limit of %d", size-5, tx.ss.maxMsg)
+		return 0, pgerr.Errorf(pgerr.CodeMessageTooLarge, "message of %d bytes exceeds the limit of %d", size-5, tx.ss.maxMsg)
 	}
 	if cap(tx.in) < size {
 		tx.in = make([]byte, size)
@@ -448,7 +449,7 @@ func (tx *txSession) handle(typ byte, src *bufio.Reader) error {
 			return tx.answer(tx.skipErr)
 		case typ == 'Q':
 			if r != "" {
-				return tx.answer(router.Errorf(router.CodeStatementRefused, "%s", r))
+				return tx.answer(pgerr.Errorf(pgerr.CodeStatementRefused, "%s", r))
 			}
 		case typ == 'P':
 			if r != "" {
@@ -456,7 +457,7 @@ func (tx *txSession) handle(typ byte, src *bufio.Reader) error {
 				return nil
 			}
 		case typ == 'F':
-			return tx.answer(router.Errorf(router.CodeStatementRefused, "fast-path function calls are not allowed through the proxy"))
+			return tx.answer(pgerr.Errorf(pgerr.CodeStatementRefused, "fast-path function calls are not allowed through the proxy"))
 		}
 		if tx.draining.Load() || tx.killed.Load() {
 			tx.sendClient(errorResponse(errShuttingDown, true))
@@ -591,7 +592,7 @@ func (tx *txSession) acquireFailed(typ byte, err error) error {
 	if !errors.Is(err, pool.ErrWaitTimeout) {
 		var setupErr *pool.SetupError
 		if !errors.As(err, &setupErr) {
-			err = &router.Error{Code: router.CodeBackendUnavailable, Msg: "could not connect to the tenant's server", Err: err}
+			err = &pgerr.Error{Code: pgerr.CodeBackendUnavailable, Msg: "could not connect to the tenant's server", Err: err}
 		}
 		tx.ss.srv.log.Warn("transaction could not get a server connection", zap.String("tenant", tx.ss.tenant), zap.Error(err))
 	}
@@ -607,7 +608,7 @@ func (tx *txSession) acquireFailed(typ byte, err error) error {
 // refusal (like PostgreSQL after an error in the extended protocol).
 func (tx *txSession) skip(reason string) {
 	tx.skipping, tx.skipReason = true, reason
-	tx.skipErr = router.Errorf(router.CodeStatementRefused, "%s", reason)
+	tx.skipErr = pgerr.Errorf(pgerr.CodeStatementRefused, "%s", reason)
 }
 
 // nonFatal reports an error at ERROR severity: the session survives a
@@ -904,7 +905,7 @@ func (tx *txSession) relay(src *bufio.Reader, inline bool) relayEnd {
 					flush(n)
 					tx.unbind(c)
 					tx.backends.ReleaseTx(c, false)
-					err := router.Errorf(router.CodeBackendUnavailable, "terminating connection: the tenant context could not be established")
+					err := pgerr.Errorf(pgerr.CodeBackendUnavailable, "terminating connection: the tenant context could not be established")
 					ss.srv.log.Error("tenant context setup failed in transaction mode", zap.String("tenant", ss.tenant), zap.Uint32("pid", c.PID()))
 					ss.client.Write(mustEncode(errorResponse(err, true)))
 					tx.endSession(err)
@@ -997,7 +998,7 @@ func (tx *txSession) relay(src *bufio.Reader, inline bool) relayEnd {
 			// The refusal's ErrorResponse goes just before its
 			// ReadyForQuery, which is buf[from:n].
 			if werr == nil {
-				_, werr = ss.client.Write(mustEncode(errorResponse(router.Errorf(router.CodeStatementRefused, "%s", refused), false)))
+				_, werr = ss.client.Write(mustEncode(errorResponse(pgerr.Errorf(pgerr.CodeStatementRefused, "%s", refused), false)))
 			}
 			if tx.status == 'I' {
 				ss.transactions.Inc()

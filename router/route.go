@@ -14,6 +14,7 @@ import (
 	"github.com/jackc/pgx/v5/pgconn"
 
 	"github.com/tenantproxy/tenantproxy/catalog"
+	"github.com/tenantproxy/tenantproxy/internal/pgerr"
 )
 
 // Directory is what routing needs from the catalog. *catalog.Catalog
@@ -83,24 +84,24 @@ func NewResolver(dir Directory, tenantGUC string) (*Resolver, error) {
 // TenantGUC is the setting that carries the tenant id in the shared tier.
 func (r *Resolver) TenantGUC() string { return r.guc }
 
-// Tenant looks up an active tenant by subdomain. Errors: CodeUnknownTenant,
-// CodeTenantSuspended, CodeTenantUnavailable (still provisioning), or
-// CodeInternal wrapping a catalog failure.
+// Tenant looks up an active tenant by subdomain. Errors: pgerr.CodeUnknownTenant,
+// pgerr.CodeTenantSuspended, pgerr.CodeTenantUnavailable (still provisioning), or
+// pgerr.CodeInternal wrapping a catalog failure.
 func (r *Resolver) Tenant(ctx context.Context, subdomain string) (*catalog.Tenant, error) {
 	t, err := r.dir.TenantBySubdomain(ctx, subdomain)
 	if errors.Is(err, catalog.ErrNotFound) {
-		return nil, Errorf(CodeUnknownTenant, "tenant %q does not exist", subdomain)
+		return nil, pgerr.Errorf(pgerr.CodeUnknownTenant, "tenant %q does not exist", subdomain)
 	}
 	if err != nil {
-		return nil, &Error{Code: CodeInternal, Msg: "tenant look-up failed", Err: err}
+		return nil, &pgerr.Error{Code: pgerr.CodeInternal, Msg: "tenant look-up failed", Err: err}
 	}
 	switch t.Status {
 	case catalog.StatusActive:
 		return t, nil
 	case catalog.StatusSuspended:
-		return nil, Errorf(CodeTenantSuspended, "tenant %q is suspended", subdomain)
+		return nil, pgerr.Errorf(pgerr.CodeTenantSuspended, "tenant %q is suspended", subdomain)
 	default:
-		return nil, Errorf(CodeTenantUnavailable, "tenant %q is not available yet", subdomain)
+		return nil, pgerr.Errorf(pgerr.CodeTenantUnavailable, "tenant %q is not available yet", subdomain)
 	}
 }
 
@@ -111,7 +112,7 @@ func (r *Resolver) User(ctx context.Context, t *catalog.Tenant, name string) (*c
 		return nil, nil
 	}
 	if err != nil {
-		return nil, &Error{Code: CodeInternal, Msg: "user look-up failed", Err: err}
+		return nil, &pgerr.Error{Code: pgerr.CodeInternal, Msg: "user look-up failed", Err: err}
 	}
 	return u, nil
 }
@@ -121,7 +122,7 @@ func (r *Resolver) User(ctx context.Context, t *catalog.Tenant, name string) (*c
 func (r *Resolver) Route(ctx context.Context, t *catalog.Tenant) (*Route, error) {
 	b, err := r.dir.Backend(ctx, t.Backend)
 	if err != nil {
-		return nil, &Error{Code: CodeInternal, Msg: "backend look-up failed", Err: err}
+		return nil, &pgerr.Error{Code: pgerr.CodeInternal, Msg: "backend look-up failed", Err: err}
 	}
 	rt := &Route{Tenant: t, Backend: b.Name, Database: t.Database, User: b.ServingUser, Password: b.ServingPassword}
 	loc, ok := r.locs.Load(b.AdminDSN)
@@ -133,14 +134,14 @@ func (r *Resolver) Route(ctx context.Context, t *catalog.Tenant) (*Route, error)
 	l := loc.(backendLoc)
 	if rt.Addr, rt.TLS, err = l.addr, l.tls, l.err; err != nil {
 		// The DSN holds a secret: report the backend by name only.
-		return nil, &Error{Code: CodeInternal, Msg: "backend address", Err: fmt.Errorf("backend %q: unusable DSN", b.Name)}
+		return nil, &pgerr.Error{Code: pgerr.CodeInternal, Msg: "backend address", Err: fmt.Errorf("backend %q: unusable DSN", b.Name)}
 	}
 	switch t.Tier {
 	case catalog.TierShared:
 		rt.Setup = []string{fmt.Sprintf("SET %s = %s", r.guc, QuoteLiteral(t.ID))}
 	case catalog.TierSchema:
 		if t.SchemaName == "" {
-			return nil, &Error{Code: CodeInternal, Msg: "tenant has no schema", Err: fmt.Errorf("tenant %q: schema tier without schema_name", t.Subdomain)}
+			return nil, &pgerr.Error{Code: pgerr.CodeInternal, Msg: "tenant has no schema", Err: fmt.Errorf("tenant %q: schema tier without schema_name", t.Subdomain)}
 		}
 		rt.Setup = []string{
 			"SET ROLE " + QuoteIdent(t.SchemaName),
@@ -148,7 +149,7 @@ func (r *Resolver) Route(ctx context.Context, t *catalog.Tenant) (*Route, error)
 		}
 	case catalog.TierDatabase:
 	default:
-		return nil, &Error{Code: CodeInternal, Msg: "unknown tier", Err: fmt.Errorf("tenant %q: tier %q", t.Subdomain, t.Tier)}
+		return nil, &pgerr.Error{Code: pgerr.CodeInternal, Msg: "unknown tier", Err: fmt.Errorf("tenant %q: tier %q", t.Subdomain, t.Tier)}
 	}
 	return rt, nil
 }
@@ -203,18 +204,18 @@ var startupSettings = map[string]bool{
 }
 
 // SessionSettings turns startup settings into statements, refusing
-// (CodeStatementRefused) any the proxy does not pass on. set_config parses
+// (pgerr.CodeStatementRefused) any the proxy does not pass on. set_config parses
 // the value as PostgreSQL parses a startup parameter (so search_path
 // "a,b" is a list), which SET with a quoted literal would not.
 func SessionSettings(settings []Setting) ([]string, error) {
 	out := make([]string, 0, len(settings))
 	for _, s := range settings {
 		if !startupSettings[strings.ToLower(s.Name)] {
-			return nil, Errorf(CodeStatementRefused, "setting %q cannot be set at connection start through the proxy", s.Name)
+			return nil, pgerr.Errorf(pgerr.CodeStatementRefused, "setting %q cannot be set at connection start through the proxy", s.Name)
 		}
 		// The statement policy reads SQL as UTF-8; see SafeClientEncoding.
 		if strings.EqualFold(s.Name, "client_encoding") && !SafeClientEncoding(s.Value) {
-			return nil, Errorf(CodeStatementRefused, "client_encoding %q is refused: the proxy reads SQL as UTF-8, and in this encoding a string could hide a statement from it", s.Value)
+			return nil, pgerr.Errorf(pgerr.CodeStatementRefused, "client_encoding %q is refused: the proxy reads SQL as UTF-8, and in this encoding a string could hide a statement from it", s.Value)
 		}
 		out = append(out, fmt.Sprintf("SELECT pg_catalog.set_config(%s, %s, false)", QuoteLiteral(strings.ToLower(s.Name)), QuoteLiteral(s.Value)))
 	}

@@ -7,6 +7,7 @@ import (
 	"testing"
 
 	"github.com/tenantproxy/tenantproxy/catalog"
+	"github.com/tenantproxy/tenantproxy/internal/pgerr"
 )
 
 // directory is an in-memory Directory for policy tests.
@@ -59,20 +60,20 @@ func TestRoutePerTier(t *testing.T) {
 		wantAddr      string
 		wantDB        string
 		wantSetup     []string
-		wantErrorCode Code
+		wantErrorCode pgerr.Code
 	}{
 		{sub: "free", wantAddr: "127.0.0.1:5432", wantDB: "shared", wantSetup: []string{"SET app.tenant_id = '11'"}},
 		{sub: "pro", wantAddr: "127.0.0.1:5432", wantDB: "schemas", wantSetup: []string{`SET ROLE "tenant_pro"`, `SET search_path = "tenant_pro"`}},
 		{sub: "big", wantAddr: "/tmp/pg:6543", wantDB: "tenant_big"},
-		{sub: "frozen", wantErrorCode: CodeTenantSuspended},
-		{sub: "new", wantErrorCode: CodeTenantUnavailable},
-		{sub: "nope", wantErrorCode: CodeUnknownTenant},
+		{sub: "frozen", wantErrorCode: pgerr.CodeTenantSuspended},
+		{sub: "new", wantErrorCode: pgerr.CodeTenantUnavailable},
+		{sub: "nope", wantErrorCode: pgerr.CodeUnknownTenant},
 	}
 	for _, tt := range tests {
 		t.Run(tt.sub, func(t *testing.T) {
 			tn, err := r.Tenant(ctx, tt.sub)
-			if tt.wantErrorCode != CodeInternal {
-				if CodeOf(err) != tt.wantErrorCode {
+			if tt.wantErrorCode != pgerr.CodeInternal {
+				if pgerr.CodeOf(err) != tt.wantErrorCode {
 					t.Fatalf("Tenant(%q) error %v; want code %d", tt.sub, err, tt.wantErrorCode)
 				}
 				return
@@ -119,7 +120,7 @@ func TestSessionSettings(t *testing.T) {
 	if err != nil || len(got) != 1 || got[0] != `SELECT pg_catalog.set_config('application_name', 'it''s', false)` {
 		t.Fatalf("SessionSettings = %q, %v", got, err)
 	}
-	if _, err := SessionSettings([]Setting{{"role", "x"}}); CodeOf(err) != CodeStatementRefused {
+	if _, err := SessionSettings([]Setting{{"role", "x"}}); pgerr.CodeOf(err) != pgerr.CodeStatementRefused {
 		t.Fatalf("setting role at startup: %v; want refused", err)
 	}
 }
