@@ -15,8 +15,8 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/tenantproxy/tenantproxy/internal/pgerr"
+	"github.com/tenantproxy/tenantproxy/policy"
 	"github.com/tenantproxy/tenantproxy/pool"
-	"github.com/tenantproxy/tenantproxy/router"
 )
 
 // relayBufSize is each direction's read buffer. Messages are forwarded
@@ -43,7 +43,7 @@ type session struct {
 	tenant, user string
 	// rules are the statement classes the tenant's tier and settings
 	// allow; the zero value is the strictest.
-	rules        router.Rules
+	rules        policy.Rules
 	started      time.Time
 	cancelPID    uint32
 	maxMsg       int

@@ -9,6 +9,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/tenantproxy/tenantproxy/policy"
 	"github.com/tenantproxy/tenantproxy/router"
 )
 
@@ -19,7 +20,7 @@ func forwardBytes(t *testing.T, in []byte) ([]byte, clientResult) {
 	clientSide, proxyClient := net.Pipe()
 	proxyServer, serverSide := net.Pipe()
 	ss := &session{
-		srv:     &Server{policy: router.NewPolicy(router.DefaultTenantGUC)},
+		srv:     &Server{policy: policy.New(router.DefaultTenantGUC)},
 		client:  proxyClient,
 		bconn:   proxyServer,
 		maxMsg:  1 << 16,
@@ -87,7 +88,7 @@ func FuzzForwardClient(f *testing.F) {
 	f.Add(append(msg('Q', "SELECT 1\x00"), msg('X', "")...))
 	f.Add(append(msg('P', "\x00SET ROLE x\x00\x00\x00"), msg('S', "")...))
 	f.Add([]byte{'Q', 0xff, 0xff, 0xff, 0xff})
-	policy := router.NewPolicy(router.DefaultTenantGUC)
+	policy := policy.New(router.DefaultTenantGUC)
 	f.Fuzz(func(t *testing.T, in []byte) {
 		out, _ := forwardBytes(t, in)
 		for len(out) > 0 {
@@ -151,7 +152,7 @@ func BenchmarkForwardClient(b *testing.B) {
 	clientSide, proxyClient := tcpPair(b)
 	proxyServer, serverSide := tcpPair(b)
 	ss := &session{
-		srv:     &Server{policy: router.NewPolicy(router.DefaultTenantGUC)},
+		srv:     &Server{policy: policy.New(router.DefaultTenantGUC)},
 		client:  proxyClient,
 		bconn:   proxyServer,
 		maxMsg:  1 << 16,

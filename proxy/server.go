@@ -14,6 +14,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/tenantproxy/tenantproxy/internal/pgerr"
+	"github.com/tenantproxy/tenantproxy/policy"
 	"github.com/tenantproxy/tenantproxy/pool"
 	"github.com/tenantproxy/tenantproxy/router"
 )
@@ -39,10 +40,10 @@ type live struct {
 type Server struct {
 	log      *zap.Logger
 	resolver *router.Resolver
-	policy   *router.Policy
+	policy   *policy.Policy
 	// txnCheck refuses, in transaction pooling mode, what would outlive
 	// a transaction on a shared server connection.
-	txnCheck *router.TxnModeCheck
+	txnCheck *policy.TxnModeCheck
 	backends Backends
 	metrics  *metrics
 	cancels  *cancelKeys
@@ -93,7 +94,7 @@ func New(cfg Config, dir router.Directory, backends Backends) (*Server, error) {
 	rand.Read(key)
 	ctx, cancel := context.WithCancel(context.Background())
 	s := &Server{
-		log: cfg.Logger, resolver: resolver, policy: router.NewPolicy(resolver.TenantGUC()), txnCheck: router.NewTxnModeCheck(),
+		log: cfg.Logger, resolver: resolver, policy: policy.New(resolver.TenantGUC()), txnCheck: policy.NewTxnModeCheck(),
 		backends: backends, metrics: m, cancels: newCancelKeys(), limiter: newLoginLimiter(),
 		dummyKey: key, listen: cfg.Listen, unix: cfg.UnixSocket, ctx: ctx, cancel: cancel,
 		listeners: make(map[net.Listener]struct{}), conns: make(map[*tracked]struct{}), perTenant: make(map[string]int),

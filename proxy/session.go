@@ -12,6 +12,7 @@ import (
 
 	"github.com/tenantproxy/tenantproxy/catalog"
 	"github.com/tenantproxy/tenantproxy/internal/pgerr"
+	"github.com/tenantproxy/tenantproxy/policy"
 	"github.com/tenantproxy/tenantproxy/pool"
 	"github.com/tenantproxy/tenantproxy/router"
 )
@@ -72,7 +73,7 @@ func (s *Server) connect(ctx context.Context, c *clientConn, lv *live, t *catalo
 	for _, name := range names {
 		settings = append(settings, router.Setting{Name: name, Value: p.params[name]})
 	}
-	extra, err := router.SessionSettings(append(settings, id.Settings...))
+	extra, err := policy.SessionSettings(append(settings, id.Settings...))
 	if err != nil {
 		return nil, err
 	}
@@ -102,7 +103,7 @@ func (s *Server) connect(ctx context.Context, c *clientConn, lv *live, t *catalo
 		s.backends.Release(bc, true)
 		return nil, err
 	}
-	rules, err := router.RulesFor(t)
+	rules, err := policy.RulesFor(t)
 	if err != nil {
 		// RulesFor gave the strictest rules: a bad setting must not lock
 		// the tenant out, nor widen what it may do.

@@ -19,6 +19,7 @@ import (
 
 	"github.com/tenantproxy/tenantproxy/catalog"
 	"github.com/tenantproxy/tenantproxy/internal/pgerr"
+	"github.com/tenantproxy/tenantproxy/policy"
 	"github.com/tenantproxy/tenantproxy/pool"
 	"github.com/tenantproxy/tenantproxy/router"
 )
@@ -97,7 +98,7 @@ func (s *Server) connectTx(ctx context.Context, c *clientConn, lv *live, t *cata
 		s.cancels.remove(pid)
 		return nil, err
 	}
-	rules, err := router.RulesFor(t)
+	rules, err := policy.RulesFor(t)
 	if err != nil {
 		// The strictest rules apply; see connect.
 		s.log.Warn("tenant policy settings ignored", zap.String("tenant", t.Subdomain), zap.Error(err))

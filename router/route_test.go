@@ -114,13 +114,3 @@ func TestQuoting(t *testing.T) {
 		t.Errorf("QuoteLiteral = %s", got)
 	}
 }
-
-func TestSessionSettings(t *testing.T) {
-	got, err := SessionSettings([]Setting{{"application_name", "it's"}})
-	if err != nil || len(got) != 1 || got[0] != `SELECT pg_catalog.set_config('application_name', 'it''s', false)` {
-		t.Fatalf("SessionSettings = %q, %v", got, err)
-	}
-	if _, err := SessionSettings([]Setting{{"role", "x"}}); pgerr.CodeOf(err) != pgerr.CodeStatementRefused {
-		t.Fatalf("setting role at startup: %v; want refused", err)
-	}
-}

@@ -1,4 +1,4 @@
-package router
+package policy
 
 import (
 	"strings"
@@ -332,17 +332,6 @@ func (a *analyzer) set(s *pg_query.VariableSetStmt) {
 			a.f.refuse("turning standard_conforming_strings off is refused: it changes where string literals end for the server but not for the proxy's parser")
 		}
 	}
-}
-
-// SafeClientEncoding reports whether a client_encoding value leaves every
-// byte below 0x80 meaning ASCII, so that the proxy, reading UTF-8, splits
-// SQL where the server does.
-func SafeClientEncoding(v string) bool {
-	switch strings.ToLower(strings.NewReplacer("-", "", "_", "").Replace(v)) {
-	case "utf8", "unicode", "sqlascii":
-		return true
-	}
-	return false
 }
 
 func isOn(v string) bool {

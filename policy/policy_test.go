@@ -1,4 +1,4 @@
-package router
+package policy
 
 import (
 	"encoding/json"
@@ -6,6 +6,7 @@ import (
 	"testing"
 
 	"github.com/tenantproxy/tenantproxy/catalog"
+	"github.com/tenantproxy/tenantproxy/router"
 )
 
 var tiers = []catalog.Tier{catalog.TierShared, catalog.TierSchema, catalog.TierDatabase}
@@ -180,7 +181,7 @@ var allowedEverywhere = []string{
 }
 
 func TestPolicyRefusesInEveryTier(t *testing.T) {
-	p := NewPolicy(DefaultTenantGUC)
+	p := New(router.DefaultTenantGUC)
 	everything := Rules{DDL: true, Procedural: true, SearchPath: true, DatabaseWide: true, SharedTables: true, Explain: true}
 	for _, tt := range refusedEverywhere {
 		for _, r := range []Rules{{}, DefaultRules(catalog.TierSchema), DefaultRules(catalog.TierDatabase), everything} {
@@ -197,7 +198,7 @@ func TestPolicyRefusesInEveryTier(t *testing.T) {
 }
 
 func TestPolicyAllowsPlainWorkInEveryTier(t *testing.T) {
-	p := NewPolicy(DefaultTenantGUC)
+	p := New(router.DefaultTenantGUC)
 	for _, sql := range allowedEverywhere {
 		for _, tier := range tiers {
 			if reason := p.CheckRules([]byte(sql), DefaultRules(tier)); reason != "" {
@@ -208,7 +209,7 @@ func TestPolicyAllowsPlainWorkInEveryTier(t *testing.T) {
 }
 
 func TestPolicyTierDefaults(t *testing.T) {
-	p := NewPolicy(DefaultTenantGUC)
+	p := New(router.DefaultTenantGUC)
 	for _, tt := range tierRules {
 		for _, tier := range tiers {
 			want := false
@@ -226,7 +227,7 @@ func TestPolicyTierDefaults(t *testing.T) {
 // TestPolicyCheckIsSharedTier: Check, the proxy's entry point before
 // per-tenant rules reach it, applies the strictest rules.
 func TestPolicyCheckIsSharedTier(t *testing.T) {
-	p := NewPolicy(DefaultTenantGUC)
+	p := New(router.DefaultTenantGUC)
 	for _, sql := range []string{"CREATE TABLE t (id int)", "LISTEN x", "EXPLAIN SELECT 1", "SET search_path = x"} {
 		if p.Check([]byte(sql)) == "" {
 			t.Errorf("Check allowed %q; want the shared tier's refusal", sql)
@@ -269,7 +270,7 @@ func TestRulesForSettings(t *testing.T) {
 }
 
 func TestPolicyAllowDDLForSchemaTenant(t *testing.T) {
-	p := NewPolicy(DefaultTenantGUC)
+	p := New(router.DefaultTenantGUC)
 	r, err := RulesFor(&catalog.Tenant{Tier: catalog.TierSchema, Settings: json.RawMessage(`{"policy": {"allow_ddl": true}}`)})
 	if err != nil {
 		t.Fatal(err)
@@ -285,7 +286,7 @@ func TestPolicyAllowDDLForSchemaTenant(t *testing.T) {
 // TestFastPathAgreesWithParser: whenever the fast path decides, the
 // parser decides the same way under the strictest rules.
 func TestFastPathAgreesWithParser(t *testing.T) {
-	p := NewPolicy(DefaultTenantGUC)
+	p := New(router.DefaultTenantGUC)
 	var all []string
 	for _, tt := range refusedEverywhere {
 		all = append(all, tt.sql)
@@ -321,7 +322,7 @@ func checkFastAgrees(t *testing.T, p *Policy, sql string) {
 }
 
 func TestPolicyFastPathDoesNotAllocate(t *testing.T) {
-	p := NewPolicy(DefaultTenantGUC)
+	p := New(router.DefaultTenantGUC)
 	for _, sql := range []string{
 		`SELECT "a"."b", 'x' FROM t WHERE id = $1; UPDATE t SET role = 1`,
 		"SET ROLE tenant_b",
@@ -334,7 +335,7 @@ func TestPolicyFastPathDoesNotAllocate(t *testing.T) {
 }
 
 func TestPolicyCacheHitDoesNotAllocate(t *testing.T) {
-	p := NewPolicy(DefaultTenantGUC)
+	p := New(router.DefaultTenantGUC)
 	b := []byte("SELECT n.nspname FROM pg_catalog.pg_namespace n WHERE n.oid = $1")
 	if v, _ := p.fast(b); v != fastUnsure {
 		t.Fatalf("statement should need the parser")
@@ -356,7 +357,7 @@ func FuzzPolicy(f *testing.F) {
 		f.Add(sql)
 	}
 	f.Add(`DO $a$ '$a$ "x"" ; /* */ E'\'' $1`)
-	p := NewPolicy(DefaultTenantGUC)
+	p := New(router.DefaultTenantGUC)
 	f.Fuzz(func(t *testing.T, sql string) {
 		b := []byte(sql)
 		p.Check(b)
@@ -370,7 +371,7 @@ func FuzzPolicy(f *testing.F) {
 }
 
 func TestPolicyBoundsWhatItParses(t *testing.T) {
-	p := NewPolicy(DefaultTenantGUC)
+	p := New(router.DefaultTenantGUC)
 	big := "INSERT INTO t (body) VALUES ('" + strings.Repeat("x", MaxParsedStatement) + "')"
 	if reason := p.Check([]byte(big)); reason != "" {
 		t.Errorf("a large plain INSERT was refused: %s", reason)

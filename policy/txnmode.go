@@ -1,4 +1,4 @@
-package router
+package policy
 
 import (
 	"bytes"
@@ -30,7 +30,7 @@ type TxnModeCheck struct {
 
 // NewTxnModeCheck returns a check with its own verdict cache.
 func NewTxnModeCheck() *TxnModeCheck {
-	c, err := lru.New[cacheKey, string](DefaultPolicyCacheSize)
+	c, err := lru.New[cacheKey, string](DefaultCacheSize)
 	if err != nil {
 		// Only a non-positive size fails, and the size is a constant.
 		panic(err)
