@@ -1,6 +1,10 @@
 package policy
 
-import "bytes"
+import (
+	"bytes"
+
+	"github.com/tenantproxy/tenantproxy/migrations"
+)
 
 // fastVerdict is what the lexical fast path concluded.
 type fastVerdict uint8
@@ -97,8 +101,8 @@ func (p *Policy) fastSetting(lead, prev, w []byte, n int) string {
 		return reasonRole
 	case eq(w, "session_authorization"):
 		return reasonSessAuth
-	case eq(w, p.guc):
-		return p.gucReason
+	case eq(w, migrations.TenantGUC):
+		return reasonTenantGUC
 	case eq(lead, "reset") && n == 2 && eq(w, "all"):
 		return reasonResetAll
 	}

@@ -4,6 +4,7 @@ import (
 	"strings"
 
 	pg_query "github.com/pganalyze/pg_query_go/v6"
+	"github.com/tenantproxy/tenantproxy/migrations"
 	"google.golang.org/protobuf/reflect/protoreflect"
 )
 
@@ -93,28 +94,22 @@ func (f *facts) verdict(r Rules) string {
 const (
 	reasonRole       = "SET/RESET ROLE is refused: the role is the tenant's isolation boundary and only the proxy sets it"
 	reasonSessAuth   = "SET/RESET SESSION AUTHORIZATION is refused: it would change who the session runs as"
-	reasonTenantGUC  = "changing the tenant setting %s is refused: the proxy sets it for this tenant"
+	reasonTenantGUC  = "changing the tenant setting " + migrations.TenantGUC + " is refused: the proxy sets it for this tenant"
 	reasonResetAll   = "RESET ALL is refused: it would undo the tenant context the proxy set up"
 	reasonDiscardAll = "DISCARD ALL is refused: it would undo the tenant context the proxy set up"
 	reasonUnparsable = "the statement was not sent: the proxy's SQL parser rejected it"
 )
 
-// tenantGUCReason is reasonTenantGUC for guc, built once per Policy use;
-// the fast path returns it without allocating.
-func tenantGUCReason(guc string) string {
-	return strings.Replace(reasonTenantGUC, "%s", guc, 1)
-}
-
 // analyze parses sql and collects its facts. Text the parser rejects is
 // refused: a statement the proxy cannot read is not forwarded.
-func analyze(sql, guc string) *facts {
+func analyze(sql string) *facts {
 	f := &facts{}
 	res, err := pg_query.Parse(sql)
 	if err != nil {
 		f.refuse(reasonUnparsable + " (" + err.Error() + ")")
 		return f
 	}
-	a := analyzer{guc: guc, f: f}
+	a := analyzer{f: f}
 	for _, s := range res.Stmts {
 		a.statement(s.Stmt)
 		a.walk(s.Stmt.ProtoReflect())
@@ -123,8 +118,7 @@ func analyze(sql, guc string) *facts {
 }
 
 type analyzer struct {
-	guc string
-	f   *facts
+	f *facts
 }
 
 // statement classifies one statement by kind, recursing into the
@@ -242,7 +236,7 @@ func (a *analyzer) function(s *pg_query.CreateFunctionStmt) {
 	}
 	a.f.need(classDDL, "CREATE FUNCTION/PROCEDURE is refused: schema changes are not allowed for this tenant")
 	if body != "" {
-		a.f.merge(analyze(body, a.guc))
+		a.f.merge(analyze(body))
 	}
 }
 
@@ -315,8 +309,8 @@ func (a *analyzer) set(s *pg_query.VariableSetStmt) {
 		a.f.refuse(reasonRole)
 	case "session_authorization":
 		a.f.refuse(reasonSessAuth)
-	case a.guc:
-		a.f.refuse(tenantGUCReason(a.guc))
+	case migrations.TenantGUC:
+		a.f.refuse(reasonTenantGUC)
 	case "search_path":
 		a.f.need(classSearchPath, "changing search_path is refused for this tenant: the proxy sets it as part of the tenant context")
 	case "client_encoding":

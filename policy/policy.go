@@ -48,12 +48,8 @@ import (
 // outside the database tier and why the database hardening of DESIGN.md
 // must hold on its own.
 type Policy struct {
-	guc string
-	// gucReason is the refusal for changing guc, built once so that the
-	// fast path refuses without allocating.
-	gucReason string
-	seeds     [2]maphash.Seed
-	cache     *lru.Cache[cacheKey, *facts]
+	seeds [2]maphash.Seed
+	cache *lru.Cache[cacheKey, *facts]
 	// strict is what Check applies: the rules of the shared tier.
 	strict Rules
 }
@@ -67,19 +63,17 @@ type cacheKey struct {
 // a Policy remembers.
 const DefaultCacheSize = 4096
 
-// New returns the policy for the given tenant setting name.
-func New(tenantGUC string) *Policy {
+// New returns a Policy with an empty facts cache.
+func New() *Policy {
 	c, err := lru.New[cacheKey, *facts](DefaultCacheSize)
 	if err != nil {
 		// Only a non-positive size fails, and the size is a constant.
 		panic(err)
 	}
 	return &Policy{
-		guc:       tenantGUC,
-		gucReason: tenantGUCReason(tenantGUC),
-		seeds:     [2]maphash.Seed{maphash.MakeSeed(), maphash.MakeSeed()},
-		cache:     c,
-		strict:    DefaultRules(catalog.TierShared),
+		seeds:  [2]maphash.Seed{maphash.MakeSeed(), maphash.MakeSeed()},
+		cache:  c,
+		strict: DefaultRules(catalog.TierShared),
 	}
 }
 
@@ -122,7 +116,7 @@ func (p *Policy) factsOf(sql []byte) *facts {
 	if f, ok := p.cache.Get(k); ok {
 		return f
 	}
-	f := analyze(string(sql), p.guc)
+	f := analyze(string(sql))
 	p.cache.Add(k, f)
 	return f
 }

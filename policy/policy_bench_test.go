@@ -3,15 +3,13 @@ package policy
 import (
 	"fmt"
 	"testing"
-
-	"github.com/tenantproxy/tenantproxy/router"
 )
 
 // BenchmarkPolicy measures Check per statement kind; the figures are in
 // Policy's doc comment. cache_miss parses a distinct statement each time,
 // which is the cost a new statement pays once.
 func BenchmarkPolicy(b *testing.B) {
-	p := New(router.DefaultTenantGUC)
+	p := New()
 	for _, bm := range []struct{ name, sql string }{
 		{"fast_path_select", "SELECT id, author_id, body, created_at FROM messages WHERE channel_id = $1 AND id < $2 ORDER BY id DESC LIMIT 50"},
 		{"fast_path_insert", "INSERT INTO messages (channel_id, author_id, body) VALUES ($1, $2, $3) RETURNING id, created_at"},

@@ -6,7 +6,7 @@ import (
 	"testing"
 
 	"github.com/tenantproxy/tenantproxy/catalog"
-	"github.com/tenantproxy/tenantproxy/router"
+	"github.com/tenantproxy/tenantproxy/migrations"
 )
 
 var tiers = []catalog.Tier{catalog.TierShared, catalog.TierSchema, catalog.TierDatabase}
@@ -24,6 +24,7 @@ var refusedEverywhere = []struct{ sql, why string }{
 	{"RESET SESSION AUTHORIZATION", "AUTHORIZATION"},
 	{"SET session_authorization TO x", "AUTHORIZATION"},
 	{"SET app.tenant_id = 'b'", "app.tenant_id"},
+	{"SET " + migrations.TenantGUC + " = 'b'", migrations.TenantGUC},
 	{`SET "app"."tenant_id" TO 'b'`, "app.tenant_id"},
 	{`SET "APP.TENANT_ID" TO 'b'`, "app.tenant_id"},
 	{"SET app . tenant_id = 'b'", "app.tenant_id"},
@@ -181,7 +182,7 @@ var allowedEverywhere = []string{
 }
 
 func TestPolicyRefusesInEveryTier(t *testing.T) {
-	p := New(router.DefaultTenantGUC)
+	p := New()
 	everything := Rules{DDL: true, Procedural: true, SearchPath: true, DatabaseWide: true, SharedTables: true, Explain: true}
 	for _, tt := range refusedEverywhere {
 		for _, r := range []Rules{{}, DefaultRules(catalog.TierSchema), DefaultRules(catalog.TierDatabase), everything} {
@@ -198,7 +199,7 @@ func TestPolicyRefusesInEveryTier(t *testing.T) {
 }
 
 func TestPolicyAllowsPlainWorkInEveryTier(t *testing.T) {
-	p := New(router.DefaultTenantGUC)
+	p := New()
 	for _, sql := range allowedEverywhere {
 		for _, tier := range tiers {
 			if reason := p.CheckRules([]byte(sql), DefaultRules(tier)); reason != "" {
@@ -209,7 +210,7 @@ func TestPolicyAllowsPlainWorkInEveryTier(t *testing.T) {
 }
 
 func TestPolicyTierDefaults(t *testing.T) {
-	p := New(router.DefaultTenantGUC)
+	p := New()
 	for _, tt := range tierRules {
 		for _, tier := range tiers {
 			want := false
@@ -227,7 +228,7 @@ func TestPolicyTierDefaults(t *testing.T) {
 // TestPolicyCheckIsSharedTier: Check, the proxy's entry point before
 // per-tenant rules reach it, applies the strictest rules.
 func TestPolicyCheckIsSharedTier(t *testing.T) {
-	p := New(router.DefaultTenantGUC)
+	p := New()
 	for _, sql := range []string{"CREATE TABLE t (id int)", "LISTEN x", "EXPLAIN SELECT 1", "SET search_path = x"} {
 		if p.Check([]byte(sql)) == "" {
 			t.Errorf("Check allowed %q; want the shared tier's refusal", sql)
@@ -270,7 +271,7 @@ func TestRulesForSettings(t *testing.T) {
 }
 
 func TestPolicyAllowDDLForSchemaTenant(t *testing.T) {
-	p := New(router.DefaultTenantGUC)
+	p := New()
 	r, err := RulesFor(&catalog.Tenant{Tier: catalog.TierSchema, Settings: json.RawMessage(`{"policy": {"allow_ddl": true}}`)})
 	if err != nil {
 		t.Fatal(err)
@@ -286,7 +287,7 @@ func TestPolicyAllowDDLForSchemaTenant(t *testing.T) {
 // TestFastPathAgreesWithParser: whenever the fast path decides, the
 // parser decides the same way under the strictest rules.
 func TestFastPathAgreesWithParser(t *testing.T) {
-	p := New(router.DefaultTenantGUC)
+	p := New()
 	var all []string
 	for _, tt := range refusedEverywhere {
 		all = append(all, tt.sql)
@@ -310,7 +311,7 @@ func TestFastPathAgreesWithParser(t *testing.T) {
 func checkFastAgrees(t *testing.T, p *Policy, sql string) {
 	t.Helper()
 	v, reason := p.fast([]byte(sql))
-	parsed := analyze(sql, p.guc).verdict(Rules{})
+	parsed := analyze(sql).verdict(Rules{})
 	switch {
 	case strings.HasPrefix(parsed, reasonUnparsable):
 		// The server rejects it too; nothing runs either way.
@@ -322,7 +323,7 @@ func checkFastAgrees(t *testing.T, p *Policy, sql string) {
 }
 
 func TestPolicyFastPathDoesNotAllocate(t *testing.T) {
-	p := New(router.DefaultTenantGUC)
+	p := New()
 	for _, sql := range []string{
 		`SELECT "a"."b", 'x' FROM t WHERE id = $1; UPDATE t SET role = 1`,
 		"SET ROLE tenant_b",
@@ -335,7 +336,7 @@ func TestPolicyFastPathDoesNotAllocate(t *testing.T) {
 }
 
 func TestPolicyCacheHitDoesNotAllocate(t *testing.T) {
-	p := New(router.DefaultTenantGUC)
+	p := New()
 	b := []byte("SELECT n.nspname FROM pg_catalog.pg_namespace n WHERE n.oid = $1")
 	if v, _ := p.fast(b); v != fastUnsure {
 		t.Fatalf("statement should need the parser")
@@ -357,7 +358,7 @@ func FuzzPolicy(f *testing.F) {
 		f.Add(sql)
 	}
 	f.Add(`DO $a$ '$a$ "x"" ; /* */ E'\'' $1`)
-	p := New(router.DefaultTenantGUC)
+	p := New()
 	f.Fuzz(func(t *testing.T, sql string) {
 		b := []byte(sql)
 		p.Check(b)
@@ -371,7 +372,7 @@ func FuzzPolicy(f *testing.F) {
 }
 
 func TestPolicyBoundsWhatItParses(t *testing.T) {
-	p := New(router.DefaultTenantGUC)
+	p := New()
 	big := "INSERT INTO t (body) VALUES ('" + strings.Repeat("x", MaxParsedStatement) + "')"
 	if reason := p.Check([]byte(big)); reason != "" {
 		t.Errorf("a large plain INSERT was refused: %s", reason)

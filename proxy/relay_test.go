@@ -10,7 +10,6 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/tenantproxy/tenantproxy/policy"
-	"github.com/tenantproxy/tenantproxy/router"
 )
 
 // forwardBytes runs forwardClient over in and returns what it wrote
@@ -20,7 +19,7 @@ func forwardBytes(t *testing.T, in []byte) ([]byte, clientResult) {
 	clientSide, proxyClient := net.Pipe()
 	proxyServer, serverSide := net.Pipe()
 	ss := &session{
-		srv:     &Server{policy: policy.New(router.DefaultTenantGUC)},
+		srv:     &Server{policy: policy.New()},
 		client:  proxyClient,
 		bconn:   proxyServer,
 		maxMsg:  1 << 16,
@@ -88,7 +87,7 @@ func FuzzForwardClient(f *testing.F) {
 	f.Add(append(msg('Q', "SELECT 1\x00"), msg('X', "")...))
 	f.Add(append(msg('P', "\x00SET ROLE x\x00\x00\x00"), msg('S', "")...))
 	f.Add([]byte{'Q', 0xff, 0xff, 0xff, 0xff})
-	policy := policy.New(router.DefaultTenantGUC)
+	policy := policy.New()
 	f.Fuzz(func(t *testing.T, in []byte) {
 		out, _ := forwardBytes(t, in)
 		for len(out) > 0 {
@@ -152,7 +151,7 @@ func BenchmarkForwardClient(b *testing.B) {
 	clientSide, proxyClient := tcpPair(b)
 	proxyServer, serverSide := tcpPair(b)
 	ss := &session{
-		srv:     &Server{policy: policy.New(router.DefaultTenantGUC)},
+		srv:     &Server{policy: policy.New()},
 		client:  proxyClient,
 		bconn:   proxyServer,
 		maxMsg:  1 << 16,

@@ -82,10 +82,7 @@ func New(cfg Config, dir router.Directory, backends Backends) (*Server, error) {
 	if err != nil {
 		return nil, err
 	}
-	resolver, err := router.NewResolver(dir, cfg.TenantGUC)
-	if err != nil {
-		return nil, err
-	}
+	resolver := router.NewResolver(dir)
 	m, err := newMetrics(cfg.Registerer)
 	if err != nil {
 		return nil, fmt.Errorf("proxy: metrics: %w", err)
@@ -94,7 +91,7 @@ func New(cfg Config, dir router.Directory, backends Backends) (*Server, error) {
 	rand.Read(key)
 	ctx, cancel := context.WithCancel(context.Background())
 	s := &Server{
-		log: cfg.Logger, resolver: resolver, policy: policy.New(resolver.TenantGUC()), txnCheck: policy.NewTxnModeCheck(),
+		log: cfg.Logger, resolver: resolver, policy: policy.New(), txnCheck: policy.NewTxnModeCheck(),
 		backends: backends, metrics: m, cancels: newCancelKeys(), limiter: newLoginLimiter(),
 		dummyKey: key, listen: cfg.Listen, unix: cfg.UnixSocket, ctx: ctx, cancel: cancel,
 		listeners: make(map[net.Listener]struct{}), conns: make(map[*tracked]struct{}), perTenant: make(map[string]int),
@@ -105,15 +102,14 @@ func New(cfg Config, dir router.Directory, backends Backends) (*Server, error) {
 
 // Reload applies the live fields of cfg (see Config) to new connections;
 // sessions already running keep what they started with. Listen addresses,
-// TenantGUC, Logger and Registerer are not reloaded. On error nothing
-// changes.
+// Logger and Registerer are not reloaded. On error nothing changes.
 func (s *Server) Reload(cfg Config) error {
 	cfg, err := cfg.withDefaults()
 	if err != nil {
 		return err
 	}
 	old := s.live.Load().cfg
-	cfg.Listen, cfg.UnixSocket, cfg.TenantGUC, cfg.Logger, cfg.Registerer = old.Listen, old.UnixSocket, old.TenantGUC, old.Logger, old.Registerer
+	cfg.Listen, cfg.UnixSocket, cfg.Logger, cfg.Registerer = old.Listen, old.UnixSocket, old.Logger, old.Registerer
 	s.live.Store(&live{cfg: cfg})
 	s.log.Info("configuration reloaded")
 	return nil

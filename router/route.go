@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"net"
-	"regexp"
 	"strconv"
 	"strings"
 	"sync"
@@ -15,6 +14,7 @@ import (
 
 	"github.com/tenantproxy/tenantproxy/catalog"
 	"github.com/tenantproxy/tenantproxy/internal/pgerr"
+	"github.com/tenantproxy/tenantproxy/migrations"
 )
 
 // Directory is what routing needs from the catalog. *catalog.Catalog
@@ -26,9 +26,6 @@ type Directory interface {
 }
 
 var _ Directory = (*catalog.Catalog)(nil)
-
-// DefaultTenantGUC is the setting the shared tier's RLS policies read.
-const DefaultTenantGUC = "app.tenant_id"
 
 // Route says where and as whom a tenant's session runs.
 type Route struct {
@@ -52,7 +49,6 @@ type Route struct {
 // Resolver turns tenants into Routes. It is safe for concurrent use.
 type Resolver struct {
 	dir Directory
-	guc string
 	// locs caches backendAddr by admin DSN: parsing a DSN (pgconn reads
 	// the environment and files for defaults) cost about 8% of the proxy's
 	// CPU when it ran for every client connection. A changed DSN is a new
@@ -67,22 +63,10 @@ type backendLoc struct {
 	err  error
 }
 
-var gucPattern = regexp.MustCompile(`^[a-z_][a-z0-9_]*\.[a-z_][a-z0-9_]*$`)
-
-// NewResolver returns a Resolver over dir. tenantGUC is the custom setting
-// shared-tier RLS reads; empty means DefaultTenantGUC.
-func NewResolver(dir Directory, tenantGUC string) (*Resolver, error) {
-	if tenantGUC == "" {
-		tenantGUC = DefaultTenantGUC
-	}
-	if !gucPattern.MatchString(tenantGUC) {
-		return nil, fmt.Errorf("router: tenant setting %q is not a custom setting name like app.tenant_id", tenantGUC)
-	}
-	return &Resolver{dir: dir, guc: tenantGUC}, nil
+// NewResolver returns a Resolver over dir.
+func NewResolver(dir Directory) *Resolver {
+	return &Resolver{dir: dir}
 }
-
-// TenantGUC is the setting that carries the tenant id in the shared tier.
-func (r *Resolver) TenantGUC() string { return r.guc }
 
 // Tenant looks up an active tenant by subdomain. Errors: pgerr.CodeUnknownTenant,
 // pgerr.CodeTenantSuspended, pgerr.CodeTenantUnavailable (still provisioning), or
@@ -138,7 +122,9 @@ func (r *Resolver) Route(ctx context.Context, t *catalog.Tenant) (*Route, error)
 	}
 	switch t.Tier {
 	case catalog.TierShared:
-		rt.Setup = []string{fmt.Sprintf("SET %s = %s", r.guc, QuoteLiteral(t.ID))}
+		// The setting the shared tier's RLS policies read: one name for
+		// the migrations that create them and for the proxy.
+		rt.Setup = []string{"SET " + migrations.TenantGUC + " = " + QuoteLiteral(t.ID)}
 	case catalog.TierSchema:
 		if t.SchemaName == "" {
 			return nil, &pgerr.Error{Code: pgerr.CodeInternal, Msg: "tenant has no schema", Err: fmt.Errorf("tenant %q: schema tier without schema_name", t.Subdomain)}
