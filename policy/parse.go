@@ -39,15 +39,20 @@ func (r Rules) allows(c class) bool {
 	return false
 }
 
-// facts are what a statement text does, independent of who sends it: a
-// reason it is refused for everyone, or the classes it needs. They are
-// cached per text; verdict applies a tenant's Rules to them.
+// facts are what a statement text does, independent of who sends it and
+// in which pool mode: a reason it is refused for everyone, or the classes
+// it needs, and what transaction mode refuses in it. They are cached per
+// text; verdict applies a tenant's Rules to them.
 type facts struct {
 	refused string
 	needs   class
 	// why holds, per class bit, the refusal reason naming the first thing
 	// in the text that needs the class.
 	why [numClasses]string
+	// txn is transaction mode's refusal of the first node that would
+	// outlive the transaction, "" for none (or for text the parser
+	// rejects, which refused already covers).
+	txn string
 }
 
 func (f *facts) refuse(reason string) {
@@ -67,6 +72,10 @@ func (f *facts) need(c class, reason string) {
 	}
 }
 
+// merge adds the policy's facts of g, an SQL function's body, to f. The
+// body's transaction-mode verdict is not merged: creating a function
+// leaves nothing on the connection that its body would, and the body of
+// BEGIN ATOMIC, which is part of the tree, is walked with it.
 func (f *facts) merge(g *facts) {
 	f.refuse(g.refused)
 	for i := range numClasses {
@@ -111,6 +120,9 @@ func analyze(sql string) *facts {
 	}
 	a := analyzer{f: f}
 	for _, s := range res.Stmts {
+		if f.txn == "" {
+			f.txn = txnModeStatement(s.Stmt)
+		}
 		a.statement(s.Stmt)
 		a.walk(s.Stmt.ProtoReflect())
 	}
@@ -253,9 +265,14 @@ func (a *analyzer) functionOptions(opts []*pg_query.Node) {
 }
 
 // walk visits every message in the tree for what can hide anywhere: calls
-// of functions, relations named, settings changed, notifications sent.
+// of functions, relations named, settings changed, notifications sent, and
+// what transaction mode refuses (txnModeNode).
 func (a *analyzer) walk(m protoreflect.Message) {
-	switch v := m.Interface().(type) {
+	n := m.Interface()
+	if a.f.txn == "" {
+		a.f.txn = txnModeNode(n)
+	}
+	switch v := n.(type) {
 	case *pg_query.FuncCall:
 		a.funcCall(v)
 	case *pg_query.RangeVar:

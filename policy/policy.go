@@ -2,10 +2,9 @@ package policy
 
 import (
 	"hash/maphash"
+	"sync/atomic"
 
 	lru "github.com/hashicorp/golang-lru/v2"
-
-	"github.com/tenantproxy/tenantproxy/catalog"
 )
 
 // Policy decides which client statements may reach PostgreSQL. It refuses
@@ -14,29 +13,48 @@ import (
 // observe other tenants through the server (pg_stat_activity, pg_locks,
 // pg_stats, other databases and roles), or disturb them (ALTER ROLE on the
 // shared serving role, pg_terminate_backend, two-phase commit), and, per
-// tier, what a tenant of that tier may not do (Rules).
+// tier, what a tenant of that tier may not do (Rules). In transaction
+// pooling mode it also refuses what would outlive the client's
+// transaction on a server connection that the next transaction, maybe
+// another tenant's, gets (txnmode.go).
 //
-// A verdict takes three steps, cheapest first:
+// A verdict takes three steps, cheapest first, and the two checks share
+// each of them:
 //
-//  1. A lexical fast path (policy_fast.go) recognises plain DML and transaction
+//  1. One lexical pass (fast.go) recognises plain DML and transaction
 //     control that names nothing dangerous, and the SET/RESET/DISCARD forms
-//     that are always refused, without parsing.
-//  2. Otherwise the statement's facts (what it does, independent of tier)
-//     come from an LRU cache keyed by a seeded 128-bit hash of its text.
-//  3. On a miss, the text is parsed with PostgreSQL's own grammar
-//     (libpg_query through pg_query_go) and every node is inspected,
-//     including the statements inside PREPARE, EXPLAIN, COPY (query), CTEs,
-//     sub-selects, SQL function bodies and multi-statement strings.
+//     that are always refused, without parsing. When it passes a text it
+//     also knows its transaction-mode verdict: the only form of such text
+//     that transaction mode refuses is a statement led by DEALLOCATE.
+//  2. Otherwise the statement's facts (what it does, independent of tier
+//     and pool mode: the policy's refusal or classes, and the
+//     transaction-mode refusal) come from one LRU cache keyed by a seeded
+//     128-bit hash of its text.
+//  3. On a miss, the text is parsed once with PostgreSQL's own grammar
+//     (libpg_query through pg_query_go) and every node is inspected for
+//     both checks in one walk, including the statements inside PREPARE,
+//     EXPLAIN, COPY (query), CTEs, sub-selects, SQL function bodies and
+//     multi-statement strings.
 //
-// Costs on the development machine (2-core Xeon VM, Go 1.26), from
-// go test -run '^$' -bench Policy -benchmem ./policy/:
+// Costs on a shared, loaded 2-core AMD EPYC VM (Go 1.26), medians of
+// go test -run '^$' -bench Policy -benchmem -count 3 -benchtime 20000x ./policy/
+// (times move by tens of percent with the machine's load; allocations do not):
 //
-//	fast_path_select (110-byte keyset SELECT)   ~500 ns/op      0 B/op    0 allocs/op
-//	fast_path_insert                            ~370 ns/op      0 B/op    0 allocs/op
-//	fast_path_refused_set_role                   ~49 ns/op      0 B/op    0 allocs/op
-//	cache_hit (driver's pg_type look-up)        ~245 ns/op      0 B/op    0 allocs/op
-//	cache_hit_refused (pg_stat_activity)        ~180 ns/op      0 B/op    0 allocs/op
-//	cache_miss (full parse, once per text)    ~45000 ns/op   4.4 kB/op  114 allocs/op
+//	fast_path_select (110-byte keyset SELECT)   ~990 ns/op      0 B/op    0 allocs/op
+//	fast_path_insert                            ~820 ns/op      0 B/op    0 allocs/op
+//	fast_path_refused_set_role                   ~70 ns/op      0 B/op    0 allocs/op
+//	cache_hit (driver's pg_type look-up)        ~300 ns/op      0 B/op    0 allocs/op
+//	cache_hit_refused (pg_stat_activity)        ~210 ns/op      0 B/op    0 allocs/op
+//	cache_miss (full parse, once per text)    ~33000 ns/op   4.4 kB/op  113 allocs/op
+//	txn_fast_path_update (pgbench's UPDATE)     ~540 ns/op      0 B/op    0 allocs/op
+//	txn_cache_hit                               ~300 ns/op      0 B/op    0 allocs/op
+//	txn_cache_hit_refused_set                   ~190 ns/op      0 B/op    0 allocs/op
+//	txn_cache_miss_refused_set                 ~8400 ns/op    1.0 kB/op   22 allocs/op
+//
+// In transaction mode the rules and transaction mode's own check share
+// the lexical pass, the cache and the parse; when each had its own, the
+// same transaction-mode cases cost ~880, ~1360, ~350 and ~12800 ns/op
+// (39 allocs) on the same machine.
 //
 // The fast path never allows what the parser would refuse: it only says
 // "safe" for statements whose every word it has read and found harmless,
@@ -45,13 +63,14 @@ import (
 //
 // Client SQL assembled at run time inside the server (EXECUTE in PL/pgSQL)
 // is out of any proxy's sight: that is why procedural code is refused
-// outside the database tier and why the database hardening of DESIGN.md
-// must hold on its own.
+// outside the database tier and why the database's own hardening (the
+// README's Security section) must hold on its own.
 type Policy struct {
 	seeds [2]maphash.Seed
 	cache *lru.Cache[cacheKey, *facts]
-	// strict is what Check applies: the rules of the shared tier.
-	strict Rules
+	// parses counts the texts parsed (cache misses), so that tests can
+	// show that a statement is parsed once for both checks.
+	parses atomic.Uint64
 }
 
 type cacheKey struct {
@@ -71,26 +90,52 @@ func New() *Policy {
 		panic(err)
 	}
 	return &Policy{
-		seeds:  [2]maphash.Seed{maphash.MakeSeed(), maphash.MakeSeed()},
-		cache:  c,
-		strict: DefaultRules(catalog.TierShared),
+		seeds: [2]maphash.Seed{maphash.MakeSeed(), maphash.MakeSeed()},
+		cache: c,
 	}
 }
 
-// Check returns the reason sql is refused under the strictest rules (the
-// shared tier's), or "" when it may run. CheckRules is the per-tenant form.
-func (p *Policy) Check(sql []byte) string {
-	return p.CheckRules(sql, p.strict)
+// Mode is the pool mode a statement runs in.
+type Mode uint8
+
+const (
+	// SessionMode: the client keeps one server connection for its whole
+	// session; only the policy's rules apply.
+	SessionMode Mode = iota
+	// TransactionMode: the client holds a server connection only until its
+	// transaction ends, so what would outlive the transaction on it is
+	// refused too, with a hint to connect in session mode.
+	TransactionMode
+)
+
+// String returns "session" or "transaction", the words of the pool_mode
+// setting.
+func (m Mode) String() string {
+	if m == TransactionMode {
+		return "transaction"
+	}
+	return "session"
 }
 
-// CheckRules returns the reason sql is refused for a tenant with rules r,
-// or "" when it may run. The reason names what was refused and why, for
-// an ErrorResponse with SQLSTATE 42501. sql may hold several statements
-// (a simple Query); it is not modified or retained. Safe for concurrent
-// use; allocation-free except on a cache miss.
-func (p *Policy) CheckRules(sql []byte, r Rules) string {
-	switch v, reason := p.fast(sql); v {
+// Check returns the reason sql is refused for a tenant with rules r in
+// pool mode m, or "" when it may run. The reason names what was refused
+// and why, for an ErrorResponse with SQLSTATE 42501. In transaction mode
+// the policy's reason comes first: what it refuses (SET ROLE, set_config,
+// RESET ALL) is refused in session mode too, so transaction mode's hint
+// to connect in session mode would be false for it.
+//
+// sql may hold several statements (a simple Query); it is not modified or
+// retained. One lexical pass decides whether either check needs the
+// parser, and a text's cached facts serve every rule set and both modes,
+// so a text is parsed once while it stays in the cache (two first checks
+// of it racing may each parse it). Safe for concurrent use;
+// allocation-free except on a cache miss.
+func (p *Policy) Check(sql []byte, r Rules, m Mode) string {
+	switch v, reason, txnReason := fast(sql); v {
 	case fastSafe:
+		if m == TransactionMode {
+			return txnReason
+		}
 		return ""
 	case fastRefused:
 		return reason
@@ -98,7 +143,11 @@ func (p *Policy) CheckRules(sql []byte, r Rules) string {
 	if len(sql) > MaxParsedStatement {
 		return reasonTooLarge
 	}
-	return p.factsOf(sql).verdict(r)
+	f := p.factsOf(sql)
+	if reason := f.verdict(r); reason != "" || m != TransactionMode {
+		return reason
+	}
+	return f.txn
 }
 
 // MaxParsedStatement bounds the text the parser is given: parsing costs
@@ -117,6 +166,7 @@ func (p *Policy) factsOf(sql []byte) *facts {
 		return f
 	}
 	f := analyze(string(sql))
+	p.parses.Add(1)
 	p.cache.Add(k, f)
 	return f
 }

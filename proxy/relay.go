@@ -206,7 +206,7 @@ func (ss *session) forwardClient() clientResult {
 						if _, err := io.ReadFull(src, m); err != nil {
 							return clientResult{err: err}
 						}
-						if reason := ss.srv.policy.CheckRules(statementOf(m), ss.rules); reason != "" {
+						if reason := ss.srv.policy.Check(statementOf(m), ss.rules, policy.SessionMode); reason != "" {
 							if typ == 'Q' {
 								ss.refusals.push(ss.sentRFQ.Add(1), reason)
 								m = syncMessage
@@ -228,7 +228,7 @@ func (ss *session) forwardClient() clientResult {
 					}
 					break scan
 				}
-				if reason := ss.srv.policy.CheckRules(statementOf(buf[n:n+size]), ss.rules); reason != "" {
+				if reason := ss.srv.policy.Check(statementOf(buf[n:n+size]), ss.rules, policy.SessionMode); reason != "" {
 					drop = size
 					if typ == 'Q' {
 						ss.refusals.push(ss.sentRFQ.Add(1), reason)

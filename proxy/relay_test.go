@@ -87,7 +87,7 @@ func FuzzForwardClient(f *testing.F) {
 	f.Add(append(msg('Q', "SELECT 1\x00"), msg('X', "")...))
 	f.Add(append(msg('P', "\x00SET ROLE x\x00\x00\x00"), msg('S', "")...))
 	f.Add([]byte{'Q', 0xff, 0xff, 0xff, 0xff})
-	policy := policy.New()
+	pol := policy.New()
 	f.Fuzz(func(t *testing.T, in []byte) {
 		out, _ := forwardBytes(t, in)
 		for len(out) > 0 {
@@ -105,7 +105,7 @@ func FuzzForwardClient(f *testing.F) {
 				return
 			}
 			if m := out[:size]; m[0] == 'Q' || m[0] == 'P' {
-				if reason := policy.Check(statementOf(m)); reason != "" {
+				if reason := pol.Check(statementOf(m), policy.Rules{}, policy.SessionMode); reason != "" {
 					t.Fatalf("forwarded refused SQL %q", m)
 				}
 			}

@@ -41,9 +41,6 @@ type Server struct {
 	log      *zap.Logger
 	resolver *router.Resolver
 	policy   *policy.Policy
-	// txnCheck refuses, in transaction pooling mode, what would outlive
-	// a transaction on a shared server connection.
-	txnCheck *policy.TxnModeCheck
 	backends Backends
 	metrics  *metrics
 	cancels  *cancelKeys
@@ -91,7 +88,7 @@ func New(cfg Config, dir router.Directory, backends Backends) (*Server, error) {
 	rand.Read(key)
 	ctx, cancel := context.WithCancel(context.Background())
 	s := &Server{
-		log: cfg.Logger, resolver: resolver, policy: policy.New(), txnCheck: policy.NewTxnModeCheck(),
+		log: cfg.Logger, resolver: resolver, policy: policy.New(),
 		backends: backends, metrics: m, cancels: newCancelKeys(), limiter: newLoginLimiter(),
 		dummyKey: key, listen: cfg.Listen, unix: cfg.UnixSocket, ctx: ctx, cancel: cancel,
 		listeners: make(map[net.Listener]struct{}), conns: make(map[*tracked]struct{}), perTenant: make(map[string]int),

@@ -406,16 +406,13 @@ func (tx *txSession) read(src *bufio.Reader) (byte, error) {
 	return tx.in[0], nil
 }
 
-// refusal is why a Query or Parse in tx.in must not run, or "".
+// refusal is why a Query or Parse in tx.in must not run, or "". One check
+// gives the tenant's rules' reason first and then transaction mode's: what
+// the rules refuse (SET ROLE, set_config, RESET ALL) is refused in session
+// mode too, so transaction mode's hint to connect in session mode would be
+// false for it.
 func (tx *txSession) refusal() string {
-	sql := statementOf(tx.in)
-	// The policy first: what it refuses (SET ROLE, set_config, RESET ALL)
-	// is refused in session mode too, so transaction mode's hint to
-	// connect in session mode would be false for it.
-	if r := tx.ss.srv.policy.CheckRules(sql, tx.ss.rules); r != "" {
-		return r
-	}
-	return tx.ss.srv.txnCheck.Check(sql)
+	return tx.ss.srv.policy.Check(statementOf(tx.in), tx.ss.rules, policy.TransactionMode)
 }
 
 // verdict is refusal for the statements it applies to (Query, Parse),
