@@ -12,7 +12,7 @@ import (
 // Source is one place a connection can name its tenant.
 type Source string
 
-// The identification sources of DESIGN.md.
+// The identification sources (the README's "Connecting through the proxy").
 const (
 	// SourceSNI reads the tenant from the TLS server name <tenant>.<base-domain>.
 	SourceSNI Source = "sni"
@@ -82,8 +82,9 @@ func (c IdentifyConfig) Validate() error {
 	return nil
 }
 
-// ValidTenantID reports whether id has the shape DESIGN.md requires of a
-// tenant id and is not reserved.
+// ValidTenantID reports whether id has the shape of a tenant id (a DNS
+// label of lower-case letters, digits and inner hyphens, as the catalog
+// requires of a subdomain) and is not reserved.
 func ValidTenantID(id string, reserved []string) bool {
 	return tenantIDPattern.MatchString(id) && !slices.Contains(reserved, id)
 }
