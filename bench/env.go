@@ -123,10 +123,7 @@ func (e *env) initPgbench(ctx context.Context, scale int) error {
 func (e *env) provision(ctx context.Context, n int) error {
 	e.tenants = make([]*catalog.Tenant, n)
 	e.setup = make([][]string, n)
-	resolver, err := router.NewResolver(e.cat, "")
-	if err != nil {
-		return err
-	}
+	resolver := router.NewResolver(e.cat)
 	var (
 		wg    sync.WaitGroup
 		next  atomic.Int64

@@ -16,6 +16,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/tenantproxy/tenantproxy/catalog"
+	"github.com/tenantproxy/tenantproxy/migrations"
 )
 
 // Directory is what the canary needs from the catalog; *catalog.Catalog
@@ -268,7 +269,7 @@ func (c *Canary) verify(ctx context.Context, p *probe, all []*probe) ([]Violatio
 	violate := func(other, format string, args ...any) {
 		vs = append(vs, Violation{Tenant: p.t.Subdomain, Other: other, What: fmt.Sprintf(format, args...)})
 	}
-	res := p.conn.ExecParams(ctx, "SELECT current_user, coalesce(current_setting('app.tenant_id', true), ''), current_database()", nil, nil, nil, nil).Read()
+	res := p.conn.ExecParams(ctx, "SELECT current_user, coalesce(current_setting('"+migrations.TenantGUC+"', true), ''), current_database()", nil, nil, nil, nil).Read()
 	if res.Err != nil {
 		return vs, res.Err
 	}

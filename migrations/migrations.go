@@ -29,8 +29,12 @@ const (
 	SharedDatabase = "tenantproxy_shared"
 	// SchemaDatabase holds one schema per schema-tier tenant.
 	SchemaDatabase = "tenantproxy_tenants"
-	// TenantGUC is the setting the shared tier's policies compare tenant_id
-	// with; the proxy sets it per transaction.
+	// TenantGUC is the setting the shared tier's RLS policies compare
+	// tenant_id with. It is the one name: the policies created here read
+	// it, router's setup sets it for a shared-tier tenant, package policy
+	// refuses clients' changes to it, and catalog's lifecycle sets it to
+	// reach a tenant's rows. It is not configurable: a proxy setting one
+	// name while the policies read another would hide every shared row.
 	TenantGUC = "app.tenant_id"
 )
 

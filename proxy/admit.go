@@ -10,8 +10,7 @@ import (
 	"strings"
 
 	"github.com/jackc/pgx/v5/pgproto3"
-
-	"github.com/tenantproxy/tenantproxy/router"
+	"github.com/tenantproxy/tenantproxy/internal/pgerr"
 )
 
 // Request codes that share the startup packet's position (PostgreSQL's
@@ -59,7 +58,7 @@ func (c *clientConn) readMessage(max int) (byte, []byte, error) {
 	}
 	n := int(binary.BigEndian.Uint32(hdr[1:])) - 4
 	if n < 0 || n > max {
-		return 0, nil, router.Errorf(router.CodeProtocolViolation, "invalid message length %d", n+4)
+		return 0, nil, pgerr.Errorf(pgerr.CodeProtocolViolation, "invalid message length %d", n+4)
 	}
 	if cap(c.buf) < n {
 		c.buf = make([]byte, n)
@@ -93,7 +92,7 @@ func readStartupPacket(r io.Reader, max int) ([]byte, error) {
 	}
 	n := int(int32(binary.BigEndian.Uint32(hdr[:])))
 	if n < minStartupPacket || n > max {
-		return nil, router.Errorf(router.CodeProtocolViolation, "invalid length of startup packet: %d", n)
+		return nil, pgerr.Errorf(pgerr.CodeProtocolViolation, "invalid length of startup packet: %d", n)
 	}
 	b := make([]byte, n-4)
 	if _, err := io.ReadFull(r, b); err != nil {
@@ -103,41 +102,41 @@ func readStartupPacket(r io.Reader, max int) ([]byte, error) {
 }
 
 // parseStartupPacket decodes a startup packet's body (after the length
-// word). Errors are *router.Error.
+// word). Errors are *pgerr.Error.
 func parseStartupPacket(b []byte) (startupPacket, error) {
 	if len(b) < 4 {
-		return startupPacket{}, router.Errorf(router.CodeProtocolViolation, "startup packet too short")
+		return startupPacket{}, pgerr.Errorf(pgerr.CodeProtocolViolation, "startup packet too short")
 	}
 	p := startupPacket{code: binary.BigEndian.Uint32(b)}
 	rest := b[4:]
 	switch p.code {
 	case codeSSLRequest, codeGSSENCRequest:
 		if len(rest) != 0 {
-			return p, router.Errorf(router.CodeProtocolViolation, "invalid length of encryption request")
+			return p, pgerr.Errorf(pgerr.CodeProtocolViolation, "invalid length of encryption request")
 		}
 		return p, nil
 	case codeCancelRequest:
 		// Protocol 3.0 keys are 4 bytes; 3.2 allows up to 256.
 		if len(rest) < 8 || len(rest) > 4+256 {
-			return p, router.Errorf(router.CodeProtocolViolation, "invalid length of cancel request")
+			return p, pgerr.Errorf(pgerr.CodeProtocolViolation, "invalid length of cancel request")
 		}
 		p.cancelPID = binary.BigEndian.Uint32(rest)
 		p.cancelSecret = rest[4:]
 		return p, nil
 	}
 	if p.code>>16 != 3 {
-		return p, router.Errorf(router.CodeFeatureNotSupported,
+		return p, pgerr.Errorf(pgerr.CodeFeatureNotSupported,
 			"unsupported frontend protocol %d.%d: server supports 3.0 to 3.0", p.code>>16, p.code&0xffff)
 	}
 	p.params = make(map[string]string)
 	for {
 		i := bytes.IndexByte(rest, 0)
 		if i < 0 {
-			return p, router.Errorf(router.CodeProtocolViolation, "invalid startup packet layout: expected terminator as last byte")
+			return p, pgerr.Errorf(pgerr.CodeProtocolViolation, "invalid startup packet layout: expected terminator as last byte")
 		}
 		if i == 0 {
 			if len(rest) != 1 {
-				return p, router.Errorf(router.CodeProtocolViolation, "invalid startup packet layout: data after terminator")
+				return p, pgerr.Errorf(pgerr.CodeProtocolViolation, "invalid startup packet layout: data after terminator")
 			}
 			return p, nil
 		}
@@ -145,7 +144,7 @@ func parseStartupPacket(b []byte) (startupPacket, error) {
 		rest = rest[i+1:]
 		j := bytes.IndexByte(rest, 0)
 		if j < 0 {
-			return p, router.Errorf(router.CodeProtocolViolation, "invalid startup packet layout: expected terminator as last byte")
+			return p, pgerr.Errorf(pgerr.CodeProtocolViolation, "invalid startup packet layout: expected terminator as last byte")
 		}
 		if strings.HasPrefix(name, "_pq_.") {
 			p.unrecognized = append(p.unrecognized, name)
@@ -170,7 +169,7 @@ func (s *Server) admit(c *clientConn, lv *live) (*startupPacket, error) {
 			return nil, err
 		}
 		if (p.code == codeSSLRequest || p.code == codeGSSENCRequest) && (round >= maxNegotiations || c.tls) {
-			return nil, router.Errorf(router.CodeProtocolViolation, "unexpected encryption request")
+			return nil, pgerr.Errorf(pgerr.CodeProtocolViolation, "unexpected encryption request")
 		}
 		switch p.code {
 		case codeSSLRequest:
@@ -204,7 +203,7 @@ func (s *Server) admit(c *clientConn, lv *live) (*startupPacket, error) {
 				}
 			}
 			if lv.cfg.RequireTLS && !c.tls {
-				return nil, router.Errorf(router.CodeTLSRequired, "connections without TLS are not accepted")
+				return nil, pgerr.Errorf(pgerr.CodeTLSRequired, "connections without TLS are not accepted")
 			}
 			return &p, nil
 		}

@@ -4,7 +4,7 @@ import (
 	"encoding/binary"
 	"testing"
 
-	"github.com/tenantproxy/tenantproxy/router"
+	"github.com/tenantproxy/tenantproxy/internal/pgerr"
 )
 
 func packet(code uint32, rest ...byte) []byte {
@@ -15,7 +15,7 @@ func TestParseStartupPacket(t *testing.T) {
 	tests := []struct {
 		name     string
 		in       []byte
-		wantCode router.Code // CodeInternal: no error
+		wantCode pgerr.Code // CodeInternal: no error
 		check    func(t *testing.T, p startupPacket)
 	}{
 		{name: "startup 3.0", in: packet(protocol30, []byte("user\x00alice.acme\x00options\x00-c tenant=acme\x00\x00")...), check: func(t *testing.T, p startupPacket) {
@@ -40,21 +40,21 @@ func TestParseStartupPacket(t *testing.T) {
 				t.Fatalf("cancel %d %x", p.cancelPID, p.cancelSecret)
 			}
 		}},
-		{name: "protocol 2", in: packet(2 << 16), wantCode: router.CodeFeatureNotSupported},
-		{name: "protocol 4", in: packet(4<<16, 0), wantCode: router.CodeFeatureNotSupported},
-		{name: "too short", in: []byte{0, 3}, wantCode: router.CodeProtocolViolation},
-		{name: "ssl request with a body", in: packet(codeSSLRequest, 1), wantCode: router.CodeProtocolViolation},
-		{name: "short cancel", in: packet(codeCancelRequest, 0, 0, 0, 7), wantCode: router.CodeProtocolViolation},
-		{name: "unterminated name", in: packet(protocol30, 'u', 's'), wantCode: router.CodeProtocolViolation},
-		{name: "unterminated value", in: packet(protocol30, []byte("user\x00al")...), wantCode: router.CodeProtocolViolation},
-		{name: "no final terminator", in: packet(protocol30, []byte("user\x00a\x00")...), wantCode: router.CodeProtocolViolation},
-		{name: "data after terminator", in: packet(protocol30, []byte("user\x00a\x00\x00x")...), wantCode: router.CodeProtocolViolation},
+		{name: "protocol 2", in: packet(2 << 16), wantCode: pgerr.CodeFeatureNotSupported},
+		{name: "protocol 4", in: packet(4<<16, 0), wantCode: pgerr.CodeFeatureNotSupported},
+		{name: "too short", in: []byte{0, 3}, wantCode: pgerr.CodeProtocolViolation},
+		{name: "ssl request with a body", in: packet(codeSSLRequest, 1), wantCode: pgerr.CodeProtocolViolation},
+		{name: "short cancel", in: packet(codeCancelRequest, 0, 0, 0, 7), wantCode: pgerr.CodeProtocolViolation},
+		{name: "unterminated name", in: packet(protocol30, 'u', 's'), wantCode: pgerr.CodeProtocolViolation},
+		{name: "unterminated value", in: packet(protocol30, []byte("user\x00al")...), wantCode: pgerr.CodeProtocolViolation},
+		{name: "no final terminator", in: packet(protocol30, []byte("user\x00a\x00")...), wantCode: pgerr.CodeProtocolViolation},
+		{name: "data after terminator", in: packet(protocol30, []byte("user\x00a\x00\x00x")...), wantCode: pgerr.CodeProtocolViolation},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			p, err := parseStartupPacket(tt.in)
-			if tt.wantCode != router.CodeInternal {
-				if router.CodeOf(err) != tt.wantCode {
+			if tt.wantCode != pgerr.CodeInternal {
+				if pgerr.CodeOf(err) != tt.wantCode {
 					t.Fatalf("error %v; want code %d", err, tt.wantCode)
 				}
 				return
@@ -79,7 +79,7 @@ func FuzzParseStartupPacket(f *testing.F) {
 	f.Fuzz(func(t *testing.T, b []byte) {
 		p, err := parseStartupPacket(b)
 		if err != nil {
-			if router.CodeOf(err) == router.CodeInternal {
+			if pgerr.CodeOf(err) == pgerr.CodeInternal {
 				t.Fatalf("error without a code: %v", err)
 			}
 			return

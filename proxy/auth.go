@@ -18,8 +18,8 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/tenantproxy/tenantproxy/catalog"
+	"github.com/tenantproxy/tenantproxy/internal/pgerr"
 	"github.com/tenantproxy/tenantproxy/internal/scram"
-	"github.com/tenantproxy/tenantproxy/router"
 )
 
 const (
@@ -32,7 +32,7 @@ const (
 // errAuthFailed is what every failed login looks like to the client:
 // unknown user and wrong password are indistinguishable.
 func errAuthFailed(user string) error {
-	return router.Errorf(router.CodeAuthFailed, "password authentication failed for user %q", user)
+	return pgerr.Errorf(pgerr.CodeAuthFailed, "password authentication failed for user %q", user)
 }
 
 // authenticate checks the client's credentials for user u of tenant t; u
@@ -80,10 +80,10 @@ func (s *Server) scramExchange(c *clientConn, v scram.Verifier, name string) err
 	}
 	var initial pgproto3.SASLInitialResponse
 	if typ != 'p' || initial.Decode(body) != nil {
-		return router.Errorf(router.CodeProtocolViolation, "expected SASL initial response")
+		return pgerr.Errorf(pgerr.CodeProtocolViolation, "expected SASL initial response")
 	}
 	if initial.AuthMechanism != scramMechanism {
-		return router.Errorf(router.CodeProtocolViolation, "client selected an invalid SASL authentication mechanism")
+		return pgerr.Errorf(pgerr.CodeProtocolViolation, "client selected an invalid SASL authentication mechanism")
 	}
 	gs2, clientFirstBare, clientNonce, err := parseClientFirst(string(initial.Data))
 	if err != nil {
@@ -101,7 +101,7 @@ func (s *Server) scramExchange(c *clientConn, v scram.Verifier, name string) err
 		return err
 	}
 	if typ != 'p' {
-		return router.Errorf(router.CodeProtocolViolation, "expected SASL response")
+		return pgerr.Errorf(pgerr.CodeProtocolViolation, "expected SASL response")
 	}
 	withoutProof, proof, err := parseClientFinal(string(body), gs2, nonce)
 	if err != nil {
@@ -124,7 +124,7 @@ func (s *Server) scramExchange(c *clientConn, v scram.Verifier, name string) err
 // client-first-message-bare and the client nonce. PostgreSQL ignores the
 // SCRAM user name (the startup packet's counts) and so does the proxy.
 func parseClientFirst(m string) (gs2, bare, nonce string, err error) {
-	bad := router.Errorf(router.CodeProtocolViolation, "malformed SCRAM message")
+	bad := pgerr.Errorf(pgerr.CodeProtocolViolation, "malformed SCRAM message")
 	var cbind, authzid string
 	var ok bool
 	if cbind, m, ok = strings.Cut(m, ","); !ok {
@@ -133,7 +133,7 @@ func parseClientFirst(m string) (gs2, bare, nonce string, err error) {
 	switch {
 	case cbind == "n", cbind == "y":
 	case strings.HasPrefix(cbind, "p="):
-		return "", "", "", router.Errorf(router.CodeProtocolViolation, "channel binding is not supported")
+		return "", "", "", pgerr.Errorf(pgerr.CodeProtocolViolation, "channel binding is not supported")
 	default:
 		return "", "", "", bad
 	}
@@ -141,7 +141,7 @@ func parseClientFirst(m string) (gs2, bare, nonce string, err error) {
 		return "", "", "", bad
 	}
 	if authzid != "" {
-		return "", "", "", router.Errorf(router.CodeProtocolViolation, "SCRAM authorization identity is not supported")
+		return "", "", "", pgerr.Errorf(pgerr.CodeProtocolViolation, "SCRAM authorization identity is not supported")
 	}
 	attrs := strings.Split(bare, ",")
 	if len(attrs) < 2 || !strings.HasPrefix(attrs[0], "n=") || !strings.HasPrefix(attrs[1], "r=") || strings.HasPrefix(attrs[0], "m=") {
@@ -158,7 +158,7 @@ func parseClientFirst(m string) (gs2, bare, nonce string, err error) {
 // exchange so far and returns the message without its proof, and the
 // proof.
 func parseClientFinal(m, gs2, nonce string) (withoutProof string, proof []byte, err error) {
-	bad := router.Errorf(router.CodeProtocolViolation, "malformed SCRAM message")
+	bad := pgerr.Errorf(pgerr.CodeProtocolViolation, "malformed SCRAM message")
 	i := strings.LastIndex(m, ",p=")
 	if i < 0 {
 		return "", nil, bad
@@ -240,15 +240,15 @@ func (s *Server) login(ctx context.Context, c *clientConn, lv *live, t *catalog.
 	if s.limiter.limited(key, lv.cfg.MaxLoginFailures, lv.cfg.LoginFailureWindow, now) {
 		s.metrics.authFailures.WithLabelValues(t.Subdomain, "rate_limited").Inc()
 		s.log.Warn("login refused: too many failures", zap.String("tenant", t.Subdomain), zap.String("user", name), zap.Stringer("client", c.raw.RemoteAddr()))
-		return router.Errorf(router.CodeRateLimited, "too many failed logins for user %q; try again later", name)
+		return pgerr.Errorf(pgerr.CodeRateLimited, "too many failed logins for user %q; try again later", name)
 	}
 	u, err := s.resolver.User(ctx, t, name)
 	if err != nil {
 		return err
 	}
 	err = s.authenticate(c, lv, t, name, u)
-	var rErr *router.Error
-	if errors.As(err, &rErr) && rErr.Code == router.CodeAuthFailed {
+	var rErr *pgerr.Error
+	if errors.As(err, &rErr) && rErr.Code == pgerr.CodeAuthFailed {
 		s.limiter.fail(key, lv.cfg.LoginFailureWindow, now)
 		s.metrics.authFailures.WithLabelValues(t.Subdomain, "password").Inc()
 		s.log.Info("login failed", zap.String("tenant", t.Subdomain), zap.String("user", name), zap.Stringer("client", c.raw.RemoteAddr()), zap.Bool("known_user", u != nil))

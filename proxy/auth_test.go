@@ -11,9 +11,9 @@ import (
 	"github.com/jackc/pgx/v5/pgproto3"
 	"go.uber.org/zap"
 
+	"github.com/tenantproxy/tenantproxy/internal/pgerr"
 	"github.com/tenantproxy/tenantproxy/internal/scram"
 	"github.com/tenantproxy/tenantproxy/pool"
-	"github.com/tenantproxy/tenantproxy/router"
 )
 
 // scramClient is the client side of SCRAM-SHA-256 as libpq does it, to
@@ -107,7 +107,7 @@ func TestSCRAMExchange(t *testing.T) {
 			if tt.wantOK && (err != nil || !verified) {
 				t.Fatalf("exchange: %v, server signature verified %v", err, verified)
 			}
-			if !tt.wantOK && router.CodeOf(err) != router.CodeAuthFailed {
+			if !tt.wantOK && pgerr.CodeOf(err) != pgerr.CodeAuthFailed {
 				t.Fatalf("exchange with a wrong password: %v; want CodeAuthFailed", err)
 			}
 		})
@@ -117,7 +117,7 @@ func TestSCRAMExchange(t *testing.T) {
 func TestParseClientMessages(t *testing.T) {
 	bad := []string{"", "n", "p=tls-server-end-point,,n=,r=x", "n,a=admin,n=,r=x", "n,,r=x", "n,,n=,r=", "x,,n=,r=abc", "n,,n=,r=a b"}
 	for _, m := range bad {
-		if _, _, _, err := parseClientFirst(m); router.CodeOf(err) != router.CodeProtocolViolation {
+		if _, _, _, err := parseClientFirst(m); pgerr.CodeOf(err) != pgerr.CodeProtocolViolation {
 			t.Errorf("parseClientFirst(%q) = %v; want a protocol violation", m, err)
 		}
 	}

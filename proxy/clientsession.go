@@ -7,9 +7,8 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/tenantproxy/tenantproxy/policy"
 	"go.uber.org/zap"
-
-	"github.com/tenantproxy/tenantproxy/router"
 )
 
 // clientSession is a client past its startup, relaying until it leaves.
@@ -41,7 +40,7 @@ type sessionBase struct {
 	tenant, user string
 	// rules are the statement classes the tenant's tier and settings
 	// allow; the zero value is the strictest.
-	rules        router.Rules
+	rules        policy.Rules
 	started      time.Time
 	cancelPID    uint32
 	maxMsg       int

@@ -48,9 +48,6 @@ type Config struct {
 	// Identify says where tenants are named: base domain for SNI, order
 	// of sources, user separator. Live.
 	Identify router.IdentifyConfig
-	// TenantGUC is the setting shared-tier RLS reads. Zero means
-	// router.DefaultTenantGUC.
-	TenantGUC string
 
 	// AuthMethod is AuthSCRAM or AuthTrust. Zero means AuthSCRAM. Live.
 	AuthMethod string

@@ -11,6 +11,8 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/tenantproxy/tenantproxy/catalog"
+	"github.com/tenantproxy/tenantproxy/internal/pgerr"
+	"github.com/tenantproxy/tenantproxy/policy"
 	"github.com/tenantproxy/tenantproxy/pool"
 	"github.com/tenantproxy/tenantproxy/router"
 )
@@ -69,7 +71,7 @@ var startupOnlyParams = map[string]bool{"user": true, "database": true, "options
 // tenant's connection count).
 func (s *Server) establish(ctx context.Context, c *clientConn, lv *live, p *startupPacket) (clientSession, error) {
 	if r, ok := p.params["replication"]; ok && !isFalse(r) {
-		return nil, router.Errorf(router.CodeFeatureNotSupported, "replication connections are not supported through tenantproxy")
+		return nil, pgerr.Errorf(pgerr.CodeFeatureNotSupported, "replication connections are not supported through tenantproxy")
 	}
 	id, err := router.Identify(lv.cfg.Identify, router.Startup{ServerName: c.serverName, User: p.params["user"], Options: p.params["options"]})
 	if err != nil {
@@ -83,7 +85,7 @@ func (s *Server) establish(ctx context.Context, c *clientConn, lv *live, p *star
 		return nil, err
 	}
 	if !s.takeSlot(t.Subdomain, lv.cfg.MaxConnsPerTenant) {
-		return nil, router.Errorf(router.CodeTooManyConnections, "too many connections for tenant %q", t.Subdomain)
+		return nil, pgerr.Errorf(pgerr.CodeTooManyConnections, "too many connections for tenant %q", t.Subdomain)
 	}
 	ss, err := s.connect(ctx, c, lv, t, id, p)
 	if err != nil {
@@ -100,7 +102,7 @@ func (s *Server) connect(ctx context.Context, c *clientConn, lv *live, t *catalo
 	if err != nil {
 		return nil, err
 	}
-	extra, err := router.SessionSettings(append(startupSettings(p), id.Settings...))
+	extra, err := policy.SessionSettings(append(startupSettings(p), id.Settings...))
 	if err != nil {
 		return nil, err
 	}
@@ -138,7 +140,7 @@ func startupSettings(p *startupPacket) []router.Setting {
 
 // initBase sets what both pool modes know of the session starting.
 func (s *Server) initBase(b *sessionBase, c *clientConn, t *catalog.Tenant, id router.Identity, lv *live) {
-	rules, err := router.RulesFor(t)
+	rules, err := policy.RulesFor(t)
 	if err != nil {
 		// RulesFor gave the strictest rules: a bad setting must not lock
 		// the tenant out, nor widen what it may do.
@@ -174,7 +176,7 @@ func (s *Server) connectPinned(ctx context.Context, c *clientConn, ps *pinnedSes
 func (s *Server) connectTx(ctx context.Context, c *clientConn, tx *txSession, target pool.Target) error {
 	txb, ok := s.backends.(txBackends)
 	if !ok {
-		return router.Errorf(router.CodeFeatureNotSupported, "transaction pooling is not available in this proxy")
+		return pgerr.Errorf(pgerr.CodeFeatureNotSupported, "transaction pooling is not available in this proxy")
 	}
 	// The startup's connection is not the tenant's: a tenant at its cap
 	// of held connections can still connect clients.

@@ -7,9 +7,9 @@ import (
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgproto3"
 
+	"github.com/tenantproxy/tenantproxy/internal/pgerr"
 	"github.com/tenantproxy/tenantproxy/internal/pgwire"
 	"github.com/tenantproxy/tenantproxy/pool"
-	"github.com/tenantproxy/tenantproxy/router"
 )
 
 // This file is the proxy's one error boundary: classify is the only place
@@ -17,9 +17,9 @@ import (
 // errorResponse the only place that renders an error for a client.
 
 var (
-	errShuttingDown = router.Errorf(router.CodeShuttingDown, "terminating connection: tenantproxy is shutting down")
-	errServerLost   = router.Errorf(router.CodeBackendUnavailable, "terminating connection: the server connection was lost")
-	errContextLost  = router.Errorf(router.CodeBackendUnavailable, "terminating connection: the tenant context could not be established")
+	errShuttingDown = pgerr.Errorf(pgerr.CodeShuttingDown, "terminating connection: tenantproxy is shutting down")
+	errServerLost   = pgerr.Errorf(pgerr.CodeBackendUnavailable, "terminating connection: the server connection was lost")
+	errContextLost  = pgerr.Errorf(pgerr.CodeBackendUnavailable, "terminating connection: the tenant context could not be established")
 	errFastPath     = "fast-path function calls are not allowed through the proxy"
 )
 
@@ -28,7 +28,7 @@ type clientErr struct {
 	// tell is false for failures of the client's own connection (it went
 	// away, timed out): there is no one to tell.
 	tell bool
-	code router.Code
+	code pgerr.Code
 	msg  string
 	// server is the server's own refusal (a bad setting value in the
 	// startup packet, a setup statement the server rejected), passed on
@@ -43,32 +43,32 @@ type clientErr struct {
 // client's protocol violation (only client streams have limits); a
 // server's refusal
 // (found anywhere in the chain, e.g. inside a pool.SetupError) is passed
-// on; a *router.Error keeps its code and message; pool errors map to their
+// on; a *pgerr.Error keeps its code and message; pool errors map to their
 // codes; anything else is an I/O failure of the client's connection, which
 // nobody hears of.
 func classify(err error) clientErr {
 	var pgErr *pgconn.PgError
-	var rErr *router.Error
+	var rErr *pgerr.Error
 	var tooLarge *pgwire.TooLargeError
 	switch {
 	case errors.As(err, &tooLarge):
-		return clientErr{tell: true, code: router.CodeMessageTooLarge, msg: fmt.Sprintf("message of %d bytes exceeds the limit of %d", tooLarge.Size, tooLarge.Max)}
+		return clientErr{tell: true, code: pgerr.CodeMessageTooLarge, msg: fmt.Sprintf("message of %d bytes exceeds the limit of %d", tooLarge.Size, tooLarge.Max)}
 	case errors.Is(err, pgwire.ErrInvalidLength):
-		return clientErr{tell: true, code: router.CodeProtocolViolation, msg: "invalid message length"}
+		return clientErr{tell: true, code: pgerr.CodeProtocolViolation, msg: "invalid message length"}
 	case errors.As(err, &pgErr):
 		return clientErr{tell: true, server: pgErr}
 	case errors.As(err, &rErr):
 		msg := rErr.Msg
-		if rErr.Code == router.CodeInternal {
+		if rErr.Code == pgerr.CodeInternal {
 			msg = "internal error in tenantproxy"
 		}
-		return clientErr{tell: true, code: rErr.Code, msg: msg, transient: rErr.Code == router.CodeRateLimited}
+		return clientErr{tell: true, code: rErr.Code, msg: msg, transient: rErr.Code == pgerr.CodeRateLimited}
 	case errors.Is(err, pool.ErrWaitTimeout):
-		return clientErr{tell: true, code: router.CodeRateLimited, msg: "timed out waiting for a server connection", transient: true}
+		return clientErr{tell: true, code: pgerr.CodeRateLimited, msg: "timed out waiting for a server connection", transient: true}
 	case errors.Is(err, pool.ErrClosed):
-		return clientErr{tell: true, code: router.CodeShuttingDown, msg: errShuttingDown.Msg}
+		return clientErr{tell: true, code: pgerr.CodeShuttingDown, msg: errShuttingDown.Msg}
 	}
-	return clientErr{code: router.CodeInternal, msg: "internal error in tenantproxy"}
+	return clientErr{code: pgerr.CodeInternal, msg: "internal error in tenantproxy"}
 }
 
 // fromPool turns an Acquire failure into an error classify knows: what the
@@ -79,38 +79,12 @@ func fromPool(err error) error {
 	if errors.Is(err, pool.ErrWaitTimeout) || errors.Is(err, pool.ErrClosed) || errors.As(err, &setupErr) {
 		return err
 	}
-	return &router.Error{Code: router.CodeBackendUnavailable, Msg: "could not connect to the tenant's server", Err: err}
+	return &pgerr.Error{Code: pgerr.CodeBackendUnavailable, Msg: "could not connect to the tenant's server", Err: err}
 }
 
 // refused is the error of a statement the tenant policy refused.
 func refused(reason string) error {
-	return router.Errorf(router.CodeStatementRefused, "%s", reason)
-}
-
-// sqlstates is the one mapping from internal codes to what clients see;
-// the README's error table is its specification.
-var sqlstates = map[router.Code]struct {
-	fatal    bool
-	sqlstate string
-}{
-	router.CodeInternal:            {true, "XX000"},
-	router.CodeNoTenant:            {true, "28000"},
-	router.CodeNoUser:              {true, "28000"},
-	router.CodeConflictingTenant:   {true, "28000"},
-	router.CodeInvalidTenant:       {true, "3D000"},
-	router.CodeUnknownTenant:       {true, "3D000"},
-	router.CodeTenantSuspended:     {true, "28000"},
-	router.CodeTenantUnavailable:   {true, "57P03"},
-	router.CodeAuthFailed:          {true, "28P01"},
-	router.CodeTLSRequired:         {true, "28000"},
-	router.CodeStatementRefused:    {false, "42501"},
-	router.CodeTooManyConnections:  {true, "53300"},
-	router.CodeRateLimited:         {false, "53400"},
-	router.CodeShuttingDown:        {true, "57P01"},
-	router.CodeProtocolViolation:   {true, "08P01"},
-	router.CodeFeatureNotSupported: {true, "0A000"},
-	router.CodeBackendUnavailable:  {true, "08006"},
-	router.CodeMessageTooLarge:     {true, "54000"},
+	return pgerr.Errorf(pgerr.CodeStatementRefused, "%s", reason)
 }
 
 // Severities an error can be rendered with beyond its code's own.
@@ -133,12 +107,11 @@ func errorResponse(err error, severity int) *pgproto3.ErrorResponse {
 		}
 		return &pgproto3.ErrorResponse{Severity: sev, SeverityUnlocalized: sev, Code: p.Code, Message: p.Message, Detail: p.Detail, Hint: p.Hint}
 	}
-	m := sqlstates[ce.code]
 	sev := "ERROR"
-	if (m.fatal && severity != nonfatal) || severity == fatal {
+	if (ce.code.Fatal() && severity != nonfatal) || severity == fatal {
 		sev = "FATAL"
 	}
-	return &pgproto3.ErrorResponse{Severity: sev, SeverityUnlocalized: sev, Code: m.sqlstate, Message: ce.msg}
+	return &pgproto3.ErrorResponse{Severity: sev, SeverityUnlocalized: sev, Code: ce.code.SQLState(), Message: ce.msg}
 }
 
 // encodeError renders err for the client as wire bytes.

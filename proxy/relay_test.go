@@ -10,7 +10,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/tenantproxy/tenantproxy/internal/pgwire"
-	"github.com/tenantproxy/tenantproxy/router"
+	"github.com/tenantproxy/tenantproxy/policy"
 )
 
 // forwardBytes runs forwardClient over in and returns what it wrote
@@ -21,7 +21,7 @@ func forwardBytes(t *testing.T, in []byte) ([]byte, clientResult) {
 	proxyServer, serverSide := net.Pipe()
 	ss := &pinnedSession{
 		sessionBase: sessionBase{
-			srv:     &Server{policy: router.NewPolicy(router.DefaultTenantGUC)},
+			srv:     &Server{policy: policy.New()},
 			client:  proxyClient,
 			maxMsg:  1 << 16,
 			queries: prometheus.NewCounter(prometheus.CounterOpts{Name: "q"}),
@@ -90,7 +90,7 @@ func FuzzForwardClient(f *testing.F) {
 	f.Add(append(msg('Q', "SELECT 1\x00"), msg('X', "")...))
 	f.Add(append(msg('P', "\x00SET ROLE x\x00\x00\x00"), msg('S', "")...))
 	f.Add([]byte{'Q', 0xff, 0xff, 0xff, 0xff})
-	policy := router.NewPolicy(router.DefaultTenantGUC)
+	pol := policy.New()
 	f.Fuzz(func(t *testing.T, in []byte) {
 		out, _ := forwardBytes(t, in)
 		for len(out) > 0 {
@@ -108,7 +108,7 @@ func FuzzForwardClient(f *testing.F) {
 				return
 			}
 			if m := out[:size]; m[0] == 'Q' || m[0] == 'P' {
-				if reason := policy.Check(pgwire.Statement(m)); reason != "" {
+				if reason := pol.Check(pgwire.Statement(m), policy.Rules{}, policy.SessionMode); reason != "" {
 					t.Fatalf("forwarded refused SQL %q", m)
 				}
 			}
@@ -155,7 +155,7 @@ func BenchmarkForwardClient(b *testing.B) {
 	proxyServer, serverSide := tcpPair(b)
 	ss := &pinnedSession{
 		sessionBase: sessionBase{
-			srv:     &Server{policy: router.NewPolicy(router.DefaultTenantGUC)},
+			srv:     &Server{policy: policy.New()},
 			client:  proxyClient,
 			maxMsg:  1 << 16,
 			queries: prometheus.NewCounter(prometheus.CounterOpts{Name: "q"}),

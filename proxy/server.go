@@ -13,6 +13,8 @@ import (
 
 	"go.uber.org/zap"
 
+	"github.com/tenantproxy/tenantproxy/internal/pgerr"
+	"github.com/tenantproxy/tenantproxy/policy"
 	"github.com/tenantproxy/tenantproxy/pool"
 	"github.com/tenantproxy/tenantproxy/router"
 )
@@ -38,10 +40,7 @@ type live struct {
 type Server struct {
 	log      *zap.Logger
 	resolver *router.Resolver
-	policy   *router.Policy
-	// txnCheck refuses, in transaction pooling mode, what would outlive
-	// a transaction on a shared server connection.
-	txnCheck *router.TxnModeCheck
+	policy   *policy.Policy
 	backends Backends
 	metrics  *metrics
 	cancels  *cancelKeys
@@ -80,10 +79,7 @@ func New(cfg Config, dir router.Directory, backends Backends) (*Server, error) {
 	if err != nil {
 		return nil, err
 	}
-	resolver, err := router.NewResolver(dir, cfg.TenantGUC)
-	if err != nil {
-		return nil, err
-	}
+	resolver := router.NewResolver(dir)
 	m, err := newMetrics(cfg.Registerer)
 	if err != nil {
 		return nil, fmt.Errorf("proxy: metrics: %w", err)
@@ -92,7 +88,7 @@ func New(cfg Config, dir router.Directory, backends Backends) (*Server, error) {
 	rand.Read(key)
 	ctx, cancel := context.WithCancel(context.Background())
 	s := &Server{
-		log: cfg.Logger, resolver: resolver, policy: router.NewPolicy(resolver.TenantGUC()), txnCheck: router.NewTxnModeCheck(),
+		log: cfg.Logger, resolver: resolver, policy: policy.New(),
 		backends: backends, metrics: m, cancels: newCancelKeys(), limiter: newLoginLimiter(),
 		dummyKey: key, listen: cfg.Listen, unix: cfg.UnixSocket, ctx: ctx, cancel: cancel,
 		listeners: make(map[net.Listener]struct{}), conns: make(map[*tracked]struct{}), perTenant: make(map[string]int),
@@ -103,7 +99,7 @@ func New(cfg Config, dir router.Directory, backends Backends) (*Server, error) {
 
 // Reload applies the live fields of cfg (see Config) to new connections;
 // sessions already running keep what they started with. Listen addresses,
-// TenantGUC, Logger and Registerer are not reloaded. On error nothing
+// Logger and Registerer are not reloaded. On error nothing
 // changes.
 func (s *Server) Reload(cfg Config) error {
 	cfg, err := cfg.withDefaults()
@@ -111,7 +107,7 @@ func (s *Server) Reload(cfg Config) error {
 		return err
 	}
 	old := s.live.Load().cfg
-	cfg.Listen, cfg.UnixSocket, cfg.TenantGUC, cfg.Logger, cfg.Registerer = old.Listen, old.UnixSocket, old.TenantGUC, old.Logger, old.Registerer
+	cfg.Listen, cfg.UnixSocket, cfg.Logger, cfg.Registerer = old.Listen, old.UnixSocket, old.Logger, old.Registerer
 	s.live.Store(&live{cfg: cfg})
 	s.log.Info("configuration reloaded")
 	return nil
@@ -273,7 +269,7 @@ func (s *Server) refuse(c *clientConn, err error) {
 	case !ce.tell:
 		s.log.Debug("connection ended during startup", zap.Stringer("client", c.raw.RemoteAddr()), zap.Error(err))
 		return
-	case ce.server == nil && ce.code == router.CodeInternal:
+	case ce.server == nil && ce.code == pgerr.CodeInternal:
 		s.log.Error("startup failed", zap.Stringer("client", c.raw.RemoteAddr()), zap.Error(err))
 	default:
 		s.log.Debug("connection refused", zap.Stringer("client", c.raw.RemoteAddr()), zap.Error(err))

@@ -12,6 +12,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/tenantproxy/tenantproxy/internal/pgwire"
+	"github.com/tenantproxy/tenantproxy/policy"
 	"github.com/tenantproxy/tenantproxy/pool"
 )
 
@@ -129,7 +130,7 @@ func (ss *pinnedSession) forwardClient() clientResult {
 		} else {
 			switch m.Type {
 			case pgwire.Query, pgwire.Parse:
-				if reason := ss.srv.policy.CheckRules(pgwire.Statement(m.Bytes), ss.rules); reason != "" {
+				if reason := ss.srv.policy.Check(pgwire.Statement(m.Bytes), ss.rules, policy.SessionMode); reason != "" {
 					if m.Type == pgwire.Parse {
 						skipping, skipReason = true, reason
 					}

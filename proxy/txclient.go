@@ -9,6 +9,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/tenantproxy/tenantproxy/internal/pgwire"
+	"github.com/tenantproxy/tenantproxy/policy"
 	"github.com/tenantproxy/tenantproxy/pool"
 )
 
@@ -85,19 +86,15 @@ func (tx *txSession) woken(err error) (done bool, _ error) {
 }
 
 // verdict is why the Query or Parse in tx.in must not run, or "" (also
-// for every other message type).
+// for every other message type). The policy gives the rules' reason
+// first: what it refuses (SET ROLE, set_config, RESET ALL) is refused in
+// session mode too, so transaction mode's hint to connect in session mode
+// would be false for it.
 func (tx *txSession) verdict(typ byte) string {
-	if typ != 'Q' && typ != 'P' {
+	if typ != pgwire.Query && typ != pgwire.Parse {
 		return ""
 	}
-	sql := pgwire.Statement(tx.in)
-	// The policy first: what it refuses (SET ROLE, set_config, RESET ALL)
-	// is refused in session mode too, so transaction mode's hint to
-	// connect in session mode would be false for it.
-	if r := tx.srv.policy.CheckRules(sql, tx.rules); r != "" {
-		return r
-	}
-	return tx.srv.txnCheck.Check(sql)
+	return tx.srv.policy.Check(pgwire.Statement(tx.in), tx.rules, policy.TransactionMode)
 }
 
 // handle acts on the client message in tx.in and on every further whole

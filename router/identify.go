@@ -5,12 +5,14 @@ import (
 	"regexp"
 	"slices"
 	"strings"
+
+	"github.com/tenantproxy/tenantproxy/internal/pgerr"
 )
 
 // Source is one place a connection can name its tenant.
 type Source string
 
-// The identification sources of DESIGN.md.
+// The identification sources (the README's "Connecting through the proxy").
 const (
 	// SourceSNI reads the tenant from the TLS server name <tenant>.<base-domain>.
 	SourceSNI Source = "sni"
@@ -80,8 +82,9 @@ func (c IdentifyConfig) Validate() error {
 	return nil
 }
 
-// ValidTenantID reports whether id has the shape DESIGN.md requires of a
-// tenant id and is not reserved.
+// ValidTenantID reports whether id has the shape of a tenant id (a DNS
+// label of lower-case letters, digits and inner hyphens, as the catalog
+// requires of a subdomain) and is not reserved.
 func ValidTenantID(id string, reserved []string) bool {
 	return tenantIDPattern.MatchString(id) && !slices.Contains(reserved, id)
 }
@@ -114,8 +117,8 @@ type Identity struct {
 }
 
 // Identify finds the tenant a connection names. Errors are *Error with
-// CodeNoTenant, CodeConflictingTenant, CodeInvalidTenant or
-// CodeProtocolViolation.
+// pgerr.CodeNoTenant, pgerr.CodeConflictingTenant, pgerr.CodeInvalidTenant or
+// pgerr.CodeProtocolViolation.
 func Identify(cfg IdentifyConfig, s Startup) (Identity, error) {
 	cfg = cfg.withDefaults()
 	settings, err := ParseOptions(s.Options)
@@ -150,16 +153,16 @@ func Identify(cfg IdentifyConfig, s Startup) (Identity, error) {
 		case id.Tenant == "":
 			id.Tenant, id.Source = tenant, src
 		case tenant != id.Tenant:
-			return Identity{}, Errorf(CodeConflictingTenant,
+			return Identity{}, pgerr.Errorf(pgerr.CodeConflictingTenant,
 				"conflicting tenants: %s names %q but %s names %q", id.Source, id.Tenant, src, tenant)
 		}
 	}
 	if id.Tenant == "" {
-		return Identity{}, Errorf(CodeNoTenant,
+		return Identity{}, pgerr.Errorf(pgerr.CodeNoTenant,
 			"no tenant in the connection: use user \"<name>%s<tenant>\" or options \"-c tenant=<tenant>\"", cfg.UserSeparator)
 	}
 	if id.User == "" {
-		return Identity{}, Errorf(CodeNoUser, "no user name specified in startup packet")
+		return Identity{}, pgerr.Errorf(pgerr.CodeNoUser, "no user name specified in startup packet")
 	}
 	return id, nil
 }
@@ -188,10 +191,10 @@ func fromOptions(cfg IdentifyConfig, settings []Setting) (string, error) {
 			continue
 		}
 		if !ValidTenantID(st.Value, cfg.Reserved) {
-			return "", Errorf(CodeInvalidTenant, "invalid tenant %q", st.Value)
+			return "", pgerr.Errorf(pgerr.CodeInvalidTenant, "invalid tenant %q", st.Value)
 		}
 		if tenant != "" && tenant != st.Value {
-			return "", Errorf(CodeConflictingTenant, "conflicting tenants in options: %q and %q", tenant, st.Value)
+			return "", pgerr.Errorf(pgerr.CodeConflictingTenant, "conflicting tenants in options: %q and %q", tenant, st.Value)
 		}
 		tenant = st.Value
 	}
@@ -205,7 +208,7 @@ func fromUser(cfg IdentifyConfig, user string) (name, tenant string, err error) 
 	}
 	name, tenant = user[:i], user[i+len(cfg.UserSeparator):]
 	if !ValidTenantID(tenant, cfg.Reserved) {
-		return "", "", Errorf(CodeInvalidTenant, "invalid tenant %q in user name", tenant)
+		return "", "", pgerr.Errorf(pgerr.CodeInvalidTenant, "invalid tenant %q in user name", tenant)
 	}
 	return name, tenant, nil
 }
@@ -225,7 +228,7 @@ func ParseOptions(options string) ([]Setting, error) {
 		switch {
 		case a == "-c":
 			if i+1 == len(args) {
-				return nil, Errorf(CodeProtocolViolation, "invalid command-line argument in options: -c requires a value")
+				return nil, pgerr.Errorf(pgerr.CodeProtocolViolation, "invalid command-line argument in options: -c requires a value")
 			}
 			i++
 			kv = args[i]
@@ -234,11 +237,11 @@ func ParseOptions(options string) ([]Setting, error) {
 		case strings.HasPrefix(a, "-c"):
 			kv = a[2:]
 		default:
-			return nil, Errorf(CodeProtocolViolation, "unsupported command-line argument in options: %q", a)
+			return nil, pgerr.Errorf(pgerr.CodeProtocolViolation, "unsupported command-line argument in options: %q", a)
 		}
 		name, value, ok := strings.Cut(kv, "=")
 		if !ok || name == "" {
-			return nil, Errorf(CodeProtocolViolation, "-c %s requires a value", kv)
+			return nil, pgerr.Errorf(pgerr.CodeProtocolViolation, "-c %s requires a value", kv)
 		}
 		out = append(out, Setting{Name: strings.ReplaceAll(name, "-", "_"), Value: value})
 	}

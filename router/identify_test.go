@@ -3,6 +3,8 @@ package router
 import (
 	"slices"
 	"testing"
+
+	"github.com/tenantproxy/tenantproxy/internal/pgerr"
 )
 
 func TestIdentify(t *testing.T) {
@@ -13,7 +15,7 @@ func TestIdentify(t *testing.T) {
 		in         Startup
 		wantTenant string
 		wantUser   string
-		wantCode   Code
+		wantCode   pgerr.Code
 		wantSet    []Setting
 	}{
 		{name: "user suffix", cfg: base, in: Startup{User: "alice.acme"}, wantTenant: "acme", wantUser: "alice"},
@@ -26,28 +28,28 @@ func TestIdentify(t *testing.T) {
 		{name: "sni", cfg: base, in: Startup{ServerName: "acme.db.example.com", User: "alice"}, wantTenant: "acme", wantUser: "alice"},
 		{name: "sni is case-insensitive", cfg: base, in: Startup{ServerName: "ACME.db.example.com.", User: "alice"}, wantTenant: "acme", wantUser: "alice"},
 		{name: "sni outside base domain names nothing", cfg: base, in: Startup{ServerName: "localhost", User: "alice.acme"}, wantTenant: "acme", wantUser: "alice"},
-		{name: "sni of reserved names nothing", cfg: base, in: Startup{ServerName: "www.db.example.com", User: "alice"}, wantCode: CodeNoTenant},
-		{name: "sni disabled without base domain", cfg: IdentifyConfig{}, in: Startup{ServerName: "acme.db.example.com", User: "alice"}, wantCode: CodeNoTenant},
+		{name: "sni of reserved names nothing", cfg: base, in: Startup{ServerName: "www.db.example.com", User: "alice"}, wantCode: pgerr.CodeNoTenant},
+		{name: "sni disabled without base domain", cfg: IdentifyConfig{}, in: Startup{ServerName: "acme.db.example.com", User: "alice"}, wantCode: pgerr.CodeNoTenant},
 		{name: "agreeing sources", cfg: base, in: Startup{ServerName: "acme.db.example.com", User: "alice.acme", Options: "-c tenant=acme"}, wantTenant: "acme", wantUser: "alice"},
-		{name: "sni and user disagree", cfg: base, in: Startup{ServerName: "acme.db.example.com", User: "alice.beta"}, wantCode: CodeConflictingTenant},
-		{name: "options and user disagree", cfg: base, in: Startup{User: "alice.beta", Options: "-c tenant=acme"}, wantCode: CodeConflictingTenant},
-		{name: "options twice disagree", cfg: base, in: Startup{User: "alice", Options: "-c tenant=acme -c tenant=beta"}, wantCode: CodeConflictingTenant},
+		{name: "sni and user disagree", cfg: base, in: Startup{ServerName: "acme.db.example.com", User: "alice.beta"}, wantCode: pgerr.CodeConflictingTenant},
+		{name: "options and user disagree", cfg: base, in: Startup{User: "alice.beta", Options: "-c tenant=acme"}, wantCode: pgerr.CodeConflictingTenant},
+		{name: "options twice disagree", cfg: base, in: Startup{User: "alice", Options: "-c tenant=acme -c tenant=beta"}, wantCode: pgerr.CodeConflictingTenant},
 		{name: "disabled source ignored", cfg: IdentifyConfig{Order: []Source{SourceOptions}}, in: Startup{User: "alice.beta", Options: "-c tenant=acme"}, wantTenant: "acme", wantUser: "alice.beta"},
 		{name: "custom separator", cfg: IdentifyConfig{UserSeparator: "@"}, in: Startup{User: "a.b@acme"}, wantTenant: "acme", wantUser: "a.b"},
-		{name: "no tenant", cfg: base, in: Startup{User: "alice"}, wantCode: CodeNoTenant},
-		{name: "invalid tenant in options", cfg: base, in: Startup{User: "alice", Options: "-c tenant=Acme!"}, wantCode: CodeInvalidTenant},
-		{name: "reserved tenant in options", cfg: base, in: Startup{User: "alice", Options: "-c tenant=admin"}, wantCode: CodeInvalidTenant},
-		{name: "invalid tenant in user", cfg: base, in: Startup{User: "alice.-x"}, wantCode: CodeInvalidTenant},
-		{name: "empty user name", cfg: base, in: Startup{User: ".acme"}, wantCode: CodeNoUser},
-		{name: "other backend switch refused", cfg: base, in: Startup{User: "alice.acme", Options: "-B 100"}, wantCode: CodeProtocolViolation},
-		{name: "-c without value", cfg: base, in: Startup{User: "alice.acme", Options: "-c"}, wantCode: CodeProtocolViolation},
-		{name: "-c without equals", cfg: base, in: Startup{User: "alice.acme", Options: "-c tenant"}, wantCode: CodeProtocolViolation},
+		{name: "no tenant", cfg: base, in: Startup{User: "alice"}, wantCode: pgerr.CodeNoTenant},
+		{name: "invalid tenant in options", cfg: base, in: Startup{User: "alice", Options: "-c tenant=Acme!"}, wantCode: pgerr.CodeInvalidTenant},
+		{name: "reserved tenant in options", cfg: base, in: Startup{User: "alice", Options: "-c tenant=admin"}, wantCode: pgerr.CodeInvalidTenant},
+		{name: "invalid tenant in user", cfg: base, in: Startup{User: "alice.-x"}, wantCode: pgerr.CodeInvalidTenant},
+		{name: "empty user name", cfg: base, in: Startup{User: ".acme"}, wantCode: pgerr.CodeNoUser},
+		{name: "other backend switch refused", cfg: base, in: Startup{User: "alice.acme", Options: "-B 100"}, wantCode: pgerr.CodeProtocolViolation},
+		{name: "-c without value", cfg: base, in: Startup{User: "alice.acme", Options: "-c"}, wantCode: pgerr.CodeProtocolViolation},
+		{name: "-c without equals", cfg: base, in: Startup{User: "alice.acme", Options: "-c tenant"}, wantCode: pgerr.CodeProtocolViolation},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			id, err := Identify(tt.cfg, tt.in)
-			if tt.wantCode != CodeInternal {
-				if err == nil || CodeOf(err) != tt.wantCode {
+			if tt.wantCode != pgerr.CodeInternal {
+				if err == nil || pgerr.CodeOf(err) != tt.wantCode {
 					t.Fatalf("Identify(%+v) = %+v, %v; want code %d", tt.in, id, err, tt.wantCode)
 				}
 				return

@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"net"
-	"regexp"
 	"strconv"
 	"strings"
 	"sync"
@@ -14,6 +13,8 @@ import (
 	"github.com/jackc/pgx/v5/pgconn"
 
 	"github.com/tenantproxy/tenantproxy/catalog"
+	"github.com/tenantproxy/tenantproxy/internal/pgerr"
+	"github.com/tenantproxy/tenantproxy/migrations"
 )
 
 // Directory is what routing needs from the catalog. *catalog.Catalog
@@ -25,9 +26,6 @@ type Directory interface {
 }
 
 var _ Directory = (*catalog.Catalog)(nil)
-
-// DefaultTenantGUC is the setting the shared tier's RLS policies read.
-const DefaultTenantGUC = "app.tenant_id"
 
 // Route says where and as whom a tenant's session runs.
 type Route struct {
@@ -51,7 +49,6 @@ type Route struct {
 // Resolver turns tenants into Routes. It is safe for concurrent use.
 type Resolver struct {
 	dir Directory
-	guc string
 	// locs caches backendAddr by admin DSN: parsing a DSN (pgconn reads
 	// the environment and files for defaults) cost about 8% of the proxy's
 	// CPU when it ran for every client connection. A changed DSN is a new
@@ -66,41 +63,29 @@ type backendLoc struct {
 	err  error
 }
 
-var gucPattern = regexp.MustCompile(`^[a-z_][a-z0-9_]*\.[a-z_][a-z0-9_]*$`)
-
-// NewResolver returns a Resolver over dir. tenantGUC is the custom setting
-// shared-tier RLS reads; empty means DefaultTenantGUC.
-func NewResolver(dir Directory, tenantGUC string) (*Resolver, error) {
-	if tenantGUC == "" {
-		tenantGUC = DefaultTenantGUC
-	}
-	if !gucPattern.MatchString(tenantGUC) {
-		return nil, fmt.Errorf("router: tenant setting %q is not a custom setting name like app.tenant_id", tenantGUC)
-	}
-	return &Resolver{dir: dir, guc: tenantGUC}, nil
+// NewResolver returns a Resolver over dir.
+func NewResolver(dir Directory) *Resolver {
+	return &Resolver{dir: dir}
 }
 
-// TenantGUC is the setting that carries the tenant id in the shared tier.
-func (r *Resolver) TenantGUC() string { return r.guc }
-
-// Tenant looks up an active tenant by subdomain. Errors: CodeUnknownTenant,
-// CodeTenantSuspended, CodeTenantUnavailable (still provisioning), or
-// CodeInternal wrapping a catalog failure.
+// Tenant looks up an active tenant by subdomain. Errors: pgerr.CodeUnknownTenant,
+// pgerr.CodeTenantSuspended, pgerr.CodeTenantUnavailable (still provisioning), or
+// pgerr.CodeInternal wrapping a catalog failure.
 func (r *Resolver) Tenant(ctx context.Context, subdomain string) (*catalog.Tenant, error) {
 	t, err := r.dir.TenantBySubdomain(ctx, subdomain)
 	if errors.Is(err, catalog.ErrNotFound) {
-		return nil, Errorf(CodeUnknownTenant, "tenant %q does not exist", subdomain)
+		return nil, pgerr.Errorf(pgerr.CodeUnknownTenant, "tenant %q does not exist", subdomain)
 	}
 	if err != nil {
-		return nil, &Error{Code: CodeInternal, Msg: "tenant look-up failed", Err: err}
+		return nil, &pgerr.Error{Code: pgerr.CodeInternal, Msg: "tenant look-up failed", Err: err}
 	}
 	switch t.Status {
 	case catalog.StatusActive:
 		return t, nil
 	case catalog.StatusSuspended:
-		return nil, Errorf(CodeTenantSuspended, "tenant %q is suspended", subdomain)
+		return nil, pgerr.Errorf(pgerr.CodeTenantSuspended, "tenant %q is suspended", subdomain)
 	default:
-		return nil, Errorf(CodeTenantUnavailable, "tenant %q is not available yet", subdomain)
+		return nil, pgerr.Errorf(pgerr.CodeTenantUnavailable, "tenant %q is not available yet", subdomain)
 	}
 }
 
@@ -111,7 +96,7 @@ func (r *Resolver) User(ctx context.Context, t *catalog.Tenant, name string) (*c
 		return nil, nil
 	}
 	if err != nil {
-		return nil, &Error{Code: CodeInternal, Msg: "user look-up failed", Err: err}
+		return nil, &pgerr.Error{Code: pgerr.CodeInternal, Msg: "user look-up failed", Err: err}
 	}
 	return u, nil
 }
@@ -121,7 +106,7 @@ func (r *Resolver) User(ctx context.Context, t *catalog.Tenant, name string) (*c
 func (r *Resolver) Route(ctx context.Context, t *catalog.Tenant) (*Route, error) {
 	b, err := r.dir.Backend(ctx, t.Backend)
 	if err != nil {
-		return nil, &Error{Code: CodeInternal, Msg: "backend look-up failed", Err: err}
+		return nil, &pgerr.Error{Code: pgerr.CodeInternal, Msg: "backend look-up failed", Err: err}
 	}
 	rt := &Route{Tenant: t, Backend: b.Name, Database: t.Database, User: b.ServingUser, Password: b.ServingPassword}
 	loc, ok := r.locs.Load(b.AdminDSN)
@@ -133,14 +118,16 @@ func (r *Resolver) Route(ctx context.Context, t *catalog.Tenant) (*Route, error)
 	l := loc.(backendLoc)
 	if rt.Addr, rt.TLS, err = l.addr, l.tls, l.err; err != nil {
 		// The DSN holds a secret: report the backend by name only.
-		return nil, &Error{Code: CodeInternal, Msg: "backend address", Err: fmt.Errorf("backend %q: unusable DSN", b.Name)}
+		return nil, &pgerr.Error{Code: pgerr.CodeInternal, Msg: "backend address", Err: fmt.Errorf("backend %q: unusable DSN", b.Name)}
 	}
 	switch t.Tier {
 	case catalog.TierShared:
-		rt.Setup = []string{fmt.Sprintf("SET %s = %s", r.guc, QuoteLiteral(t.ID))}
+		// The setting the shared tier's RLS policies read: one name for
+		// the migrations that create them and for the proxy.
+		rt.Setup = []string{"SET " + migrations.TenantGUC + " = " + QuoteLiteral(t.ID)}
 	case catalog.TierSchema:
 		if t.SchemaName == "" {
-			return nil, &Error{Code: CodeInternal, Msg: "tenant has no schema", Err: fmt.Errorf("tenant %q: schema tier without schema_name", t.Subdomain)}
+			return nil, &pgerr.Error{Code: pgerr.CodeInternal, Msg: "tenant has no schema", Err: fmt.Errorf("tenant %q: schema tier without schema_name", t.Subdomain)}
 		}
 		rt.Setup = []string{
 			"SET ROLE " + QuoteIdent(t.SchemaName),
@@ -148,7 +135,7 @@ func (r *Resolver) Route(ctx context.Context, t *catalog.Tenant) (*Route, error)
 		}
 	case catalog.TierDatabase:
 	default:
-		return nil, &Error{Code: CodeInternal, Msg: "unknown tier", Err: fmt.Errorf("tenant %q: tier %q", t.Subdomain, t.Tier)}
+		return nil, &pgerr.Error{Code: pgerr.CodeInternal, Msg: "unknown tier", Err: fmt.Errorf("tenant %q: tier %q", t.Subdomain, t.Tier)}
 	}
 	return rt, nil
 }
@@ -187,36 +174,4 @@ func QuoteLiteral(s string) string {
 		q = "E" + strings.ReplaceAll(q, `\`, `\\`)
 	}
 	return q
-}
-
-// startupSettings are the settings a client may pass in its startup
-// packet (as parameters or "-c" options). They are applied with SET after
-// the tenant's setup; nothing else is, because a pooled server connection
-// outlives the client and other settings could widen the tenant's context.
-var startupSettings = map[string]bool{
-	"application_name": true, "client_encoding": true, "datestyle": true, "timezone": true,
-	"intervalstyle": true, "extra_float_digits": true, "search_path": true,
-	"statement_timeout": true, "lock_timeout": true, "idle_in_transaction_session_timeout": true,
-	"bytea_output": true, "client_min_messages": true,
-	"default_transaction_isolation": true, "default_transaction_read_only": true,
-	"work_mem": true, "jit": true,
-}
-
-// SessionSettings turns startup settings into statements, refusing
-// (CodeStatementRefused) any the proxy does not pass on. set_config parses
-// the value as PostgreSQL parses a startup parameter (so search_path
-// "a,b" is a list), which SET with a quoted literal would not.
-func SessionSettings(settings []Setting) ([]string, error) {
-	out := make([]string, 0, len(settings))
-	for _, s := range settings {
-		if !startupSettings[strings.ToLower(s.Name)] {
-			return nil, Errorf(CodeStatementRefused, "setting %q cannot be set at connection start through the proxy", s.Name)
-		}
-		// The statement policy reads SQL as UTF-8; see SafeClientEncoding.
-		if strings.EqualFold(s.Name, "client_encoding") && !SafeClientEncoding(s.Value) {
-			return nil, Errorf(CodeStatementRefused, "client_encoding %q is refused: the proxy reads SQL as UTF-8, and in this encoding a string could hide a statement from it", s.Value)
-		}
-		out = append(out, fmt.Sprintf("SELECT pg_catalog.set_config(%s, %s, false)", QuoteLiteral(strings.ToLower(s.Name)), QuoteLiteral(s.Value)))
-	}
-	return out, nil
 }

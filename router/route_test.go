@@ -7,6 +7,7 @@ import (
 	"testing"
 
 	"github.com/tenantproxy/tenantproxy/catalog"
+	"github.com/tenantproxy/tenantproxy/internal/pgerr"
 )
 
 // directory is an in-memory Directory for policy tests.
@@ -49,30 +50,27 @@ func TestRoutePerTier(t *testing.T) {
 			"eu":   {Name: "eu", AdminDSN: "host=/tmp/pg port=6543 user=admin sslmode=prefer", ServingUser: "serve"},
 		},
 	}
-	r, err := NewResolver(dir, "")
-	if err != nil {
-		t.Fatal(err)
-	}
+	r := NewResolver(dir)
 	ctx := context.Background()
 	tests := []struct {
 		sub           string
 		wantAddr      string
 		wantDB        string
 		wantSetup     []string
-		wantErrorCode Code
+		wantErrorCode pgerr.Code
 	}{
 		{sub: "free", wantAddr: "127.0.0.1:5432", wantDB: "shared", wantSetup: []string{"SET app.tenant_id = '11'"}},
 		{sub: "pro", wantAddr: "127.0.0.1:5432", wantDB: "schemas", wantSetup: []string{`SET ROLE "tenant_pro"`, `SET search_path = "tenant_pro"`}},
 		{sub: "big", wantAddr: "/tmp/pg:6543", wantDB: "tenant_big"},
-		{sub: "frozen", wantErrorCode: CodeTenantSuspended},
-		{sub: "new", wantErrorCode: CodeTenantUnavailable},
-		{sub: "nope", wantErrorCode: CodeUnknownTenant},
+		{sub: "frozen", wantErrorCode: pgerr.CodeTenantSuspended},
+		{sub: "new", wantErrorCode: pgerr.CodeTenantUnavailable},
+		{sub: "nope", wantErrorCode: pgerr.CodeUnknownTenant},
 	}
 	for _, tt := range tests {
 		t.Run(tt.sub, func(t *testing.T) {
 			tn, err := r.Tenant(ctx, tt.sub)
-			if tt.wantErrorCode != CodeInternal {
-				if CodeOf(err) != tt.wantErrorCode {
+			if tt.wantErrorCode != pgerr.CodeInternal {
+				if pgerr.CodeOf(err) != tt.wantErrorCode {
 					t.Fatalf("Tenant(%q) error %v; want code %d", tt.sub, err, tt.wantErrorCode)
 				}
 				return
@@ -94,14 +92,6 @@ func TestRoutePerTier(t *testing.T) {
 	}
 }
 
-func TestNewResolverRejectsBadGUC(t *testing.T) {
-	for _, guc := range []string{"tenant", "app.x; DROP", `app."x"`} {
-		if _, err := NewResolver(directory{}, guc); err == nil {
-			t.Errorf("NewResolver accepted setting name %q", guc)
-		}
-	}
-}
-
 func TestQuoting(t *testing.T) {
 	if got := QuoteIdent(`a"b`); got != `"a""b"` {
 		t.Errorf("QuoteIdent = %s", got)
@@ -111,15 +101,5 @@ func TestQuoting(t *testing.T) {
 	}
 	if got := QuoteLiteral(`a\b`); got != `E'a\\b'` {
 		t.Errorf("QuoteLiteral = %s", got)
-	}
-}
-
-func TestSessionSettings(t *testing.T) {
-	got, err := SessionSettings([]Setting{{"application_name", "it's"}})
-	if err != nil || len(got) != 1 || got[0] != `SELECT pg_catalog.set_config('application_name', 'it''s', false)` {
-		t.Fatalf("SessionSettings = %q, %v", got, err)
-	}
-	if _, err := SessionSettings([]Setting{{"role", "x"}}); CodeOf(err) != CodeStatementRefused {
-		t.Fatalf("setting role at startup: %v; want refused", err)
 	}
 }

@@ -1,17 +1,18 @@
-package router
+package pgerr
 
 import (
 	"errors"
 	"fmt"
 )
 
-// Code classifies every error the proxy can report to a client. The proxy
-// maps each Code to a severity and SQLSTATE in exactly one place, so the
-// table in DESIGN.md has one implementation.
+// Code classifies every error the proxy can report to a client. Each Code
+// has exactly one severity and SQLSTATE (SQLState, Fatal), so the README's
+// error table has one implementation.
 type Code int
 
-// Error codes, one per row of DESIGN.md's error table plus the protocol
-// and internal failures PostgreSQL itself would report.
+// Error codes, one per row of the README's error table plus the protocol
+// and internal failures PostgreSQL itself would report. A new code needs
+// a row in codes (table.go); TestEveryCodeHasARow fails until it has one.
 const (
 	// CodeInternal is an unexpected failure; clients see XX000.
 	CodeInternal Code = iota
@@ -50,6 +51,9 @@ const (
 	CodeBackendUnavailable
 	// CodeMessageTooLarge: a client message exceeds the size limit (FATAL 54000).
 	CodeMessageTooLarge
+
+	// codeCount is the number of codes; it stays last.
+	codeCount
 )
 
 // Error is a decision the client must hear about. Msg is written for the

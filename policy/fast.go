@@ -1,6 +1,10 @@
-package router
+package policy
 
-import "bytes"
+import (
+	"bytes"
+
+	"github.com/tenantproxy/tenantproxy/migrations"
+)
 
 // fastVerdict is what the lexical fast path concluded.
 type fastVerdict uint8
@@ -26,31 +30,52 @@ var safeLeads = []string{
 }
 
 // fast reads sql lexically, the way PostgreSQL's scanner splits it
-// (comments, strings, quoted identifiers), without allocating.
-func (p *Policy) fast(sql []byte) (fastVerdict, string) {
+// (comments, strings, quoted identifiers), without allocating. It is the
+// one pre-filter of both checks: for fastRefused, reason is the policy's
+// refusal; for fastSafe, the policy allows sql and txnReason is its
+// transaction-mode verdict; fastUnsure needs the parser for both.
+//
+// Why one pass can judge transaction mode too: of what transaction mode
+// refuses (txnmode.go), temporary objects, WITH HOLD cursors, LISTEN and
+// SQL PREPARE need leading keywords outside safeLeads or a SELECT INTO;
+// pg_temp schemas, set_config and the advisory lock functions are risky
+// words; a SET or RESET statement is refused here or left to the parser.
+// DEALLOCATE is the one form left, and it leads its statement.
+// TestFastPathAgreesWithParser and FuzzPolicy hold this to the parser.
+func fast(sql []byte) (v fastVerdict, reason, txnReason string) {
 	// Unicode escapes (U&"\0070g_stat_activity") spell names that no word
 	// of the text shows; dollar quotes hold bodies. Both go to the parser.
 	if bytes.Contains(sql, []byte(`&"`)) || bytes.Contains(sql, []byte(`&'`)) {
-		return fastUnsure, ""
+		return fastUnsure, "", ""
 	}
 	sc := scanner{src: sql}
 	var lead, prev []byte
 	setting := false // the statement is SET, RESET or DISCARD
-	intoIsDDL := false
+	// intos is how many more INTOs the statement may have: INSERT and
+	// MERGE name their target after one. Any other INTO is SELECT INTO,
+	// which creates a table, maybe a temporary one (the server refuses it
+	// inside INSERT and MERGE, but the verdicts are the parser's to give).
+	intos := 0
 	n := 0 // words in the current statement
 	for {
 		w, boundary, ok := sc.next()
+		if (!ok || boundary) && setting && n > 0 {
+			// A SET, RESET or DISCARD the words so far did not decide
+			// ends here: RESET SESSION resets a setting named "session",
+			// which transaction mode refuses; the rest are syntax errors.
+			return fastUnsure, "", ""
+		}
 		if !ok {
 			if sc.broken() {
-				return fastUnsure, ""
+				return fastUnsure, "", ""
 			}
-			return fastSafe, ""
+			return fastSafe, "", txnReason
 		}
 		if sc.dollar {
-			return fastUnsure, ""
+			return fastUnsure, "", ""
 		}
 		if boundary {
-			lead, prev, n = nil, nil, 0
+			lead, prev, n, setting = nil, nil, 0, false
 		}
 		if w == nil {
 			continue
@@ -61,21 +86,31 @@ func (p *Policy) fast(sql []byte) (fastVerdict, string) {
 			lead = w
 			setting = eq(w, "set") || eq(w, "reset") || eq(w, "discard")
 			if !setting && !oneOf(w, safeLeads) {
-				return fastUnsure, ""
+				return fastUnsure, "", ""
 			}
-			intoIsDDL = !eq(w, "insert") && !eq(w, "merge")
+			intos = 0
+			if eq(w, "insert") || eq(w, "merge") {
+				intos = 1
+			}
+			if eq(w, "deallocate") && txnReason == "" {
+				txnReason = reasonTxnDeallocate
+			}
 		case setting:
-			if reason := p.fastSetting(lead, prev, w, n); reason != "" {
-				return fastRefused, reason
+			if reason := fastSetting(lead, prev, w, n); reason != "" {
+				return fastRefused, reason, ""
 			}
 			if n >= 3 || !(eq(w, "session") || eq(w, "local")) {
 				// Any other setting: the parser knows which are tier rules.
-				return fastUnsure, ""
+				return fastUnsure, "", ""
 			}
-		case riskyWord(w) || (intoIsDDL && eq(w, "into")) || eq(w, "prepared"):
-			// SELECT INTO creates a table; COMMIT/ROLLBACK PREPARED are
-			// two-phase commit.
-			return fastUnsure, ""
+		case eq(w, "into"):
+			if intos == 0 {
+				return fastUnsure, "", ""
+			}
+			intos--
+		case riskyWord(w) || eq(w, "prepared"):
+			// COMMIT/ROLLBACK PREPARED are two-phase commit.
+			return fastUnsure, "", ""
 		}
 		prev = w
 	}
@@ -83,7 +118,7 @@ func (p *Policy) fast(sql []byte) (fastVerdict, string) {
 
 // fastSetting returns the refusal for word w, the n-th word of a
 // SET/RESET/DISCARD statement, when the words so far already decide it.
-func (p *Policy) fastSetting(lead, prev, w []byte, n int) string {
+func fastSetting(lead, prev, w []byte, n int) string {
 	afterVerb := n == 2 || (n == 3 && (eq(prev, "session") || eq(prev, "local")))
 	switch {
 	case eq(lead, "discard"):
@@ -97,8 +132,8 @@ func (p *Policy) fastSetting(lead, prev, w []byte, n int) string {
 		return reasonRole
 	case eq(w, "session_authorization"):
 		return reasonSessAuth
-	case eq(w, p.guc):
-		return p.gucReason
+	case eq(w, migrations.TenantGUC):
+		return reasonTenantGUC
 	case eq(lead, "reset") && n == 2 && eq(w, "all"):
 		return reasonResetAll
 	}

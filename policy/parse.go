@@ -1,9 +1,10 @@
-package router
+package policy
 
 import (
 	"strings"
 
 	pg_query "github.com/pganalyze/pg_query_go/v6"
+	"github.com/tenantproxy/tenantproxy/migrations"
 	"google.golang.org/protobuf/reflect/protoreflect"
 )
 
@@ -38,15 +39,20 @@ func (r Rules) allows(c class) bool {
 	return false
 }
 
-// facts are what a statement text does, independent of who sends it: a
-// reason it is refused for everyone, or the classes it needs. They are
-// cached per text; verdict applies a tenant's Rules to them.
+// facts are what a statement text does, independent of who sends it and
+// in which pool mode: a reason it is refused for everyone, or the classes
+// it needs, and what transaction mode refuses in it. They are cached per
+// text; verdict applies a tenant's Rules to them.
 type facts struct {
 	refused string
 	needs   class
 	// why holds, per class bit, the refusal reason naming the first thing
 	// in the text that needs the class.
 	why [numClasses]string
+	// txn is transaction mode's refusal of the first node that would
+	// outlive the transaction, "" for none (or for text the parser
+	// rejects, which refused already covers).
+	txn string
 }
 
 func (f *facts) refuse(reason string) {
@@ -66,6 +72,10 @@ func (f *facts) need(c class, reason string) {
 	}
 }
 
+// merge adds the policy's facts of g, an SQL function's body, to f. The
+// body's transaction-mode verdict is not merged: creating a function
+// leaves nothing on the connection that its body would, and the body of
+// BEGIN ATOMIC, which is part of the tree, is walked with it.
 func (f *facts) merge(g *facts) {
 	f.refuse(g.refused)
 	for i := range numClasses {
@@ -93,29 +103,26 @@ func (f *facts) verdict(r Rules) string {
 const (
 	reasonRole       = "SET/RESET ROLE is refused: the role is the tenant's isolation boundary and only the proxy sets it"
 	reasonSessAuth   = "SET/RESET SESSION AUTHORIZATION is refused: it would change who the session runs as"
-	reasonTenantGUC  = "changing the tenant setting %s is refused: the proxy sets it for this tenant"
+	reasonTenantGUC  = "changing the tenant setting " + migrations.TenantGUC + " is refused: the proxy sets it for this tenant"
 	reasonResetAll   = "RESET ALL is refused: it would undo the tenant context the proxy set up"
 	reasonDiscardAll = "DISCARD ALL is refused: it would undo the tenant context the proxy set up"
 	reasonUnparsable = "the statement was not sent: the proxy's SQL parser rejected it"
 )
 
-// tenantGUCReason is reasonTenantGUC for guc, built once per Policy use;
-// the fast path returns it without allocating.
-func tenantGUCReason(guc string) string {
-	return strings.Replace(reasonTenantGUC, "%s", guc, 1)
-}
-
 // analyze parses sql and collects its facts. Text the parser rejects is
 // refused: a statement the proxy cannot read is not forwarded.
-func analyze(sql, guc string) *facts {
+func analyze(sql string) *facts {
 	f := &facts{}
 	res, err := pg_query.Parse(sql)
 	if err != nil {
 		f.refuse(reasonUnparsable + " (" + err.Error() + ")")
 		return f
 	}
-	a := analyzer{guc: guc, f: f}
+	a := analyzer{f: f}
 	for _, s := range res.Stmts {
+		if f.txn == "" {
+			f.txn = txnModeStatement(s.Stmt)
+		}
 		a.statement(s.Stmt)
 		a.walk(s.Stmt.ProtoReflect())
 	}
@@ -123,8 +130,7 @@ func analyze(sql, guc string) *facts {
 }
 
 type analyzer struct {
-	guc string
-	f   *facts
+	f *facts
 }
 
 // statement classifies one statement by kind, recursing into the
@@ -242,7 +248,7 @@ func (a *analyzer) function(s *pg_query.CreateFunctionStmt) {
 	}
 	a.f.need(classDDL, "CREATE FUNCTION/PROCEDURE is refused: schema changes are not allowed for this tenant")
 	if body != "" {
-		a.f.merge(analyze(body, a.guc))
+		a.f.merge(analyze(body))
 	}
 }
 
@@ -259,9 +265,14 @@ func (a *analyzer) functionOptions(opts []*pg_query.Node) {
 }
 
 // walk visits every message in the tree for what can hide anywhere: calls
-// of functions, relations named, settings changed, notifications sent.
+// of functions, relations named, settings changed, notifications sent, and
+// what transaction mode refuses (txnModeNode).
 func (a *analyzer) walk(m protoreflect.Message) {
-	switch v := m.Interface().(type) {
+	n := m.Interface()
+	if a.f.txn == "" {
+		a.f.txn = txnModeNode(n)
+	}
+	switch v := n.(type) {
 	case *pg_query.FuncCall:
 		a.funcCall(v)
 	case *pg_query.RangeVar:
@@ -315,8 +326,8 @@ func (a *analyzer) set(s *pg_query.VariableSetStmt) {
 		a.f.refuse(reasonRole)
 	case "session_authorization":
 		a.f.refuse(reasonSessAuth)
-	case a.guc:
-		a.f.refuse(tenantGUCReason(a.guc))
+	case migrations.TenantGUC:
+		a.f.refuse(reasonTenantGUC)
 	case "search_path":
 		a.f.need(classSearchPath, "changing search_path is refused for this tenant: the proxy sets it as part of the tenant context")
 	case "client_encoding":
@@ -332,17 +343,6 @@ func (a *analyzer) set(s *pg_query.VariableSetStmt) {
 			a.f.refuse("turning standard_conforming_strings off is refused: it changes where string literals end for the server but not for the proxy's parser")
 		}
 	}
-}
-
-// SafeClientEncoding reports whether a client_encoding value leaves every
-// byte below 0x80 meaning ASCII, so that the proxy, reading UTF-8, splits
-// SQL where the server does.
-func SafeClientEncoding(v string) bool {
-	switch strings.ToLower(strings.NewReplacer("-", "", "_", "").Replace(v)) {
-	case "utf8", "unicode", "sqlascii":
-		return true
-	}
-	return false
 }
 
 func isOn(v string) bool {

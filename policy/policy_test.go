@@ -1,4 +1,4 @@
-package router
+package policy
 
 import (
 	"encoding/json"
@@ -6,6 +6,7 @@ import (
 	"testing"
 
 	"github.com/tenantproxy/tenantproxy/catalog"
+	"github.com/tenantproxy/tenantproxy/migrations"
 )
 
 var tiers = []catalog.Tier{catalog.TierShared, catalog.TierSchema, catalog.TierDatabase}
@@ -23,6 +24,7 @@ var refusedEverywhere = []struct{ sql, why string }{
 	{"RESET SESSION AUTHORIZATION", "AUTHORIZATION"},
 	{"SET session_authorization TO x", "AUTHORIZATION"},
 	{"SET app.tenant_id = 'b'", "app.tenant_id"},
+	{"SET " + migrations.TenantGUC + " = 'b'", migrations.TenantGUC},
 	{`SET "app"."tenant_id" TO 'b'`, "app.tenant_id"},
 	{`SET "APP.TENANT_ID" TO 'b'`, "app.tenant_id"},
 	{"SET app . tenant_id = 'b'", "app.tenant_id"},
@@ -180,11 +182,11 @@ var allowedEverywhere = []string{
 }
 
 func TestPolicyRefusesInEveryTier(t *testing.T) {
-	p := NewPolicy(DefaultTenantGUC)
+	p := New()
 	everything := Rules{DDL: true, Procedural: true, SearchPath: true, DatabaseWide: true, SharedTables: true, Explain: true}
 	for _, tt := range refusedEverywhere {
 		for _, r := range []Rules{{}, DefaultRules(catalog.TierSchema), DefaultRules(catalog.TierDatabase), everything} {
-			reason := p.CheckRules([]byte(tt.sql), r)
+			reason := p.Check([]byte(tt.sql), r, SessionMode)
 			if reason == "" {
 				t.Errorf("%q allowed under %+v; want refused", tt.sql, r)
 				continue
@@ -197,10 +199,10 @@ func TestPolicyRefusesInEveryTier(t *testing.T) {
 }
 
 func TestPolicyAllowsPlainWorkInEveryTier(t *testing.T) {
-	p := NewPolicy(DefaultTenantGUC)
+	p := New()
 	for _, sql := range allowedEverywhere {
 		for _, tier := range tiers {
-			if reason := p.CheckRules([]byte(sql), DefaultRules(tier)); reason != "" {
+			if reason := p.Check([]byte(sql), DefaultRules(tier), SessionMode); reason != "" {
 				t.Errorf("%s tier: %q refused: %s", tier, sql, reason)
 			}
 		}
@@ -208,14 +210,14 @@ func TestPolicyAllowsPlainWorkInEveryTier(t *testing.T) {
 }
 
 func TestPolicyTierDefaults(t *testing.T) {
-	p := NewPolicy(DefaultTenantGUC)
+	p := New()
 	for _, tt := range tierRules {
 		for _, tier := range tiers {
 			want := false
 			for _, a := range tt.allowed {
 				want = want || a == tier
 			}
-			reason := p.CheckRules([]byte(tt.sql), DefaultRules(tier))
+			reason := p.Check([]byte(tt.sql), DefaultRules(tier), SessionMode)
 			if got := reason == ""; got != want {
 				t.Errorf("%s tier: %q allowed=%v (reason %q); want allowed=%v", tier, tt.sql, got, reason, want)
 			}
@@ -223,13 +225,17 @@ func TestPolicyTierDefaults(t *testing.T) {
 	}
 }
 
-// TestPolicyCheckIsSharedTier: Check, the proxy's entry point before
-// per-tenant rules reach it, applies the strictest rules.
-func TestPolicyCheckIsSharedTier(t *testing.T) {
-	p := NewPolicy(DefaultTenantGUC)
+// TestZeroRulesAreTheSharedTiers: the zero Rules, which a session has
+// before per-tenant rules reach it and which RulesFor returns with an
+// error, are the strictest.
+func TestZeroRulesAreTheSharedTiers(t *testing.T) {
+	if DefaultRules(catalog.TierShared) != (Rules{}) {
+		t.Fatalf("shared tier rules %+v; want the zero Rules", DefaultRules(catalog.TierShared))
+	}
+	p := New()
 	for _, sql := range []string{"CREATE TABLE t (id int)", "LISTEN x", "EXPLAIN SELECT 1", "SET search_path = x"} {
-		if p.Check([]byte(sql)) == "" {
-			t.Errorf("Check allowed %q; want the shared tier's refusal", sql)
+		if p.Check([]byte(sql), Rules{}, SessionMode) == "" {
+			t.Errorf("Check allowed %q under the zero Rules; want the shared tier's refusal", sql)
 		}
 	}
 }
@@ -269,15 +275,15 @@ func TestRulesForSettings(t *testing.T) {
 }
 
 func TestPolicyAllowDDLForSchemaTenant(t *testing.T) {
-	p := NewPolicy(DefaultTenantGUC)
+	p := New()
 	r, err := RulesFor(&catalog.Tenant{Tier: catalog.TierSchema, Settings: json.RawMessage(`{"policy": {"allow_ddl": true}}`)})
 	if err != nil {
 		t.Fatal(err)
 	}
-	if reason := p.CheckRules([]byte("CREATE TABLE notes (id int)"), r); reason != "" {
+	if reason := p.Check([]byte("CREATE TABLE notes (id int)"), r, SessionMode); reason != "" {
 		t.Errorf("allow_ddl tenant refused CREATE TABLE: %s", reason)
 	}
-	if reason := p.CheckRules([]byte("DO $$ BEGIN END $$"), r); reason == "" {
+	if reason := p.Check([]byte("DO $$ BEGIN END $$"), r, SessionMode); reason == "" {
 		t.Errorf("allow_ddl tenant allowed DO")
 	}
 }
@@ -285,7 +291,6 @@ func TestPolicyAllowDDLForSchemaTenant(t *testing.T) {
 // TestFastPathAgreesWithParser: whenever the fast path decides, the
 // parser decides the same way under the strictest rules.
 func TestFastPathAgreesWithParser(t *testing.T) {
-	p := NewPolicy(DefaultTenantGUC)
 	var all []string
 	for _, tt := range refusedEverywhere {
 		all = append(all, tt.sql)
@@ -294,10 +299,13 @@ func TestFastPathAgreesWithParser(t *testing.T) {
 		all = append(all, tt.sql)
 	}
 	all = append(all, allowedEverywhere...)
+	for _, tt := range txnModeCases {
+		all = append(all, tt.sql)
+	}
 	decided := 0
 	for _, sql := range all {
-		checkFastAgrees(t, p, sql)
-		if v, _ := p.fast([]byte(sql)); v != fastUnsure {
+		checkFastAgrees(t, sql)
+		if v, _, _ := fast([]byte(sql)); v != fastUnsure {
 			decided++
 		}
 	}
@@ -306,10 +314,13 @@ func TestFastPathAgreesWithParser(t *testing.T) {
 	}
 }
 
-func checkFastAgrees(t *testing.T, p *Policy, sql string) {
+// checkFastAgrees checks both verdicts of the lexical pass: the policy's
+// under the strictest rules and, for text it allows, transaction mode's.
+func checkFastAgrees(t *testing.T, sql string) {
 	t.Helper()
-	v, reason := p.fast([]byte(sql))
-	parsed := analyze(sql, p.guc).verdict(Rules{})
+	v, reason, txnReason := fast([]byte(sql))
+	f := analyze(sql)
+	parsed := f.verdict(Rules{})
 	switch {
 	case strings.HasPrefix(parsed, reasonUnparsable):
 		// The server rejects it too; nothing runs either way.
@@ -317,37 +328,43 @@ func checkFastAgrees(t *testing.T, p *Policy, sql string) {
 		t.Errorf("fast path allowed %q, which the parser refuses: %s", sql, parsed)
 	case v == fastRefused && parsed == "":
 		t.Errorf("fast path refused %q (%s), which the parser allows", sql, reason)
+	case v == fastSafe && txnReason != f.txn:
+		t.Errorf("fast path gave %q transaction mode's verdict %q; the parser gives %q", sql, txnReason, f.txn)
 	}
 }
 
 func TestPolicyFastPathDoesNotAllocate(t *testing.T) {
-	p := NewPolicy(DefaultTenantGUC)
+	p := New()
 	for _, sql := range []string{
 		`SELECT "a"."b", 'x' FROM t WHERE id = $1; UPDATE t SET role = 1`,
 		"SET ROLE tenant_b",
 	} {
 		b := []byte(sql)
-		if n := testing.AllocsPerRun(100, func() { p.Check(b) }); n != 0 {
-			t.Errorf("Check(%q) allocates %v times per call; want 0", sql, n)
+		for _, m := range []Mode{SessionMode, TransactionMode} {
+			if n := testing.AllocsPerRun(100, func() { p.Check(b, Rules{}, m) }); n != 0 {
+				t.Errorf("Check(%q) in %s mode allocates %v times per call; want 0", sql, m, n)
+			}
 		}
 	}
 }
 
 func TestPolicyCacheHitDoesNotAllocate(t *testing.T) {
-	p := NewPolicy(DefaultTenantGUC)
+	p := New()
 	b := []byte("SELECT n.nspname FROM pg_catalog.pg_namespace n WHERE n.oid = $1")
-	if v, _ := p.fast(b); v != fastUnsure {
+	if v, _, _ := fast(b); v != fastUnsure {
 		t.Fatalf("statement should need the parser")
 	}
-	p.Check(b)
-	if n := testing.AllocsPerRun(100, func() { p.Check(b) }); n != 0 {
-		t.Fatalf("cached Check allocates %v times per call; want 0", n)
+	p.Check(b, Rules{}, SessionMode)
+	for _, m := range []Mode{SessionMode, TransactionMode} {
+		if n := testing.AllocsPerRun(100, func() { p.Check(b, Rules{}, m) }); n != 0 {
+			t.Fatalf("cached Check in %s mode allocates %v times per call; want 0", m, n)
+		}
 	}
 }
 
-// FuzzPolicy checks that the policy terminates without panicking, never
-// modifies the SQL it inspects, and that the fast path never allows what
-// the parser refuses.
+// FuzzPolicy checks that the policy terminates without panicking in either
+// mode, never modifies the SQL it inspects, and that the fast path never
+// allows what the parser refuses, nor decides transaction mode otherwise.
 func FuzzPolicy(f *testing.F) {
 	for _, tt := range refusedEverywhere {
 		f.Add(tt.sql)
@@ -356,27 +373,33 @@ func FuzzPolicy(f *testing.F) {
 		f.Add(sql)
 	}
 	f.Add(`DO $a$ '$a$ "x"" ; /* */ E'\'' $1`)
-	p := NewPolicy(DefaultTenantGUC)
+	for _, tt := range txnModeCases {
+		f.Add(tt.sql)
+	}
+	p := New()
 	f.Fuzz(func(t *testing.T, sql string) {
 		b := []byte(sql)
-		p.Check(b)
+		p.Check(b, Rules{}, SessionMode)
+		p.Check(b, Rules{}, TransactionMode)
 		if string(b) != sql {
 			t.Fatalf("Check modified its input")
 		}
 		if strings.IndexByte(sql, 0) < 0 {
-			checkFastAgrees(t, p, sql)
+			checkFastAgrees(t, sql)
 		}
 	})
 }
 
 func TestPolicyBoundsWhatItParses(t *testing.T) {
-	p := NewPolicy(DefaultTenantGUC)
+	p := New()
 	big := "INSERT INTO t (body) VALUES ('" + strings.Repeat("x", MaxParsedStatement) + "')"
-	if reason := p.Check([]byte(big)); reason != "" {
-		t.Errorf("a large plain INSERT was refused: %s", reason)
+	for _, m := range []Mode{SessionMode, TransactionMode} {
+		if reason := p.Check([]byte(big), Rules{}, m); reason != "" {
+			t.Errorf("%s mode: a large plain INSERT was refused: %s", m, reason)
+		}
 	}
 	bigDDL := "CREATE TABLE t (body text DEFAULT '" + strings.Repeat("x", MaxParsedStatement) + "')"
-	if reason := p.CheckRules([]byte(bigDDL), DefaultRules(catalog.TierDatabase)); !strings.Contains(reason, "1 MiB") {
+	if reason := p.Check([]byte(bigDDL), DefaultRules(catalog.TierDatabase), SessionMode); !strings.Contains(reason, "1 MiB") {
 		t.Errorf("a statement over 1 MiB that needs the parser: %q; want the size refusal", reason)
 	}
 }

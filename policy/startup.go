@@ -1,0 +1,52 @@
+package policy
+
+import (
+	"fmt"
+	"strings"
+
+	"github.com/tenantproxy/tenantproxy/internal/pgerr"
+	"github.com/tenantproxy/tenantproxy/router"
+)
+
+// startupSettings are the settings a client may pass in its startup
+// packet (as parameters or "-c" options). They are applied with SET after
+// the tenant's setup; nothing else is, because a pooled server connection
+// outlives the client and other settings could widen the tenant's context.
+var startupSettings = map[string]bool{
+	"application_name": true, "client_encoding": true, "datestyle": true, "timezone": true,
+	"intervalstyle": true, "extra_float_digits": true, "search_path": true,
+	"statement_timeout": true, "lock_timeout": true, "idle_in_transaction_session_timeout": true,
+	"bytea_output": true, "client_min_messages": true,
+	"default_transaction_isolation": true, "default_transaction_read_only": true,
+	"work_mem": true, "jit": true,
+}
+
+// SessionSettings turns startup settings into statements, refusing
+// (pgerr.CodeStatementRefused) any the proxy does not pass on. set_config
+// parses the value as PostgreSQL parses a startup parameter (so
+// search_path "a,b" is a list), which SET with a quoted literal would not.
+func SessionSettings(settings []router.Setting) ([]string, error) {
+	out := make([]string, 0, len(settings))
+	for _, s := range settings {
+		if !startupSettings[strings.ToLower(s.Name)] {
+			return nil, pgerr.Errorf(pgerr.CodeStatementRefused, "setting %q cannot be set at connection start through the proxy", s.Name)
+		}
+		// The statement policy reads SQL as UTF-8; see SafeClientEncoding.
+		if strings.EqualFold(s.Name, "client_encoding") && !SafeClientEncoding(s.Value) {
+			return nil, pgerr.Errorf(pgerr.CodeStatementRefused, "client_encoding %q is refused: the proxy reads SQL as UTF-8, and in this encoding a string could hide a statement from it", s.Value)
+		}
+		out = append(out, fmt.Sprintf("SELECT pg_catalog.set_config(%s, %s, false)", router.QuoteLiteral(strings.ToLower(s.Name)), router.QuoteLiteral(s.Value)))
+	}
+	return out, nil
+}
+
+// SafeClientEncoding reports whether a client_encoding value leaves every
+// byte below 0x80 meaning ASCII, so that the proxy, reading UTF-8, splits
+// SQL where the server does.
+func SafeClientEncoding(v string) bool {
+	switch strings.ToLower(strings.NewReplacer("-", "", "_", "").Replace(v)) {
+	case "utf8", "unicode", "sqlascii":
+		return true
+	}
+	return false
+}

@@ -1,0 +1,20 @@
+package policy
+
+import (
+	"testing"
+
+	"github.com/tenantproxy/tenantproxy/internal/pgerr"
+	"github.com/tenantproxy/tenantproxy/router"
+)
+
+func TestSessionSettings(t *testing.T) {
+	got, err := SessionSettings([]router.Setting{{Name: "application_name", Value: "it's"}})
+	if err != nil || len(got) != 1 || got[0] != `SELECT pg_catalog.set_config('application_name', 'it''s', false)` {
+		t.Fatalf("SessionSettings = %q, %v", got, err)
+	}
+	for _, s := range []router.Setting{{Name: "role", Value: "x"}, {Name: "client_encoding", Value: "SJIS"}} {
+		if _, err := SessionSettings([]router.Setting{s}); pgerr.CodeOf(err) != pgerr.CodeStatementRefused {
+			t.Errorf("setting %s=%s at startup: %v; want CodeStatementRefused", s.Name, s.Value, err)
+		}
+	}
+}

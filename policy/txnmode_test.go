@@ -1,0 +1,153 @@
+package policy
+
+import (
+	"strings"
+	"testing"
+
+	"github.com/tenantproxy/tenantproxy/catalog"
+)
+
+// everything allows every class, so that what transaction mode refuses is
+// not refused by the rules first.
+var everything = Rules{DDL: true, Procedural: true, SearchPath: true, DatabaseWide: true, SharedTables: true, Explain: true}
+
+// txnModeCases are transaction mode's verdicts (refused: a reason that
+// suggests session mode) and how many times checking each text, in both
+// modes and several times, parses it: once at most, none when the lexical
+// pass decides.
+var txnModeCases = []struct {
+	sql     string
+	refused bool
+	parses  uint64
+}{
+	{"CREATE TEMP TABLE t (a int)", true, 1},
+	{"CREATE TEMPORARY TABLE t (a int) ON COMMIT DELETE ROWS", true, 1},
+	{"create table pg_temp.t (a int)", true, 1},
+	{"SELECT 1 INTO TEMP t", true, 1},
+	{"CREATE TEMP TABLE t AS SELECT 1", true, 1},
+	{"CREATE TEMP VIEW v AS SELECT 1", true, 1},
+	{"CREATE TEMP SEQUENCE s", true, 1},
+	{"DECLARE c CURSOR WITH HOLD FOR SELECT 1", true, 1},
+	{"SET statement_timeout = 0", true, 1},
+	{"set session work_mem = '1MB'", true, 1},
+	{"RESET work_mem", true, 1},
+	{"BEGIN; SET lock_timeout = 5; COMMIT", true, 1},
+	{"RESET SESSION", true, 1},
+	{"reset local; SELECT 1", true, 1},
+	{"/* hi */ SET work_mem = '1MB'", true, 1},
+	{"SELECT set_config('work_mem', '1MB', false)", true, 1},
+	{"LISTEN ch", true, 1},
+	{"SELECT pg_advisory_lock(1)", true, 1},
+	{"SELECT pg_try_advisory_lock_shared(1, 2)", true, 1},
+	{"PREPARE p AS SELECT 1", true, 1},
+	{"DEALLOCATE ALL", true, 0},
+	{"SELECT 1; deallocate p", true, 0},
+	{"EXPLAIN SELECT 1 INTO TEMP t", true, 1},
+	{`SELECT U&"pg_advisory\005flock"(1)`, true, 1},
+	{"INSERT INTO t SELECT 1 INTO TEMP x", true, 1},
+
+	{"CREATE FUNCTION f() RETURNS int LANGUAGE sql SET work_mem = '1MB' AS 'select 1'", false, 1},
+	{"ALTER FUNCTION f() SET work_mem = '1MB'", false, 1},
+	{"ALTER FUNCTION f() RESET ALL", false, 1},
+	{"SELECT 1", false, 0},
+	{"UPDATE users SET display_name = 'x' WHERE id = 1", false, 0},
+	{"INSERT INTO temp (hold) VALUES ('prepare listen deallocate')", false, 0},
+	{"SET LOCAL statement_timeout = 0", false, 1},
+	{"SET TRANSACTION ISOLATION LEVEL SERIALIZABLE", false, 1},
+	{"CREATE TEMP TABLE t (a int) ON COMMIT DROP", false, 1},
+	{"DECLARE c CURSOR FOR SELECT 1", false, 1},
+	{"DECLARE c NO SCROLL CURSOR WITHOUT HOLD FOR SELECT 1", false, 1},
+	{"SELECT pg_advisory_xact_lock(1)", false, 1},
+	{"SELECT pg_advisory_unlock_all()", false, 1},
+	{"UNLISTEN *", false, 1},
+	{"EXECUTE p", false, 0},
+	{"SELECT 'SET work_mem = 1'", false, 0},
+	{"SELECT t.oid, t.typname FROM pg_catalog.pg_type t WHERE t.typname = $1", false, 1},
+}
+
+// txnVerdict is transaction mode's verdict alone, the way Check reaches
+// it: from the lexical pass when that decides, else from the facts.
+func txnVerdict(sql string) string {
+	if v, _, txnReason := fast([]byte(sql)); v == fastSafe {
+		return txnReason
+	}
+	return analyze(sql).txn
+}
+
+func TestTxnModeRefusesSessionStateAndPassesTransactionScopedForms(t *testing.T) {
+	for _, tt := range txnModeCases {
+		r := txnVerdict(tt.sql)
+		switch {
+		case tt.refused && (r == "" || !strings.Contains(r, "session mode")):
+			t.Errorf("%q: got %q; want a refusal that suggests session mode", tt.sql, r)
+		case !tt.refused && r != "":
+			t.Errorf("%q: refused (%s); want it allowed", tt.sql, r)
+		}
+	}
+}
+
+// TestOneParsePerStatementForBothChecks: checking a text in transaction
+// mode, which asks the policy's rules and then transaction mode, and in
+// session mode too, under several rules, parses it once, or not at all
+// when the lexical pass decides. Before the two checks shared their facts,
+// transaction mode parsed such text twice.
+func TestOneParsePerStatementForBothChecks(t *testing.T) {
+	p := New()
+	for _, tt := range txnModeCases {
+		before := p.parses.Load()
+		b := []byte(tt.sql)
+		for range 3 {
+			for _, r := range []Rules{{}, DefaultRules(catalog.TierSchema), everything} {
+				p.Check(b, r, TransactionMode)
+				p.Check(b, r, SessionMode)
+			}
+		}
+		if got := p.parses.Load() - before; got != tt.parses {
+			t.Errorf("%q parsed %d times; want %d", tt.sql, got, tt.parses)
+		}
+	}
+}
+
+// TestTransactionModeAsksTheRulesFirst: where the policy's rules refuse a
+// statement, transaction mode gives their reason, not its session-mode
+// hint, which would be false; where they allow it, transaction mode's own.
+func TestTransactionModeAsksTheRulesFirst(t *testing.T) {
+	p := New()
+	for _, tt := range []struct {
+		sql      string
+		rules    Rules
+		session  string // reason in session mode, "" for allowed
+		txn      string // reason in transaction mode, "" for allowed
+		txnHints bool   // the transaction-mode reason suggests session mode
+	}{
+		{"SET ROLE x", everything, reasonRole, reasonRole, false},
+		{"RESET ALL", everything, reasonResetAll, reasonResetAll, false},
+		{"SELECT set_config('work_mem', '1MB', false)", everything,
+			"set_config() is refused: it changes settings that carry the tenant context",
+			"set_config() is refused: it changes settings that carry the tenant context", false},
+		{"LISTEN ch", Rules{},
+			"LISTEN/NOTIFY is refused for this tenant: channel names are shared by every tenant of the database",
+			"LISTEN/NOTIFY is refused for this tenant: channel names are shared by every tenant of the database", false},
+		{"LISTEN ch", everything, "",
+			"LISTEN needs a server connection of its own, which transaction pooling mode does not keep" + sessionModeHint, true},
+		{"CREATE TEMP TABLE t (a int)", Rules{},
+			"Create is refused: schema changes are not allowed for this tenant",
+			"Create is refused: schema changes are not allowed for this tenant", false},
+		{"SET statement_timeout = 0", Rules{}, "",
+			"session-level SET and RESET outlive the transaction in transaction pooling mode; use SET LOCAL inside a transaction" + sessionModeHint, true},
+		{"DEALLOCATE p", Rules{}, "", reasonTxnDeallocate, true},
+		{"SELECT 1", Rules{}, "", "", false},
+	} {
+		b := []byte(tt.sql)
+		if got := p.Check(b, tt.rules, SessionMode); got != tt.session {
+			t.Errorf("%q in session mode: %q; want %q", tt.sql, got, tt.session)
+		}
+		got := p.Check(b, tt.rules, TransactionMode)
+		if got != tt.txn {
+			t.Errorf("%q in transaction mode: %q; want %q", tt.sql, got, tt.txn)
+		}
+		if strings.Contains(got, "session mode") != tt.txnHints {
+			t.Errorf("%q in transaction mode: %q; want a session-mode hint: %v", tt.sql, got, tt.txnHints)
+		}
+	}
+}
