@@ -1,28 +1,42 @@
 // Package proxy owns the client side of tenantproxy: it accepts PostgreSQL
 // wire-protocol connections (TLS, SSLRequest, GSSENCRequest,
 // CancelRequest, StartupMessage), identifies and authenticates the
-// tenant's user, takes a server connection from the pool for the tenant's
-// Route and then relays bytes in both directions until the client leaves.
-// It hands out its own cancel keys, drains gracefully, and maps every error
-// to a PostgreSQL ErrorResponse in one place (errors.go).
+// tenant's user, routes the tenant, and relays between the client and
+// server connections from the pool until the client leaves. It hands out
+// its own cancel keys, drains gracefully, and renders every error for the
+// client at one boundary (errors.go).
 //
-// The files follow a connection's phases: admit.go (listener handshake and
-// startup packet), auth.go (SCRAM-SHA-256 / trust, failed-login limit),
-// session.go (routing, server connection, handover), relay.go (the
-// forwarding loops), cancel.go (cancel keys), server.go (lifecycle:
-// Serve, Shutdown, Reload).
+// The files follow a connection's phases:
 //
-// Sessions run in session mode: one server connection per client
-// connection, returned to the pool (and reset there) when the client
-// leaves it at a message boundary. The relay forwards bytes straight out
-// of its read buffers and decodes only what it acts on: Query and Parse
-// (the statement policy), FunctionCall (refused), Sync, Execute and
-// Terminate from the client; ReadyForQuery from the server. A refused
+//	admit.go          listener handshake and startup packet
+//	auth.go           SCRAM-SHA-256 / trust, the failed-login limit
+//	connect.go        identification, routing, the server connection, the client's first ReadyForQuery
+//	clientsession.go  the clientSession interface both pool modes implement, what they share
+//	                  (the reply queue, interrupting a blocked read)
+//	session.go        session mode: one server connection for the session, two relay loops
+//	txsession.go      transaction mode: the client's binding to a server connection (bindState)
+//	txclient.go       transaction mode: the client loop (read, check, bind, write)
+//	txrelay.go        transaction mode: relaying the bound connection's replies
+//	stmts.go          transaction mode: prepared statements carried across connections (rewriter)
+//	idleread.go       transaction mode: an idle client holds no read buffer
+//	cancel.go         cancel keys
+//	errors.go         classify and render errors: pool, server, policy and framing errors meet here
+//	server.go         lifecycle: Serve, Shutdown (drain, then kill), Reload
+//
+// Every relay loop frames messages with internal/pgwire's Scanner: it
+// forwards bytes straight out of its read buffer and decodes only what the
+// proxy acts on — Query and Parse (the statement policy), FunctionCall
+// (refused), Sync, Execute and Terminate from the client; ReadyForQuery,
+// ParameterStatus and the copy responses from the server. Everything that
+// arrives in one read and is forwarded goes out in one write. A refused
 // statement is replaced by a Sync, and its 42501 error is put in front of
 // the ReadyForQuery that answers it, so replies stay in order without an
 // extra round trip.
 //
-// Goroutines: Serve owns one handler goroutine per connection; a running
-// session adds one more for the client-to-server direction, which the
-// handler waits for before releasing the server connection.
+// Goroutines: Serve owns one handler goroutine per connection, which runs
+// the session. A session-mode session adds one for the client-to-server
+// direction, which the handler waits for before releasing the server
+// connection. A transaction-mode session relays on the handler goroutine
+// itself and adds one only while the client goes on sending as the server
+// answers (COPY FROM STDIN, pipelined batches); run waits for it.
 package proxy
