@@ -8,6 +8,7 @@ import (
 	"github.com/jackc/pgx/v5/pgproto3"
 	"go.uber.org/zap"
 
+	"github.com/tenantproxy/tenantproxy/internal/pgerr"
 	"github.com/tenantproxy/tenantproxy/internal/pgwire"
 	"github.com/tenantproxy/tenantproxy/policy"
 	"github.com/tenantproxy/tenantproxy/pool"
@@ -264,14 +265,15 @@ func (tx *txSession) answer(err error, severity int) error {
 // The session goes on: a later transaction may find one.
 func (tx *txSession) acquireFailed(typ byte, err error) error {
 	err = fromPool(err)
-	if errors.Is(err, pool.ErrClosed) {
+	ce := classify(err)
+	if ce.code == pgerr.CodeShuttingDown {
 		tx.client.Write(encodeError(errShuttingDown, fatal))
 		return errShuttingDown
 	}
-	if !errors.Is(err, pool.ErrWaitTimeout) {
+	if !ce.transient {
 		tx.srv.log.Warn("transaction could not get a server connection", zap.String("tenant", tx.tenant), zap.Error(err))
 	}
-	if typ == 'Q' || typ == 'S' {
+	if typ == pgwire.Query || typ == pgwire.Sync {
 		return tx.answer(err, nonfatal)
 	}
 	tx.skipping, tx.skipErr, tx.skipReason = true, err, ""

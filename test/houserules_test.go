@@ -82,6 +82,35 @@ func TestProxyFilesAreShort(t *testing.T) {
 	}
 }
 
+// TestProxyFunctionsAreShort keeps each relay step readable on one
+// screen: no function in proxy/'s non-test files passes maxProxyFuncLines.
+func TestProxyFunctionsAreShort(t *testing.T) {
+	const maxProxyFuncLines = 80
+	fset := token.NewFileSet()
+	files, err := filepath.Glob(filepath.Join(repoRoot, "proxy", "*.go"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, path := range files {
+		if strings.HasSuffix(path, "_test.go") {
+			continue
+		}
+		f, err := parser.ParseFile(fset, path, nil, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, d := range f.Decls {
+			fd, ok := d.(*ast.FuncDecl)
+			if !ok {
+				continue
+			}
+			if n := fset.Position(fd.End()).Line - fset.Position(fd.Pos()).Line + 1; n > maxProxyFuncLines {
+				t.Errorf("%s: %s has %d lines; at most %d", rel(path), fd.Name.Name, n, maxProxyFuncLines)
+			}
+		}
+	}
+}
+
 func countLines(path string) (int, error) {
 	f, err := os.Open(path)
 	if err != nil {
