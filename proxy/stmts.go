@@ -27,7 +27,10 @@ type expecter interface{ push(reply) }
 // A named statement lives on servers under a name derived from the tenant
 // context and the statement (statementName), so clients of one context
 // share it on a connection and two contexts never do; a reference to a
-// statement the connection lacks is preceded by its Parse. The unnamed
+// statement the connection lacks is preceded by its Parse. Every Parse
+// under a server name comes behind a Close of that name (prepare): the
+// connection's record of its statements may miss one it holds, and a
+// Parse of a name the server holds would fail. The unnamed
 // statement is sent again when a binding other than the one that parsed
 // it uses it, since the connection's unnamed statement may be another
 // client's.
@@ -90,16 +93,9 @@ func (rw *rewriter) parse(out, m []byte, cs stmtSet, epoch uint64, q expecter) [
 	st.parse = append(append(st.parse, server...), 0)
 	st.parse = append(st.parse, rest...)
 	rw.stmts[string(name)] = st
-	if cs.HasStatement(server) {
-		// Prepared before, maybe by another client of the context: close
-		// it so the client's own Parse gets its own answer in order.
-		q.push(reply{kind: replyClose, inject: true})
-		out = pgwire.AppendHeader(out, 'C', 1+len(server)+1)
-		out = append(append(append(out, 'S'), server...), 0)
-	}
-	cs.AddStatement(server)
-	q.push(reply{kind: replyParse, name: server})
-	return append(out, st.parse...)
+	// The connection may hold it, prepared maybe by another client of the
+	// context: the client's own Parse gets its own answer all the same.
+	return prepare(out, st, cs, false, q)
 }
 
 // bind forwards a Bind with the statement's server name.
@@ -163,11 +159,27 @@ func (rw *rewriter) ensure(out, name []byte, cs stmtSet, q expecter) ([]byte, st
 		return out, unknownStatement
 	}
 	if !cs.HasStatement(st.server) {
-		cs.AddStatement(st.server)
-		q.push(reply{kind: replyParse, inject: true, name: st.server})
-		out = append(out, st.parse...)
+		out = prepare(out, st, cs, true, q)
 	}
 	return out, st.server
+}
+
+// prepare appends st's Parse, behind a Close of its server name whose
+// reply is injected, and records the statement on cs. The record can
+// miss a statement the server holds, and a Parse of it alone would then
+// fail (42P05): readyFor forgets a statement whose Parse is still pending
+// at a ReadyForQuery, yet that Parse may have been skipped after an error
+// together with the Close before it, which left the statement in place,
+// or a Parse of the same statement in a batch written before that
+// ReadyForQuery was read may have succeeded. Closing a statement the
+// server lacks is no error.
+func prepare(out []byte, st *clientStmt, cs stmtSet, inject bool, q expecter) []byte {
+	q.push(reply{kind: replyClose, inject: true})
+	out = pgwire.AppendHeader(out, 'C', 1+len(st.server)+1)
+	out = append(append(append(out, 'S'), st.server...), 0)
+	cs.AddStatement(st.server)
+	q.push(reply{kind: replyParse, inject: inject, name: st.server})
+	return append(out, st.parse...)
 }
 
 // ensureUnnamed appends the client's unnamed statement again when this
