@@ -11,7 +11,8 @@ import (
 // HeaderSize is a message's type byte and length word.
 const HeaderSize = 5
 
-// ErrInvalidLength is a length word below 4, which no message has.
+// ErrInvalidLength is a length word below 4, which no message has. The
+// length is a signed Int32: one with its top bit set is negative.
 var ErrInvalidLength = errors.New("pgwire: invalid message length")
 
 // TooLargeError is a message whose body exceeds the Scanner's limit.
@@ -55,6 +56,8 @@ const (
 	curBuffer                 // whole, in the reader's buffer after pend
 	curBig                    // whole, in big (already consumed from the reader)
 	curLong                   // the header and part of the body in the buffer, rest to come
+	curDrop                   // curLong being dropped: Discard was called
+	curFill                   // whole, being read into big, not yet returned: got bytes read
 )
 
 // Scanner frames v3 messages read from a buffered source and passes on
@@ -86,10 +89,11 @@ type Scanner struct {
 	pend  int
 	state curState
 	// size is the current message's length, header included; rest, for
-	// curLong, how much of it is not yet passed on or dropped from the
-	// source (buffered or not).
-	size, rest int
-	big        []byte
+	// curLong and curDrop, how much of it is not yet passed on or dropped
+	// from the source (buffered or not); got, for curFill, how much of it
+	// is in big.
+	size, rest, got int
+	big             []byte
 }
 
 // Reset makes s read r and write forwarded messages to w. A nil w
@@ -124,6 +128,9 @@ func (s *Scanner) WholeAll() {
 // *TooLargeError for a bad header (the stream cannot be framed any more),
 // or a *WriteError.
 func (s *Scanner) Next() (Message, error) {
+	if s.state == curFill {
+		return s.readBig()
+	}
 	if err := s.Forward(); err != nil {
 		return Message{}, err
 	}
@@ -135,7 +142,7 @@ func (s *Scanner) Next() (Message, error) {
 	buf, _ := s.r.Peek(s.r.Buffered())
 	hdr := buf[s.pend:]
 	typ := hdr[0]
-	n := int(binary.BigEndian.Uint32(hdr[1:5]))
+	n := int(int32(binary.BigEndian.Uint32(hdr[1:5])))
 	if n < 4 {
 		return Message{}, ErrInvalidLength
 	}
@@ -152,7 +159,14 @@ func (s *Scanner) Next() (Message, error) {
 		}
 		buf, _ = s.r.Peek(size)
 	case s.whole[typ]:
-		return s.readBig(typ, size)
+		if err := s.Flush(); err != nil {
+			return Message{}, err
+		}
+		if cap(s.big) < size {
+			s.big = make([]byte, size)
+		}
+		s.state, s.got = curFill, 0
+		return s.readBig()
 	default:
 		s.state, s.rest = curLong, size
 		return Message{Type: typ, Len: size - HeaderSize, Bytes: buf[s.pend:]}, nil
@@ -171,21 +185,20 @@ func (s *Scanner) fill(n int) error {
 	return err
 }
 
-// readBig reads a message longer than the read buffer into s.big.
-func (s *Scanner) readBig(typ byte, size int) (Message, error) {
-	if err := s.Flush(); err != nil {
-		return Message{}, err
-	}
-	if cap(s.big) < size {
-		s.big = make([]byte, size)
-	}
-	m := s.big[:size]
-	if _, err := io.ReadFull(s.r, m); err != nil {
-		// Part of the message is consumed: the stream cannot be resumed.
-		return Message{}, fmt.Errorf("pgwire: reading a message of %d bytes: %w", size, noEOF(err))
+// readBig reads (the rest of) a message longer than the read buffer into
+// s.big. After a read error, part of the message is consumed: the next
+// Next goes on reading it.
+func (s *Scanner) readBig() (Message, error) {
+	m := s.big[:s.size]
+	for s.got < len(m) {
+		n, err := s.r.Read(m[s.got:])
+		s.got += n
+		if err != nil && s.got < len(m) {
+			return Message{}, fmt.Errorf("pgwire: reading a message of %d bytes: %w", len(m), noEOF(err))
+		}
 	}
 	s.state = curBig
-	return Message{Type: typ, Len: size - HeaderSize, Bytes: m, Whole: true}, nil
+	return Message{Type: m[0], Len: len(m) - HeaderSize, Bytes: m, Whole: true}, nil
 }
 
 // noEOF reports a stream ending inside a message as unexpected.
@@ -204,6 +217,8 @@ func noEOF(err error) error {
 // on where it stopped.
 func (s *Scanner) Forward() error {
 	switch s.state {
+	case curFill:
+		return nil // no current message: Next returned an error
 	case curBuffer:
 		s.pend += s.size
 	case curBig:
@@ -212,15 +227,21 @@ func (s *Scanner) Forward() error {
 		}
 	case curLong:
 		return s.stream(true)
+	case curDrop:
+		return s.stream(false)
 	}
 	s.state = curNone
 	return nil
 }
 
 // Discard drops the current message: what was forwarded before it is
-// written first, so the order on the destination is kept.
+// written first, so the order on the destination is kept. After a read
+// error while dropping a long message, calling Discard, Forward or Next
+// again goes on dropping it.
 func (s *Scanner) Discard() error {
 	switch s.state {
+	case curFill:
+		return nil // no current message: Next returned an error
 	case curBuffer:
 		if err := s.Flush(); err != nil {
 			return err
@@ -230,6 +251,9 @@ func (s *Scanner) Discard() error {
 		if err := s.Flush(); err != nil {
 			return err
 		}
+		s.state = curDrop
+		return s.stream(false)
+	case curDrop:
 		return s.stream(false)
 	}
 	s.state = curNone
@@ -300,21 +324,23 @@ func (s *Scanner) Buffered() int {
 	if s.state == curBuffer {
 		n -= s.size
 	}
-	if s.state == curLong {
+	if s.state == curLong || s.state == curDrop || s.state == curFill {
 		return 0
 	}
 	return n
 }
 
 // AtBoundary reports whether the source is at a message boundary: no
-// long message is partly passed on.
-func (s *Scanner) AtBoundary() bool { return s.state != curLong }
+// long message is partly passed on, dropped or read.
+func (s *Scanner) AtBoundary() bool {
+	return s.state != curLong && s.state != curDrop && s.state != curFill
+}
 
 // Peek returns the type of the message after the current one if that
 // message is wholly buffered and the Scanner could return it from Next
 // without reading; ok is false otherwise (too short, too long, invalid).
 func (s *Scanner) Peek() (typ byte, ok bool) {
-	if s.state == curLong || s.state == curBig && s.r.Buffered() < HeaderSize {
+	if !s.AtBoundary() || s.state == curBig && s.r.Buffered() < HeaderSize {
 		return 0, false
 	}
 	at := s.pend
@@ -325,7 +351,7 @@ func (s *Scanner) Peek() (typ byte, ok bool) {
 	if len(buf)-at < HeaderSize {
 		return 0, false
 	}
-	n := int(binary.BigEndian.Uint32(buf[at+1 : at+HeaderSize]))
+	n := int(int32(binary.BigEndian.Uint32(buf[at+1 : at+HeaderSize])))
 	if n < 4 || at+n+1 > len(buf) || (s.max > 0 && n-4 > s.max) {
 		return 0, false
 	}
