@@ -1,9 +1,11 @@
 package policy
 
 import (
+	"errors"
 	"strings"
 
 	pg_query "github.com/pganalyze/pg_query_go/v6"
+	"github.com/pganalyze/pg_query_go/v6/parser"
 	"github.com/tenantproxy/tenantproxy/migrations"
 	"google.golang.org/protobuf/reflect/protoreflect"
 )
@@ -53,6 +55,9 @@ type facts struct {
 	// outlive the transaction, "" for none (or for text the parser
 	// rejects, which refused already covers).
 	txn string
+	// syntax is the parser's error for text it rejects, kept so the
+	// client hears a syntax error as the server would report it.
+	syntax *parser.Error
 }
 
 func (f *facts) refuse(reason string) {
@@ -116,6 +121,7 @@ func analyze(sql string) *facts {
 	res, err := pg_query.Parse(sql)
 	if err != nil {
 		f.refuse(reasonUnparsable + " (" + err.Error() + ")")
+		errors.As(err, &f.syntax)
 		return f
 	}
 	a := analyzer{f: f}

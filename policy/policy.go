@@ -161,12 +161,21 @@ const reasonTooLarge = "the statement was not sent: it is over 1 MiB and not pla
 
 // factsOf returns sql's facts from the cache, parsing it on a miss.
 func (p *Policy) factsOf(sql []byte) *facts {
-	k := cacheKey{maphash.Bytes(p.seeds[0], sql), maphash.Bytes(p.seeds[1], sql), len(sql)}
-	if f, ok := p.cache.Get(k); ok {
+	if f, ok := p.cached(sql); ok {
 		return f
 	}
+	k := p.key(sql)
 	f := analyze(string(sql))
 	p.parses.Add(1)
 	p.cache.Add(k, f)
 	return f
+}
+
+// cached returns sql's facts if the cache holds them.
+func (p *Policy) cached(sql []byte) (*facts, bool) {
+	return p.cache.Get(p.key(sql))
+}
+
+func (p *Policy) key(sql []byte) cacheKey {
+	return cacheKey{maphash.Bytes(p.seeds[0], sql), maphash.Bytes(p.seeds[1], sql), len(sql)}
 }

@@ -92,19 +92,21 @@ const (
 	// replyReady: ReadyForQuery, owed for every Query, Sync and
 	// FunctionCall.
 	replyReady
+	// replyRefused: the error of a stand-in for a refused statement
+	// (refusal.go), or nothing if the server skipped it.
+	replyRefused
 )
 
 // reply is one reply a server owes. inject marks replies to the proxy's
 // own messages, which the client never sees; name is the server-side
 // statement of a Parse, forgotten on the connection if the Parse never
-// completes; refusal, on a ReadyForQuery, is the policy's reason to put
-// an ErrorResponse in front of it (the refused message was replaced by a
-// Sync).
+// completes; refusal, on a replyRefused, is what the client hears in
+// place of the stand-in's error.
 type reply struct {
 	kind    replyKind
 	inject  bool
 	name    string
-	refusal string
+	refusal error
 }
 
 // replyQueue holds the replies a server owes, in the order it will send
@@ -151,17 +153,17 @@ func (q *replyQueue) popLocked() (reply, bool) {
 	return r, true
 }
 
-// ready consumes the expected replies up to the next ReadyForQuery, which
-// is being relayed: Parses still pending there failed (the server skipped
-// them after an error), so forget is called with their statements' names.
-// It returns that ReadyForQuery's refusal, if any.
-func (q *replyQueue) readyFor(forget func(name string)) string {
+// readyFor consumes the expected replies up to the next ReadyForQuery,
+// which is being relayed: Parses still pending there failed (the server
+// skipped them after an error), so forget is called with their
+// statements' names.
+func (q *replyQueue) readyFor(forget func(name string)) {
 	q.mu.Lock()
 	defer q.mu.Unlock()
 	for {
 		r, ok := q.popLocked()
 		if !ok || r.kind == replyReady {
-			return r.refusal
+			return
 		}
 		if r.kind == replyParse && r.name != "" && forget != nil {
 			forget(r.name)

@@ -37,6 +37,8 @@ type clientErr struct {
 	// transient errors keep ERROR severity even at startup, so that
 	// clients know to retry (53400).
 	transient bool
+	// position in the statement, for syntax errors.
+	position int
 }
 
 // classify decides what the client hears of err. A framing error is the
@@ -62,7 +64,7 @@ func classify(err error) clientErr {
 		if rErr.Code == pgerr.CodeInternal {
 			msg = "internal error in tenantproxy"
 		}
-		return clientErr{tell: true, code: rErr.Code, msg: msg, transient: rErr.Code == pgerr.CodeRateLimited}
+		return clientErr{tell: true, code: rErr.Code, msg: msg, transient: rErr.Code == pgerr.CodeRateLimited, position: rErr.Position}
 	case errors.Is(err, pool.ErrWaitTimeout):
 		return clientErr{tell: true, code: pgerr.CodeRateLimited, msg: "timed out waiting for a server connection", transient: true}
 	case errors.Is(err, pool.ErrClosed):
@@ -111,7 +113,7 @@ func errorResponse(err error, severity int) *pgproto3.ErrorResponse {
 	if (ce.code.Fatal() && severity != nonfatal) || severity == fatal {
 		sev = "FATAL"
 	}
-	return &pgproto3.ErrorResponse{Severity: sev, SeverityUnlocalized: sev, Code: ce.code.SQLState(), Message: ce.msg}
+	return &pgproto3.ErrorResponse{Severity: sev, SeverityUnlocalized: sev, Code: ce.code.SQLState(), Message: ce.msg, Position: int32(ce.position)}
 }
 
 // encodeError renders err for the client as wire bytes.

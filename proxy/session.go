@@ -21,12 +21,6 @@ import (
 // messages stream through it.
 const relayBufSize = 8 << 10
 
-// syncMessage stands in for a refused message: the server answers it
-// with the ReadyForQuery the client expects, and the refusal's error is
-// put in front of that ReadyForQuery, so the client sees exactly what
-// PostgreSQL would send for a failed statement, in order.
-var syncMessage = []byte{pgwire.Sync, 0, 0, 0, 4}
-
 // pinnedSession is a session-mode client: one server connection for the
 // whole session. Its two directions run on two goroutines:
 // clientToBackend on its own, and backendToClient on the connection's
@@ -36,8 +30,8 @@ type pinnedSession struct {
 	backend *pool.Conn
 	bconn   net.Conn
 
-	// replies are the ReadyForQuery messages the server owes, with the
-	// refusals to report in front of them.
+	// replies are the ReadyForQuery messages the server owes, and the
+	// stand-ins' errors to swap for refusals.
 	replies replyQueue
 
 	// clientGone: clientToBackend has returned; clientErr is what it
@@ -107,51 +101,41 @@ func (ss *pinnedSession) clientToBackend() clientResult {
 }
 
 // forwardClient relays the client's messages, checking every statement
-// against the tenant policy. A refused Query or FunctionCall is replaced
-// by a Sync; a refused Parse drops everything up to the next Sync, like
-// PostgreSQL after an error in the extended protocol, and the refusal is
-// reported at that Sync (so a client that sends Flush and waits for
-// ParseComplete hears of it only when it syncs; the drivers tested — pgx,
-// libpq, pgbench — always sync).
+// against the tenant policy. A refused Query, Parse or FunctionCall is
+// replaced by a stand-in that fails on the server (refusal.go), whose
+// error the other direction swaps for the refusal; after a refused Parse
+// the server skips the rest of the batch up to Sync, as after any error.
 func (ss *pinnedSession) forwardClient() clientResult {
 	src := bufio.NewReaderSize(ss.client, relayBufSize)
 	var sc pgwire.Scanner
 	sc.Reset(src, ss.bconn)
 	sc.SetMaxBody(ss.maxMsg)
 	sc.Whole(pgwire.Query, pgwire.Parse)
-	skipping, skipReason := false, ""
 	for {
 		m, err := sc.Next()
 		if err != nil {
 			return clientResult{clean: err == io.EOF && sc.AtBoundary() && sc.Buffered() == 0, err: err}
 		}
-		if skipping && m.Type != pgwire.Sync && m.Type != pgwire.Terminate {
-			err = sc.Discard()
-		} else {
-			switch m.Type {
-			case pgwire.Query, pgwire.Parse:
-				if reason := ss.srv.policy.Check(pgwire.Statement(m.Bytes), ss.rules, policy.SessionMode); reason != "" {
-					if m.Type == pgwire.Parse {
-						skipping, skipReason = true, reason
-					}
-					err = ss.refuse(&sc, m.Type == pgwire.Query, reason)
-				} else if m.Type == pgwire.Query {
-					ss.replies.push(reply{kind: replyReady})
-					ss.queries.Inc()
-				}
-			case pgwire.Sync:
-				ss.replies.push(reply{kind: replyReady, refusal: skipReason})
-				skipping, skipReason = false, ""
-			case pgwire.FunctionCall:
-				// A fast-path call names a function by OID with its
-				// arguments out of band (set_config(2078) included), which
-				// the policy cannot read; refuse them all.
-				err = ss.refuse(&sc, true, errFastPath)
-			case pgwire.Execute:
+		switch m.Type {
+		case pgwire.Query, pgwire.Parse:
+			sql := pgwire.Statement(m.Bytes)
+			if reason := ss.srv.policy.Check(sql, ss.rules, policy.SessionMode); reason != "" {
+				err = ss.refuse(&sc, m.Bytes, ss.srv.policy.Explain(sql, reason))
+			} else if m.Type == pgwire.Query {
+				ss.replies.push(reply{kind: replyReady})
 				ss.queries.Inc()
-			case pgwire.Terminate:
-				return clientResult{clean: true, err: sc.Flush()}
 			}
+		case pgwire.Sync:
+			ss.replies.push(reply{kind: replyReady})
+		case pgwire.FunctionCall:
+			// A fast-path call names a function by OID with its arguments
+			// out of band (set_config(2078) included), which the policy
+			// cannot read; refuse them all.
+			err = ss.refuse(&sc, m.Bytes, refused(errFastPath))
+		case pgwire.Execute:
+			ss.queries.Inc()
+		case pgwire.Terminate:
+			return clientResult{clean: true, err: sc.Flush()}
 		}
 		if err != nil {
 			return clientResult{err: err}
@@ -159,14 +143,18 @@ func (ss *pinnedSession) forwardClient() clientResult {
 	}
 }
 
-// refuse drops the current message; with sync, a Sync takes its place,
-// whose ReadyForQuery will carry the refusal.
-func (ss *pinnedSession) refuse(sc *pgwire.Scanner, sync bool, reason string) error {
-	if err := sc.Discard(); err != nil || !sync {
+// refuse replaces the current message m by its stand-in.
+func (ss *pinnedSession) refuse(sc *pgwire.Scanner, m []byte, why error) error {
+	if err := sc.Discard(); err != nil {
 		return err
 	}
-	ss.replies.push(reply{kind: replyReady, refusal: reason})
-	return sc.Write(syncMessage)
+	ss.replies.push(reply{kind: replyRefused, refusal: why})
+	if m[0] == pgwire.Parse {
+		standIn, _ := standInParse(m)
+		return sc.Write(standIn)
+	}
+	ss.replies.push(reply{kind: replyReady})
+	return sc.Write(refusedQuery)
 }
 
 // backendResult is how backendToClient ended. clean means the server is
@@ -188,7 +176,7 @@ func (ss *pinnedSession) backendToClient() backendResult {
 	src := bufio.NewReaderSize(ss.bconn, relayBufSize)
 	var sc pgwire.Scanner
 	sc.Reset(src, ss.client)
-	sc.Whole(pgwire.ReadyForQuery)
+	sc.Whole(pgwire.ReadyForQuery, pgwire.ErrorResponse)
 	status, last := byte('I'), byte(0)
 	for {
 		m, err := sc.Next()
@@ -199,12 +187,16 @@ func (ss *pinnedSession) backendToClient() backendResult {
 			continue
 		}
 		last = m.Type
+		if m.Type == pgwire.ErrorResponse {
+			if _, err := swapRefusal(&sc, &ss.replies, m.Bytes); err != nil {
+				return backendResult{own: true, err: err}
+			}
+			continue
+		}
 		if m.Type != pgwire.ReadyForQuery {
 			continue
 		}
-		if refusal := ss.replies.readyFor(nil); refusal != "" {
-			err = sc.Write(encodeError(refused(refusal), asIs))
-		}
+		ss.replies.readyFor(nil)
 		status = m.Body()[0]
 		if err == nil && status == 'I' {
 			ss.transactions.Inc()

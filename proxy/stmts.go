@@ -205,3 +205,10 @@ func statementName(context string, body []byte) string {
 	var sum [sha256.Size]byte
 	return "tp_" + hex.EncodeToString(h.Sum(sum[:0])[:16])
 }
+
+// dropUnnamed records that the server dropped the unnamed statement (a
+// failed unnamed Parse does): a later reference to it must fail there as
+// it would have, not find the one before.
+func (rw *rewriter) dropUnnamed() {
+	rw.unnamed, rw.unnamedEpoch = rw.unnamed[:0], 0
+}

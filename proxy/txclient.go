@@ -98,6 +98,12 @@ func (tx *txSession) verdict(typ byte) string {
 	return tx.srv.policy.Check(pgwire.Statement(tx.in), tx.rules, policy.TransactionMode)
 }
 
+// explain is what the client hears of the refusal of the Query or Parse
+// in tx.in.
+func (tx *txSession) explain(reason string) error {
+	return tx.srv.policy.Explain(pgwire.Statement(tx.in), reason)
+}
+
 // handle acts on the client message in tx.in and on every further whole
 // message already buffered, writing them to the bound server connection
 // in one write, binding one first if needed.
@@ -121,7 +127,7 @@ func (tx *txSession) handle(typ byte) error {
 	tx.mu.Lock()
 	c := tx.server
 	tx.message(c, typ, r)
-	for !tx.skipping && tx.pipelined() {
+	for tx.pipelined() {
 		m, _ := tx.clientScan.Next()
 		tx.in = m.Bytes
 		tx.message(c, m.Type, tx.verdict(m.Type))
@@ -152,9 +158,9 @@ func (tx *txSession) unboundMessage(typ byte, r string) (answered bool, err erro
 	switch {
 	case tx.skipping: // at its Sync
 		tx.skipping = false
-		return true, tx.answer(tx.skipErr, asIs)
+		return true, tx.answer(tx.skipErr, nonfatal)
 	case typ == 'Q' && r != "":
-		return true, tx.answer(refused(r), asIs)
+		return true, tx.answer(tx.explain(r), asIs)
 	case typ == 'P' && r != "":
 		tx.skip(r)
 		return true, nil
@@ -175,7 +181,12 @@ func (tx *txSession) acquire(typ byte) error {
 	if err != nil {
 		return tx.acquireFailed(typ, err)
 	}
-	tx.bind(c, queries)
+	if !tx.bind(c, queries) {
+		// Its set-up was never sent: not known to be in any context.
+		tx.backends.ReleaseTx(c, false)
+		err, _ := tx.endReason()
+		return err
+	}
 	tx.out = append(tx.out, setup...)
 	return nil
 }
@@ -276,68 +287,68 @@ func (tx *txSession) acquireFailed(typ byte, err error) error {
 	if typ == pgwire.Query || typ == pgwire.Sync {
 		return tx.answer(err, nonfatal)
 	}
-	tx.skipping, tx.skipErr, tx.skipReason = true, err, ""
+	tx.skipping, tx.skipErr = true, err
 	return nil
 }
 
 // skip drops messages up to the next Sync, which is answered with the
 // refusal (like PostgreSQL after an error in the extended protocol).
 func (tx *txSession) skip(reason string) {
-	tx.skipping, tx.skipReason = true, reason
-	tx.skipErr = refused(reason)
+	tx.skipping, tx.skipErr = true, tx.explain(reason)
 }
 
 // message appends the client message in tx.in to tx.out for server
-// connection c; refused statements become a Sync whose ReadyForQuery
-// carries the refusal. refusal is tx.verdict(typ). Called with tx.mu
-// held.
+// connection c; refused statements become their stand-ins (refusal.go).
+// refusal is tx.verdict(typ). Called with tx.mu held.
 func (tx *txSession) message(c *pool.Conn, typ byte, refusal string) {
 	switch typ {
-	case 'Q':
+	case pgwire.Query:
 		if refusal != "" {
-			tx.sync(refusal)
+			tx.refuse(tx.explain(refusal))
 			return
 		}
 		tx.queries.Inc()
 		tx.replies.push(reply{kind: replyReady})
 		tx.out = append(tx.out, tx.in...)
-	case 'S':
-		if tx.skipping {
-			tx.skipping = false
-			tx.sync(tx.skipReason)
-			return
-		}
+	case pgwire.Sync:
 		tx.partial = false
 		tx.replies.push(reply{kind: replyReady})
 		tx.out = append(tx.out, tx.in...)
-	case 'F':
-		tx.sync(errFastPath)
-	case 'P':
+	case pgwire.FunctionCall:
+		tx.refuse(refused(errFastPath))
+	case pgwire.Parse:
 		tx.partial = true
 		if refusal != "" {
-			tx.skip(refusal)
+			// The server fails the stand-in and skips the rest of the
+			// batch up to Sync.
+			tx.replies.push(reply{kind: replyRefused, refusal: tx.explain(refusal)})
+			standIn, unnamed := standInParse(tx.in)
+			if unnamed {
+				tx.stmts.dropUnnamed()
+			}
+			tx.out = append(tx.out, standIn...)
 			return
 		}
 		tx.out = tx.stmts.rewrite(tx.out, tx.in, c, tx.epoch, &tx.replies)
-	case 'd', 'c', 'f':
-		// COPY data, done, fail: the Query that started the COPY is still
-		// owed its ReadyForQuery.
+	case pgwire.CopyData, pgwire.CopyDone, pgwire.CopyFail:
+		// The Query that started the COPY is still owed its
+		// ReadyForQuery.
 		tx.out = append(tx.out, tx.in...)
 	default:
 		// Bind, Describe, Close, Execute, Flush and the rest: mid-batch
 		// until a Sync says otherwise.
 		tx.partial = true
-		if typ == 'E' {
+		if typ == pgwire.Execute {
 			tx.queries.Inc()
 		}
 		tx.out = tx.stmts.rewrite(tx.out, tx.in, c, tx.epoch, &tx.replies)
 	}
 }
 
-// sync sends a Sync in place of a refused message; its ReadyForQuery will
-// carry the refusal.
-func (tx *txSession) sync(refusal string) {
-	tx.partial = false
-	tx.replies.push(reply{kind: replyReady, refusal: refusal})
-	tx.out = append(tx.out, syncMessage...)
+// refuse sends the stand-in of a refused Query or FunctionCall, which the
+// server answers with its error and a ReadyForQuery.
+func (tx *txSession) refuse(why error) {
+	tx.replies.push(reply{kind: replyRefused, refusal: why})
+	tx.replies.push(reply{kind: replyReady})
+	tx.out = append(tx.out, refusedQuery...)
 }

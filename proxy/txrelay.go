@@ -41,7 +41,7 @@ func (tx *txSession) relay(src *bufio.Reader, inline bool) relayEnd {
 	resumeRead(c.NetConn())
 	sc := &tx.relayScan
 	sc.Reset(src, tx.client)
-	sc.Whole(pgwire.ReadyForQuery, pgwire.ParameterStatus, pgwire.CopyInResponse, pgwire.CopyBothResponse)
+	sc.Whole(pgwire.ReadyForQuery, pgwire.ParameterStatus, pgwire.CopyInResponse, pgwire.CopyBothResponse, pgwire.ErrorResponse)
 	for {
 		m, err := sc.Next()
 		end := relayOn
@@ -120,7 +120,8 @@ func (tx *txSession) setupReply(c *pool.Conn, m pgwire.Message) relayEnd {
 }
 
 // clientReply relays one reply to the client's own messages, hiding the
-// replies to the proxy's (rewriter) and reporting refusals.
+// replies to the proxy's (rewriter) and swapping stand-ins' errors for
+// refusals.
 func (tx *txSession) clientReply(c *pool.Conn, m pgwire.Message, inline bool) relayEnd {
 	sc := &tx.relayScan
 	var err error
@@ -139,6 +140,8 @@ func (tx *txSession) clientReply(c *pool.Conn, m pgwire.Message, inline bool) re
 				return relayCopy
 			}
 		}
+	case pgwire.ErrorResponse:
+		_, err = swapRefusal(sc, &tx.replies, m.Bytes)
 	case pgwire.ReadyForQuery:
 		return tx.readyForQuery(c, m)
 	}
@@ -148,17 +151,14 @@ func (tx *txSession) clientReply(c *pool.Conn, m pgwire.Message, inline bool) re
 	return relayOn
 }
 
-// readyForQuery relays a ReadyForQuery, with the refusal it carries in
-// front, and gives c back when it leaves the client with nothing in
-// flight.
+// readyForQuery relays a ReadyForQuery and gives c back when it leaves
+// the client with nothing in flight.
 func (tx *txSession) readyForQuery(c *pool.Conn, m pgwire.Message) relayEnd {
 	sc := &tx.relayScan
 	tx.status = m.Body()[0]
 	var err error
-	if refusal := tx.ready(c); refusal != "" {
-		err = sc.Write(encodeError(refused(refusal), asIs))
-	}
-	if err == nil && tx.status == 'I' {
+	tx.ready(c)
+	if tx.status == 'I' {
 		tx.transactions.Inc()
 		if tx.replies.owed() == 0 {
 			if sc.Buffered() == 0 {
@@ -188,11 +188,10 @@ func (tx *txSession) parameterStatus(c *pool.Conn, body []byte) {
 }
 
 // ready consumes the expected replies up to the ReadyForQuery being
-// relayed and returns its refusal, if any. Parses pending there failed
-// and are forgotten on c, under mu: the client loop adds statements to c
-// under mu too.
-func (tx *txSession) ready(c *pool.Conn) string {
+// relayed. Parses pending there failed and are forgotten on c, under mu:
+// the client loop adds statements to c under mu too.
+func (tx *txSession) ready(c *pool.Conn) {
 	tx.mu.Lock()
 	defer tx.mu.Unlock()
-	return tx.replies.readyFor(c.ForgetStatement)
+	tx.replies.readyFor(c.ForgetStatement)
 }

@@ -92,9 +92,11 @@ type txSession struct {
 
 	// Client loop only.
 	stmts      *rewriter
-	skipping   bool   // dropping messages up to the next Sync
-	skipErr    error  // what that Sync is answered with
-	skipReason string // the refusal, when skipErr is one
+	// skipping: between transactions, a refused Parse or a batch that
+	// could not get a server connection drops messages up to the next
+	// Sync, which is answered with skipErr.
+	skipping bool
+	skipErr  error
 	in, out, w []byte
 	clientScan pgwire.Scanner // reads the client
 	// relayScan reads the bound connection; the reader of the server's
@@ -166,14 +168,20 @@ func (tx *txSession) isBound() bool {
 }
 
 // bind makes c the bound connection of a new transaction, whose setup
-// replies (queries ReadyForQuery-terminated ones) come first.
-func (tx *txSession) bind(c *pool.Conn, queries int) {
+// replies (queries ReadyForQuery-terminated ones) come first. It reports
+// false, binding nothing, once the session has ended: ended is final.
+func (tx *txSession) bind(c *pool.Conn, queries int) bool {
 	tx.mu.Lock()
+	if tx.state == ended {
+		tx.mu.Unlock()
+		return false
+	}
 	tx.state, tx.server = bound, c
 	tx.epoch++
 	tx.swallow, tx.status = queries, 'I'
 	tx.mu.Unlock()
 	tx.srv.cancels.rebind(tx.cancelPID, c.PID(), c.SecretKey())
+	return true
 }
 
 // unbind gives up the binding of c; it reports false if c is no longer

@@ -51,6 +51,9 @@ const (
 	CodeBackendUnavailable
 	// CodeMessageTooLarge: a client message exceeds the size limit (FATAL 54000).
 	CodeMessageTooLarge
+	// CodeSyntaxError: the proxy's parser rejected a statement (ERROR
+	// 42601, with its position, as the server would say).
+	CodeSyntaxError
 
 	// codeCount is the number of codes; it stays last.
 	codeCount
@@ -62,6 +65,9 @@ type Error struct {
 	Code Code
 	Msg  string
 	Err  error
+	// Position is the 1-based character position in the statement the
+	// error points at, as PostgreSQL reports it; 0 means none.
+	Position int
 }
 
 func (e *Error) Error() string {
