@@ -91,12 +91,12 @@ type txSession struct {
 	clientGone atomic.Bool
 
 	// Client loop only.
-	stmts      *rewriter
+	stmts *rewriter
 	// skipping: between transactions, a refused Parse or a batch that
 	// could not get a server connection drops messages up to the next
 	// Sync, which is answered with skipErr.
-	skipping bool
-	skipErr  error
+	skipping   bool
+	skipErr    error
 	in, out, w []byte
 	clientScan pgwire.Scanner // reads the client
 	// relayScan reads the bound connection; the reader of the server's
