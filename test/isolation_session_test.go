@@ -59,9 +59,15 @@ func TestIsolationSessionState(t *testing.T) {
 			if _, err := conn.Exec(ctx, "SET LOCAL ROLE "+victimRole).ReadAll(); sqlstateOf(err) != "42501" {
 				t.Errorf("%s: SET LOCAL ROLE in a transaction: %v; want 42501", p.tier, err)
 			}
-			if got := queryText(t, conn, "SELECT string_agg(body, ',') FROM messages"); got != "secret-of-"+p.attacker {
-				t.Errorf("%s: in the transaction the attacker sees %q", p.tier, got)
+			// The refusal failed the transaction, as a server error would.
+			if _, err := conn.Exec(ctx, "SELECT string_agg(body, ',') FROM messages").ReadAll(); sqlstateOf(err) != "25P02" {
+				t.Errorf("%s: a statement after the refusal: %v; want 25P02", p.tier, err)
 			}
+			queryText(t, conn, "ROLLBACK")
+			if got := queryText(t, conn, "SELECT string_agg(body, ',') FROM messages"); got != "secret-of-"+p.attacker {
+				t.Errorf("%s: after the refusal the attacker sees %q", p.tier, got)
+			}
+			queryText(t, conn, "BEGIN")
 			if _, err := conn.Exec(ctx, "COMMIT; SET app.tenant_id = '"+p.victim+"'").ReadAll(); sqlstateOf(err) != "42501" {
 				t.Errorf("%s: COMMIT; SET app.tenant_id: %v; want 42501 for the whole string", p.tier, err)
 			}
