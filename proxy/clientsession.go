@@ -107,6 +107,9 @@ type reply struct {
 	inject  bool
 	name    string
 	refusal error
+	// more counts further ReadyForQuery messages owed after this one
+	// (replyReady only).
+	more uint32
 }
 
 // replyQueue holds the replies a server owes, in the order it will send
@@ -123,10 +126,18 @@ type replyQueue struct {
 
 func (q *replyQueue) push(r reply) {
 	q.mu.Lock()
-	q.q = append(q.q, r)
 	if r.kind == replyReady {
 		q.ready++
+		// Consecutive ReadyForQuery messages owed share an entry, so a
+		// client pipelining plain queries costs a count, not memory per
+		// query.
+		if n := len(q.q); n > q.head && q.q[n-1].kind == replyReady {
+			q.q[n-1].more++
+			q.mu.Unlock()
+			return
+		}
 	}
+	q.q = append(q.q, r)
 	q.mu.Unlock()
 }
 
@@ -142,6 +153,11 @@ func (q *replyQueue) popLocked() (reply, bool) {
 		return reply{}, false
 	}
 	r := q.q[q.head]
+	if r.more > 0 {
+		q.q[q.head].more--
+		q.ready--
+		return r, true
+	}
 	q.q[q.head] = reply{}
 	q.head++
 	if q.head == len(q.q) {
