@@ -52,6 +52,14 @@ type sessionBase struct {
 	draining, killed atomic.Bool
 }
 
+// counted counts the session among the tenant's connected clients until
+// the returned func is called.
+func (b *sessionBase) counted() (uncount func()) {
+	gauge := b.srv.metrics.clients.WithLabelValues(b.tenant)
+	gauge.Inc()
+	return gauge.Dec
+}
+
 // ended gives back the session's cancel key and connection slot and logs
 // the session; both modes end through it.
 func (b *sessionBase) ended(reason error, fields ...zap.Field) {

@@ -13,6 +13,20 @@ import (
 	"github.com/tenantproxy/tenantproxy/policy"
 )
 
+// relaySession is a session-mode session between client and server
+// sockets with the strictest rules, enough to run forwardClient.
+func relaySession(client, server net.Conn) *pinnedSession {
+	return &pinnedSession{
+		sessionBase: sessionBase{
+			srv:     &Server{policy: policy.New()},
+			client:  client,
+			maxMsg:  1 << 16,
+			queries: prometheus.NewCounter(prometheus.CounterOpts{Name: "q"}),
+		},
+		bconn: server,
+	}
+}
+
 // forwardBytes runs forwardClient over in and returns what it wrote
 // toward the server, how it ended and how many refusals it queued for
 // the other direction.
@@ -20,15 +34,7 @@ func forwardBytes(t *testing.T, in []byte) ([]byte, clientResult, int) {
 	t.Helper()
 	clientSide, proxyClient := net.Pipe()
 	proxyServer, serverSide := net.Pipe()
-	ss := &pinnedSession{
-		sessionBase: sessionBase{
-			srv:     &Server{policy: policy.New()},
-			client:  proxyClient,
-			maxMsg:  1 << 16,
-			queries: prometheus.NewCounter(prometheus.CounterOpts{Name: "q"}),
-		},
-		bconn: proxyServer,
-	}
+	ss := relaySession(proxyClient, proxyServer)
 	go func() {
 		clientSide.Write(in)
 		clientSide.Close()
@@ -170,15 +176,7 @@ func tcpPair(tb testing.TB) (net.Conn, net.Conn) {
 func BenchmarkForwardClient(b *testing.B) {
 	clientSide, proxyClient := tcpPair(b)
 	proxyServer, serverSide := tcpPair(b)
-	ss := &pinnedSession{
-		sessionBase: sessionBase{
-			srv:     &Server{policy: policy.New()},
-			client:  proxyClient,
-			maxMsg:  1 << 16,
-			queries: prometheus.NewCounter(prometheus.CounterOpts{Name: "q"}),
-		},
-		bconn: proxyServer,
-	}
+	ss := relaySession(proxyClient, proxyServer)
 	done := make(chan struct{})
 	go func() {
 		defer close(done)

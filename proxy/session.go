@@ -43,9 +43,7 @@ type pinnedSession struct {
 // run relays until the session ends, then returns the server connection
 // to the pool (for reuse only when the client left it clean).
 func (ss *pinnedSession) run() {
-	gauge := ss.srv.metrics.clients.WithLabelValues(ss.tenant)
-	gauge.Inc()
-	defer gauge.Dec()
+	defer ss.counted()()
 	done := make(chan clientResult, 1)
 	go func() { done <- ss.clientToBackend() }()
 	b := ss.backendToClient()

@@ -109,9 +109,7 @@ type txSession struct {
 
 // run relays until the session ends, then gives back what it holds.
 func (tx *txSession) run() {
-	gauge := tx.srv.metrics.clients.WithLabelValues(tx.tenant)
-	gauge.Inc()
-	defer gauge.Dec()
+	defer tx.counted()()
 	cerr := tx.clientLoop()
 	tx.clientGone.Store(true)
 	tx.mu.Lock()
