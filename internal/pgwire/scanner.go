@@ -82,7 +82,7 @@ type Scanner struct {
 	r     *bufio.Reader
 	w     io.Writer
 	max   int
-	whole [256]bool
+	whole [4]uint64 // a bit per message type
 
 	// pend counts bytes at the front of r's buffer forwarded but not yet
 	// written.
@@ -111,14 +111,14 @@ func (s *Scanner) SetMaxBody(n int) { s.max = n }
 // longer than the read buffer.
 func (s *Scanner) Whole(types ...byte) {
 	for _, t := range types {
-		s.whole[t] = true
+		s.whole[t>>6] |= 1 << (t & 63)
 	}
 }
 
 // WholeAll asks for every message whole.
 func (s *Scanner) WholeAll() {
 	for i := range s.whole {
-		s.whole[i] = true
+		s.whole[i] = ^uint64(0)
 	}
 }
 
@@ -158,7 +158,7 @@ func (s *Scanner) Next() (Message, error) {
 			return Message{}, err
 		}
 		buf, _ = s.r.Peek(size)
-	case s.whole[typ]:
+	case s.whole[typ>>6]&(1<<(typ&63)) != 0:
 		if err := s.Flush(); err != nil {
 			return Message{}, err
 		}
