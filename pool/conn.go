@@ -27,6 +27,11 @@ const (
 	stateIdle
 	// stateClosed: the socket is closed; the Conn is garbage.
 	stateClosed
+	// stateParked: given back by its holder while a cancel request to its
+	// backend was in flight (BeginCancel); out of circulation until the
+	// last such request is answered, then idle or handed to a waiter as if
+	// released then (or closed, if one went unanswered).
+	stateParked
 )
 
 // Conn is one authenticated server connection. Between Acquire and Release
@@ -61,6 +66,12 @@ type Conn struct {
 	state     connState
 	idleSince time.Time
 	holder    *tenantQueue
+	// cancels counts cancel requests forwarded to the backend and not yet
+	// answered (BeginCancel to ForwardCancel); while any is, a release
+	// parks the Conn. doomed: one went unanswered, so the backend may
+	// still be signalled; the Conn is closed at release, never reused.
+	cancels int
+	doomed  bool
 }
 
 // NetConn is the raw socket, positioned after startup, authentication and

@@ -42,9 +42,22 @@
 // with Config.Registerer, and either can fail. Acquire's errors are typed:
 // ErrWaitTimeout (the pool stayed full until the wait ended; the proxy
 // answers 53400), ErrClosed (57P01), *SetupError (wraps the server's
-// *pgconn.PgError); connect errors wrap pgconn's. Cancel forwards a
-// cancel request using only the Target's Addr and TLS. Connections speak
+// *pgconn.PgError); connect errors wrap pgconn's. Connections speak
 // protocol 3.0, so a backend's SecretKey fits a uint32.
+//
+// # Cancel requests
+//
+// Cancel forwards a cancel request using only the Target's Addr and TLS.
+// The postmaster signals the backend some time after the request left,
+// and the signal cancels whatever runs there then, so the proxy registers
+// a request on the connection while its client's statement runs
+// (Conn.BeginCancel) and forwards it with Conn.ForwardCancel. A connection
+// given back meanwhile is parked, out of circulation and still counted
+// against its holder, until the server has answered (hung up after
+// signalling the backend; a signal that finds the backend idle is
+// dropped by PostgreSQL), then handed on as if released then; if the
+// server never answers (ErrCancelUnanswered), the connection is closed
+// instead, since the signal may still come.
 //
 // # Metrics
 //

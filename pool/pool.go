@@ -10,7 +10,7 @@ import (
 
 // pool is the connections of one key. Its invariants, under mu: open
 // counts every connection that holds one of the max slots (idle, in use,
-// or being dialled); a waiter is queued only while nothing can be handed
+// parked, or being dialled); a waiter is queued only while nothing can be handed
 // to it (no idle connection and no free slot, or its tenant at its cap),
 // because a released connection or a freed slot goes to a waiter before
 // anything else.
@@ -232,12 +232,20 @@ func (p *pool) nextWaiterLocked() *waiter {
 }
 
 // put keeps a connection for reuse, or reports false when the pool is
-// closed and the caller must destroy it instead.
+// closed or a cancel request to it went unanswered, and the caller must
+// destroy it instead. A connection with a cancel request in flight is
+// parked, still counted against its holder, until the request is answered
+// (endCancel): the postmaster signals the backend before it hangs up, so
+// only then can no late cancel reach the next holder's statements.
 func (p *pool) put(c *Conn) bool {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	if p.closed {
+	if p.closed || c.doomed {
 		return false
+	}
+	if c.cancels > 0 {
+		c.state = stateParked
+		return true
 	}
 	p.putLocked(c, c.holder)
 	return true

@@ -166,8 +166,9 @@ func TestLoginLimiter(t *testing.T) {
 
 func TestCancelKeys(t *testing.T) {
 	k := newCancelKeys()
-	pid, secret := k.add(poolTarget("a"), 100, 200)
-	if got, ok := k.lookup(pid, secret[:]); !ok || got.pid != 100 || got.key != 200 {
+	sess := &txSession{}
+	pid, secret := k.add(poolTarget("a"), "acme", sess)
+	if got, ok := k.lookup(pid, secret[:]); !ok || got.sess != sess || got.tenant != "acme" {
 		t.Fatalf("lookup with the right key = %+v, %v", got, ok)
 	}
 	wrong := secret

@@ -79,7 +79,9 @@ type Config struct {
 	// before ending sessions with 57P01. Zero means 30 s.
 	DrainTimeout time.Duration
 	// CancelTimeout bounds forwarding one CancelRequest to a server. Zero
-	// means 5 s.
+	// means 5 s. A server connection whose request the server has not
+	// answered by then is closed rather than reused (the request may
+	// still be acted on).
 	CancelTimeout time.Duration
 
 	// Logger receives one line per session and errors. Nil means no logs.

@@ -160,12 +160,15 @@ func (s *Server) connectPinned(ctx context.Context, c *clientConn, ps *pinnedSes
 	if err != nil {
 		return fromPool(err)
 	}
-	ps.cancelPID, err = s.greet(c, target, serverSettings(bc), bc.PID(), bc.SecretKey())
+	// Set before the key is published (greet), which orders it before
+	// any cancel request's startCancel.
+	ps.backend, ps.bconn = bc, bc.NetConn()
+	ps.cancelPID, err = s.greet(c, target, serverSettings(bc), ps.tenant, ps)
 	if err != nil {
+		ps.stopCancels()
 		s.backends.Release(bc, true)
 		return err
 	}
-	ps.backend, ps.bconn = bc, bc.NetConn()
 	return nil
 }
 
@@ -186,8 +189,9 @@ func (s *Server) connectTx(ctx context.Context, c *clientConn, tx *txSession, ta
 	}
 	msgs := serverSettings(bc)
 	txb.ReleaseTx(bc, true)
-	// The key maps to no server until a transaction binds one (rebind).
-	tx.cancelPID, err = s.greet(c, target, msgs, 0, 0)
+	// The key reaches a server only while a transaction of the client's
+	// runs there (txSession.startCancel).
+	tx.cancelPID, err = s.greet(c, target, msgs, tx.tenant, tx)
 	if err != nil {
 		return err
 	}
@@ -208,9 +212,9 @@ func serverSettings(bc *pool.Conn) []pgproto3.BackendMessage {
 }
 
 // greet completes the client's startup: msgs (serverSettings), the
-// proxy's cancel key for serverPID (0: none yet) and ReadyForQuery.
-func (s *Server) greet(c *clientConn, target pool.Target, msgs []pgproto3.BackendMessage, serverPID, serverKey uint32) (uint32, error) {
-	pid, secret := s.cancels.add(target, serverPID, serverKey)
+// proxy's cancel key for tenant's session sess, and ReadyForQuery.
+func (s *Server) greet(c *clientConn, target pool.Target, msgs []pgproto3.BackendMessage, tenant string, sess canceller) (uint32, error) {
+	pid, secret := s.cancels.add(target, tenant, sess)
 	msgs = append(msgs, &pgproto3.BackendKeyData{ProcessID: pid, SecretKey: secret[:]}, &pgproto3.ReadyForQuery{TxStatus: 'I'})
 	if err := c.send(msgs...); err != nil {
 		s.cancels.remove(pid)

@@ -311,18 +311,27 @@ func (s *Server) giveSlot(tenant string) {
 	}
 }
 
-// forwardCancel sends a client's CancelRequest to the server of the
-// session that owns the key, if any. Like PostgreSQL, it answers nothing.
+// forwardCancel sends a client's CancelRequest to the server connection
+// that runs the statement of the session owning the key, if one does
+// (canceller); otherwise the request is dropped. Like PostgreSQL, it
+// answers nothing. It returns once the server has answered, at most
+// CancelTimeout later.
 func (s *Server) forwardCancel(pid uint32, secret []byte) {
-	t, ok := s.cancels.lookup(pid, secret)
+	e, ok := s.cancels.lookup(pid, secret)
 	if !ok {
 		s.log.Debug("cancel request with an unknown key")
 		return
 	}
+	c := e.sess.startCancel()
+	if c == nil {
+		s.log.Debug("cancel request dropped: no statement of the session is running", zap.String("tenant", e.tenant))
+		return
+	}
+	defer e.sess.cancelDone()
 	ctx, cancel := context.WithTimeout(s.ctx, s.live.Load().cfg.CancelTimeout)
 	defer cancel()
-	if err := pool.Cancel(ctx, t.target, t.pid, t.key); err != nil {
-		s.log.Warn("forwarding cancel request failed", zap.Error(err))
+	if err := c.ForwardCancel(ctx, e.target); err != nil {
+		s.log.Warn("forwarding cancel request failed", zap.String("tenant", e.tenant), zap.Error(err))
 	}
 }
 

@@ -6,6 +6,7 @@ import (
 	"io"
 	"net"
 	"os"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -38,6 +39,12 @@ type pinnedSession struct {
 	// wants the client told, written before clientGone is set.
 	clientGone atomic.Bool
 	clientErr  error
+
+	// The client's cancel requests (cancel.go), under cancelMu: one is
+	// in flight (cancelling), the backend was given back (released).
+	cancelMu   sync.Mutex
+	cancelling bool
+	released   bool
 }
 
 // run relays until the session ends, then returns the server connection
@@ -56,6 +63,7 @@ func (ss *pinnedSession) run() {
 	c := <-done
 	reusable := !b.own && b.clean && c.clean
 	ss.bconn.SetDeadline(time.Time{})
+	ss.stopCancels()
 	ss.srv.backends.Release(ss.backend, reusable)
 	reason := b.err
 	if reason == nil {

@@ -109,7 +109,9 @@ func (tx *txSession) setupReply(c *pool.Conn, m pgwire.Message) relayEnd {
 		}
 		return relayFailed
 	case pgwire.ReadyForQuery:
+		tx.mu.Lock()
 		tx.swallow--
+		tx.mu.Unlock()
 	case pgwire.ParameterStatus:
 		tx.parameterStatus(c, m.Body())
 	}

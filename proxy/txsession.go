@@ -69,6 +69,9 @@ type txSession struct {
 	server *pool.Conn
 	// endErr is why the session ended; written with state = ended.
 	endErr error
+	// cancelling: a cancel request of the client's is in flight
+	// (cancel.go). Under mu.
+	cancelling bool
 	// partial: extended-protocol messages were sent since the last Sync,
 	// so the server is mid-batch even when idle. Under mu.
 	partial bool
@@ -79,7 +82,8 @@ type txSession struct {
 
 	// The reader of the server's own, kept across the relays of one
 	// binding: swallow counts setup replies (ReadyForQuery-terminated)
-	// still to come before the client's; status is the last transaction
+	// still to come before the client's (written under mu too: a cancel
+	// request reads it, startCancel); status is the last transaction
 	// status.
 	swallow int
 	status  byte
@@ -178,7 +182,6 @@ func (tx *txSession) bind(c *pool.Conn, queries int) bool {
 	tx.epoch++
 	tx.swallow, tx.status = queries, 'I'
 	tx.mu.Unlock()
-	tx.srv.cancels.rebind(tx.cancelPID, c.PID(), c.SecretKey())
 	return true
 }
 
@@ -205,7 +208,6 @@ func (tx *txSession) unbindLocked(c *pool.Conn, onlyIdle bool) bool {
 	tx.state, tx.server = unbound, nil
 	tx.partial = false
 	tx.replies.clear()
-	tx.srv.cancels.rebind(tx.cancelPID, 0, 0)
 	return true
 }
 
