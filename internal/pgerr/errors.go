@@ -51,6 +51,10 @@ const (
 	CodeBackendUnavailable
 	// CodeMessageTooLarge: a client message exceeds the size limit (FATAL 54000).
 	CodeMessageTooLarge
+	// CodeStatementTooComplex: a statement nests too deeply for the
+	// proxy's parser (ERROR 54001, PostgreSQL's "stack depth limit
+	// exceeded"; the connection stays usable).
+	CodeStatementTooComplex
 
 	// codeCount is the number of codes; it stays last.
 	codeCount
