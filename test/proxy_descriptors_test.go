@@ -82,7 +82,10 @@ func openFDs() int {
 // flood opens count idle TCP connections to addr, parallel at a time,
 // from the loopback addresses sources in turn, and returns them in the
 // order they were opened when parallel is 1 (the order the proxy accepts
-// them in). They send nothing. Every connection is closed when t ends.
+// them in); a connection that could not be opened is nil, and fails t
+// without stopping it, so that the test goes on to show what a real
+// client gets. They send nothing. Every connection is closed when t
+// ends.
 func flood(t *testing.T, addr string, sources []net.IP, count, parallel int) []net.Conn {
 	t.Helper()
 	conns := make([]net.Conn, count)
@@ -95,6 +98,7 @@ func flood(t *testing.T, addr string, sources []net.IP, count, parallel int) []n
 	})
 	var next atomic.Int64
 	var wg sync.WaitGroup
+	var failed atomic.Int64
 	var mu sync.Mutex
 	var first error
 	for range parallel {
@@ -109,10 +113,12 @@ func flood(t *testing.T, addr string, sources []net.IP, count, parallel int) []n
 				d := net.Dialer{Timeout: 30 * time.Second, LocalAddr: &net.TCPAddr{IP: sources[i%len(sources)]}}
 				c, err := d.Dial("tcp", addr)
 				if err != nil {
-					mu.Lock()
-					first = errors.Join(first, fmt.Errorf("connection %d: %w", i, err))
-					mu.Unlock()
-					return
+					if failed.Add(1) == 1 {
+						mu.Lock()
+						first = fmt.Errorf("connection %d: %w", i, err)
+						mu.Unlock()
+					}
+					continue
 				}
 				conns[i] = c
 			}
@@ -120,7 +126,7 @@ func flood(t *testing.T, addr string, sources []net.IP, count, parallel int) []n
 	}
 	wg.Wait()
 	if first != nil {
-		t.Fatalf("opening %d idle connections: %v", count, first)
+		t.Errorf("%d of %d idle connections could not be opened; the first: %v", failed.Load(), count, first)
 	}
 	return conns
 }
@@ -140,6 +146,9 @@ func loopbackSources(block, n int) []net.IP {
 // cap, FATAL 53300, and the close that follows.
 func expectTooManyClients(t *testing.T, c net.Conn) {
 	t.Helper()
+	if c == nil {
+		t.Fatal("the connection was not opened")
+	}
 	c.SetReadDeadline(time.Now().Add(10 * time.Second))
 	msg, err := pgproto3.NewFrontend(c, c).Receive()
 	er, ok := msg.(*pgproto3.ErrorResponse)
@@ -179,16 +188,20 @@ func TestIdleStrangersDoNotLockOutLogins(t *testing.T) {
 	ctx := ctxT(t)
 	baseline := openFDs()
 
-	// One stranger's address: 100 get in, the rest hear 53300 at once.
+	// One stranger's address: 100 get in, the rest hear 53300 at once
+	// (read below).
 	one := flood(t, addr, loopbackSources(2, 1), 150, 1)
-	for _, c := range one[100:] {
-		expectTooManyClients(t, c)
-	}
 	// Then strangers on 200 addresses in turn, about 5 of each in
 	// start-up at a time: the proxy keeps the newest 1,000 and closes
 	// the oldest.
 	many := flood(t, addr, loopbackSources(3, 200), n-len(one), 16)
-	t.Logf("%d idle connections open against the proxy", len(one)+len(many))
+	open := 0
+	for _, c := range append(one, many...) {
+		if c != nil {
+			open++
+		}
+	}
+	t.Logf("%d idle connections open against the proxy", open)
 
 	start := time.Now()
 	conn, err := pgx.Connect(ctx, dsn(addr, "alice.acme", tenantPassword))
@@ -222,6 +235,9 @@ func TestIdleStrangersDoNotLockOutLogins(t *testing.T) {
 		if held > 1000+100 {
 			t.Errorf("the proxy holds about %d descriptors for %d idle connections; want at most its start-up cap (1000)", held, n)
 		}
+	}
+	for _, c := range one[100:] {
+		expectTooManyClients(t, c)
 	}
 	closed := closedByReason(t, reg)
 	if closed["address_cap"] < 50 || closed["evicted"] < float64(n-2000) {
