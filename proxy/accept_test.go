@@ -266,3 +266,23 @@ func TestRefuseTooManyAnswersLikePostgreSQL(t *testing.T) {
 		t.Fatalf("after the error: %v; want EOF", err)
 	}
 }
+
+func TestStartupCapDefaults(t *testing.T) {
+	cfg, err := Config{}.withDefaults()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cfg.MaxStartupConns != 1000 || cfg.MaxStartupConnsPerAddr != 100 {
+		t.Fatalf("zero config: caps %d and %d; want 1000 and 100", cfg.MaxStartupConns, cfg.MaxStartupConnsPerAddr)
+	}
+	cfg, err = Config{MaxStartupConns: -1, MaxStartupConnsPerAddr: -1}.withDefaults()
+	if err != nil || cfg.MaxStartupConns != -1 || cfg.MaxStartupConnsPerAddr != -1 {
+		t.Fatalf("negative caps: %d, %d, %v; want them kept (no cap)", cfg.MaxStartupConns, cfg.MaxStartupConnsPerAddr, err)
+	}
+	var g startupGate
+	for range 5 {
+		if _, v := g.enter(tcpFrom("10.0.0.1"), -1, -1); v != gateAdmitted {
+			t.Fatalf("with no caps: %v", v)
+		}
+	}
+}
