@@ -12,7 +12,8 @@
 // of per-text facts and at most one parse per statement text (Check).
 //
 // Refusals are reasons written for the client; the proxy sends them as
-// ErrorResponses with SQLSTATE 42501 (pgerr.CodeStatementRefused). policy
-// opens no sockets and keeps no per-connection state; a Policy is shared
-// by every connection of a proxy.
+// ErrorResponses with SQLSTATE 42501 (pgerr.CodeStatementRefused), or
+// 54001 for a statement nested too deeply to parse safely (depth.go,
+// CodeOf). policy opens no sockets and keeps no per-connection state; a
+// Policy is shared by every connection of a proxy.
 package policy

@@ -9,7 +9,7 @@ import (
 // Explain is the error a client hears for sql, which Check refused with
 // reason: a syntax error (42601, with the parser's message and position,
 // as the server would report it) when the parser rejected the text, else
-// the refusal (42501). It reads the facts Check cached, so it parses
+// the refusal (42501, or 54001 for text nested too deeply: CodeOf). It reads the facts Check cached, so it parses
 // nothing again.
 func (p *Policy) Explain(sql []byte, reason string) *pgerr.Error {
 	if strings.HasPrefix(reason, reasonUnparsable) {
@@ -17,5 +17,5 @@ func (p *Policy) Explain(sql []byte, reason string) *pgerr.Error {
 			return &pgerr.Error{Code: pgerr.CodeSyntaxError, Msg: f.syntax.Message, Position: f.syntax.Cursorpos}
 		}
 	}
-	return &pgerr.Error{Code: pgerr.CodeStatementRefused, Msg: reason}
+	return &pgerr.Error{Code: CodeOf(reason), Msg: reason}
 }

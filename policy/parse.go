@@ -115,16 +115,31 @@ const (
 )
 
 // analyze parses sql and collects its facts. Text the parser rejects is
-// refused: a statement the proxy cannot read is not forwarded.
-func analyze(sql string) *facts {
+// refused: a statement the proxy cannot read is not forwarded. So is
+// text nested too deeply for the parser's C stack (depth.go).
+func analyze(sql string) *facts { return analyzeBody(sql, 0) }
+
+// maxBodyNesting bounds how many SQL function bodies deep analyze goes
+// (CREATE FUNCTION in a body in a body …): each body is parsed on its
+// own while its outer trees are held, so without a bound one 1 MiB
+// statement of bodies nested a few dozen bytes apart would cost
+// thousands of parses of up to 1 MiB each, and their trees at once.
+const maxBodyNesting = 8
+
+// analyzeBody is analyze of text level function bodies deep.
+func analyzeBody(sql string, level int) *facts {
 	f := &facts{}
+	if level > maxBodyNesting || tooDeep([]byte(sql)) {
+		f.refuse(ReasonTooComplex)
+		return f
+	}
 	res, err := pg_query.Parse(sql)
 	if err != nil {
 		f.refuse(reasonUnparsable + " (" + err.Error() + ")")
 		errors.As(err, &f.syntax)
 		return f
 	}
-	a := analyzer{f: f}
+	a := analyzer{f: f, level: level}
 	for _, s := range res.Stmts {
 		if f.txn == "" {
 			f.txn = txnModeStatement(s.Stmt)
@@ -137,6 +152,8 @@ func analyze(sql string) *facts {
 
 type analyzer struct {
 	f *facts
+	// level is how many function bodies deep the text is.
+	level int
 }
 
 // statement classifies one statement by kind, recursing into the
@@ -254,7 +271,7 @@ func (a *analyzer) function(s *pg_query.CreateFunctionStmt) {
 	}
 	a.f.need(classDDL, "CREATE FUNCTION/PROCEDURE is refused: schema changes are not allowed for this tenant")
 	if body != "" {
-		a.f.merge(analyze(body))
+		a.f.merge(analyzeBody(body, a.level+1))
 	}
 }
 

@@ -34,6 +34,9 @@ type clientConn struct {
 	tls        bool
 	serverName string
 	buf        []byte
+	// slot is the connection's place under the start-up caps, left once
+	// it authenticates (establish).
+	slot *startupSlot
 }
 
 // send encodes msgs and writes them in one write.

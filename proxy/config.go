@@ -71,6 +71,18 @@ type Config struct {
 	// MaxConnsPerTenant caps a tenant's client connections (53300). Zero
 	// means no cap. Live.
 	MaxConnsPerTenant int
+	// MaxStartupConns caps the connections in start-up, from accept to
+	// authentication, over all listeners. At the cap, the oldest
+	// connection still in start-up is closed to make room for the new
+	// one (accept.go says why). Zero means 1000; negative means no cap.
+	// Live (for connections accepted after the reload).
+	MaxStartupConns int
+	// MaxStartupConnsPerAddr caps the connections in start-up from one
+	// source address (an IPv4 address, or an IPv6 /64); over it a new
+	// connection is answered FATAL 53300 "sorry, too many clients
+	// already" and closed. Unix-socket connections count only towards
+	// MaxStartupConns. Zero means 100; negative means no cap. Live.
+	MaxStartupConnsPerAddr int
 	// PoolMode is the default pool mode of tenants whose catalog settings
 	// name none ({"pool_mode": "session"} or "transaction"): PoolSession
 	// or PoolTransaction. Zero means PoolSession. Live.
@@ -101,6 +113,21 @@ const (
 	defaultCancelTimeout      = 5 * time.Second
 	// minStartupPacket fits an SSLRequest: length and code.
 	minStartupPacket = 8
+)
+
+const (
+	// A login spends milliseconds in start-up (the SCRAM exchange and a
+	// catalog look-up, cached), so even a fleet reconnecting at once after
+	// a restart rarely has 1,000 in start-up together, while 1,000 idle
+	// ones cost the proxy only 1,000 goroutines and descriptors (Go
+	// raises the soft limit of open files to the hard one at start).
+	defaultMaxStartupConns = 1000
+	// One host rarely has more than 100 logins in flight at once (pools
+	// and pgbench's threads open connections a few at a time), and 100 per
+	// address keeps one stranger from taking more than a tenth of
+	// MaxStartupConns. Hosts behind one NAT address share it: raise it
+	// for them.
+	defaultMaxStartupConnsPerAddr = 100
 )
 
 // withDefaults fills zero fields and validates the rest, loading TLS
@@ -137,6 +164,12 @@ func (c Config) withDefaults() (Config, error) {
 	}
 	if c.MaxMessageSize < 5 {
 		errs = append(errs, fmt.Errorf("MaxMessageSize %d: too small", c.MaxMessageSize))
+	}
+	if c.MaxStartupConns == 0 {
+		c.MaxStartupConns = defaultMaxStartupConns
+	}
+	if c.MaxStartupConnsPerAddr == 0 {
+		c.MaxStartupConnsPerAddr = defaultMaxStartupConnsPerAddr
 	}
 	if c.MaxConnsPerTenant < 0 {
 		errs = append(errs, fmt.Errorf("MaxConnsPerTenant %d: must not be negative", c.MaxConnsPerTenant))

@@ -84,6 +84,9 @@ func (s *Server) establish(ctx context.Context, c *clientConn, lv *live, p *star
 	if err := s.login(ctx, c, lv, t, id.User); err != nil {
 		return nil, err
 	}
+	// Authenticated: a tenant's client now, under the tenant's caps, no
+	// longer the start-up caps' (accept.go) to count or evict.
+	s.gate.leave(c.slot)
 	if !s.takeSlot(t.Subdomain, lv.cfg.MaxConnsPerTenant) {
 		return nil, pgerr.Errorf(pgerr.CodeTooManyConnections, "too many connections for tenant %q", t.Subdomain)
 	}

@@ -9,6 +9,7 @@ import (
 
 	"github.com/tenantproxy/tenantproxy/internal/pgerr"
 	"github.com/tenantproxy/tenantproxy/internal/pgwire"
+	"github.com/tenantproxy/tenantproxy/policy"
 	"github.com/tenantproxy/tenantproxy/pool"
 )
 
@@ -84,9 +85,10 @@ func fromPool(err error) error {
 	return &pgerr.Error{Code: pgerr.CodeBackendUnavailable, Msg: "could not connect to the tenant's server", Err: err}
 }
 
-// refused is the error of a statement the tenant policy refused.
+// refused is the error of a statement the tenant policy refused: 42501,
+// or 54001 for one nested too deeply to parse (policy.CodeOf).
 func refused(reason string) error {
-	return pgerr.Errorf(pgerr.CodeStatementRefused, "%s", reason)
+	return pgerr.Errorf(policy.CodeOf(reason), "%s", reason)
 }
 
 // Severities an error can be rendered with beyond its code's own.

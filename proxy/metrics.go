@@ -13,6 +13,8 @@ type metrics struct {
 	queries      *prometheus.CounterVec
 	transactions *prometheus.CounterVec
 	authFailures *prometheus.CounterVec
+	// startupClosed counts connections closed in start-up by its caps.
+	startupClosed *prometheus.CounterVec
 }
 
 func newMetrics(reg prometheus.Registerer) (*metrics, error) {
@@ -33,11 +35,15 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 			Name: "tenantproxy_auth_failures_total",
 			Help: "Failed client logins, per tenant and reason (password, rate_limited).",
 		}, []string{"tenant", "reason"}),
+		startupClosed: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "tenantproxy_startup_connections_closed_total",
+			Help: "Connections closed before authentication by the start-up caps, per reason (address_cap: refused over the per-address cap; evicted: the oldest closed at the total cap).",
+		}, []string{"reason"}),
 	}
 	if reg == nil {
 		return m, nil
 	}
-	for _, c := range []prometheus.Collector{m.clients, m.queries, m.transactions, m.authFailures} {
+	for _, c := range []prometheus.Collector{m.clients, m.queries, m.transactions, m.authFailures, m.startupClosed} {
 		if err := reg.Register(c); err != nil {
 			var are prometheus.AlreadyRegisteredError
 			if !errors.As(err, &are) {

@@ -45,6 +45,8 @@ type Server struct {
 	metrics  *metrics
 	cancels  *cancelKeys
 	limiter  *loginLimiter
+	// gate holds the connections still in start-up (accept.go).
+	gate startupGate
 	// dummyKey derives fake SCRAM salts for unknown users.
 	dummyKey []byte
 	listen   []string
@@ -70,6 +72,8 @@ type Server struct {
 type tracked struct {
 	raw  net.Conn
 	sess clientSession
+	// slot is its place under the start-up caps until it authenticates.
+	slot *startupSlot
 }
 
 // New returns a Server that looks tenants up in dir and takes server
@@ -161,7 +165,9 @@ func (s *Server) ListenAndServe() error {
 }
 
 // Serve accepts connections on l until Shutdown (ErrServerClosed) or an
-// accept error. It closes l.
+// accept error that no retry can clear (the listener closed or broken).
+// Running out of descriptors or memory is not one: Serve pauses (up to
+// 1 s, doubling) and accepts again. It closes l.
 func (s *Server) Serve(l net.Listener) error {
 	s.mu.Lock()
 	if s.closing {
@@ -179,26 +185,30 @@ func (s *Server) Serve(l net.Listener) error {
 		s.mu.Unlock()
 		l.Close()
 	}()
+	var backoff acceptBackoff
+	var capLogs [2]rateLog
 	for {
 		conn, err := l.Accept()
 		if err != nil {
-			s.mu.Lock()
-			closing := s.closing
-			s.mu.Unlock()
-			if closing {
+			if s.isClosing() {
 				return ErrServerClosed
 			}
-			var ne net.Error
-			if errors.As(err, &ne) && ne.Timeout() {
-				time.Sleep(10 * time.Millisecond)
-				continue
+			if !retryable(err) {
+				return fmt.Errorf("proxy: accept: %w", err)
 			}
-			return fmt.Errorf("proxy: accept: %w", err)
+			time.Sleep(backoff.failed(s.log, err))
+			continue
 		}
-		t := &tracked{raw: conn}
+		backoff.succeeded()
+		slot := s.admitStartup(conn, s.live.Load(), &capLogs)
+		if slot == nil {
+			continue
+		}
+		t := &tracked{raw: conn, slot: slot}
 		s.mu.Lock()
 		if s.closing {
 			s.mu.Unlock()
+			s.gate.leave(slot)
 			conn.Close()
 			return ErrServerClosed
 		}
@@ -213,16 +223,17 @@ func (s *Server) Serve(l net.Listener) error {
 func (s *Server) handle(t *tracked) {
 	defer s.handlers.Done()
 	defer func() {
+		s.gate.leave(t.slot)
 		s.mu.Lock()
 		delete(s.conns, t)
 		s.mu.Unlock()
 		t.raw.Close()
 	}()
+	// The accept loop has set the start-up deadline (admitStartup).
 	lv := s.live.Load()
-	t.raw.SetDeadline(time.Now().Add(lv.cfg.StartupTimeout))
 	ctx, cancel := context.WithTimeout(s.ctx, lv.cfg.StartupTimeout)
 	defer cancel()
-	c := &clientConn{raw: t.raw, conn: t.raw}
+	c := &clientConn{raw: t.raw, conn: t.raw, slot: t.slot}
 	ss, err := s.start(ctx, c, lv)
 	if err != nil {
 		s.refuse(c, err)

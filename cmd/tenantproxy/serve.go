@@ -42,6 +42,9 @@ type serveFlags struct {
 	startupTimeout    time.Duration
 	drainTimeout      time.Duration
 
+	maxStartupConns        int
+	maxStartupConnsPerAddr int
+
 	poolMode         string
 	poolMaxConns     int
 	poolMaxPerTenant int
@@ -68,6 +71,8 @@ func (f *serveFlags) register(fs *pflag.FlagSet, defaultAuth string) {
 	fs.StringVar(&f.auth, "auth", defaultAuth, "client authentication: scram-sha-256, or trust (demos only)")
 	fs.IntVar(&f.maxConnsPerTenant, "max-conns-per-tenant", 0, "client connections one tenant may hold; 0 means no cap")
 	fs.DurationVar(&f.startupTimeout, "startup-timeout", 15*time.Second, "time a client has from connect to ready (TLS, startup, auth)")
+	fs.IntVar(&f.maxStartupConns, "max-startup-conns", 1000, "connections not yet authenticated, in all; at the cap the oldest of them is closed for the new one; -1 means no cap")
+	fs.IntVar(&f.maxStartupConnsPerAddr, "max-startup-conns-per-addr", 100, "connections not yet authenticated from one IPv4 address or IPv6 /64; over it new ones get 53300; -1 means no cap")
 	fs.DurationVar(&f.drainTimeout, "drain-timeout", 30*time.Second, "on SIGTERM, time open sessions get before they are ended with 57P01")
 	fs.StringVar(&f.poolMode, "pool-mode", proxy.PoolSession, "default pool mode of tenants whose settings name none: session (a server connection per client) or transaction (per transaction)")
 	fs.IntVar(&f.poolMaxConns, "pool-max-conns", 20, "server connections per (backend, database, role)")
@@ -102,6 +107,9 @@ func (f *serveFlags) proxyConfig(log *zap.Logger, reg prometheus.Registerer) pro
 		DrainTimeout:      f.drainTimeout,
 		Logger:            log,
 		Registerer:        reg,
+
+		MaxStartupConns:        f.maxStartupConns,
+		MaxStartupConnsPerAddr: f.maxStartupConnsPerAddr,
 	}
 }
 

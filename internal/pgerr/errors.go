@@ -54,6 +54,10 @@ const (
 	// CodeSyntaxError: the proxy's parser rejected a statement (ERROR
 	// 42601, with its position, as the server would say).
 	CodeSyntaxError
+	// CodeStatementTooComplex: a statement nests too deeply for the
+	// proxy's parser (ERROR 54001, PostgreSQL's "stack depth limit
+	// exceeded"; the connection stays usable).
+	CodeStatementTooComplex
 
 	// codeCount is the number of codes; it stays last.
 	codeCount

@@ -32,6 +32,7 @@ var codes = [codeCount]row{
 	CodeBackendUnavailable:  {"CodeBackendUnavailable", "08006", true},
 	CodeMessageTooLarge:     {"CodeMessageTooLarge", "54000", true},
 	CodeSyntaxError:         {"CodeSyntaxError", "42601", false},
+	CodeStatementTooComplex: {"CodeStatementTooComplex", "54001", false},
 }
 
 // rowOf returns c's row; a value outside the enum gets CodeInternal's,
