@@ -13,9 +13,12 @@ type metrics struct {
 	queries      *prometheus.CounterVec
 	transactions *prometheus.CounterVec
 	authFailures *prometheus.CounterVec
+	buffered     prometheus.GaugeFunc
 }
 
-func newMetrics(reg prometheus.Registerer) (*metrics, error) {
+// newMetrics builds the proxy's metrics; buffered reads the bytes held
+// for long client messages.
+func newMetrics(reg prometheus.Registerer, buffered func() float64) (*metrics, error) {
 	m := &metrics{
 		clients: prometheus.NewGaugeVec(prometheus.GaugeOpts{
 			Name: "tenantproxy_client_connections",
@@ -33,11 +36,15 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 			Name: "tenantproxy_auth_failures_total",
 			Help: "Failed client logins, per tenant and reason (password, rate_limited).",
 		}, []string{"tenant", "reason"}),
+		buffered: prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "tenantproxy_buffered_message_bytes",
+			Help: "Memory held for client messages over 64 KiB read whole, as charged against MaxBufferedBytes (transaction mode counts a message twice).",
+		}, buffered),
 	}
 	if reg == nil {
 		return m, nil
 	}
-	for _, c := range []prometheus.Collector{m.clients, m.queries, m.transactions, m.authFailures} {
+	for _, c := range []prometheus.Collector{m.clients, m.queries, m.transactions, m.authFailures, m.buffered} {
 		if err := reg.Register(c); err != nil {
 			var are prometheus.AlreadyRegisteredError
 			if !errors.As(err, &are) {

@@ -39,6 +39,7 @@ type serveFlags struct {
 	auth          string
 
 	maxConnsPerTenant int
+	maxBufferedBytes  int
 	startupTimeout    time.Duration
 	drainTimeout      time.Duration
 
@@ -67,6 +68,7 @@ func (f *serveFlags) register(fs *pflag.FlagSet, defaultAuth string) {
 	fs.StringVar(&f.userSeparator, "user-separator", ".", "separates user name and tenant in the user source")
 	fs.StringVar(&f.auth, "auth", defaultAuth, "client authentication: scram-sha-256, or trust (demos only)")
 	fs.IntVar(&f.maxConnsPerTenant, "max-conns-per-tenant", 0, "client connections one tenant may hold; 0 means no cap")
+	fs.IntVar(&f.maxBufferedBytes, "max-buffered-bytes", 256<<20, "memory all clients together may hold for messages over 64 KiB that are read whole (statements, to check them; transaction mode counts them twice); a client whose message does not fit waits up to 5s, then gets FATAL 53200; 0 means 256 MiB, negative no cap; reloaded on SIGHUP")
 	fs.DurationVar(&f.startupTimeout, "startup-timeout", 15*time.Second, "time a client has from connect to ready (TLS, startup, auth)")
 	fs.DurationVar(&f.drainTimeout, "drain-timeout", 30*time.Second, "on SIGTERM, time open sessions get before they are ended with 57P01")
 	fs.StringVar(&f.poolMode, "pool-mode", proxy.PoolSession, "default pool mode of tenants whose settings name none: session (a server connection per client) or transaction (per transaction)")
@@ -97,6 +99,7 @@ func (f *serveFlags) proxyConfig(log *zap.Logger, reg prometheus.Registerer) pro
 		},
 		AuthMethod:        f.auth,
 		MaxConnsPerTenant: f.maxConnsPerTenant,
+		MaxBufferedBytes:  f.maxBufferedBytes,
 		PoolMode:          f.poolMode,
 		StartupTimeout:    f.startupTimeout,
 		DrainTimeout:      f.drainTimeout,

@@ -51,6 +51,10 @@ const (
 	CodeBackendUnavailable
 	// CodeMessageTooLarge: a client message exceeds the size limit (FATAL 54000).
 	CodeMessageTooLarge
+	// CodeOutOfMemory: a client message does not fit in the memory the
+	// proxy may hold for messages (FATAL 53200, PostgreSQL's out_of_memory;
+	// the rest of the message is never read, so the connection ends).
+	CodeOutOfMemory
 
 	// codeCount is the number of codes; it stays last.
 	codeCount

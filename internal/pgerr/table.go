@@ -31,6 +31,7 @@ var codes = [codeCount]row{
 	CodeFeatureNotSupported: {"CodeFeatureNotSupported", "0A000", true},
 	CodeBackendUnavailable:  {"CodeBackendUnavailable", "08006", true},
 	CodeMessageTooLarge:     {"CodeMessageTooLarge", "54000", true},
+	CodeOutOfMemory:         {"CodeOutOfMemory", "53200", true},
 }
 
 // rowOf returns c's row; a value outside the enum gets CodeInternal's,
