@@ -68,6 +68,19 @@ type Config struct {
 	// MaxMessageSize bounds a client message in bytes once the session
 	// runs. Zero means 64 MiB. Live.
 	MaxMessageSize int
+	// MaxBufferedBytes caps the memory all sessions together hold for
+	// client messages longer than pgwire.MaxRetained (64 KiB) that the
+	// proxy reads whole: statements (Query, Parse), which the policy must
+	// see whole, and in transaction mode every message. A session
+	// holds one only while passing it on; transaction mode counts it
+	// twice (read, then copied into the write to the server). A client
+	// whose message does not fit waits up to 5 s for others to be passed
+	// on, then gets FATAL 53200 and is disconnected without the rest
+	// being read. Zero means 256 MiB (four messages of MaxMessageSize's
+	// default at once in session mode, two in transaction mode); negative
+	// means no cap. Live: Reload changes the cap for every session at
+	// once; what is held stays held.
+	MaxBufferedBytes int
 	// MaxConnsPerTenant caps a tenant's client connections (53300). Zero
 	// means no cap. Live.
 	MaxConnsPerTenant int
@@ -109,6 +122,7 @@ const (
 	defaultStartupTimeout     = 15 * time.Second
 	defaultMaxStartupPacket   = 10000
 	defaultMaxMessageSize     = 64 << 20
+	defaultMaxBufferedBytes   = 256 << 20
 	defaultDrainTimeout       = 30 * time.Second
 	defaultCancelTimeout      = 5 * time.Second
 	// minStartupPacket fits an SSLRequest: length and code.
@@ -170,6 +184,9 @@ func (c Config) withDefaults() (Config, error) {
 	}
 	if c.MaxStartupConnsPerAddr == 0 {
 		c.MaxStartupConnsPerAddr = defaultMaxStartupConnsPerAddr
+	}
+	if c.MaxBufferedBytes == 0 {
+		c.MaxBufferedBytes = defaultMaxBufferedBytes
 	}
 	if c.MaxConnsPerTenant < 0 {
 		errs = append(errs, fmt.Errorf("MaxConnsPerTenant %d: must not be negative", c.MaxConnsPerTenant))

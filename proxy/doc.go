@@ -19,6 +19,7 @@
 //	txrelay.go        transaction mode: relaying the bound connection's replies
 //	stmts.go          transaction mode: prepared statements carried across connections (rewriter)
 //	idleread.go       transaction mode: an idle client holds no read buffer
+//	buffers.go        memory for client messages held whole: given back once passed on, capped server-wide
 //	cancel.go         cancel keys
 //	errors.go         classify and render errors: pool, server, policy and framing errors meet here
 //	server.go         lifecycle: Serve, Shutdown (drain, then kill), Reload
@@ -38,5 +39,8 @@
 // direction, which the handler waits for before releasing the server
 // connection. A transaction-mode session relays on the handler goroutine
 // itself and adds one only while the client goes on sending as the server
-// answers (COPY FROM STDIN, pipelined batches); run waits for it.
+// answers (COPY FROM STDIN, pipelined batches); run waits for it. After
+// long messages were given back, the buffer budget returns memory to the
+// operating system on a timer's goroutine, which ends when that is done;
+// Shutdown stops the timer.
 package proxy

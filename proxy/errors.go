@@ -74,6 +74,15 @@ func classify(err error) clientErr {
 	return clientErr{code: pgerr.CodeInternal, msg: "internal error in tenantproxy"}
 }
 
+// clientsFault reports whether err, which ended the reading of a
+// client's messages, is the client's own doing that it must be told of
+// before its connection closes: a message over the size limit, an invalid
+// length, or a message there was no memory for (53200).
+func clientsFault(err error) bool {
+	var tooLarge *pgwire.TooLargeError
+	return errors.As(err, &tooLarge) || errors.Is(err, pgwire.ErrInvalidLength) || pgerr.CodeOf(err) == pgerr.CodeOutOfMemory
+}
+
 // fromPool turns an Acquire failure into an error classify knows: what the
 // pool did not decide itself (a dial or TLS failure) is the tenant's
 // server being unreachable.

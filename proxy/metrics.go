@@ -15,9 +15,12 @@ type metrics struct {
 	authFailures *prometheus.CounterVec
 	// startupClosed counts connections closed in start-up by its caps.
 	startupClosed *prometheus.CounterVec
+	buffered      prometheus.GaugeFunc
 }
 
-func newMetrics(reg prometheus.Registerer) (*metrics, error) {
+// newMetrics builds the proxy's metrics; buffered reads the bytes held
+// for long client messages.
+func newMetrics(reg prometheus.Registerer, buffered func() float64) (*metrics, error) {
 	m := &metrics{
 		clients: prometheus.NewGaugeVec(prometheus.GaugeOpts{
 			Name: "tenantproxy_client_connections",
@@ -39,11 +42,15 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 			Name: "tenantproxy_startup_connections_closed_total",
 			Help: "Connections closed before authentication by the start-up caps, per reason (address_cap: refused over the per-address cap; evicted: the oldest closed at the total cap).",
 		}, []string{"reason"}),
+		buffered: prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "tenantproxy_buffered_message_bytes",
+			Help: "Memory held for client messages over 64 KiB read whole, as charged against MaxBufferedBytes (transaction mode counts a message twice).",
+		}, buffered),
 	}
 	if reg == nil {
 		return m, nil
 	}
-	for _, c := range []prometheus.Collector{m.clients, m.queries, m.transactions, m.authFailures, m.startupClosed} {
+	for _, c := range []prometheus.Collector{m.clients, m.queries, m.transactions, m.authFailures, m.startupClosed, m.buffered} {
 		if err := reg.Register(c); err != nil {
 			var are prometheus.AlreadyRegisteredError
 			if !errors.As(err, &are) {

@@ -47,6 +47,8 @@ type Server struct {
 	limiter  *loginLimiter
 	// gate holds the connections still in start-up (accept.go).
 	gate startupGate
+	// buffers caps the memory held for long client messages.
+	buffers *bufferBudget
 	// dummyKey derives fake SCRAM salts for unknown users.
 	dummyKey []byte
 	listen   []string
@@ -84,7 +86,8 @@ func New(cfg Config, dir router.Directory, backends Backends) (*Server, error) {
 		return nil, err
 	}
 	resolver := router.NewResolver(dir)
-	m, err := newMetrics(cfg.Registerer)
+	buffers := newBufferBudget(int64(cfg.MaxBufferedBytes))
+	m, err := newMetrics(cfg.Registerer, func() float64 { return float64(buffers.inUse()) })
 	if err != nil {
 		return nil, fmt.Errorf("proxy: metrics: %w", err)
 	}
@@ -94,6 +97,7 @@ func New(cfg Config, dir router.Directory, backends Backends) (*Server, error) {
 	s := &Server{
 		log: cfg.Logger, resolver: resolver, policy: policy.New(),
 		backends: backends, metrics: m, cancels: newCancelKeys(), limiter: newLoginLimiter(),
+		buffers:  buffers,
 		dummyKey: key, listen: cfg.Listen, unix: cfg.UnixSocket, ctx: ctx, cancel: cancel,
 		listeners: make(map[net.Listener]struct{}), conns: make(map[*tracked]struct{}), perTenant: make(map[string]int),
 	}
@@ -113,6 +117,7 @@ func (s *Server) Reload(cfg Config) error {
 	old := s.live.Load().cfg
 	cfg.Listen, cfg.UnixSocket, cfg.Logger, cfg.Registerer = old.Listen, old.UnixSocket, old.Logger, old.Registerer
 	s.live.Store(&live{cfg: cfg})
+	s.buffers.setMax(int64(cfg.MaxBufferedBytes))
 	s.log.Info("configuration reloaded")
 	return nil
 }
@@ -352,6 +357,7 @@ func (s *Server) forwardCancel(pid uint32, secret []byte) {
 // goroutine. It returns ctx's error if ctx ended before they all finished.
 // It does not close the Backends.
 func (s *Server) Shutdown(ctx context.Context) error {
+	defer s.buffers.close()
 	s.mu.Lock()
 	s.closing = true
 	for l := range s.listeners {

@@ -117,6 +117,8 @@ func (ss *pinnedSession) forwardClient() clientResult {
 	sc.Reset(src, ss.bconn)
 	sc.SetMaxBody(ss.maxMsg)
 	sc.Whole(pgwire.Query, pgwire.Parse)
+	sc.SetBuffers(&messageBuffers{budget: ss.srv.buffers, copies: sessionCopies})
+	defer sc.Release()
 	for {
 		m, err := sc.Next()
 		if err != nil {

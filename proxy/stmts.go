@@ -82,6 +82,9 @@ func (rw *rewriter) rewrite(out, m []byte, cs stmtSet, epoch uint64, q expecter)
 func (rw *rewriter) parse(out, m []byte, cs stmtSet, epoch uint64, q expecter) []byte {
 	name, rest, ok := pgwire.CString(m[5:])
 	if !ok || len(name) == 0 {
+		if cap(rw.unnamed) > pgwire.MaxRetained {
+			rw.unnamed = nil // a long statement's room goes with it
+		}
 		rw.unnamed = append(rw.unnamed[:0], m...)
 		rw.unnamedEpoch = epoch
 		q.push(reply{kind: replyParse})

@@ -20,6 +20,8 @@ func (tx *txSession) clientLoop() error {
 	sc := &tx.clientScan
 	sc.SetMaxBody(tx.maxMsg)
 	sc.WholeAll()
+	sc.SetBuffers(&messageBuffers{budget: tx.srv.buffers, copies: txCopies})
+	defer sc.Release()
 	var src *bufio.Reader
 	defer func() {
 		if src != nil {
@@ -47,7 +49,9 @@ func (tx *txSession) clientLoop() error {
 			return nil
 		}
 		tx.in = m.Bytes
-		if err := tx.handle(m.Type); err != nil {
+		err = tx.handle(m.Type)
+		tx.in = nil // the scanner's, given back by the next call on it
+		if err != nil {
 			return err
 		}
 		sc.Forward() // consumed: the scanner has no destination
@@ -140,6 +144,12 @@ func (tx *txSession) handle(typ byte) error {
 	// here: the reader of the server finds the same failure.
 	tx.mu.Unlock()
 	c.NetConn().Write(tx.out)
+	// Passed on: a long message's buffers go now, not after the replies.
+	tx.clientScan.Forward()
+	tx.in = nil
+	if cap(tx.out) > pgwire.MaxRetained {
+		tx.out = nil
+	}
 	return tx.awaitReplies(c)
 }
 
@@ -147,6 +157,12 @@ func (tx *txSession) handle(typ byte) error {
 // is already buffered: it goes in the same write. Reading it otherwise
 // would wait for more.
 func (tx *txSession) pipelined() bool {
+	if len(tx.in) > pgwire.MaxRetained {
+		// A long message goes alone: reading on would give back its
+		// buffer, and its charge against MaxBufferedBytes, while its
+		// copy in tx.out still waits to be written.
+		return false
+	}
 	typ, ok := tx.clientScan.Peek()
 	return ok && typ != pgwire.Terminate
 }

@@ -132,6 +132,9 @@ func (tx *txSession) run() {
 	reason := cerr
 	if err, ok := tx.endReason(); ok {
 		reason = err
+	} else if clientsFault(cerr) {
+		// Nobody else writes to the client now.
+		tx.client.Write(encodeError(cerr, fatal))
 	}
 	tx.ended(reason, zap.String("pool_mode", PoolTransaction))
 }

@@ -44,6 +44,8 @@ type proxyEnv struct {
 	cluster *pgcluster.Cluster
 	cat     *catalog.Catalog
 	pool    *pool.Manager
+	// catalogDSN reaches the catalog, for a proxy run as its own process.
+	catalogDSN string
 }
 
 // newProxyEnv builds the environment on a private cluster with default
@@ -78,7 +80,7 @@ func newProxyEnvWith(t testing.TB, opts pgcluster.Options, poolCfg pool.Config) 
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { mgr.Close() })
-	return &proxyEnv{cluster: c, cat: cat, pool: mgr}
+	return &proxyEnv{cluster: c, cat: cat, pool: mgr, catalogDSN: dsn}
 }
 
 // startProxy is StartProxy over e's catalog and pool.

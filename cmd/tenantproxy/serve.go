@@ -39,6 +39,7 @@ type serveFlags struct {
 	auth          string
 
 	maxConnsPerTenant int
+	maxBufferedBytes  int
 	startupTimeout    time.Duration
 	drainTimeout      time.Duration
 
@@ -70,6 +71,7 @@ func (f *serveFlags) register(fs *pflag.FlagSet, defaultAuth string) {
 	fs.StringVar(&f.userSeparator, "user-separator", ".", "separates user name and tenant in the user source")
 	fs.StringVar(&f.auth, "auth", defaultAuth, "client authentication: scram-sha-256, or trust (demos only)")
 	fs.IntVar(&f.maxConnsPerTenant, "max-conns-per-tenant", 0, "client connections one tenant may hold; 0 means no cap")
+	fs.IntVar(&f.maxBufferedBytes, "max-buffered-bytes", 256<<20, "memory all clients together may hold for messages over 64 KiB that are read whole (statements, to check them; transaction mode counts them twice); a client whose message does not fit waits up to 5s, then gets FATAL 53200; 0 means 256 MiB, negative no cap; reloaded on SIGHUP")
 	fs.DurationVar(&f.startupTimeout, "startup-timeout", 15*time.Second, "time a client has from connect to ready (TLS, startup, auth)")
 	fs.IntVar(&f.maxStartupConns, "max-startup-conns", 1000, "connections not yet authenticated, in all; at the cap the oldest of them is closed for the new one; -1 means no cap")
 	fs.IntVar(&f.maxStartupConnsPerAddr, "max-startup-conns-per-addr", 100, "connections not yet authenticated from one IPv4 address or IPv6 /64; over it new ones get 53300; -1 means no cap")
@@ -102,6 +104,7 @@ func (f *serveFlags) proxyConfig(log *zap.Logger, reg prometheus.Registerer) pro
 		},
 		AuthMethod:        f.auth,
 		MaxConnsPerTenant: f.maxConnsPerTenant,
+		MaxBufferedBytes:  f.maxBufferedBytes,
 		PoolMode:          f.poolMode,
 		StartupTimeout:    f.startupTimeout,
 		DrainTimeout:      f.drainTimeout,

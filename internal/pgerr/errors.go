@@ -58,6 +58,10 @@ const (
 	// proxy's parser (ERROR 54001, PostgreSQL's "stack depth limit
 	// exceeded"; the connection stays usable).
 	CodeStatementTooComplex
+	// CodeOutOfMemory: a client message does not fit in the memory the
+	// proxy may hold for messages (FATAL 53200, PostgreSQL's out_of_memory;
+	// the rest of the message is never read, so the connection ends).
+	CodeOutOfMemory
 
 	// codeCount is the number of codes; it stays last.
 	codeCount

@@ -82,6 +82,7 @@ func TestREADMEErrorTable(t *testing.T) {
 		{CodeTooManyConnections, true, "53300"},
 		{CodeRateLimited, false, "53400"},
 		{CodeShuttingDown, true, "57P01"},
+		{CodeOutOfMemory, true, "53200"},
 		{CodeInternal, true, "XX000"},
 	} {
 		if tt.code.Fatal() != tt.fatal || tt.code.SQLState() != tt.sqlstate {

@@ -33,6 +33,7 @@ var codes = [codeCount]row{
 	CodeMessageTooLarge:     {"CodeMessageTooLarge", "54000", true},
 	CodeSyntaxError:         {"CodeSyntaxError", "42601", false},
 	CodeStatementTooComplex: {"CodeStatementTooComplex", "54001", false},
+	CodeOutOfMemory:         {"CodeOutOfMemory", "53200", true},
 }
 
 // rowOf returns c's row; a value outside the enum gets CodeInternal's,

@@ -20,14 +20,19 @@
 // calls Flush, Discard or Write. A message longer than the read buffer
 // streams through it a buffer at a time, unless its type is asked for
 // whole (Whole, WholeAll): then it is read into a buffer of the
-// Scanner's own, allocated once at the largest size seen, and written on
-// its own when forwarded. A nil destination consumes what is forwarded.
+// Scanner's own, kept for the next such message only up to MaxRetained
+// (so that one huge message does not stay pinned for the connection's
+// life), or lent for that message by the caller's Buffers (SetBuffers),
+// which can bound that memory across Scanners; it is written on its own
+// when forwarded. A nil destination consumes what is forwarded.
 //
 // # Ownership
 //
 // Message.Bytes belongs to the Scanner and is valid until the next call
-// on it (Next, Forward, Discard, Write, Flush, Reset): a caller that
-// keeps any of it copies it. Bytes handed to Write are written before it
+// on it (Next, Forward, Discard, Write, Flush, Reset, Release): a caller
+// that keeps any of it copies it, and one that holds on to it past that
+// call (in a field, say) keeps a buffer alive that the Scanner meant to
+// free or give back. Bytes handed to Write are written before it
 // returns and not kept.
 //
 // # Errors
@@ -42,7 +47,9 @@
 // ended cleanly). A write error comes back as a *WriteError wrapping the
 // destination's error, so "the source failed" and "the destination
 // failed" stay apart; the destination's state is unknown and the Scanner
-// should be abandoned. ErrInvalidLength (a length below 4, negative
+// should be abandoned (Release gives back what it holds). An error from
+// Buffers.Get comes back from Next as it is, with nothing of the message
+// consumed. ErrInvalidLength (a length below 4, negative
 // included) and *TooLargeError (a body over SetMaxBody's limit, reported
 // before any of the body is read or allocated) mean the stream cannot be
 // framed any further; what was forwarded before it may still be pending,

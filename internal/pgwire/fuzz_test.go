@@ -99,7 +99,10 @@ func frameRef(stream []byte, maxBody int) (msgs [][]byte, end int, partial []byt
 // never a panic or hang; after a read error Next resumes, and
 // AtBoundary() && Buffered() == 0 is true exactly when the source is at a
 // message boundary with nothing buffered; Peek is true exactly when Next
-// returns the following message whole without reading.
+// returns the following message whole without reading; with Buffers
+// (whose Get fails at random, like a wake) every buffer lent is given
+// back, one at a time, and without them the Scanner keeps none over
+// MaxRetained.
 //
 // cfg picks the configuration (configOf), stream is the source, and
 // decisions[i%len] decides message i: bits 0-1 the action (forward,
@@ -174,6 +177,12 @@ func checkScanner(t *testing.T, c fuzzConfig, decisions, stream []byte) {
 		sc.Whole(wholeTypes[btoi(c.backend)]...)
 	case 2:
 		sc.WholeAll()
+	}
+	var l *lender
+	if rng.IntN(2) == 0 {
+		// A Get that fails is retried like a wake.
+		l = &lender{fail: func() bool { return rng.IntN(4) == 0 }}
+		sc.SetBuffers(l)
 	}
 
 	clean := func() bool { return sc.AtBoundary() && sc.Buffered() == 0 }
@@ -310,6 +319,12 @@ func checkScanner(t *testing.T, c fuzzConfig, decisions, stream []byte) {
 		if !errors.As(err, &tooLarge) || tooLarge.Size != partialSize || tooLarge.Max != c.max {
 			t.Fatalf("ended with %v; want a TooLargeError of %d over %d", err, partialSize, c.max)
 		}
+	}
+	sc.Release()
+	if l != nil {
+		l.check(t)
+	} else if cap(sc.big) > MaxRetained {
+		t.Fatalf("the Scanner keeps a buffer of %d bytes; want at most %d", cap(sc.big), MaxRetained)
 	}
 }
 

@@ -30,6 +30,37 @@ type WriteError struct{ Err error }
 func (e *WriteError) Error() string { return "pgwire: write: " + e.Err.Error() }
 func (e *WriteError) Unwrap() error { return e.Err }
 
+// MaxRetained is the largest buffer a Scanner keeps for the next message
+// after reading a message whole that was longer than its read buffer;
+// a bigger one is dropped (or given back to its Buffers) as soon as its
+// message is passed on. Below it, keeping the buffer saves an allocation
+// per message for the statements of ordinary clients (ORM queries and
+// batched INSERTs of tens of KiB) at a bounded cost per connection;
+// above it, allocating afresh costs less than the message itself does
+// (zeroing 64 KiB takes microseconds, reading it from a socket and
+// having PostgreSQL parse it takes far longer), while keeping it would
+// let one message, up to the body limit, stay pinned for the
+// connection's life.
+const MaxRetained = 64 << 10
+
+// Buffers lends a Scanner the buffers it reads messages into that are
+// asked for whole and longer than its read buffer, so that their owner
+// can account for that memory and bound it across many Scanners. A
+// Scanner asks for one buffer per such message and gives it back as soon
+// as it is done with that message.
+type Buffers interface {
+	// Get returns a buffer of length n for one message, or an error,
+	// which Next returns as it is: the message is then not read (its
+	// header stays buffered, nothing of it is consumed) and calling Next
+	// again asks again.
+	Get(n int) ([]byte, error)
+	// Put takes back a buffer Get returned, as Get returned it, when the
+	// Scanner is done with its message: passed on or dropped (by the
+	// call that does so), or abandoned at Reset or Release. The message's
+	// bytes must not be used after that.
+	Put(b []byte)
+}
+
 // Message is the message a Scanner stopped at.
 type Message struct {
 	// Type is the message type byte.
@@ -71,7 +102,8 @@ const (
 // The zero value is unusable; call Reset. A Scanner makes no allocation
 // per message: only a message asked for whole that is longer than the
 // read buffer is read into a buffer of the Scanner's own, grown as
-// needed up to the body limit.
+// needed up to the body limit and kept for the next one only up to
+// MaxRetained, or lent by SetBuffers's Buffers for that message alone.
 //
 // After a read error (a deadline used to interrupt a blocked read, the
 // source closing) nothing is lost: whatever was forwarded was written
@@ -93,15 +125,52 @@ type Scanner struct {
 	// from the source (buffered or not); got, for curFill, how much of it
 	// is in big.
 	size, rest, got int
-	big             []byte
+	// big holds a message read whole that is longer than the read buffer
+	// (curFill, curBig); lent says it came from bufs and goes back to it
+	// when the message is done.
+	big  []byte
+	lent bool
+	bufs Buffers
 }
 
 // Reset makes s read r and write forwarded messages to w. A nil w
 // consumes forwarded messages (the caller copies what it needs). Settings
-// (SetMaxBody, Whole) are kept.
+// (SetMaxBody, Whole, SetBuffers) are kept; a message read whole that was
+// not done with is given back, as by Release.
 func (s *Scanner) Reset(r *bufio.Reader, w io.Writer) {
+	s.release()
 	s.r, s.w = r, w
 	s.pend, s.state, s.size, s.rest = 0, curNone, 0, 0
+}
+
+// Release gives back the buffer of a message read whole that the Scanner
+// still holds (the current one, or one being read when a read failed) to
+// its Buffers, or drops it if it is the Scanner's own and over
+// MaxRetained. Call it when done with the Scanner: it forgets the current
+// message, so Reset it before using it again.
+func (s *Scanner) Release() {
+	s.release()
+	s.state = curNone
+}
+
+// release is done with the message in big.
+func (s *Scanner) release() {
+	switch {
+	case s.lent:
+		s.bufs.Put(s.big)
+		s.big, s.lent = nil, false
+	case cap(s.big) > MaxRetained:
+		s.big = nil
+	}
+}
+
+// SetBuffers makes s read every message asked for whole that is longer
+// than its read buffer into a buffer b lends for that message alone; nil
+// means the Scanner's own buffer (see MaxRetained). Set it before the
+// first Next; it is kept across Resets.
+func (s *Scanner) SetBuffers(b Buffers) {
+	s.release()
+	s.bufs = b
 }
 
 // SetMaxBody bounds the body of every message; 0 means no bound.
@@ -126,7 +195,9 @@ func (s *Scanner) WholeAll() {
 // returns the next one. Errors: a read error of the source as returned
 // by it (retry by calling Next again), ErrInvalidLength or a
 // *TooLargeError for a bad header (the stream cannot be framed any more),
-// or a *WriteError.
+// a *WriteError, or the error of Buffers.Get for a message it could not
+// lend a buffer for (nothing of that message is consumed; calling Next
+// again asks again).
 func (s *Scanner) Next() (Message, error) {
 	if s.state == curFill {
 		return s.readBig()
@@ -162,8 +233,8 @@ func (s *Scanner) Next() (Message, error) {
 		if err := s.Flush(); err != nil {
 			return Message{}, err
 		}
-		if cap(s.big) < size {
-			s.big = make([]byte, size)
+		if err := s.grow(size); err != nil {
+			return Message{}, err
 		}
 		s.state, s.got = curFill, 0
 		return s.readBig()
@@ -173,6 +244,24 @@ func (s *Scanner) Next() (Message, error) {
 	}
 	s.state = curBuffer
 	return Message{Type: typ, Len: size - HeaderSize, Bytes: buf[s.pend : s.pend+size], Whole: true}, nil
+}
+
+// grow makes big hold size bytes for the message about to be read into
+// it: lent by bufs, else the Scanner's own.
+func (s *Scanner) grow(size int) error {
+	s.release()
+	if s.bufs != nil {
+		b, err := s.bufs.Get(size)
+		if err != nil {
+			return err
+		}
+		s.big, s.lent = b, true
+		return nil
+	}
+	if cap(s.big) < size {
+		s.big = make([]byte, size)
+	}
+	return nil
 }
 
 // fill writes what is pending and waits until n bytes are buffered. On a
@@ -225,6 +314,7 @@ func (s *Scanner) Forward() error {
 		if err := s.Write(s.big[:s.size]); err != nil {
 			return err
 		}
+		s.release()
 	case curLong:
 		return s.stream(true)
 	case curDrop:
@@ -247,6 +337,8 @@ func (s *Scanner) Discard() error {
 			return err
 		}
 		s.r.Discard(s.size)
+	case curBig:
+		s.release()
 	case curLong:
 		if err := s.Flush(); err != nil {
 			return err
