@@ -13,6 +13,8 @@ type metrics struct {
 	queries      *prometheus.CounterVec
 	transactions *prometheus.CounterVec
 	authFailures *prometheus.CounterVec
+	// loginsDelayed has no tenant label: strangers name the tenants.
+	loginsDelayed prometheus.Counter
 }
 
 func newMetrics(reg prometheus.Registerer) (*metrics, error) {
@@ -31,13 +33,17 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 		}, []string{"tenant"}),
 		authFailures: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "tenantproxy_auth_failures_total",
-			Help: "Failed client logins, per tenant and reason (password, rate_limited).",
+			Help: "Failed client logins, per tenant and reason: password (wrong password or unknown user), unknown_tenant (under tenant \"\").",
 		}, []string{"tenant", "reason"}),
+		loginsDelayed: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "tenantproxy_login_delayed_total",
+			Help: "Login attempts held because their source address failed too often recently (the login throttle).",
+		}),
 	}
 	if reg == nil {
 		return m, nil
 	}
-	for _, c := range []prometheus.Collector{m.clients, m.queries, m.transactions, m.authFailures} {
+	for _, c := range []prometheus.Collector{m.clients, m.queries, m.transactions, m.authFailures, m.loginsDelayed} {
 		if err := reg.Register(c); err != nil {
 			var are prometheus.AlreadyRegisteredError
 			if !errors.As(err, &are) {
