@@ -51,12 +51,29 @@ type Config struct {
 
 	// AuthMethod is AuthSCRAM or AuthTrust. Zero means AuthSCRAM. Live.
 	AuthMethod string
-	// MaxLoginFailures failed logins of one tenant user within
-	// LoginFailureWindow make further attempts fail with 53400 until the
-	// window passes. Zero means 5; negative disables the limit. Live.
+	// MaxLoginFailures is how many failed logins one source address may
+	// make for one tenant user (and 4 times as many over all users) before
+	// its attempts are slowed down: each is held up to 1 s before its
+	// password is checked and, if it fails, answered only after a delay
+	// from 250 ms doubling up to MaxLoginDelay. A correct password is never
+	// refused and never held longer than 1 s (throttle.go). Zero means 5;
+	// negative disables throttling. Live.
 	MaxLoginFailures int
-	// LoginFailureWindow: zero means 1 min. Live.
+	// LoginFailureWindow is how long failures are remembered after the
+	// last one. Zero means 1 min. Live.
 	LoginFailureWindow time.Duration
+	// MaxLoginDelay caps how long a failed login's answer is held. Zero
+	// means 5 s. Live.
+	MaxLoginDelay time.Duration
+	// SaltSecret is secret material every replica of the proxy shares
+	// (serve passes the catalog DSN, whose password strangers lack). The
+	// fake SCRAM salts shown for unknown users and tenants are derived from
+	// it, so that every replica, before and after a restart, shows the same
+	// salt for the same name, as it does for a real user. Empty means a
+	// random key per process: a stranger comparing two replicas, or one
+	// replica across a restart, could tell unknown names from known ones.
+	// Read once by New.
+	SaltSecret string
 
 	// StartupTimeout bounds everything from accept to the first
 	// ReadyForQuery: TLS, startup packet, authentication, server
@@ -119,6 +136,7 @@ const (
 	defaultListen             = "127.0.0.1:6432"
 	defaultMaxLoginFailures   = 5
 	defaultLoginFailureWindow = time.Minute
+	defaultMaxLoginDelay      = 5 * time.Second
 	defaultStartupTimeout     = 15 * time.Second
 	defaultMaxStartupPacket   = 10000
 	defaultMaxMessageSize     = 64 << 20
@@ -163,6 +181,9 @@ func (c Config) withDefaults() (Config, error) {
 	}
 	if c.LoginFailureWindow <= 0 {
 		c.LoginFailureWindow = defaultLoginFailureWindow
+	}
+	if c.MaxLoginDelay <= 0 {
+		c.MaxLoginDelay = defaultMaxLoginDelay
 	}
 	if c.StartupTimeout <= 0 {
 		c.StartupTimeout = defaultStartupTimeout

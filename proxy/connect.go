@@ -65,10 +65,10 @@ var startupOnlyParams = map[string]bool{"user": true, "database": true, "options
 
 // establish takes an admitted client from its StartupMessage to its first
 // ReadyForQuery: identification, tenant look-up, authentication, the
-// per-tenant cap, routing and a server connection. On success the client
-// has been told everything a directly connected client would be, with the
-// proxy's cancel key, and the caller owns the session (and its slot in the
-// tenant's connection count).
+// tenant's state, the per-tenant cap, routing and a server connection. On
+// success the client has been told everything a directly connected client
+// would be, with the proxy's cancel key, and the caller owns the session
+// (and its slot in the tenant's connection count).
 func (s *Server) establish(ctx context.Context, c *clientConn, lv *live, p *startupPacket) (clientSession, error) {
 	if r, ok := p.params["replication"]; ok && !isFalse(r) {
 		return nil, pgerr.Errorf(pgerr.CodeFeatureNotSupported, "replication connections are not supported through tenantproxy")
@@ -77,11 +77,18 @@ func (s *Server) establish(ctx context.Context, c *clientConn, lv *live, p *star
 	if err != nil {
 		return nil, err
 	}
-	t, err := s.resolver.Tenant(ctx, id.Tenant)
+	// Nothing about the tenant is told before the client has proved it is
+	// one of its users: an unknown tenant fails like a wrong password, after
+	// the same exchange, and a suspended or provisioning one says so only
+	// after a correct password.
+	t, err := s.resolver.Lookup(ctx, id.Tenant)
 	if err != nil {
 		return nil, err
 	}
-	if err := s.login(ctx, c, lv, t, id.User); err != nil {
+	if err := s.login(ctx, c, lv, id.Tenant, t, id.User); err != nil {
+		return nil, err
+	}
+	if err := router.Admit(t); err != nil {
 		return nil, err
 	}
 	// Authenticated: a tenant's client now, under the tenant's caps, no

@@ -16,6 +16,8 @@ type metrics struct {
 	// startupClosed counts connections closed in start-up by its caps.
 	startupClosed *prometheus.CounterVec
 	buffered      prometheus.GaugeFunc
+	// loginsDelayed has no tenant label: strangers name the tenants.
+	loginsDelayed prometheus.Counter
 }
 
 // newMetrics builds the proxy's metrics; buffered reads the bytes held
@@ -36,7 +38,7 @@ func newMetrics(reg prometheus.Registerer, buffered func() float64) (*metrics, e
 		}, []string{"tenant"}),
 		authFailures: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "tenantproxy_auth_failures_total",
-			Help: "Failed client logins, per tenant and reason (password, rate_limited).",
+			Help: "Failed client logins, per tenant and reason: password (wrong password or unknown user), unknown_tenant (under tenant \"\").",
 		}, []string{"tenant", "reason"}),
 		startupClosed: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "tenantproxy_startup_connections_closed_total",
@@ -46,11 +48,15 @@ func newMetrics(reg prometheus.Registerer, buffered func() float64) (*metrics, e
 			Name: "tenantproxy_buffered_message_bytes",
 			Help: "Memory held for client messages over 64 KiB read whole, as charged against MaxBufferedBytes (transaction mode counts a message twice).",
 		}, buffered),
+		loginsDelayed: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "tenantproxy_login_delayed_total",
+			Help: "Login attempts held because their source address failed too often recently (the login throttle).",
+		}),
 	}
 	if reg == nil {
 		return m, nil
 	}
-	for _, c := range []prometheus.Collector{m.clients, m.queries, m.transactions, m.authFailures, m.startupClosed, m.buffered} {
+	for _, c := range []prometheus.Collector{m.clients, m.queries, m.transactions, m.authFailures, m.startupClosed, m.buffered, m.loginsDelayed} {
 		if err := reg.Register(c); err != nil {
 			var are prometheus.AlreadyRegisteredError
 			if !errors.As(err, &are) {

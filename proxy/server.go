@@ -14,6 +14,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/tenantproxy/tenantproxy/internal/pgerr"
+	"github.com/tenantproxy/tenantproxy/internal/scram"
 	"github.com/tenantproxy/tenantproxy/policy"
 	"github.com/tenantproxy/tenantproxy/pool"
 	"github.com/tenantproxy/tenantproxy/router"
@@ -44,12 +45,13 @@ type Server struct {
 	backends Backends
 	metrics  *metrics
 	cancels  *cancelKeys
-	limiter  *loginLimiter
+	throttle *loginThrottle
 	// gate holds the connections still in start-up (accept.go).
 	gate startupGate
 	// buffers caps the memory held for long client messages.
 	buffers *bufferBudget
-	// dummyKey derives fake SCRAM salts for unknown users.
+	// dummyKey derives fake SCRAM salts for unknown users and tenants
+	// (Config.SaltSecret).
 	dummyKey []byte
 	listen   []string
 	unix     string
@@ -93,10 +95,13 @@ func New(cfg Config, dir router.Directory, backends Backends) (*Server, error) {
 	}
 	key := make([]byte, 32)
 	rand.Read(key)
+	if cfg.SaltSecret != "" {
+		key = scram.HMAC([]byte(cfg.SaltSecret), "tenantproxy: fake SCRAM salts of unknown users and tenants")
+	}
 	ctx, cancel := context.WithCancel(context.Background())
 	s := &Server{
 		log: cfg.Logger, resolver: resolver, policy: policy.New(),
-		backends: backends, metrics: m, cancels: newCancelKeys(), limiter: newLoginLimiter(),
+		backends: backends, metrics: m, cancels: newCancelKeys(), throttle: newLoginThrottle(),
 		buffers:  buffers,
 		dummyKey: key, listen: cfg.Listen, unix: cfg.UnixSocket, ctx: ctx, cancel: cancel,
 		listeners: make(map[net.Listener]struct{}), conns: make(map[*tracked]struct{}), perTenant: make(map[string]int),

@@ -70,22 +70,49 @@ func NewResolver(dir Directory) *Resolver {
 
 // Tenant looks up an active tenant by subdomain. Errors: pgerr.CodeUnknownTenant,
 // pgerr.CodeTenantSuspended, pgerr.CodeTenantUnavailable (still provisioning), or
-// pgerr.CodeInternal wrapping a catalog failure.
+// pgerr.CodeInternal wrapping a catalog failure. The proxy does not use it
+// before authentication, where it would tell strangers which tenants
+// exist: it uses Lookup, authenticates, then asks Admit.
 func (r *Resolver) Tenant(ctx context.Context, subdomain string) (*catalog.Tenant, error) {
+	t, err := r.Lookup(ctx, subdomain)
+	if err != nil {
+		return nil, err
+	}
+	if t == nil {
+		return nil, pgerr.Errorf(pgerr.CodeUnknownTenant, "tenant %q does not exist", subdomain)
+	}
+	if err := Admit(t); err != nil {
+		return nil, err
+	}
+	return t, nil
+}
+
+// Lookup returns the tenant with that subdomain in any status, or nil when
+// there is none; an error is pgerr.CodeInternal wrapping a catalog
+// failure.
+func (r *Resolver) Lookup(ctx context.Context, subdomain string) (*catalog.Tenant, error) {
 	t, err := r.dir.TenantBySubdomain(ctx, subdomain)
 	if errors.Is(err, catalog.ErrNotFound) {
-		return nil, pgerr.Errorf(pgerr.CodeUnknownTenant, "tenant %q does not exist", subdomain)
+		return nil, nil
 	}
 	if err != nil {
 		return nil, &pgerr.Error{Code: pgerr.CodeInternal, Msg: "tenant look-up failed", Err: err}
 	}
+	return t, nil
+}
+
+// Admit returns nil when t's sessions may start, else the error the
+// client gets: pgerr.CodeTenantSuspended or pgerr.CodeTenantUnavailable
+// (still provisioning). It reveals the tenant's state, so the proxy asks
+// only once the client has authenticated as one of its users.
+func Admit(t *catalog.Tenant) error {
 	switch t.Status {
 	case catalog.StatusActive:
-		return t, nil
+		return nil
 	case catalog.StatusSuspended:
-		return nil, pgerr.Errorf(pgerr.CodeTenantSuspended, "tenant %q is suspended", subdomain)
+		return pgerr.Errorf(pgerr.CodeTenantSuspended, "tenant %q is suspended", t.Subdomain)
 	default:
-		return nil, pgerr.Errorf(pgerr.CodeTenantUnavailable, "tenant %q is not available yet", subdomain)
+		return pgerr.Errorf(pgerr.CodeTenantUnavailable, "tenant %q is not available yet", t.Subdomain)
 	}
 }
 

@@ -92,6 +92,32 @@ func TestRoutePerTier(t *testing.T) {
 	}
 }
 
+// TestLookupThenAdmit is the order the proxy asks in: Lookup says nothing
+// of a tenant's state (nil for an unknown one, so the proxy can answer it
+// like a wrong password), Admit tells the state once the client has
+// authenticated.
+func TestLookupThenAdmit(t *testing.T) {
+	r := NewResolver(directory{tenants: map[string]*catalog.Tenant{
+		"free":   {ID: "11", Subdomain: "free", Status: catalog.StatusActive},
+		"frozen": {ID: "14", Subdomain: "frozen", Status: catalog.StatusSuspended},
+		"new":    {ID: "15", Subdomain: "new", Status: catalog.StatusProvisioning},
+	}})
+	ctx := context.Background()
+	if tn, err := r.Lookup(ctx, "nope"); tn != nil || err != nil {
+		t.Fatalf("Lookup(unknown) = %v, %v; want nil, nil", tn, err)
+	}
+	for sub, want := range map[string]pgerr.Code{"free": pgerr.CodeInternal, "frozen": pgerr.CodeTenantSuspended, "new": pgerr.CodeTenantUnavailable} {
+		tn, err := r.Lookup(ctx, sub)
+		if err != nil || tn == nil || tn.Subdomain != sub {
+			t.Fatalf("Lookup(%q) = %v, %v", sub, tn, err)
+		}
+		err = Admit(tn)
+		if want == pgerr.CodeInternal && err != nil || want != pgerr.CodeInternal && pgerr.CodeOf(err) != want {
+			t.Errorf("Admit(%s) = %v; want code %v", sub, err, want)
+		}
+	}
+}
+
 func TestQuoting(t *testing.T) {
 	if got := QuoteIdent(`a"b`); got != `"a""b"` {
 		t.Errorf("QuoteIdent = %s", got)

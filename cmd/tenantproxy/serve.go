@@ -102,7 +102,10 @@ func (f *serveFlags) proxyConfig(log *zap.Logger, reg prometheus.Registerer) pro
 			BaseDomain:    f.baseDomain,
 			UserSeparator: f.userSeparator,
 		},
-		AuthMethod:        f.auth,
+		AuthMethod: f.auth,
+		// Every replica has the catalog DSN and strangers do not: the
+		// fake salts of unknown users and tenants agree across replicas.
+		SaltSecret:        f.catalog.dsn,
 		MaxConnsPerTenant: f.maxConnsPerTenant,
 		MaxBufferedBytes:  f.maxBufferedBytes,
 		PoolMode:          f.poolMode,

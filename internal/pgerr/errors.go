@@ -24,7 +24,10 @@ const (
 	CodeConflictingTenant
 	// CodeInvalidTenant: the tenant marker is not a valid id (FATAL 3D000).
 	CodeInvalidTenant
-	// CodeUnknownTenant: no such tenant in the catalog (FATAL 3D000).
+	// CodeUnknownTenant: no such tenant in the catalog (FATAL 3D000). The
+	// proxy never sends it to a client, which would let strangers list
+	// tenants: a connection to an unknown tenant gets CodeAuthFailed after
+	// the same SCRAM exchange as a wrong password.
 	CodeUnknownTenant
 	// CodeTenantSuspended: the tenant is suspended (FATAL 28000).
 	CodeTenantSuspended
@@ -38,7 +41,8 @@ const (
 	CodeStatementRefused
 	// CodeTooManyConnections: the per-tenant connection cap (FATAL 53300).
 	CodeTooManyConnections
-	// CodeRateLimited: too many failed logins, or a pool wait timed out (ERROR 53400).
+	// CodeRateLimited: a pool wait timed out (ERROR 53400). Failed logins
+	// are slowed down, never refused with it.
 	CodeRateLimited
 	// CodeShuttingDown: the proxy is draining (FATAL 57P01).
 	CodeShuttingDown

@@ -2,7 +2,6 @@ package scram
 
 import (
 	"crypto/hmac"
-	"crypto/pbkdf2"
 	"crypto/rand"
 	"crypto/sha256"
 	"encoding/base64"
@@ -10,6 +9,8 @@ import (
 	"fmt"
 	"strconv"
 	"strings"
+
+	xscram "github.com/xdg-go/scram"
 )
 
 // DefaultIterations matches PostgreSQL's scram_iterations default.
@@ -25,8 +26,17 @@ type Verifier struct {
 	ServerKey  []byte
 }
 
-// NewVerifier derives a verifier for password with a fresh random salt.
+// NewVerifier derives a verifier for password with a fresh random salt,
+// as PostgreSQL's CREATE ROLE … PASSWORD does: a password longer than
+// MaxPasswordLen bytes or holding a NUL byte is refused, as PostgreSQL
+// refuses it (and libpq could not log in with it).
 func NewVerifier(password string) (string, error) {
+	if len(password) > MaxPasswordLen {
+		return "", fmt.Errorf("scram: password too long (%d bytes; at most %d)", len(password), MaxPasswordLen)
+	}
+	if strings.IndexByte(password, 0) >= 0 {
+		return "", errors.New("scram: password contains a NUL byte")
+	}
 	salt := make([]byte, saltLen)
 	if _, err := rand.Read(salt); err != nil {
 		return "", fmt.Errorf("scram: salt: %w", err)
@@ -39,27 +49,39 @@ func NewVerifier(password string) (string, error) {
 }
 
 // Derive computes the verifier of password for a given salt and iteration
-// count. Clients use the same derivation to prove they know the password.
+// count: the keys of RFC 5802 over SASLprep(password), PostgreSQL's
+// preparation, so that a verifier derived here and one PostgreSQL derives
+// from the same password and salt are the same, and a client that prepares
+// the password as libpq does proves knowledge of it. The keys are computed
+// by github.com/xdg-go/scram.
 func Derive(password string, salt []byte, iterations int) (Verifier, error) {
-	salted, err := SaltedPassword(password, salt, iterations)
-	if err != nil {
-		return Verifier{}, err
+	if iterations <= 0 {
+		return Verifier{}, errors.New("scram: iterations must be positive")
 	}
-	stored := sha256.Sum256(HMAC(salted, "Client Key"))
+	client, err := xscram.SHA256.NewClientUnprepped("", SASLprep(password), "")
+	if err != nil {
+		return Verifier{}, fmt.Errorf("scram: %w", err)
+	}
+	creds, err := client.GetStoredCredentialsWithError(xscram.KeyFactors{Salt: string(salt), Iters: iterations})
+	if err != nil {
+		return Verifier{}, fmt.Errorf("scram: %w", err)
+	}
 	return Verifier{
 		Iterations: iterations,
 		Salt:       salt,
-		StoredKey:  stored[:],
-		ServerKey:  HMAC(salted, "Server Key"),
+		StoredKey:  creds.StoredKey,
+		ServerKey:  creds.ServerKey,
 	}, nil
 }
 
-// SaltedPassword is Hi(password, salt, i) of RFC 5802.
-func SaltedPassword(password string, salt []byte, iterations int) ([]byte, error) {
-	if iterations <= 0 {
-		return nil, errors.New("scram: iterations must be positive")
+// Credentials returns v in the form github.com/xdg-go/scram's server side
+// of the exchange looks credentials up in.
+func (v Verifier) Credentials() xscram.StoredCredentials {
+	return xscram.StoredCredentials{
+		KeyFactors: xscram.KeyFactors{Salt: string(v.Salt), Iters: v.Iterations},
+		StoredKey:  v.StoredKey,
+		ServerKey:  v.ServerKey,
 	}
-	return pbkdf2.Key(sha256.New, password, salt, iterations, sha256.Size)
 }
 
 // HMAC is HMAC-SHA-256(key, msg).
