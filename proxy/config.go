@@ -176,39 +176,7 @@ func (c Config) withDefaults() (Config, error) {
 	default:
 		errs = append(errs, fmt.Errorf("auth method %q: want %q or %q (md5 needs md5 hashes the catalog does not store)", c.AuthMethod, AuthSCRAM, AuthTrust))
 	}
-	if c.MaxLoginFailures == 0 {
-		c.MaxLoginFailures = defaultMaxLoginFailures
-	}
-	if c.LoginFailureWindow <= 0 {
-		c.LoginFailureWindow = defaultLoginFailureWindow
-	}
-	if c.MaxLoginDelay <= 0 {
-		c.MaxLoginDelay = defaultMaxLoginDelay
-	}
-	if c.StartupTimeout <= 0 {
-		c.StartupTimeout = defaultStartupTimeout
-	}
-	if c.MaxStartupPacket == 0 {
-		c.MaxStartupPacket = defaultMaxStartupPacket
-	}
-	if c.MaxStartupPacket < minStartupPacket {
-		errs = append(errs, fmt.Errorf("MaxStartupPacket %d: must be at least %d", c.MaxStartupPacket, minStartupPacket))
-	}
-	if c.MaxMessageSize == 0 {
-		c.MaxMessageSize = defaultMaxMessageSize
-	}
-	if c.MaxMessageSize < 5 {
-		errs = append(errs, fmt.Errorf("MaxMessageSize %d: too small", c.MaxMessageSize))
-	}
-	if c.MaxStartupConns == 0 {
-		c.MaxStartupConns = defaultMaxStartupConns
-	}
-	if c.MaxStartupConnsPerAddr == 0 {
-		c.MaxStartupConnsPerAddr = defaultMaxStartupConnsPerAddr
-	}
-	if c.MaxBufferedBytes == 0 {
-		c.MaxBufferedBytes = defaultMaxBufferedBytes
-	}
+	errs = append(errs, c.limitDefaults()...)
 	if c.MaxConnsPerTenant < 0 {
 		errs = append(errs, fmt.Errorf("MaxConnsPerTenant %d: must not be negative", c.MaxConnsPerTenant))
 	}
@@ -246,4 +214,44 @@ func (c Config) withDefaults() (Config, error) {
 		return c, fmt.Errorf("proxy: config: %w", err)
 	}
 	return c, nil
+}
+
+// limitDefaults fills in the login, start-up and memory limits left zero
+// and reports the ones out of range.
+func (c *Config) limitDefaults() []error {
+	var errs []error
+	if c.MaxLoginFailures == 0 {
+		c.MaxLoginFailures = defaultMaxLoginFailures
+	}
+	if c.LoginFailureWindow <= 0 {
+		c.LoginFailureWindow = defaultLoginFailureWindow
+	}
+	if c.MaxLoginDelay <= 0 {
+		c.MaxLoginDelay = defaultMaxLoginDelay
+	}
+	if c.StartupTimeout <= 0 {
+		c.StartupTimeout = defaultStartupTimeout
+	}
+	if c.MaxStartupPacket == 0 {
+		c.MaxStartupPacket = defaultMaxStartupPacket
+	}
+	if c.MaxStartupPacket < minStartupPacket {
+		errs = append(errs, fmt.Errorf("MaxStartupPacket %d: must be at least %d", c.MaxStartupPacket, minStartupPacket))
+	}
+	if c.MaxMessageSize == 0 {
+		c.MaxMessageSize = defaultMaxMessageSize
+	}
+	if c.MaxMessageSize < 5 {
+		errs = append(errs, fmt.Errorf("MaxMessageSize %d: too small", c.MaxMessageSize))
+	}
+	if c.MaxStartupConns == 0 {
+		c.MaxStartupConns = defaultMaxStartupConns
+	}
+	if c.MaxStartupConnsPerAddr == 0 {
+		c.MaxStartupConnsPerAddr = defaultMaxStartupConnsPerAddr
+	}
+	if c.MaxBufferedBytes == 0 {
+		c.MaxBufferedBytes = defaultMaxBufferedBytes
+	}
+	return errs
 }
