@@ -23,7 +23,8 @@ const (
 	DefaultRegion = "default"
 )
 
-// Options tune Up and Status.
+// Options tune Up and Status, and ApplyWith (which ignores Concurrency
+// and Progress).
 type Options struct {
 	// Concurrency bounds the targets worked on at once and the connections
 	// held per database; zero means DefaultConcurrency.
