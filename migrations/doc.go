@@ -16,13 +16,19 @@
 // tenant schema, each tenant database) keeps its own schema_migrations table
 // of version, name, checksum and applied_at. Apply runs each pending
 // migration in its own transaction under the target's advisory lock and
-// refuses an applied migration whose SQL changed (ChecksumError).
+// refuses an applied migration whose SQL changed (ChecksumError). Each
+// transaction waits at most Options.LockTimeout for a table lock, so that a
+// session holding one (a tenant idle in a transaction, in the shared tier
+// one table for every tenant) cannot queue everyone behind the migration's
+// DDL; a migration that times out is rolled back, retried after a jittered
+// pause (Options.LockRetries, reported to Options.Retry and the Logger), and
+// then fails its target with a LockTimeoutError (locks.go).
 //
 // API the CLI calls:
 //
-//	Up(ctx, controlDSN, Options{Concurrency, Progress, Logger}) (*Report, error)     // migrate up
-//	Status(ctx, controlDSN, Options{...}) (*Report, error)                            // migrate status
-//	TextProgress(w) func(Progress)                                                    // a progress display
+//	Up(ctx, controlDSN, Options{Concurrency, Progress, Retry, Logger, LockTimeout, LockRetries}) (*Report, error) // migrate up
+//	Status(ctx, controlDSN, Options{...}) (*Report, error)                                                         // migrate status
+//	TextProgress(w) func(Progress), TextRetry(w) func(LockRetry)                                                   // a progress display
 //
 // Up migrates the control database, registers the catalog's own server as
 // backend "main" on an empty catalog (RegisterBackend: serving role, shared

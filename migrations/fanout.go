@@ -23,7 +23,8 @@ const (
 	DefaultRegion = "default"
 )
 
-// Options tune Up and Status.
+// Options tune Up and Status, and ApplyWith (which ignores Concurrency
+// and Progress).
 type Options struct {
 	// Concurrency bounds the targets worked on at once and the connections
 	// held per database; zero means DefaultConcurrency.
@@ -31,8 +32,38 @@ type Options struct {
 	// Progress, when set, is called once per finished target, never
 	// concurrently.
 	Progress func(Progress)
-	// Logger receives one line per failed target; nil means no logging.
+	// Logger receives one line per failed target and one per lock retry;
+	// nil means no logging.
 	Logger *zap.Logger
+	// LockTimeout bounds each wait of a migration for a table lock
+	// (PostgreSQL's lock_timeout, set per migration transaction); zero means
+	// DefaultLockTimeout, negative means wait as long as it takes.
+	LockTimeout time.Duration
+	// LockRetries is how many times a migration whose lock wait timed out
+	// is rolled back and tried again before its target fails; zero means
+	// DefaultLockRetries, negative means none.
+	LockRetries int
+	// Retry, when set, is called before each such retry; Up calls it never
+	// concurrently with itself or Progress.
+	Retry func(LockRetry)
+	// Migrations returns the migrations for a kind of target; nil means the
+	// embedded ones (For).
+	Migrations func(Kind) ([]Migration, error)
+}
+
+func (o Options) migrations(k Kind) ([]Migration, error) {
+	if o.Migrations != nil {
+		return o.Migrations(k)
+	}
+	return For(k)
+}
+
+func (o Options) latest(k Kind) int {
+	ms, err := o.migrations(k)
+	if err != nil || len(ms) == 0 {
+		return 0
+	}
+	return ms[len(ms)-1].Version
 }
 
 // Progress reports one finished target.
@@ -58,6 +89,14 @@ type Report struct {
 	Results  []Result      `json:"results"`
 	Failed   int           `json:"failed"`
 	Duration time.Duration `json:"duration"`
+}
+
+// TextRetry renders lock retries as one line each on w, for humans.
+func TextRetry(w io.Writer) func(LockRetry) {
+	return func(r LockRetry) {
+		fmt.Fprintf(w, "%s: %d_%s: lock wait exceeded lock_timeout %s (attempt %d of %d), rolled back, retrying in %s\n",
+			r.Target, r.Version, r.Name, r.Timeout, r.Attempt, r.Attempts, r.Backoff.Round(time.Millisecond))
+	}
 }
 
 // TextProgress renders progress as one line per target on w, for humans.
@@ -90,7 +129,7 @@ func Up(ctx context.Context, controlDSN string, opts Options) (*Report, error) {
 	}
 	defer control.Close(context.WithoutCancel(ctx))
 
-	ctrl, err := upControl(ctx, control, controlDSN)
+	ctrl, err := upControl(ctx, control, controlDSN, opts)
 	if err != nil {
 		return nil, err
 	}
@@ -98,8 +137,8 @@ func Up(ctx context.Context, controlDSN string, opts Options) (*Report, error) {
 	if err != nil {
 		return nil, err
 	}
-	rep := run(ctx, control, targets, opts, func(ctx context.Context, db DB, t Target) Result {
-		n, err := Apply(ctx, db, t)
+	rep := run(ctx, control, targets, opts, func(ctx context.Context, db DB, t Target, opts Options) Result {
+		n, err := ApplyWith(ctx, db, t, opts)
 		r := Result{Target: t, Applied: n, Err: err}
 		if err == nil {
 			r.Version, r.Err = Version(ctx, db, t)
@@ -111,13 +150,13 @@ func Up(ctx context.Context, controlDSN string, opts Options) (*Report, error) {
 	return rep, rep.err()
 }
 
-func upControl(ctx context.Context, control *pgx.Conn, controlDSN string) (Result, error) {
+func upControl(ctx context.Context, control *pgx.Conn, controlDSN string, opts Options) (Result, error) {
 	t := Target{Kind: KindControl, Database: control.Config().Database}
 	if _, err := control.Exec(ctx, "SELECT pg_advisory_lock($1)", upLockKey); err != nil {
 		return Result{}, fmt.Errorf("migrations: control lock: %w", err)
 	}
 	defer control.Exec(context.WithoutCancel(ctx), "SELECT pg_advisory_unlock($1)", upLockKey) //nolint:errcheck // the session ends soon; a failed unlock dies with it
-	n, err := Apply(ctx, control, t)
+	n, err := ApplyWith(ctx, control, t, opts)
 	if err != nil {
 		return Result{}, err
 	}
@@ -131,7 +170,7 @@ func upControl(ctx context.Context, control *pgx.Conn, controlDSN string) (Resul
 		}
 	}
 	v, err := Version(ctx, control, t)
-	return Result{Target: t, Applied: n, Version: v, Latest: latest(KindControl)}, err
+	return Result{Target: t, Applied: n, Version: v, Latest: opts.latest(KindControl)}, err
 }
 
 // Status reports every target's applied version without changing anything.
@@ -147,14 +186,14 @@ func Status(ctx context.Context, controlDSN string, opts Options) (*Report, erro
 	if err != nil {
 		return nil, fmt.Errorf("migrations: control database: %w", err)
 	}
-	ctrl := Result{Target: ct, Version: v, Latest: latest(KindControl)}
+	ctrl := Result{Target: ct, Version: v, Latest: opts.latest(KindControl)}
 	var targets []Target
 	if v > 0 {
 		if targets, err = tenantTargets(ctx, control); err != nil {
 			return nil, err
 		}
 	}
-	rep := run(ctx, control, targets, opts, func(ctx context.Context, db DB, t Target) Result {
+	rep := run(ctx, control, targets, opts, func(ctx context.Context, db DB, t Target, _ Options) Result {
 		v, err := Version(ctx, db, t)
 		return Result{Target: t, Version: v, Err: err}
 	})
@@ -174,14 +213,6 @@ func (r *Report) err() error {
 		return nil
 	}
 	return fmt.Errorf("migrations: %d of %d targets failed: %w", len(errs), len(r.Results), errors.Join(errs...))
-}
-
-func latest(k Kind) int {
-	ms, err := For(k)
-	if err != nil || len(ms) == 0 {
-		return 0
-	}
-	return ms[len(ms)-1].Version
 }
 
 // tenantTargets lists every backend's shared database and every tenant's
@@ -208,10 +239,11 @@ func tenantTargets(ctx context.Context, control *pgx.Conn) ([]Target, error) {
 	return targets, nil
 }
 
-// run calls fn for every target, opts.Concurrency at a time. Each worker
-// keeps one connection per database it has worked in, so 500 tenant schemas
-// in one database cost opts.Concurrency connections, not 500.
-func run(ctx context.Context, control *pgx.Conn, targets []Target, opts Options, fn func(context.Context, DB, Target) Result) *Report {
+// run calls fn for every target, opts.Concurrency at a time, handing it opts
+// with Retry serialized with Progress. Each worker keeps one connection per
+// database it has worked in, so 500 tenant schemas in one database cost
+// opts.Concurrency connections, not 500.
+func run(ctx context.Context, control *pgx.Conn, targets []Target, opts Options, fn func(context.Context, DB, Target, Options) Result) *Report {
 	n := opts.Concurrency
 	if n <= 0 {
 		n = DefaultConcurrency
@@ -228,8 +260,15 @@ func run(ctx context.Context, control *pgx.Conn, targets []Target, opts Options,
 
 	var mu sync.Mutex
 	done := 0
+	if retry := opts.Retry; retry != nil {
+		opts.Retry = func(r LockRetry) {
+			mu.Lock()
+			defer mu.Unlock()
+			retry(r)
+		}
+	}
 	finish := func(i int, r Result) {
-		r.Latest = latest(r.Target.Kind)
+		r.Latest = opts.latest(r.Target.Kind)
 		mu.Lock()
 		defer mu.Unlock()
 		rep.Results[i] = r
@@ -253,7 +292,7 @@ func run(ctx context.Context, control *pgx.Conn, targets []Target, opts Options,
 			w := worker{dsns: dsns, conns: map[[2]string]*pgx.Conn{}}
 			defer w.close(ctx)
 			for i := range work {
-				finish(i, w.do(ctx, targets[i], fn))
+				finish(i, w.do(ctx, targets[i], opts, fn))
 			}
 		})
 	}
@@ -272,7 +311,7 @@ type worker struct {
 	conns map[[2]string]*pgx.Conn
 }
 
-func (w *worker) do(ctx context.Context, t Target, fn func(context.Context, DB, Target) Result) Result {
+func (w *worker) do(ctx context.Context, t Target, opts Options, fn func(context.Context, DB, Target, Options) Result) Result {
 	dsn, ok := w.dsns[t.Backend]
 	if !ok {
 		return Result{Target: t, Err: fmt.Errorf("migrations: %s: unknown backend %q", t, t.Backend)}
@@ -290,7 +329,7 @@ func (w *worker) do(ctx context.Context, t Target, fn func(context.Context, DB, 
 			w.conns[key] = conn
 		}
 	}
-	return fn(ctx, conn, t)
+	return fn(ctx, conn, t, opts)
 }
 
 func (w *worker) close(ctx context.Context) {

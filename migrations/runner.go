@@ -74,14 +74,24 @@ func (t Target) lockKey() int64 {
 	return int64(h.Sum64())
 }
 
-// Apply brings t up to date with its kind's migrations and returns how many
-// it applied. Each migration runs in its own transaction under the target's
-// advisory transaction lock and is recorded in that same transaction, so a
-// concurrent Apply on the same target waits, then sees the version recorded
-// and skips it: every migration is applied exactly once. On error, the
-// migrations before the failing one stay applied.
+// Apply brings t up to date with its kind's migrations under the default
+// lock policy (ApplyWith with zero Options).
 func Apply(ctx context.Context, db DB, t Target) (int, error) {
-	ms, err := For(t.Kind)
+	return ApplyWith(ctx, db, t, Options{})
+}
+
+// ApplyWith brings t up to date with its kind's migrations (opts.Migrations)
+// and returns how many it applied. Each migration runs in its own
+// transaction under the target's advisory transaction lock and is recorded
+// in that same transaction, so a concurrent Apply on the same target waits,
+// then sees the version recorded and skips it: every migration is applied
+// exactly once. A migration waits at most opts.LockTimeout for each table
+// lock; one that times out is rolled back and retried (opts.LockRetries,
+// reported to opts.Retry and opts.Logger), and after the last retry fails
+// with a *LockTimeoutError. On error, the migrations before the failing one
+// stay applied and the failing one is not: rerunning completes the target.
+func ApplyWith(ctx context.Context, db DB, t Target, opts Options) (int, error) {
+	ms, err := opts.migrations(t.Kind)
 	if err != nil {
 		return 0, err
 	}
@@ -89,6 +99,7 @@ func Apply(ctx context.Context, db DB, t Target) (int, error) {
 	if err != nil {
 		return 0, err
 	}
+	locks := opts.lockPolicy()
 	n := 0
 	for _, m := range ms {
 		if sum, ok := applied[m.Version]; ok {
@@ -97,7 +108,9 @@ func Apply(ctx context.Context, db DB, t Target) (int, error) {
 			}
 			continue
 		}
-		ran, err := t.apply(ctx, db, m)
+		ran, err := withLockRetries(ctx, opts, t, m, locks, func() (bool, error) {
+			return t.apply(ctx, db, m, locks)
+		})
 		if err != nil {
 			return n, fmt.Errorf("migrations: %s: %d_%s: %w", t, m.Version, m.Name, err)
 		}
@@ -143,7 +156,7 @@ func (t Target) applied(ctx context.Context, db DB) (map[int]string, error) {
 
 // apply runs m unless a concurrent runner recorded it first; it reports
 // whether it ran m.
-func (t Target) apply(ctx context.Context, db DB, m Migration) (bool, error) {
+func (t Target) apply(ctx context.Context, db DB, m Migration, locks lockPolicy) (bool, error) {
 	ran := false
 	err := pgx.BeginFunc(ctx, db, func(tx pgx.Tx) error {
 		if _, err := tx.Exec(ctx, "SELECT pg_advisory_xact_lock($1)", t.lockKey()); err != nil {
@@ -158,6 +171,13 @@ func (t Target) apply(ctx context.Context, db DB, m Migration) (bool, error) {
 			return nil
 		case !errors.Is(err, pgx.ErrNoRows):
 			return err
+		}
+		// Set after taking the advisory lock: waiting for a concurrent
+		// runner is fine, only table locks must not queue up for long.
+		if set := locks.setLocal(); set != "" {
+			if _, err := tx.Exec(ctx, set); err != nil {
+				return err
+			}
 		}
 		if t.Kind == KindSchema {
 			// Objects land in the tenant's schema and belong to the tenant's

@@ -2,33 +2,68 @@ package main
 
 import (
 	"fmt"
+	"io"
 	"text/tabwriter"
+	"time"
 
 	"github.com/spf13/cobra"
 
 	"github.com/tenantproxy/tenantproxy/migrations"
 )
 
+// migrateFlags are the settings of migrate up and status.
+type migrateFlags struct {
+	cf catalogFlags
+	// concurrency is how many targets are migrated at once; default
+	// migrations.DefaultConcurrency.
+	concurrency int
+	// lockTimeout bounds a migration's wait for one table lock; default
+	// migrations.DefaultLockTimeout, 0 means no bound (up only).
+	lockTimeout time.Duration
+	// lockRetries is how often a migration whose lock wait timed out is
+	// retried; default migrations.DefaultLockRetries, 0 means none (up only).
+	lockRetries int
+}
+
+// options turns the flags into migrations.Options, progress and retries
+// going to w.
+func (f *migrateFlags) options(g *globals, w io.Writer) migrations.Options {
+	return migrations.Options{
+		Concurrency: f.concurrency,
+		Progress:    migrations.TextProgress(w),
+		Retry:       migrations.TextRetry(w),
+		Logger:      g.logger,
+		LockTimeout: lockOption(f.lockTimeout),
+		LockRetries: lockOption(f.lockRetries),
+	}
+}
+
 func newMigrateCommand(g *globals) *cobra.Command {
-	var cf catalogFlags
-	var concurrency int
+	cmd, _ := buildMigrateCommand(g)
+	return cmd
+}
+
+// buildMigrateCommand returns the command and the flags it fills, so that a
+// test can check their wiring.
+func buildMigrateCommand(g *globals) (*cobra.Command, *migrateFlags) {
+	f := &migrateFlags{}
+	cf := &f.cf
 	migrate := &cobra.Command{
 		Use:   "migrate",
 		Short: "Apply or show migrations of the catalog and of every tenant target",
 	}
-	options := func(cmd *cobra.Command) migrations.Options {
-		return migrations.Options{
-			Concurrency: concurrency,
-			Progress:    migrations.TextProgress(cmd.ErrOrStderr()),
-			Logger:      g.logger,
-		}
-	}
+	options := func(cmd *cobra.Command) migrations.Options { return f.options(g, cmd.ErrOrStderr()) }
 	up := &cobra.Command{
 		Use:   "up",
 		Short: "Migrate the catalog, then the shared database, every tenant schema and every tenant database",
 		Long: "Applies the control migrations; on an empty catalog registers the catalog's own server as\n" +
 			"backend \"main\" (region \"default\") and creates the serving role there; then migrates every\n" +
-			"tenant target with bounded concurrency. A failed target is reported and the others go on.",
+			"tenant target with bounded concurrency. A failed target is reported and the others go on.\n\n" +
+			"Each migration waits at most --lock-timeout for a table lock, so that a session holding one\n" +
+			"(a tenant idle in an open transaction) cannot make every other tenant's queries queue behind\n" +
+			"the migration; a migration that timed out is rolled back and retried up to --lock-retries\n" +
+			"times, after pauses at least as long as the timeout, then its target fails and the next\n" +
+			"migrate up completes it.",
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if cf.dsn == "" {
@@ -79,9 +114,23 @@ func newMigrateCommand(g *globals) *cobra.Command {
 	}
 	for _, c := range []*cobra.Command{up, status} {
 		cf.register(c)
-		c.Flags().IntVar(&concurrency, "concurrency", migrations.DefaultConcurrency, "targets migrated at once")
+		c.Flags().IntVar(&f.concurrency, "concurrency", migrations.DefaultConcurrency, "targets migrated at once")
 	}
+	up.Flags().DurationVar(&f.lockTimeout, "lock-timeout", migrations.DefaultLockTimeout,
+		"longest wait of a migration for one table lock before it is rolled back and retried (0: wait as long as it takes)")
+	up.Flags().IntVar(&f.lockRetries, "lock-retries", migrations.DefaultLockRetries,
+		"retries of a migration whose lock wait timed out before its target fails (0: fail at the first timeout)")
 	cf.registerOutput(status)
 	migrate.AddCommand(up, status)
-	return migrate
+	return migrate, f
+}
+
+// lockOption maps a lock flag to its migrations.Options field: 0 on the
+// command line means none (no lock_timeout, no retries), as lock_timeout = 0
+// does in PostgreSQL, where the field's zero means its default.
+func lockOption[T time.Duration | int](v T) T {
+	if v == 0 {
+		return -1
+	}
+	return v
 }
