@@ -37,8 +37,30 @@ type TxTarget struct {
 
 // neutralize removes every trace of a tenant context that RESET can undo:
 // the role (not covered by RESET ALL) and every setting, the tenant GUC,
-// search_path and startup settings included.
-const neutralize = "RESET ROLE; RESET ALL"
+// search_path and startup settings included; then the per-backend state
+// that RESET ALL leaves behind and that transaction mode does not refuse
+// (README "Per-backend state"): the protocol-level statements the proxy
+// prepared for the previous context, which pg_prepared_statements would
+// list to the next holder with their text and which SQL EXECUTE could run
+// (DEALLOCATE ALL; their names are digests of the context, so no other
+// context could use them anyway), sequences' currval/lastval (DISCARD
+// SEQUENCES), and the seed of random() (reseed).
+const neutralize = "RESET ROLE; RESET ALL; DEALLOCATE ALL; DISCARD SEQUENCES; " + reseed
+
+// reseed gives random() a seed nobody chose. setseed() and SET seed (also
+// SET LOCAL seed: the setting reverts, the generator's state does not)
+// survive RESET ALL and DISCARD ALL, and nothing resets the generator but
+// another setseed, so a holder could fix the next holder's random(). The
+// seed comes from the server's strong random source (gen_random_uuid, 122
+// random bits; md5 spreads them) as 52 bits, about what setseed keeps of
+// a double (pg_prng_fseed). Names are qualified: search_path is the
+// serving role's default here, but nothing is left to it.
+const reseed = "SELECT pg_catalog.setseed(('x' || pg_catalog.left(pg_catalog.md5(pg_catalog.gen_random_uuid()::text), 13))::bit(52)::int8 / 4503599627370496.0)"
+
+// resetSQL is the session-mode reset: DISCARD ALL (which refuses to run
+// in a transaction block, so the reseed goes in a Query of its own, in the
+// same write) and the reseed, which DISCARD ALL does not do.
+var resetSQL = []string{"DISCARD ALL", reseed}
 
 // switchFrom starts the Query that moves a connection from one context to
 // another. In a multi-statement Query, a COMMIT ends the implicit
@@ -116,19 +138,21 @@ func (m *Manager) AcquireTx(ctx context.Context, tt *TxTarget) (c *Conn, setup [
 		}
 		c.inject = c.inject[:0]
 		queries = 0
-		if len(c.statements) >= MaxStatementsPerConn {
-			c.inject = appendQuery(c.inject, "DEALLOCATE ALL")
+		if c.context != tt.key && c.context != "" {
+			// The switch deallocates every statement (neutralize).
+			c.inject = append(c.inject, tt.fromOther...)
 			clear(c.statements)
 			queries++
-		}
-		switch c.context {
-		case tt.key:
-		case "":
-			c.inject = append(c.inject, tt.fromNeutral...)
-			queries++
-		default:
-			c.inject = append(c.inject, tt.fromOther...)
-			queries++
+		} else {
+			if len(c.statements) >= MaxStatementsPerConn {
+				c.inject = appendQuery(c.inject, "DEALLOCATE ALL")
+				clear(c.statements)
+				queries++
+			}
+			if c.context == "" && len(tt.fromNeutral) > 0 {
+				c.inject = append(c.inject, tt.fromNeutral...)
+				queries++
+			}
 		}
 		c.context = tt.key
 		return c, c.inject, queries, nil
