@@ -25,13 +25,13 @@ var protocols = []struct {
 	{"extended", pgx.QueryExecModeCacheStatement},
 }
 
-// TestTxPoolBackendStateNeverReachesTheNextTenant: per-backend state that
+// TestIsolationBackendStateNeverReachesTheNextTenant: per-backend state that
 // RESET ALL leaves (README "Per-backend state") does not pass from one
 // tenant to the next holder of the same server connection in transaction
 // mode. Each pool has one server connection, so the attacker's and the
 // victim's transactions run on the same server session, one after the
 // other.
-func TestTxPoolBackendStateNeverReachesTheNextTenant(t *testing.T) {
+func TestIsolationBackendStateNeverReachesTheNextTenant(t *testing.T) {
 	e := newTxEnv(t, pgcluster.Options{}, pool.Config{MaxConnsPerKey: 1}, proxy.Config{})
 	ctx := ctxT(t)
 	if _, err := e.cat.Create(ctx, catalog.CreateRequest{Subdomain: "wayne", Plan: catalog.PlanStandard, AdminUser: "alice", AdminPassword: tenantPassword}); err != nil {
@@ -126,12 +126,12 @@ func TestTxPoolBackendStateNeverReachesTheNextTenant(t *testing.T) {
 	}
 }
 
-// TestSharedTierRefusesDebugPrintPlan: where EXPLAIN is refused, the plan
-// trees that debug_print_plan and its siblings send at client_min_messages
-// = log never reach the client, in either pool mode and protocol, with SET
-// or SET LOCAL; where EXPLAIN is allowed (schema tier) they do, which shows
-// the notices are watched.
-func TestSharedTierRefusesDebugPrintPlan(t *testing.T) {
+// TestIsolationDebugPrintPlanOnlyWhereExplainIs: where EXPLAIN is refused,
+// the plan trees that debug_print_plan and its siblings send at
+// client_min_messages = log never reach the client, in either pool mode
+// and protocol, with SET or SET LOCAL; where EXPLAIN is allowed (schema
+// tier) they do, which shows the notices are watched.
+func TestIsolationDebugPrintPlanOnlyWhereExplainIs(t *testing.T) {
 	e := newProxyEnv(t)
 	ctx := ctxT(t)
 	addrs := map[string]string{}
