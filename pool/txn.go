@@ -48,14 +48,18 @@ type TxTarget struct {
 const neutralize = "RESET ROLE; RESET ALL; DEALLOCATE ALL; DISCARD SEQUENCES; " + reseed
 
 // reseed gives random() a seed nobody chose. setseed() and SET seed (also
-// SET LOCAL seed: the setting reverts, the generator's state does not)
-// survive RESET ALL and DISCARD ALL, and nothing resets the generator but
-// another setseed, so a holder could fix the next holder's random(). The
-// seed comes from the server's strong random source (gen_random_uuid, 122
-// random bits; md5 spreads them) as 52 bits, about what setseed keeps of
-// a double (pg_prng_fseed). Names are qualified: search_path is the
-// serving role's default here, but nothing is left to it.
-const reseed = "SELECT pg_catalog.setseed(('x' || pg_catalog.left(pg_catalog.md5(pg_catalog.gen_random_uuid()::text), 13))::bit(52)::int8 / 4503599627370496.0)"
+// SET LOCAL seed: the setting reverts, the generator does not) survive
+// RESET ALL and DISCARD ALL, and nothing resets the generator but another
+// setseed, so a holder could fix the next holder's random(). The seed is
+// a 64-bit hash of a UUID from the server's strong random source (122
+// random bits) scaled to [-1, 1]; setseed keeps about 53 bits of it
+// (pg_prng_fseed). Names are qualified: search_path is the serving role's
+// default here, but nothing is left to it. Measured with pgbench on PG15
+// (loaded 2-core VM, best of 7 runs of 5,000): the switch Query with a
+// SELECT 1 went from 57 to 70 µs of server time, most of it this
+// statement (an md5-and-bit-string variant cost twice as much); no round
+// trip is added.
+const reseed = "SELECT pg_catalog.setseed(pg_catalog.hashtextextended(pg_catalog.gen_random_uuid()::text, 0)::float8 / 9223372036854775807)"
 
 // resetSQL is the session-mode reset: DISCARD ALL (which refuses to run
 // in a transaction block, so the reseed goes in a Query of its own, in the
