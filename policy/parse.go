@@ -351,6 +351,16 @@ func (a *analyzer) set(s *pg_query.VariableSetStmt) {
 		a.f.refuse(reasonSessAuth)
 	case migrations.TenantGUC:
 		a.f.refuse(reasonTenantGUC)
+	case "debug_print_parse", "debug_print_rewritten", "debug_print_plan":
+		// With client_min_messages at LOG these send the query's trees to
+		// the client: the plan carries the same estimates as EXPLAIN, over
+		// every tenant's rows, and the rewritten tree the row-level
+		// security policy. Every form is refused, RESET included, as
+		// EXPLAIN is. debug_pretty_print only formats what these print.
+		// Their siblings (log_parser_stats, log_planner_stats,
+		// log_executor_stats, log_statement_stats) are superuser-only in
+		// PostgreSQL, so the serving role cannot set them.
+		a.f.need(classExplain, "setting "+name+" is refused for this tenant: it prints the plan, whose estimates come from statistics over every tenant's rows, as EXPLAIN would")
 	case "search_path":
 		a.f.need(classSearchPath, "changing search_path is refused for this tenant: the proxy sets it as part of the tenant context")
 	case "client_encoding":

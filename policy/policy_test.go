@@ -132,6 +132,16 @@ var tierRules = []struct {
 	{"SELECT lo_get(16384)", []catalog.Tier{catalog.TierSchema, catalog.TierDatabase}},
 	{"SELECT * FROM pg_largeobject_metadata", []catalog.Tier{catalog.TierSchema, catalog.TierDatabase}},
 	{"EXPLAIN SELECT * FROM messages WHERE body = 'secret'", []catalog.Tier{catalog.TierSchema, catalog.TierDatabase}},
+	// The plan trees debug_print_* send at client_min_messages = LOG carry
+	// EXPLAIN's estimates: every form, wherever EXPLAIN is refused.
+	{"SET debug_print_plan = on", []catalog.Tier{catalog.TierSchema, catalog.TierDatabase}},
+	{"SET LOCAL debug_print_plan TO true", []catalog.Tier{catalog.TierSchema, catalog.TierDatabase}},
+	{"SET SESSION DEBUG_PRINT_PARSE = 1", []catalog.Tier{catalog.TierSchema, catalog.TierDatabase}},
+	{`SET "debug_print_rewritten" = 'on'`, []catalog.Tier{catalog.TierSchema, catalog.TierDatabase}},
+	{"RESET debug_print_plan", []catalog.Tier{catalog.TierSchema, catalog.TierDatabase}},
+	{"SET debug_print_plan TO DEFAULT", []catalog.Tier{catalog.TierSchema, catalog.TierDatabase}},
+	{"SELECT 1; SET client_min_messages = log; SET debug_print_plan = on", []catalog.Tier{catalog.TierSchema, catalog.TierDatabase}},
+	{"CREATE FUNCTION f() RETURNS int LANGUAGE sql SET debug_print_plan = on AS 'SELECT 1'", []catalog.Tier{catalog.TierDatabase}},
 	{"CREATE RULE r AS ON INSERT TO t DO ALSO NOTIFY x", []catalog.Tier{catalog.TierDatabase}},
 }
 
@@ -174,6 +184,10 @@ var allowedEverywhere = []string{
 	"COPY messages (channel_id, author_id, body) FROM STDIN",
 	"DECLARE c CURSOR FOR SELECT * FROM messages; FETCH 10 FROM c; CLOSE c",
 	"SELECT * FROM pg_prepared_statements",
+	"SET client_min_messages = log",
+	"SET LOCAL client_min_messages = debug5",
+	"SET debug_pretty_print = on",
+	"SHOW debug_print_plan",
 	"SELECT name, setting FROM pg_settings WHERE name = 'search_path'",
 	"SET CONSTRAINTS ALL DEFERRED",
 	"SELECT 'pg_stat_activity', 'set_config(''role'', ''x'', false)'",

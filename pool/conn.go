@@ -227,19 +227,21 @@ func (c *Conn) setup(ctx context.Context, t *Target) error {
 // reset removes every trace of the previous holder so that nothing of one
 // tenant reaches the next. DISCARD ALL closes cursors, drops temporary
 // tables, deallocates prepared statements, UNLISTENs, releases advisory
-// locks and RESETs every setting, ROLE and session authorization included.
-// It refuses to run in a transaction block; only then (the client left
-// mid-transaction) does a second round trip roll back first, so the common
-// case costs one round trip and the server log no warning.
+// locks and RESETs every setting, ROLE and session authorization included;
+// the seed of random(), which it leaves, is replaced by one nobody chose
+// (reseed), in a second Query of the same write. DISCARD ALL refuses to
+// run in a transaction block; only then (the client left mid-transaction)
+// does a second round trip roll back first, so the common case costs one
+// round trip and the server log no warning.
 func (c *Conn) reset(timeout time.Duration) error {
 	if err := c.netConn.SetDeadline(time.Now().Add(timeout)); err != nil {
 		return err
 	}
 	c.context = ""
 	clear(c.statements)
-	status, pgErr, err := c.exchange("DISCARD ALL")
+	status, pgErr, err := c.exchange(resetSQL...)
 	if err == nil && status != 'I' {
-		status, pgErr, err = c.exchange("ROLLBACK", "DISCARD ALL")
+		status, pgErr, err = c.exchange(append([]string{"ROLLBACK"}, resetSQL...)...)
 	}
 	switch {
 	case err != nil:

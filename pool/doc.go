@@ -17,8 +17,10 @@
 // the setup statements, and the server waits for a query. Release with
 // reusable=true resets the session with DISCARD ALL (after a ROLLBACK when
 // the client left inside a transaction), which removes temporary tables,
-// prepared statements, cursors, LISTENs, advisory locks and every SET,
-// SET ROLE included; the tests check each. A connection whose reset fails
+// prepared statements, cursors, LISTENs, advisory locks, sequences'
+// currval/lastval and every SET, SET ROLE included, and re-seeds random()
+// with a seed nobody chose (setseed survives DISCARD ALL), in the same
+// write; the tests check each. A connection whose reset fails
 // or whose protocol state is unknown is closed, never reused.
 //
 // After the reset a custom setting such as app.tenant_id reads as the empty
@@ -75,13 +77,18 @@
 // the Query messages that establish it for the proxy to send in front of
 // the client's first message and whose replies the proxy consumes. A
 // connection coming from another context is neutralised first (RESET
-// ROLE; RESET ALL; COMMIT, in front of the setup in the same Query), so a
-// failing setup leaves no tenant's context behind. AcquireTxReady runs
+// ROLE; RESET ALL; DEALLOCATE ALL; DISCARD SEQUENCES; a new random seed;
+// COMMIT, in front of the setup in the same Query), so a failing setup
+// leaves no tenant's context behind, and no per-backend state of the
+// previous context reaches the next (README "Per-backend state"). AcquireTxReady runs
 // the setup itself, for a client's startup, which must report the
 // server's settings in the tenant's context before any transaction.
 // ReleaseTx keeps the connection's context and the protocol-level
-// statements the proxy prepared on it (AddStatement); Release resets
-// both. A session-mode Acquire of a connection left in a context resets
+// statements the proxy prepared on it (AddStatement) for the next holder
+// of the same context; a switch to another context deallocates the
+// statements (their names are digests of the context, so no other context
+// could use them, but pg_prepared_statements would list their text);
+// Release resets both. A session-mode Acquire of a connection left in a context resets
 // it first.
 //
 // Waiters queue per Target.Tenant and are served round-robin across
