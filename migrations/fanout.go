@@ -10,6 +10,8 @@ import (
 
 	"github.com/jackc/pgx/v5"
 	"go.uber.org/zap"
+
+	"github.com/tenantproxy/tenantproxy/catalog/secrets"
 )
 
 // DefaultConcurrency is how many targets Up and Status work on at once when
@@ -33,6 +35,11 @@ type Options struct {
 	Progress func(Progress)
 	// Logger receives one line per failed target; nil means no logging.
 	Logger *zap.Logger
+	// Secrets opens the backends' admin DSNs and seals the serving
+	// password of a backend Up registers; nil means encryption is off (plain
+	// text is read and written, a sealed value is an error naming its
+	// backend).
+	Secrets *secrets.Keyring
 }
 
 // Progress reports one finished target.
@@ -90,7 +97,7 @@ func Up(ctx context.Context, controlDSN string, opts Options) (*Report, error) {
 	}
 	defer control.Close(context.WithoutCancel(ctx))
 
-	ctrl, err := upControl(ctx, control, controlDSN)
+	ctrl, err := upControl(ctx, control, controlDSN, opts)
 	if err != nil {
 		return nil, err
 	}
@@ -111,7 +118,7 @@ func Up(ctx context.Context, controlDSN string, opts Options) (*Report, error) {
 	return rep, rep.err()
 }
 
-func upControl(ctx context.Context, control *pgx.Conn, controlDSN string) (Result, error) {
+func upControl(ctx context.Context, control *pgx.Conn, controlDSN string, opts Options) (Result, error) {
 	t := Target{Kind: KindControl, Database: control.Config().Database}
 	if _, err := control.Exec(ctx, "SELECT pg_advisory_lock($1)", upLockKey); err != nil {
 		return Result{}, fmt.Errorf("migrations: control lock: %w", err)
@@ -126,7 +133,7 @@ func upControl(ctx context.Context, control *pgx.Conn, controlDSN string) (Resul
 		return Result{}, fmt.Errorf("migrations: %w", err)
 	}
 	if empty {
-		if err := RegisterBackend(ctx, control, Backend{Name: MainBackend, Region: DefaultRegion, AdminDSN: controlDSN}); err != nil {
+		if err := RegisterBackend(ctx, control, Backend{Name: MainBackend, Region: DefaultRegion, AdminDSN: controlDSN}, opts.Secrets); err != nil {
 			return Result{}, err
 		}
 	}
@@ -217,7 +224,7 @@ func run(ctx context.Context, control *pgx.Conn, targets []Target, opts Options,
 		n = DefaultConcurrency
 	}
 	rep := &Report{Results: make([]Result, len(targets))}
-	dsns, err := adminDSNs(ctx, control)
+	dsns, err := adminDSNs(ctx, control, opts.Secrets)
 	if err != nil {
 		for i, t := range targets {
 			rep.Results[i] = Result{Target: t, Err: err}
@@ -268,15 +275,19 @@ func run(ctx context.Context, control *pgx.Conn, targets []Target, opts Options,
 // worker holds its connections to the shared and schema databases across
 // targets; a tenant's own database gets a connection for its turn only.
 type worker struct {
-	dsns  map[string]string
+	dsns  map[string]adminDSN
 	conns map[[2]string]*pgx.Conn
 }
 
 func (w *worker) do(ctx context.Context, t Target, fn func(context.Context, DB, Target) Result) Result {
-	dsn, ok := w.dsns[t.Backend]
+	a, ok := w.dsns[t.Backend]
 	if !ok {
 		return Result{Target: t, Err: fmt.Errorf("migrations: %s: unknown backend %q", t, t.Backend)}
 	}
+	if a.err != nil {
+		return Result{Target: t, Err: fmt.Errorf("migrations: %s: %w", t, a.err)}
+	}
+	dsn := a.dsn
 	key := [2]string{t.Backend, t.Database}
 	conn := w.conns[key]
 	if conn == nil || conn.IsClosed() {
@@ -299,15 +310,24 @@ func (w *worker) close(ctx context.Context) {
 	}
 }
 
-func adminDSNs(ctx context.Context, control *pgx.Conn) (map[string]string, error) {
+// adminDSN is a backend's admin DSN, opened, or why it could not be: one
+// backend sealed with a key that is not configured fails its own targets
+// only.
+type adminDSN struct {
+	dsn string
+	err error
+}
+
+func adminDSNs(ctx context.Context, control *pgx.Conn, keys *secrets.Keyring) (map[string]adminDSN, error) {
 	rows, err := control.Query(ctx, "SELECT name, admin_dsn FROM backends")
 	if err != nil {
 		return nil, fmt.Errorf("migrations: listing backends: %w", err)
 	}
-	dsns := map[string]string{}
-	var name, dsn string
-	_, err = pgx.ForEachRow(rows, []any{&name, &dsn}, func() error {
-		dsns[name] = dsn
+	dsns := map[string]adminDSN{}
+	var name, stored string
+	_, err = pgx.ForEachRow(rows, []any{&name, &stored}, func() error {
+		dsn, err := keys.OpenBackend(name, "admin DSN", stored)
+		dsns[name] = adminDSN{dsn: dsn, err: err}
 		return nil
 	})
 	if err != nil {

@@ -212,3 +212,15 @@ func (k *Keyring) Open(stored string) (string, error) {
 	}
 	return string(plain), nil
 }
+
+// OpenBackend is Open of stored, the secret what (e.g. "admin DSN") of
+// backend, with an error that names both and never the value. Every reader
+// of the backends table's secrets — package catalog and package
+// migrations — goes through it.
+func (k *Keyring) OpenBackend(backend, what, stored string) (string, error) {
+	plain, err := k.Open(stored)
+	if err != nil {
+		return "", fmt.Errorf("backend %s: %s: %w", backend, what, err)
+	}
+	return plain, nil
+}
