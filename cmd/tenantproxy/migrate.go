@@ -16,12 +16,14 @@ func newMigrateCommand(g *globals) *cobra.Command {
 		Use:   "migrate",
 		Short: "Apply or show migrations of the catalog and of every tenant target",
 	}
-	options := func(cmd *cobra.Command) migrations.Options {
+	options := func(cmd *cobra.Command) (migrations.Options, error) {
+		keys, err := cf.keyring()
 		return migrations.Options{
 			Concurrency: concurrency,
 			Progress:    migrations.TextProgress(cmd.ErrOrStderr()),
 			Logger:      g.logger,
-		}
+			Secrets:     keys,
+		}, err
 	}
 	up := &cobra.Command{
 		Use:   "up",
@@ -34,7 +36,11 @@ func newMigrateCommand(g *globals) *cobra.Command {
 			if cf.dsn == "" {
 				return fmt.Errorf("--catalog-dsn (or TENANTPROXY_CATALOG_DSN) is required")
 			}
-			report, err := migrations.Up(cmd.Context(), cf.dsn, options(cmd))
+			opts, err := options(cmd)
+			if err != nil {
+				return err
+			}
+			report, err := migrations.Up(cmd.Context(), cf.dsn, opts)
 			if report != nil {
 				fmt.Fprintf(cmd.OutOrStdout(), "migrated %d targets in %s, %d failed\n",
 					len(report.Results), report.Duration.Round(1e6), report.Failed)
@@ -50,7 +56,10 @@ func newMigrateCommand(g *globals) *cobra.Command {
 			if cf.dsn == "" {
 				return fmt.Errorf("--catalog-dsn (or TENANTPROXY_CATALOG_DSN) is required")
 			}
-			opts := options(cmd)
+			opts, err := options(cmd)
+			if err != nil {
+				return err
+			}
 			opts.Progress = nil
 			report, err := migrations.Status(cmd.Context(), cf.dsn, opts)
 			if report == nil {
