@@ -167,3 +167,28 @@ func mustParse(t testing.TB, dsn string) *pgx.ConnConfig {
 	}
 	return cfg
 }
+
+func TestReRegisteringABackendSealsItsPlainTextSecrets(t *testing.T) {
+	e := newEnv(t) // plain text, as before encryption
+	ctx := ctxT(t)
+	_, plainPassword := storedSecrets(t, e.dsn)
+	withA := openWithKeys(t, e.dsn, keys(t, "a="+secrets.Generate()))
+	if _, err := withA.AddBackend(ctx, catalog.AddBackendRequest{Name: "main", DSN: e.cluster.DSN("postgres"), Region: "default"}); err != nil {
+		t.Fatalf("re-registering main with a key: %v", err)
+	}
+	d, p := storedSecrets(t, e.dsn)
+	if !strings.HasPrefix(d, "enc:v1:a:") || !strings.HasPrefix(p, "enc:v1:a:") || strings.Contains(p, plainPassword) {
+		t.Fatalf("after the write with a key the columns hold %q, %q; want both sealed with a", d, p)
+	}
+	b, err := withA.Backend(ctx, "main")
+	if err != nil || b.ServingPassword != plainPassword {
+		t.Fatalf("the serving password changed or does not open: %v", err)
+	}
+	cfg := mustParse(t, e.cluster.DSN(migrations.SharedDatabase))
+	cfg.User, cfg.Password = b.ServingUser, b.ServingPassword
+	conn, err := pgx.ConnectConfig(ctx, cfg)
+	if err != nil {
+		t.Fatalf("serving role login after resealing: %v", err)
+	}
+	conn.Close(ctx)
+}
