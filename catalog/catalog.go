@@ -13,6 +13,8 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"go.uber.org/zap"
+
+	"github.com/tenantproxy/tenantproxy/catalog/secrets"
 )
 
 // Options configure Open.
@@ -28,6 +30,11 @@ type Options struct {
 	// Sender delivers outbox events such as the welcome email; nil means
 	// LogSender, which logs them.
 	Sender Sender
+	// Secrets seals the backends' admin DSNs and serving passwords the
+	// catalog writes and opens those it reads; nil means encryption is off:
+	// values are written as plain text and a sealed value read is an error
+	// naming its backend. See package secrets.
+	Secrets *secrets.Keyring
 }
 
 // notifyChannel is the channel control/0001_catalog.sql's trigger notifies.
@@ -40,6 +47,7 @@ type Catalog struct {
 	db     *pgxpool.Pool
 	log    *zap.Logger
 	sender Sender
+	keys   *secrets.Keyring
 
 	// mu orders cache fills against invalidations: a look-up stores its
 	// result only if no invalidation happened since it started reading
@@ -92,6 +100,7 @@ func Open(ctx context.Context, dsn string, opts Options) (*Catalog, error) {
 		db:     db,
 		log:    opts.Logger,
 		sender: opts.Sender,
+		keys:   opts.Secrets,
 		ttl:    opts.CacheTTL,
 		done:   make(chan struct{}),
 	}
@@ -328,14 +337,23 @@ func (c *Catalog) tenant(ctx context.Context, q querier, subdomain string) (Tena
 
 const backendColumns = "name, region, admin_dsn, serving_user, serving_password, capacity, shared_database, schema_database"
 
-func scanBackend(row pgx.Row) (Backend, error) {
+// scanBackend reads a row of backendColumns and opens its secrets.
+func (c *Catalog) scanBackend(row pgx.Row) (Backend, error) {
 	var b Backend
-	err := row.Scan(&b.Name, &b.Region, &b.AdminDSN, &b.ServingUser, &b.ServingPassword, &b.Capacity, &b.SharedDatabase, &b.SchemaDatabase)
+	var dsn, password string
+	if err := row.Scan(&b.Name, &b.Region, &dsn, &b.ServingUser, &password, &b.Capacity, &b.SharedDatabase, &b.SchemaDatabase); err != nil {
+		return b, err
+	}
+	var err error
+	if b.AdminDSN, err = c.keys.OpenBackend(b.Name, "admin DSN", dsn); err != nil {
+		return b, err
+	}
+	b.ServingPassword, err = c.keys.OpenBackend(b.Name, "serving password", password)
 	return b, err
 }
 
 func (c *Catalog) backend(ctx context.Context, q querier, name string) (Backend, error) {
-	b, err := scanBackend(q.QueryRow(ctx, "SELECT "+backendColumns+" FROM backends WHERE name = $1", name))
+	b, err := c.scanBackend(q.QueryRow(ctx, "SELECT "+backendColumns+" FROM backends WHERE name = $1", name))
 	if errors.Is(err, pgx.ErrNoRows) {
 		return b, fmt.Errorf("catalog: backend %q: %w", name, ErrNotFound)
 	}

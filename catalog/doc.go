@@ -9,7 +9,7 @@
 // Options) and invalidated within milliseconds by the control database's
 // triggers, which notify channel tenantproxy_catalog on every change:
 //
-//	Open(ctx, dsn, Options{CacheSize, CacheTTL, Logger, Sender}) (*Catalog, error); (*Catalog).Close()
+//	Open(ctx, dsn, Options{CacheSize, CacheTTL, Logger, Sender, Secrets}) (*Catalog, error); (*Catalog).Close()
 //	TenantBySubdomain(ctx, subdomain) (*Tenant, error)   // errors wrap ErrNotFound
 //	Backend(ctx, name) (*Backend, error)
 //	User(ctx, tenantID, username) (*User, error)
@@ -23,6 +23,12 @@
 //	AddUser(ctx, tenantID, username, password, role) (*User, string, error)
 //	EnsureServiceUser(ctx, tenantID, username, password) error // the chat API's and the canary's logins
 //	Ping(ctx) error                                            // readiness: /readyz
+//	RotateSecrets(ctx) ([]string, error); UnsealedBackends(ctx) ([]string, error)
+//
+// Backends' admin DSNs and serving passwords are sealed in the control
+// database with Options.Secrets (package secrets) and opened on every read;
+// without a key they stay plain text, as catalogs written before encryption
+// have them.
 //
 // Bad input is a *ValidationError (nothing is created); a lifecycle change
 // the status forbids is a *StateError. The tenant id equals its subdomain;

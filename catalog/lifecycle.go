@@ -175,7 +175,7 @@ func (c *Catalog) ListBackends(ctx context.Context) ([]Backend, error) {
 	if err != nil {
 		return nil, fmt.Errorf("catalog: listing backends: %w", err)
 	}
-	bs, err := pgx.CollectRows(rows, func(row pgx.CollectableRow) (Backend, error) { return scanBackend(row) })
+	bs, err := pgx.CollectRows(rows, func(row pgx.CollectableRow) (Backend, error) { return c.scanBackend(row) })
 	if err != nil {
 		return nil, fmt.Errorf("catalog: listing backends: %w", err)
 	}
@@ -217,7 +217,7 @@ func (c *Catalog) AddBackend(ctx context.Context, req AddBackendRequest) (*Backe
 	defer conn.Release()
 	if err := migrations.RegisterBackend(ctx, conn.Conn(), migrations.Backend{
 		Name: req.Name, Region: req.Region, AdminDSN: req.DSN, Capacity: req.Capacity,
-	}); err != nil {
+	}, c.keys); err != nil {
 		return nil, err
 	}
 	b, err := c.backend(ctx, c.db, req.Name)

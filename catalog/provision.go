@@ -184,7 +184,7 @@ func (c *Catalog) Create(ctx context.Context, req CreateRequest) (*Created, erro
 // Concurrent creates may both take the last slot: capacity is a placement
 // preference, not a hard quota.
 func (c *Catalog) place(ctx context.Context, region string, tier Tier) (Backend, error) {
-	b, err := scanBackend(c.db.QueryRow(ctx, `
+	b, err := c.scanBackend(c.db.QueryRow(ctx, `
 		SELECT `+prefixed("b.", backendColumns)+` FROM backends b LEFT JOIN tenants t ON t.backend = b.name
 		WHERE b.region = $1
 		GROUP BY b.name

@@ -8,6 +8,7 @@ import (
 
 	"github.com/jackc/pgx/v5"
 
+	"github.com/tenantproxy/tenantproxy/catalog/secrets"
 	"github.com/tenantproxy/tenantproxy/internal/scram"
 )
 
@@ -42,7 +43,12 @@ const (
 // idempotent, so re-running it repairs a half-prepared server. A server
 // carries one serving role: registering one server under two names (or from
 // two catalogs) gives the role the password of the last registration.
-func RegisterBackend(ctx context.Context, control *pgx.Conn, b Backend) error {
+//
+// The admin DSN and the serving password are recorded sealed with keys'
+// current key (plain text when keys is nil); a password already recorded is
+// opened with keys, so re-registering seals a value written before
+// encryption was configured.
+func RegisterBackend(ctx context.Context, control *pgx.Conn, b Backend, keys *secrets.Keyring) error {
 	if b.Capacity == 0 {
 		b.Capacity = DefaultCapacity
 	}
@@ -57,6 +63,8 @@ func RegisterBackend(ctx context.Context, control *pgx.Conn, b Backend) error {
 		password = rand.Text()
 	} else if err != nil {
 		return fmt.Errorf("migrations: backend %s: %w", b.Name, err)
+	} else if password, err = keys.OpenBackend(b.Name, "serving password", password); err != nil {
+		return err
 	}
 	if err := prepareServer(ctx, b, password); err != nil {
 		return fmt.Errorf("migrations: backend %s: %w", b.Name, err)
@@ -66,7 +74,7 @@ func RegisterBackend(ctx context.Context, control *pgx.Conn, b Backend) error {
 		VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
 		ON CONFLICT (name) DO UPDATE SET region = excluded.region, admin_dsn = excluded.admin_dsn,
 			serving_password = excluded.serving_password, capacity = excluded.capacity`,
-		b.Name, b.Region, b.AdminDSN, ServingRole, password, b.Capacity, SharedDatabase, SchemaDatabase)
+		b.Name, b.Region, keys.Seal(b.AdminDSN), ServingRole, keys.Seal(password), b.Capacity, SharedDatabase, SchemaDatabase)
 	if err != nil {
 		return fmt.Errorf("migrations: backend %s: recording: %w", b.Name, err)
 	}

@@ -10,6 +10,8 @@ import (
 
 	"github.com/jackc/pgx/v5"
 	"go.uber.org/zap"
+
+	"github.com/tenantproxy/tenantproxy/catalog/secrets"
 )
 
 // DefaultConcurrency is how many targets Up and Status work on at once when
@@ -49,6 +51,11 @@ type Options struct {
 	// Migrations returns the migrations for a kind of target; nil means the
 	// embedded ones (For).
 	Migrations func(Kind) ([]Migration, error)
+	// Secrets opens the backends' admin DSNs and seals the serving
+	// password of a backend Up registers; nil means encryption is off (plain
+	// text is read and written, a sealed value is an error naming its
+	// backend).
+	Secrets *secrets.Keyring
 }
 
 func (o Options) migrations(k Kind) ([]Migration, error) {
@@ -165,7 +172,7 @@ func upControl(ctx context.Context, control *pgx.Conn, controlDSN string, opts O
 		return Result{}, fmt.Errorf("migrations: %w", err)
 	}
 	if empty {
-		if err := RegisterBackend(ctx, control, Backend{Name: MainBackend, Region: DefaultRegion, AdminDSN: controlDSN}); err != nil {
+		if err := RegisterBackend(ctx, control, Backend{Name: MainBackend, Region: DefaultRegion, AdminDSN: controlDSN}, opts.Secrets); err != nil {
 			return Result{}, err
 		}
 	}
@@ -249,7 +256,7 @@ func run(ctx context.Context, control *pgx.Conn, targets []Target, opts Options,
 		n = DefaultConcurrency
 	}
 	rep := &Report{Results: make([]Result, len(targets))}
-	dsns, err := adminDSNs(ctx, control)
+	dsns, err := adminDSNs(ctx, control, opts.Secrets)
 	if err != nil {
 		for i, t := range targets {
 			rep.Results[i] = Result{Target: t, Err: err}
@@ -307,15 +314,19 @@ func run(ctx context.Context, control *pgx.Conn, targets []Target, opts Options,
 // worker holds its connections to the shared and schema databases across
 // targets; a tenant's own database gets a connection for its turn only.
 type worker struct {
-	dsns  map[string]string
+	dsns  map[string]adminDSN
 	conns map[[2]string]*pgx.Conn
 }
 
 func (w *worker) do(ctx context.Context, t Target, opts Options, fn func(context.Context, DB, Target, Options) Result) Result {
-	dsn, ok := w.dsns[t.Backend]
+	a, ok := w.dsns[t.Backend]
 	if !ok {
 		return Result{Target: t, Err: fmt.Errorf("migrations: %s: unknown backend %q", t, t.Backend)}
 	}
+	if a.err != nil {
+		return Result{Target: t, Err: fmt.Errorf("migrations: %s: %w", t, a.err)}
+	}
+	dsn := a.dsn
 	key := [2]string{t.Backend, t.Database}
 	conn := w.conns[key]
 	if conn == nil || conn.IsClosed() {
@@ -338,15 +349,24 @@ func (w *worker) close(ctx context.Context) {
 	}
 }
 
-func adminDSNs(ctx context.Context, control *pgx.Conn) (map[string]string, error) {
+// adminDSN is a backend's admin DSN, opened, or why it could not be: one
+// backend sealed with a key that is not configured fails its own targets
+// only.
+type adminDSN struct {
+	dsn string
+	err error
+}
+
+func adminDSNs(ctx context.Context, control *pgx.Conn, keys *secrets.Keyring) (map[string]adminDSN, error) {
 	rows, err := control.Query(ctx, "SELECT name, admin_dsn FROM backends")
 	if err != nil {
 		return nil, fmt.Errorf("migrations: listing backends: %w", err)
 	}
-	dsns := map[string]string{}
-	var name, dsn string
-	_, err = pgx.ForEachRow(rows, []any{&name, &dsn}, func() error {
-		dsns[name] = dsn
+	dsns := map[string]adminDSN{}
+	var name, stored string
+	_, err = pgx.ForEachRow(rows, []any{&name, &stored}, func() error {
+		dsn, err := keys.OpenBackend(name, "admin DSN", stored)
+		dsns[name] = adminDSN{dsn: dsn, err: err}
 		return nil
 	})
 	if err != nil {

@@ -15,6 +15,7 @@ import (
 
 	"github.com/tenantproxy/tenantproxy/admin"
 	"github.com/tenantproxy/tenantproxy/catalog"
+	"github.com/tenantproxy/tenantproxy/catalog/secrets"
 	"github.com/tenantproxy/tenantproxy/internal/pgcluster"
 	"github.com/tenantproxy/tenantproxy/migrations"
 	"github.com/tenantproxy/tenantproxy/proxy"
@@ -70,10 +71,17 @@ func demo(ctx context.Context, g *globals, f *serveFlags, out io.Writer) (err er
 		return err
 	}
 	catalogDSN := cluster.DSN("tenantproxy")
-	if _, err := migrations.Up(ctx, catalogDSN, migrations.Options{Logger: g.logger}); err != nil {
+	// A throwaway key, gone with the demo, so newcomers see the catalog's
+	// secrets sealed as a production install should have them.
+	keys, err := (*secrets.Keyring)(nil).Parse("demo key", "demo="+secrets.Generate())
+	if err != nil {
+		return err
+	}
+	if _, err := migrations.Up(ctx, catalogDSN, migrations.Options{Logger: g.logger, Secrets: keys}); err != nil {
 		return fmt.Errorf("migrate: %w", err)
 	}
-	cat, err := catalog.Open(ctx, catalogDSN, catalog.Options{Logger: g.logger})
+	fmt.Fprintln(out, "catalog secrets sealed with a throwaway AES-256-GCM key (README: Security) …")
+	cat, err := catalog.Open(ctx, catalogDSN, catalog.Options{Logger: g.logger, Secrets: keys})
 	if err != nil {
 		return err
 	}

@@ -52,7 +52,12 @@ func buildMigrateCommand(g *globals) (*cobra.Command, *migrateFlags) {
 		Use:   "migrate",
 		Short: "Apply or show migrations of the catalog and of every tenant target",
 	}
-	options := func(cmd *cobra.Command) migrations.Options { return f.options(g, cmd.ErrOrStderr()) }
+	options := func(cmd *cobra.Command) (migrations.Options, error) {
+		keys, err := cf.keyring()
+		o := f.options(g, cmd.ErrOrStderr())
+		o.Secrets = keys
+		return o, err
+	}
 	up := &cobra.Command{
 		Use:   "up",
 		Short: "Migrate the catalog, then the shared database, every tenant schema and every tenant database",
@@ -69,7 +74,11 @@ func buildMigrateCommand(g *globals) (*cobra.Command, *migrateFlags) {
 			if cf.dsn == "" {
 				return fmt.Errorf("--catalog-dsn (or TENANTPROXY_CATALOG_DSN) is required")
 			}
-			report, err := migrations.Up(cmd.Context(), cf.dsn, options(cmd))
+			opts, err := options(cmd)
+			if err != nil {
+				return err
+			}
+			report, err := migrations.Up(cmd.Context(), cf.dsn, opts)
 			if report != nil {
 				fmt.Fprintf(cmd.OutOrStdout(), "migrated %d targets in %s, %d failed\n",
 					len(report.Results), report.Duration.Round(1e6), report.Failed)
@@ -85,7 +94,10 @@ func buildMigrateCommand(g *globals) (*cobra.Command, *migrateFlags) {
 			if cf.dsn == "" {
 				return fmt.Errorf("--catalog-dsn (or TENANTPROXY_CATALOG_DSN) is required")
 			}
-			opts := options(cmd)
+			opts, err := options(cmd)
+			if err != nil {
+				return err
+			}
 			opts.Progress = nil
 			report, err := migrations.Status(cmd.Context(), cf.dsn, opts)
 			if report == nil {

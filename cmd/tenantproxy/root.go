@@ -49,6 +49,7 @@ func newRootCommand() *cobra.Command {
 		newVersionCommand(),
 		newMigrateCommand(g),
 		newBackendCommand(g),
+		newCatalogCommand(g),
 		newTenantCommand(g),
 		newServeCommand(g),
 		newDemoCommand(g),

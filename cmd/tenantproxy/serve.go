@@ -154,6 +154,9 @@ func buildServeCommand(g *globals) (*cobra.Command, *serveFlags) {
 				return err
 			}
 			defer cat.Close()
+			if err := checkCatalogSecrets(cmd.Context(), g, &f.catalog, cat); err != nil {
+				return err
+			}
 			reg := newRegistry()
 			srv, adm, mgr, err := startProxy(g, f, cat, reg)
 			if err != nil {
