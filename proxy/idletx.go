@@ -16,7 +16,11 @@ var errIdleInTransaction = pgerr.Errorf(pgerr.CodeIdleInTransaction, "terminatin
 // could lift a server setting (SET in its own transaction), never this.
 // It is a read deadline on the client, set while a connection is bound
 // with every reply relayed and the transaction open (status T or E), so
-// it costs no goroutine and no timer of its own. Client loop only.
+// it costs no goroutine and no timer of its own. A binding whose replies
+// a relay goroutine reads (background: the client went on sending before
+// its answers came) is not timed: the client loop would have to be woken
+// when the relayer sees the transaction go idle, and the last write to the
+// client is then the relayer's. Client loop only.
 type idleInTx struct {
 	limit time.Duration // <= 0: off
 	// deadline is when the current silence ends the session; zero while
