@@ -98,8 +98,11 @@ type Config struct {
 	// means no cap. Live: Reload changes the cap for every session at
 	// once; what is held stays held.
 	MaxBufferedBytes int
-	// MaxConnsPerTenant caps a tenant's client connections (53300). Zero
-	// means no cap. Live.
+	// MaxConnsPerTenant caps a tenant's client connections to the proxy
+	// (FATAL 53300). Zero means no cap. Live. Server connections are
+	// capped per pool by pool.Config.MaxConnsPerTenant (by default half of
+	// each pool), which is what keeps one tenant's clients from taking a
+	// pool other tenants share.
 	MaxConnsPerTenant int
 	// MaxStartupConns caps the connections in start-up, from accept to
 	// authentication, over all listeners. At the cap, the oldest
