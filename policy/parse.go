@@ -109,6 +109,7 @@ const (
 	reasonRole       = "SET/RESET ROLE is refused: the role is the tenant's isolation boundary and only the proxy sets it"
 	reasonSessAuth   = "SET/RESET SESSION AUTHORIZATION is refused: it would change who the session runs as"
 	reasonTenantGUC  = "changing the tenant setting " + migrations.TenantGUC + " is refused: the proxy sets it for this tenant"
+	reasonIdleInTx   = "changing idle_in_transaction_session_timeout is refused: the proxy sets it, so that an idle transaction cannot hold a shared server connection"
 	reasonResetAll   = "RESET ALL is refused: it would undo the tenant context the proxy set up"
 	reasonDiscardAll = "DISCARD ALL is refused: it would undo the tenant context the proxy set up"
 	reasonUnparsable = "the statement was not sent: the proxy's SQL parser rejected it"
@@ -361,6 +362,11 @@ func (a *analyzer) set(s *pg_query.VariableSetStmt) {
 		// log_executor_stats, log_statement_stats) are superuser-only in
 		// PostgreSQL, so the serving role cannot set them.
 		a.f.need(classExplain, "setting "+name+" is refused for this tenant: it prints the plan, whose estimates come from statistics over every tenant's rows, as EXPLAIN would")
+	case "idle_in_transaction_session_timeout":
+		// Session mode's limit on idle transactions (proxy.Config.
+		// IdleInTransactionTimeout): lifting it would let one tenant
+		// hold a connection of a shared pool, and its locks, forever.
+		a.f.refuse(reasonIdleInTx)
 	case "search_path":
 		a.f.need(classSearchPath, "changing search_path is refused for this tenant: the proxy sets it as part of the tenant context")
 	case "client_encoding":

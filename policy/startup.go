@@ -15,7 +15,9 @@ import (
 var startupSettings = map[string]bool{
 	"application_name": true, "client_encoding": true, "datestyle": true, "timezone": true,
 	"intervalstyle": true, "extra_float_digits": true, "search_path": true,
-	"statement_timeout": true, "lock_timeout": true, "idle_in_transaction_session_timeout": true,
+	// Not idle_in_transaction_session_timeout: the proxy sets it (the
+	// statement policy refuses changing it).
+	"statement_timeout": true, "lock_timeout": true,
 	"bytea_output": true, "client_min_messages": true,
 	"default_transaction_isolation": true, "default_transaction_read_only": true,
 	"work_mem": true, "jit": true,

@@ -43,10 +43,16 @@ type Config struct {
 	// MaxConnsPerKey caps the server connections, idle or in use, of one
 	// (addr, database, user). Zero means 20. Acquire beyond it waits.
 	MaxConnsPerKey int
-	// MaxConnsPerTenant caps the connections of one key that one Target.Tenant
-	// holds at once, so one tenant cannot take every connection; its
-	// further Acquires wait while other tenants are served. Zero means no
-	// cap.
+	// MaxConnsPerTenant caps the server connections of one key that one
+	// Target.Tenant holds at once, so one tenant cannot take every
+	// connection; its further Acquires wait while other tenants are served.
+	// Zero means half of MaxConnsPerKey (at least 1): one tenant's sessions
+	// or open transactions then leave at least half of the pool to every
+	// other tenant, while a tenant alone on a pool still gets half of it
+	// (a quarter would starve small pools, and any share above half lets
+	// two tenants exhaust the pool). Negative means no cap. This is a cap
+	// on server connections of one pool; the proxy's own
+	// proxy.Config.MaxConnsPerTenant caps client connections.
 	MaxConnsPerTenant int
 	// MinIdle is how many idle connections per key the reaper keeps open
 	// (IdleTimeout does not close below it) and opens again, once the key
@@ -54,7 +60,8 @@ type Config struct {
 	MinIdle int
 	// WaitTimeout bounds how long an Acquire waits for a connection of a
 	// full pool (or for its tenant's cap) before ErrWaitTimeout (53400).
-	// Zero means until the Acquire's context ends.
+	// Zero means 10 s, so a client never waits forever behind other
+	// tenants' work; negative means until the Acquire's context ends.
 	WaitTimeout time.Duration
 	// IdleTimeout closes a connection idle for longer. Zero means 5 min;
 	// negative disables.
@@ -84,6 +91,7 @@ type Config struct {
 
 const (
 	defaultMaxConnsPerKey    = 20
+	defaultWaitTimeout       = 10 * time.Second
 	defaultIdleTimeout       = 5 * time.Minute
 	defaultMaxLifetime       = time.Hour
 	defaultConnectTimeout    = 10 * time.Second
@@ -101,14 +109,20 @@ func (c Config) withDefaults() (Config, error) {
 	if c.MaxConnsPerKey < 0 {
 		errs = append(errs, fmt.Errorf("MaxConnsPerKey %d: must be positive", c.MaxConnsPerKey))
 	}
-	if c.MaxConnsPerTenant < 0 {
-		errs = append(errs, fmt.Errorf("MaxConnsPerTenant %d: must not be negative", c.MaxConnsPerTenant))
+	switch {
+	case c.MaxConnsPerTenant == 0:
+		c.MaxConnsPerTenant = max(c.MaxConnsPerKey/2, 1)
+	case c.MaxConnsPerTenant < 0:
+		c.MaxConnsPerTenant = 0 // no cap (pool.perTenant)
 	}
 	if c.MinIdle < 0 || c.MinIdle > c.MaxConnsPerKey {
 		errs = append(errs, fmt.Errorf("MinIdle %d: must be between 0 and MaxConnsPerKey (%d)", c.MinIdle, c.MaxConnsPerKey))
 	}
-	if c.WaitTimeout < 0 {
-		errs = append(errs, fmt.Errorf("WaitTimeout %s: must not be negative", c.WaitTimeout))
+	switch {
+	case c.WaitTimeout == 0:
+		c.WaitTimeout = defaultWaitTimeout
+	case c.WaitTimeout < 0:
+		c.WaitTimeout = 0 // until the context ends (pool.take)
 	}
 	if c.IdleTimeout == 0 {
 		c.IdleTimeout = defaultIdleTimeout

@@ -30,7 +30,8 @@
 // Pools are keyed by (Addr, Database, User), shared by every tenant routed
 // there. A key holds at most Config.MaxConnsPerKey connections; Acquire
 // beyond that waits (per tenant, tenants served round-robin) until its
-// context ends or Config.WaitTimeout passes (ErrWaitTimeout).
+// context ends or Config.WaitTimeout (10 s by default) passes
+// (ErrWaitTimeout).
 // Idle connections are reused most-recently-released first, and a reaper
 // goroutine, owned by the Manager and ended by Close, closes those past
 // IdleTimeout or MaxLifetime. An idle connection that died (backend
@@ -92,8 +93,10 @@
 // it first.
 //
 // Waiters queue per Target.Tenant and are served round-robin across
-// tenants; Config.MaxConnsPerTenant caps what one tenant holds, and
-// Config.WaitTimeout turns a long wait into ErrWaitTimeout. The reaper
+// tenants, skipping a tenant at its cap: Config.MaxConnsPerTenant (by
+// default half of MaxConnsPerKey) caps what one tenant holds, so a tenant
+// under its share is served ahead of one over it, and Config.WaitTimeout
+// turns a long wait into ErrWaitTimeout. The reaper
 // also keeps Config.MinIdle idle connections per key once the key has
 // been used.
 package pool

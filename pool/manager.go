@@ -63,13 +63,16 @@ func NewManager(cfg Config, log *zap.Logger) (*Manager, error) {
 
 // Acquire returns a connection of t's key with t.Setup applied: an idle one
 // when there is one (most recently used first, its session is warm), else a
-// new one, else it waits for one until ctx ends (ErrWaitTimeout). An idle
+// new one, else it waits for one until ctx ends or Config.WaitTimeout
+// passes (ErrWaitTimeout); t.Tenant's connections count against
+// Config.MaxConnsPerTenant. An idle
 // connection found broken (the server was restarted or the backend
 // terminated) is closed and the next one tried, so a stale pool never
 // reaches the caller. Errors: ErrClosed, ErrWaitTimeout, *SetupError, or
 // the connect error (wrapping pgconn's, and *pgconn.PgError when the server
-// refused the login). Without a deadline or cancellation on ctx a full pool
-// is waited for until Close. The caller must Release the Conn.
+// refused the login). With a negative WaitTimeout and no deadline or
+// cancellation on ctx a full pool is waited for until Close. The caller
+// must Release the Conn.
 func (m *Manager) Acquire(ctx context.Context, t Target) (*Conn, error) {
 	// A context that has already ended would only interrupt the setup of a
 	// good idle connection and get it closed.

@@ -2,6 +2,7 @@ package pool_test
 
 import (
 	"context"
+	"errors"
 	"sync"
 	"testing"
 	"time"
@@ -190,4 +191,31 @@ func TestMinIdleConnectionsAreKeptAndReopened(t *testing.T) {
 	d := acquire(t, m, tg)
 	m.Release(d, true)
 	f.waitServerConns(t, "2")
+}
+
+// TestDefaultTenantShareIsHalfThePool: with MaxConnsPerTenant left zero,
+// a tenant holds at most half of a pool and waits (WaitTimeout, here
+// short) while another tenant still gets a connection; negative lifts the
+// cap.
+func TestDefaultTenantShareIsHalfThePool(t *testing.T) {
+	f := newFixture(t)
+	m, _ := newManager(t, pool.Config{MaxConnsPerKey: 4, WaitTimeout: 100 * time.Millisecond})
+	tg := f.target()
+	tg.Tenant = "a"
+	a := pool.NewTxTarget(tg)
+	tg.Tenant = "b"
+	b := pool.NewTxTarget(tg)
+	c1 := acquire(t, m, a.Target)
+	c2 := acquire(t, m, a.Target)
+	if _, _, _, err := m.AcquireTx(context.Background(), a); !errors.Is(err, pool.ErrWaitTimeout) {
+		t.Fatalf("tenant a past half of the pool: %v; want ErrWaitTimeout", err)
+	}
+	m.ReleaseTx(acquireTx(t, m, b), true)
+	m.Release(c1, true)
+	m.Release(c2, true)
+
+	uncapped, _ := newManager(t, pool.Config{MaxConnsPerKey: 2, MaxConnsPerTenant: -1, WaitTimeout: 100 * time.Millisecond})
+	d1, d2 := acquire(t, uncapped, a.Target), acquire(t, uncapped, a.Target)
+	uncapped.Release(d1, true)
+	uncapped.Release(d2, true)
 }

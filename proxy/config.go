@@ -98,8 +98,11 @@ type Config struct {
 	// means no cap. Live: Reload changes the cap for every session at
 	// once; what is held stays held.
 	MaxBufferedBytes int
-	// MaxConnsPerTenant caps a tenant's client connections (53300). Zero
-	// means no cap. Live.
+	// MaxConnsPerTenant caps a tenant's client connections to the proxy
+	// (FATAL 53300). Zero means no cap. Live. Server connections are
+	// capped per pool by pool.Config.MaxConnsPerTenant (by default half of
+	// each pool), which is what keeps one tenant's clients from taking a
+	// pool other tenants share.
 	MaxConnsPerTenant int
 	// MaxStartupConns caps the connections in start-up, from accept to
 	// authentication, over all listeners. At the cap, the oldest
@@ -113,6 +116,18 @@ type Config struct {
 	// already" and closed. Unix-socket connections count only towards
 	// MaxStartupConns. Zero means 100; negative means no cap. Live.
 	MaxStartupConnsPerAddr int
+	// IdleInTransactionTimeout ends a session whose transaction stays open
+	// (status T or E) with the client sending nothing for longer: FATAL
+	// 25P03 "terminating connection due to idle-in-transaction timeout",
+	// as PostgreSQL says it. An open transaction holds a server connection
+	// of a pool other tenants share, and locks, so the tenant must not be
+	// able to lift it: in transaction mode the proxy times the client's
+	// silence itself (idletx.go) and rolls the server connection back into
+	// the pool; in session mode it sets PostgreSQL's
+	// idle_in_transaction_session_timeout in the session's setup, and the
+	// statement policy refuses changing that setting. Zero means 60 s;
+	// negative disables. Live (for sessions started after the reload).
+	IdleInTransactionTimeout time.Duration
 	// PoolMode is the default pool mode of tenants whose catalog settings
 	// name none ({"pool_mode": "session"} or "transaction"): PoolSession
 	// or PoolTransaction. Zero means PoolSession. Live.
@@ -143,6 +158,11 @@ const (
 	defaultMaxBufferedBytes   = 256 << 20
 	defaultDrainTimeout       = 30 * time.Second
 	defaultCancelTimeout      = 5 * time.Second
+	// A transaction idle for a minute is a bug or an attack: interactive
+	// work (psql) between statements rarely pauses that long, and a
+	// minute of a held connection and its locks is what one tenant may
+	// cost the others.
+	defaultIdleInTransactionTimeout = time.Minute
 	// minStartupPacket fits an SSLRequest: length and code.
 	minStartupPacket = 8
 )
@@ -252,6 +272,9 @@ func (c *Config) limitDefaults() []error {
 	}
 	if c.MaxBufferedBytes == 0 {
 		c.MaxBufferedBytes = defaultMaxBufferedBytes
+	}
+	if c.IdleInTransactionTimeout == 0 {
+		c.IdleInTransactionTimeout = defaultIdleInTransactionTimeout
 	}
 	return errs
 }

@@ -3,6 +3,7 @@ package proxy
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"sort"
 	"strings"
 	"time"
@@ -121,13 +122,29 @@ func (s *Server) connect(ctx context.Context, c *clientConn, lv *live, t *catalo
 		Setup: append(append([]string(nil), rt.Setup...), extra...),
 	}
 	if poolModeOf(t, lv.cfg.PoolMode) == PoolTransaction {
-		tx := &txSession{}
+		tx := &txSession{idleTx: idleInTx{limit: lv.cfg.IdleInTransactionTimeout}}
 		s.initBase(&tx.sessionBase, c, t, id, lv)
 		return tx, s.connectTx(ctx, c, tx, target)
+	}
+	// The session's server connection is the tenant's for its whole life:
+	// it counts against the tenant's share of the pool
+	// (pool.Config.MaxConnsPerTenant), so one tenant's sessions cannot
+	// take every connection of a pool other tenants share.
+	target.Tenant = t.Subdomain
+	if d := lv.cfg.IdleInTransactionTimeout; d > 0 {
+		// PostgreSQL times the session's idle transactions; the policy
+		// refuses changing the setting (policy.protectedSettings).
+		target.Setup = append(target.Setup, idleInTxSetting(d))
 	}
 	ps := &pinnedSession{}
 	s.initBase(&ps.sessionBase, c, t, id, lv)
 	return ps, s.connectPinned(ctx, c, ps, target)
+}
+
+// idleInTxSetting sets PostgreSQL's idle_in_transaction_session_timeout
+// to d (at least 1 ms: 0 would disable it) for a session-mode session.
+func idleInTxSetting(d time.Duration) string {
+	return fmt.Sprintf("SET idle_in_transaction_session_timeout = %d", max(d.Milliseconds(), 1))
 }
 
 // startupSettings are the startup packet's settings, in the order

@@ -31,6 +31,7 @@ func (tx *txSession) clientLoop() error {
 	for {
 		var m pgwire.Message
 		var err error
+		tx.armIdleInTx()
 		if src == nil {
 			if src, err = tx.idleRead(); err == nil {
 				sc.Reset(src, nil)
@@ -48,6 +49,7 @@ func (tx *txSession) clientLoop() error {
 		if m.Type == pgwire.Terminate {
 			return nil
 		}
+		tx.heardClient()
 		tx.in = m.Bytes
 		err = tx.handle(m.Type)
 		tx.in = nil // the scanner's, given back by the next call on it
@@ -63,8 +65,8 @@ func (tx *txSession) clientLoop() error {
 }
 
 // woken handles a failed read of the client: an interrupt (drain, kill,
-// the session ended by the reader of the server) or the client's own
-// failure. done means the loop ends with err.
+// the session ended by the reader of the server), the idle-in-transaction
+// deadline (idletx.go) or the client's own failure. done means the loop ends with err.
 func (tx *txSession) woken(err error) (done bool, _ error) {
 	if !errors.Is(err, os.ErrDeadlineExceeded) {
 		return true, err
@@ -80,6 +82,9 @@ func (tx *txSession) woken(err error) (done bool, _ error) {
 		if tx.killed.Load() {
 			return true, errShuttingDown
 		}
+	}
+	if tx.idleInTxExpired() {
+		return true, errIdleInTransaction
 	}
 	// Woken while a transaction is open; the reader of the server wakes
 	// this loop again when it unbinds.

@@ -109,6 +109,8 @@ type txSession struct {
 	// first is what an idle client sent first, read without a pooled
 	// reader (idleRead).
 	first idlePrefix
+	// idleTx times an open transaction waiting for the client.
+	idleTx idleInTx
 }
 
 // run relays until the session ends, then gives back what it holds.

@@ -41,6 +41,7 @@ type serveFlags struct {
 	maxConnsPerTenant int
 	maxBufferedBytes  int
 	startupTimeout    time.Duration
+	idleInTxTimeout   time.Duration
 	drainTimeout      time.Duration
 
 	maxStartupConns        int
@@ -70,17 +71,18 @@ func (f *serveFlags) register(fs *pflag.FlagSet, defaultAuth string) {
 	fs.StringSliceVar(&f.identifyOrder, "identify", []string{"sni", "options", "user"}, "identification sources in order: sni, options (-c tenant=ID), user (name.tenant)")
 	fs.StringVar(&f.userSeparator, "user-separator", ".", "separates user name and tenant in the user source")
 	fs.StringVar(&f.auth, "auth", defaultAuth, "client authentication: scram-sha-256, or trust (demos only)")
-	fs.IntVar(&f.maxConnsPerTenant, "max-conns-per-tenant", 0, "client connections one tenant may hold; 0 means no cap")
+	fs.IntVar(&f.maxConnsPerTenant, "max-conns-per-tenant", 0, "client connections one tenant may hold (not server connections: see --pool-max-conns-per-tenant); 0 means no cap")
 	fs.IntVar(&f.maxBufferedBytes, "max-buffered-bytes", 256<<20, "memory all clients together may hold for messages over 64 KiB that are read whole (statements, to check them; transaction mode counts them twice); a client whose message does not fit waits up to 5s, then gets FATAL 53200; 0 means 256 MiB, negative no cap; reloaded on SIGHUP")
 	fs.DurationVar(&f.startupTimeout, "startup-timeout", 15*time.Second, "time a client has from connect to ready (TLS, startup, auth)")
 	fs.IntVar(&f.maxStartupConns, "max-startup-conns", 1000, "connections not yet authenticated, in all; at the cap the oldest of them is closed for the new one; -1 means no cap")
 	fs.IntVar(&f.maxStartupConnsPerAddr, "max-startup-conns-per-addr", 100, "connections not yet authenticated from one IPv4 address or IPv6 /64; over it new ones get 53300; -1 means no cap")
+	fs.DurationVar(&f.idleInTxTimeout, "idle-in-transaction-timeout", time.Minute, "a client whose transaction stays open with nothing sent for longer gets FATAL 25P03 and its server connection is rolled back (transaction mode: timed by the proxy; session mode: PostgreSQL's idle_in_transaction_session_timeout, which tenants may not change); 0 means 1m, negative disables")
 	fs.DurationVar(&f.drainTimeout, "drain-timeout", 30*time.Second, "on SIGTERM, time open sessions get before they are ended with 57P01")
 	fs.StringVar(&f.poolMode, "pool-mode", proxy.PoolSession, "default pool mode of tenants whose settings name none: session (a server connection per client) or transaction (per transaction)")
 	fs.IntVar(&f.poolMaxConns, "pool-max-conns", 20, "server connections per (backend, database, role)")
-	fs.IntVar(&f.poolMaxPerTenant, "pool-max-conns-per-tenant", 0, "server connections of one pool a tenant may hold at once; 0 means no cap")
+	fs.IntVar(&f.poolMaxPerTenant, "pool-max-conns-per-tenant", 0, "server connections of one pool a tenant may hold at once; 0 means half of --pool-max-conns (at least 1), negative no cap")
 	fs.IntVar(&f.poolMinIdle, "pool-min-idle", 0, "idle server connections kept open per pool once it has been used")
-	fs.DurationVar(&f.poolWaitTimeout, "pool-wait-timeout", 30*time.Second, "how long a client waits for a server connection of a full pool before 53400")
+	fs.DurationVar(&f.poolWaitTimeout, "pool-wait-timeout", 10*time.Second, "how long a client waits for a server connection of a full pool (or over its tenant's share) before 53400; 0 means 10s, negative until the client's start-up timeout or shutdown")
 	fs.DurationVar(&f.poolIdleTimeout, "pool-idle-timeout", 5*time.Minute, "close server connections idle this long")
 	fs.DurationVar(&f.poolMaxLifetime, "pool-max-lifetime", time.Hour, "close server connections this old once idle")
 	fs.DurationVar(&f.poolConnTimeout, "pool-connect-timeout", 10*time.Second, "bound on connecting and authenticating to a backend")
@@ -105,14 +107,15 @@ func (f *serveFlags) proxyConfig(log *zap.Logger, reg prometheus.Registerer) pro
 		AuthMethod: f.auth,
 		// Every replica has the catalog DSN and strangers do not: the
 		// fake salts of unknown users and tenants agree across replicas.
-		SaltSecret:        f.catalog.dsn,
-		MaxConnsPerTenant: f.maxConnsPerTenant,
-		MaxBufferedBytes:  f.maxBufferedBytes,
-		PoolMode:          f.poolMode,
-		StartupTimeout:    f.startupTimeout,
-		DrainTimeout:      f.drainTimeout,
-		Logger:            log,
-		Registerer:        reg,
+		SaltSecret:               f.catalog.dsn,
+		MaxConnsPerTenant:        f.maxConnsPerTenant,
+		MaxBufferedBytes:         f.maxBufferedBytes,
+		PoolMode:                 f.poolMode,
+		StartupTimeout:           f.startupTimeout,
+		IdleInTransactionTimeout: f.idleInTxTimeout,
+		DrainTimeout:             f.drainTimeout,
+		Logger:                   log,
+		Registerer:               reg,
 
 		MaxStartupConns:        f.maxStartupConns,
 		MaxStartupConnsPerAddr: f.maxStartupConnsPerAddr,

@@ -66,6 +66,10 @@ const (
 	// proxy may hold for messages (FATAL 53200, PostgreSQL's out_of_memory;
 	// the rest of the message is never read, so the connection ends).
 	CodeOutOfMemory
+	// CodeIdleInTransaction: a transaction-mode client left a transaction
+	// open and idle past the proxy's limit (FATAL 25P03, PostgreSQL's
+	// idle_in_transaction_session_timeout).
+	CodeIdleInTransaction
 
 	// codeCount is the number of codes; it stays last.
 	codeCount

@@ -34,6 +34,7 @@ var codes = [codeCount]row{
 	CodeSyntaxError:         {"CodeSyntaxError", "42601", false},
 	CodeStatementTooComplex: {"CodeStatementTooComplex", "54001", false},
 	CodeOutOfMemory:         {"CodeOutOfMemory", "53200", true},
+	CodeIdleInTransaction:   {"CodeIdleInTransaction", "25P03", true},
 }
 
 // rowOf returns c's row; a value outside the enum gets CodeInternal's,
