@@ -192,6 +192,11 @@ func (s *Server) checkPassword(ctx context.Context, id, user, password string) (
 	case !errors.Is(err, catalog.ErrNotFound):
 		return false, err
 	}
+	if len(password) > scram.MaxPasswordLen {
+		// No login can have it (the catalog refuses to store it), and
+		// preparing a megabyte would cost more than a wrong password does.
+		password, known = "", false
+	}
 	got, err := scram.Derive(password, v.Salt, v.Iterations)
 	if err != nil {
 		return false, nil
