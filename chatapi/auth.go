@@ -151,11 +151,16 @@ func (s *Server) login(w http.ResponseWriter, r *http.Request) error {
 	if in.User == "" {
 		return invalidBody("user is required")
 	}
+	source := loginSource(r)
+	if wait := s.logins.wait(source, time.Now()); wait > 0 {
+		return tooManyLogins(wait)
+	}
 	ok, err := s.checkPassword(r.Context(), id, in.User, in.Password)
 	if err != nil {
 		return err
 	}
 	if !ok {
+		s.logins.fail(source, time.Now())
 		return unauthenticated(w, "wrong user or password")
 	}
 	// A suspended or provisioning tenant could not use the token.

@@ -93,3 +93,32 @@ func TestTenantEndpointsRefuseMissingBadAndForeignTokens(t *testing.T) {
 		})
 	}
 }
+
+func TestLoginThrottleHoldsOnlyTheFailingSourceForItsWindow(t *testing.T) {
+	l := newLoginThrottle()
+	now := time.Now()
+	for k := range loginFreeFailures {
+		if w := l.wait("192.0.2.1", now); w != 0 {
+			t.Fatalf("held after %d failures; want %d free", k, loginFreeFailures)
+		}
+		l.fail("192.0.2.1", now)
+	}
+	if w := l.wait("192.0.2.1", now.Add(time.Second)); w <= 0 || w > loginWindow {
+		t.Fatalf("wait after %d failures = %v; want up to %v", loginFreeFailures, w, loginWindow)
+	}
+	if w := l.wait("192.0.2.2", now); w != 0 {
+		t.Fatalf("another source held for %v", w)
+	}
+	if w := l.wait("192.0.2.1", now.Add(loginWindow)); w != 0 {
+		t.Fatalf("still held %v after the window", w)
+	}
+	for addr, want := range map[string]string{
+		"192.0.2.1:5555": "192.0.2.1", "[2001:db8:1:2:3:4:5:6]:443": "2001:db8:1:2::/64", "[::ffff:192.0.2.9]:1": "192.0.2.9",
+	} {
+		r := httptest.NewRequest("POST", "/login", nil)
+		r.RemoteAddr = addr
+		if got := loginSource(r); got != want {
+			t.Errorf("source of %s = %q; want %q", addr, got, want)
+		}
+	}
+}

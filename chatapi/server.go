@@ -25,12 +25,14 @@ type Server struct {
 	cfg Config
 	// tokenKey signs and verifies the bearer tokens of POST /login.
 	tokenKey []byte
-	cat      *catalog.Catalog
-	pools    *tenantPools
-	metrics  *metrics
-	log      *zap.Logger
-	mux      *http.ServeMux
-	routes   []route
+	// logins throttles failed POST /login per source address.
+	logins  *loginThrottle
+	cat     *catalog.Catalog
+	pools   *tenantPools
+	metrics *metrics
+	log     *zap.Logger
+	mux     *http.ServeMux
+	routes  []route
 }
 
 // scope says who may call a route and how it finds its tenant.
@@ -89,7 +91,7 @@ func New(cfg Config, cat *catalog.Catalog) (*Server, error) {
 	if err != nil {
 		return nil, err
 	}
-	s := &Server{cfg: cfg, tokenKey: tokenKey(cfg.ServiceSecret), cat: cat, metrics: m, log: cfg.Logger, mux: http.NewServeMux()}
+	s := &Server{cfg: cfg, tokenKey: tokenKey(cfg.ServiceSecret), logins: newLoginThrottle(), cat: cat, metrics: m, log: cfg.Logger, mux: http.NewServeMux()}
 	s.pools = newTenantPools(cfg, base, cat, m.pools)
 	s.routes = []route{
 		{"GET", "/openapi.json", scopePublic, s.plain(serveOpenAPI)},

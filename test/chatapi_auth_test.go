@@ -91,6 +91,32 @@ func testEndUserAuth(t *testing.T, e *chatEnv, tenants []*seeded) {
 		r := e.do(t, call{method: "GET", path: "/me", tenant: "acme", token: in.Token})
 		wantProblem(t, r, 401, "unauthenticated")
 	})
+	t.Run("FailingSourceThrottled429", func(t *testing.T) {
+		// A replica of its own, so that its throttle holds no other test.
+		api, err := chatapi.New(chatapi.Config{
+			ProxyDSN:      "postgres://" + e.proxyAddr + "/chat?sslmode=disable",
+			ServiceSecret: []byte("a-service-secret-of-at-least-32-bytes"),
+			OperatorToken: chatOperator,
+			Registerer:    prometheus.NewRegistry(),
+		}, e.cat)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer api.Close()
+		srv := httptest.NewServer(api)
+		defer srv.Close()
+		replica := &chatEnv{url: srv.URL}
+		su := e.signUpAdmin("acme")
+		for range 20 {
+			wantProblem(t, replica.login(t, "acme", su.user, "guess"), 401, "unauthenticated")
+		}
+		// Even the right password is not checked now.
+		r := replica.login(t, "acme", su.user, su.password)
+		wantProblem(t, r, 429, "too-many-logins")
+		if r.header.Get("Retry-After") == "" || strings.Contains(string(r.body), "token\"") {
+			t.Fatalf("throttled login: %v %s", r.header, r.body)
+		}
+	})
 	t.Run("LoginReadsOnlyItsTenant", func(t *testing.T) {
 		su := e.signUpAdmin("hooli")
 		for _, style := range []int{byHost, byHeader, byPath} {
