@@ -15,6 +15,7 @@
 // authenticates), checking the password against the stored SCRAM-SHA-256
 // verifier; the token is HMAC-SHA-256-signed with a key derived from
 // Config.ServiceSecret and carries tenant, user and expiry (auth.go).
+// Failed logins are throttled per source address (throttle.go).
 //
 // Data access: one small pgx pool per active tenant, logging in to the
 // proxy as the tenant's service user (Config.ServiceUser) whose password is
