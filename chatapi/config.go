@@ -41,6 +41,8 @@ type Config struct {
 	// MetricTenants get their own tenant label in metrics; every other
 	// tenant is counted as "other", which keeps label cardinality bounded.
 	MetricTenants []string
+	// TokenTTL is how long a token of POST /login is valid. Zero means 1 h.
+	TokenTTL time.Duration
 	// Logger receives one line per request. Nil means no logs.
 	Logger *zap.Logger
 	// Registerer receives the API's metrics. Nil means not registered.
@@ -52,6 +54,7 @@ const (
 	defaultMaxTenantPools  = 256
 	defaultPoolMaxConns    = 4
 	defaultPoolIdleTimeout = time.Minute
+	defaultTokenTTL        = time.Hour
 	minServiceSecret       = 32
 	minOperatorToken       = 16
 )
@@ -71,6 +74,9 @@ func (c Config) withDefaults() (Config, *pgxpool.Config, error) {
 	if c.PoolIdleTimeout == 0 {
 		c.PoolIdleTimeout = defaultPoolIdleTimeout
 	}
+	if c.TokenTTL == 0 {
+		c.TokenTTL = defaultTokenTTL
+	}
 	if c.Logger == nil {
 		c.Logger = zap.NewNop()
 	}
@@ -82,6 +88,9 @@ func (c Config) withDefaults() (Config, *pgxpool.Config, error) {
 	}
 	if c.MaxTenantPools < 0 || c.PoolMaxConns < 0 || c.PoolIdleTimeout < 0 {
 		errs = append(errs, errors.New("pool limits must not be negative"))
+	}
+	if c.TokenTTL < 0 {
+		errs = append(errs, errors.New("token TTL must not be negative"))
 	}
 	base, err := pgxpool.ParseConfig(c.ProxyDSN)
 	switch {

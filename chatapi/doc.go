@@ -9,6 +9,14 @@
 // /t/{tenant}/ (fallback). All sources present must agree. Every error is
 // an RFC 9457 problem document (application/problem+json).
 //
+// End users: every tenant endpoint needs a bearer token of the tenant it
+// names (401 without a valid one, 403 for another tenant's). POST /login
+// issues it for a login of the tenant in the catalog (the users the proxy
+// authenticates), checking the password against the stored SCRAM-SHA-256
+// verifier; the token is HMAC-SHA-256-signed with a key derived from
+// Config.ServiceSecret and carries tenant, user and expiry (auth.go).
+// Failed logins are throttled per source address (throttle.go).
+//
 // Data access: one small pgx pool per active tenant, logging in to the
 // proxy as the tenant's service user (Config.ServiceUser) whose password is
 // HMAC-SHA256(Config.ServiceSecret, tenant id), so every replica derives

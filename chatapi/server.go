@@ -22,7 +22,11 @@ import (
 // Server is the chat API. It is an http.Handler; the caller owns the
 // listener and must call Close after the HTTP server has shut down.
 type Server struct {
-	cfg     Config
+	cfg Config
+	// tokenKey signs and verifies the bearer tokens of POST /login.
+	tokenKey []byte
+	// logins throttles failed POST /login per source address.
+	logins  *loginThrottle
 	cat     *catalog.Catalog
 	pools   *tenantPools
 	metrics *metrics
@@ -37,12 +41,19 @@ type scope int
 const (
 	// scopePublic routes need nothing (the OpenAPI document).
 	scopePublic scope = iota
-	// scopeTenant routes identify a tenant and are also served under
-	// /t/{tenant}.
+	// scopeTenant routes identify a tenant, need a bearer token of that
+	// tenant (POST /login) and are also served under /t/{tenant}.
 	scopeTenant
+	// scopeLogin is POST /login: it identifies a tenant like scopeTenant,
+	// and is served under /t/{tenant} too, but needs no token.
+	scopeLogin
 	// scopeOperator routes need the operator token.
 	scopeOperator
 )
+
+// underTenant reports whether routes of scope sc are also served under
+// the /t/{tenant} prefix.
+func (sc scope) underTenant() bool { return sc == scopeTenant || sc == scopeLogin }
 
 // tenantPrefix is the path fallback for naming the tenant.
 const tenantPrefix = "/t/{tenant}"
@@ -80,11 +91,12 @@ func New(cfg Config, cat *catalog.Catalog) (*Server, error) {
 	if err != nil {
 		return nil, err
 	}
-	s := &Server{cfg: cfg, cat: cat, metrics: m, log: cfg.Logger, mux: http.NewServeMux()}
+	s := &Server{cfg: cfg, tokenKey: tokenKey(cfg.ServiceSecret), logins: newLoginThrottle(), cat: cat, metrics: m, log: cfg.Logger, mux: http.NewServeMux()}
 	s.pools = newTenantPools(cfg, base, cat, m.pools)
 	s.routes = []route{
 		{"GET", "/openapi.json", scopePublic, s.plain(serveOpenAPI)},
 
+		{"POST", "/login", scopeLogin, s.plain(s.login)},
 		{"GET", "/me", scopeTenant, s.tenant(s.me)},
 		{"GET", "/users", scopeTenant, s.tenant(users.list)},
 		{"POST", "/users", scopeTenant, s.tenant(s.createUser)},
@@ -110,7 +122,7 @@ func New(cfg Config, cat *catalog.Catalog) (*Server, error) {
 	}
 	for _, rt := range s.routes {
 		s.mux.Handle(rt.method+" "+rt.path, rt.handler)
-		if rt.scope == scopeTenant {
+		if rt.scope.underTenant() {
 			s.mux.Handle(rt.method+" "+tenantPrefix+rt.path, rt.handler)
 		}
 	}
@@ -189,9 +201,12 @@ func (s *Server) plain(h plainHandler) http.Handler {
 	})
 }
 
-// tenant identifies the request's tenant, refuses one that is unknown,
-// suspended or still being provisioned, and hands the handler a pool of
-// connections to its data.
+// tenant identifies the request's tenant, refuses a request without a
+// valid token of that tenant, refuses a tenant that is unknown, suspended
+// or still being provisioned, and hands the handler a pool of connections
+// to its data. The token's signature, expiry and tenant are checked before
+// the tenant is looked up, so that an anonymous client cannot tell which
+// tenants exist.
 func (s *Server) tenant(h tenantHandler) http.Handler {
 	return s.plain(func(w http.ResponseWriter, r *http.Request) error {
 		id, err := identify(s.cfg.BaseDomain, r)
@@ -199,8 +214,15 @@ func (s *Server) tenant(h tenantHandler) http.Handler {
 			return err
 		}
 		state(r).tenant = id
+		c, err := s.bearer(w, r, id)
+		if err != nil {
+			return err
+		}
 		t, err := s.activeTenant(r.Context(), id)
 		if err != nil {
+			return err
+		}
+		if err := s.stillValid(r.Context(), w, c, t); err != nil {
 			return err
 		}
 		tp, err := s.pools.acquire(r.Context(), t.ID)

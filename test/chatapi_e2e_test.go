@@ -128,6 +128,7 @@ func TestChatAPI(t *testing.T) {
 			ct.sub, ct.plan, ct.tier, su.ReadyMS, su.Timings.ProvisionMS, su.Timings.ServiceLoginMS, su.Timings.FirstQueryMS)
 		tenants = append(tenants, seedChat(t, e, i, ct.sub, ct.plan != catalog.PlanFree))
 	}
+	t.Run("EndUserAuth", func(t *testing.T) { testEndUserAuth(t, e, tenants) })
 	t.Run("AnotherTenantsIDsAreNotFound", func(t *testing.T) { testCrossTenantIDs(t, e, tenants) })
 	t.Run("ExportHasExactlyTheTenantsData", func(t *testing.T) { testExport(t, e, tenants) })
 	t.Run("IdentificationStyles", func(t *testing.T) { testIdentification(t, e) })
@@ -271,13 +272,17 @@ func testIdentification(t *testing.T, e *chatEnv) {
 }
 
 func testErrorCases(t *testing.T, e *chatEnv, tenants []*seeded) {
-	t.Run("UnknownTenant404", func(t *testing.T) {
+	t.Run("UnknownTenantLooksLikeAnyAnonymousCall401", func(t *testing.T) {
+		// Without a token nothing tells whether the tenant exists; a
+		// deleted tenant's token gets 404 (GDPRDelete).
 		for _, style := range []int{byHost, byHeader, byPath} {
-			p := wantProblem(t, e.do(t, as(style, "nosuch", "GET", "/me", nil)), 404, "unknown-tenant")
-			if p.Tenant != "nosuch" || !strings.Contains(p.Detail, `"nosuch" does not exist`) {
-				t.Fatalf("unknown tenant: %+v", p)
+			r := e.do(t, as(style, "nosuch", "GET", "/me", nil))
+			wantProblem(t, r, 401, "unauthenticated")
+			if !strings.HasPrefix(r.header.Get("WWW-Authenticate"), "Bearer") {
+				t.Fatalf("401 without a Bearer challenge: %v", r.header)
 			}
 		}
+		wantProblem(t, e.login(t, "nosuch", "admin", "whatever-password"), 401, "unauthenticated")
 	})
 	t.Run("SuspendedTenant403", func(t *testing.T) {
 		ten := want[catalog.Tenant](t, e.do(t, call{method: "POST", path: "/admin/tenants/umbrella/suspend", operator: true}), 200, "suspend")
@@ -442,8 +447,12 @@ func testDelete(t *testing.T, e *chatEnv) {
 	eventually(t, e, as(byHeader, "gone", "GET", "/me", nil), 404)
 	wantProblem(t, e.do(t, as(byHeader, "gone", "GET", "/me", nil)), 404, "unknown-tenant")
 	wantProblem(t, e.do(t, call{method: "DELETE", path: "/admin/tenants/gone", operator: true}), 404, "unknown-tenant")
-	// A new tenant of the same name starts empty.
+	// A new tenant of the same name starts empty, and the old tenant's
+	// token does not open it.
+	old, _ := e.tokens.Load("gone")
 	e.signUp(t, "gone", catalog.PlanFree)
+	r := e.do(t, call{method: "GET", path: "/me", tenant: "gone", token: old.(string)})
+	wantProblem(t, r, 401, "unauthenticated")
 	if me := want[chatapi.Me](t, e.do(t, as(byHeader, "gone", "GET", "/me", nil)), 200, "me"); me.Usage.Users != 0 {
 		t.Fatalf("re-created tenant has %d users; want 0", me.Usage.Users)
 	}
@@ -510,7 +519,7 @@ func testPoolEviction(t *testing.T, e *chatEnv, tenants []*seeded) {
 		t.Fatal(err)
 	}
 	srv := httptest.NewServer(api)
-	second := &chatEnv{url: srv.URL}
+	second := &chatEnv{url: srv.URL, tokens: e.tokens}
 	var wg sync.WaitGroup
 	for _, x := range tenants {
 		for range 3 {

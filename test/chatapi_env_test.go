@@ -8,7 +8,9 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"strings"
+	"sync"
 	"testing"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/zap"
@@ -37,6 +39,12 @@ type chatEnv struct {
 	reg *prometheus.Registry
 	// proxyAddr is where the proxy listens, for a second API instance.
 	proxyAddr string
+	// tokens holds each signed-up tenant's bearer token (tenant → token),
+	// from logging in as its admin user; shared with a second instance,
+	// which accepts the first one's tokens (same service secret).
+	tokens *sync.Map
+	// admins holds each signed-up tenant's adminLogin.
+	admins *sync.Map
 }
 
 type chatEnvOptions struct {
@@ -98,7 +106,7 @@ func newChatEnv(t *testing.T, o chatEnvOptions) *chatEnv {
 	t.Cleanup(api.Close)
 	srv := httptest.NewServer(api)
 	t.Cleanup(srv.Close)
-	return &chatEnv{proxyEnv: pe, url: srv.URL, reg: reg, proxyAddr: addr}
+	return &chatEnv{proxyEnv: pe, url: srv.URL, reg: reg, proxyAddr: addr, tokens: &sync.Map{}, admins: &sync.Map{}}
 }
 
 // call is one HTTP request to the chat API.
@@ -110,7 +118,30 @@ type call struct {
 	tenant string
 	// operator sends the operator token.
 	operator bool
-	body     any
+	// token, when set, is the bearer token sent; otherwise a tenant-scoped
+	// call sends the token of the tenant it names (chatEnv.tokens) unless
+	// anonymous is set.
+	token     string
+	anonymous bool
+	body      any
+}
+
+// namedTenant is the tenant a call names by header, Host or path, for
+// picking its token; identification itself is the API's business.
+func (c call) namedTenant() string {
+	if c.tenant != "" {
+		return c.tenant
+	}
+	if host, _, err := net.SplitHostPort(c.host); err == nil {
+		if sub, ok := strings.CutSuffix(host, "."+chatBaseDomain); ok {
+			return sub
+		}
+	}
+	if rest, ok := strings.CutPrefix(c.path, "/t/"); ok {
+		sub, _, _ := strings.Cut(rest, "/")
+		return sub
+	}
+	return ""
 }
 
 type reply struct {
@@ -152,8 +183,17 @@ func (e *chatEnv) try(client *http.Client, c call) (reply, error) {
 	if c.tenant != "" {
 		req.Header.Set(chatapi.TenantHeader, c.tenant)
 	}
+	token := c.token
+	if token == "" && !c.operator && !c.anonymous && e.tokens != nil {
+		if tok, ok := e.tokens.Load(c.namedTenant()); ok {
+			token = tok.(string)
+		}
+	}
 	if c.operator {
-		req.Header.Set("Authorization", "Bearer "+chatOperator)
+		token = chatOperator
+	}
+	if token != "" {
+		req.Header.Set("Authorization", "Bearer "+token)
 	}
 	if body != nil {
 		req.Header.Set("Content-Type", "application/json")
@@ -207,11 +247,35 @@ func wantProblem(t testing.TB, r reply, status int, kind string) problem {
 	return p
 }
 
-// signUp provisions a tenant through the API.
+// signUp provisions a tenant through the API and logs in as its admin
+// user, keeping the token for the tenant's later calls.
 func (e *chatEnv) signUp(t testing.TB, sub, plan string) chatapi.SignUp {
 	t.Helper()
-	return want[chatapi.SignUp](t, e.do(t, call{method: "POST", path: "/admin/tenants", operator: true,
+	su := want[chatapi.SignUp](t, e.do(t, call{method: "POST", path: "/admin/tenants", operator: true,
 		body: chatapi.SignUpRequest{Subdomain: sub, Name: "Tenant " + sub, Plan: plan}}), http.StatusCreated, "sign up "+sub)
+	// The catalog's caches learn of changes by notification: when sub was
+	// deleted and signed up again within milliseconds, the old admin's
+	// verifier may still be cached for a moment (the proxy sees the same
+	// window). A few retries stay under the login throttle's allowance.
+	r := e.login(t, sub, su.AdminUser, su.AdminPassword)
+	for try := 0; r.status == http.StatusUnauthorized && try < 10; try++ {
+		time.Sleep(100 * time.Millisecond)
+		r = e.login(t, sub, su.AdminUser, su.AdminPassword)
+	}
+	in := want[chatapi.Login](t, r, http.StatusOK, "log in to "+sub)
+	if in.Token == "" || in.Tenant != sub || in.User != su.AdminUser {
+		t.Fatalf("login to %s as %s: %+v", sub, su.AdminUser, in)
+	}
+	e.tokens.Store(sub, in.Token)
+	e.admins.Store(sub, adminLogin{su.AdminUser, su.AdminPassword})
+	return su
+}
+
+// login is POST /login for tenant sub, named by the X-Tenant-ID header.
+func (e *chatEnv) login(t testing.TB, sub, user, password string) reply {
+	t.Helper()
+	return e.do(t, call{method: "POST", path: "/login", tenant: sub, anonymous: true,
+		body: chatapi.LoginRequest{User: user, Password: password}})
 }
 
 func hostOf(sub string) string { return net.JoinHostPort(sub+"."+chatBaseDomain, "80") }

@@ -35,6 +35,7 @@ type chatFlags struct {
 	maxPools      int
 	poolConns     int
 	poolIdle      time.Duration
+	tokenTTL      time.Duration
 }
 
 func (f *chatFlags) register(fs *pflag.FlagSet) {
@@ -48,6 +49,7 @@ func (f *chatFlags) register(fs *pflag.FlagSet) {
 	fs.IntVar(&f.maxPools, "max-tenant-pools", 256, "tenants with an open pool to the proxy; the least recently used is closed beyond it")
 	fs.IntVar(&f.poolConns, "tenant-pool-max-conns", 4, "connections to the proxy per tenant")
 	fs.DurationVar(&f.poolIdle, "tenant-pool-idle-timeout", time.Minute, "close a tenant's connections idle this long")
+	fs.DurationVar(&f.tokenTTL, "chat-token-ttl", time.Hour, "how long a bearer token of POST /login is valid")
 }
 
 func (f *chatFlags) config(log *zap.Logger, reg prometheus.Registerer) chatapi.Config {
@@ -59,6 +61,7 @@ func (f *chatFlags) config(log *zap.Logger, reg prometheus.Registerer) chatapi.C
 		MaxTenantPools:  f.maxPools,
 		PoolMaxConns:    f.poolConns,
 		PoolIdleTimeout: f.poolIdle,
+		TokenTTL:        f.tokenTTL,
 		MetricTenants:   f.metricTenants,
 		Logger:          log,
 		Registerer:      reg,
@@ -72,7 +75,9 @@ func newChatCommand(g *globals) *cobra.Command {
 		Short: "Serve the chat HTTP API, which reaches tenant data only through tenantproxy",
 		Long: "Serves the chat API on --chat-listen. Requests name their tenant by Host <tenant>.<chat-base-domain>,\n" +
 			"the X-Tenant-ID header or the /t/<tenant>/ path prefix; data is read and written through the proxy at\n" +
-			"--proxy-dsn as each tenant's service user, whose password derives from --service-secret. /admin/\n" +
+			"--proxy-dsn as each tenant's service user, whose password derives from --service-secret. Tenant\n" +
+			"endpoints need a bearer token from POST /login (a tenant login and password from the catalog),\n" +
+			"signed with a key derived from --service-secret and valid for --chat-token-ttl. /admin/\n" +
 			"endpoints need --operator-token. The routes are described at /openapi.json. SIGTERM shuts down.",
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
@@ -169,22 +174,33 @@ func startDemoChat(g *globals, proxyAddr *net.TCPAddr, cat *catalog.Catalog) (*c
 		poolConns:     4,
 		maxPools:      64,
 		poolIdle:      time.Minute,
+		tokenTTL:      time.Hour,
 	}
 	chat, err := startChat(g, f, cat)
 	return chat, f, err
 }
 
-// writeDemoChat tells a demo user what to try on the chat API.
+// writeDemoChat tells a demo user what to try on the chat API: log in as
+// a tenant's alice for a bearer token (kept in a shell variable), then use
+// it; the token opens its own tenant only.
 func writeDemoChat(b *strings.Builder, chat *chatServer, f *chatFlags) {
 	url := "http://" + chat.Addr()
 	_, port, _ := net.SplitHostPort(chat.Addr())
 	auth := "-H 'Authorization: Bearer " + f.operatorToken + "'"
-	fmt.Fprintf(b, "\nChat HTTP API %s (OpenAPI at %s/openapi.json; operator token %s):\n", url, url, f.operatorToken)
-	fmt.Fprintf(b, "  curl -s -H 'X-Tenant-ID: acme' %s/me\n", url)
-	fmt.Fprintf(b, "  curl -s http://globex.localhost:%s/channels/1/messages        # tenant from the Host subdomain\n", port)
-	fmt.Fprintf(b, "  curl -s %s/t/initech/channels/1/messages                     # tenant from the path\n", url)
-	fmt.Fprintf(b, "  curl -s -H 'X-Tenant-ID: acme' -d '{\"author_id\":1,\"body\":\"hi from curl\"}' %s/channels/1/messages\n", url)
-	fmt.Fprintf(b, "  curl -s -H 'X-Tenant-ID: hooli' %s/messages/1                 # acme's message: 404 for hooli\n", url)
+	creds := fmt.Sprintf(`-d '{"user":"alice","password":"%s"}'`, demoPassword)
+	token := ` | sed -E 's/.*"token":"([^"]*)".*/\1/')`
+	fmt.Fprintf(b, "\nChat HTTP API %s (OpenAPI at %s/openapi.json; operator token %s).\n", url, url, f.operatorToken)
+	fmt.Fprintf(b, "Tenant endpoints need a token: log in as alice (password %s) and keep it in a shell variable:\n", demoPassword)
+	fmt.Fprintf(b, "  TOKEN=$(curl -s -H 'X-Tenant-ID: acme' %s %s/login%s\n", creds, url, token)
+	fmt.Fprintf(b, "  curl -s -H \"Authorization: Bearer $TOKEN\" -H 'X-Tenant-ID: acme' %s/me\n", url)
+	fmt.Fprintf(b, "  curl -s -H \"Authorization: Bearer $TOKEN\" -H 'X-Tenant-ID: acme' -d '{\"author_id\":1,\"body\":\"hi from curl\"}' %s/channels/1/messages\n", url)
+	fmt.Fprintf(b, "  curl -s -H \"Authorization: Bearer $TOKEN\" -H 'X-Tenant-ID: hooli' %s/messages/1   # acme's token on hooli: 403\n", url)
+	fmt.Fprintf(b, "  HOOLI=$(curl -s -H 'X-Tenant-ID: hooli' %s %s/login%s\n", creds, url, token)
+	fmt.Fprintf(b, "  curl -s -H \"Authorization: Bearer $HOOLI\" -H 'X-Tenant-ID: hooli' %s/messages/1   # acme's message: 404 for hooli\n", url)
+	fmt.Fprintf(b, "  GLOBEX=$(curl -s %s http://globex.localhost:%s/login%s   # tenant from the Host subdomain\n", creds, port, token)
+	fmt.Fprintf(b, "  curl -s -H \"Authorization: Bearer $GLOBEX\" http://globex.localhost:%s/channels/1/messages\n", port)
+	fmt.Fprintf(b, "  INITECH=$(curl -s %s %s/t/initech/login%s   # tenant from the path\n", creds, url, token)
+	fmt.Fprintf(b, "  curl -s -H \"Authorization: Bearer $INITECH\" %s/t/initech/channels/1/messages\n", url)
 	fmt.Fprintf(b, "  curl -s %s -d '{\"subdomain\":\"newco\",\"plan\":\"standard\"}' %s/admin/tenants\n", auth, url)
 	fmt.Fprintf(b, "  curl -s %s %s/admin/tenants/acme/export\n", auth, url)
 }

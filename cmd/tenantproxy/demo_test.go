@@ -76,35 +76,46 @@ func TestDemoServesEveryTierAndCleansUp(t *testing.T) {
 		t.Fatalf("initech sees %q; want its two sample messages only", bodies)
 	}
 
-	// The chat API's printed curl lines: a tenant's /me by header, and an
-	// operator export with the printed token.
-	me := regexp.MustCompile(`curl -s -H 'X-Tenant-ID: acme' (http://\S+/me)`).FindStringSubmatch(out)
+	// The chat API's printed curl lines: acme's login, whose token the
+	// next lines send; acme's /me by header; the same token refused on
+	// hooli; and an operator export with the printed token.
+	login := regexp.MustCompile(`TOKEN=\$\(curl -s -H 'X-Tenant-ID: acme' -d '(\{[^']*\})' (http://\S+/login) \| sed`).FindStringSubmatch(out)
+	me := regexp.MustCompile(`curl -s -H "Authorization: Bearer \$TOKEN" -H 'X-Tenant-ID: acme' (http://\S+/me)`).FindStringSubmatch(out)
+	foreign := regexp.MustCompile(`curl -s -H "Authorization: Bearer \$TOKEN" -H 'X-Tenant-ID: hooli' (http://\S+/messages/1)`).FindStringSubmatch(out)
 	export := regexp.MustCompile(`curl -s -H 'Authorization: Bearer (\S+)' (http://\S+/admin/tenants/acme/export)`).FindStringSubmatch(out)
-	if me == nil || export == nil {
-		t.Fatalf("no chat curl lines for /me and export in:\n%s", out)
+	if login == nil || me == nil || foreign == nil || export == nil {
+		t.Fatalf("no chat curl lines for login, /me, hooli's message and export in:\n%s", out)
 	}
-	get := func(url string, header ...string) map[string]any {
+	do := func(method, url, body string, status int, header ...string) map[string]any {
 		t.Helper()
-		req, err := http.NewRequest("GET", url, nil)
+		req, err := http.NewRequest(method, url, strings.NewReader(body))
 		if err != nil {
 			t.Fatal(err)
 		}
-		req.Header.Set(header[0], header[1])
+		for i := 0; i < len(header); i += 2 {
+			req.Header.Set(header[i], header[i+1])
+		}
 		resp, err := http.DefaultClient.Do(req)
 		if err != nil {
 			t.Fatal(err)
 		}
 		defer resp.Body.Close()
 		var v map[string]any
-		if err := json.NewDecoder(resp.Body).Decode(&v); err != nil || resp.StatusCode != 200 {
-			t.Fatalf("GET %s: %d, %v", url, resp.StatusCode, err)
+		if err := json.NewDecoder(resp.Body).Decode(&v); err != nil || resp.StatusCode != status {
+			t.Fatalf("%s %s: %d, %v; want %d", method, url, resp.StatusCode, err, status)
 		}
 		return v
 	}
-	if v := get(me[1], "X-Tenant-ID", "acme"); v["tenant"] != "acme" || v["isolation_level"] != "shared" {
+	token, _ := do("POST", login[2], login[1], 200, "X-Tenant-ID", "acme")["token"].(string)
+	if token == "" {
+		t.Fatalf("the printed login line gave no token")
+	}
+	bearer := "Bearer " + token
+	if v := do("GET", me[1], "", 200, "X-Tenant-ID", "acme", "Authorization", bearer); v["tenant"] != "acme" || v["isolation_level"] != "shared" {
 		t.Fatalf("/me of acme: %v", v)
 	}
-	if v := get(export[2], "Authorization", "Bearer "+export[1]); len(v["messages"].([]any)) != 2 {
+	do("GET", foreign[1], "", 403, "X-Tenant-ID", "hooli", "Authorization", bearer)
+	if v := do("GET", export[2], "", 200, "Authorization", "Bearer "+export[1]); len(v["messages"].([]any)) != 2 {
 		t.Fatalf("export of acme: %v; want its two sample messages", v)
 	}
 	dm := regexp.MustCompile(`PostgreSQL\s+\S+ in (\S+)`).FindStringSubmatch(out)
