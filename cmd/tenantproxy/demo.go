@@ -73,7 +73,8 @@ func demo(ctx context.Context, g *globals, f *serveFlags, out io.Writer) (err er
 	catalogDSN := cluster.DSN("tenantproxy")
 	// A throwaway key, gone with the demo, so newcomers see the catalog's
 	// secrets sealed as a production install should have them.
-	keys, err := (*secrets.Keyring)(nil).Parse("demo key", "demo="+secrets.Generate())
+	keyLine := "demo=" + secrets.Generate()
+	keys, err := (*secrets.Keyring)(nil).Parse("demo key", keyLine)
 	if err != nil {
 		return err
 	}
@@ -119,7 +120,7 @@ func demo(ctx context.Context, g *globals, f *serveFlags, out io.Writer) (err er
 		return fmt.Errorf("chat API: %w", err)
 	}
 	defer chat.stop()
-	printDemo(out, cluster, addr, adm, chat, chatCfg, time.Since(started))
+	printDemo(out, cluster, demoCatalog{catalogDSN, keyLine}, addr, adm, chat, chatCfg, time.Since(started))
 	g.logger.Debug("demo ready", zap.Stringer("addr", addr))
 	return runProxy(ctx, g, f, srv, adm, served, nil)
 }
@@ -182,7 +183,10 @@ func demoDSN(addr *net.TCPAddr, tenant string) string {
 	return fmt.Sprintf("postgres://alice.%s:%s@%s/chat?sslmode=disable", tenant, demoPassword, addr)
 }
 
-func printDemo(out io.Writer, cluster *pgcluster.Cluster, addr *net.TCPAddr, adm *admin.Server, chat *chatServer, chatCfg *chatFlags, took time.Duration) {
+// demoCatalog is what the CLI needs to work on the demo's catalog.
+type demoCatalog struct{ dsn, key string }
+
+func printDemo(out io.Writer, cluster *pgcluster.Cluster, cat demoCatalog, addr *net.TCPAddr, adm *admin.Server, chat *chatServer, chatCfg *chatFlags, took time.Duration) {
 	var b strings.Builder
 	fmt.Fprintf(&b, "\ntenantproxy demo is ready (%s)\n\n", took.Round(time.Millisecond))
 	fmt.Fprintf(&b, "  proxy       %s  (SCRAM-SHA-256; every demo user is alice, password %s)\n", addr, demoPassword)
@@ -202,6 +206,9 @@ func printDemo(out io.Writer, cluster *pgcluster.Cluster, addr *net.TCPAddr, adm
 		fmt.Fprintf(&b, "  curl -s http://%s/metrics | grep ^tenantproxy_\n", adm.Addr())
 	}
 	writeDemoChat(&b, chat, chatCfg)
+	b.WriteString("\nEvery CLI command works on this demo's catalog (its secrets key included), e.g.:\n")
+	fmt.Fprintf(&b, "  export TENANTPROXY_CATALOG_DSN='%s' TENANTPROXY_SECRETS_KEY='%s'\n", cat.dsn, cat.key)
+	b.WriteString("  go run ./cmd/tenantproxy tenant list\n  go run ./cmd/tenantproxy migrate status\n")
 	b.WriteString("\nCtrl-C stops the demo and removes everything.\n")
 	io.WriteString(out, b.String())
 }
