@@ -1,9 +1,6 @@
 package chatapi
 
 import (
-	"encoding/json"
-	"io"
-	"net/http"
 	"net/http/httptest"
 	"strings"
 	"testing"
@@ -64,26 +61,7 @@ func TestTenantEndpointsRefuseMissingBadAndForeignTokens(t *testing.T) {
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
-			req, _ := http.NewRequest("GET", srv.URL+c.path, nil)
-			if c.host != "" {
-				req.Host = c.host
-			}
-			if c.header != "" {
-				req.Header.Set(TenantHeader, c.header)
-			}
-			if c.auth != "" {
-				req.Header.Set("Authorization", c.auth)
-			}
-			resp, err := http.DefaultClient.Do(req)
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer resp.Body.Close()
-			body, _ := io.ReadAll(resp.Body)
-			var p problem
-			if err := json.Unmarshal(body, &p); err != nil {
-				t.Fatalf("body %q: %v", body, err)
-			}
+			resp, body, p := problemRequest(t, "GET", srv.URL+c.path, c.host, c.header, c.auth)
 			if resp.StatusCode != c.status || p.Type != problemBase+c.kind || resp.Header.Get("Content-Type") != "application/problem+json" {
 				t.Fatalf("%d %s; want %d problem of kind %s", resp.StatusCode, body, c.status, c.kind)
 			}

@@ -144,29 +144,7 @@ func TestErrorsBeforeTenantDataAreProblems(t *testing.T) {
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
-			req, err := http.NewRequest(c.method, srv.URL+c.path, nil)
-			if err != nil {
-				t.Fatal(err)
-			}
-			if c.host != "" {
-				req.Host = c.host
-			}
-			if c.header != "" {
-				req.Header.Set(TenantHeader, c.header)
-			}
-			if c.auth != "" {
-				req.Header.Set("Authorization", c.auth)
-			}
-			resp, err := http.DefaultClient.Do(req)
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer resp.Body.Close()
-			body, _ := io.ReadAll(resp.Body)
-			var p problem
-			if err := json.Unmarshal(body, &p); err != nil {
-				t.Fatalf("body %q: %v", body, err)
-			}
+			resp, body, p := problemRequest(t, c.method, srv.URL+c.path, c.host, c.header, c.auth)
 			if resp.StatusCode != c.status || p.Status != c.status || p.Type != problemBase+c.kind ||
 				resp.Header.Get("Content-Type") != "application/problem+json" || p.Title == "" || p.Detail == "" || p.Instance != c.path {
 				t.Fatalf("%s %s: %d %s %s; want %d problem of kind %s with title, detail and instance", c.method, c.path,
@@ -174,6 +152,37 @@ func TestErrorsBeforeTenantDataAreProblems(t *testing.T) {
 			}
 		})
 	}
+}
+
+// problemRequest sends a body-less request naming its tenant by host
+// and/or header, with an Authorization header when auth is set, and
+// returns the response, its body and the body read as a problem.
+func problemRequest(t *testing.T, method, url, host, header, auth string) (*http.Response, []byte, problem) {
+	t.Helper()
+	req, err := http.NewRequest(method, url, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if host != "" {
+		req.Host = host
+	}
+	if header != "" {
+		req.Header.Set(TenantHeader, header)
+	}
+	if auth != "" {
+		req.Header.Set("Authorization", auth)
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	body, _ := io.ReadAll(resp.Body)
+	var p problem
+	if err := json.Unmarshal(body, &p); err != nil {
+		t.Fatalf("body %q: %v", body, err)
+	}
+	return resp, body, p
 }
 
 func TestIdentifyPrefersHostThenHeaderThenPath(t *testing.T) {
