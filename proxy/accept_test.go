@@ -183,9 +183,10 @@ func (l *failingListener) Accept() (net.Conn, error) {
 	return l.Listener.Accept()
 }
 
-// TestServeKeepsServingAfterEMFILE: accept failing for want of
-// descriptors pauses Serve; it used to end it, and the proxy with it.
-func TestServeKeepsServingAfterEMFILE(t *testing.T) {
+// bareServer is a Server with no catalog or pool, enough for what is
+// decided before a tenant is named, and a loopback listener for it.
+func bareServer(t *testing.T) (*Server, net.Listener) {
+	t.Helper()
 	s, err := New(Config{Logger: zaptest.NewLogger(t), Registerer: prometheus.NewRegistry()}, nil, nil)
 	if err != nil {
 		t.Fatal(err)
@@ -194,6 +195,13 @@ func TestServeKeepsServingAfterEMFILE(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	return s, l
+}
+
+// TestServeKeepsServingAfterEMFILE: accept failing for want of
+// descriptors pauses Serve; it used to end it, and the proxy with it.
+func TestServeKeepsServingAfterEMFILE(t *testing.T) {
+	s, l := bareServer(t)
 	fl := &failingListener{Listener: l}
 	fl.fails.Store(6)
 	served := make(chan error, 1)
@@ -224,14 +232,7 @@ func TestServeKeepsServingAfterEMFILE(t *testing.T) {
 }
 
 func TestServeEndsWhenTheListenerBreaks(t *testing.T) {
-	s, err := New(Config{Logger: zaptest.NewLogger(t), Registerer: prometheus.NewRegistry()}, nil, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
+	s, l := bareServer(t)
 	l.Close()
 	if err := s.Serve(l); err == nil || errors.Is(err, ErrServerClosed) {
 		t.Fatalf("Serve on a closed listener: %v; want an accept error", err)
