@@ -73,19 +73,7 @@ func testEndUserAuth(t *testing.T, e *chatEnv, tenants []*seeded) {
 		}
 		// A replica issuing tokens that are already expired (same secret,
 		// so the main instance checks its signatures and refuses them).
-		api, err := chatapi.New(chatapi.Config{
-			ProxyDSN:      "postgres://" + e.proxyAddr + "/chat?sslmode=disable",
-			ServiceSecret: []byte("a-service-secret-of-at-least-32-bytes"),
-			OperatorToken: chatOperator,
-			TokenTTL:      time.Nanosecond,
-			Registerer:    prometheus.NewRegistry(),
-		}, e.cat)
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer api.Close()
-		srv := httptest.NewServer(api)
-		defer srv.Close()
+		srv := e.replica(t, time.Nanosecond)
 		su := e.signUpAdmin("acme")
 		in := want[chatapi.Login](t, (&chatEnv{url: srv.URL}).login(t, "acme", su.user, su.password), 200, "login to the short-lived replica")
 		r := e.do(t, call{method: "GET", path: "/me", tenant: "acme", token: in.Token})
@@ -93,18 +81,7 @@ func testEndUserAuth(t *testing.T, e *chatEnv, tenants []*seeded) {
 	})
 	t.Run("FailingSourceThrottled429", func(t *testing.T) {
 		// A replica of its own, so that its throttle holds no other test.
-		api, err := chatapi.New(chatapi.Config{
-			ProxyDSN:      "postgres://" + e.proxyAddr + "/chat?sslmode=disable",
-			ServiceSecret: []byte("a-service-secret-of-at-least-32-bytes"),
-			OperatorToken: chatOperator,
-			Registerer:    prometheus.NewRegistry(),
-		}, e.cat)
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer api.Close()
-		srv := httptest.NewServer(api)
-		defer srv.Close()
+		srv := e.replica(t, 0)
 		replica := &chatEnv{url: srv.URL}
 		su := e.signUpAdmin("acme")
 		for range 20 {
@@ -174,4 +151,27 @@ func anyKey[K comparable, V any](m map[K]V) K {
 	}
 	var zero K
 	return zero
+}
+
+// replica starts a chat API of its own on the same catalog and proxy, with
+// tokens living ttl (0: the default), so that its throttle and token
+// lifetime touch no other test; it stops with the test.
+func (e *chatEnv) replica(t *testing.T, ttl time.Duration) *httptest.Server {
+	t.Helper()
+	api, err := chatapi.New(chatapi.Config{
+		ProxyDSN:      "postgres://" + e.proxyAddr + "/chat?sslmode=disable",
+		ServiceSecret: []byte("a-service-secret-of-at-least-32-bytes"),
+		OperatorToken: chatOperator,
+		TokenTTL:      ttl,
+		Registerer:    prometheus.NewRegistry(),
+	}, e.cat)
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := httptest.NewServer(api)
+	t.Cleanup(func() {
+		srv.Close()
+		api.Close()
+	})
+	return srv
 }
