@@ -70,6 +70,10 @@ var notShared = map[catalog.Tier]outcome{
 	catalog.TierDatabase: {code: "42703", msg: "tenant_id"},
 }
 
+// noStatistics is the database's answer, where tenants share it, to
+// reading pg_class's row and page estimates (migrations.Harden).
+var noStatistics = outcome{code: "42501", msg: "permission denied for table pg_class"}
+
 // notOwner is the database's answer to changing a table one does not own.
 var notOwner = outcome{code: "42501", msg: "must be owner"}
 
@@ -177,6 +181,8 @@ var attacks = []attack{
 	{name: "pg_stats most common values", sql: "SELECT most_common_vals::text FROM pg_stats WHERE tablename = 'messages'", want: refused},
 	{name: "pg_stat_user_tables row counts", sql: "SELECT relname, n_live_tup FROM pg_stat_user_tables", want: refused, tiers: ownDatabase(harmless)},
 	{name: "relation size of a shared table", sql: "SELECT pg_total_relation_size('messages')", want: refused, tiers: ownDatabase(harmless)},
+	{name: "planner estimates of a shared table's rows", sql: "SELECT reltuples, relpages, relallvisible FROM pg_class WHERE relname = 'messages'", want: noStatistics, tiers: ownDatabase(harmless)},
+	{name: "planner estimates through a whole-row reference", sql: "SELECT c::text FROM pg_class c WHERE relname = 'messages'", want: noStatistics, tiers: ownDatabase(harmless)},
 	{name: "pg_database names", sql: "SELECT datname FROM pg_database", want: refused},
 	{name: "pg_roles names", sql: "SELECT rolname FROM pg_roles", want: refused},
 	{name: "EXPLAIN estimates over every tenant's rows", sql: "EXPLAIN SELECT * FROM messages WHERE body = 'guess-{victim}'", want: refused, tiers: notSharedTier(harmless)},

@@ -279,6 +279,7 @@ func TestIsolationDirectConnections(t *testing.T) {
 		expectErr(t, s, "SELECT most_common_vals::text FROM pg_stats", "42501")
 		expectErr(t, s, "SELECT n_live_tup FROM pg_stat_user_tables", "42501")
 		expectErr(t, s, "SELECT pg_total_relation_size('messages')", "42501")
+		expectErr(t, s, "SELECT reltuples FROM pg_class WHERE relname = 'messages'", "42501")
 		expectErr(t, s, "SELECT pg_advisory_lock(1)", "42501")
 		expectErr(t, s, "SELECT pg_notify('x', 'y')", "42501")
 		expectErr(t, s, "SELECT pg_terminate_backend(pg_backend_pid())", "42501")
@@ -296,6 +297,10 @@ func TestIsolationDirectConnections(t *testing.T) {
 		expectErr(t, s, "SELECT query FROM pg_stat_activity", "42501")
 		expectErr(t, s, "SELECT pg_advisory_lock(1)", "42501")
 		expectErr(t, s, "SELECT relname FROM pg_stat_user_tables", "42501")
+		// The planner's estimates of another schema's tables count their
+		// rows; every other column of pg_class stays readable for psql.
+		expectErr(t, s, "SELECT relpages FROM pg_class WHERE relname = 'messages'", "42501")
+		queryText(t, s, "SELECT count(relname) FROM pg_class WHERE relname = 'messages'")
 
 		// As tenant initech's role: its own schema only.
 		queryText(t, s, "SET ROLE tenant_initech")
