@@ -128,14 +128,17 @@ type replyQueue struct {
 	q    []reply
 	head int
 	// ready counts replyReady entries pending: the ReadyForQuery messages
-	// owed.
-	ready int
+	// owed. readies counts every one ever pushed, so readies-ready is how
+	// many have been answered (or cleared).
+	ready   int
+	readies uint64
 }
 
 func (q *replyQueue) push(r reply) {
 	q.mu.Lock()
 	if r.kind == replyReady {
 		q.ready++
+		q.readies++
 		// Consecutive ReadyForQuery messages owed share an entry, so a
 		// client pipelining plain queries costs a count, not memory per
 		// query.
@@ -193,6 +196,20 @@ func (q *replyQueue) readyFor(forget func(name string)) {
 			forget(r.name)
 		}
 	}
+}
+
+func (q *replyQueue) readyCount() uint64 {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	return q.readies
+}
+
+// answered reports how many ReadyForQuery messages have been consumed or
+// cleared.
+func (q *replyQueue) answered() uint64 {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	return q.readies - uint64(q.ready)
 }
 
 // owed reports how many ReadyForQuery messages the server still owes.

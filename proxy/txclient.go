@@ -339,10 +339,16 @@ func (tx *txSession) message(c *pool.Conn, typ byte, refusal string) {
 		tx.refuse(refused(errFastPath))
 	case pgwire.Parse:
 		tx.partial = true
+		var why error
 		if refusal != "" {
+			why = tx.explain(refusal)
+		} else if name, dup := tx.stmts.duplicate(tx.in, tx.replies.answered()); dup {
+			why = pgerr.Errorf(pgerr.CodeDuplicatePreparedStatement, "prepared statement \"%s\" already exists", name)
+		}
+		if why != nil {
 			// The server fails the stand-in and skips the rest of the
 			// batch up to Sync.
-			tx.replies.push(reply{kind: replyRefused, refusal: tx.explain(refusal)})
+			tx.replies.push(reply{kind: replyRefused, refusal: why})
 			standIn, unnamed := standInParse(tx.in)
 			if unnamed {
 				tx.stmts.dropUnnamed()

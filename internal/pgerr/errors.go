@@ -70,6 +70,10 @@ const (
 	// open and idle past the proxy's limit (FATAL 25P03, PostgreSQL's
 	// idle_in_transaction_session_timeout).
 	CodeIdleInTransaction
+	// CodeDuplicatePreparedStatement: a transaction-mode client parsed a
+	// statement under a name it already uses (ERROR 42P05, PostgreSQL's
+	// duplicate_prepared_statement); the proxy keeps the client's names.
+	CodeDuplicatePreparedStatement
 
 	// codeCount is the number of codes; it stays last.
 	codeCount
