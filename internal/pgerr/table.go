@@ -36,6 +36,7 @@ var codes = [codeCount]row{
 	CodeOutOfMemory:                {"CodeOutOfMemory", "53200", true},
 	CodeIdleInTransaction:          {"CodeIdleInTransaction", "25P03", true},
 	CodeDuplicatePreparedStatement: {"CodeDuplicatePreparedStatement", "42P05", false},
+	CodeUnrecognizedSetting:        {"CodeUnrecognizedSetting", "42704", false},
 }
 
 // rowOf returns c's row; a value outside the enum gets CodeInternal's,
