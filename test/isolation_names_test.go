@@ -1,9 +1,12 @@
 package test
 
 import (
+	"errors"
 	"regexp"
 	"strings"
 	"testing"
+
+	"github.com/jackc/pgx/v5/pgconn"
 
 	"github.com/tenantproxy/tenantproxy/catalog"
 )
@@ -122,6 +125,29 @@ func TestIsolationPsqlDescribesThroughTheProxy(t *testing.T) {
 				}
 				e.checkNamesNoTenant(t, "psql", out)
 			})
+		}
+	}
+}
+
+// TestIsolationSharedKeysStayOutOfErrors: in the shared tier every key holds
+// tenant_id, a subdomain; PostgreSQL leaves key values out of a constraint
+// error on a table with row-level security, so a violation names no tenant.
+func TestIsolationSharedKeysStayOutOfErrors(t *testing.T) {
+	e := newIsolationEnv(t)
+	for _, mode := range poolModes {
+		conn := e.pgconnIn(t, mode, "acme")
+		for _, sql := range []string{
+			"INSERT INTO users (username) VALUES ('u-acme')",
+			"INSERT INTO channels (name, created_by) VALUES ('orphan', -1)",
+		} {
+			_, err := conn.Exec(ctxT(t), sql).ReadAll()
+			var pgErr *pgconn.PgError
+			if !errors.As(err, &pgErr) || pgErr.Code[:2] != "23" {
+				t.Fatalf("%s: %s: %v; want a constraint violation", mode, sql, err)
+			}
+			if strings.Contains(pgErr.Detail, "tenant_id") || strings.Contains(pgErr.Detail, "acme") {
+				t.Errorf("%s: %s: detail %q shows key values", mode, sql, pgErr.Detail)
+			}
 		}
 	}
 }
