@@ -67,6 +67,9 @@ type Catalog struct {
 	// failpoint, when set by a test, runs after each provisioning step and
 	// fails the create with its error.
 	failpoint func(step string) error
+	// nameSource, when set by a test, replaces NewObjectName so that a test
+	// can make names collide.
+	nameSource func() string
 }
 
 // Open connects to the control database at dsn (already migrated) and starts
