@@ -14,10 +14,10 @@ func createTable(n *pg_query.Node, c *pg_query.CreateStmt) ([]*pg_query.Node, er
 	switch {
 	case c.Relation.Relpersistence == "t":
 		return nil, refusal("a temporary table lasts only for the migration's session, so it is no part of the schema")
-	case len(c.InhRelations) > 0:
-		return nil, refusal("INHERITS: queries on a parent also read its children's rows under the parent's policies, which the tool does not follow")
 	case c.Partbound != nil || c.Partspec != nil:
 		return nil, refusal("partitioned tables are not supported in the shared tier: each partition would need its own isolation, and the partition key its place in every key")
+	case len(c.InhRelations) > 0:
+		return nil, refusal("INHERITS: queries on a parent also read its children's rows under the parent's policies, which the tool does not follow")
 	case c.OfTypename != nil:
 		return nil, refusal("CREATE TABLE OF a type takes its columns from the type, so the tool cannot add " + TenantColumn)
 	case c.IfNotExists:

@@ -4,8 +4,10 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+	"unicode"
 
 	pg_query "github.com/pganalyze/pg_query_go/v6"
+	"google.golang.org/protobuf/proto"
 )
 
 // Tier is the isolation tier a migration is transformed for. Its values
@@ -65,7 +67,13 @@ func Transform(tier Tier, sql string) (string, error) {
 	}
 	var out strings.Builder
 	for i, raw := range tree.Stmts {
+		orig := proto.Clone(raw.Stmt)
 		stmts, err := sharedStatement(raw.Stmt)
+		if err == nil && proto.Equal(orig, stmts[0]) {
+			// Unchanged: keep the adopter's text, comments and all.
+			verbatim(&out, stmtText(sql, raw))
+			stmts = stmts[1:]
+		}
 		if err == nil {
 			err = deparseTo(&out, tree.Version, stmts)
 		}
@@ -74,6 +82,25 @@ func Transform(tier Tier, sql string) (string, error) {
 		}
 	}
 	return out.String(), nil
+}
+
+// stmtText is raw's text in sql, from its first token.
+func stmtText(sql string, raw *pg_query.RawStmt) string {
+	start, end := int(raw.StmtLocation), len(sql)
+	if raw.StmtLen > 0 {
+		end = start + int(raw.StmtLen)
+	}
+	return strings.TrimRightFunc(sql[skipSpaceAndComments(sql, start, end):end], unicode.IsSpace)
+}
+
+// verbatim writes one statement's text to out, ended by ";\n" on a line
+// of its own if the text's last line could end in a comment.
+func verbatim(out *strings.Builder, text string) {
+	out.WriteString(text)
+	if strings.Contains(text[strings.LastIndexByte(text, '\n')+1:], "--") {
+		out.WriteByte('\n')
+	}
+	out.WriteString(";\n")
 }
 
 // Error is a statement Transform refused or could not rewrite.
@@ -93,13 +120,8 @@ func (e *Error) Error() string {
 }
 
 func newError(sql string, n int, raw *pg_query.RawStmt, reason error) *Error {
-	start := int(raw.StmtLocation)
-	end := len(sql)
-	if raw.StmtLen > 0 {
-		end = start + int(raw.StmtLen)
-	}
-	start = skipSpaceAndComments(sql, start, end)
-	text := sql[start:end]
+	start := skipSpaceAndComments(sql, int(raw.StmtLocation), len(sql))
+	text := stmtText(sql, raw)
 	if i := strings.IndexByte(text, '\n'); i >= 0 {
 		text = text[:i] + " …"
 	}
@@ -141,11 +163,33 @@ func skipSpaceAndComments(sql string, i, end int) int {
 func deparseTo(out *strings.Builder, version int32, stmts []*pg_query.Node) error {
 	for _, s := range stmts {
 		text, err := pg_query.Deparse(&pg_query.ParseResult{Version: version, Stmts: []*pg_query.RawStmt{{Stmt: s}}})
+		if err == nil {
+			err = roundTrips(version, text)
+		}
 		if err != nil {
 			return fmt.Errorf("the rewritten statement cannot be written back as SQL: %w", err)
 		}
 		out.WriteString(text)
 		out.WriteString(";\n")
+	}
+	return nil
+}
+
+// roundTrips checks text, deparsed from a tree, against the deparser's
+// known slips: text that does not parse, or that deparses differently
+// once parsed, would not be the statement the tree holds.
+func roundTrips(version int32, text string) error {
+	tree, err := pg_query.Parse(text)
+	if err != nil {
+		return err
+	}
+	tree.Version = version
+	again, err := pg_query.Deparse(tree)
+	if err != nil {
+		return err
+	}
+	if again != text {
+		return fmt.Errorf("it reads back as %q", again)
 	}
 	return nil
 }
