@@ -120,8 +120,9 @@ func TestTodosAppInTheSharedTier(t *testing.T) {
 			if err := none.QueryRow(ctx, "SELECT (SELECT count(*) FROM todos) + (SELECT count(*) FROM tags) + (SELECT count(*) FROM todo_tags)").Scan(&n); err != nil || n != 0 {
 				t.Errorf("without a tenant: %d rows, %v; want 0", n, err)
 			}
+			_, err := none.Exec(ctx, "INSERT INTO todos (title) VALUES ('orphan')")
+			wantSQLState(t, err, "42501")
 			for _, ins := range []string{
-				"INSERT INTO todos (title) VALUES ('orphan')",
 				"INSERT INTO todos (id, title) OVERRIDING SYSTEM VALUE VALUES (99, 'orphan')",
 				"INSERT INTO todos (tenant_id, id, title) VALUES ('tenant-a', 99, 'planted')",
 			} {

@@ -131,6 +131,8 @@ func TestTransformSharedRefuses(t *testing.T) {
 		{"CREATE FUNCTION f() RETURNS int LANGUAGE sql SECURITY DEFINER AS 'SELECT 1'", "SECURITY DEFINER"},
 		{"ALTER FUNCTION f() SECURITY DEFINER", "SECURITY DEFINER"},
 		{"CREATE FUNCTION f() RETURNS int LANGUAGE c AS 'lib', 'f'", "language c"},
+		{"CREATE FUNCTION f() RETURNS int LANGUAGE sql SET app.tenant_id = 'x' AS 'SELECT 1'", "run as another tenant"},
+		{"ALTER FUNCTION f() SET app.tenant_id FROM CURRENT", "run as another tenant"},
 		{"CREATE TABLE c (x int) INHERITS (p)", "INHERITS"},
 		{"CREATE TABLE p (x int) PARTITION BY RANGE (x)", "partitioned tables"},
 		{"CREATE TABLE c PARTITION OF p FOR VALUES FROM (1) TO (2)", "partitioned tables"},
