@@ -151,13 +151,24 @@ func TestTodosAppInTheSharedTier(t *testing.T) {
 			c2.QueryRow(ctx, "INSERT INTO todos (title) VALUES ('second') RETURNING id").Scan(&id) //nolint:errcheck // a failure shows as id 0
 			second <- id
 		}()
-		time.Sleep(200 * time.Millisecond) // let the second insert reach the sequence's creation
+		waitForLockWait(ctx, t, admin)
 		if err := tx.Commit(ctx); err != nil {
 			t.Fatal(err)
 		}
 		if got := <-second; first != 1 || got != 2 {
 			t.Errorf("concurrent first inserts got ids %d and %d; want 1 and 2", first, got)
 		}
+	})
+
+	t.Run("a deleted tenant's ids are forgotten", func(t *testing.T) {
+		if _, err := admin.Exec(ctx, "DELETE FROM todos WHERE tenant_id = 'tenant-c'; SELECT "+tierddl.ForgetIDsFunction+"('tenant-c')"); err != nil {
+			t.Fatal(err)
+		}
+		if id := insertTodo(ctx, t, serving(ctx, t, dsn, "tenant-c"), "again"); id != 1 {
+			t.Errorf("a recreated tenant's first todo has id %d; want 1", id)
+		}
+		_, err := a.Exec(ctx, "SELECT "+tierddl.ForgetIDsFunction+"('tenant-b')")
+		wantSQLState(t, err, "42501")
 	})
 
 	t.Run("the per-tenant sequences are out of the serving role's reach", func(t *testing.T) {
@@ -206,6 +217,24 @@ func serving(ctx context.Context, t *testing.T, dsn, tenant string) *pgx.Conn {
 		}
 	}
 	return conn
+}
+
+// waitForLockWait returns once a session of the database waits for a lock:
+// the second first insert, waiting for the first's new sequence.
+func waitForLockWait(ctx context.Context, t *testing.T, admin *pgx.Conn) {
+	t.Helper()
+	for range 500 {
+		var waiting bool
+		if err := admin.QueryRow(ctx, `SELECT EXISTS (SELECT FROM pg_stat_activity
+			WHERE datname = current_database() AND wait_event_type = 'Lock')`).Scan(&waiting); err != nil {
+			t.Fatal(err)
+		}
+		if waiting {
+			return
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	t.Fatal("the second insert never waited for the first")
 }
 
 type querier interface {
