@@ -191,6 +191,13 @@ func TestTransformOtherTiersIsIdentity(t *testing.T) {
 	}
 }
 
+func TestTransformNamesTheLineOfASyntaxError(t *testing.T) {
+	_, err := tierddl.Transform(tierddl.Shared, "CREATE TABLE a (x int);\n-- é\nCREATE TABLE b (y int,);")
+	if err == nil || !strings.Contains(err.Error(), "line 3: syntax error") {
+		t.Fatalf("got %v; want a syntax error on line 3", err)
+	}
+}
+
 func TestTransformRefusesDeepNesting(t *testing.T) {
 	deep := "SELECT " + strings.Repeat("(", 30000) + "1" + strings.Repeat(")", 30000)
 	if _, err := tierddl.Transform(tierddl.Shared, deep); err == nil || !strings.Contains(err.Error(), "nests brackets") {
