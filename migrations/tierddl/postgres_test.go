@@ -36,6 +36,7 @@ CREATE TABLE todo_tags (
     PRIMARY KEY (todo_id, tag_id)
 );
 CREATE INDEX todos_open ON todos (done, id);
+CREATE VIEW open_todos AS SELECT id, title FROM todos WHERE NOT done;
 `
 
 // TestTodosAppInTheSharedTier applies todosApp, transformed, to a shared
@@ -130,6 +131,19 @@ func TestTodosAppInTheSharedTier(t *testing.T) {
 					t.Errorf("without a tenant, %s succeeded", ins)
 				}
 			}
+		}
+	})
+
+	t.Run("a view shows the tenant's rows only", func(t *testing.T) {
+		// Owned by the migration role, which row-level security does not
+		// restrict, the view would show every tenant's rows were it not
+		// made security_invoker.
+		var inView, inTable int
+		if err := b.QueryRow(ctx, "SELECT (SELECT count(*) FROM open_todos), (SELECT count(*) FROM todos)").Scan(&inView, &inTable); err != nil {
+			t.Fatal(err)
+		}
+		if inView != 3 || inTable != 3 {
+			t.Errorf("tenant b sees %d todos in the view and %d in the table; want 3 and 3", inView, inTable)
 		}
 	})
 
