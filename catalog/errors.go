@@ -9,6 +9,11 @@ import (
 // that the catalog does not hold.
 var ErrNotFound = errors.New("not found")
 
+// ErrUserNotFound is the ErrNotFound of a missing login of a tenant that
+// exists, so that callers can tell the two apart; errors.Is(err,
+// ErrNotFound) holds for it too.
+var ErrUserNotFound = fmt.Errorf("user %w", ErrNotFound)
+
 // ValidationError rejects input before anything is created. Its message is
 // written for the operator who typed the command.
 type ValidationError struct {

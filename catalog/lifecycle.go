@@ -238,8 +238,8 @@ func (c *Catalog) AddUser(ctx context.Context, tenantID, username, password, rol
 	if role != "admin" && role != "member" {
 		return nil, "", &ValidationError{Field: "role", Value: role, Reason: "must be admin or member"}
 	}
-	if password != "" && len(password) < minPasswordLen {
-		return nil, "", &ValidationError{Field: "password", Value: "…", Reason: fmt.Sprintf("must be at least %d characters", minPasswordLen)}
+	if err := validatePassword(password); err != nil {
+		return nil, "", err
 	}
 	generated := ""
 	if password == "" {
