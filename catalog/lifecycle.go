@@ -264,7 +264,8 @@ func (c *Catalog) AddUser(ctx context.Context, tenantID, username, password, rol
 			return err
 		}
 		if users >= maxUsers {
-			return &ValidationError{Field: "user", Value: username, Reason: fmt.Sprintf("tenant %q already has its plan's %d users", tenantID, maxUsers)}
+			return &LimitError{Tenant: tenantID, Limit: "max_users", Max: maxUsers,
+				err: &ValidationError{Field: "user", Value: username, Reason: fmt.Sprintf("tenant %q already has its plan's %d users", tenantID, maxUsers)}}
 		}
 		_, err = tx.Exec(ctx, "INSERT INTO tenant_users (tenant_id, username, verifier, role) VALUES ($1, $2, $3, $4)",
 			tenantID, username, verifier, role)

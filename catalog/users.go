@@ -20,6 +20,11 @@ import (
 // are derived from a secret on every replica of their service, which would
 // write them back: they are neither listed nor changed nor removed here.
 
+// ValidateUsername reports why s cannot be a tenant login's name, or nil,
+// for callers that take the name from elsewhere than a request body (the
+// operator API's path).
+func ValidateUsername(s string) error { return validateUsername(s) }
+
 // ListUsers returns tenant tenantID's people logins by name, without their
 // verifiers. An unknown tenant is an error wrapping ErrNotFound.
 func (c *Catalog) ListUsers(ctx context.Context, tenantID string) ([]User, error) {
