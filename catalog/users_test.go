@@ -95,28 +95,33 @@ func TestUserListPasswdRemoveRefuseServiceLoginsAndMissingOnes(t *testing.T) {
 	}
 
 	service := verifierOf(t, e, "crew", "chatapi")
-	var ve *catalog.ValidationError
+	invalid := func(field string) func(error) bool {
+		return func(err error) bool {
+			var ve *catalog.ValidationError
+			return errors.As(err, &ve) && ve.Field == field
+		}
+	}
+	noUser := func(err error) bool { return errors.Is(err, catalog.ErrUserNotFound) }
+	noTenant := func(err error) bool { return errors.Is(err, catalog.ErrNotFound) && !noUser(err) }
+	passwd := func(tenant, user, password string) error {
+		_, err := e.cat.SetPassword(ctx, tenant, user, password)
+		return err
+	}
+	_, listErr := e.cat.ListUsers(ctx, "nobody")
 	for _, tc := range []struct {
 		name string
 		err  error
 		want func(error) bool
 	}{
-		{"passwd of a service login", func() error { _, err := e.cat.SetPassword(ctx, "crew", "chatapi", ""); return err }(),
-			func(err error) bool { return errors.As(err, &ve) }},
-		{"remove a service login", e.cat.RemoveUser(ctx, "crew", "chatapi"),
-			func(err error) bool { return errors.As(err, &ve) }},
-		{"passwd of a missing user", func() error { _, err := e.cat.SetPassword(ctx, "crew", "dave", ""); return err }(),
-			func(err error) bool { return errors.Is(err, catalog.ErrUserNotFound) }},
-		{"remove a missing user", e.cat.RemoveUser(ctx, "crew", "dave"),
-			func(err error) bool { return errors.Is(err, catalog.ErrUserNotFound) }},
-		{"remove from a missing tenant", e.cat.RemoveUser(ctx, "nobody", "carol"),
-			func(err error) bool { return errors.Is(err, catalog.ErrNotFound) && !errors.Is(err, catalog.ErrUserNotFound) }},
-		{"list a missing tenant", func() error { _, err := e.cat.ListUsers(ctx, "nobody"); return err }(),
-			func(err error) bool { return errors.Is(err, catalog.ErrNotFound) }},
-		{"short password", func() error { _, err := e.cat.SetPassword(ctx, "crew", "carol", "short"); return err }(),
-			func(err error) bool { return errors.As(err, &ve) && ve.Field == "password" }},
-		{"bad user name", e.cat.RemoveUser(ctx, "crew", "Carol"),
-			func(err error) bool { return errors.As(err, &ve) && ve.Field == "user name" }},
+		{"passwd of a service login", passwd("crew", "chatapi", ""), invalid("user")},
+		{"remove a service login", e.cat.RemoveUser(ctx, "crew", "chatapi"), invalid("user")},
+		{"passwd of a missing user", passwd("crew", "dave", ""), noUser},
+		{"remove a missing user", e.cat.RemoveUser(ctx, "crew", "dave"), noUser},
+		{"remove from a missing tenant", e.cat.RemoveUser(ctx, "nobody", "carol"), noTenant},
+		{"passwd in a missing tenant", passwd("nobody", "carol", ""), noTenant},
+		{"list a missing tenant", listErr, noTenant},
+		{"short password", passwd("crew", "carol", "short"), invalid("password")},
+		{"bad user name", e.cat.RemoveUser(ctx, "crew", "Carol"), invalid("user name")},
 	} {
 		if !tc.want(tc.err) {
 			t.Errorf("%s: err = %v", tc.name, tc.err)
