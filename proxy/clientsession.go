@@ -53,7 +53,7 @@ type sessionBase struct {
 	// these after interruptRead, so each is set before the interrupt.
 	draining, killed atomic.Bool
 	// killedBy, set before killed, is what a kill tells the client in
-	// place of errShuttingDown (EndSessions).
+	// place of errShuttingDown (endSessions, terminate.go).
 	killedBy atomic.Pointer[pgerr.Error]
 }
 
