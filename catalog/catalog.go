@@ -59,6 +59,7 @@ type Catalog struct {
 	tenants   *lru.Cache[string, entry[Tenant]]
 	backends  *lru.Cache[string, entry[Backend]]
 	users     *lru.Cache[string, entry[User]]
+	removals  removalWatchers
 
 	stop      context.CancelFunc
 	done      chan struct{}
@@ -197,6 +198,7 @@ func (c *Catalog) drain(ctx context.Context, conn *pgx.Conn) error {
 			return err
 		}
 		c.invalidate(n.Payload)
+		c.reportRemoved(ctx, n.Payload)
 	}
 }
 

@@ -13,6 +13,7 @@
 //	TenantBySubdomain(ctx, subdomain) (*Tenant, error)   // errors wrap ErrNotFound
 //	Backend(ctx, name) (*Backend, error)
 //	User(ctx, tenantID, username) (*User, error)
+//	WatchRemovedUsers(fn) (stop func())                   // a removed login's sessions end
 //
 // Administration, uncached:
 //
@@ -21,6 +22,8 @@
 //	Suspend(ctx, subdomain) error; Resume(ctx, subdomain) error; Delete(ctx, subdomain) error
 //	ListBackends(ctx) ([]Backend, error); AddBackend(ctx, AddBackendRequest) (*Backend, error)
 //	AddUser(ctx, tenantID, username, password, role) (*User, string, error)
+//	SetPassword(ctx, tenantID, username, password) (string, error); RemoveUser(ctx, tenantID, username) error
+//	ListUsers(ctx, tenantID) ([]User, error)                   // people only, never verifiers
 //	EnsureServiceUser(ctx, tenantID, username, password) error // the chat API's and the canary's logins
 //	Ping(ctx) error                                            // readiness: /readyz
 //	RotateSecrets(ctx) ([]string, error); UnsealedBackends(ctx) ([]string, error)

@@ -238,8 +238,8 @@ func (c *Catalog) AddUser(ctx context.Context, tenantID, username, password, rol
 	if role != "admin" && role != "member" {
 		return nil, "", &ValidationError{Field: "role", Value: role, Reason: "must be admin or member"}
 	}
-	if password != "" && len(password) < minPasswordLen {
-		return nil, "", &ValidationError{Field: "password", Value: "…", Reason: fmt.Sprintf("must be at least %d characters", minPasswordLen)}
+	if err := validatePassword(password); err != nil {
+		return nil, "", err
 	}
 	generated := ""
 	if password == "" {
@@ -264,7 +264,8 @@ func (c *Catalog) AddUser(ctx context.Context, tenantID, username, password, rol
 			return err
 		}
 		if users >= maxUsers {
-			return &ValidationError{Field: "user", Value: username, Reason: fmt.Sprintf("tenant %q already has its plan's %d users", tenantID, maxUsers)}
+			return &LimitError{Tenant: tenantID, Limit: "max_users", Max: maxUsers,
+				err: &ValidationError{Field: "user", Value: username, Reason: fmt.Sprintf("tenant %q already has its plan's %d users", tenantID, maxUsers)}}
 		}
 		_, err = tx.Exec(ctx, "INSERT INTO tenant_users (tenant_id, username, verifier, role) VALUES ($1, $2, $3, $4)",
 			tenantID, username, verifier, role)

@@ -91,4 +91,6 @@ type User struct {
 	Username string `json:"username"`
 	Verifier string `json:"-"`
 	Role     string `json:"role"`
+	// CreatedAt is set by ListUsers only.
+	CreatedAt time.Time `json:"created_at,omitzero"`
 }

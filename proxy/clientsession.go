@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/tenantproxy/tenantproxy/internal/pgerr"
 	"github.com/tenantproxy/tenantproxy/policy"
 	"go.uber.org/zap"
 )
@@ -25,6 +26,7 @@ type clientSession interface {
 	drain()
 	// kill ends the session now with 57P01.
 	kill()
+	base() *sessionBase
 }
 
 var (
@@ -50,7 +52,22 @@ type sessionBase struct {
 	// Why a blocked read was interrupted: the relay goroutines look at
 	// these after interruptRead, so each is set before the interrupt.
 	draining, killed atomic.Bool
+	// killedBy, set before killed, is what a kill tells the client in
+	// place of errShuttingDown (endSessions, terminate.go).
+	killedBy atomic.Pointer[pgerr.Error]
 }
+
+// killError is what the session tells its client when it is killed or
+// drained.
+func (b *sessionBase) killError() *pgerr.Error {
+	if e := b.killedBy.Load(); e != nil {
+		return e
+	}
+	return errShuttingDown
+}
+
+// base gives EndSessions the tenant and user of either mode's session.
+func (b *sessionBase) base() *sessionBase { return b }
 
 // counted counts the session among the tenant's connected clients until
 // the returned func is called.

@@ -76,11 +76,11 @@ func (tx *txSession) woken(err error) (done bool, _ error) {
 	}
 	if tx.killed.Load() || tx.draining.Load() {
 		if !tx.isBound() {
-			tx.client.Write(encodeError(errShuttingDown, fatal))
-			return true, errShuttingDown
+			tx.client.Write(encodeError(tx.killError(), fatal))
+			return true, tx.killError()
 		}
 		if tx.killed.Load() {
-			return true, errShuttingDown
+			return true, tx.killError()
 		}
 	}
 	if tx.idleInTxExpired() {
@@ -195,8 +195,8 @@ func (tx *txSession) unboundMessage(typ byte, r string) (answered bool, err erro
 // message of type typ starts, with its context set-up in tx.out.
 func (tx *txSession) acquire(typ byte) error {
 	if tx.draining.Load() || tx.killed.Load() {
-		tx.client.Write(encodeError(errShuttingDown, fatal))
-		return errShuttingDown
+		tx.client.Write(encodeError(tx.killError(), fatal))
+		return tx.killError()
 	}
 	c, setup, queries, err := tx.backends.AcquireTx(tx.srv.ctx, tx.target)
 	if err != nil {
