@@ -12,6 +12,7 @@ import (
 
 	"github.com/tenantproxy/tenantproxy/internal/scram"
 	"github.com/tenantproxy/tenantproxy/migrations"
+	"github.com/tenantproxy/tenantproxy/migrations/tierddl"
 )
 
 // List returns every tenant, by subdomain, uncached.
@@ -164,7 +165,10 @@ func deleteSharedRows(ctx context.Context, t Tenant, b Backend) error {
 				return err
 			}
 		}
-		return nil
+		// The tenant's id sequences go with its rows: a tenant created
+		// later under the same id starts again at 1.
+		_, err = tx.Exec(ctx, "SELECT "+tierddl.ForgetIDsFunction+"($1)", t.ID)
+		return err
 	})
 }
 
