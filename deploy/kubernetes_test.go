@@ -64,12 +64,17 @@ var kinds = map[string]func() any{
 	"kustomize.config.k8s.io/v1alpha1/Component":    func() any { return &kusttypes.Kustomization{} },
 }
 
+var (
+	yamlSeparator = regexp.MustCompile(`(?m)^---\s*$`)
+	yamlComment   = regexp.MustCompile(`(?m)^\s*#.*$`)
+)
+
 // decodeStrict decodes every YAML document of raw into its API type:
 // an unknown kind, an unknown or duplicated field is an error.
 func decodeStrict(raw []byte) ([]any, error) {
 	var out []any
-	for i, doc := range regexp.MustCompile(`(?m)^---\s*$`).Split(string(raw), -1) {
-		if strings.TrimSpace(regexp.MustCompile(`(?m)^\s*#.*$`).ReplaceAllString(doc, "")) == "" {
+	for i, doc := range yamlSeparator.Split(string(raw), -1) {
+		if strings.TrimSpace(yamlComment.ReplaceAllString(doc, "")) == "" {
 			continue
 		}
 		var tm metav1.TypeMeta
