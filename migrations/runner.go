@@ -8,6 +8,7 @@ import (
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/tenantproxy/tenantproxy/migrations/tierddl"
 )
 
 // DB is what the runner needs from a connection: *pgx.Conn, *pgxpool.Pool
@@ -171,6 +172,15 @@ func (t Target) apply(ctx context.Context, db DB, m Migration, locks lockPolicy)
 			return nil
 		case !errors.Is(err, pgx.ErrNoRows):
 			return err
+		}
+		if t.Kind == KindShared {
+			// The shared tier's ids come from the proxy's per-tenant
+			// sequence function, which migrations may name: prepared (or
+			// brought up to date) under the target's lock, so that
+			// concurrent runners do not replace it at once.
+			if _, err := tx.Exec(ctx, tierddl.Bootstrap()); err != nil {
+				return err
+			}
 		}
 		// Set after taking the advisory lock: waiting for a concurrent
 		// runner is fine, only table locks must not queue up for long.
