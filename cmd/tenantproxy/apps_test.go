@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"sort"
@@ -348,4 +349,65 @@ func sqlstate(err error) string {
 		return pgErr.Code
 	}
 	return ""
+}
+
+// TestAppMigrationsHundredTenants migrates the todos app into 100 existing
+// tenants (30 shared, 60 schema, 10 database), timed, and back down: every
+// target gets both versions, each tenant's rows stay its own, and down
+// leaves nothing of the app. The timings are logged (go test -v), not
+// asserted.
+func TestAppMigrationsHundredTenants(t *testing.T) {
+	if testing.Short() {
+		t.Skip("provisions 100 tenants")
+	}
+	dsn := pgtest.NewDatabase(t, pgtest.StartT(t))
+	t.Setenv("TENANTPROXY_CATALOG_DSN", dsn)
+	mustCLI(t, "migrate", "up")
+	ctx := context.Background()
+	cat, err := catalog.Open(ctx, dsn, catalog.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(cat.Close)
+	tiers := map[catalog.Tier]int{catalog.TierShared: 30, catalog.TierSchema: 60, catalog.TierDatabase: 10}
+	start := time.Now()
+	for tier, n := range tiers {
+		for i := range n {
+			sub := fmt.Sprintf("%s-%02d", tier, i)
+			if _, err := cat.Create(ctx, catalog.CreateRequest{Subdomain: sub, Plan: catalog.PlanFree, Tier: tier, AdminPassword: appPassword}); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	t.Logf("100 tenants provisioned in %s", time.Since(start).Round(time.Millisecond))
+
+	start = time.Now()
+	out, progress, err := cliOutputs(t, "migrate", "up", "--dir", todosDir)
+	up := time.Since(start)
+	if err != nil {
+		t.Fatalf("migrate up --dir: %v\n%s", err, progress)
+	}
+	// The shared database, 60 schemas and 10 databases.
+	if n := strings.Count(progress, "app: applied 2, now at version 2"); n != 71 {
+		t.Fatalf("%d targets got both app versions, want 71:\n%s", n, progress)
+	}
+	t.Logf("migrate up --dir over 71 targets (100 tenants): %s (%s)", up.Round(time.Millisecond), strings.TrimSpace(out))
+
+	addr := startAppProxy(t, dsn)
+	for _, sub := range []string{"shared-00", "shared-01", "schema-00", "database-00"} {
+		useTodos(t, proxyConn(t, addr, sub), sub)
+	}
+
+	start = time.Now()
+	out = mustCLI(t, "migrate", "down", "--to", "0")
+	t.Logf("migrate down --to 0 over 71 targets: %s (%s)", time.Since(start).Round(time.Millisecond), strings.TrimSpace(out))
+	for _, r := range appStatus(t).Results[1:] {
+		if r.App.Version != 0 || r.App.Latest != 0 || r.App.Drifted() {
+			t.Fatalf("after down --to 0: %s has app %+v", r.Target, r.App)
+		}
+	}
+	var todos bool
+	if err := proxyConn(t, addr, "schema-00").QueryRow(ctx, "SELECT to_regclass('todos') IS NOT NULL").Scan(&todos); err != nil || todos {
+		t.Fatalf("schema-00 after down --to 0: todos exists %v, %v", todos, err)
+	}
 }
