@@ -250,8 +250,9 @@ func Status(ctx context.Context, controlDSN string, opts Options) (*Report, erro
 // Down reverts the adopter's migrations above version to on every tenant
 // target, opts.Concurrency at a time: each target runs the stored down
 // SQL of the versions it has applied, highest first, in its tier's form,
-// each in its own transaction. With opts.App the directory is stored first
-// (a new down file replaces the stored one). The versions leave the
+// each in its own transaction. With opts.App the directory's down files of
+// stored versions are stored first (a new down file replaces the stored
+// one; versions the catalog lacks are ignored). The versions leave the
 // catalog only when every target is down: until then tenant create still
 // applies them, and a run after a failure completes the rest.
 func Down(ctx context.Context, controlDSN string, to int, opts Options) (*Report, error) {
@@ -272,14 +273,24 @@ func Down(ctx context.Context, controlDSN string, to int, opts Options) (*Report
 	if v < opts.latest(KindControl) {
 		return nil, fmt.Errorf("migrations: the catalog is at version %d of %d: run migrate up first", v, opts.latest(KindControl))
 	}
-	if opts.App != nil {
-		if _, err := StoreApp(ctx, control, opts.App); err != nil {
-			return nil, err
-		}
-	}
 	set, err := loadApp(ctx, control)
 	if err != nil {
 		return nil, err
+	}
+	if opts.App != nil {
+		// Only the stored versions' down files: a down never adds versions.
+		var known []AppMigration
+		for _, m := range opts.App {
+			if set.index(m.Version) >= 0 {
+				known = append(known, m)
+			}
+		}
+		if _, err := StoreApp(ctx, control, known); err != nil {
+			return nil, err
+		}
+		if set, err = loadApp(ctx, control); err != nil {
+			return nil, err
+		}
 	}
 	targets, err := tenantTargets(ctx, control)
 	if err != nil {

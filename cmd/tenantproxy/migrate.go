@@ -107,7 +107,7 @@ func buildMigrateCommand(g *globals) (*cobra.Command, *migrateFlags) {
 		Long: "Runs the stored down SQL of every app version above --to on every tenant target that has it,\n" +
 			"highest first, in the target's tier's form, each in its own transaction. The versions leave the\n" +
 			"catalog only once every target is down; after a failure, run it again. --dir DIR first stores\n" +
-			"DIR's files (a new down file replaces the stored one).",
+			"DIR's down files of the stored versions (a fixed down file replaces the stored one).",
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if f.to < 0 {
@@ -119,8 +119,8 @@ func buildMigrateCommand(g *globals) (*cobra.Command, *migrateFlags) {
 			}
 			report, err := migrations.Down(cmd.Context(), cf.dsn, f.to, opts)
 			if report != nil {
-				fmt.Fprintf(cmd.OutOrStdout(), "reverted %d targets to app version %d in %s, %d failed, %d versions removed from the catalog\n",
-					len(report.Results), f.to, report.Duration.Round(1e6), report.Failed, report.AppRemoved)
+				fmt.Fprintf(cmd.OutOrStdout(), "down to app version %d on %d targets in %s: %d failed, %d versions removed from the catalog\n",
+					f.to, len(report.Results), report.Duration.Round(1e6), report.Failed, report.AppRemoved)
 			}
 			return err
 		},
@@ -173,7 +173,7 @@ func buildMigrateCommand(g *globals) (*cobra.Command, *migrateFlags) {
 			"longest wait of a migration for one table lock before it is rolled back and retried (0: wait as long as it takes)")
 		c.Flags().IntVar(&f.lockRetries, "lock-retries", migrations.DefaultLockRetries,
 			"retries of a migration whose lock wait timed out before its target fails (0: fail at the first timeout)")
-		c.Flags().StringVar(&f.dir, "dir", "", "the app's migrations directory (NNNN_name.up.sql, NNNN_name.down.sql), stored in the catalog first")
+		c.Flags().StringVar(&f.dir, "dir", "", "the app's migrations directory (NNNN_name.up.sql, NNNN_name.down.sql), stored in the catalog first (down: only the down files of stored versions)")
 	}
 	down.Flags().IntVar(&f.to, "to", -1, "the app version to revert to (required; 0 reverts them all)")
 	cf.registerOutput(status)
