@@ -1,10 +1,13 @@
 package migrations_test
 
 import (
+	"context"
+	"errors"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/tenantproxy/tenantproxy/migrations"
 )
@@ -71,5 +74,75 @@ func TestReadAppDirRefusals(t *testing.T) {
 				t.Fatalf("ReadAppDir: %v, want an error containing %q", err, tc.want)
 			}
 		})
+	}
+}
+
+// TestAppMigrationBehindATenantsLockFailsOnlyThatTarget: an app version
+// altering a shared table that a session holds (idle in a transaction)
+// gives up after its lock retries with nothing of it applied, the schema
+// tenants get it, and the next Up, from the stored set alone, completes
+// the shared target.
+func TestAppMigrationBehindATenantsLockFailsOnlyThatTarget(t *testing.T) {
+	c, dsn := freshCatalog(t)
+	seedSchemaTenants(t, c, dsn, "app", 2)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	v1 := writeDir(t, map[string]string{"0001_todos.up.sql": "CREATE TABLE todos (id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY, title text UNIQUE);"})
+	ms, err := migrations.ReadAppDir(v1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := migrations.Up(ctx, dsn, migrations.Options{App: ms}); err != nil {
+		t.Fatal(err)
+	}
+
+	holder := connect(t, c.DSN(migrations.SharedDatabase))
+	tx, err := holder.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := tx.Exec(ctx, "SELECT count(*) FROM todos"); err != nil {
+		t.Fatal(err)
+	}
+	v2 := writeDir(t, map[string]string{"0002_note.up.sql": "ALTER TABLE todos ADD COLUMN note text;"})
+	if ms, err = migrations.ReadAppDir(v2); err != nil {
+		t.Fatal(err)
+	}
+	var retried []migrations.LockRetry
+	opts := migrations.Options{App: ms, LockTimeout: 100 * time.Millisecond, LockRetries: 1,
+		Retry: func(r migrations.LockRetry) { retried = append(retried, r) }}
+	rep, err := migrations.Up(ctx, dsn, opts)
+	if err == nil || rep.Failed != 1 {
+		t.Fatalf("up while the lock is held: %v, %d failed; want the shared target alone", err, rep.Failed)
+	}
+	for _, r := range rep.Results[1:] {
+		var lte *migrations.LockTimeoutError
+		switch {
+		case r.Target.Kind == migrations.KindShared:
+			if !errors.As(r.Err, &lte) || !strings.Contains(r.Err.Error(), "app 0002_note") || r.App.Version != 1 {
+				t.Fatalf("shared target: %v, app %+v; want a LockTimeoutError naming 0002_note at app version 1", r.Err, r.App)
+			}
+		case r.Err != nil || r.App.Version != 2:
+			t.Fatalf("%s: %v, app %+v; want app version 2", r.Target, r.Err, r.App)
+		}
+	}
+	if len(retried) != 1 || retried[0].Version != 2 || retried[0].Target.Kind != migrations.KindShared {
+		t.Fatalf("lock retries %+v; want one, of the shared target's version 2", retried)
+	}
+	if err := tx.Commit(ctx); err != nil {
+		t.Fatal(err)
+	}
+	rep, err = migrations.Up(ctx, dsn, migrations.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, r := range rep.Results[1:] {
+		applied := 0
+		if r.Target.Kind == migrations.KindShared {
+			applied = 1
+		}
+		if r.App.Applied != applied || r.App.Version != 2 || r.App.Drifted() {
+			t.Fatalf("rerun %s: app %+v; want %d applied, at version 2", r.Target, r.App, applied)
+		}
 	}
 }
