@@ -10,6 +10,8 @@ const (
 	SequenceSchema = "tenantproxy_ids"
 	// NextIDFunction returns a column's next id for the session's tenant.
 	NextIDFunction = ProxySchema + ".next_id"
+	// ForgetIDsFunction(tenant) drops the tenant's id sequences.
+	ForgetIDsFunction = ProxySchema + ".forget_ids"
 	// idKeysTable lists the id columns migrations declared: NextIDFunction
 	// creates sequences only for those, so a tenant calling it by hand
 	// cannot create sequences without end.
@@ -38,10 +40,13 @@ func nextIDCall(key string) string { return NextIDFunction + "(" + quoteLiteral(
 // function takes as "already there". currval and lastval of these
 // sequences need privileges the serving role does not have: use
 // INSERT … RETURNING.
+//
+// ForgetIDsFunction, for the migration role only, drops a tenant's
+// sequences: a deleted tenant's go with its rows.
 func Bootstrap() string {
 	r := strings.NewReplacer(
 		"$proxy", ProxySchema, "$seqs", SequenceSchema, "$keys", idKeysTable, "$salt", idSaltTable,
-		"$next", NextIDFunction, "$serving", quoteIdent(ServingRole), "$guc", quoteLiteral(TenantGUC))
+		"$next", NextIDFunction, "$forget", ForgetIDsFunction, "$serving", quoteIdent(ServingRole), "$guc", quoteLiteral(TenantGUC))
 	return r.Replace(`CREATE SCHEMA IF NOT EXISTS $proxy;
 REVOKE ALL ON SCHEMA $proxy FROM PUBLIC;
 GRANT USAGE ON SCHEMA $proxy TO $serving;
@@ -51,6 +56,24 @@ CREATE TABLE IF NOT EXISTS $proxy.$keys (key text PRIMARY KEY);
 CREATE TABLE IF NOT EXISTS $proxy.$salt (only_row boolean PRIMARY KEY DEFAULT true CHECK (only_row), salt text NOT NULL);
 INSERT INTO $proxy.$salt (salt) VALUES (gen_random_uuid()::text) ON CONFLICT DO NOTHING;
 REVOKE ALL ON $proxy.$keys, $proxy.$salt FROM PUBLIC;
+CREATE OR REPLACE FUNCTION $proxy.id_sequence(tenant text, key text) RETURNS text
+LANGUAGE sql STABLE STRICT
+SET search_path = pg_catalog, pg_temp
+AS $fn$ SELECT 'id_' || md5(s.salt || '/' || tenant || '/' || key) FROM $proxy.$salt s $fn$;
+REVOKE ALL ON FUNCTION $proxy.id_sequence(text, text) FROM PUBLIC;
+CREATE OR REPLACE FUNCTION $forget(tenant text) RETURNS void
+LANGUAGE plpgsql VOLATILE STRICT
+SET search_path = pg_catalog, pg_temp
+AS $fn$
+DECLARE
+	k text;
+BEGIN
+	FOR k IN SELECT key FROM $proxy.$keys LOOP
+		EXECUTE format('DROP SEQUENCE IF EXISTS $seqs.%I', $proxy.id_sequence(tenant, k));
+	END LOOP;
+END
+$fn$;
+REVOKE ALL ON FUNCTION $forget(text) FROM PUBLIC;
 CREATE OR REPLACE FUNCTION $next(key text) RETURNS bigint
 LANGUAGE plpgsql VOLATILE STRICT SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
@@ -64,7 +87,7 @@ BEGIN
 		RAISE EXCEPTION 'no tenant is set for this session: ids are numbered per tenant'
 			USING ERRCODE = '42501';
 	END IF;
-	SELECT 'id_' || md5(s.salt || '/' || tenant || '/' || key) INTO seq FROM $proxy.$salt s;
+	seq := $proxy.id_sequence(tenant, key);
 	rel := to_regclass('$seqs.' || quote_ident(seq));
 	IF rel IS NULL THEN
 		IF NOT EXISTS (SELECT FROM $proxy.$keys k WHERE k.key = next_id.key) THEN

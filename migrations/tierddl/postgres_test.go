@@ -36,6 +36,7 @@ CREATE TABLE todo_tags (
     PRIMARY KEY (todo_id, tag_id)
 );
 CREATE INDEX todos_open ON todos (done, id);
+CREATE VIEW open_todos AS SELECT id, title FROM todos WHERE NOT done;
 `
 
 // TestTodosAppInTheSharedTier applies todosApp, transformed, to a shared
@@ -120,8 +121,9 @@ func TestTodosAppInTheSharedTier(t *testing.T) {
 			if err := none.QueryRow(ctx, "SELECT (SELECT count(*) FROM todos) + (SELECT count(*) FROM tags) + (SELECT count(*) FROM todo_tags)").Scan(&n); err != nil || n != 0 {
 				t.Errorf("without a tenant: %d rows, %v; want 0", n, err)
 			}
+			_, err := none.Exec(ctx, "INSERT INTO todos (title) VALUES ('orphan')")
+			wantSQLState(t, err, "42501")
 			for _, ins := range []string{
-				"INSERT INTO todos (title) VALUES ('orphan')",
 				"INSERT INTO todos (id, title) OVERRIDING SYSTEM VALUE VALUES (99, 'orphan')",
 				"INSERT INTO todos (tenant_id, id, title) VALUES ('tenant-a', 99, 'planted')",
 			} {
@@ -129,6 +131,19 @@ func TestTodosAppInTheSharedTier(t *testing.T) {
 					t.Errorf("without a tenant, %s succeeded", ins)
 				}
 			}
+		}
+	})
+
+	t.Run("a view shows the tenant's rows only", func(t *testing.T) {
+		// Owned by the migration role, which row-level security does not
+		// restrict, the view would show every tenant's rows were it not
+		// made security_invoker.
+		var inView, inTable int
+		if err := b.QueryRow(ctx, "SELECT (SELECT count(*) FROM open_todos), (SELECT count(*) FROM todos)").Scan(&inView, &inTable); err != nil {
+			t.Fatal(err)
+		}
+		if inView != 3 || inTable != 3 {
+			t.Errorf("tenant b sees %d todos in the view and %d in the table; want 3 and 3", inView, inTable)
 		}
 	})
 
@@ -150,13 +165,24 @@ func TestTodosAppInTheSharedTier(t *testing.T) {
 			c2.QueryRow(ctx, "INSERT INTO todos (title) VALUES ('second') RETURNING id").Scan(&id) //nolint:errcheck // a failure shows as id 0
 			second <- id
 		}()
-		time.Sleep(200 * time.Millisecond) // let the second insert reach the sequence's creation
+		waitForLockWait(ctx, t, admin)
 		if err := tx.Commit(ctx); err != nil {
 			t.Fatal(err)
 		}
 		if got := <-second; first != 1 || got != 2 {
 			t.Errorf("concurrent first inserts got ids %d and %d; want 1 and 2", first, got)
 		}
+	})
+
+	t.Run("a deleted tenant's ids are forgotten", func(t *testing.T) {
+		if _, err := admin.Exec(ctx, "DELETE FROM todos WHERE tenant_id = 'tenant-c'; SELECT "+tierddl.ForgetIDsFunction+"('tenant-c')"); err != nil {
+			t.Fatal(err)
+		}
+		if id := insertTodo(ctx, t, serving(ctx, t, dsn, "tenant-c"), "again"); id != 1 {
+			t.Errorf("a recreated tenant's first todo has id %d; want 1", id)
+		}
+		_, err := a.Exec(ctx, "SELECT "+tierddl.ForgetIDsFunction+"('tenant-b')")
+		wantSQLState(t, err, "42501")
 	})
 
 	t.Run("the per-tenant sequences are out of the serving role's reach", func(t *testing.T) {
@@ -205,6 +231,24 @@ func serving(ctx context.Context, t *testing.T, dsn, tenant string) *pgx.Conn {
 		}
 	}
 	return conn
+}
+
+// waitForLockWait returns once a session of the database waits for a lock:
+// the second first insert, waiting for the first's new sequence.
+func waitForLockWait(ctx context.Context, t *testing.T, admin *pgx.Conn) {
+	t.Helper()
+	for range 500 {
+		var waiting bool
+		if err := admin.QueryRow(ctx, `SELECT EXISTS (SELECT FROM pg_stat_activity
+			WHERE datname = current_database() AND wait_event_type = 'Lock')`).Scan(&waiting); err != nil {
+			t.Fatal(err)
+		}
+		if waiting {
+			return
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	t.Fatal("the second insert never waited for the first")
 }
 
 type querier interface {

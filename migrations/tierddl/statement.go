@@ -153,7 +153,9 @@ func defTrue(arg *pg_query.Node) bool {
 
 // functionOptions refuses a function that would run with its owner's
 // rights: SECURITY DEFINER (owned by the migration role, it would bypass
-// row-level security) and languages that are not trusted.
+// row-level security) and languages that are not trusted; and one whose
+// SET clause changes the tenant. What a body does is the adopter's code,
+// which the tool does not read.
 func functionOptions(opts []*pg_query.Node) error {
 	for _, o := range opts {
 		d := o.GetDefElem()
@@ -164,6 +166,10 @@ func functionOptions(opts []*pg_query.Node) error {
 		case "security":
 			if defTrue(d.Arg) {
 				return refusal("a SECURITY DEFINER function runs as the migration role, which row-level security does not restrict")
+			}
+		case "set":
+			if d.Arg.GetVariableSetStmt().GetName() == TenantGUC {
+				return refusal("a function that sets %s would run as another tenant", TenantGUC)
 			}
 		case "language":
 			if l := strings.ToLower(d.Arg.GetString_().GetSval()); l == "c" || l == "internal" {

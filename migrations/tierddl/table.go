@@ -161,7 +161,7 @@ func idKey(rel *pg_query.RangeVar, col string) string {
 // key constraint, on both sides of a foreign key: uniqueness becomes per
 // tenant, and a row can reference only its own tenant's rows.
 func keyConstraint(c *pg_query.Constraint) error {
-	switch c.Contype {
+	switch c.GetContype() {
 	case pg_query.ConstrType_CONSTR_PRIMARY, pg_query.ConstrType_CONSTR_UNIQUE:
 		// USING INDEX names an index that CREATE INDEX, rewritten here,
 		// already led with the tenant column.

@@ -7,6 +7,7 @@ import (
 	"unicode"
 
 	pg_query "github.com/pganalyze/pg_query_go/v6"
+	"github.com/pganalyze/pg_query_go/v6/parser"
 	"google.golang.org/protobuf/proto"
 )
 
@@ -63,6 +64,10 @@ func Transform(tier Tier, sql string) (string, error) {
 	}
 	tree, err := pg_query.Parse(sql)
 	if err != nil {
+		var perr *parser.Error
+		if errors.As(err, &perr) && perr.Cursorpos > 0 {
+			return "", fmt.Errorf("tierddl: line %d: %w", lineOfChar(sql, perr.Cursorpos), err)
+		}
 		return "", fmt.Errorf("tierddl: %w", err)
 	}
 	var out strings.Builder
@@ -82,6 +87,21 @@ func Transform(tier Tier, sql string) (string, error) {
 		}
 	}
 	return out.String(), nil
+}
+
+// lineOfChar is the 1-based line of sql's pos'th character (1-based, as
+// the parser counts).
+func lineOfChar(sql string, pos int) int {
+	line := 1
+	for _, r := range sql {
+		if pos--; pos <= 0 {
+			break
+		}
+		if r == '\n' {
+			line++
+		}
+	}
+	return line
 }
 
 // stmtText is raw's text in sql, from its first token.

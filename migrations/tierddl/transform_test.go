@@ -131,6 +131,8 @@ func TestTransformSharedRefuses(t *testing.T) {
 		{"CREATE FUNCTION f() RETURNS int LANGUAGE sql SECURITY DEFINER AS 'SELECT 1'", "SECURITY DEFINER"},
 		{"ALTER FUNCTION f() SECURITY DEFINER", "SECURITY DEFINER"},
 		{"CREATE FUNCTION f() RETURNS int LANGUAGE c AS 'lib', 'f'", "language c"},
+		{"CREATE FUNCTION f() RETURNS int LANGUAGE sql SET app.tenant_id = 'x' AS 'SELECT 1'", "run as another tenant"},
+		{"ALTER FUNCTION f() SET app.tenant_id FROM CURRENT", "run as another tenant"},
 		{"CREATE TABLE c (x int) INHERITS (p)", "INHERITS"},
 		{"CREATE TABLE p (x int) PARTITION BY RANGE (x)", "partitioned tables"},
 		{"CREATE TABLE c PARTITION OF p FOR VALUES FROM (1) TO (2)", "partitioned tables"},
@@ -186,6 +188,13 @@ func TestTransformOtherTiersIsIdentity(t *testing.T) {
 	}
 	if _, err := tierddl.Transform("control", in); err == nil {
 		t.Error("an unknown tier was accepted")
+	}
+}
+
+func TestTransformNamesTheLineOfASyntaxError(t *testing.T) {
+	_, err := tierddl.Transform(tierddl.Shared, "CREATE TABLE a (x int);\n-- é\nCREATE TABLE b (y int,);")
+	if err == nil || !strings.Contains(err.Error(), "line 3: syntax error") {
+		t.Fatalf("got %v; want a syntax error on line 3", err)
 	}
 }
 
