@@ -248,6 +248,12 @@ func sharedRefusal(t *testing.T) {
 			t.Fatalf("%s at app version %d, want %d", r.Target, r.App.Version, want)
 		}
 	}
+	// A shared-tier tenant could not get the stored schema: its create
+	// fails with the refusal and is rolled back.
+	if _, err := cli(t, "tenant", "create", "hooli", "--isolation", "shared"); err == nil ||
+		!strings.Contains(err.Error(), "rolled back") || !strings.Contains(err.Error(), "materialized views cannot have row-level security") {
+		t.Fatalf("shared-tier tenant create while 0003 is refused there: %v", err)
+	}
 	out, err = cli(t, "migrate", "down", "--to", "2")
 	// "todo_counts" is not a view (42809) on the four schema and database
 	// tenants; the shared target has nothing to revert.
@@ -267,6 +273,7 @@ func sharedRefusal(t *testing.T) {
 			t.Fatalf("after down --to 2: %s has app %+v", r.Target, r.App)
 		}
 	}
+	mustCLI(t, "tenant", "create", "hooli", "--isolation", "shared")
 }
 
 // appDir is the todos directory with files added or replaced.
