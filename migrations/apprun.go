@@ -88,6 +88,14 @@ func ApplyTenant(ctx context.Context, control Querier, db DB, t Target) error {
 	return err
 }
 
+// appStep is one app migration to run on a target, in the target's tier's
+// form, or why it cannot run (err), which stops the target there.
+type appStep struct {
+	m    Migration
+	down bool
+	err  error
+}
+
 // applyApp applies the stored versions t lacks, in version order, each in
 // its own transaction under the lock policy of opts, and returns t's state
 // afterwards. A version tierddl refuses for t's tier fails t, naming the
@@ -97,43 +105,29 @@ func applyApp(ctx context.Context, db DB, t Target, set *appSet, opts Options) (
 	if err != nil {
 		return nil, err
 	}
-	if t.Kind == KindShared && len(applied) < len(set.ms) {
+	var steps []appStep
+	for i, m := range set.ms {
+		f := set.forms[t.Kind][i]
+		sum, ok := applied[m.Version]
+		switch {
+		case ok && sum != m.Checksum:
+			steps = append(steps, appStep{err: &ChecksumError{Target: t, Version: m.Version, Name: m.Name}})
+		case ok:
+		case f.upErr != nil:
+			steps = append(steps, appStep{err: fmt.Errorf("migrations: %s: app %s refused for the %s tier: %w", t, m.label(), t.Kind, f.upErr)})
+		default:
+			steps = append(steps, appStep{m: f.up})
+		}
+	}
+	if t.Kind == KindShared && len(steps) > 0 {
 		if err := bootstrapShared(ctx, db, t); err != nil {
 			return nil, err
 		}
 	}
-	locks := opts.lockPolicy()
-	n := 0
-	for i, m := range set.ms {
-		if sum, ok := applied[m.Version]; ok {
-			if sum != m.Checksum {
-				err = &ChecksumError{Target: t, Version: m.Version, Name: m.Name}
-				break
-			}
-			continue
-		}
-		f := set.forms[t.Kind][i]
-		if f.upErr != nil {
-			err = fmt.Errorf("migrations: %s: app %s refused for the %s tier: %w", t, m.label(), t.Kind, f.upErr)
-			break
-		}
-		ran, err2 := withLockRetries(ctx, opts, t, f.up, locks, func() (bool, error) {
-			return t.change(ctx, db, locks, appLedger, f.up, false)
-		})
-		if err = err2; err != nil {
-			err = fmt.Errorf("migrations: %s: app %s: %w", t, m.label(), err)
-			break
-		}
-		if ran {
-			n++
-		}
-	}
-	res, serr := appState(ctx, db, t, set)
+	n, err := t.runApp(ctx, db, steps, opts)
+	res, err := t.appOutcome(ctx, db, set, err)
 	if res != nil {
 		res.Applied = n
-	}
-	if err == nil {
-		err = serr
 	}
 	return res, err
 }
@@ -170,34 +164,56 @@ func revertApp(ctx context.Context, db DB, t Target, set *appSet, to int, opts O
 		}
 	}
 	sort.Sort(sort.Reverse(sort.IntSlice(above)))
+	steps := make([]appStep, len(above))
+	for k, v := range above {
+		i := set.index(v)
+		switch {
+		case i < 0:
+			steps[k].err = fmt.Errorf("migrations: %s: app version %d is applied here but not stored in the catalog, so its down SQL is unknown", t, v)
+		case set.forms[t.Kind][i].downErr != nil:
+			steps[k].err = fmt.Errorf("migrations: %s: app %s cannot be reverted in the %s tier: %w", t, set.ms[i].label(), t.Kind, set.forms[t.Kind][i].downErr)
+		default:
+			steps[k] = appStep{m: set.forms[t.Kind][i].down, down: true}
+		}
+	}
+	n, err := t.runApp(ctx, db, steps, opts)
+	res, err := t.appOutcome(ctx, db, set, err)
+	if res != nil {
+		res.Reverted = n
+	}
+	return res, err
+}
+
+// runApp runs steps in order, each in its own transaction with the lock
+// retries of opts, until one fails, and returns how many it ran.
+func (t Target) runApp(ctx context.Context, db DB, steps []appStep, opts Options) (int, error) {
 	locks := opts.lockPolicy()
 	n := 0
-	for _, v := range above {
-		i := set.index(v)
-		if i < 0 {
-			err = fmt.Errorf("migrations: %s: app version %d is applied here but not stored in the catalog, so its down SQL is unknown", t, v)
-			break
+	for _, s := range steps {
+		if s.err != nil {
+			return n, s.err
 		}
-		m, f := set.ms[i], set.forms[t.Kind][i]
-		if f.downErr != nil {
-			err = fmt.Errorf("migrations: %s: app %s cannot be reverted in the %s tier: %w", t, m.label(), t.Kind, f.downErr)
-			break
-		}
-		ran, err2 := withLockRetries(ctx, opts, t, f.down, locks, func() (bool, error) {
-			return t.change(ctx, db, locks, appLedger, f.down, true)
+		ran, err := withLockRetries(ctx, opts, t, s.m, locks, func() (bool, error) {
+			return t.change(ctx, db, locks, appLedger, s.m, s.down)
 		})
-		if err = err2; err != nil {
-			err = fmt.Errorf("migrations: %s: app %s down: %w", t, m.label(), err)
-			break
+		if err != nil {
+			dir := ""
+			if s.down {
+				dir = " down"
+			}
+			return n, fmt.Errorf("migrations: %s: app %04d_%s%s: %w", t, s.m.Version, s.m.Name, dir, err)
 		}
 		if ran {
 			n++
 		}
 	}
+	return n, nil
+}
+
+// appOutcome is t's state after a run that ended with err: the run's
+// error wins over one reading the state.
+func (t Target) appOutcome(ctx context.Context, db DB, set *appSet, err error) (*AppResult, error) {
 	res, serr := appState(ctx, db, t, set)
-	if res != nil {
-		res.Reverted = n
-	}
 	if err == nil {
 		err = serr
 	}
