@@ -8,8 +8,6 @@ import (
 	"strings"
 
 	"github.com/jackc/pgx/v5"
-
-	"github.com/tenantproxy/tenantproxy/migrations/tierddl"
 )
 
 // AppResult is the adopter's migrations on one tenant target.
@@ -119,35 +117,12 @@ func applyApp(ctx context.Context, db DB, t Target, set *appSet, opts Options) (
 			steps = append(steps, appStep{m: f.up})
 		}
 	}
-	if t.Kind == KindShared && len(steps) > 0 {
-		if err := bootstrapShared(ctx, db, t); err != nil {
-			return nil, err
-		}
-	}
 	n, err := t.runApp(ctx, db, steps, opts)
 	res, err := t.appOutcome(ctx, db, set, err)
 	if res != nil {
 		res.Applied = n
 	}
 	return res, err
-}
-
-// bootstrapShared prepares a shared database for transformed migrations
-// (tierddl.Bootstrap), as RegisterBackend does, so that one registered by
-// an earlier release gets the per-tenant id function too. The target's
-// advisory lock keeps two runners from replacing the function at once.
-func bootstrapShared(ctx context.Context, db DB, t Target) error {
-	err := pgx.BeginFunc(ctx, db, func(tx pgx.Tx) error {
-		if _, err := tx.Exec(ctx, "SELECT pg_advisory_xact_lock($1)", t.lockKey()); err != nil {
-			return err
-		}
-		_, err := tx.Exec(ctx, tierddl.Bootstrap())
-		return err
-	})
-	if err != nil {
-		return fmt.Errorf("migrations: %s: per-tenant ids: %w", t, err)
-	}
-	return nil
 }
 
 // revertApp runs the stored down migrations of the versions above to that

@@ -196,9 +196,11 @@ func (t Target) change(ctx context.Context, db DB, locks lockPolicy, ledger stri
 		}
 		if t.Kind == KindShared {
 			// The shared tier's ids come from the proxy's per-tenant
-			// sequence function, which migrations may name: prepared (or
-			// brought up to date) under the target's lock, so that
-			// concurrent runners do not replace it at once.
+			// sequence function, which migrations (the proxy's and the
+			// app's, transformed) may name: prepared, or brought up to date
+			// on a database registered by an earlier release, under the
+			// target's lock, so that concurrent runners do not replace it
+			// at once.
 			if _, err := tx.Exec(ctx, tierddl.Bootstrap()); err != nil {
 				return err
 			}
