@@ -191,6 +191,7 @@ func (m *Manager) dial(ctx context.Context, p *pool, t *Target, holder *tenantQu
 	c.pool = p
 	c.state = stateActive
 	c.holder = holder
+	c.gen = p.gen
 	p.mu.Unlock()
 	return c, nil
 }

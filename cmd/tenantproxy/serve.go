@@ -18,6 +18,7 @@ import (
 	"github.com/tenantproxy/tenantproxy/admin"
 	"github.com/tenantproxy/tenantproxy/canary"
 	"github.com/tenantproxy/tenantproxy/catalog"
+	"github.com/tenantproxy/tenantproxy/console"
 	"github.com/tenantproxy/tenantproxy/pool"
 	"github.com/tenantproxy/tenantproxy/proxy"
 	"github.com/tenantproxy/tenantproxy/router"
@@ -56,6 +57,10 @@ type serveFlags struct {
 	poolMaxLifetime  time.Duration
 	poolConnTimeout  time.Duration
 
+	// consoleUser and consolePassword open the admin console; no user, no
+	// console.
+	consoleUser, consolePassword string
+
 	// isolationInterval is serve's alone: the demo does not run the canary.
 	isolationInterval time.Duration
 }
@@ -86,6 +91,8 @@ func (f *serveFlags) register(fs *pflag.FlagSet, defaultAuth string) {
 	fs.DurationVar(&f.poolIdleTimeout, "pool-idle-timeout", 5*time.Minute, "close server connections idle this long")
 	fs.DurationVar(&f.poolMaxLifetime, "pool-max-lifetime", time.Hour, "close server connections this old once idle")
 	fs.DurationVar(&f.poolConnTimeout, "pool-connect-timeout", 10*time.Second, "bound on connecting and authenticating to a backend")
+	fs.StringVar(&f.consoleUser, "console-user", "", "user of the PgBouncer-compatible admin console (psql dbname=pgbouncer); empty disables the console")
+	fs.StringVar(&f.consolePassword, "console-password", "", "the console user's password (SCRAM-SHA-256); prefer TENANTPROXY_CONSOLE_PASSWORD to the command line")
 }
 
 func (f *serveFlags) proxyConfig(log *zap.Logger, reg prometheus.Registerer) proxy.Config {
@@ -270,7 +277,12 @@ func startProxy(g *globals, f *serveFlags, cat *catalog.Catalog, reg *prometheus
 	if err != nil {
 		return nil, nil, nil, err
 	}
-	srv, err := proxy.New(f.proxyConfig(g.logger, reg), cat, mgr)
+	cfg := f.proxyConfig(g.logger, reg)
+	if cfg.Console, err = f.console(g, cat, mgr); err != nil {
+		mgr.Close()
+		return nil, nil, nil, err
+	}
+	srv, err := proxy.New(cfg, cat, mgr)
 	if err != nil {
 		mgr.Close()
 		return nil, nil, nil, err
@@ -307,4 +319,24 @@ func shutdownAdmin(adm *admin.Server) {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
 	adm.Shutdown(ctx)
+}
+
+// console builds the admin console, nil when --console-user is empty. Its
+// RELOAD and SHUTDOWN signal the process as SIGHUP and SIGTERM do, so they
+// take exactly those paths.
+func (f *serveFlags) console(g *globals, cat *catalog.Catalog, mgr *pool.Manager) (*console.Console, error) {
+	if f.consoleUser == "" {
+		if f.consolePassword != "" {
+			return nil, errors.New("--console-password without --console-user")
+		}
+		return nil, nil
+	}
+	signalSelf := func(sig syscall.Signal) error { return syscall.Kill(os.Getpid(), sig) }
+	return console.New(console.Config{
+		User: f.consoleUser, Password: f.consolePassword, Tenants: cat, Pools: mgr,
+		Version:  versionString(),
+		Reload:   func() error { return signalSelf(syscall.SIGHUP) },
+		Shutdown: func() { signalSelf(syscall.SIGTERM) },
+		Logger:   g.logger,
+	})
 }
