@@ -168,7 +168,16 @@ func buildServeCommand(g *globals) (*cobra.Command, *serveFlags) {
 				return err
 			}
 			reg := newRegistry()
-			srv, adm, mgr, err := startProxy(g, f, cat, reg)
+			// The console's SHUTDOWN drains as SIGTERM does; its RELOAD
+			// takes SIGHUP's path. Until runProxy handles SIGHUP, one
+			// must not end the process (its default action).
+			early := make(chan os.Signal, 1)
+			signal.Notify(early, syscall.SIGHUP)
+			defer signal.Stop(early)
+			ctx, shutdown := context.WithCancel(cmd.Context())
+			defer shutdown()
+			hooks := consoleHooks{reload: func() error { return syscall.Kill(os.Getpid(), syscall.SIGHUP) }, shutdown: shutdown}
+			srv, adm, mgr, err := startProxy(g, f, cat, reg, hooks)
 			if err != nil {
 				return err
 			}
@@ -177,13 +186,13 @@ func buildServeCommand(g *globals) (*cobra.Command, *serveFlags) {
 			go func() { served <- srv.ListenAndServe() }()
 			g.logger.Info("serving", zap.Strings("listen", f.listen), zap.String("admin", f.adminListen))
 			if f.isolationInterval > 0 {
-				stop, err := startCanary(cmd.Context(), g, f, cat, reg)
+				stop, err := startCanary(ctx, g, f, cat, reg)
 				if err != nil {
 					return err
 				}
 				defer stop()
 			}
-			return runProxy(cmd.Context(), g, f, srv, adm, served, reloader(cmd, g))
+			return runProxy(ctx, g, f, srv, adm, served, reloader(cmd, g))
 		},
 	}
 	f.catalog.register(cmd)
@@ -272,13 +281,13 @@ func newRegistry() *prometheus.Registry {
 
 // startProxy builds the pool, the proxy and the admin listener. The caller
 // owns the returned pieces; adm is nil when --admin-listen is empty.
-func startProxy(g *globals, f *serveFlags, cat *catalog.Catalog, reg *prometheus.Registry) (*proxy.Server, *admin.Server, *pool.Manager, error) {
+func startProxy(g *globals, f *serveFlags, cat *catalog.Catalog, reg *prometheus.Registry, hooks consoleHooks) (*proxy.Server, *admin.Server, *pool.Manager, error) {
 	mgr, err := pool.NewManager(f.poolConfig(reg), g.logger)
 	if err != nil {
 		return nil, nil, nil, err
 	}
 	cfg := f.proxyConfig(g.logger, reg)
-	if cfg.Console, err = f.console(g, cat, mgr); err != nil {
+	if cfg.Console, err = f.console(g, cat, mgr, hooks); err != nil {
 		mgr.Close()
 		return nil, nil, nil, err
 	}
@@ -321,22 +330,23 @@ func shutdownAdmin(adm *admin.Server) {
 	adm.Shutdown(ctx)
 }
 
-// console builds the admin console, nil when --console-user is empty. Its
-// RELOAD and SHUTDOWN signal the process as SIGHUP and SIGTERM do, so they
-// take exactly those paths.
-func (f *serveFlags) console(g *globals, cat *catalog.Catalog, mgr *pool.Manager) (*console.Console, error) {
+// consoleHooks are what the console's RELOAD and SHUTDOWN run; a nil one
+// refuses the command (the demo has neither).
+type consoleHooks struct {
+	reload   func() error
+	shutdown func()
+}
+
+// console builds the admin console, nil when --console-user is empty.
+func (f *serveFlags) console(g *globals, cat *catalog.Catalog, mgr *pool.Manager, hooks consoleHooks) (*console.Console, error) {
 	if f.consoleUser == "" {
 		if f.consolePassword != "" {
 			return nil, errors.New("--console-password without --console-user")
 		}
 		return nil, nil
 	}
-	signalSelf := func(sig syscall.Signal) error { return syscall.Kill(os.Getpid(), sig) }
 	return console.New(console.Config{
 		User: f.consoleUser, Password: f.consolePassword, Tenants: cat, Pools: mgr,
-		Version:  versionString(),
-		Reload:   func() error { return signalSelf(syscall.SIGHUP) },
-		Shutdown: func() { signalSelf(syscall.SIGTERM) },
-		Logger:   g.logger,
+		Version: versionString(), Reload: hooks.reload, Shutdown: hooks.shutdown, Logger: g.logger,
 	})
 }
