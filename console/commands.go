@@ -88,10 +88,9 @@ func (s *session) control(ctx context.Context, cmd, arg string, needTenant bool,
 			return
 		}
 	}
-	st := s.proxy.TenantStates()[arg]
 	switch cmd {
 	case "PAUSE":
-		if arg != "" && st.IsPaused {
+		if arg != "" && s.proxy.TenantStates()[arg].IsPaused {
 			s.fail("database %s is already paused", arg)
 			return
 		}

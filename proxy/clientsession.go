@@ -50,6 +50,8 @@ type sessionBase struct {
 	// Why a blocked read was interrupted: the relay goroutines look at
 	// these after interruptRead, so each is set before the interrupt.
 	draining, killed atomic.Bool
+	// held: the session waits at its tenant's PAUSE (SHOW CLIENTS).
+	held atomic.Bool
 }
 
 // counted counts the session among the tenant's connected clients until

@@ -117,7 +117,7 @@ func (s *Server) establish(ctx context.Context, c *clientConn, lv *live, p *star
 func (s *Server) connect(ctx context.Context, c *clientConn, lv *live, t *catalog.Tenant, id router.Identity, p *startupPacket) (clientSession, error) {
 	// A paused tenant's new clients wait for RESUME (or their start-up
 	// timeout) before they take a server connection.
-	if err := s.gates.wait(ctx, t.Subdomain, s.isClosing); err != nil {
+	if err := s.gates.wait(ctx, t.Subdomain, s.isClosing, nil); err != nil {
 		return nil, err
 	}
 	rt, err := s.resolver.Route(ctx, t)

@@ -3,7 +3,9 @@ package proxy
 import (
 	"context"
 	"crypto/tls"
+	"maps"
 	"net"
+	"slices"
 	"strconv"
 	"time"
 
@@ -87,8 +89,7 @@ func (s *Server) Clients() []console.Client {
 		case interface{ base() *sessionBase }:
 			b := ss.base()
 			cl := clientOf(b.client, b.user, b.tenant, b.started, b.cancelPID)
-			_, _, waiting := s.gates.state(b.tenant)
-			cl.Waiting = waiting > 0
+			cl.Waiting = b.held.Load()
 			out = append(out, cl)
 		}
 	}
@@ -103,29 +104,21 @@ func clientOf(conn net.Conn, user, database string, started time.Time, id uint32
 
 func (b *sessionBase) base() *sessionBase { return b }
 
-// TenantStates reports every tenant with clients, a pause or a disable.
+// TenantStates reports every tenant with clients, queries, a pause or a
+// disable.
 func (s *Server) TenantStates() map[string]console.TenantState {
-	out := make(map[string]console.TenantState)
 	s.mu.Lock()
-	for tenant, n := range s.perTenant {
-		out[tenant] = console.TenantState{Clients: n}
-	}
+	clients := maps.Clone(s.perTenant)
 	s.mu.Unlock()
-	s.gates.mu.Lock()
-	for tenant := range s.gates.paused {
-		out[tenant] = out[tenant]
-	}
-	for tenant := range s.gates.disabled {
-		out[tenant] = out[tenant]
-	}
-	s.gates.mu.Unlock()
 	queries, xacts := counts(s.metrics.queries), counts(s.metrics.transactions)
-	for tenant := range queries {
-		out[tenant] = out[tenant]
-	}
-	for tenant, st := range out {
+	s.gates.mu.Lock()
+	tenants := slices.Concat(slices.Collect(maps.Keys(clients)), slices.Collect(maps.Keys(queries)),
+		slices.Collect(maps.Keys(s.gates.paused)), slices.Collect(maps.Keys(s.gates.disabled)))
+	s.gates.mu.Unlock()
+	out := make(map[string]console.TenantState, len(tenants))
+	for _, tenant := range tenants {
+		st := console.TenantState{Clients: clients[tenant], Queries: queries[tenant], Transactions: xacts[tenant]}
 		st.IsPaused, st.IsDisabled, st.Paused = s.gates.state(tenant)
-		st.Queries, st.Transactions = queries[tenant], xacts[tenant]
 		out[tenant] = st
 	}
 	return out

@@ -3,6 +3,7 @@ package proxy
 import (
 	"context"
 	"sync"
+	"sync/atomic"
 
 	"github.com/tenantproxy/tenantproxy/internal/pgerr"
 )
@@ -81,15 +82,22 @@ func (g *tenantGates) admit(tenant string) error {
 }
 
 // wait returns once tenant is not paused, or with an error when ctx ends
-// or stop reports the session is ending.
-func (g *tenantGates) wait(ctx context.Context, tenant string, stop func() bool) error {
+// or stop reports the session is ending. held, when not nil, is set while
+// it waits.
+func (g *tenantGates) wait(ctx context.Context, tenant string, stop func() bool, held *atomic.Bool) error {
 	g.mu.Lock()
 	if !g.all && !g.paused[tenant] {
 		g.mu.Unlock()
 		return nil
 	}
 	g.waiting[tenant]++
+	if held != nil {
+		held.Store(true)
+	}
 	defer func() {
+		if held != nil {
+			held.Store(false)
+		}
 		g.mu.Lock()
 		if g.waiting[tenant]--; g.waiting[tenant] <= 0 {
 			delete(g.waiting, tenant)

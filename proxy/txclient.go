@@ -198,7 +198,7 @@ func (tx *txSession) ending() bool { return tx.draining.Load() || tx.killed.Load
 // message of type typ starts, with its context set-up in tx.out.
 func (tx *txSession) acquire(typ byte) error {
 	// A paused tenant's transactions wait here for RESUME.
-	if tx.srv.gates.wait(tx.srv.ctx, tx.tenant, tx.ending) != nil || tx.ending() {
+	if tx.srv.gates.wait(tx.srv.ctx, tx.tenant, tx.ending, &tx.held) != nil || tx.ending() {
 		tx.client.Write(encodeError(errShuttingDown, fatal))
 		return errShuttingDown
 	}
