@@ -5,9 +5,14 @@ import (
 	"database/sql"
 	"fmt"
 	"net"
+	"os"
+	"os/exec"
+	"os/user"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -457,4 +462,132 @@ func waitFor(t *testing.T, what string, cond func() bool) {
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
+}
+
+// startPgBouncer runs the PgBouncer installed on the machine with an admin
+// console (trust, admin user "admin") and one database, acme, whose
+// server is never reached; it skips when there is none. It runs as the
+// postgres OS user when the test runs as root, as PostgreSQL does.
+func startPgBouncer(t *testing.T) string {
+	t.Helper()
+	bin, err := exec.LookPath("pgbouncer")
+	if err != nil {
+		if bin, err = exec.LookPath("/usr/sbin/pgbouncer"); err != nil {
+			t.Skip("no pgbouncer installed to compare with")
+		}
+	}
+	// Not t.TempDir: its parent is root's alone, closed to the postgres user.
+	dir, err := os.MkdirTemp("", "pgbouncer-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	addr := freeLocalAddr(t)
+	host, port, _ := net.SplitHostPort(addr)
+	files := map[string]string{
+		"users.txt": `"admin" "x"` + "\n",
+		"pgbouncer.ini": fmt.Sprintf("[databases]\nacme = host=127.0.0.1 port=1 dbname=acme\n[pgbouncer]\nlisten_addr = %s\nlisten_port = %s\n"+
+			"unix_socket_dir =\nauth_type = trust\nauth_file = %s\nadmin_users = admin\n", host, port, filepath.Join(dir, "users.txt")),
+	}
+	for name, text := range files {
+		if err := os.WriteFile(filepath.Join(dir, name), []byte(text), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		if err := pgcluster.ChownToServer(filepath.Join(dir, name)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := pgcluster.ChownToServer(dir); err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command(bin, filepath.Join(dir, "pgbouncer.ini"))
+	var stderr strings.Builder
+	cmd.Stdout, cmd.Stderr = &stderr, &stderr
+	t.Cleanup(func() {
+		if t.Failed() {
+			t.Logf("pgbouncer output:\n%s", stderr.String())
+		}
+	})
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	if os.Geteuid() == 0 {
+		u, err := user.Lookup("postgres")
+		if err != nil {
+			t.Skipf("pgbouncer refuses root and there is no postgres user: %v", err)
+		}
+		uid, _ := strconv.Atoi(u.Uid)
+		gid, _ := strconv.Atoi(u.Gid)
+		cmd.SysProcAttr.Credential = &syscall.Credential{Uid: uint32(uid), Gid: uint32(gid)}
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatalf("start pgbouncer: %v", err)
+	}
+	t.Cleanup(func() {
+		cmd.Process.Kill()
+		cmd.Wait()
+	})
+	return addr
+}
+
+func freeLocalAddr(t *testing.T) string {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().String()
+}
+
+// TestConsoleColumnsMatchPgBouncer runs the same commands on a real
+// PgBouncer and on the console: every column PgBouncer prints is there,
+// in the same order and with the same type (the console prints 1.23's
+// columns, a superset of older releases'), command tags agree, and so do
+// the SQLSTATEs of refused commands.
+func TestConsoleColumnsMatchPgBouncer(t *testing.T) {
+	bouncer := startPgBouncer(t)
+	e := newConsoleEnv(t)
+	ours := consoleConn(t, e.addr)
+	var theirs *pgconn.PgConn
+	waitFor(t, "pgbouncer to accept", func() bool {
+		var err error
+		theirs, err = pgconn.Connect(ctxT(t), consoleDSN(bouncer, "pgbouncer", "admin", "x"))
+		return err == nil
+	})
+	defer theirs.Close(context.Background())
+	for _, q := range []string{"SHOW POOLS", "SHOW CLIENTS", "SHOW SERVERS", "SHOW STATS", "SHOW STATS_TOTALS",
+		"SHOW DATABASES", "SHOW CONFIG", "SHOW LISTS", "SHOW VERSION",
+		"PAUSE acme", "RESUME acme", "DISABLE acme", "ENABLE acme", "RECONNECT", "KILL acme", "RESUME acme"} {
+		want, got := consoleExec(t, theirs, q), consoleExec(t, ours, q)
+		if want.CommandTag.String() != got.CommandTag.String() {
+			t.Errorf("%s: tag %q; PgBouncer says %q", q, got.CommandTag, want.CommandTag)
+		}
+		i := 0
+		for _, f := range want.FieldDescriptions {
+			for i < len(got.FieldDescriptions) && got.FieldDescriptions[i].Name != f.Name {
+				i++
+			}
+			if i == len(got.FieldDescriptions) {
+				t.Errorf("%s: column %s (after the previous one) missing; PgBouncer has %v", q, f.Name, names(want))
+				break
+			}
+			if got.FieldDescriptions[i].DataTypeOID != f.DataTypeOID {
+				t.Errorf("%s: column %s has type %d; PgBouncer's is %d", q, f.Name, got.FieldDescriptions[i].DataTypeOID, f.DataTypeOID)
+			}
+		}
+	}
+	for _, q := range []string{"SELECT 1", "SHOW FOO", "PAUSE nosuch"} {
+		_, werr := theirs.Exec(ctxT(t), q).ReadAll()
+		_, gerr := ours.Exec(ctxT(t), q).ReadAll()
+		if sqlstateOf(werr) != sqlstateOf(gerr) {
+			t.Errorf("%s: %v; PgBouncer says %v", q, gerr, werr)
+		}
+	}
+}
+
+func names(res *pgconn.Result) []string {
+	var out []string
+	for _, f := range res.FieldDescriptions {
+		out = append(out, f.Name)
+	}
+	return out
 }
