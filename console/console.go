@@ -47,8 +47,8 @@ type Client struct {
 
 // TenantState is what the proxy knows of one tenant's clients.
 type TenantState struct {
-	// Clients are in session; Paused of them wait for RESUME.
-	Clients, Paused int
+	// Clients are in session; Held of them wait for RESUME.
+	Clients, Held int
 	// IsPaused and IsDisabled: the console's PAUSE and DISABLE are on
 	// (PAUSE of every tenant included).
 	IsPaused, IsDisabled  bool

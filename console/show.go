@@ -276,7 +276,7 @@ func (s *session) pools(ctx context.Context) (*table, error) {
 	for i := range ts {
 		tn := &ts[i]
 		sh, st := shares[tn.Subdomain], states[tn.Subdomain]
-		waiting := min(st.Paused+sh.waiting, st.Clients)
+		waiting := min(st.Held+sh.waiting, st.Clients)
 		t.row(tn.Subdomain, sh.user, st.Clients-waiting, waiting, 0, 0,
 			sh.held, 0, 0, 0, 0, 0, 0,
 			int(sh.maxWait/time.Second), int(sh.maxWait%time.Second/time.Microsecond), s.proxy.PoolMode(tn), nil)

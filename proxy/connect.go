@@ -118,6 +118,9 @@ func (s *Server) connect(ctx context.Context, c *clientConn, lv *live, t *catalo
 	// A paused tenant's new clients wait for RESUME (or their start-up
 	// timeout) before they take a server connection.
 	if err := s.gates.wait(ctx, t.Subdomain, s.isClosing, nil); err != nil {
+		if ctx.Err() == context.DeadlineExceeded {
+			return nil, pgerr.Errorf(pgerr.CodeRateLimited, "tenant %q is paused; timed out waiting for RESUME", t.Subdomain)
+		}
 		return nil, err
 	}
 	rt, err := s.resolver.Route(ctx, t)

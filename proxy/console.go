@@ -118,7 +118,7 @@ func (s *Server) TenantStates() map[string]console.TenantState {
 	out := make(map[string]console.TenantState, len(tenants))
 	for _, tenant := range tenants {
 		st := console.TenantState{Clients: clients[tenant], Queries: queries[tenant], Transactions: xacts[tenant]}
-		st.IsPaused, st.IsDisabled, st.Paused = s.gates.state(tenant)
+		st.IsPaused, st.IsDisabled, st.Held = s.gates.state(tenant)
 		out[tenant] = st
 	}
 	return out

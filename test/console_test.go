@@ -356,24 +356,42 @@ func TestConsolePauseHoldsOnlyThatTenant(t *testing.T) {
 		res := consoleExec(t, c, "SHOW POOLS")
 		return column(t, res, rowOf(t, res, "acme"), "cl_waiting") == "1"
 	})
+	// A new login of acme waits too.
+	login := make(chan error, 1)
+	go func() {
+		c, err := pgconn.Connect(ctx, dsn(e.addr, "alice.acme", tenantPassword))
+		if err == nil {
+			c.Close(ctx)
+		}
+		login <- err
+	}()
+	waitFor(t, "acme's new login held at the pause", func() bool {
+		res := consoleExec(t, c, "SHOW POOLS")
+		return column(t, res, rowOf(t, res, "acme"), "cl_waiting") == "2"
+	})
 	for range 3 {
 		if _, err := globex.Exec(ctx, "SELECT 1"); err != nil {
 			t.Fatalf("globex while acme is paused: %v", err)
 		}
 	}
+	connect(t, dsn(e.addr, "alice.globex", tenantPassword))
 	select {
 	case err := <-held:
 		t.Fatalf("acme's transaction ran while paused (err %v)", err)
+	case err := <-login:
+		t.Fatalf("acme's login completed while paused (err %v)", err)
 	default:
 	}
 	consoleExec(t, c, "RESUME acme")
-	select {
-	case err := <-held:
-		if err != nil {
-			t.Fatalf("acme after RESUME: %v", err)
+	for name, ch := range map[string]chan error{"transaction": held, "login": login} {
+		select {
+		case err := <-ch:
+			if err != nil {
+				t.Fatalf("acme's %s after RESUME: %v", name, err)
+			}
+		case <-time.After(30 * time.Second):
+			t.Fatalf("acme's %s still held after RESUME", name)
 		}
-	case <-time.After(30 * time.Second):
-		t.Fatal("acme's transaction still held after RESUME")
 	}
 }
 
