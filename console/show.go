@@ -173,15 +173,21 @@ func (s *session) clients() *table {
 	return t
 }
 
-// servers lists the idle server connections; those in use are counted in
-// SHOW POOLS (sv_active) but not listed (pool.Stats).
+// servers lists every server connection; database is the backend's
+// database, link the tenant holding it.
 func (s *session) servers() *table {
 	t := socketTable()
-	for _, c := range s.console.cfg.Pools.Stats().Idle {
+	servers := s.console.cfg.Pools.Stats().Servers
+	sort.Slice(servers, func(i, j int) bool { return servers[i].PID < servers[j].PID })
+	for _, c := range servers {
 		host, port := hostPort(c.Addr)
 		lhost, lport := hostPort(c.LocalAddr)
-		t.row("S", c.User, c.Database, "none", "idle", host, port, lhost, lport,
-			c.Created, c.IdleSince, 0, 0, 0, fmt.Sprintf("0x%x", c.PID), "", c.PID, "", "", 0, c.PID)
+		request := c.Since
+		if request.IsZero() {
+			request = c.Created
+		}
+		t.row("S", c.User, c.Database, "none", c.State, host, port, lhost, lport,
+			c.Created, request, 0, 0, 0, fmt.Sprintf("0x%x", c.PID), c.Tenant, c.PID, "", "", 0, c.PID)
 	}
 	return t
 }
@@ -219,9 +225,9 @@ func (s *session) lists(ctx context.Context) (*table, error) {
 		return nil, err
 	}
 	st := s.console.cfg.Pools.Stats()
-	used := 0
+	free := 0
 	for _, p := range st.Pools {
-		used += p.Open - p.Idle
+		free += p.Idle
 	}
 	t := newTable("list", oidText, "items", oidInt4)
 	for _, r := range []struct {
@@ -230,7 +236,7 @@ func (s *session) lists(ctx context.Context) (*table, error) {
 	}{
 		{"databases", len(ts)}, {"users", 1}, {"peers", 0}, {"pools", len(ts)}, {"peer_pools", 0},
 		{"free_clients", 0}, {"used_clients", len(s.proxy.Clients())}, {"login_clients", 0},
-		{"free_servers", len(st.Idle)}, {"used_servers", used},
+		{"free_servers", free}, {"used_servers", len(st.Servers) - free},
 		{"dns_names", 0}, {"dns_zones", 0}, {"dns_queries", 0}, {"dns_pending", 0},
 	} {
 		t.row(r.name, r.n)

@@ -40,6 +40,9 @@ type pool struct {
 	// target is the latest Target seen, so the reaper can dial up to
 	// MinIdle connections.
 	target *Target
+	// all is every connection dialled and not yet closed, whatever its
+	// state, for Stats.
+	all map[*Conn]struct{}
 	// gen counts Reconnects: a connection dialled in an older generation
 	// is closed when given back instead of being reused.
 	gen uint64
@@ -286,6 +289,7 @@ func (p *pool) unholdLocked(tq *tenantQueue) {
 func (p *pool) destroy(c *Conn) {
 	p.mu.Lock()
 	c.state = stateClosed
+	delete(p.all, c)
 	p.freeSlotLocked(c.holder)
 	c.holder = nil
 	p.mu.Unlock()
@@ -326,6 +330,7 @@ func (p *pool) evict(expired, idleTooLong func(*Conn) bool, keep int) {
 			return false
 		}
 		c.state = stateClosed
+		delete(p.all, c)
 		victims = append(victims, c)
 		return true
 	})

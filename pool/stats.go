@@ -5,13 +5,12 @@ import (
 )
 
 // Stats is a snapshot of every pool, for the admin console (package
-// console): pool-wide counts, each tenant's share, and the idle
-// connections one by one. Connections in use are counted, not listed:
-// their holder owns them and the pool does not track them.
+// console): pool-wide counts, each tenant's share, and every server
+// connection.
 type Stats struct {
 	Pools   []PoolStats
 	Tenants []TenantShare
-	Idle    []IdleConn
+	Servers []ServerConn
 }
 
 // PoolStats counts the connections of one pool key.
@@ -32,13 +31,21 @@ type TenantShare struct {
 	MaxWait                time.Duration
 }
 
-// IdleConn is an idle server connection.
-type IdleConn struct {
+// ServerConn is one open server connection.
+type ServerConn struct {
 	Addr, Database, User string
-	PID                  uint32
-	LocalAddr            string
-	Created, IdleSince   time.Time
+	// State is "active" (held), "idle", or "being_canceled" (given back
+	// while a cancel request to it is in flight).
+	State string
+	// Tenant holds it; "" when idle or between a session's holders.
+	Tenant    string
+	PID       uint32
+	LocalAddr string
+	// Created is when it was dialled, Since when it was last given back.
+	Created, Since time.Time
 }
+
+var stateNames = map[connState]string{stateActive: "active", stateIdle: "idle", stateParked: "being_canceled"}
 
 // Stats takes the snapshot; each pool is locked only while it is read.
 func (m *Manager) Stats() Stats {
@@ -53,17 +60,21 @@ func (m *Manager) Stats() Stats {
 				continue
 			}
 			share := TenantShare{Tenant: tq.name, Database: p.key.database, User: p.key.user, Held: tq.held, Waiting: len(tq.waiters)}
-			if len(tq.waiters) > 0 && !tq.waiters[0].since.IsZero() {
+			if len(tq.waiters) > 0 {
 				share.MaxWait = now.Sub(tq.waiters[0].since)
 			}
 			st.Tenants = append(st.Tenants, share)
 		}
-		for _, c := range p.idle {
-			ic := IdleConn{Addr: p.key.addr, Database: p.key.database, User: p.key.user, PID: c.pid, Created: c.createdAt, IdleSince: c.idleSince}
-			if c.netConn != nil && c.netConn.LocalAddr() != nil {
-				ic.LocalAddr = c.netConn.LocalAddr().String()
+		for c := range p.all {
+			sc := ServerConn{Addr: p.key.addr, Database: p.key.database, User: p.key.user, State: stateNames[c.state],
+				PID: c.pid, Created: c.createdAt, Since: c.idleSince}
+			if c.holder != nil {
+				sc.Tenant = c.holder.name
 			}
-			st.Idle = append(st.Idle, ic)
+			if c.netConn != nil && c.netConn.LocalAddr() != nil {
+				sc.LocalAddr = c.netConn.LocalAddr().String()
+			}
+			st.Servers = append(st.Servers, sc)
 		}
 		p.mu.Unlock()
 	}

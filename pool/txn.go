@@ -192,6 +192,7 @@ func (m *Manager) dial(ctx context.Context, p *pool, t *Target, holder *tenantQu
 	c.state = stateActive
 	c.holder = holder
 	c.gen = p.gen
+	p.all[c] = struct{}{}
 	p.mu.Unlock()
 	return c, nil
 }

@@ -161,8 +161,8 @@ func TestConsoleCommandsThroughPsql(t *testing.T) {
 			t.Errorf("%s printed %q; want %s", cmd, out, tag)
 		}
 	}
-	if idle := e.pool.Stats().Idle; len(idle) != 0 {
-		t.Errorf("after RECONNECT idle server connections %+v remain", idle)
+	if servers := e.pool.Stats().Servers; len(servers) != 0 {
+		t.Errorf("after RECONNECT server connections %+v remain", servers)
 	}
 	if e.reloads.Load() != 1 || e.shutdowns.Load() != 1 {
 		t.Errorf("RELOAD ran the hook %d times, SHUTDOWN %d; want 1 each", e.reloads.Load(), e.shutdowns.Load())
