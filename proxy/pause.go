@@ -16,6 +16,10 @@ import (
 // (and at KILL and Shutdown, so that a session ended meanwhile stops
 // waiting): each then looks again whether it may go on.
 type tenantGates struct {
+	// closed is set while any tenant is paused or disabled, so that the
+	// check every transaction and login makes takes no lock otherwise.
+	closed atomic.Bool
+
 	mu       sync.Mutex
 	all      bool // PAUSE of every tenant
 	paused   map[string]bool
@@ -30,8 +34,9 @@ func newTenantGates() *tenantGates {
 		waiting: make(map[string]int), changed: make(chan struct{})}
 }
 
-// wakeLocked wakes every waiter to look again.
+// wakeLocked wakes every waiter to look again, and updates closed.
 func (g *tenantGates) wakeLocked() {
+	g.closed.Store(g.all || len(g.paused) > 0 || len(g.disabled) > 0)
 	close(g.changed)
 	g.changed = make(chan struct{})
 }
@@ -42,7 +47,7 @@ func (g *tenantGates) wake() {
 	g.wakeLocked()
 }
 
-// set pauses or resumes tenant ("": every tenant; resuming every tenant
+// setPaused pauses or resumes tenant ("": every tenant; resuming every tenant
 // lifts the tenants' own pauses too).
 func (g *tenantGates) setPaused(tenant string, on bool) {
 	g.mu.Lock()
@@ -69,10 +74,14 @@ func (g *tenantGates) setDisabled(tenant string, on bool) {
 	} else {
 		delete(g.disabled, tenant)
 	}
+	g.wakeLocked()
 }
 
 // admit refuses a login of a disabled tenant.
 func (g *tenantGates) admit(tenant string) error {
+	if !g.closed.Load() {
+		return nil
+	}
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	if g.disabled[tenant] {
@@ -85,6 +94,9 @@ func (g *tenantGates) admit(tenant string) error {
 // or stop reports the session is ending. held, when not nil, is set while
 // it waits.
 func (g *tenantGates) wait(ctx context.Context, tenant string, stop func() bool, held *atomic.Bool) error {
+	if !g.closed.Load() {
+		return nil
+	}
 	g.mu.Lock()
 	if !g.all && !g.paused[tenant] {
 		g.mu.Unlock()
