@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/tenantproxy/tenantproxy/internal/pgerr"
 	"github.com/tenantproxy/tenantproxy/policy"
 	"go.uber.org/zap"
 )
@@ -52,6 +53,17 @@ type sessionBase struct {
 	draining, killed atomic.Bool
 	// held: the session waits at its tenant's PAUSE (SHOW CLIENTS).
 	held atomic.Bool
+	// byOperator: the console's KILL, not Shutdown, killed it.
+	byOperator atomic.Bool
+}
+
+// stopErr is the 57P01 a drained or killed session ends with: KILL's says
+// what pg_terminate_backend's does.
+func (b *sessionBase) stopErr() *pgerr.Error {
+	if b.byOperator.Load() {
+		return errKilled
+	}
+	return errShuttingDown
 }
 
 // counted counts the session among the tenant's connected clients until

@@ -190,6 +190,7 @@ func (s *Server) Kill(tenant string) int {
 	n := 0
 	for t := range s.conns {
 		if b, ok := t.sess.(interface{ base() *sessionBase }); ok && b.base().tenant == tenant {
+			b.base().byOperator.Store(true)
 			t.sess.kill()
 			n++
 		}

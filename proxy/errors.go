@@ -19,6 +19,7 @@ import (
 
 var (
 	errShuttingDown = pgerr.Errorf(pgerr.CodeShuttingDown, "terminating connection: tenantproxy is shutting down")
+	errKilled       = pgerr.Errorf(pgerr.CodeShuttingDown, "terminating connection due to administrator command")
 	errServerLost   = pgerr.Errorf(pgerr.CodeBackendUnavailable, "terminating connection: the server connection was lost")
 	errContextLost  = pgerr.Errorf(pgerr.CodeBackendUnavailable, "terminating connection: the tenant context could not be established")
 	errFastPath     = "fast-path function calls are not allowed through the proxy"

@@ -76,11 +76,11 @@ func (tx *txSession) woken(err error) (done bool, _ error) {
 	}
 	if tx.killed.Load() || tx.draining.Load() {
 		if !tx.isBound() {
-			tx.client.Write(encodeError(errShuttingDown, fatal))
-			return true, errShuttingDown
+			tx.client.Write(encodeError(tx.stopErr(), fatal))
+			return true, tx.stopErr()
 		}
 		if tx.killed.Load() {
-			return true, errShuttingDown
+			return true, tx.stopErr()
 		}
 	}
 	if tx.idleInTxExpired() {
@@ -199,8 +199,8 @@ func (tx *txSession) ending() bool { return tx.draining.Load() || tx.killed.Load
 func (tx *txSession) acquire(typ byte) error {
 	// A paused tenant's transactions wait here for RESUME.
 	if tx.srv.gates.wait(tx.srv.ctx, tx.tenant, tx.ending, &tx.held) != nil || tx.ending() {
-		tx.client.Write(encodeError(errShuttingDown, fatal))
-		return errShuttingDown
+		tx.client.Write(encodeError(tx.stopErr(), fatal))
+		return tx.stopErr()
 	}
 	c, setup, queries, err := tx.backends.AcquireTx(tx.srv.ctx, tx.target)
 	if err != nil {

@@ -35,6 +35,7 @@ const (
 type consoleEnv struct {
 	*proxyEnv
 	srv                *proxy.Server
+	cons               *console.Console
 	addr               string
 	reloads, shutdowns atomic.Int32
 }
@@ -42,7 +43,8 @@ type consoleEnv struct {
 func newConsoleEnv(t *testing.T) *consoleEnv {
 	t.Helper()
 	e := &consoleEnv{proxyEnv: newProxyEnvWith(t, pgcluster.Options{}, pool.Config{MaxConnsPerKey: 4})}
-	cons, err := console.New(console.Config{
+	var err error
+	e.cons, err = console.New(console.Config{
 		User: consoleUser, Password: consolePassword, Tenants: e.cat, Pools: e.pool, Version: "tenantproxy test",
 		Reload:   func() error { e.reloads.Add(1); return nil },
 		Shutdown: func() { e.shutdowns.Add(1) },
@@ -50,7 +52,7 @@ func newConsoleEnv(t *testing.T) *consoleEnv {
 	if err != nil {
 		t.Fatal(err)
 	}
-	e.srv, e.addr = e.startProxy(t, proxy.Config{PoolMode: proxy.PoolTransaction, Console: cons})
+	e.srv, e.addr = e.startProxy(t, proxy.Config{PoolMode: proxy.PoolTransaction, Console: e.cons})
 	return e
 }
 
@@ -417,11 +419,24 @@ func TestConsoleDisableAndKill(t *testing.T) {
 	if res := consoleExec(t, c, "KILL acme"); res.CommandTag.String() != "KILL" {
 		t.Fatalf("KILL: %q", res.CommandTag)
 	}
-	if _, err := acme.Exec(ctx, "SELECT 1"); err == nil {
-		t.Fatal("acme's session survived KILL acme")
+	if _, err := acme.Exec(ctx, "SELECT 1"); sqlstateOf(err) != "57P01" || !strings.Contains(err.Error(), "administrator command") {
+		t.Fatalf("acme after KILL acme: %v; want 57P01 terminating connection due to administrator command", err)
 	}
 	if _, err := globex.Exec(ctx, "SELECT 1"); err != nil {
 		t.Fatalf("globex after KILL acme: %v", err)
+	}
+
+	// In session mode, KILL ends a session that holds its server
+	// connection, even inside a transaction.
+	_, sessAddr := e.startProxy(t, proxy.Config{PoolMode: proxy.PoolSession, Console: e.cons})
+	sc := consoleConn(t, sessAddr)
+	pinned := connect(t, dsn(sessAddr, "alice.acme", tenantPassword))
+	if _, err := pinned.Exec(ctx, "BEGIN"); err != nil {
+		t.Fatal(err)
+	}
+	consoleExec(t, sc, "KILL acme")
+	if _, err := pinned.Exec(ctx, "SELECT 1"); sqlstateOf(err) != "57P01" || !strings.Contains(err.Error(), "administrator command") {
+		t.Fatalf("session-mode acme after KILL acme: %v; want 57P01 terminating connection due to administrator command", err)
 	}
 }
 
