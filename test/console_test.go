@@ -517,7 +517,7 @@ func startPgBouncer(t *testing.T) string {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { os.RemoveAll(dir) })
-	addr := freeLocalAddr(t)
+	addr := freeTCPAddr(t)
 	host, port, _ := net.SplitHostPort(addr)
 	files := map[string]string{
 		"users.txt": `"admin" "x"` + "\n",
@@ -561,16 +561,6 @@ func startPgBouncer(t *testing.T) string {
 		cmd.Wait()
 	})
 	return addr
-}
-
-func freeLocalAddr(t *testing.T) string {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	return l.Addr().String()
 }
 
 // TestConsoleColumnsMatchPgBouncer runs the same commands on a real
