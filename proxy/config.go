@@ -9,6 +9,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/zap"
 
+	"github.com/tenantproxy/tenantproxy/console"
 	"github.com/tenantproxy/tenantproxy/router"
 )
 
@@ -140,6 +141,12 @@ type Config struct {
 	// answered by then is closed rather than reused (the request may
 	// still be acted on).
 	CancelTimeout time.Duration
+
+	// Console serves the admin console (package console) to its user on
+	// the virtual databases console.Databases, always authenticated with
+	// SCRAM-SHA-256, whatever AuthMethod says. Nil means no console: those
+	// database names then mean nothing special. Read once by New.
+	Console *console.Console
 
 	// Logger receives one line per session and errors. Nil means no logs.
 	Logger *zap.Logger

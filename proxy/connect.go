@@ -74,6 +74,9 @@ func (s *Server) establish(ctx context.Context, c *clientConn, lv *live, p *star
 	if r, ok := p.params["replication"]; ok && !isFalse(r) {
 		return nil, pgerr.Errorf(pgerr.CodeFeatureNotSupported, "replication connections are not supported through tenantproxy")
 	}
+	if s.isConsole(p) {
+		return s.openConsole(ctx, c, lv, p)
+	}
 	id, err := router.Identify(lv.cfg.Identify, router.Startup{ServerName: c.serverName, User: p.params["user"], Options: p.params["options"]})
 	if err != nil {
 		return nil, err
@@ -90,6 +93,9 @@ func (s *Server) establish(ctx context.Context, c *clientConn, lv *live, p *star
 		return nil, err
 	}
 	if err := router.Admit(t); err != nil {
+		return nil, err
+	}
+	if err := s.gates.admit(t.Subdomain); err != nil {
 		return nil, err
 	}
 	// Authenticated: a tenant's client now, under the tenant's caps, no
@@ -109,6 +115,14 @@ func (s *Server) establish(ctx context.Context, c *clientConn, lv *live, p *star
 // connect routes the tenant and completes the client's startup in the
 // tenant's pool mode.
 func (s *Server) connect(ctx context.Context, c *clientConn, lv *live, t *catalog.Tenant, id router.Identity, p *startupPacket) (clientSession, error) {
+	// A paused tenant's new clients wait for RESUME (or their start-up
+	// timeout) before they take a server connection.
+	if err := s.gates.wait(ctx, t.Subdomain, s.isClosing, nil); err != nil {
+		if ctx.Err() == context.DeadlineExceeded {
+			return nil, pgerr.Errorf(pgerr.CodeRateLimited, "tenant %q is paused; timed out waiting for RESUME", t.Subdomain)
+		}
+		return nil, err
+	}
 	rt, err := s.resolver.Route(ctx, t)
 	if err != nil {
 		return nil, err

@@ -100,7 +100,7 @@ func demo(ctx context.Context, g *globals, f *serveFlags, out io.Writer) (err er
 		return err
 	}
 	f.adminListen = freeAddrOr(f.adminListen)
-	srv, adm, mgr, err := startProxy(g, f, cat, newRegistry())
+	srv, adm, mgr, err := startProxy(g, f, cat, newRegistry(), consoleHooks{})
 	if err != nil {
 		l.Close()
 		return err

@@ -19,6 +19,7 @@ import (
 	"github.com/tenantproxy/tenantproxy/admin"
 	"github.com/tenantproxy/tenantproxy/canary"
 	"github.com/tenantproxy/tenantproxy/catalog"
+	"github.com/tenantproxy/tenantproxy/console"
 	"github.com/tenantproxy/tenantproxy/pool"
 	"github.com/tenantproxy/tenantproxy/proxy"
 	"github.com/tenantproxy/tenantproxy/router"
@@ -57,6 +58,10 @@ type serveFlags struct {
 	poolMaxLifetime  time.Duration
 	poolConnTimeout  time.Duration
 
+	// consoleUser and consolePassword open the admin console; no user, no
+	// console.
+	consoleUser, consolePassword string
+
 	// isolationInterval is serve's alone: the demo does not run the canary.
 	isolationInterval time.Duration
 }
@@ -87,6 +92,8 @@ func (f *serveFlags) register(fs *pflag.FlagSet, defaultAuth string) {
 	fs.DurationVar(&f.poolIdleTimeout, "pool-idle-timeout", 5*time.Minute, "close server connections idle this long")
 	fs.DurationVar(&f.poolMaxLifetime, "pool-max-lifetime", time.Hour, "close server connections this old once idle")
 	fs.DurationVar(&f.poolConnTimeout, "pool-connect-timeout", 10*time.Second, "bound on connecting and authenticating to a backend")
+	fs.StringVar(&f.consoleUser, "console-user", "", "user of the PgBouncer-compatible admin console (psql dbname=pgbouncer); empty disables the console")
+	fs.StringVar(&f.consolePassword, "console-password", "", "the console user's password (SCRAM-SHA-256); prefer TENANTPROXY_CONSOLE_PASSWORD to the command line")
 }
 
 func (f *serveFlags) proxyConfig(log *zap.Logger, reg prometheus.Registerer) proxy.Config {
@@ -175,7 +182,16 @@ func buildServeCommand(g *globals) (*cobra.Command, *serveFlags) {
 				return err
 			}
 			defer cat.Close()
-			srv, mgr, err := startRelay(g, f, cat, reg)
+			// The console's SHUTDOWN drains as SIGTERM does; its RELOAD
+			// takes SIGHUP's path. Until runProxy handles SIGHUP, one
+			// must not end the process (its default action).
+			early := make(chan os.Signal, 1)
+			signal.Notify(early, syscall.SIGHUP)
+			defer signal.Stop(early)
+			ctx, shutdown := context.WithCancel(cmd.Context())
+			defer shutdown()
+			hooks := consoleHooks{reload: func() error { return syscall.Kill(os.Getpid(), syscall.SIGHUP) }, shutdown: shutdown}
+			srv, mgr, err := startRelay(g, f, cat, reg, hooks)
 			if err != nil {
 				shutdownAdmin(adm)
 				return err
@@ -186,13 +202,13 @@ func buildServeCommand(g *globals) (*cobra.Command, *serveFlags) {
 			go func() { served <- srv.ListenAndServe() }()
 			g.logger.Info("serving", zap.Strings("listen", f.listen), zap.String("admin", f.adminListen))
 			if f.isolationInterval > 0 {
-				stop, err := startCanary(cmd.Context(), g, f, cat, reg)
+				stop, err := startCanary(ctx, g, f, cat, reg)
 				if err != nil {
 					return err
 				}
 				defer stop()
 			}
-			return runProxy(cmd.Context(), g, f, srv, adm, served, reloader(cmd, g))
+			return runProxy(ctx, g, f, srv, adm, served, reloader(cmd, g))
 		},
 	}
 	f.catalog.register(cmd)
@@ -282,12 +298,12 @@ func newRegistry() *prometheus.Registry {
 // startProxy builds the pool, the proxy and the admin listener, ready
 // while the catalog answers. The caller owns the returned pieces; adm is
 // nil when --admin-listen is empty.
-func startProxy(g *globals, f *serveFlags, cat *catalog.Catalog, reg *prometheus.Registry) (*proxy.Server, *admin.Server, *pool.Manager, error) {
+func startProxy(g *globals, f *serveFlags, cat *catalog.Catalog, reg *prometheus.Registry, hooks consoleHooks) (*proxy.Server, *admin.Server, *pool.Manager, error) {
 	adm, err := startAdmin(g, f, reg, cat.Ping)
 	if err != nil {
 		return nil, nil, nil, err
 	}
-	srv, mgr, err := startRelay(g, f, cat, reg)
+	srv, mgr, err := startRelay(g, f, cat, reg, hooks)
 	if err != nil {
 		shutdownAdmin(adm)
 		return nil, nil, nil, err
@@ -307,13 +323,18 @@ func startAdmin(g *globals, f *serveFlags, reg *prometheus.Registry, ready admin
 	return adm, nil
 }
 
-// startRelay builds the pool and the proxy.
-func startRelay(g *globals, f *serveFlags, cat *catalog.Catalog, reg *prometheus.Registry) (*proxy.Server, *pool.Manager, error) {
+// startRelay builds the pool and the proxy, with the console hooks.
+func startRelay(g *globals, f *serveFlags, cat *catalog.Catalog, reg *prometheus.Registry, hooks consoleHooks) (*proxy.Server, *pool.Manager, error) {
 	mgr, err := pool.NewManager(f.poolConfig(reg), g.logger)
 	if err != nil {
 		return nil, nil, err
 	}
-	srv, err := proxy.New(f.proxyConfig(g.logger, reg), cat, mgr)
+	cfg := f.proxyConfig(g.logger, reg)
+	if cfg.Console, err = f.console(g, cat, mgr, hooks); err != nil {
+		mgr.Close()
+		return nil, nil, err
+	}
+	srv, err := proxy.New(cfg, cat, mgr)
 	if err != nil {
 		mgr.Close()
 		return nil, nil, err
@@ -342,4 +363,25 @@ func shutdownAdmin(adm *admin.Server) {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
 	adm.Shutdown(ctx)
+}
+
+// consoleHooks are what the console's RELOAD and SHUTDOWN run; a nil one
+// refuses the command (the demo has neither).
+type consoleHooks struct {
+	reload   func() error
+	shutdown func()
+}
+
+// console builds the admin console, nil when --console-user is empty.
+func (f *serveFlags) console(g *globals, cat *catalog.Catalog, mgr *pool.Manager, hooks consoleHooks) (*console.Console, error) {
+	if f.consoleUser == "" {
+		if f.consolePassword != "" {
+			return nil, errors.New("--console-password without --console-user")
+		}
+		return nil, nil
+	}
+	return console.New(console.Config{
+		User: f.consoleUser, Password: f.consolePassword, Tenants: cat, Pools: mgr,
+		Version: versionString(), Reload: hooks.reload, Shutdown: hooks.shutdown, Logger: g.logger,
+	})
 }
