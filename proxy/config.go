@@ -105,6 +105,12 @@ type Config struct {
 	// each pool), which is what keeps one tenant's clients from taking a
 	// pool other tenants share.
 	MaxConnsPerTenant int
+	// Database, when set, is the one database name clients may connect
+	// to, whatever their tenant (the app's name for its database, e.g.
+	// "chat"); another gets FATAL 3D000 after authentication, as from
+	// PostgreSQL. Empty accepts any name. Either way the session reaches
+	// the tenant's real database, whose name current_database() shows.
+	Database string
 	// MaxStartupConns caps the connections in start-up, from accept to
 	// authentication, over all listeners. At the cap, the oldest
 	// connection still in start-up is closed to make room for the new

@@ -8,6 +8,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgproto3"
 	"go.uber.org/zap"
 
@@ -93,6 +94,9 @@ func (s *Server) establish(ctx context.Context, c *clientConn, lv *live, p *star
 		return nil, err
 	}
 	if err := router.Admit(t); err != nil {
+		return nil, err
+	}
+	if err := checkDatabase(lv.cfg.Database, p.params["database"]); err != nil {
 		return nil, err
 	}
 	if err := s.gates.admit(t.Subdomain); err != nil {
@@ -272,4 +276,16 @@ func isFalse(v string) bool {
 		return true
 	}
 	return false
+}
+
+// checkDatabase answers a database name other than the one configured
+// (want, when set) as PostgreSQL answers a database it lacks, after
+// authentication as there. No name means the user's name in PostgreSQL,
+// and the configured one here.
+func checkDatabase(want, got string) error {
+	if want == "" || got == "" || got == want {
+		return nil
+	}
+	return &pgconn.PgError{Severity: "FATAL", Code: "3D000", Message: fmt.Sprintf("database \"%s\" does not exist", got),
+		Hint: fmt.Sprintf("Every tenant connects to database \"%s\" through this proxy; the tenant is named by the user, options or TLS server name.", want)}
 }

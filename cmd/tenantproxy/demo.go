@@ -100,6 +100,10 @@ func demo(ctx context.Context, g *globals, f *serveFlags, out io.Writer) (err er
 		return err
 	}
 	f.adminListen = freeAddrOr(f.adminListen)
+	if f.database == "" {
+		// The psql lines the demo prints name the chat app's database.
+		f.database = "chat"
+	}
 	srv, adm, mgr, err := startProxy(g, f, cat, newRegistry(), consoleHooks{})
 	if err != nil {
 		l.Close()

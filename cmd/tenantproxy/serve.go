@@ -58,6 +58,9 @@ type serveFlags struct {
 	poolMaxLifetime  time.Duration
 	poolConnTimeout  time.Duration
 
+	// database is the one database name clients may connect to.
+	database string
+
 	// consoleUser and consolePassword open the admin console; no user, no
 	// console.
 	consoleUser, consolePassword string
@@ -77,6 +80,7 @@ func (f *serveFlags) register(fs *pflag.FlagSet, defaultAuth string) {
 	fs.StringSliceVar(&f.identifyOrder, "identify", []string{"sni", "options", "user"}, "identification sources in order: sni, options (-c tenant=ID), user (name.tenant)")
 	fs.StringVar(&f.userSeparator, "user-separator", ".", "separates user name and tenant in the user source")
 	fs.StringVar(&f.auth, "auth", defaultAuth, "client authentication: scram-sha-256, or trust (demos only)")
+	fs.StringVar(&f.database, "database", "", "the database name clients connect to (the app's, e.g. chat); another gets FATAL 3D000; empty accepts any name; reloaded on SIGHUP")
 	fs.IntVar(&f.maxConnsPerTenant, "max-conns-per-tenant", 0, "client connections one tenant may hold (not server connections: see --pool-max-conns-per-tenant); 0 means no cap")
 	fs.IntVar(&f.maxBufferedBytes, "max-buffered-bytes", 256<<20, "memory all clients together may hold for messages over 64 KiB that are read whole (statements, to check them; transaction mode counts them twice); a client whose message does not fit waits up to 5s, then gets FATAL 53200; 0 means 256 MiB, negative no cap; reloaded on SIGHUP")
 	fs.DurationVar(&f.startupTimeout, "startup-timeout", 15*time.Second, "time a client has from connect to ready (TLS, startup, auth)")
@@ -117,6 +121,7 @@ func (f *serveFlags) proxyConfig(log *zap.Logger, reg prometheus.Registerer) pro
 		// fake salts of unknown users and tenants agree across replicas.
 		SaltSecret:               f.catalog.dsn,
 		MaxConnsPerTenant:        f.maxConnsPerTenant,
+		Database:                 f.database,
 		MaxBufferedBytes:         f.maxBufferedBytes,
 		PoolMode:                 f.poolMode,
 		StartupTimeout:           f.startupTimeout,
