@@ -307,7 +307,10 @@ func expectTooManyClients(t *testing.T, c net.Conn) {
 // process holds only the proxy's ends and the open file limit (20,000
 // here, which an unprivileged process cannot raise) need not fit both
 // ends of 25,000: this process needs about the proxy's start-up cap
-// plus a few hundred descriptors, and a helper its share.
+// plus a few hundred descriptors, and a helper its share. So the flood
+// is never scaled down: more helpers share it where the limit is lower
+// (floodHelpersFor), and a limit below what the proxy itself needs fails
+// the test.
 //
 // The login's time is checked against the 1 s, which is not a
 // performance bound: the login takes milliseconds here, and a starved
