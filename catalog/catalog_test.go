@@ -77,17 +77,42 @@ func (e *env) serving(t testing.TB, database string) *pgx.Conn {
 	if err != nil {
 		t.Fatal(err)
 	}
+	return e.login(t, database, b.ServingUser, b.ServingPassword)
+}
+
+// tenantLogin logs in to database-tier tenant sub's database as its own
+// role, with the password the catalog stores, the way the proxy will.
+func (e *env) tenantLogin(t testing.TB, sub string) *pgx.Conn {
+	t.Helper()
+	tn, err := e.cat.Show(ctxT(t), sub)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return e.login(t, tn.Database, tn.LoginRole(), tn.LoginPassword)
+}
+
+func (e *env) login(t testing.TB, database, user, password string) *pgx.Conn {
+	t.Helper()
+	conn, err := e.tryLogin(t, database, user, password)
+	if err != nil {
+		t.Fatalf("%s login to %s: %v", user, database, err)
+	}
+	return conn
+}
+
+func (e *env) tryLogin(t testing.TB, database, user, password string) (*pgx.Conn, error) {
+	t.Helper()
 	cfg, err := pgx.ParseConfig(e.cluster.DSN(database))
 	if err != nil {
 		t.Fatal(err)
 	}
-	cfg.User, cfg.Password = b.ServingUser, b.ServingPassword
+	cfg.User, cfg.Password = user, password
 	conn, err := pgx.ConnectConfig(ctxT(t), cfg)
 	if err != nil {
-		t.Fatalf("serving role login to %s: %v", database, err)
+		return nil, err
 	}
 	t.Cleanup(func() { conn.Close(context.Background()) })
-	return conn
+	return conn, nil
 }
 
 func (e *env) create(t testing.TB, subdomain, plan string) *catalog.Created {
@@ -175,17 +200,34 @@ func TestProvisionOneTenantPerTier(t *testing.T) {
 		t.Errorf("role tenant_beta: login=%v err=%v; want a NOLOGIN role", login, err)
 	}
 
-	// Database tier: its own database, which the serving role may use and
-	// PUBLIC may not connect to.
+	// Database tier: its own database, owned by its own login role, which
+	// alone (not PUBLIC, not the serving role) may connect to it.
 	if _, err := control.Exec(ctx, "CREATE ROLE outsider LOGIN"); err != nil {
 		t.Fatal(err)
 	}
-	if n := count(t, control, "SELECT count(*) FROM pg_database WHERE datname = 'tenant_gamma' AND NOT has_database_privilege('outsider', oid, 'CONNECT')"); n != 1 {
-		t.Errorf("tenant_gamma: want a database PUBLIC cannot connect to")
+	if n := count(t, control, `SELECT count(*) FROM pg_database WHERE datname = 'tenant_gamma'
+		AND NOT has_database_privilege('outsider', oid, 'CONNECT') AND NOT has_database_privilege($1, oid, 'CONNECT')
+		AND datdba = 'tenant_gamma'::regrole`, migrations.ServingRole); n != 1 {
+		t.Errorf("tenant_gamma: want a database its role owns and neither PUBLIC nor the serving role can connect to")
 	}
-	gamma := e.serving(t, "tenant_gamma")
+	if n := count(t, control, `SELECT count(*) FROM pg_roles WHERE rolname = 'tenant_gamma' AND rolcanlogin
+		AND NOT (rolsuper OR rolcreatedb OR rolcreaterole OR rolreplication OR rolbypassrls)`); n != 1 {
+		t.Errorf("role tenant_gamma: want LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION NOBYPASSRLS")
+	}
+	b, err := e.cat.Backend(ctx, "main")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := e.tryLogin(t, "tenant_gamma", b.ServingUser, b.ServingPassword); err == nil {
+		t.Errorf("the serving role connects to a database-tier tenant's database")
+	}
+	gamma := e.tenantLogin(t, "gamma")
+	if n := count(t, gamma, `SELECT count(*) FROM pg_tables WHERE schemaname = 'public' AND tableowner = 'tenant_gamma'
+		AND tablename IN ('users', 'channels', 'channel_members', 'messages', 'files')`); n != 5 {
+		t.Errorf("tenant_gamma owns %d of the 5 chat tables in its database", n)
+	}
 	if _, err := gamma.Exec(ctx, "INSERT INTO users (username) VALUES ('g1')"); err != nil {
-		t.Fatalf("serving role writes to its database-tier tenant: %v", err)
+		t.Fatalf("database-tier tenant writes to its database: %v", err)
 	}
 	if n := count(t, gamma, "SELECT count(*) FROM users"); n != 1 {
 		t.Errorf("tenant_gamma users = %d; want 1", n)

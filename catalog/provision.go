@@ -230,7 +230,7 @@ func (c *Catalog) insertTenant(ctx context.Context, req CreateRequest, p plan, b
 		e := time.Now().Add(time.Duration(p.trialDays) * 24 * time.Hour).UTC().Truncate(time.Second)
 		expires = &e
 	}
-	t, err := scanTenant(c.db.QueryRow(ctx, `INSERT INTO tenants
+	t, err := c.scanTenant(c.db.QueryRow(ctx, `INSERT INTO tenants
 		(id, name, subdomain, isolation_level, plan, status, data_region, backend, database, database_url,
 		 schema_name, max_users, max_storage_gb, features, settings, subscription_expires_at)
 		VALUES ($1, $2, $1, $3, $4, 'provisioning', $5, $6, $7, $8, $9, $10, $11, $12, '{}', $13)
@@ -368,12 +368,27 @@ func (c *Catalog) provisionDatabase(ctx context.Context, t Tenant, b Backend) er
 	if err := migrations.CreateDatabase(ctx, admin, t.Database); err != nil {
 		return err
 	}
+	password, err := migrations.TenantLoginPassword(ctx, c.db, c.keys, t.ID)
+	if err != nil {
+		return err
+	}
+	// The login role is made before the migrations so that they run as it
+	// (the tenant owns what they create), never as the admin role in a
+	// database whose schema the tenant owns.
+	owner, err := migrations.ConnectAs(ctx, b.AdminDSN, t.Database)
+	if err != nil {
+		return fmt.Errorf("connecting to database %s: %w", t.Database, err)
+	}
+	defer owner.Close(context.WithoutCancel(ctx))
+	if err := migrations.OwnDatabase(ctx, owner, t.LoginRole(), password); err != nil {
+		return fmt.Errorf("database %s: %w", t.Database, err)
+	}
 	if err := c.fail(stepObjects); err != nil {
 		return err
 	}
-	conn, err := migrations.ConnectAs(ctx, b.AdminDSN, t.Database)
+	conn, err := migrations.ConnectLogin(ctx, b.AdminDSN, t.Database, t.LoginRole(), password)
 	if err != nil {
-		return fmt.Errorf("connecting to database %s: %w", t.Database, err)
+		return fmt.Errorf("connecting to database %s as its login role: %w", t.Database, err)
 	}
 	defer conn.Close(context.WithoutCancel(ctx))
 	if _, err := migrations.Apply(ctx, conn, migrations.Target{
