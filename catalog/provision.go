@@ -288,7 +288,7 @@ func (c *Catalog) provision(ctx context.Context, t *Tenant, b Backend, adminUser
 			return err
 		}
 	case TierDatabase:
-		if err := c.provisionDatabase(ctx, *t, b); err != nil {
+		if err := c.provisionDatabase(ctx, t, b); err != nil {
 			return err
 		}
 	default:
@@ -359,7 +359,9 @@ func (c *Catalog) provisionSchema(ctx context.Context, t Tenant, b Backend) erro
 	return c.fail(stepMigrate)
 }
 
-func (c *Catalog) provisionDatabase(ctx context.Context, t Tenant, b Backend) error {
+// provisionDatabase creates t's database and login role, whose password it
+// records in the catalog and in t, and migrates the database as the role.
+func (c *Catalog) provisionDatabase(ctx context.Context, t *Tenant, b Backend) error {
 	admin, err := migrations.ConnectAs(ctx, b.AdminDSN, "")
 	if err != nil {
 		return fmt.Errorf("connecting to backend %s: %w", b.Name, err)
@@ -372,6 +374,7 @@ func (c *Catalog) provisionDatabase(ctx context.Context, t Tenant, b Backend) er
 	if err != nil {
 		return err
 	}
+	t.LoginPassword = password
 	// The login role is made before the migrations so that they run as it
 	// (the tenant owns what they create), never as the admin role in a
 	// database whose schema the tenant owns.
