@@ -2,6 +2,9 @@ package test
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"slices"
 	"strings"
 	"testing"
 
@@ -268,5 +271,43 @@ func TestUpgradeGivesDatabaseTierTenantItsRole(t *testing.T) {
 	}
 	if _, err := conn.Exec(ctx, "CREATE TABLE after_upgrade (x int); DROP TABLE messages CASCADE"); err != nil {
 		t.Errorf("upgraded tenant DDL: %v", err)
+	}
+}
+
+// TestDatabaseTierMigrationsRunAsTheTenant: the tenant owns its database,
+// so it can plant code that a later migration sets off (here a trigger on
+// the runner's own bookkeeping). migrate up must run that code as the
+// tenant's role, never as the backend's admin role, a superuser, whose
+// rights the tenant's code would otherwise get.
+func TestDatabaseTierMigrationsRunAsTheTenant(t *testing.T) {
+	e := newProxyEnv(t)
+	ctx := ctxT(t)
+	db := catalog.DerivedName("umbrella")
+	tenant := connect(t, e.tenantLoginDSN(t, "umbrella", db))
+	if _, err := tenant.Exec(ctx, `CREATE TABLE ran_as (who text);
+		CREATE FUNCTION record_who() RETURNS trigger LANGUAGE plpgsql AS $$
+			BEGIN INSERT INTO public.ran_as VALUES (session_user || '/' || current_user); RETURN NEW; END $$;
+		CREATE TRIGGER planted AFTER INSERT ON schema_migrations FOR EACH ROW EXECUTE FUNCTION record_who()`); err != nil {
+		t.Fatal(err)
+	}
+	const extra = "CREATE TABLE added_later (x int)"
+	sum := sha256.Sum256([]byte(extra))
+	opts := migrations.Options{Migrations: func(k migrations.Kind) ([]migrations.Migration, error) {
+		ms, err := migrations.For(k)
+		if k == migrations.KindDatabase {
+			ms = append(slices.Clone(ms), migrations.Migration{Version: 9000, Name: "added_later", SQL: extra, Checksum: hex.EncodeToString(sum[:])})
+		}
+		return ms, err
+	}}
+	if _, err := migrations.Up(ctx, e.catalogDSN, opts); err != nil {
+		t.Fatalf("migrate up: %v", err)
+	}
+	var who, owner string
+	if err := tenant.QueryRow(ctx, "SELECT (SELECT string_agg(who, ',') FROM ran_as), (SELECT tableowner FROM pg_tables WHERE tablename = 'added_later')").
+		Scan(&who, &owner); err != nil {
+		t.Fatal(err)
+	}
+	if want := db + "/" + db; who != want || owner != db {
+		t.Errorf("the tenant's trigger ran as %q and the new table is %q's; want %q and the tenant's own", who, owner, want)
 	}
 }
