@@ -70,7 +70,6 @@ var notShared = map[catalog.Tier]outcome{
 	catalog.TierDatabase: {code: "42703", msg: "tenant_id"},
 }
 
-
 // ownDatabase is for what the database tier's rules allow, alone in its
 // database: there the database itself decides, with outcome o.
 func ownDatabase(o outcome) map[catalog.Tier]outcome {
