@@ -119,7 +119,8 @@ func (r *CreateRequest) normalize() (plan, error) {
 // Create validates req, places the tenant on the least loaded backend of its
 // region and provisions it: nothing for the shared tier, role and schema
 // (owned by the role, reachable by nobody else) for the schema tier, its own
-// database for the database tier; then the tenant migrations, the admin user
+// database and a login role that owns it for the database tier; then the
+// tenant migrations, the admin user
 // and the welcome event, after which the tenant is active.
 //
 // Invalid input is a *ValidationError and creates nothing. A failure after

@@ -9,7 +9,9 @@
 //     rendered in three forms (For): KindShared adds a tenant_id column that
 //     defaults to the tenant GUC plus forced, fail-closed RLS; KindSchema
 //     creates the objects in the tenant's schema as the tenant's role;
-//     KindDatabase creates them in the tenant's own database. Shared and
+//     KindDatabase creates them in the tenant's own database, logged in as
+//     the tenant's own login role (OwnDatabase), so that the tenant owns
+//     them and nothing it plants there runs as the admin role. Shared and
 //     database forms grant DML to the serving role.
 //
 // Every target (the control database, each backend's shared database, each
@@ -34,8 +36,11 @@
 // backend "main" on an empty catalog (RegisterBackend: serving role, shared
 // and schema databases), then fans out over every target with bounded
 // concurrency; a failed target is reported in the Report and the joined
-// error, and the others carry on. The catalog package calls Apply and
-// CreateDatabase while it provisions tenants, and RegisterBackend when it
+// error, and the others carry on. Before a tenant database's migrations, Up
+// gives its tenant a login role (TenantLoginPassword, OwnDatabase) if it has
+// none, which upgrades tenants created before tenants had roles of their
+// own. The catalog package calls Apply, CreateDatabase, TenantLoginPassword
+// and OwnDatabase while it provisions tenants, and RegisterBackend when it
 // adds a backend.
 //
 // Every database tenants reach is hardened when it is created (Harden):
