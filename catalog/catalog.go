@@ -60,6 +60,7 @@ type Catalog struct {
 	tenants   *lru.Cache[string, entry[Tenant]]
 	backends  *lru.Cache[string, entry[Backend]]
 	users     *lru.Cache[string, entry[User]]
+	removals  removalWatchers
 
 	stop      context.CancelFunc
 	done      chan struct{}
@@ -68,6 +69,9 @@ type Catalog struct {
 	// failpoint, when set by a test, runs after each provisioning step and
 	// fails the create with its error.
 	failpoint func(step string) error
+	// nameSource, when set by a test, replaces NewObjectName so that a test
+	// can make names collide.
+	nameSource func() string
 }
 
 // Open connects to the control database at dsn (already migrated) and starts
@@ -195,6 +199,7 @@ func (c *Catalog) drain(ctx context.Context, conn *pgx.Conn) error {
 			return err
 		}
 		c.invalidate(n.Payload)
+		c.reportRemoved(ctx, n.Payload)
 	}
 }
 

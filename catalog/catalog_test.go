@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"regexp"
 	"sort"
 	"strings"
 	"sync"
@@ -157,22 +158,31 @@ func TestProvisionOneTenantPerTier(t *testing.T) {
 	e := newEnv(t)
 	ctx := ctxT(t)
 	control := connect(t, e.dsn)
+	// An empty database or schema expects a fresh opaque name.
 	tests := []struct {
 		subdomain, plan string
 		tier            catalog.Tier
 		database        string
-		schema          string
+		schema          bool
 	}{
-		{"alpha", catalog.PlanFree, catalog.TierShared, migrations.SharedDatabase, ""},
-		{"beta", catalog.PlanStandard, catalog.TierSchema, migrations.SchemaDatabase, "tenant_beta"},
-		{"gamma", catalog.PlanEnterprise, catalog.TierDatabase, "tenant_gamma", ""},
+		{"alpha", catalog.PlanFree, catalog.TierShared, migrations.SharedDatabase, false},
+		{"beta", catalog.PlanStandard, catalog.TierSchema, migrations.SchemaDatabase, true},
+		{"gamma", catalog.PlanEnterprise, catalog.TierDatabase, "", false},
 	}
+	created := map[string]*catalog.Tenant{}
 	for _, tt := range tests {
 		cr := e.create(t, tt.subdomain, tt.plan)
 		got := cr.Tenant
+		created[tt.subdomain] = got
 		if got.ID != tt.subdomain || got.Tier != tt.tier || got.Status != catalog.StatusActive || got.Backend != "main" ||
-			got.Database != tt.database || got.SchemaName != tt.schema || got.Region != "default" {
-			t.Errorf("create %s: got %+v; want tier %s, active, on main, database %s, schema %q", tt.subdomain, got, tt.tier, tt.database, tt.schema)
+			(tt.database != "" && got.Database != tt.database) || (tt.schema != (got.SchemaName != "")) || got.Region != "default" {
+			t.Errorf("create %s: got %+v; want tier %s, active, on main, database %q, schema %v", tt.subdomain, got, tt.tier, tt.database, tt.schema)
+		}
+		if tt.database == "" {
+			wantOpaqueName(t, got.Database, tt.subdomain)
+		}
+		if tt.schema {
+			wantOpaqueName(t, got.SchemaName, tt.subdomain)
 		}
 		if cr.AdminUser != "admin" || len(cr.Password) < 16 {
 			t.Errorf("create %s: admin %q with a %d-character generated password; want admin and a long password", tt.subdomain, cr.AdminUser, len(cr.Password))
@@ -190,14 +200,15 @@ func TestProvisionOneTenantPerTier(t *testing.T) {
 	}
 
 	// Schema tier: the tenant's role owns the schema and its tables.
+	beta, gamma := created["beta"].SchemaName, created["gamma"].Database
 	tenants := connect(t, e.cluster.DSN(migrations.SchemaDatabase))
-	if n := count(t, tenants, `SELECT count(*) FROM pg_tables WHERE schemaname = 'tenant_beta' AND tableowner = 'tenant_beta'
-		AND tablename IN ('users', 'channels', 'channel_members', 'messages', 'files')`); n != 5 {
-		t.Errorf("tenant_beta owns %d of the 5 chat tables in its schema", n)
+	if n := count(t, tenants, `SELECT count(*) FROM pg_tables WHERE schemaname = $1 AND tableowner = $1
+		AND tablename IN ('users', 'channels', 'channel_members', 'messages', 'files')`, beta); n != 5 {
+		t.Errorf("%s owns %d of the 5 chat tables in its schema", beta, n)
 	}
 	var login bool
-	if err := tenants.QueryRow(ctx, "SELECT rolcanlogin FROM pg_roles WHERE rolname = 'tenant_beta'").Scan(&login); err != nil || login {
-		t.Errorf("role tenant_beta: login=%v err=%v; want a NOLOGIN role", login, err)
+	if err := tenants.QueryRow(ctx, "SELECT rolcanlogin FROM pg_roles WHERE rolname = $1", beta).Scan(&login); err != nil || login {
+		t.Errorf("role %s: login=%v err=%v; want a NOLOGIN role", beta, login, err)
 	}
 
 	// Database tier: its own database, owned by its own login role, which
@@ -205,64 +216,105 @@ func TestProvisionOneTenantPerTier(t *testing.T) {
 	if _, err := control.Exec(ctx, "CREATE ROLE outsider LOGIN"); err != nil {
 		t.Fatal(err)
 	}
-	if n := count(t, control, `SELECT count(*) FROM pg_database WHERE datname = 'tenant_gamma'
-		AND NOT has_database_privilege('outsider', oid, 'CONNECT') AND NOT has_database_privilege($1, oid, 'CONNECT')
-		AND datdba = 'tenant_gamma'::regrole`, migrations.ServingRole); n != 1 {
-		t.Errorf("tenant_gamma: want a database its role owns and neither PUBLIC nor the serving role can connect to")
+	if n := count(t, control, `SELECT count(*) FROM pg_database WHERE datname = $1
+		AND NOT has_database_privilege('outsider', oid, 'CONNECT') AND NOT has_database_privilege($2, oid, 'CONNECT')
+		AND datdba = (SELECT oid FROM pg_roles WHERE rolname = $1)`, gamma, migrations.ServingRole); n != 1 {
+		t.Errorf("%s: want a database its role owns and neither PUBLIC nor the serving role can connect to", gamma)
 	}
-	if n := count(t, control, `SELECT count(*) FROM pg_roles WHERE rolname = 'tenant_gamma' AND rolcanlogin
-		AND NOT (rolsuper OR rolcreatedb OR rolcreaterole OR rolreplication OR rolbypassrls)`); n != 1 {
-		t.Errorf("role tenant_gamma: want LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION NOBYPASSRLS")
+	if n := count(t, control, `SELECT count(*) FROM pg_roles WHERE rolname = $1 AND rolcanlogin
+		AND NOT (rolsuper OR rolcreatedb OR rolcreaterole OR rolreplication OR rolbypassrls)`, gamma); n != 1 {
+		t.Errorf("role %s: want LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION NOBYPASSRLS", gamma)
 	}
 	b, err := e.cat.Backend(ctx, "main")
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := e.tryLogin(t, "tenant_gamma", b.ServingUser, b.ServingPassword); err == nil {
+	if _, err := e.tryLogin(t, gamma, b.ServingUser, b.ServingPassword); err == nil {
 		t.Errorf("the serving role connects to a database-tier tenant's database")
 	}
-	gamma := e.tenantLogin(t, "gamma")
-	if n := count(t, gamma, `SELECT count(*) FROM pg_tables WHERE schemaname = 'public' AND tableowner = 'tenant_gamma'
-		AND tablename IN ('users', 'channels', 'channel_members', 'messages', 'files')`); n != 5 {
-		t.Errorf("tenant_gamma owns %d of the 5 chat tables in its database", n)
+	gconn := e.tenantLogin(t, "gamma")
+	if n := count(t, gconn, `SELECT count(*) FROM pg_tables WHERE schemaname = 'public' AND tableowner = $1
+		AND tablename IN ('users', 'channels', 'channel_members', 'messages', 'files')`, gamma); n != 5 {
+		t.Errorf("%s owns %d of the 5 chat tables in its database", gamma, n)
 	}
-	if _, err := gamma.Exec(ctx, "INSERT INTO users (username) VALUES ('g1')"); err != nil {
+	if _, err := gconn.Exec(ctx, "INSERT INTO users (username) VALUES ('g1')"); err != nil {
 		t.Fatalf("database-tier tenant writes to its database: %v", err)
 	}
-	if n := count(t, gamma, "SELECT count(*) FROM users"); n != 1 {
-		t.Errorf("tenant_gamma users = %d; want 1", n)
+	if n := count(t, gconn, "SELECT count(*) FROM users"); n != 1 {
+		t.Errorf("%s users = %d; want 1", gamma, n)
+	}
+}
+
+// opaqueName is what NewObjectName draws.
+var opaqueName = regexp.MustCompile(`^tenant_[a-z2-7]{16}$`)
+
+// wantOpaqueName fails unless name is an opaque object name that says
+// nothing of subdomain.
+func wantOpaqueName(t *testing.T, name, subdomain string) {
+	t.Helper()
+	if !opaqueName.MatchString(name) || strings.Contains(name, subdomain) {
+		t.Errorf("tenant %s has object name %q; want an opaque %s", subdomain, name, opaqueName)
+	}
+}
+
+// TestCreateDrawsAgainWhenTheNameIsTaken: a random name that another tenant
+// already holds is drawn again rather than shared; a source that only
+// repeats itself fails the create without leaving anything behind.
+func TestCreateDrawsAgainWhenTheNameIsTaken(t *testing.T) {
+	e := newEnv(t)
+	const taken, fresh = "tenant_aaaaaaaaaaaaaaaa", "tenant_bbbbbbbbbbbbbbbb"
+	catalog.SetNameSource(e.cat, func() string { return taken })
+	e.create(t, "first", catalog.PlanStandard)
+
+	draws := []string{taken, fresh}
+	catalog.SetNameSource(e.cat, func() string {
+		n := draws[0]
+		draws = draws[1:]
+		return n
+	})
+	if got := e.create(t, "second", catalog.PlanStandard).Tenant.SchemaName; got != fresh {
+		t.Errorf("second tenant's schema = %q; want the second draw %q", got, fresh)
+	}
+
+	catalog.SetNameSource(e.cat, func() string { return taken })
+	before := e.snapshot(t)
+	if _, err := e.cat.Create(ctxT(t), catalog.CreateRequest{Subdomain: "third", Plan: catalog.PlanPro}); err == nil {
+		t.Fatal("create with a name source that only repeats a taken name succeeded")
+	}
+	if after := e.snapshot(t); after != before {
+		t.Errorf("a create refused for its name changed the backend:\nbefore:\n%s\nafter:\n%s", before, after)
 	}
 }
 
 func TestSchemaTierRoleReachesOnlyItsOwnSchema(t *testing.T) {
 	e := newEnv(t)
 	ctx := ctxT(t)
-	e.create(t, "beta", catalog.PlanStandard)
-	e.create(t, "delta", catalog.PlanPro)
+	beta := pgx.Identifier{e.create(t, "beta", catalog.PlanStandard).Tenant.SchemaName}.Sanitize()
+	delta := pgx.Identifier{e.create(t, "delta", catalog.PlanPro).Tenant.SchemaName}.Sanitize()
 	conn := e.serving(t, migrations.SchemaDatabase)
 
 	// NOINHERIT: membership alone reaches nothing.
-	_, err := conn.Exec(ctx, "SELECT * FROM tenant_beta.users")
+	_, err := conn.Exec(ctx, "SELECT * FROM "+beta+".users")
 	wantSQLState(t, err, "42501", "serving role reads a tenant schema without SET ROLE")
 
-	if _, err := conn.Exec(ctx, `SET ROLE tenant_beta; SET search_path = tenant_beta`); err != nil {
+	if _, err := conn.Exec(ctx, "SET ROLE "+beta+"; SET search_path = "+beta); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := conn.Exec(ctx, "INSERT INTO users (username) VALUES ('b1')"); err != nil {
-		t.Fatalf("tenant_beta writes its own schema: %v", err)
+		t.Fatalf("beta writes its own schema: %v", err)
 	}
 	if n := count(t, conn, "SELECT count(*) FROM users"); n != 1 {
-		t.Fatalf("tenant_beta sees %d users in its schema; want 1", n)
+		t.Fatalf("beta sees %d users in its schema; want 1", n)
 	}
 	for _, sql := range []string{
-		"SELECT * FROM tenant_delta.users",
-		"INSERT INTO tenant_delta.users (username) VALUES ('intruder')",
-		"CREATE TABLE tenant_delta.planted (x int)",
-		"SELECT * FROM tenant_delta.schema_migrations",
+		"SELECT * FROM " + delta + ".users",
+		"INSERT INTO " + delta + ".users (username) VALUES ('intruder')",
+		"CREATE TABLE " + delta + ".planted (x int)",
+		"SELECT * FROM " + delta + ".schema_migrations",
 		"CREATE TABLE public.planted (x int)",
 	} {
 		_, err := conn.Exec(ctx, sql)
-		wantSQLState(t, err, "42501", "as tenant_beta: "+sql)
+		wantSQLState(t, err, "42501", "as beta: "+sql)
 	}
 }
 
@@ -555,8 +607,12 @@ func TestAddBackendInAnotherRegionTakesItsTenants(t *testing.T) {
 			t.Fatalf("%s tenant placed on %s in %s; want eu-1 in eu", plan, cr.Tenant.Backend, cr.Tenant.Region)
 		}
 	}
+	enterprise, err := e.cat.Show(ctx, "eu-"+catalog.PlanEnterprise)
+	if err != nil {
+		t.Fatal(err)
+	}
 	euConn := connect(t, eu.DSN("postgres"))
-	if n := count(t, euConn, "SELECT count(*) FROM pg_database WHERE datname = 'tenant_eu-enterprise'"); n != 1 {
+	if n := count(t, euConn, "SELECT count(*) FROM pg_database WHERE datname = $1", enterprise.Database); n != 1 {
 		t.Fatal("the enterprise tenant's database is not on the eu server")
 	}
 	_, err = e.cat.Create(ctx, catalog.CreateRequest{Subdomain: "mars", Plan: catalog.PlanFree, Region: "mars"})

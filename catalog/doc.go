@@ -13,6 +13,7 @@
 //	TenantBySubdomain(ctx, subdomain) (*Tenant, error)   // errors wrap ErrNotFound
 //	Backend(ctx, name) (*Backend, error)
 //	User(ctx, tenantID, username) (*User, error)
+//	WatchRemovedUsers(fn) (stop func())                   // a removed login's sessions end
 //
 // Administration, uncached:
 //
@@ -21,6 +22,8 @@
 //	Suspend(ctx, subdomain) error; Resume(ctx, subdomain) error; Delete(ctx, subdomain) error
 //	ListBackends(ctx) ([]Backend, error); AddBackend(ctx, AddBackendRequest) (*Backend, error)
 //	AddUser(ctx, tenantID, username, password, role) (*User, string, error)
+//	SetPassword(ctx, tenantID, username, password) (string, error); RemoveUser(ctx, tenantID, username) error
+//	ListUsers(ctx, tenantID) ([]User, error)                   // people only, never verifiers
 //	EnsureServiceUser(ctx, tenantID, username, password) error // the chat API's and the canary's logins
 //	Ping(ctx) error                                            // readiness: /readyz
 //	RotateSecrets(ctx) ([]string, error); UnsealedBackends(ctx) ([]string, error)
@@ -32,7 +35,7 @@
 //
 // Bad input is a *ValidationError (nothing is created); a lifecycle change
 // the status forbids is a *StateError. The tenant id equals its subdomain;
-// its schema, role and database name is DerivedName(id), stored in the row.
+// its schema, role and database name is random (NewObjectName), stored in the row.
 // A database-tier tenant's sessions log in as a role of its own by that name
 // (Tenant.LoginRole), whose password is sealed like the backends' secrets.
 // Create rolls a failed provisioning back completely, so the same command can

@@ -12,6 +12,7 @@ import (
 
 	"github.com/tenantproxy/tenantproxy/internal/scram"
 	"github.com/tenantproxy/tenantproxy/migrations"
+	"github.com/tenantproxy/tenantproxy/migrations/tierddl"
 )
 
 // List returns every tenant, by subdomain, uncached.
@@ -168,7 +169,10 @@ func deleteSharedRows(ctx context.Context, t Tenant, b Backend) error {
 				return err
 			}
 		}
-		return nil
+		// The tenant's id sequences go with its rows: a tenant created
+		// later under the same id starts again at 1.
+		_, err = tx.Exec(ctx, "SELECT "+tierddl.ForgetIDsFunction+"($1)", t.ID)
+		return err
 	})
 }
 
@@ -242,8 +246,8 @@ func (c *Catalog) AddUser(ctx context.Context, tenantID, username, password, rol
 	if role != "admin" && role != "member" {
 		return nil, "", &ValidationError{Field: "role", Value: role, Reason: "must be admin or member"}
 	}
-	if password != "" && len(password) < minPasswordLen {
-		return nil, "", &ValidationError{Field: "password", Value: "…", Reason: fmt.Sprintf("must be at least %d characters", minPasswordLen)}
+	if err := validatePassword(password); err != nil {
+		return nil, "", err
 	}
 	generated := ""
 	if password == "" {
@@ -268,7 +272,8 @@ func (c *Catalog) AddUser(ctx context.Context, tenantID, username, password, rol
 			return err
 		}
 		if users >= maxUsers {
-			return &ValidationError{Field: "user", Value: username, Reason: fmt.Sprintf("tenant %q already has its plan's %d users", tenantID, maxUsers)}
+			return &LimitError{Tenant: tenantID, Limit: "max_users", Max: maxUsers,
+				err: &ValidationError{Field: "user", Value: username, Reason: fmt.Sprintf("tenant %q already has its plan's %d users", tenantID, maxUsers)}}
 		}
 		_, err = tx.Exec(ctx, "INSERT INTO tenant_users (tenant_id, username, verifier, role) VALUES ($1, $2, $3, $4)",
 			tenantID, username, verifier, role)

@@ -97,6 +97,8 @@ type User struct {
 	Username string `json:"username"`
 	Verifier string `json:"-"`
 	Role     string `json:"role"`
+	// CreatedAt is set by ListUsers only.
+	CreatedAt time.Time `json:"created_at,omitzero"`
 }
 
 // LoginRole is the role a database-tier tenant's sessions log in as: a

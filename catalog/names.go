@@ -1,8 +1,7 @@
 package catalog
 
 import (
-	"crypto/sha256"
-	"encoding/hex"
+	"crypto/rand"
 	"fmt"
 	"regexp"
 	"strings"
@@ -14,7 +13,7 @@ var subdomainPattern = regexp.MustCompile(`^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$`
 
 // reserved subdomains name the platform's own hosts or PostgreSQL's own
 // objects; a tenant called "postgres" or "template1" would confuse operators
-// reading pg_database even though every identifier is quoted.
+// reading logs and tenant lists beside PostgreSQL's own databases.
 var reserved = map[string]bool{
 	"www": true, "api": true, "admin": true, "app": true,
 	"postgres": true, "template0": true, "template1": true, "public": true,
@@ -57,26 +56,28 @@ func validateUsername(s string) error {
 	return nil
 }
 
-const (
-	namePrefix = "tenant_"
-	// maxIdentifier is PostgreSQL's NAMEDATALEN-1: longer names are
-	// truncated by the server, silently, which could make two tenants share
-	// a role.
-	maxIdentifier = 63
-	hashLen       = 8
-)
+// namePrefix starts every tenant's schema, role and database name: it keeps
+// the name a valid unquoted identifier (a letter first) and tells an
+// operator reading pg_roles or pg_database which objects are tenants'.
+const namePrefix = "tenant_"
 
-// DerivedName is the schema, role and database name of tenant id:
-// "tenant_<id>" when that fits in 63 bytes, else a prefix of id, '_' and 8
-// hex digits of its SHA-256. It is deterministic; Create stores it, and the
-// catalog's unique indexes refuse the (unlikely) collision of two hashed
-// names instead of letting two tenants share one. A hashed name cannot equal
-// an unhashed one: ids contain no '_'.
-func DerivedName(id string) string {
-	if len(namePrefix)+len(id) <= maxIdentifier {
-		return namePrefix + id
+// NewObjectName returns a fresh schema, role and database name for a tenant:
+// namePrefix and 16 random base32 characters (80 bits, lowercase), 23 bytes,
+// a valid unquoted PostgreSQL identifier. It says nothing about the tenant:
+// every tenant of a backend can list schemas, roles and databases
+// (pg_namespace, pg_roles, casts to regrole, pg_describe_object …), so a
+// name derived from the subdomain would tell each tenant who the others
+// are. Create stores the name in the tenant row, where operators map it
+// back (tenant show), and draws again should the catalog's unique indexes
+// report it taken. Tenants created before these names keep the
+// "tenant_<subdomain>" their row records.
+func NewObjectName() string {
+	return namePrefix + strings.ToLower(rand.Text()[:16])
+}
+
+func (c *Catalog) newName() string {
+	if c.nameSource != nil {
+		return c.nameSource()
 	}
-	sum := sha256.Sum256([]byte(id))
-	keep := maxIdentifier - len(namePrefix) - 1 - hashLen
-	return namePrefix + id[:keep] + "_" + hex.EncodeToString(sum[:])[:hashLen]
+	return NewObjectName()
 }

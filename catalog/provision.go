@@ -209,10 +209,28 @@ func prefixed(prefix, columns string) string {
 	return strings.Join(cols, ", ")
 }
 
-// insertTenant writes the tenant row in status provisioning. The unique
-// subdomain makes a concurrent create of the same subdomain fail here.
+// nameAttempts bounds how often insertTenant draws a fresh object name after
+// the catalog reported one taken; with 80 random bits a second draw is
+// already a freak event.
+const nameAttempts = 3
+
+// errNameTaken reports that the tenant row's object name collided with
+// another tenant's under the catalog's unique indexes.
+var errNameTaken = errors.New("object name already taken")
+
+// insertTenant writes the tenant row in status provisioning, under a fresh
+// object name (NewObjectName), drawn again when another tenant holds it. The
+// unique subdomain makes a concurrent create of the same subdomain fail here.
 func (c *Catalog) insertTenant(ctx context.Context, req CreateRequest, p plan, b Backend) (Tenant, error) {
-	name := DerivedName(req.Subdomain)
+	for attempt := 1; ; attempt++ {
+		t, err := c.insertTenantNamed(ctx, req, p, b, c.newName())
+		if !errors.Is(err, errNameTaken) || attempt == nameAttempts {
+			return t, err
+		}
+	}
+}
+
+func (c *Catalog) insertTenantNamed(ctx context.Context, req CreateRequest, p plan, b Backend, name string) (Tenant, error) {
 	var database, databaseURL, schema any
 	switch req.Tier {
 	case TierShared:
@@ -243,8 +261,7 @@ func (c *Catalog) insertTenant(ctx context.Context, req CreateRequest, p plan, b
 		if pgErr.ConstraintName == "tenants_pkey" || pgErr.ConstraintName == "tenants_subdomain_key" {
 			return t, &ValidationError{Field: "subdomain", Value: req.Subdomain, Reason: "is already taken"}
 		}
-		return t, &ValidationError{Field: "subdomain", Value: req.Subdomain,
-			Reason: fmt.Sprintf("derives the name %q, which another tenant already uses", name)}
+		return t, fmt.Errorf("catalog: create %q: name %q (%s): %w", req.Subdomain, name, pgErr.ConstraintName, errNameTaken)
 	}
 	if err != nil {
 		return t, fmt.Errorf("catalog: create %q: %w", req.Subdomain, err)

@@ -2,6 +2,7 @@ package catalog_test
 
 import (
 	"errors"
+	"regexp"
 	"strings"
 	"testing"
 
@@ -56,26 +57,20 @@ func TestValidateSubdomain(t *testing.T) {
 	}
 }
 
-func TestDerivedNameFitsAndStaysDistinct(t *testing.T) {
-	long1 := strings.Repeat("a", 62) + "1"
-	long2 := strings.Repeat("a", 62) + "2"
-	tests := []struct {
-		id, want string
-	}{
-		{"acme", "tenant_acme"},
-		{strings.Repeat("b", 56), "tenant_" + strings.Repeat("b", 56)},
-	}
-	for _, tt := range tests {
-		if got := catalog.DerivedName(tt.id); got != tt.want {
-			t.Errorf("DerivedName(%q) = %q; want %q", tt.id, got, tt.want)
+func TestNewObjectNameIsOpaqueAndFresh(t *testing.T) {
+	// A valid unquoted identifier needs no quoting in psql or logs; a name
+	// that depended on anything but chance could be guessed from a subdomain.
+	identifier := regexp.MustCompile(`^[a-z_][a-z0-9_]{0,62}$`)
+	seen := map[string]bool{}
+	for range 1000 {
+		n := catalog.NewObjectName()
+		if !identifier.MatchString(n) || !strings.HasPrefix(n, "tenant_") {
+			t.Fatalf("NewObjectName() = %q; want a lowercase unquoted identifier of at most 63 bytes starting tenant_", n)
 		}
-	}
-	n1, n2 := catalog.DerivedName(long1), catalog.DerivedName(long2)
-	if len(n1) > 63 || len(n2) > 63 || n1 == n2 || n1 != catalog.DerivedName(long1) {
-		t.Fatalf("long ids derive %q (%d) and %q (%d); want distinct, deterministic, at most 63 bytes", n1, len(n1), n2, len(n2))
-	}
-	if !strings.HasPrefix(n1, "tenant_aaaa") {
-		t.Errorf("DerivedName(long) = %q; want it to keep a readable prefix of the id", n1)
+		if seen[n] {
+			t.Fatalf("NewObjectName() drew %q twice in 1000 draws", n)
+		}
+		seen[n] = true
 	}
 }
 
@@ -107,7 +102,7 @@ func TestCreateRequestValidation(t *testing.T) {
 }
 
 // FuzzValidateSubdomain checks that whatever ValidateSubdomain accepts is a
-// lowercase DNS label whose derived name fits a PostgreSQL identifier.
+// lowercase DNS label.
 func FuzzValidateSubdomain(f *testing.F) {
 	for _, s := range []string{"acme", "a-b", "-a", "A", strings.Repeat("z", 64), "admin", "x'; drop", "\x00", "ä"} {
 		f.Add(s)
@@ -119,9 +114,6 @@ func FuzzValidateSubdomain(f *testing.F) {
 		if len(s) == 0 || len(s) > 63 || strings.Trim(s, "abcdefghijklmnopqrstuvwxyz0123456789-") != "" ||
 			s[0] == '-' || s[len(s)-1] == '-' {
 			t.Fatalf("accepted %q", s)
-		}
-		if n := catalog.DerivedName(s); len(n) > 63 || n != catalog.DerivedName(s) || !strings.HasPrefix(n, "tenant_") {
-			t.Fatalf("DerivedName(%q) = %q", s, n)
 		}
 	})
 }

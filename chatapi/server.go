@@ -119,6 +119,10 @@ func New(cfg Config, cat *catalog.Catalog) (*Server, error) {
 		{"POST", "/admin/tenants/{tenant}/resume", scopeOperator, s.operator(s.resume)},
 		{"GET", "/admin/tenants/{tenant}/export", scopeOperator, s.operator(s.export)},
 		{"DELETE", "/admin/tenants/{tenant}", scopeOperator, s.operator(s.deleteTenant)},
+		{"GET", "/admin/tenants/{tenant}/users", scopeOperator, s.operator(s.listLogins)},
+		{"POST", "/admin/tenants/{tenant}/users", scopeOperator, s.operator(s.addLogin)},
+		{"PUT", "/admin/tenants/{tenant}/users/{user}/password", scopeOperator, s.operator(s.setLoginPassword)},
+		{"DELETE", "/admin/tenants/{tenant}/users/{user}", scopeOperator, s.operator(s.removeLogin)},
 	}
 	for _, rt := range s.routes {
 		s.mux.Handle(rt.method+" "+rt.path, rt.handler)

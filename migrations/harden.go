@@ -32,7 +32,14 @@ import (
 // Where tenants share the database (shared, the shared tier's; or the
 // schema tier's), also: advisory locks and pg_notify (keys and channels
 // every tenant of the database shares), every statistics view (row counts
-// and names of other tenants' tables) and relation sizes.
+// and names of other tenants' tables), relation sizes, and pg_class's
+// reltuples, relpages and relallvisible: the planner's estimates of each
+// table's rows and pages, which VACUUM and ANALYZE keep close to the truth,
+// so another tenant's table (schema tier) or every tenant's rows together
+// (shared tier) could be counted. PostgreSQL applies no row security to
+// its catalogs, so only column privileges can hide them; every other
+// column stays readable, which is all psql's meta-commands and ORMs'
+// introspection read.
 func Harden(ctx context.Context, conn *pgx.Conn, shared bool) error {
 	stmts := []string{
 		// pg_settings' UPDATE rule calls set_config: SET under another
@@ -46,6 +53,7 @@ func Harden(ctx context.Context, conn *pgx.Conn, shared bool) error {
 		stmts = append(stmts,
 			hardenViewsLike(`'pg\_stat\_%', 'pg\_statio\_%'`, "pg_read_all_stats"),
 			hardenFunctionsLike(`'pg\_advisory\_%', 'pg\_try\_advisory\_%', 'pg\_notify', 'pg\_relation\_size', 'pg\_total\_relation\_size', 'pg\_table\_size', 'pg\_indexes\_size', 'pg\_stat\_get\_%'`, "pg_read_all_stats"),
+			hardenColumns("pg_class", `'reltuples', 'relpages', 'relallvisible'`, "pg_read_all_stats"),
 		)
 	}
 	for _, s := range stmts {
@@ -74,6 +82,21 @@ func hardenRelations(cond, role string) string {
 		EXECUTE format('REVOKE SELECT ON %s FROM PUBLIC', r);
 		EXECUTE format('GRANT SELECT ON %s TO ` + role + `', r);
 	END LOOP; END $harden$`
+}
+
+// hardenColumns leaves PUBLIC every column of catalog table except those
+// in hidden (an SQL list of literals), and grants role the whole table.
+// Revoking the table privilege drops the old column grants with it, so
+// running it again is harmless.
+func hardenColumns(table, hidden, role string) string {
+	return `DO $harden$ DECLARE cols text; BEGIN
+	SELECT string_agg(quote_ident(a.attname), ', ' ORDER BY a.attnum) INTO cols FROM pg_catalog.pg_attribute a
+		WHERE a.attrelid = 'pg_catalog.` + table + `'::regclass AND a.attnum > 0 AND NOT a.attisdropped
+		AND a.attname NOT IN (` + hidden + `);
+	REVOKE SELECT ON pg_catalog.` + table + ` FROM PUBLIC;
+	EXECUTE format('GRANT SELECT (%s) ON pg_catalog.` + table + ` TO PUBLIC', cols);
+	GRANT SELECT ON pg_catalog.` + table + ` TO ` + role + `;
+	END $harden$`
 }
 
 // hardenFunctions revokes EXECUTE on every overload of the pg_catalog

@@ -533,8 +533,12 @@ func (a *analyzer) relation(name string) {
 	switch {
 	case perDatabaseStats[name] || strings.HasPrefix(name, "pg_statio_"):
 		a.f.need(classDatabaseWide, name+" is refused for this tenant: it shows other tenants' tables and volume in a shared database")
+	case name == "pg_statistic_ext":
+		// Extended statistics objects' definitions (name, table, columns),
+		// like pg_class's rows; psql's \d reads them. Their values are in
+		// pg_statistic_ext_data, refused below and the table owner's only.
 	case strings.HasPrefix(name, "pg_stat") || refusedRelations[name]:
-		a.f.refuse(name + " is refused: it shows other tenants' sessions, queries, data statistics, roles or databases")
+		a.f.refuse(name + " is refused: it shows other tenants' sessions, queries, data statistics or secrets")
 	case name == "pg_largeobject_metadata":
 		a.f.need(classSharedTables, name+" is refused for this tenant: large objects of the shared tier belong to every tenant")
 	}
@@ -547,9 +551,17 @@ var perDatabaseStats = map[string]bool{
 	"pg_stat_user_functions": true, "pg_stat_xact_user_functions": true,
 }
 
+// refusedRelations reach what other tenants do or hold, or secrets. Not in
+// it, on purpose: pg_roles, pg_user, pg_group, pg_auth_members and
+// pg_database. They list names, role attributes, memberships and ACLs, and
+// tenants' schema, role and database names are random (catalog
+// NewObjectName), so a listing says how many tenants a backend holds and
+// nothing of who they are; psql's \du, \l and \d read them. Their
+// passwords are masked, and role-wide settings (rolconfig) are never set
+// per tenant. pg_authid and pg_shadow hold password verifiers (superuser
+// only anyway); pg_db_role_setting holds settings per database and role.
 var refusedRelations = map[string]bool{
-	"pg_locks": true, "pg_prepared_xacts": true, "pg_roles": true, "pg_user": true, "pg_authid": true,
-	"pg_shadow": true, "pg_group": true, "pg_auth_members": true, "pg_database": true,
+	"pg_locks": true, "pg_prepared_xacts": true, "pg_authid": true, "pg_shadow": true,
 	"pg_db_role_setting": true, "pg_replication_slots": true, "pg_hba_file_rules": true,
 	"pg_ident_file_mappings": true, "pg_file_settings": true, "pg_backend_memory_contexts": true,
 	"pg_shmem_allocations": true, "pg_user_mappings": true, "pg_user_mapping": true,

@@ -11,7 +11,7 @@ import (
 // what would change, reset or escape the tenant context (SET ROLE, the
 // tenant setting, set_config() and the functions that run SQL text),
 // observe other tenants through the server (pg_stat_activity, pg_locks,
-// pg_stats, other databases and roles), or disturb them (ALTER ROLE on the
+// pg_stats, sizes; not names, which are random), or disturb them (ALTER ROLE on the
 // shared serving role, pg_terminate_backend, two-phase commit), and, per
 // tier, what a tenant of that tier may not do (Rules). In transaction
 // pooling mode it also refuses what would outlive the client's

@@ -1,6 +1,7 @@
 package policy
 
 import (
+	_ "embed"
 	"fmt"
 	"strings"
 
@@ -23,14 +24,35 @@ var startupSettings = map[string]bool{
 	"work_mem": true, "jit": true,
 }
 
-// SessionSettings turns startup settings into statements, refusing
-// (pgerr.CodeStatementRefused) any the proxy does not pass on. set_config
+//go:embed pgsettings15.txt
+var pgSettingsList string
+
+// pgSettings are the names, lower-case, of PostgreSQL 15's settings
+// (pg_settings, plus the few it does not list), so that a name the server
+// would not know is answered as the server would answer it, not as a
+// refusal. A dotted name is a placeholder PostgreSQL accepts for any
+// extension, so it is never unknown.
+var pgSettings = func() map[string]bool {
+	m := map[string]bool{}
+	for _, name := range strings.Fields(pgSettingsList) {
+		m[name] = true
+	}
+	return m
+}()
+
+// SessionSettings turns startup settings into statements, answering a
+// name PostgreSQL does not have with its 42704 and refusing
+// (pgerr.CodeStatementRefused) any other the proxy does not pass on. set_config
 // parses the value as PostgreSQL parses a startup parameter (so
 // search_path "a,b" is a list), which SET with a quoted literal would not.
 func SessionSettings(settings []router.Setting) ([]string, error) {
 	out := make([]string, 0, len(settings))
 	for _, s := range settings {
-		if !startupSettings[strings.ToLower(s.Name)] {
+		name := strings.ToLower(s.Name)
+		if !pgSettings[name] && !strings.Contains(name, ".") {
+			return nil, pgerr.Errorf(pgerr.CodeUnrecognizedSetting, "unrecognized configuration parameter \"%s\"", s.Name)
+		}
+		if !startupSettings[name] {
 			return nil, pgerr.Errorf(pgerr.CodeStatementRefused, "setting %q cannot be set at connection start through the proxy", s.Name)
 		}
 		// The statement policy reads SQL as UTF-8; see SafeClientEncoding.

@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/tenantproxy/tenantproxy/internal/pgerr"
 	"github.com/tenantproxy/tenantproxy/policy"
 	"go.uber.org/zap"
 )
@@ -25,6 +26,7 @@ type clientSession interface {
 	drain()
 	// kill ends the session now with 57P01.
 	kill()
+	base() *sessionBase
 }
 
 var (
@@ -50,7 +52,22 @@ type sessionBase struct {
 	// Why a blocked read was interrupted: the relay goroutines look at
 	// these after interruptRead, so each is set before the interrupt.
 	draining, killed atomic.Bool
+	// killedBy, set before killed, is what a kill tells the client in
+	// place of errShuttingDown (endSessions, terminate.go).
+	killedBy atomic.Pointer[pgerr.Error]
 }
+
+// killError is what the session tells its client when it is killed or
+// drained.
+func (b *sessionBase) killError() *pgerr.Error {
+	if e := b.killedBy.Load(); e != nil {
+		return e
+	}
+	return errShuttingDown
+}
+
+// base gives EndSessions the tenant and user of either mode's session.
+func (b *sessionBase) base() *sessionBase { return b }
 
 // counted counts the session among the tenant's connected clients until
 // the returned func is called.
@@ -128,14 +145,17 @@ type replyQueue struct {
 	q    []reply
 	head int
 	// ready counts replyReady entries pending: the ReadyForQuery messages
-	// owed.
-	ready int
+	// owed. readies counts every one ever pushed, so readies-ready is how
+	// many have been answered (or cleared).
+	ready   int
+	readies uint64
 }
 
 func (q *replyQueue) push(r reply) {
 	q.mu.Lock()
 	if r.kind == replyReady {
 		q.ready++
+		q.readies++
 		// Consecutive ReadyForQuery messages owed share an entry, so a
 		// client pipelining plain queries costs a count, not memory per
 		// query.
@@ -193,6 +213,20 @@ func (q *replyQueue) readyFor(forget func(name string)) {
 			forget(r.name)
 		}
 	}
+}
+
+func (q *replyQueue) readyCount() uint64 {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	return q.readies
+}
+
+// answered reports how many ReadyForQuery messages have been consumed or
+// cleared.
+func (q *replyQueue) answered() uint64 {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	return q.readies - uint64(q.ready)
 }
 
 // owed reports how many ReadyForQuery messages the server still owes.

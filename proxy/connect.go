@@ -113,7 +113,9 @@ func (s *Server) connect(ctx context.Context, c *clientConn, lv *live, t *catalo
 	if err != nil {
 		return nil, err
 	}
-	extra, err := policy.SessionSettings(append(startupSettings(p), id.Settings...))
+	// PostgreSQL applies the "-c" options first and the other parameters
+	// after them, so a parameter wins over an option of the same name.
+	extra, err := policy.SessionSettings(append(id.Settings, startupSettings(p)...))
 	if err != nil {
 		return nil, err
 	}
@@ -147,9 +149,9 @@ func idleInTxSetting(d time.Duration) string {
 	return fmt.Sprintf("SET idle_in_transaction_session_timeout = %d", max(d.Milliseconds(), 1))
 }
 
-// startupSettings are the startup packet's settings, in the order
-// PostgreSQL applies them before the "-c" options; sorted, so that the
-// same startup packet always gives the same setup.
+// startupSettings are the startup packet's settings other than the "-c"
+// options, sorted, so that the same startup packet always gives the same
+// setup.
 func startupSettings(p *startupPacket) []router.Setting {
 	names := make([]string, 0, len(p.params))
 	for name := range p.params {

@@ -23,6 +23,7 @@
 //	cancel.go         cancel keys
 //	errors.go         classify and render errors: pool, server, policy and framing errors meet here
 //	server.go         lifecycle: Serve, Shutdown (drain, then kill), Reload
+//	terminate.go      ending sessions from outside (57P01 as pg_terminate_backend): a removed login's
 //
 // Every relay loop frames messages with internal/pgwire's Scanner: it
 // forwards bytes straight out of its read buffer and decodes only what the

@@ -69,6 +69,9 @@ type Server struct {
 	perTenant map[string]int
 	// handlers counts connection and Serve goroutines.
 	handlers sync.WaitGroup
+	// unwatch stops the directory's reports of removed logins
+	// (terminate.go).
+	unwatch func()
 }
 
 // tracked is a client connection the Server can reach at Shutdown: its
@@ -107,6 +110,7 @@ func New(cfg Config, dir router.Directory, backends Backends) (*Server, error) {
 		listeners: make(map[net.Listener]struct{}), conns: make(map[*tracked]struct{}), perTenant: make(map[string]int),
 	}
 	s.live.Store(&live{cfg: cfg})
+	s.watchRemovals(dir)
 	return s, nil
 }
 
@@ -363,6 +367,7 @@ func (s *Server) forwardCancel(pid uint32, secret []byte) {
 // It does not close the Backends.
 func (s *Server) Shutdown(ctx context.Context) error {
 	defer s.buffers.close()
+	s.unwatch()
 	s.mu.Lock()
 	s.closing = true
 	for l := range s.listeners {

@@ -237,7 +237,8 @@ func (ss *pinnedSession) backendStopped(err error, boundary bool, status, last b
 	if !errors.Is(err, os.ErrDeadlineExceeded) || ss.killed.Load() {
 		reason := errServerLost
 		if ss.killed.Load() {
-			reason, err = errShuttingDown, errShuttingDown
+			reason = ss.killError()
+			err = reason
 		}
 		if boundary && (last != pgwire.ErrorResponse || ss.killed.Load()) {
 			ss.client.Write(encodeError(reason, fatal))

@@ -15,8 +15,12 @@ type stmtSet interface {
 }
 
 // expecter records a reply the server will owe for what was written;
-// *replyQueue is one.
-type expecter interface{ push(reply) }
+// *replyQueue is one. readyCount is how many ReadyForQuery messages it has
+// been told of so far.
+type expecter interface {
+	push(reply)
+	readyCount() uint64
+}
 
 // rewriter carries a transaction-mode client's prepared statements across
 // the server connections its transactions land on. It is pure: a client
@@ -48,6 +52,10 @@ type rewriter struct {
 type clientStmt struct {
 	server string // the name on server connections
 	parse  []byte // the Parse message under that name
+	// settles is the count of ReadyForQuery messages by which the
+	// client's Parse has been answered: until then the server may still
+	// fail it, and a second Parse of the name cannot be judged.
+	settles uint64
 }
 
 // unknownStatement is what a client's reference to a statement it never
@@ -91,7 +99,7 @@ func (rw *rewriter) parse(out, m []byte, cs stmtSet, epoch uint64, q expecter) [
 		return append(out, m...)
 	}
 	server := statementName(rw.context, rest)
-	st := &clientStmt{server: server}
+	st := &clientStmt{server: server, settles: q.readyCount() + 1}
 	st.parse = pgwire.AppendHeader(nil, 'P', len(server)+1+len(rest))
 	st.parse = append(append(st.parse, server...), 0)
 	st.parse = append(st.parse, rest...)
@@ -194,6 +202,34 @@ func (rw *rewriter) ensureUnnamed(out []byte, epoch uint64, q expecter) []byte {
 	rw.unnamedEpoch = epoch
 	q.push(reply{kind: replyParse, inject: true})
 	return append(out, rw.unnamed...)
+}
+
+// duplicate reports whether Parse m (whole) names a statement the client
+// already has, as far as the answered ReadyForQuery messages (answered)
+// tell: PostgreSQL fails such a Parse with 42P05, while under server
+// names it would succeed and silently replace the client's statement.
+// A statement whose own Parse is still unanswered is not judged; the
+// new one replaces it, as before.
+func (rw *rewriter) duplicate(m []byte, answered uint64) (string, bool) {
+	name, _, ok := pgwire.CString(m[pgwire.HeaderSize:])
+	if !ok || len(name) == 0 {
+		return "", false
+	}
+	if st := rw.stmts[string(name)]; st == nil || answered < st.settles {
+		return "", false
+	}
+	return string(name), true
+}
+
+// forgetFailed forgets the client's statements whose Parse under server
+// name server failed, settling at ReadyForQuery number settles: to the
+// client they never existed.
+func (rw *rewriter) forgetFailed(server string, settles uint64) {
+	for name, st := range rw.stmts {
+		if st.server == server && st.settles == settles {
+			delete(rw.stmts, name)
+		}
+	}
 }
 
 // statementName is the server-side name of a named statement: a digest

@@ -23,6 +23,16 @@ type replyLog []reply
 
 func (l *replyLog) push(r reply) { *l = append(*l, r) }
 
+func (l *replyLog) readyCount() uint64 {
+	var n uint64
+	for _, r := range *l {
+		if r.kind == replyReady {
+			n++
+		}
+	}
+	return n
+}
+
 // wireMsg builds a whole v3 message of type typ whose body is the parts
 // joined.
 func wireMsg(typ byte, parts ...string) []byte {
@@ -909,4 +919,33 @@ func FuzzRewriter(f *testing.F) {
 		r.epoch = 1
 		r.run()
 	})
+}
+
+// TestRewriterDuplicateNames: a second Parse of a name is judged only once
+// the first one's ReadyForQuery has been answered, and a name whose Parse
+// failed is free again.
+func TestRewriterDuplicateNames(t *testing.T) {
+	rw := newRewriter(rwContext)
+	var q replyLog
+	rw.rewrite(nil, parseMsg("s", rwQuery), fakeStmts{}, 1, &q)
+	again := parseMsg("s", "SELECT 2\x00\x00\x00")
+	for _, tt := range []struct {
+		answered uint64
+		dup      bool
+	}{{0, false}, {1, true}, {2, true}} {
+		if name, dup := rw.duplicate(again, tt.answered); dup != tt.dup || (dup && name != "s") {
+			t.Errorf("answered %d: duplicate = %q %v; want %v", tt.answered, name, dup, tt.dup)
+		}
+	}
+	if _, dup := rw.duplicate(parseMsg("", rwQuery), 5); dup {
+		t.Error("the unnamed statement is never a duplicate")
+	}
+	rw.forgetFailed(statementName(rwContext, []byte(rwQuery)), 2)
+	if _, dup := rw.duplicate(again, 2); !dup {
+		t.Error("forgetFailed of another ReadyForQuery's Parse forgot s")
+	}
+	rw.forgetFailed(statementName(rwContext, []byte(rwQuery)), 1)
+	if _, dup := rw.duplicate(again, 2); dup {
+		t.Error("s is still known after its Parse failed")
+	}
 }

@@ -76,11 +76,11 @@ func (tx *txSession) woken(err error) (done bool, _ error) {
 	}
 	if tx.killed.Load() || tx.draining.Load() {
 		if !tx.isBound() {
-			tx.client.Write(encodeError(errShuttingDown, fatal))
-			return true, errShuttingDown
+			tx.client.Write(encodeError(tx.killError(), fatal))
+			return true, tx.killError()
 		}
 		if tx.killed.Load() {
-			return true, errShuttingDown
+			return true, tx.killError()
 		}
 	}
 	if tx.idleInTxExpired() {
@@ -195,8 +195,8 @@ func (tx *txSession) unboundMessage(typ byte, r string) (answered bool, err erro
 // message of type typ starts, with its context set-up in tx.out.
 func (tx *txSession) acquire(typ byte) error {
 	if tx.draining.Load() || tx.killed.Load() {
-		tx.client.Write(encodeError(errShuttingDown, fatal))
-		return errShuttingDown
+		tx.client.Write(encodeError(tx.killError(), fatal))
+		return tx.killError()
 	}
 	c, setup, queries, err := tx.backends.AcquireTx(tx.srv.ctx, tx.target)
 	if err != nil {
@@ -339,10 +339,16 @@ func (tx *txSession) message(c *pool.Conn, typ byte, refusal string) {
 		tx.refuse(refused(errFastPath))
 	case pgwire.Parse:
 		tx.partial = true
+		var why error
 		if refusal != "" {
+			why = tx.explain(refusal)
+		} else if name, dup := tx.stmts.duplicate(tx.in, tx.replies.answered()); dup {
+			why = pgerr.Errorf(pgerr.CodeDuplicatePreparedStatement, "prepared statement \"%s\" already exists", name)
+		}
+		if why != nil {
 			// The server fails the stand-in and skips the rest of the
 			// batch up to Sync.
-			tx.replies.push(reply{kind: replyRefused, refusal: tx.explain(refusal)})
+			tx.replies.push(reply{kind: replyRefused, refusal: why})
 			standIn, unnamed := standInParse(tx.in)
 			if unnamed {
 				tx.stmts.dropUnnamed()

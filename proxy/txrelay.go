@@ -190,10 +190,15 @@ func (tx *txSession) parameterStatus(c *pool.Conn, body []byte) {
 }
 
 // ready consumes the expected replies up to the ReadyForQuery being
-// relayed. Parses pending there failed and are forgotten on c, under mu:
-// the client loop adds statements to c under mu too.
+// relayed. Parses pending there failed and are forgotten on c and, when
+// they were the client's own, by the client, under mu: the client loop
+// adds statements to both under mu too.
 func (tx *txSession) ready(c *pool.Conn) {
 	tx.mu.Lock()
 	defer tx.mu.Unlock()
-	tx.replies.readyFor(c.ForgetStatement)
+	settles := tx.replies.answered() + 1
+	tx.replies.readyFor(func(name string) {
+		c.ForgetStatement(name)
+		tx.stmts.forgetFailed(name, settles)
+	})
 }

@@ -267,10 +267,10 @@ func (tx *txSession) serverStopped(c *pool.Conn, err error, boundary bool) (more
 	}
 	switch {
 	case tx.killed.Load():
-		tx.fail(c, errShuttingDown)
+		tx.fail(c, tx.killError())
 		tx.backends.ReleaseTx(c, false)
 		if boundary {
-			tx.client.Write(encodeError(errShuttingDown, fatal))
+			tx.client.Write(encodeError(tx.killError(), fatal))
 		}
 	case tx.clientGone.Load():
 		tx.unbind(c)

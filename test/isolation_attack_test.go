@@ -29,7 +29,8 @@ var (
 
 // attack is one attempt by a tenant with valid credentials to read,
 // write, observe or disturb another tenant. In sql, {victim} is the
-// victim's subdomain, {role} victimRole.
+// victim's subdomain, {name} its schema or database name (objectName),
+// {role} isolationEnv.victimRole.
 type attack struct {
 	name string
 	sql  string
@@ -69,6 +70,10 @@ var notShared = map[catalog.Tier]outcome{
 	catalog.TierSchema:   {code: "42703", msg: "tenant_id"},
 	catalog.TierDatabase: {code: "42703", msg: "tenant_id"},
 }
+
+// noStatistics is the database's answer, where tenants share it, to
+// reading pg_class's row and page estimates (migrations.Harden).
+var noStatistics = outcome{code: "42501", msg: "permission denied for table pg_class"}
 
 // ownDatabase is for what the database tier's rules allow, alone in its
 // database: there the database itself decides, with outcome o.
@@ -124,16 +129,16 @@ var attacks = []attack{
 	{name: "query_to_xml running set_config", sql: "SELECT query_to_xml('SELECT set_config(''role'', ''{role}'', false)', true, true, '')", want: refused},
 	{name: "ts_rewrite running a query", sql: "SELECT ts_rewrite('a'::tsquery, 'SELECT set_config(''role'', ''{role}'', false)::tsquery, ''b''::tsquery')", want: refused},
 	{name: "UPDATE pg_settings (its rule calls set_config)", sql: "UPDATE pg_settings SET setting = '{victim}' WHERE name = 'app.tenant_id'", want: refused},
-	{name: "search_path through pg_settings", sql: "UPDATE pg_catalog.pg_settings SET setting = 'tenant_{victim}' WHERE name = 'search_path'", want: refused},
-	{name: "search_path to the victim's schema", sql: "BEGIN; SET LOCAL search_path = tenant_{victim}, public; SELECT body FROM messages", want: refused, simpleOnly: true,
+	{name: "search_path through pg_settings", sql: "UPDATE pg_catalog.pg_settings SET setting = '{name}' WHERE name = 'search_path'", want: refused},
+	{name: "search_path to the victim's schema", sql: "BEGIN; SET LOCAL search_path = {name}, public; SELECT body FROM messages", want: refused, simpleOnly: true,
 		tiers: map[catalog.Tier]outcome{catalog.TierDatabase: harmless}},
 	{name: "client encoding that hides statements from the proxy", sql: "SET client_encoding = 'SJIS'", want: refused},
 	{name: "standard_conforming_strings off", sql: "SET standard_conforming_strings = off", want: refused},
 
 	// Reading and writing the victim's data.
-	{name: "SELECT from the victim's schema", sql: "SELECT body FROM tenant_{victim}.messages",
+	{name: "SELECT from the victim's schema", sql: "SELECT body FROM {name}.messages",
 		want: outcome{code: "42P01", msg: "does not exist"}, tiers: map[catalog.Tier]outcome{catalog.TierSchema: {code: "42501", msg: "permission denied for schema"}}},
-	{name: "INSERT into the victim's schema", sql: "INSERT INTO tenant_{victim}.users (username) VALUES ('mallory')",
+	{name: "INSERT into the victim's schema", sql: "INSERT INTO {name}.users (username) VALUES ('mallory')",
 		want: outcome{code: "42P01", msg: "does not exist"}, tiers: map[catalog.Tier]outcome{catalog.TierSchema: {code: "42501", msg: "permission denied for schema"}}},
 	{name: "SELECT the victim's rows by tenant_id", sql: "SELECT body FROM messages WHERE tenant_id = '{victim}'", tiers: withShared(harmless, notShared)},
 	{name: "INSERT a row for the victim", sql: "INSERT INTO users (tenant_id, username) VALUES ('{victim}', 'mallory')",
@@ -158,7 +163,7 @@ var attacks = []attack{
 	{name: "large objects of the serving role", sql: "SELECT lo_get(oid) FROM pg_largeobject_metadata", want: refused, tiers: notSharedTier(harmless)},
 	{name: "pg_read_file", sql: "SELECT pg_read_file('/etc/passwd')", want: refused},
 	{name: "CREATE EXTENSION dblink", sql: "CREATE EXTENSION dblink", want: refused},
-	{name: "dblink to the victim's database", sql: "SELECT * FROM dblink('dbname=tenant_{victim}', 'SELECT body FROM messages') AS t(body text)", want: refused},
+	{name: "dblink to the victim's database", sql: "SELECT * FROM dblink('dbname={name}', 'SELECT body FROM messages') AS t(body text)", want: refused},
 
 	// Roles and databases every tenant shares.
 	{name: "ALTER ROLE serving role SET role", sql: "ALTER ROLE CURRENT_USER SET role = '{role}'", want: refused},
@@ -177,8 +182,8 @@ var attacks = []attack{
 	{name: "pg_stats most common values", sql: "SELECT most_common_vals::text FROM pg_stats WHERE tablename = 'messages'", want: refused},
 	{name: "pg_stat_user_tables row counts", sql: "SELECT relname, n_live_tup FROM pg_stat_user_tables", want: refused, tiers: ownDatabase(harmless)},
 	{name: "relation size of a shared table", sql: "SELECT pg_total_relation_size('messages')", want: refused, tiers: ownDatabase(harmless)},
-	{name: "pg_database names", sql: "SELECT datname FROM pg_database", want: refused},
-	{name: "pg_roles names", sql: "SELECT rolname FROM pg_roles", want: refused},
+	{name: "planner estimates of a shared table's rows", sql: "SELECT reltuples, relpages, relallvisible FROM pg_class WHERE relname = 'messages'", want: noStatistics, tiers: ownDatabase(harmless)},
+	{name: "planner estimates through a whole-row reference", sql: "SELECT c::text FROM pg_class c WHERE relname = 'messages'", want: noStatistics, tiers: ownDatabase(harmless)},
 	{name: "EXPLAIN estimates over every tenant's rows", sql: "EXPLAIN SELECT * FROM messages WHERE body = 'guess-{victim}'", want: refused, tiers: notSharedTier(harmless)},
 	{name: "LISTEN on the victim's channel", sql: "LISTEN {victim}_events", want: refused, tiers: ownDatabase(harmless), txn: ownDatabase(sessionOnly)},
 	{name: "NOTIFY the victim's channel", sql: "NOTIFY {victim}_events, 'spoofed'", want: refused, tiers: ownDatabase(harmless)},
@@ -187,11 +192,13 @@ var attacks = []attack{
 	{name: "LOCK a shared table", sql: "BEGIN; LOCK TABLE messages IN ACCESS EXCLUSIVE MODE; COMMIT", want: refused, simpleOnly: true, tiers: notSharedTier(harmless)},
 	{name: "pg_terminate_backend of every session", sql: "SELECT pg_terminate_backend(pid) FROM pg_stat_activity", want: refused},
 	{name: "pg_cancel_backend", sql: "SELECT pg_cancel_backend(1)", want: refused},
-	// Permitted: what they show is the attacker's own, or names only
-	// (schema names are a documented residual of the schema tier).
+	// Permitted: what they show is the attacker's own, or names only, which
+	// are random (TestIsolationNamesRevealNoTenant).
 	{name: "current_setting of the tenant setting", sql: "SELECT current_setting('app.tenant_id', true)", want: harmless},
 	{name: "pg_prepared_statements", sql: "SELECT name, statement FROM pg_prepared_statements", want: harmless},
 	{name: "pg_namespace browsing (psql \\dn)", sql: "SELECT nspname FROM pg_catalog.pg_namespace", want: harmless},
+	{name: "pg_database names (psql \\l)", sql: "SELECT datname FROM pg_database", want: harmless},
+	{name: "pg_roles names (psql \\du)", sql: "SELECT rolname FROM pg_roles", want: harmless},
 	{name: "all tables readable in the current database", sql: "SELECT string_agg(body, ',') FROM messages", want: harmless},
 }
 
@@ -214,12 +221,13 @@ func TestIsolationAttacks(t *testing.T) {
 			mode, proto := run[0], run[1]
 			t.Run(string(p.tier)+"/"+mode+"/"+proto, func(t *testing.T) {
 				conn := e.pgconnIn(t, mode, p.attacker)
+				replacer := strings.NewReplacer("{victim}", p.victim, "{name}", e.objectName(t, p.victim), "{role}", e.victimRole)
 				baseline := sessionContext(t, conn)
 				for _, a := range attacks {
 					if a.simpleOnly && proto == "extended" {
 						continue
 					}
-					sql := strings.NewReplacer("{victim}", p.victim, "{role}", victimRole).Replace(a.sql)
+					sql := replacer.Replace(a.sql)
 					text, err := runAttack(t, conn, proto, sql)
 					want := a.outcome(p.tier, mode)
 					checkOutcome(t, a.name, sql, err, want)

@@ -18,10 +18,6 @@ type isolationPair struct {
 	attacker, victim string
 }
 
-// victimRole is the role the serving role is a member of that is most
-// worth stealing: a schema-tier tenant's. Every tier's attacker goes for it.
-const victimRole = "tenant_wayne"
-
 var isolationPairs = []isolationPair{
 	{catalog.TierShared, "acme", "globex"},
 	{catalog.TierSchema, "initech", "wayne"},
@@ -32,6 +28,10 @@ var isolationPairs = []isolationPair{
 // and a planted secret in every tenant, with one proxy per pooling mode.
 type isolationEnv struct {
 	*proxyEnv
+	// victimRole is the role the serving role is a member of that is most
+	// worth stealing: a schema-tier tenant's (wayne's). Every tier's
+	// attacker goes for it.
+	victimRole string
 	// addr serves in session mode, addrs by mode.
 	addr  string
 	addrs map[string]string
@@ -52,6 +52,7 @@ func newIsolationEnv(t *testing.T) *isolationEnv {
 		}
 	}
 	ie := &isolationEnv{proxyEnv: e, addrs: map[string]string{}}
+	ie.victimRole = e.objectName(t, "wayne")
 	for _, mode := range poolModes {
 		_, ie.addrs[mode] = e.startProxy(t, proxy.Config{PoolMode: mode})
 	}

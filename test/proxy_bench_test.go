@@ -48,7 +48,7 @@ func reportLatency(b *testing.B, out string) {
 func BenchmarkSelectOnly(b *testing.B) {
 	e := newProxyEnv(b)
 	ctx := ctxT(b)
-	db := "tenant_umbrella"
+	db := e.objectName(b, "umbrella")
 	pgbench := clientTool(b, "pgbench")
 	direct := e.cluster.DSN(db)
 	run(b, pgbench, "-i", "-q", "-s", "1", direct)

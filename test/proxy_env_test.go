@@ -89,6 +89,24 @@ func (e *proxyEnv) startProxy(t testing.TB, cfg proxy.Config) (*proxy.Server, st
 	return StartProxy(t, cfg, e.cat, e.pool)
 }
 
+// objectName is the schema, role or database name the catalog gave tenant
+// sub: its schema's in the schema tier, its database's in the database
+// tier, and in the shared tier, which has none, a fresh name no object has.
+func (e *proxyEnv) objectName(t testing.TB, sub string) string {
+	t.Helper()
+	tn, err := e.cat.Show(ctxT(t), sub)
+	if err != nil {
+		t.Fatalf("tenant %s: %v", sub, err)
+	}
+	switch tn.Tier {
+	case catalog.TierSchema:
+		return tn.SchemaName
+	case catalog.TierDatabase:
+		return tn.Database
+	}
+	return catalog.NewObjectName()
+}
+
 // dsn is a libpq URL for user at the proxy, with extra query parameters.
 func dsn(addr, user, password string, extra ...string) string {
 	host, port, _ := net.SplitHostPort(addr)

@@ -264,7 +264,7 @@ func TestSessionLifecycle(t *testing.T) {
 			}
 		}
 		out := run(t, clientTool(t, "psql"), "host="+dir+" port=6432 dbname=app user=alice.initech password="+tenantPassword, "-X", "-A", "-t", "-c", "SELECT current_user")
-		if strings.TrimSpace(out) != "tenant_initech" {
+		if strings.TrimSpace(out) != e.objectName(t, "initech") {
 			t.Fatalf("over the unix socket: %q", out)
 		}
 		if err := srv.Shutdown(ctx); err != nil {

@@ -57,7 +57,7 @@ func TestTransparency(t *testing.T) {
 	args := []string{"-X", "-a", "-v", "ON_ERROR_STOP=0", "-v", "VERBOSITY=verbose", "-f", script}
 	// Both run as the tenant's login role, so ownership and permissions
 	// match.
-	direct, _ := runErr(psql, append([]string{e.tenantLoginDSN(t, "umbrella", "tenant_umbrella")}, args...)...)
+	direct, _ := runErr(psql, append([]string{e.tenantLoginDSN(t, "umbrella", e.objectName(t, "umbrella"))}, args...)...)
 	proxied, _ := runErr(psql, append([]string{dsn(addr, "alice.umbrella", tenantPassword)}, args...)...)
 	if direct != proxied {
 		t.Fatalf("output differs\n--- direct\n%s\n--- through the proxy\n%s", direct, proxied)

@@ -112,7 +112,7 @@ func TestDatabaseTierRoleChangesReachNoOtherTenant(t *testing.T) {
 	var own, serving string
 	if err := admin.QueryRow(ctx, `SELECT coalesce((SELECT array_to_string(setconfig, ',') FROM pg_db_role_setting WHERE setrole = $1::regrole), ''),
 		coalesce((SELECT array_to_string(setconfig, ',') FROM pg_db_role_setting WHERE setrole = $2::regrole), '')`,
-		catalog.DerivedName("umbrella"), migrations.ServingRole).Scan(&own, &serving); err != nil {
+		e.objectName(t, "umbrella"), migrations.ServingRole).Scan(&own, &serving); err != nil {
 		t.Fatal(err)
 	}
 	if !strings.Contains(own, "search_path=evil") || !strings.Contains(own, "application_name=lent") {
@@ -191,10 +191,10 @@ func TestSchemaTierAllowDDLOwnSchemaOnly(t *testing.T) {
 			}
 			var where string
 			if err := admin.QueryRow(ctx, "SELECT schemaname || '.' || tableowner FROM pg_tables WHERE tablename = $1", table).Scan(&where); err != nil ||
-				where != catalog.DerivedName("initech")+"."+catalog.DerivedName("initech") {
+				where != e.objectName(t, "initech")+"."+e.objectName(t, "initech") {
 				t.Errorf("the new table is in schema.owner %q (%v); want the tenant's schema and role", where, err)
 			}
-			for _, other := range []string{"public", catalog.DerivedName("wayne")} {
+			for _, other := range []string{"public", e.objectName(t, "wayne")} {
 				_, err := initech.Exec(ctx, "CREATE TABLE "+other+".planted_"+mode+" (x int)")
 				if sqlstateOf(err) != "42501" {
 					t.Errorf("allow_ddl tenant CREATE TABLE in schema %s: %v; want SQLSTATE 42501", other, err)
@@ -222,7 +222,7 @@ func TestSchemaTierAllowDDLOwnSchemaOnly(t *testing.T) {
 func TestUpgradeGivesDatabaseTierTenantItsRole(t *testing.T) {
 	e := newProxyEnv(t)
 	ctx := ctxT(t)
-	db := catalog.DerivedName("umbrella")
+	db := e.objectName(t, "umbrella")
 	admin := connect(t, e.cluster.DSN(db))
 	var adminRole string
 	if err := admin.QueryRow(ctx, "SELECT current_user").Scan(&adminRole); err != nil {
@@ -282,7 +282,7 @@ func TestUpgradeGivesDatabaseTierTenantItsRole(t *testing.T) {
 func TestDatabaseTierMigrationsRunAsTheTenant(t *testing.T) {
 	e := newProxyEnv(t)
 	ctx := ctxT(t)
-	db := catalog.DerivedName("umbrella")
+	db := e.objectName(t, "umbrella")
 	tenant := connect(t, e.tenantLoginDSN(t, "umbrella", db))
 	if _, err := tenant.Exec(ctx, `CREATE TABLE ran_as (who text);
 		CREATE FUNCTION record_who() RETURNS trigger LANGUAGE plpgsql AS $$

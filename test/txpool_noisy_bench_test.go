@@ -144,7 +144,7 @@ func quietP99(ctx context.Context, b *testing.B, c *pgx.Conn) float64 {
 func BenchmarkTxPoolSelectOnly(b *testing.B) {
 	e := newProxyEnvWith(b, pgcluster.Options{}, pool.Config{MaxConnsPerKey: 2})
 	ctx := ctxT(b)
-	db := "tenant_umbrella"
+	db := e.objectName(b, "umbrella")
 	pgbench := clientTool(b, "pgbench")
 	run(b, pgbench, "-i", "-q", "-s", "1", e.cluster.DSN(db))
 	// The tenant's login role, named like its database, is whom the

@@ -7,6 +7,14 @@ import (
 	"github.com/spf13/cobra"
 )
 
+// version and commit are stamped by scripts/build-release.sh through
+// -ldflags -X; a plain go build leaves them empty and versionString falls
+// back to what the toolchain embeds.
+var (
+	version string
+	commit  string
+)
+
 func newVersionCommand() *cobra.Command {
 	return &cobra.Command{
 		Use:   "version",
@@ -18,14 +26,15 @@ func newVersionCommand() *cobra.Command {
 	}
 }
 
-// versionString reads the module version and VCS stamp that the Go
-// toolchain embeds, so no build flag has to be remembered.
+// versionString prefers the release stamp and otherwise reads the module
+// version and VCS stamp that the Go toolchain embeds, so a developer's
+// build still says where it came from.
 func versionString() string {
 	info, ok := debug.ReadBuildInfo()
 	if !ok {
 		return "tenantproxy (unknown build)"
 	}
-	version, revision, modified := info.Main.Version, "", ""
+	v, revision, modified := info.Main.Version, "", ""
 	for _, s := range info.Settings {
 		switch s.Key {
 		case "vcs.revision":
@@ -39,5 +48,11 @@ func versionString() string {
 	if len(revision) > 12 {
 		revision = revision[:12]
 	}
-	return fmt.Sprintf("tenantproxy %s %s%s %s", version, revision, modified, info.GoVersion)
+	if version != "" {
+		v = version
+	}
+	if commit != "" {
+		revision, modified = commit, ""
+	}
+	return fmt.Sprintf("tenantproxy %s %s%s %s", v, revision, modified, info.GoVersion)
 }

@@ -70,6 +70,14 @@ const (
 	// open and idle past the proxy's limit (FATAL 25P03, PostgreSQL's
 	// idle_in_transaction_session_timeout).
 	CodeIdleInTransaction
+	// CodeDuplicatePreparedStatement: a transaction-mode client parsed a
+	// statement under a name it already uses (ERROR 42P05, PostgreSQL's
+	// duplicate_prepared_statement); the proxy keeps the client's names.
+	CodeDuplicatePreparedStatement
+	// CodeUnrecognizedSetting: a client named a setting PostgreSQL does
+	// not have (42704, PostgreSQL's "unrecognized configuration
+	// parameter"; FATAL at connection start, as from the server).
+	CodeUnrecognizedSetting
 
 	// codeCount is the number of codes; it stays last.
 	codeCount

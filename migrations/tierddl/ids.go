@@ -1,0 +1,109 @@
+package tierddl
+
+import "strings"
+
+// The proxy's schemas in the shared database. Tenants (the serving role)
+// have USAGE on ProxySchema, to call NextIDFunction, and nothing on
+// SequenceSchema, where the per-tenant sequences live.
+const (
+	ProxySchema    = "tenantproxy"
+	SequenceSchema = "tenantproxy_ids"
+	// NextIDFunction returns a column's next id for the session's tenant.
+	NextIDFunction = ProxySchema + ".next_id"
+	// ForgetIDsFunction(tenant) drops the tenant's id sequences.
+	ForgetIDsFunction = ProxySchema + ".forget_ids"
+	// idKeysTable lists the id columns migrations declared: NextIDFunction
+	// creates sequences only for those, so a tenant calling it by hand
+	// cannot create sequences without end.
+	idKeysTable = "id_keys"
+	// idSaltTable holds one random value per shared database, hashed into
+	// every sequence name, so a name says nothing a tenant could check a
+	// guess (another tenant's id) against.
+	idSaltTable = "id_salt"
+)
+
+// nextIDCall is the default of the id column key.
+func nextIDCall(key string) string { return NextIDFunction + "(" + quoteLiteral(key) + ")" }
+
+// Bootstrap is the SQL that prepares a shared database for transformed
+// migrations: the proxy's schemas, the id salt and NextIDFunction. It is
+// idempotent (the function is replaced, the salt kept) and must run as the
+// role that applies migrations (a superuser), which then owns the
+// function: SECURITY DEFINER lets it create and advance sequences in a
+// schema the serving role cannot reach.
+//
+// Each tenant gets one sequence per id column, created on the tenant's
+// first insert, so its ids go 1, 2, 3 … whatever other tenants insert.
+// Two sessions inserting the tenant's first row at once both try to
+// create the sequence: the second waits on the first's uncommitted
+// catalog row, then gets unique_violation (or duplicate_table), which the
+// function takes as "already there". currval and lastval of these
+// sequences need privileges the serving role does not have: use
+// INSERT … RETURNING.
+//
+// ForgetIDsFunction, for the migration role only, drops a tenant's
+// sequences: a deleted tenant's go with its rows.
+func Bootstrap() string {
+	r := strings.NewReplacer(
+		"$proxy", ProxySchema, "$seqs", SequenceSchema, "$keys", idKeysTable, "$salt", idSaltTable,
+		"$next", NextIDFunction, "$forget", ForgetIDsFunction, "$serving", quoteIdent(ServingRole), "$guc", quoteLiteral(TenantGUC))
+	return r.Replace(`CREATE SCHEMA IF NOT EXISTS $proxy;
+REVOKE ALL ON SCHEMA $proxy FROM PUBLIC;
+GRANT USAGE ON SCHEMA $proxy TO $serving;
+CREATE SCHEMA IF NOT EXISTS $seqs;
+REVOKE ALL ON SCHEMA $seqs FROM PUBLIC;
+CREATE TABLE IF NOT EXISTS $proxy.$keys (key text PRIMARY KEY);
+CREATE TABLE IF NOT EXISTS $proxy.$salt (only_row boolean PRIMARY KEY DEFAULT true CHECK (only_row), salt text NOT NULL);
+INSERT INTO $proxy.$salt (salt) VALUES (gen_random_uuid()::text) ON CONFLICT DO NOTHING;
+REVOKE ALL ON $proxy.$keys, $proxy.$salt FROM PUBLIC;
+CREATE OR REPLACE FUNCTION $proxy.id_sequence(tenant text, key text) RETURNS text
+LANGUAGE sql STABLE STRICT
+SET search_path = pg_catalog, pg_temp
+AS $fn$ SELECT 'id_' || md5(s.salt || '/' || tenant || '/' || key) FROM $proxy.$salt s $fn$;
+REVOKE ALL ON FUNCTION $proxy.id_sequence(text, text) FROM PUBLIC;
+CREATE OR REPLACE FUNCTION $forget(tenant text) RETURNS void
+LANGUAGE plpgsql VOLATILE STRICT
+SET search_path = pg_catalog, pg_temp
+AS $fn$
+DECLARE
+	k text;
+BEGIN
+	FOR k IN SELECT key FROM $proxy.$keys LOOP
+		EXECUTE format('DROP SEQUENCE IF EXISTS $seqs.%I', $proxy.id_sequence(tenant, k));
+	END LOOP;
+END
+$fn$;
+REVOKE ALL ON FUNCTION $forget(text) FROM PUBLIC;
+CREATE OR REPLACE FUNCTION $next(key text) RETURNS bigint
+LANGUAGE plpgsql VOLATILE STRICT SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $fn$
+DECLARE
+	tenant text := NULLIF(current_setting($guc, true), '');
+	seq text;
+	rel regclass;
+BEGIN
+	IF tenant IS NULL THEN
+		RAISE EXCEPTION 'no tenant is set for this session: ids are numbered per tenant'
+			USING ERRCODE = '42501';
+	END IF;
+	seq := $proxy.id_sequence(tenant, key);
+	rel := to_regclass('$seqs.' || quote_ident(seq));
+	IF rel IS NULL THEN
+		IF NOT EXISTS (SELECT FROM $proxy.$keys k WHERE k.key = next_id.key) THEN
+			RAISE EXCEPTION 'no migration declared the id column %', key USING ERRCODE = '42704';
+		END IF;
+		BEGIN
+			EXECUTE format('CREATE SEQUENCE $seqs.%I', seq);
+		EXCEPTION WHEN unique_violation OR duplicate_table THEN
+			-- A concurrent first use created it and committed.
+		END;
+		rel := to_regclass('$seqs.' || quote_ident(seq));
+	END IF;
+	RETURN nextval(rel);
+END
+$fn$;
+REVOKE ALL ON FUNCTION $next(text) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION $next(text) TO $serving;
+`)
+}

@@ -1,0 +1,100 @@
+package test
+
+import (
+	"errors"
+	"os"
+	"strings"
+	"testing"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+
+	"github.com/tenantproxy/tenantproxy/proxy"
+)
+
+// TestStartupParametersAsPostgreSQL: the same startup packet gives the
+// same settings, or the same error, directly and through the proxy in
+// both pool modes: startup parameters win over "-c" options (PostgreSQL
+// applies the options first), an explicitly empty application_name stays
+// empty, and a parameter PostgreSQL does not know fails with its 42704.
+func TestStartupParametersAsPostgreSQL(t *testing.T) {
+	e := newProxyEnv(t)
+	ctx := ctxT(t)
+	direct := e.cluster.DSN("postgres")
+	sep := "?"
+	if strings.Contains(direct, "?") {
+		sep = "&"
+	}
+	connStrings := map[string]func(params ...string) string{
+		"direct": func(params ...string) string { return direct + sep + strings.Join(params, "&") },
+	}
+	for _, mode := range []string{proxy.PoolSession, proxy.PoolTransaction} {
+		_, addr := e.startProxy(t, proxy.Config{PoolMode: mode})
+		connStrings[mode] = func(params ...string) string { return dsn(addr, "alice.acme", tenantPassword, params...) }
+	}
+	// outcome is the settings' values, or the error's severity, SQLSTATE
+	// and message.
+	outcome := func(t *testing.T, connString string) string {
+		conn, err := pgx.Connect(ctx, connString)
+		if err != nil {
+			var pe *pgconn.PgError
+			if errors.As(err, &pe) {
+				return pe.Severity + " " + pe.Code + " " + pe.Message
+			}
+			t.Fatalf("connect: %v", err)
+		}
+		defer conn.Close(ctx)
+		var app, dateStyle string
+		if err := conn.QueryRow(ctx, "SELECT '[' || current_setting('application_name') || ']', current_setting('DateStyle')").Scan(&app, &dateStyle); err != nil {
+			t.Fatal(err)
+		}
+		return app + " " + dateStyle
+	}
+	for _, tt := range []struct {
+		name   string
+		params []string
+	}{
+		{"parameter over option", []string{"application_name=param", "options=-c%20application_name%3Doption%20-c%20DateStyle%3DGerman", "DateStyle=SQL,%20DMY"}},
+		{"empty application_name", []string{"application_name="}},
+		{"unknown parameter", []string{"no_such_setting=1"}},
+		{"unknown option", []string{"options=-c%20no_such_setting%3D1"}},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			want := outcome(t, connStrings["direct"](tt.params...))
+			for _, mode := range []string{proxy.PoolSession, proxy.PoolTransaction} {
+				if got := outcome(t, connStrings[mode](tt.params...)); got != want {
+					t.Errorf("%s mode: %q; directly: %q", mode, got, want)
+				}
+			}
+		})
+	}
+}
+
+// TestKnownSettingsListMatchesTheServer: policy/pgsettings15.txt, the
+// names the proxy treats as PostgreSQL's settings, holds every setting the
+// server under test lists, so no real setting is answered as unknown.
+func TestKnownSettingsListMatchesTheServer(t *testing.T) {
+	e := newProxyEnv(t)
+	raw, err := os.ReadFile("../policy/pgsettings15.txt")
+	if err != nil {
+		t.Fatal(err)
+	}
+	known := map[string]bool{}
+	for _, name := range strings.Fields(string(raw)) {
+		known[name] = true
+	}
+	conn := connect(t, e.cluster.DSN("postgres"))
+	rows, err := conn.Query(ctxT(t), "SELECT lower(name) FROM pg_settings WHERE name NOT LIKE '%.%'")
+	if err != nil {
+		t.Fatal(err)
+	}
+	names, err := pgx.CollectRows(rows, pgx.RowTo[string])
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, name := range names {
+		if !known[name] {
+			t.Errorf("setting %s is missing from policy/pgsettings15.txt", name)
+		}
+	}
+}
