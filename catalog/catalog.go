@@ -53,8 +53,16 @@ type Catalog struct {
 	// mu orders cache fills against invalidations: a look-up stores its
 	// result only if no invalidation happened since it started reading
 	// (gen), so a slow reader cannot put back a row a notification dropped.
-	mu        sync.Mutex
-	gen       uint64
+	mu  sync.Mutex
+	gen uint64
+	// epoch counts purges. A purge (the listener lost, an unknown
+	// notification) keeps the entries, but only as the last known state:
+	// one from an older epoch is served only while the control database
+	// cannot be read (cached).
+	epoch uint64
+	// stale is set while look-ups are being answered from the last known
+	// state, so that the outage is logged once, not per look-up.
+	stale     atomic.Bool
 	listening atomic.Bool
 	ttl       time.Duration
 	tenants   *lru.Cache[string, entry[Tenant]]
@@ -96,6 +104,11 @@ func Open(ctx context.Context, dsn string, opts Options) (*Catalog, error) {
 	cfg, err := pgxpool.ParseConfig(dsn)
 	if err != nil {
 		return nil, errors.New("catalog: invalid control DSN")
+	}
+	if cfg.ConnConfig.ConnectTimeout == 0 {
+		// A control database that drops packets must fail a look-up in
+		// time for the last known state to answer it (cached).
+		cfg.ConnConfig.ConnectTimeout = 5 * time.Second
 	}
 	db, err := pgxpool.NewWithConfig(ctx, cfg)
 	if err != nil {
@@ -147,9 +160,10 @@ func (c *Catalog) connectListener(ctx context.Context, cfg *pgx.ConnConfig) (*pg
 }
 
 // listen applies notifications until ctx ends, reconnecting with backoff
-// when the connection drops. While it is not listening the caches are empty
-// and nothing is stored in them, since a missed notification would otherwise
-// leave a stale entry for a whole TTL.
+// when the connection drops. While it is not listening every cached entry
+// is the last known state only (served when the catalog cannot be read)
+// and nothing is stored, since a missed notification would otherwise leave
+// a stale entry for a whole TTL.
 func (c *Catalog) listen(ctx context.Context, cfg *pgx.ConnConfig, conn *pgx.Conn) {
 	defer close(c.done)
 	for {
@@ -228,16 +242,12 @@ func (c *Catalog) purge() {
 	c.purgeLocked()
 }
 
-func (c *Catalog) purgeLocked() {
-	c.tenants.Purge()
-	c.backends.Purge()
-	c.users.Purge()
-}
+func (c *Catalog) purgeLocked() { c.epoch++ }
 
-func (c *Catalog) generation() uint64 {
+func (c *Catalog) generation() (gen, epoch uint64) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	return c.gen
+	return c.gen, c.epoch
 }
 
 // entry is a cached value and when it stops being trusted. The TTL is
@@ -246,23 +256,43 @@ func (c *Catalog) generation() uint64 {
 type entry[V any] struct {
 	v       V
 	expires time.Time
+	epoch   uint64
 }
 
 // cached serves key from cache or loads it; a load is stored only when no
 // invalidation raced it and the listener is up.
+//
+// When the load fails for any reason but a missing row (the control
+// database is down or unreachable), the last known entry answers, even
+// expired or from before a purge: tenants and users already known keep
+// logging in through an outage of the catalog, which cannot change while
+// it is down. An entry a notification named is gone (invalidate), so a
+// change the listener heard is never undone this way; one whose
+// notification was lost with the connection is served as it was until
+// the catalog answers again.
 func cached[V any](c *Catalog, cache *lru.Cache[string, entry[V]], key string, load func() (V, error)) (V, error) {
-	if e, ok := cache.Get(key); ok && time.Now().Before(e.expires) {
+	e, known := cache.Get(key)
+	gen, epoch := c.generation()
+	if known && e.epoch == epoch && time.Now().Before(e.expires) {
 		return e.v, nil
 	}
-	gen := c.generation()
 	v, err := load()
 	if err != nil {
+		if known && !errors.Is(err, ErrNotFound) {
+			if !c.stale.Swap(true) {
+				c.log.Warn("catalog unreachable: serving known tenants, users and backends from the last known state", zap.Error(err))
+			}
+			return e.v, nil
+		}
 		return v, err
+	}
+	if c.stale.Swap(false) {
+		c.log.Info("catalog reachable again")
 	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if c.gen == gen && c.listening.Load() {
-		cache.Add(key, entry[V]{v: v, expires: time.Now().Add(c.ttl)})
+		cache.Add(key, entry[V]{v: v, expires: time.Now().Add(c.ttl), epoch: c.epoch})
 	}
 	return v, nil
 }

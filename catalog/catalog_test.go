@@ -728,3 +728,40 @@ func TestAddUserKeepsWithinThePlanAndStoresOnlyVerifiers(t *testing.T) {
 		t.Fatalf("look-up of member3: %+v, %v", u, err)
 	}
 }
+
+// TestKnownTenantsOutliveACatalogOutage: with the control database gone,
+// look-ups of tenants and users already known are answered from the last
+// known state, expired or not; a name never looked up fails with an error
+// that is not ErrNotFound (the catalog cannot say), the same for every
+// name.
+func TestKnownTenantsOutliveACatalogOutage(t *testing.T) {
+	e := newEnv(t)
+	ctx := ctxT(t)
+	e.create(t, "known", catalog.PlanFree)
+	cat, err := catalog.Open(ctx, e.dsn, catalog.Options{CacheTTL: 50 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(cat.Close)
+	if _, err := cat.TenantBySubdomain(ctx, "known"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := cat.User(ctx, "known", "admin"); err != nil {
+		t.Fatal(err)
+	}
+	if err := e.cluster.Stop(); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(100 * time.Millisecond) // past the TTL, and the listener has lost its connection
+	if tn, err := cat.TenantBySubdomain(ctx, "known"); err != nil || tn.Subdomain != "known" {
+		t.Fatalf("known tenant during the outage: %v, %v", tn, err)
+	}
+	if u, err := cat.User(ctx, "known", "admin"); err != nil || u.Verifier == "" {
+		t.Fatalf("known user during the outage: %v, %v", u, err)
+	}
+	for _, name := range []string{"unknown", "never-created"} {
+		if _, err := cat.TenantBySubdomain(ctx, name); err == nil || errors.Is(err, catalog.ErrNotFound) {
+			t.Errorf("tenant %s during the outage: %v; want an error other than ErrNotFound", name, err)
+		}
+	}
+}

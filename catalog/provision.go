@@ -315,7 +315,7 @@ func (c *Catalog) provision(ctx context.Context, t *Tenant, b Backend, adminUser
 		if err := c.fail(stepObjects); err != nil {
 			return err
 		}
-		if err := c.fail(stepMigrate); err != nil {
+		if err := c.migrateShared(ctx, b); err != nil {
 			return err
 		}
 	}
@@ -369,7 +369,7 @@ func (c *Catalog) provisionSchema(ctx context.Context, t Tenant, b Backend) erro
 	if err := c.fail(stepObjects); err != nil {
 		return err
 	}
-	if _, err := migrations.Apply(ctx, conn, migrations.Target{
+	if err := migrations.ApplyTenant(ctx, c.db, conn, migrations.Target{
 		Kind: migrations.KindSchema, Backend: b.Name, Database: t.Database, Schema: t.SchemaName, Tenant: t.ID,
 	}); err != nil {
 		return err
@@ -412,8 +412,25 @@ func (c *Catalog) provisionDatabase(ctx context.Context, t *Tenant, b Backend) e
 		return fmt.Errorf("connecting to database %s as its login role: %w", t.Database, err)
 	}
 	defer conn.Close(context.WithoutCancel(ctx))
-	if _, err := migrations.Apply(ctx, conn, migrations.Target{
+	if err := migrations.ApplyTenant(ctx, c.db, conn, migrations.Target{
 		Kind: migrations.KindDatabase, Backend: b.Name, Database: t.Database, Tenant: t.ID,
+	}); err != nil {
+		return err
+	}
+	return c.fail(stepMigrate)
+}
+
+// migrateShared applies what the backend's shared database lacks of the
+// stored migrations (a migrate up that failed there, or app versions stored
+// since), so that a shared-tier tenant starts with the current schema too.
+func (c *Catalog) migrateShared(ctx context.Context, b Backend) error {
+	conn, err := migrations.ConnectAs(ctx, b.AdminDSN, b.SharedDatabase)
+	if err != nil {
+		return fmt.Errorf("connecting to backend %s: %w", b.Name, err)
+	}
+	defer conn.Close(context.WithoutCancel(ctx))
+	if err := migrations.ApplyTenant(ctx, c.db, conn, migrations.Target{
+		Kind: migrations.KindShared, Backend: b.Name, Database: b.SharedDatabase,
 	}); err != nil {
 		return err
 	}

@@ -10,7 +10,6 @@ import (
 
 	"github.com/tenantproxy/tenantproxy/catalog/secrets"
 	"github.com/tenantproxy/tenantproxy/internal/scram"
-	"github.com/tenantproxy/tenantproxy/migrations/tierddl"
 )
 
 // Backend describes a PostgreSQL server to register in the catalog.
@@ -40,8 +39,8 @@ const (
 // the serving role (LOGIN, NOSUPERUSER, NOBYPASSRLS, NOCREATEROLE,
 // NOCREATEDB, NOINHERIT) with a fresh random password, or the one the catalog
 // already holds for this backend; the shared and the schema databases, which
-// PUBLIC may not connect to; the shared database's per-tenant id function
-// (tierddl.Bootstrap) and its migrations. It is
+// PUBLIC may not connect to; and the shared database's migrations (with the
+// per-tenant id function they use, tierddl.Bootstrap). It is
 // idempotent, so re-running it repairs a half-prepared server. A server
 // carries one serving role: registering one server under two names (or from
 // two catalogs) gives the role the password of the last registration.
@@ -131,11 +130,6 @@ func prepareServer(ctx context.Context, b Backend, password string) error {
 	defer shared.Close(context.WithoutCancel(ctx))
 	if err := Harden(ctx, shared, true); err != nil {
 		return err
-	}
-	// The adopter's migrations, rewritten by tierddl, take their ids from
-	// the proxy's per-tenant sequence function.
-	if _, err := shared.Exec(ctx, tierddl.Bootstrap()); err != nil {
-		return fmt.Errorf("shared database per-tenant ids: %w", err)
 	}
 	if _, err := Apply(ctx, shared, Target{Kind: KindShared, Backend: b.Name, Database: SharedDatabase}); err != nil {
 		return err

@@ -26,10 +26,25 @@
 // pause (Options.LockRetries, reported to Options.Retry and the Logger), and
 // then fails its target with a LockTimeoutError (locks.go).
 //
+// The adopter's own migrations (app.go, apprun.go) are a second set,
+// numbered independently: ReadAppDir reads a directory of NNNN_name.up.sql
+// (or NNNN_name.sql) and NNNN_name.down.sql files, StoreApp keeps them as
+// written in the catalog's app_migrations (a stored version's up SQL never
+// changes: AppChangedError), and every tenant target applies the stored
+// versions it lacks in its tier's form (tierddl.Transform), recorded in
+// its own app_schema_migrations, with the same transactions, advisory lock
+// and lock policy as above. The catalog is where they live so that every
+// proxy instance, tenant create (ApplyTenant) and migrate up on any
+// machine agree on the app's schema. In the database tier the serving role
+// gets DML on the public schema's relations after each version, since the
+// migration runs there as written. A version tierddl refuses fails the
+// shared targets alone.
+//
 // API the CLI calls:
 //
-//	Up(ctx, controlDSN, Options{Concurrency, Progress, Retry, Logger, LockTimeout, LockRetries}) (*Report, error) // migrate up
-//	Status(ctx, controlDSN, Options{...}) (*Report, error)                                                         // migrate status
+//	Up(ctx, controlDSN, Options{Concurrency, Progress, Retry, Logger, LockTimeout, LockRetries, App}) (*Report, error) // migrate up [--dir]
+//	Down(ctx, controlDSN, to, Options{...}) (*Report, error)                                                           // migrate down --to
+//	Status(ctx, controlDSN, Options{...}) (*Report, error)                                                              // migrate status
 //	TextProgress(w) func(Progress), TextRetry(w) func(LockRetry)                                                   // a progress display
 //
 // Up migrates the control database, registers the catalog's own server as

@@ -51,6 +51,10 @@ type Options struct {
 	// Migrations returns the migrations for a kind of target; nil means the
 	// embedded ones (For).
 	Migrations func(Kind) ([]Migration, error)
+	// App, when not nil, is the adopter's migrations (ReadAppDir) that Up
+	// and Down store in the catalog before they fan out; nil means the
+	// stored ones as they are.
+	App []AppMigration
 	// Secrets opens the backends' admin DSNs and seals the serving
 	// password of a backend Up registers; nil means encryption is off (plain
 	// text is read and written, a sealed value is an error naming its
@@ -89,6 +93,9 @@ type Result struct {
 	Version int   `json:"version"`
 	Latest  int   `json:"latest"`
 	Err     error `json:"-"`
+	// App is the adopter's migrations on a tenant target; nil for the
+	// control database and for a target that failed before them.
+	App *AppResult `json:"app,omitempty"`
 }
 
 // Report lists every target's result, in catalog order.
@@ -96,6 +103,10 @@ type Report struct {
 	Results  []Result      `json:"results"`
 	Failed   int           `json:"failed"`
 	Duration time.Duration `json:"duration"`
+	// AppStored counts the app versions this run added to the catalog
+	// (Up with Options.App); AppRemoved those Down removed from it.
+	AppStored  int `json:"app_stored,omitempty"`
+	AppRemoved int `json:"app_removed,omitempty"`
 }
 
 // TextRetry renders lock retries as one line each on w, for humans.
@@ -110,14 +121,19 @@ func TextRetry(w io.Writer) func(LockRetry) {
 func TextProgress(w io.Writer) func(Progress) {
 	return func(p Progress) {
 		r := p.Result
+		var line string
 		switch {
 		case r.Err != nil:
-			fmt.Fprintf(w, "[%d/%d] %s: FAILED: %v\n", p.Done, p.Total, r.Target, r.Err)
+			line = fmt.Sprintf("FAILED: %v", r.Err)
 		case r.Applied > 0:
-			fmt.Fprintf(w, "[%d/%d] %s: applied %d, now at version %d\n", p.Done, p.Total, r.Target, r.Applied, r.Version)
+			line = fmt.Sprintf("applied %d, now at version %d", r.Applied, r.Version)
 		default:
-			fmt.Fprintf(w, "[%d/%d] %s: up to date (version %d)\n", p.Done, p.Total, r.Target, r.Version)
+			line = fmt.Sprintf("up to date (version %d)", r.Version)
 		}
+		if r.App != nil && r.Err == nil {
+			line += "; " + r.App.String()
+		}
+		fmt.Fprintf(w, "[%d/%d] %s: %s\n", p.Done, p.Total, r.Target, line)
 	}
 }
 
@@ -140,6 +156,16 @@ func Up(ctx context.Context, controlDSN string, opts Options) (*Report, error) {
 	if err != nil {
 		return nil, err
 	}
+	stored := 0
+	if opts.App != nil {
+		if stored, err = StoreApp(ctx, control, opts.App); err != nil {
+			return nil, err
+		}
+	}
+	set, err := loadApp(ctx, control)
+	if err != nil {
+		return nil, err
+	}
 	targets, err := tenantTargets(ctx, control)
 	if err != nil {
 		return nil, err
@@ -150,8 +176,12 @@ func Up(ctx context.Context, controlDSN string, opts Options) (*Report, error) {
 		if err == nil {
 			r.Version, r.Err = Version(ctx, db, t)
 		}
+		if r.Err == nil {
+			r.App, r.Err = applyApp(ctx, db, t, set, opts)
+		}
 		return r
 	})
+	rep.AppStored = stored
 	rep.Results = append([]Result{ctrl}, rep.Results...)
 	rep.Duration = time.Since(start)
 	return rep, rep.err()
@@ -195,18 +225,95 @@ func Status(ctx context.Context, controlDSN string, opts Options) (*Report, erro
 	}
 	ctrl := Result{Target: ct, Version: v, Latest: opts.latest(KindControl)}
 	var targets []Target
+	set := newAppSet(nil)
 	if v > 0 {
 		if targets, err = tenantTargets(ctx, control); err != nil {
+			return nil, err
+		}
+		if set, err = loadApp(ctx, control); err != nil {
 			return nil, err
 		}
 	}
 	rep := run(ctx, control, targets, opts, false, func(ctx context.Context, db DB, t Target, _ Options) Result {
 		v, err := Version(ctx, db, t)
-		return Result{Target: t, Version: v, Err: err}
+		r := Result{Target: t, Version: v, Err: err}
+		if err == nil {
+			r.App, r.Err = appState(ctx, db, t, set)
+		}
+		return r
 	})
 	rep.Results = append([]Result{ctrl}, rep.Results...)
 	rep.Duration = time.Since(start)
 	return rep, rep.err()
+}
+
+// Down reverts the adopter's migrations above version to on every tenant
+// target, opts.Concurrency at a time: each target runs the stored down
+// SQL of the versions it has applied, highest first, in its tier's form,
+// each in its own transaction. With opts.App the directory's down files of
+// stored versions are stored first (a new down file replaces the stored
+// one; versions the catalog lacks are ignored). The versions leave the
+// catalog only when every target is down: until then tenant create still
+// applies them, and a run after a failure completes the rest.
+func Down(ctx context.Context, controlDSN string, to int, opts Options) (*Report, error) {
+	start := time.Now()
+	if to < 0 {
+		return nil, fmt.Errorf("migrations: down to version %d: want 0 or more", to)
+	}
+	control, err := ConnectAs(ctx, controlDSN, "")
+	if err != nil {
+		return nil, fmt.Errorf("migrations: control database: %w", err)
+	}
+	defer control.Close(context.WithoutCancel(ctx))
+	ct := Target{Kind: KindControl, Database: control.Config().Database}
+	v, err := Version(ctx, control, ct)
+	if err != nil {
+		return nil, fmt.Errorf("migrations: control database: %w", err)
+	}
+	if v < opts.latest(KindControl) {
+		return nil, fmt.Errorf("migrations: the catalog is at version %d of %d: run migrate up first", v, opts.latest(KindControl))
+	}
+	set, err := loadApp(ctx, control)
+	if err != nil {
+		return nil, err
+	}
+	if opts.App != nil {
+		// Only the stored versions' down files: a down never adds versions.
+		var known []AppMigration
+		for _, m := range opts.App {
+			if set.index(m.Version) >= 0 {
+				known = append(known, m)
+			}
+		}
+		if _, err := StoreApp(ctx, control, known); err != nil {
+			return nil, err
+		}
+		if set, err = loadApp(ctx, control); err != nil {
+			return nil, err
+		}
+	}
+	targets, err := tenantTargets(ctx, control)
+	if err != nil {
+		return nil, err
+	}
+	rep := run(ctx, control, targets, opts, func(ctx context.Context, db DB, t Target, opts Options) Result {
+		v, err := Version(ctx, db, t)
+		r := Result{Target: t, Version: v, Err: err}
+		if err == nil {
+			r.App, r.Err = revertApp(ctx, db, t, set, to, opts)
+		}
+		return r
+	})
+	rep.Duration = time.Since(start)
+	if rep.Failed > 0 {
+		return rep, rep.err()
+	}
+	tag, err := control.Exec(ctx, "DELETE FROM app_migrations WHERE version > $1", to)
+	if err != nil {
+		return rep, fmt.Errorf("migrations: every target is down to %d, but removing the versions above it from the catalog failed: %w", to, err)
+	}
+	rep.AppRemoved = int(tag.RowsAffected())
+	return rep, nil
 }
 
 func (r *Report) err() error {

@@ -15,6 +15,8 @@ import (
 	"text/template"
 
 	"github.com/jackc/pgx/v5"
+
+	"github.com/tenantproxy/tenantproxy/migrations/tierddl"
 )
 
 //go:embed control/*.sql tenant/*.sql
@@ -166,6 +168,20 @@ func tenantFuncs(k Kind) template.FuncMap {
 				"ALTER TABLE %[1]s FORCE ROW LEVEL SECURITY;\n"+
 				"CREATE POLICY tenant_isolation ON %[1]s USING (tenant_id = %[2]s) WITH CHECK (tenant_id = %[2]s);",
 				t, guc)
+		},
+		// perTenantIDs moves the shared tier's id columns, filled from
+		// sequences every tenant shares (whose gaps counted other tenants'
+		// inserts), to ids numbered per tenant (tierddl.AdoptIDs).
+		"perTenantIDs": func(tableColumns ...string) string {
+			if !shared {
+				return ""
+			}
+			var b strings.Builder
+			for _, tc := range tableColumns {
+				table, column, _ := strings.Cut(tc, ".")
+				b.WriteString(tierddl.AdoptIDs(table, column))
+			}
+			return b.String()
 		},
 		"grant": func(table string) string {
 			if k == KindSchema {

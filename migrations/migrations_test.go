@@ -164,6 +164,10 @@ func TestTenantModelRendersThreeForms(t *testing.T) {
 	}
 	for i := range shared {
 		s, sc, d := shared[i].SQL, schema[i].SQL, database[i].SQL
+		if !strings.Contains(sc, "CREATE TABLE") {
+			// A migration of existing tables (0004: the shared tier's ids).
+			continue
+		}
 		if !strings.Contains(s, "FORCE ROW LEVEL SECURITY") || !strings.Contains(s, "tenant_id text NOT NULL DEFAULT NULLIF(current_setting('app.tenant_id', true), '')") {
 			t.Errorf("shared %d lacks forced RLS or the tenant column", shared[i].Version)
 		}
@@ -322,5 +326,56 @@ func TestConcurrentUpOnAnEmptyCatalogRegistersMainOnce(t *testing.T) {
 	}
 	if backends != 1 || versions != len(ms) {
 		t.Fatalf("after 3 concurrent ups: %d backends, %d control versions; want 1 and %d", backends, versions, len(ms))
+	}
+}
+
+// TestSharedTierIDsBecomePerTenant: migration 0004 moves the shared tier's
+// id columns from sequences every tenant shares (whose gaps counted other
+// tenants' inserts) to per-tenant ones, each tenant continuing past its
+// highest id, a new tenant starting at 1.
+func TestSharedTierIDsBecomePerTenant(t *testing.T) {
+	c, _ := freshCatalog(t)
+	ctx := ctxT(t)
+	if _, err := connect(t, c.DSN("postgres")).Exec(ctx, "CREATE DATABASE adopt"); err != nil {
+		t.Fatal(err)
+	}
+	conn := connect(t, c.DSN("adopt"))
+	target := migrations.Target{Kind: migrations.KindShared, Backend: migrations.MainBackend, Database: "adopt"}
+	all, err := migrations.For(migrations.KindShared)
+	if err != nil {
+		t.Fatal(err)
+	}
+	upTo := func(v int) {
+		t.Helper()
+		opts := migrations.Options{Migrations: func(migrations.Kind) ([]migrations.Migration, error) { return all[:v], nil }}
+		if _, err := migrations.ApplyWith(ctx, conn, target, opts); err != nil {
+			t.Fatal(err)
+		}
+	}
+	insert := func(tenant string) (id int64) {
+		t.Helper()
+		err := pgx.BeginFunc(ctx, conn, func(tx pgx.Tx) error {
+			if _, err := tx.Exec(ctx, "SELECT set_config($1, $2, true)", migrations.TenantGUC, tenant); err != nil {
+				return err
+			}
+			return tx.QueryRow(ctx, "INSERT INTO users (username) VALUES (gen_random_uuid()::text) RETURNING id").Scan(&id)
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return id
+	}
+	upTo(3)
+	for _, tenant := range []string{"a", "b", "a"} { // ids 1, 2, 3 from the shared sequence
+		insert(tenant)
+	}
+	upTo(4)
+	for _, step := range []struct {
+		tenant string
+		want   int64
+	}{{"a", 4}, {"b", 3}, {"c", 1}, {"b", 4}, {"a", 5}, {"c", 2}} {
+		if got := insert(step.tenant); got != step.want {
+			t.Errorf("tenant %s got id %d; want %d", step.tenant, got, step.want)
+		}
 	}
 }

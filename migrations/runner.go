@@ -8,6 +8,7 @@ import (
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/tenantproxy/tenantproxy/migrations/tierddl"
 )
 
 // DB is what the runner needs from a connection: *pgx.Conn, *pgxpool.Pool
@@ -57,13 +58,24 @@ func (e *ChecksumError) Error() string {
 		e.Target, e.Version, e.Name)
 }
 
+// Ledgers: the tables a target records applied versions in, one for the
+// embedded migrations and one for the adopter's (app.go), whose versions
+// are numbered independently.
+const (
+	embeddedLedger = "schema_migrations"
+	appLedger      = "app_schema_migrations"
+)
+
 // table is the target's schema_migrations, qualified so that the tenant's
 // search_path cannot redirect it.
-func (t Target) table() string {
+func (t Target) table() string { return t.ledger(embeddedLedger) }
+
+// ledger is the target's table of that name, qualified likewise.
+func (t Target) ledger(name string) string {
 	if t.Kind == KindSchema {
-		return ident(t.Schema, "schema_migrations")
+		return ident(t.Schema, name)
 	}
-	return ident("public", "schema_migrations")
+	return ident("public", name)
 }
 
 // lockKey names the target's advisory lock. Advisory locks are scoped to the
@@ -95,7 +107,7 @@ func ApplyWith(ctx context.Context, db DB, t Target, opts Options) (int, error) 
 	if err != nil {
 		return 0, err
 	}
-	applied, err := t.applied(ctx, db)
+	applied, err := t.applied(ctx, db, embeddedLedger)
 	if err != nil {
 		return 0, err
 	}
@@ -109,7 +121,7 @@ func ApplyWith(ctx context.Context, db DB, t Target, opts Options) (int, error) 
 			continue
 		}
 		ran, err := withLockRetries(ctx, opts, t, m, locks, func() (bool, error) {
-			return t.apply(ctx, db, m, locks)
+			return t.change(ctx, db, locks, embeddedLedger, m, false)
 		})
 		if err != nil {
 			return n, fmt.Errorf("migrations: %s: %d_%s: %w", t, m.Version, m.Name, err)
@@ -121,22 +133,28 @@ func ApplyWith(ctx context.Context, db DB, t Target, opts Options) (int, error) 
 	return n, nil
 }
 
-// applied creates the target's schema_migrations when missing and returns
-// the recorded checksum of each applied version.
-func (t Target) applied(ctx context.Context, db DB) (map[int]string, error) {
+// applied creates the target's ledger table when missing and returns the
+// recorded checksum of each applied version.
+func (t Target) applied(ctx context.Context, db DB, ledger string) (map[int]string, error) {
 	out := map[int]string{}
+	table := t.ledger(ledger)
 	err := pgx.BeginFunc(ctx, db, func(tx pgx.Tx) error {
 		if _, err := tx.Exec(ctx, "SELECT pg_advisory_xact_lock($1)", t.lockKey()); err != nil {
 			return err
 		}
-		if _, err := tx.Exec(ctx, `CREATE TABLE IF NOT EXISTS `+t.table()+` (
-			version    integer PRIMARY KEY,
+		// The app's versions may be timestamps (goose, golang-migrate -format).
+		versionType := "integer"
+		if ledger == appLedger {
+			versionType = "bigint"
+		}
+		if _, err := tx.Exec(ctx, `CREATE TABLE IF NOT EXISTS `+table+` (
+			version    `+versionType+` PRIMARY KEY,
 			name       text NOT NULL,
 			checksum   text NOT NULL,
 			applied_at timestamptz NOT NULL DEFAULT now())`); err != nil {
 			return err
 		}
-		rows, err := tx.Query(ctx, "SELECT version, checksum FROM "+t.table())
+		rows, err := tx.Query(ctx, "SELECT version, checksum FROM "+table)
 		if err != nil {
 			return err
 		}
@@ -149,28 +167,43 @@ func (t Target) applied(ctx context.Context, db DB) (map[int]string, error) {
 		return err
 	})
 	if err != nil {
-		return nil, fmt.Errorf("migrations: %s: reading schema_migrations: %w", t, err)
+		return nil, fmt.Errorf("migrations: %s: reading %s: %w", t, ledger, err)
 	}
 	return out, nil
 }
 
-// apply runs m unless a concurrent runner recorded it first; it reports
-// whether it ran m.
-func (t Target) apply(ctx context.Context, db DB, m Migration, locks lockPolicy) (bool, error) {
+// change applies m (down false) unless a concurrent runner recorded it
+// first, or runs m.SQL as m's down migration (down true) unless m is no
+// longer recorded; it reports whether it ran m.SQL. The ledger row is
+// written or deleted in the same transaction.
+func (t Target) change(ctx context.Context, db DB, locks lockPolicy, ledger string, m Migration, down bool) (bool, error) {
 	ran := false
+	table := t.ledger(ledger)
 	err := pgx.BeginFunc(ctx, db, func(tx pgx.Tx) error {
 		if _, err := tx.Exec(ctx, "SELECT pg_advisory_xact_lock($1)", t.lockKey()); err != nil {
 			return err
 		}
 		var sum string
-		err := tx.QueryRow(ctx, "SELECT checksum FROM "+t.table()+" WHERE version = $1", m.Version).Scan(&sum)
+		err := tx.QueryRow(ctx, "SELECT checksum FROM "+table+" WHERE version = $1", m.Version).Scan(&sum)
+		recorded := err == nil
 		switch {
-		case err == nil && sum != m.Checksum:
-			return &ChecksumError{Target: t, Version: m.Version, Name: m.Name}
-		case err == nil:
-			return nil
-		case !errors.Is(err, pgx.ErrNoRows):
+		case err != nil && !errors.Is(err, pgx.ErrNoRows):
 			return err
+		case recorded && sum != m.Checksum:
+			return &ChecksumError{Target: t, Version: m.Version, Name: m.Name}
+		case recorded != down:
+			return nil
+		}
+		if t.Kind == KindShared {
+			// The shared tier's ids come from the proxy's per-tenant
+			// sequence function, which migrations (the proxy's and the
+			// app's, transformed) may name: prepared, or brought up to date
+			// on a database registered by an earlier release, under the
+			// target's lock, so that concurrent runners do not replace it
+			// at once.
+			if _, err := tx.Exec(ctx, tierddl.Bootstrap()); err != nil {
+				return err
+			}
 		}
 		// Set after taking the advisory lock: waiting for a concurrent
 		// runner is fine, only table locks must not queue up for long.
@@ -195,8 +228,17 @@ func (t Target) apply(ctx context.Context, db DB, m Migration, locks lockPolicy)
 				return err
 			}
 		}
-		if _, err := tx.Exec(ctx, "INSERT INTO "+t.table()+" (version, name, checksum) VALUES ($1, $2, $3)",
-			m.Version, m.Name, m.Checksum); err != nil {
+		if ledger == appLedger && t.Kind == KindDatabase && !down {
+			if err := grantServing(ctx, tx); err != nil {
+				return err
+			}
+		}
+		record := "INSERT INTO " + table + " (version, name, checksum) VALUES ($1, $2, $3)"
+		args := []any{m.Version, m.Name, m.Checksum}
+		if down {
+			record, args = "DELETE FROM "+table+" WHERE version = $1", args[:1]
+		}
+		if _, err := tx.Exec(ctx, record, args...); err != nil {
 			return err
 		}
 		ran = true

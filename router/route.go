@@ -89,15 +89,18 @@ func (r *Resolver) Tenant(ctx context.Context, subdomain string) (*catalog.Tenan
 }
 
 // Lookup returns the tenant with that subdomain in any status, or nil when
-// there is none; an error is pgerr.CodeInternal wrapping a catalog
-// failure.
+// there is none; an error is pgerr.CodeTenantUnavailable wrapping a
+// catalog failure.
 func (r *Resolver) Lookup(ctx context.Context, subdomain string) (*catalog.Tenant, error) {
 	t, err := r.dir.TenantBySubdomain(ctx, subdomain)
 	if errors.Is(err, catalog.ErrNotFound) {
 		return nil, nil
 	}
 	if err != nil {
-		return nil, &pgerr.Error{Code: pgerr.CodeInternal, Msg: "tenant look-up failed", Err: err}
+		// Only a tenant the catalog never answered for gets here (a known
+		// one is served from the last known state): the same answer for
+		// every name, so it tells nothing of which tenants exist.
+		return nil, &pgerr.Error{Code: pgerr.CodeTenantUnavailable, Msg: "the tenant catalog cannot be reached; try again later", Err: err}
 	}
 	return t, nil
 }

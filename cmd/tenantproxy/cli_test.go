@@ -16,9 +16,17 @@ func TestMain(m *testing.M) { pgtest.RunMain(m) }
 // cli runs one tenantproxy command line in-process and returns stdout.
 func cli(t *testing.T, args ...string) (string, error) {
 	t.Helper()
+	out, _, err := cliOutputs(t, args...)
+	return out, err
+}
+
+// cliOutputs runs one tenantproxy command line in-process and returns
+// stdout and stderr, where progress goes.
+func cliOutputs(t *testing.T, args ...string) (string, string, error) {
+	t.Helper()
 	var out, errOut bytes.Buffer
 	err := run(context.Background(), append(args, "--log-level", "warn"), &out, &errOut)
-	return out.String(), err
+	return out.String(), errOut.String(), err
 }
 
 func mustCLI(t *testing.T, args ...string) string {

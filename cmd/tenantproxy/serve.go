@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"os/signal"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -152,20 +153,35 @@ func buildServeCommand(g *globals) (*cobra.Command, *serveFlags) {
 			"SIGHUP re-reads the environment and --config file and applies what can change live.",
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			cat, err := f.catalog.open(cmd.Context(), g)
+			// The admin listener comes first, so that probes see the
+			// process alive (and not ready) while the catalog is out of
+			// reach; ready once serving, it stays ready through later
+			// catalog outages, in which known tenants are served from the
+			// catalog's last known state.
+			reg := newRegistry()
+			var serving atomic.Bool
+			adm, err := startAdmin(g, f, reg, func(context.Context) error {
+				if !serving.Load() {
+					return errors.New("the tenant catalog has not been reached yet")
+				}
+				return nil
+			})
 			if err != nil {
+				return err
+			}
+			cat, err := openCatalogRetrying(cmd.Context(), g, &f.catalog)
+			if err != nil {
+				shutdownAdmin(adm)
 				return err
 			}
 			defer cat.Close()
-			if err := checkCatalogSecrets(cmd.Context(), g, &f.catalog, cat); err != nil {
-				return err
-			}
-			reg := newRegistry()
-			srv, adm, mgr, err := startProxy(g, f, cat, reg)
+			srv, mgr, err := startRelay(g, f, cat, reg)
 			if err != nil {
+				shutdownAdmin(adm)
 				return err
 			}
 			defer mgr.Close()
+			serving.Store(true)
 			served := make(chan error, 1)
 			go func() { served <- srv.ListenAndServe() }()
 			g.logger.Info("serving", zap.Strings("listen", f.listen), zap.String("admin", f.adminListen))
@@ -263,27 +279,46 @@ func newRegistry() *prometheus.Registry {
 	return reg
 }
 
-// startProxy builds the pool, the proxy and the admin listener. The caller
-// owns the returned pieces; adm is nil when --admin-listen is empty.
+// startProxy builds the pool, the proxy and the admin listener, ready
+// while the catalog answers. The caller owns the returned pieces; adm is
+// nil when --admin-listen is empty.
 func startProxy(g *globals, f *serveFlags, cat *catalog.Catalog, reg *prometheus.Registry) (*proxy.Server, *admin.Server, *pool.Manager, error) {
-	mgr, err := pool.NewManager(f.poolConfig(reg), g.logger)
+	adm, err := startAdmin(g, f, reg, cat.Ping)
 	if err != nil {
 		return nil, nil, nil, err
+	}
+	srv, mgr, err := startRelay(g, f, cat, reg)
+	if err != nil {
+		shutdownAdmin(adm)
+		return nil, nil, nil, err
+	}
+	return srv, adm, mgr, nil
+}
+
+// startAdmin starts the admin listener (nil when --admin-listen is empty).
+func startAdmin(g *globals, f *serveFlags, reg *prometheus.Registry, ready admin.Ready) (*admin.Server, error) {
+	if f.adminListen == "" {
+		return nil, nil
+	}
+	adm, err := admin.Start(f.adminListen, reg, ready, g.logger, nil)
+	if err != nil {
+		return nil, fmt.Errorf("admin listener: %w", err)
+	}
+	return adm, nil
+}
+
+// startRelay builds the pool and the proxy.
+func startRelay(g *globals, f *serveFlags, cat *catalog.Catalog, reg *prometheus.Registry) (*proxy.Server, *pool.Manager, error) {
+	mgr, err := pool.NewManager(f.poolConfig(reg), g.logger)
+	if err != nil {
+		return nil, nil, err
 	}
 	srv, err := proxy.New(f.proxyConfig(g.logger, reg), cat, mgr)
 	if err != nil {
 		mgr.Close()
-		return nil, nil, nil, err
+		return nil, nil, err
 	}
-	var adm *admin.Server
-	if f.adminListen != "" {
-		adm, err = admin.Start(f.adminListen, reg, cat.Ping, g.logger, nil)
-		if err != nil {
-			mgr.Close()
-			return nil, nil, nil, fmt.Errorf("admin listener: %w", err)
-		}
-	}
-	return srv, adm, mgr, nil
+	return srv, mgr, nil
 }
 
 // stopProxy drains the proxy (open transactions get the drain timeout, then

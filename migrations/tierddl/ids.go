@@ -107,3 +107,23 @@ REVOKE ALL ON FUNCTION $next(text) FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION $next(text) TO $serving;
 `)
 }
+
+// AdoptIDs is the SQL that moves an existing shared-tier id column,
+// filled from a sequence every tenant shares, to per-tenant ids: the
+// column is declared to NextIDFunction and defaults to it, and each
+// tenant's sequence is created now, starting past the tenant's highest id,
+// so that no new id repeats an old one. It runs as the migration role,
+// after Bootstrap, in the migration's transaction.
+func AdoptIDs(table, column string) string {
+	key := table + "." + column
+	r := strings.NewReplacer("$proxy", ProxySchema, "$seqs", SequenceSchema, "$keys", idKeysTable,
+		"$table", quoteIdent(table), "$column", quoteIdent(column), "$key", quoteLiteral(key), "$next", nextIDCall(key))
+	return r.Replace(`INSERT INTO $proxy.$keys (key) VALUES ($key) ON CONFLICT DO NOTHING;
+ALTER TABLE $table ALTER COLUMN $column DROP IDENTITY IF EXISTS, ALTER COLUMN $column SET DEFAULT $next;
+DO $adopt$ DECLARE r record; BEGIN
+	FOR r IN SELECT tenant_id, max($column) AS high FROM $table GROUP BY tenant_id LOOP
+		EXECUTE format('CREATE SEQUENCE IF NOT EXISTS $seqs.%I START %s', $proxy.id_sequence(r.tenant_id, $key), r.high + 1);
+	END LOOP;
+END $adopt$;
+`)
+}

@@ -1,0 +1,2 @@
+DROP TABLE todo_tags;
+DROP TABLE tags;
