@@ -12,7 +12,8 @@
 //     KindDatabase creates them in the tenant's own database, logged in as
 //     the tenant's own login role (OwnDatabase), so that the tenant owns
 //     them and nothing it plants there runs as the admin role. Shared and
-//     database forms grant DML to the serving role.
+//     database forms grant DML to the serving role (in the database tier a
+//     leftover: the serving role may no longer connect there).
 //
 // Every target (the control database, each backend's shared database, each
 // tenant schema, each tenant database) keeps its own schema_migrations table
@@ -35,10 +36,10 @@
 // its own app_schema_migrations, with the same transactions, advisory lock
 // and lock policy as above. The catalog is where they live so that every
 // proxy instance, tenant create (ApplyTenant) and migrate up on any
-// machine agree on the app's schema. In the database tier the serving role
-// gets DML on the public schema's relations after each version, since the
-// migration runs there as written. A version tierddl refuses fails the
-// shared targets alone.
+// machine agree on the app's schema. In the database tier a version runs
+// as written, logged in as the tenant's own login role, which so owns what
+// it creates and is the role the proxy's sessions log in as. A version
+// tierddl refuses fails the shared targets alone.
 //
 // API the CLI calls:
 //

@@ -296,7 +296,7 @@ func Down(ctx context.Context, controlDSN string, to int, opts Options) (*Report
 	if err != nil {
 		return nil, err
 	}
-	rep := run(ctx, control, targets, opts, func(ctx context.Context, db DB, t Target, opts Options) Result {
+	rep := run(ctx, control, targets, opts, false, func(ctx context.Context, db DB, t Target, opts Options) Result {
 		v, err := Version(ctx, db, t)
 		r := Result{Target: t, Version: v, Err: err}
 		if err == nil {
