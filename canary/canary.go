@@ -231,7 +231,9 @@ func (c *Canary) plant(ctx context.Context, t catalog.Tenant) (*probe, error) {
 		return nil, err
 	}
 	host, port, _ := net.SplitHostPort(c.cfg.ProxyAddr)
-	cfg, err := pgconn.ParseConfig(fmt.Sprintf("host=%s port=%s dbname=app sslmode=disable", host, port))
+	// No database name: the proxy takes it for the one it serves
+	// (serve --database), whatever that is.
+	cfg, err := pgconn.ParseConfig(fmt.Sprintf("host=%s port=%s sslmode=disable", host, port))
 	if err != nil {
 		return nil, err
 	}

@@ -110,6 +110,37 @@ func (c *Catalog) teardown(ctx context.Context, t Tenant, b Backend) error {
 	})
 }
 
+// deleteInDependencyOrder deletes tenant's rows from every table: an app's
+// foreign keys need not cascade, so a table whose rows others still
+// reference (23503) is tried again, in its own savepoint, once the tables
+// referencing it have been emptied; a pass that empties no table ends it
+// with that error.
+func deleteInDependencyOrder(ctx context.Context, tx pgx.Tx, tables []string, tenant string) error {
+	for len(tables) > 0 {
+		var left []string
+		var blocked error
+		for _, table := range tables {
+			err := pgx.BeginFunc(ctx, tx, func(sp pgx.Tx) error {
+				_, err := sp.Exec(ctx, "DELETE FROM "+pgx.Identifier{"public", table}.Sanitize()+" WHERE tenant_id = $1", tenant)
+				return err
+			})
+			var pe *pgconn.PgError
+			switch {
+			case err == nil:
+			case errors.As(err, &pe) && pe.Code == "23503":
+				left, blocked = append(left, table), err
+			default:
+				return err
+			}
+		}
+		if len(left) == len(tables) {
+			return blocked
+		}
+		tables = left
+	}
+	return nil
+}
+
 func dropSchema(ctx context.Context, t Tenant, b Backend) error {
 	conn, err := migrations.ConnectAs(ctx, b.AdminDSN, t.Database)
 	if err != nil {
@@ -164,10 +195,8 @@ func deleteSharedRows(ctx context.Context, t Tenant, b Backend) error {
 		if err != nil {
 			return err
 		}
-		for _, table := range tables {
-			if _, err := tx.Exec(ctx, "DELETE FROM "+pgx.Identifier{"public", table}.Sanitize()+" WHERE tenant_id = $1", t.ID); err != nil {
-				return err
-			}
+		if err := deleteInDependencyOrder(ctx, tx, tables, t.ID); err != nil {
+			return err
 		}
 		// The tenant's id sequences go with its rows: a tenant created
 		// later under the same id starts again at 1.

@@ -71,6 +71,7 @@ func (c *Conn) endCancel(answered bool) {
 		return
 	}
 	c.state = stateClosed
+	delete(p.all, c)
 	p.freeSlotLocked(c.holder)
 	c.holder = nil
 	p.mu.Unlock()

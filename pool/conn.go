@@ -72,6 +72,8 @@ type Conn struct {
 	// still be signalled; the Conn is closed at release, never reused.
 	cancels int
 	doomed  bool
+	// gen is the pool's generation when c was dialled (pool.gen).
+	gen uint64
 }
 
 // NetConn is the raw socket, positioned after startup, authentication and

@@ -182,7 +182,7 @@ func (m *Manager) poolFor(t *Target) (*pool, error) {
 	p := m.pools[k]
 	if p == nil {
 		p = &pool{manager: m, key: k, max: m.cfg.MaxConnsPerKey, perTenant: m.cfg.MaxConnsPerTenant,
-			km: m.metrics.forKey(t.Database, t.User), tenants: make(map[string]*tenantQueue)}
+			km: m.metrics.forKey(t.Database, t.User), tenants: make(map[string]*tenantQueue), all: make(map[*Conn]struct{})}
 		m.pools[k] = p
 	}
 	if m.cfg.MinIdle > 0 {

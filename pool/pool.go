@@ -40,6 +40,12 @@ type pool struct {
 	// target is the latest Target seen, so the reaper can dial up to
 	// MinIdle connections.
 	target *Target
+	// all is every connection dialled and not yet closed, whatever its
+	// state, for Stats.
+	all map[*Conn]struct{}
+	// gen counts Reconnects: a connection dialled in an older generation
+	// is closed when given back instead of being reused.
+	gen uint64
 }
 
 // tenantQueue is one tenant's share of a pool.
@@ -65,6 +71,8 @@ type waiter struct {
 	ch    chan grant // buffered 1: granting never blocks under mu
 	tq    *tenantQueue
 	timer *time.Timer
+	// since is when it was queued (the console's maxwait).
+	since time.Time
 }
 
 func newWaiter() *waiter { return &waiter{ch: make(chan grant, 1)} }
@@ -99,7 +107,7 @@ func (p *pool) take(ctx context.Context, tenant, wantContext string, wait time.D
 	if w == nil {
 		w = newWaiter()
 	}
-	w.tq = tq
+	w.tq, w.since = tq, time.Now()
 	if len(tq.waiters) == 0 {
 		p.rr = append(p.rr, tq)
 	}
@@ -240,7 +248,7 @@ func (p *pool) nextWaiterLocked() *waiter {
 func (p *pool) put(c *Conn) bool {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	if p.closed || c.doomed {
+	if p.closed || c.doomed || c.gen != p.gen {
 		return false
 	}
 	if c.cancels > 0 {
@@ -281,6 +289,7 @@ func (p *pool) unholdLocked(tq *tenantQueue) {
 func (p *pool) destroy(c *Conn) {
 	p.mu.Lock()
 	c.state = stateClosed
+	delete(p.all, c)
 	p.freeSlotLocked(c.holder)
 	c.holder = nil
 	p.mu.Unlock()
@@ -321,6 +330,7 @@ func (p *pool) evict(expired, idleTooLong func(*Conn) bool, keep int) {
 			return false
 		}
 		c.state = stateClosed
+		delete(p.all, c)
 		victims = append(victims, c)
 		return true
 	})

@@ -191,6 +191,8 @@ func (m *Manager) dial(ctx context.Context, p *pool, t *Target, holder *tenantQu
 	c.pool = p
 	c.state = stateActive
 	c.holder = holder
+	c.gen = p.gen
+	p.all[c] = struct{}{}
 	p.mu.Unlock()
 	return c, nil
 }

@@ -128,40 +128,55 @@ func (s *Server) scramExchange(c *clientConn, v scram.Verifier, name string) err
 // client-facing error: an unknown tenant, an unknown user and a wrong
 // password are the same 28P01 after the same exchange.
 func (s *Server) login(ctx context.Context, c *clientConn, lv *live, sub string, t *catalog.Tenant, name string) error {
+	var u *catalog.User
+	auth := func() error {
+		if t != nil {
+			var err error
+			if u, err = s.resolver.User(ctx, t, name); err != nil {
+				return err
+			}
+		}
+		return s.authenticate(c, lv, sub, t, name, u)
+	}
+	failed := func(held time.Duration) {
+		if t == nil {
+			// The label holds no name a stranger made up.
+			s.metrics.authFailures.WithLabelValues("", "unknown_tenant").Inc()
+		} else {
+			s.metrics.authFailures.WithLabelValues(t.Subdomain, "password").Inc()
+		}
+		s.log.Info("login failed", zap.String("tenant", sub), zap.String("user", name), zap.Stringer("client", c.raw.RemoteAddr()),
+			zap.Bool("known_tenant", t != nil), zap.Bool("known_user", u != nil), zap.Duration("held", held))
+	}
+	return s.throttled(ctx, c, lv, sub, name, auth, failed)
+}
+
+// throttled runs auth, a login of user name under key (a tenant's
+// subdomain, or consoleKey), behind the login throttle: the attempt is
+// held while its source failed too often, a failure (CodeAuthFailed) is
+// recorded, reported to failed with the delay it gets, and answered only
+// after that delay.
+func (s *Server) throttled(ctx context.Context, c *clientConn, lv *live, key, name string, auth func() error, failed func(held time.Duration)) error {
 	pol := throttlePolicy{free: lv.cfg.MaxLoginFailures, window: lv.cfg.LoginFailureWindow, max: lv.cfg.MaxLoginDelay}
 	source := sourceOf(c.raw.RemoteAddr())
-	key := throttleKey(sub, name, source)
+	tk := throttleKey(key, name, source)
 	start := time.Now()
-	check, fail := s.throttle.delays(key, source, pol, start)
+	check, fail := s.throttle.delays(tk, source, pol, start)
 	if fail > 0 {
 		s.metrics.loginsDelayed.Inc()
 	}
 	if err := hold(ctx, check); err != nil {
 		return err
 	}
-	var u *catalog.User
-	if t != nil {
-		var err error
-		if u, err = s.resolver.User(ctx, t, name); err != nil {
-			return err
-		}
-	}
-	err := s.authenticate(c, lv, sub, t, name, u)
+	err := auth()
 	if pgerr.CodeOf(err) != pgerr.CodeAuthFailed {
 		if err == nil {
-			s.throttle.succeed(key)
+			s.throttle.succeed(tk)
 		}
 		return err
 	}
-	s.throttle.fail(key, source, pol, time.Now())
-	if t == nil {
-		// The label holds no name a stranger made up.
-		s.metrics.authFailures.WithLabelValues("", "unknown_tenant").Inc()
-	} else {
-		s.metrics.authFailures.WithLabelValues(t.Subdomain, "password").Inc()
-	}
-	s.log.Info("login failed", zap.String("tenant", sub), zap.String("user", name), zap.Stringer("client", c.raw.RemoteAddr()),
-		zap.Bool("known_tenant", t != nil), zap.Bool("known_user", u != nil), zap.Duration("held", fail))
+	s.throttle.fail(tk, source, pol, time.Now())
+	failed(fail)
 	// The answer waits out the delay; if the start-up deadline comes
 	// first, it is sent then.
 	hold(ctx, fail-time.Since(start))

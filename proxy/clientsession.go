@@ -26,6 +26,12 @@ type clientSession interface {
 	drain()
 	// kill ends the session now with 57P01.
 	kill()
+}
+
+// tenantSession is a session of a tenant (either pool mode), not of the
+// console.
+type tenantSession interface {
+	clientSession
 	base() *sessionBase
 }
 
@@ -55,6 +61,8 @@ type sessionBase struct {
 	// killedBy, set before killed, is what a kill tells the client in
 	// place of errShuttingDown (endSessions, terminate.go).
 	killedBy atomic.Pointer[pgerr.Error]
+	// held: the session waits at its tenant's PAUSE (SHOW CLIENTS).
+	held atomic.Bool
 }
 
 // killError is what the session tells its client when it is killed or
@@ -66,7 +74,8 @@ func (b *sessionBase) killError() *pgerr.Error {
 	return errShuttingDown
 }
 
-// base gives EndSessions the tenant and user of either mode's session.
+// base gives endSessions and the console the tenant and user of either
+// mode's session.
 func (b *sessionBase) base() *sessionBase { return b }
 
 // counted counts the session among the tenant's connected clients until

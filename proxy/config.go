@@ -9,6 +9,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/zap"
 
+	"github.com/tenantproxy/tenantproxy/console"
 	"github.com/tenantproxy/tenantproxy/router"
 )
 
@@ -104,6 +105,12 @@ type Config struct {
 	// each pool), which is what keeps one tenant's clients from taking a
 	// pool other tenants share.
 	MaxConnsPerTenant int
+	// Database, when set, is the one database name clients may connect
+	// to, whatever their tenant (the app's name for its database, e.g.
+	// "chat"); another gets FATAL 3D000 after authentication, as from
+	// PostgreSQL. Empty accepts any name. Either way the session reaches
+	// the tenant's real database, whose name current_database() shows.
+	Database string
 	// MaxStartupConns caps the connections in start-up, from accept to
 	// authentication, over all listeners. At the cap, the oldest
 	// connection still in start-up is closed to make room for the new
@@ -140,6 +147,12 @@ type Config struct {
 	// answered by then is closed rather than reused (the request may
 	// still be acted on).
 	CancelTimeout time.Duration
+
+	// Console serves the admin console (package console) to its user on
+	// the virtual databases console.Databases, always authenticated with
+	// SCRAM-SHA-256, whatever AuthMethod says. Nil means no console: those
+	// database names then mean nothing special. Read once by New.
+	Console *console.Console
 
 	// Logger receives one line per session and errors. Nil means no logs.
 	Logger *zap.Logger

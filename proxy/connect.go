@@ -8,6 +8,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgproto3"
 	"go.uber.org/zap"
 
@@ -74,6 +75,9 @@ func (s *Server) establish(ctx context.Context, c *clientConn, lv *live, p *star
 	if r, ok := p.params["replication"]; ok && !isFalse(r) {
 		return nil, pgerr.Errorf(pgerr.CodeFeatureNotSupported, "replication connections are not supported through tenantproxy")
 	}
+	if s.isConsole(p) {
+		return s.openConsole(ctx, c, lv, p)
+	}
 	id, err := router.Identify(lv.cfg.Identify, router.Startup{ServerName: c.serverName, User: p.params["user"], Options: p.params["options"]})
 	if err != nil {
 		return nil, err
@@ -90,6 +94,12 @@ func (s *Server) establish(ctx context.Context, c *clientConn, lv *live, p *star
 		return nil, err
 	}
 	if err := router.Admit(t); err != nil {
+		return nil, err
+	}
+	if err := checkDatabase(lv.cfg.Database, p.params["database"]); err != nil {
+		return nil, err
+	}
+	if err := s.gates.admit(t.Subdomain); err != nil {
 		return nil, err
 	}
 	// Authenticated: a tenant's client now, under the tenant's caps, no
@@ -109,6 +119,14 @@ func (s *Server) establish(ctx context.Context, c *clientConn, lv *live, p *star
 // connect routes the tenant and completes the client's startup in the
 // tenant's pool mode.
 func (s *Server) connect(ctx context.Context, c *clientConn, lv *live, t *catalog.Tenant, id router.Identity, p *startupPacket) (clientSession, error) {
+	// A paused tenant's new clients wait for RESUME (or their start-up
+	// timeout) before they take a server connection.
+	if err := s.gates.wait(ctx, t.Subdomain, s.isClosing, nil); err != nil {
+		if ctx.Err() == context.DeadlineExceeded {
+			return nil, pgerr.Errorf(pgerr.CodeRateLimited, "tenant %q is paused; timed out waiting for RESUME", t.Subdomain)
+		}
+		return nil, err
+	}
 	rt, err := s.resolver.Route(ctx, t)
 	if err != nil {
 		return nil, err
@@ -258,4 +276,16 @@ func isFalse(v string) bool {
 		return true
 	}
 	return false
+}
+
+// checkDatabase answers a database name other than the one configured
+// (want, when set) as PostgreSQL answers a database it lacks, after
+// authentication as there. No name means the user's name in PostgreSQL,
+// and the configured one here.
+func checkDatabase(want, got string) error {
+	if want == "" || got == "" || got == want {
+		return nil
+	}
+	return &pgconn.PgError{Severity: "FATAL", Code: "3D000", Message: fmt.Sprintf("database \"%s\" does not exist", got),
+		Hint: fmt.Sprintf("Every tenant connects to database \"%s\" through this proxy; the tenant is named by the user, options or TLS server name.", want)}
 }

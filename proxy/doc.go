@@ -21,6 +21,8 @@
 //	idleread.go       transaction mode: an idle client holds no read buffer
 //	buffers.go        memory for client messages held whole: given back once passed on, capped server-wide
 //	cancel.go         cancel keys
+//	console.go        the admin console's login and session, and what it reads and steers (package console)
+//	pause.go          the console's PAUSE and DISABLE: tenant gates new transactions and logins wait at
 //	errors.go         classify and render errors: pool, server, policy and framing errors meet here
 //	server.go         lifecycle: Serve, Shutdown (drain, then kill), Reload
 //	terminate.go      ending sessions from outside (57P01 as pg_terminate_backend): a removed login's

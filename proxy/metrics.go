@@ -38,7 +38,7 @@ func newMetrics(reg prometheus.Registerer, buffered func() float64) (*metrics, e
 		}, []string{"tenant"}),
 		authFailures: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "tenantproxy_auth_failures_total",
-			Help: "Failed client logins, per tenant and reason: password (wrong password or unknown user), unknown_tenant (under tenant \"\").",
+			Help: "Failed client logins, per tenant and reason: password (wrong password or unknown user), unknown_tenant and console (admin console logins), both under tenant \"\".",
 		}, []string{"tenant", "reason"}),
 		startupClosed: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "tenantproxy_startup_connections_closed_total",

@@ -13,6 +13,7 @@ import (
 
 	"go.uber.org/zap"
 
+	"github.com/tenantproxy/tenantproxy/console"
 	"github.com/tenantproxy/tenantproxy/internal/pgerr"
 	"github.com/tenantproxy/tenantproxy/internal/scram"
 	"github.com/tenantproxy/tenantproxy/policy"
@@ -50,6 +51,9 @@ type Server struct {
 	gate startupGate
 	// buffers caps the memory held for long client messages.
 	buffers *bufferBudget
+	// console is Config.Console; gates are its PAUSE and DISABLE.
+	console *console.Console
+	gates   *tenantGates
 	// dummyKey derives fake SCRAM salts for unknown users and tenants
 	// (Config.SaltSecret).
 	dummyKey []byte
@@ -105,7 +109,7 @@ func New(cfg Config, dir router.Directory, backends Backends) (*Server, error) {
 	s := &Server{
 		log: cfg.Logger, resolver: resolver, policy: policy.New(),
 		backends: backends, metrics: m, cancels: newCancelKeys(), throttle: newLoginThrottle(),
-		buffers:  buffers,
+		buffers: buffers, console: cfg.Console, gates: newTenantGates(),
 		dummyKey: key, listen: cfg.Listen, unix: cfg.UnixSocket, ctx: ctx, cancel: cancel,
 		listeners: make(map[net.Listener]struct{}), conns: make(map[*tracked]struct{}), perTenant: make(map[string]int),
 	}
@@ -379,6 +383,8 @@ func (s *Server) Shutdown(ctx context.Context) error {
 		}
 	}
 	s.mu.Unlock()
+	// Sessions held by PAUSE look again, and see they are draining.
+	s.gates.wake()
 
 	all := make(chan struct{})
 	go func() {

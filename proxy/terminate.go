@@ -42,15 +42,16 @@ func (s *Server) endSessions(match func(tenant, user string) bool) int {
 	defer s.mu.Unlock()
 	n := 0
 	for t := range s.conns {
-		if t.sess == nil {
+		ts, ok := t.sess.(tenantSession)
+		if !ok {
 			continue
 		}
-		b := t.sess.base()
+		b := ts.base()
 		if !match(b.tenant, b.user) {
 			continue
 		}
 		b.killedBy.CompareAndSwap(nil, errTerminated)
-		t.sess.kill()
+		ts.kill()
 		n++
 	}
 	return n

@@ -191,10 +191,14 @@ func (tx *txSession) unboundMessage(typ byte, r string) (answered bool, err erro
 	return false, nil
 }
 
+// ending reports that the session was drained or killed.
+func (tx *txSession) ending() bool { return tx.draining.Load() || tx.killed.Load() }
+
 // acquire binds a server connection for the transaction the client
 // message of type typ starts, with its context set-up in tx.out.
 func (tx *txSession) acquire(typ byte) error {
-	if tx.draining.Load() || tx.killed.Load() {
+	// A paused tenant's transactions wait here for RESUME.
+	if tx.srv.gates.wait(tx.srv.ctx, tx.tenant, tx.ending, &tx.held) != nil || tx.ending() {
 		tx.client.Write(encodeError(tx.killError(), fatal))
 		return tx.killError()
 	}

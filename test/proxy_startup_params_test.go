@@ -98,3 +98,34 @@ func TestKnownSettingsListMatchesTheServer(t *testing.T) {
 		}
 	}
 }
+
+// TestDatabaseNameIsCheckedWhenConfigured: with Config.Database set, the
+// database a client names must be that one; another gets PostgreSQL's
+// FATAL 3D000 with a hint, after authentication (a wrong password still
+// hears 28P01 first), in both pool modes.
+func TestDatabaseNameIsCheckedWhenConfigured(t *testing.T) {
+	e := newProxyEnv(t)
+	ctx := ctxT(t)
+	for _, mode := range []string{proxy.PoolSession, proxy.PoolTransaction} {
+		t.Run(mode, func(t *testing.T) {
+			_, addr := e.startProxy(t, proxy.Config{PoolMode: mode, Database: "chat"})
+			withDatabase := func(user, password, db string) string {
+				return strings.Replace(dsn(addr, user, password), "/app?", "/"+db+"?", 1)
+			}
+			conn := connect(t, withDatabase("alice.acme", tenantPassword, "chat"))
+			var n int
+			if err := conn.QueryRow(ctx, "SELECT count(*) FROM users").Scan(&n); err != nil {
+				t.Fatal(err)
+			}
+			_, err := pgx.Connect(ctx, withDatabase("alice.acme", tenantPassword, "app"))
+			pe := &pgconn.PgError{}
+			if !errors.As(err, &pe) || pe.Severity != "FATAL" || pe.Code != "3D000" || pe.Message != `database "app" does not exist` || !strings.Contains(pe.Hint, `"chat"`) {
+				t.Fatalf("database app: %v (hint %q); want FATAL 3D000 with a hint naming chat", err, pe.Hint)
+			}
+			_, err = pgx.Connect(ctx, withDatabase("alice.acme", "wrong-password", "app"))
+			if !errors.As(err, &pe) || pe.Code != "28P01" {
+				t.Fatalf("wrong password and database app: %v; want 28P01 first", err)
+			}
+		})
+	}
+}

@@ -422,3 +422,55 @@ func TestAppMigrationsHundredTenants(t *testing.T) {
 		t.Fatalf("schema-00 after down --to 0: todos exists %v, %v", todos, err)
 	}
 }
+
+// TestDeletingASharedTierTenantFollowsTheAppsForeignKeys: an app's foreign
+// keys need not cascade; deleting a shared-tier tenant removes its rows
+// children first, whatever the tables' names (alphabetical order deleted
+// the referenced table first and failed with 23503).
+func TestDeletingASharedTierTenantFollowsTheAppsForeignKeys(t *testing.T) {
+	dsn := pgtest.NewDatabase(t, pgtest.StartT(t))
+	t.Setenv("TENANTPROXY_CATALOG_DSN", dsn)
+	mustCLI(t, "migrate", "up")
+	dir := t.TempDir()
+	if err := os.WriteFile(filepath.Join(dir, "0001_orders.up.sql"), []byte(
+		"CREATE TABLE a_customers (id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY, name text NOT NULL);\n"+
+			"CREATE TABLE b_orders (id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY, customer bigint NOT NULL REFERENCES a_customers (id));\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	mustCLI(t, "migrate", "up", "--dir", dir)
+	mustCLI(t, "tenant", "create", "shop", "--plan", "free", "--admin-password", appPassword)
+	ctx := context.Background()
+	cat, err := catalog.Open(ctx, dsn, catalog.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cat.Close()
+	tn, err := cat.TenantBySubdomain(ctx, "shop")
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := cat.Backend(ctx, tn.Backend)
+	if err != nil {
+		t.Fatal(err)
+	}
+	shared, err := migrations.ConnectAs(ctx, b.AdminDSN, tn.Database)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer shared.Close(ctx)
+	err = pgx.BeginFunc(ctx, shared, func(tx pgx.Tx) error {
+		if _, err := tx.Exec(ctx, "SELECT set_config($1, $2, true)", migrations.TenantGUC, tn.ID); err != nil {
+			return err
+		}
+		_, err := tx.Exec(ctx, "WITH c AS (INSERT INTO a_customers (name) VALUES ('ann') RETURNING id) INSERT INTO b_orders (customer) SELECT id FROM c")
+		return err
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	mustCLI(t, "tenant", "delete", "shop", "--confirm", "shop")
+	var left int
+	if err := shared.QueryRow(ctx, "SELECT (SELECT count(*) FROM a_customers) + (SELECT count(*) FROM b_orders)").Scan(&left); err != nil || left != 0 {
+		t.Fatalf("rows left after the delete: %d, %v", left, err)
+	}
+}

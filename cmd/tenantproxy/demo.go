@@ -100,7 +100,11 @@ func demo(ctx context.Context, g *globals, f *serveFlags, out io.Writer) (err er
 		return err
 	}
 	f.adminListen = freeAddrOr(f.adminListen)
-	srv, adm, mgr, err := startProxy(g, f, cat, newRegistry())
+	if f.database == "" {
+		// The psql lines the demo prints name the chat app's database.
+		f.database = "chat"
+	}
+	srv, adm, mgr, err := startProxy(g, f, cat, newRegistry(), consoleHooks{})
 	if err != nil {
 		l.Close()
 		return err

@@ -19,6 +19,7 @@ import (
 	"github.com/tenantproxy/tenantproxy/admin"
 	"github.com/tenantproxy/tenantproxy/canary"
 	"github.com/tenantproxy/tenantproxy/catalog"
+	"github.com/tenantproxy/tenantproxy/console"
 	"github.com/tenantproxy/tenantproxy/pool"
 	"github.com/tenantproxy/tenantproxy/proxy"
 	"github.com/tenantproxy/tenantproxy/router"
@@ -57,6 +58,13 @@ type serveFlags struct {
 	poolMaxLifetime  time.Duration
 	poolConnTimeout  time.Duration
 
+	// database is the one database name clients may connect to.
+	database string
+
+	// consoleUser and consolePassword open the admin console; no user, no
+	// console.
+	consoleUser, consolePassword string
+
 	// isolationInterval is serve's alone: the demo does not run the canary.
 	isolationInterval time.Duration
 }
@@ -72,6 +80,7 @@ func (f *serveFlags) register(fs *pflag.FlagSet, defaultAuth string) {
 	fs.StringSliceVar(&f.identifyOrder, "identify", []string{"sni", "options", "user"}, "identification sources in order: sni, options (-c tenant=ID), user (name.tenant)")
 	fs.StringVar(&f.userSeparator, "user-separator", ".", "separates user name and tenant in the user source")
 	fs.StringVar(&f.auth, "auth", defaultAuth, "client authentication: scram-sha-256, or trust (demos only)")
+	fs.StringVar(&f.database, "database", "", "the database name clients connect to (the app's, e.g. chat); another gets FATAL 3D000; empty accepts any name; reloaded on SIGHUP")
 	fs.IntVar(&f.maxConnsPerTenant, "max-conns-per-tenant", 0, "client connections one tenant may hold (not server connections: see --pool-max-conns-per-tenant); 0 means no cap")
 	fs.IntVar(&f.maxBufferedBytes, "max-buffered-bytes", 256<<20, "memory all clients together may hold for messages over 64 KiB that are read whole (statements, to check them; transaction mode counts them twice); a client whose message does not fit waits up to 5s, then gets FATAL 53200; 0 means 256 MiB, negative no cap; reloaded on SIGHUP")
 	fs.DurationVar(&f.startupTimeout, "startup-timeout", 15*time.Second, "time a client has from connect to ready (TLS, startup, auth)")
@@ -87,6 +96,8 @@ func (f *serveFlags) register(fs *pflag.FlagSet, defaultAuth string) {
 	fs.DurationVar(&f.poolIdleTimeout, "pool-idle-timeout", 5*time.Minute, "close server connections idle this long")
 	fs.DurationVar(&f.poolMaxLifetime, "pool-max-lifetime", time.Hour, "close server connections this old once idle")
 	fs.DurationVar(&f.poolConnTimeout, "pool-connect-timeout", 10*time.Second, "bound on connecting and authenticating to a backend")
+	fs.StringVar(&f.consoleUser, "console-user", "", "user of the PgBouncer-compatible admin console (psql dbname=pgbouncer); empty disables the console")
+	fs.StringVar(&f.consolePassword, "console-password", "", "the console user's password (SCRAM-SHA-256); prefer TENANTPROXY_CONSOLE_PASSWORD to the command line")
 }
 
 func (f *serveFlags) proxyConfig(log *zap.Logger, reg prometheus.Registerer) proxy.Config {
@@ -110,6 +121,7 @@ func (f *serveFlags) proxyConfig(log *zap.Logger, reg prometheus.Registerer) pro
 		// fake salts of unknown users and tenants agree across replicas.
 		SaltSecret:               f.catalog.dsn,
 		MaxConnsPerTenant:        f.maxConnsPerTenant,
+		Database:                 f.database,
 		MaxBufferedBytes:         f.maxBufferedBytes,
 		PoolMode:                 f.poolMode,
 		StartupTimeout:           f.startupTimeout,
@@ -175,7 +187,16 @@ func buildServeCommand(g *globals) (*cobra.Command, *serveFlags) {
 				return err
 			}
 			defer cat.Close()
-			srv, mgr, err := startRelay(g, f, cat, reg)
+			// The console's SHUTDOWN drains as SIGTERM does; its RELOAD
+			// takes SIGHUP's path. Until runProxy handles SIGHUP, one
+			// must not end the process (its default action).
+			early := make(chan os.Signal, 1)
+			signal.Notify(early, syscall.SIGHUP)
+			defer signal.Stop(early)
+			ctx, shutdown := context.WithCancel(cmd.Context())
+			defer shutdown()
+			hooks := consoleHooks{reload: func() error { return syscall.Kill(os.Getpid(), syscall.SIGHUP) }, shutdown: shutdown}
+			srv, mgr, err := startRelay(g, f, cat, reg, hooks)
 			if err != nil {
 				shutdownAdmin(adm)
 				return err
@@ -186,13 +207,13 @@ func buildServeCommand(g *globals) (*cobra.Command, *serveFlags) {
 			go func() { served <- srv.ListenAndServe() }()
 			g.logger.Info("serving", zap.Strings("listen", f.listen), zap.String("admin", f.adminListen))
 			if f.isolationInterval > 0 {
-				stop, err := startCanary(cmd.Context(), g, f, cat, reg)
+				stop, err := startCanary(ctx, g, f, cat, reg)
 				if err != nil {
 					return err
 				}
 				defer stop()
 			}
-			return runProxy(cmd.Context(), g, f, srv, adm, served, reloader(cmd, g))
+			return runProxy(ctx, g, f, srv, adm, served, reloader(cmd, g))
 		},
 	}
 	f.catalog.register(cmd)
@@ -282,12 +303,12 @@ func newRegistry() *prometheus.Registry {
 // startProxy builds the pool, the proxy and the admin listener, ready
 // while the catalog answers. The caller owns the returned pieces; adm is
 // nil when --admin-listen is empty.
-func startProxy(g *globals, f *serveFlags, cat *catalog.Catalog, reg *prometheus.Registry) (*proxy.Server, *admin.Server, *pool.Manager, error) {
+func startProxy(g *globals, f *serveFlags, cat *catalog.Catalog, reg *prometheus.Registry, hooks consoleHooks) (*proxy.Server, *admin.Server, *pool.Manager, error) {
 	adm, err := startAdmin(g, f, reg, cat.Ping)
 	if err != nil {
 		return nil, nil, nil, err
 	}
-	srv, mgr, err := startRelay(g, f, cat, reg)
+	srv, mgr, err := startRelay(g, f, cat, reg, hooks)
 	if err != nil {
 		shutdownAdmin(adm)
 		return nil, nil, nil, err
@@ -307,13 +328,18 @@ func startAdmin(g *globals, f *serveFlags, reg *prometheus.Registry, ready admin
 	return adm, nil
 }
 
-// startRelay builds the pool and the proxy.
-func startRelay(g *globals, f *serveFlags, cat *catalog.Catalog, reg *prometheus.Registry) (*proxy.Server, *pool.Manager, error) {
+// startRelay builds the pool and the proxy, with the console hooks.
+func startRelay(g *globals, f *serveFlags, cat *catalog.Catalog, reg *prometheus.Registry, hooks consoleHooks) (*proxy.Server, *pool.Manager, error) {
 	mgr, err := pool.NewManager(f.poolConfig(reg), g.logger)
 	if err != nil {
 		return nil, nil, err
 	}
-	srv, err := proxy.New(f.proxyConfig(g.logger, reg), cat, mgr)
+	cfg := f.proxyConfig(g.logger, reg)
+	if cfg.Console, err = f.console(g, cat, mgr, hooks); err != nil {
+		mgr.Close()
+		return nil, nil, err
+	}
+	srv, err := proxy.New(cfg, cat, mgr)
 	if err != nil {
 		mgr.Close()
 		return nil, nil, err
@@ -342,4 +368,25 @@ func shutdownAdmin(adm *admin.Server) {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
 	adm.Shutdown(ctx)
+}
+
+// consoleHooks are what the console's RELOAD and SHUTDOWN run; a nil one
+// refuses the command (the demo has neither).
+type consoleHooks struct {
+	reload   func() error
+	shutdown func()
+}
+
+// console builds the admin console, nil when --console-user is empty.
+func (f *serveFlags) console(g *globals, cat *catalog.Catalog, mgr *pool.Manager, hooks consoleHooks) (*console.Console, error) {
+	if f.consoleUser == "" {
+		if f.consolePassword != "" {
+			return nil, errors.New("--console-password without --console-user")
+		}
+		return nil, nil
+	}
+	return console.New(console.Config{
+		User: f.consoleUser, Password: f.consolePassword, Tenants: cat, Pools: mgr,
+		Version: versionString(), Reload: hooks.reload, Shutdown: hooks.shutdown, Logger: g.logger,
+	})
 }

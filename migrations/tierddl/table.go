@@ -27,7 +27,11 @@ func createTable(n *pg_query.Node, c *pg_query.CreateStmt) ([]*pg_query.Node, er
 	if err != nil {
 		return nil, err
 	}
-	elts := stmts[0].GetCreateStmt().TableElts
+	// The tenant column goes after the table's own columns, so that an
+	// INSERT without a column list fills them as written and leaves it
+	// to its default.
+	tenantColumn := stmts[0].GetCreateStmt().TableElts
+	var elts []*pg_query.Node
 	cols := columns{rel: c.Relation}
 	for _, e := range c.TableElts {
 		switch x := e.Node.(type) {
@@ -46,6 +50,13 @@ func createTable(n *pg_query.Node, c *pg_query.CreateStmt) ([]*pg_query.Node, er
 		}
 		elts = append(elts, e)
 	}
+	last := 0
+	for i, e := range elts {
+		if e.GetColumnDef() != nil {
+			last = i + 1
+		}
+	}
+	elts = append(elts[:last], append(tenantColumn, elts[last:]...)...)
 	c.TableElts = append(elts, cols.moved...)
 	isolation, err := parseStmts(fmt.Sprintf("ALTER TABLE %[1]s ENABLE ROW LEVEL SECURITY;\n"+
 		"ALTER TABLE %[1]s FORCE ROW LEVEL SECURITY;\n"+

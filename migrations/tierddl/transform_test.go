@@ -49,14 +49,14 @@ func TestTransformShared(t *testing.T) {
 		{
 			name: "identity primary key and column unique become per tenant",
 			in:   "CREATE TABLE todos (id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY, title text NOT NULL UNIQUE)",
-			want: "CREATE TABLE todos (" + tenantCol + ", id bigint NOT NULL DEFAULT tenantproxy.next_id('todos.id'), title text NOT NULL, " +
+			want: "CREATE TABLE todos (id bigint NOT NULL DEFAULT tenantproxy.next_id('todos.id'), title text NOT NULL, " + tenantCol + ", " +
 				"PRIMARY KEY (tenant_id, id), UNIQUE (tenant_id, title));\n" + isolate("todos") + register("todos.id"),
 		},
 		{
 			name: "serial types become integers with per-tenant ids, named constraints keep their names",
 			in:   "CREATE TABLE s.t (a smallserial, b serial CONSTRAINT b_key UNIQUE, c bigserial)",
-			want: "CREATE TABLE s.t (" + tenantCol + ", a smallint NOT NULL DEFAULT tenantproxy.next_id('s.t.a'), " +
-				"b int NOT NULL DEFAULT tenantproxy.next_id('s.t.b'), c bigint NOT NULL DEFAULT tenantproxy.next_id('s.t.c'), " +
+			want: "CREATE TABLE s.t (a smallint NOT NULL DEFAULT tenantproxy.next_id('s.t.a'), " +
+				"b int NOT NULL DEFAULT tenantproxy.next_id('s.t.b'), c bigint NOT NULL DEFAULT tenantproxy.next_id('s.t.c'), " + tenantCol + ", " +
 				"CONSTRAINT b_key UNIQUE (tenant_id, b));\n" + isolate("s.t") + register("s.t.a") + register("s.t.b") + register("s.t.c"),
 		},
 		{
@@ -64,7 +64,7 @@ func TestTransformShared(t *testing.T) {
 			in: "CREATE TABLE todo_tags (todo_id bigint REFERENCES todos ON DELETE CASCADE, tag_id bigint, note_id bigint, " +
 				"PRIMARY KEY (todo_id, tag_id), FOREIGN KEY (tag_id) REFERENCES tags (id), " +
 				"CONSTRAINT n FOREIGN KEY (note_id) REFERENCES notes (id) ON DELETE SET NULL)",
-			want: "CREATE TABLE todo_tags (" + tenantCol + ", todo_id bigint, tag_id bigint, note_id bigint, " +
+			want: "CREATE TABLE todo_tags (todo_id bigint, tag_id bigint, note_id bigint, " + tenantCol + ", " +
 				"PRIMARY KEY (tenant_id, todo_id, tag_id), FOREIGN KEY (tenant_id, tag_id) REFERENCES tags (tenant_id, id), " +
 				"CONSTRAINT n FOREIGN KEY (tenant_id, note_id) REFERENCES notes (tenant_id, id) ON DELETE SET NULL (note_id), " +
 				"FOREIGN KEY (tenant_id, todo_id) REFERENCES todos ON DELETE CASCADE);\n" + isolate("todo_tags"),
