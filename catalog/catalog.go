@@ -15,6 +15,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/tenantproxy/tenantproxy/catalog/secrets"
+	"github.com/tenantproxy/tenantproxy/migrations"
 )
 
 // Options configure Open.
@@ -349,18 +350,24 @@ type querier interface {
 
 const tenantColumns = `id, name, subdomain, isolation_level, plan, status, data_region, backend, database,
 	coalesce(database_url, ''), coalesce(schema_name, ''), max_users, max_storage_gb, features, settings,
-	created_at, subscription_expires_at`
+	created_at, subscription_expires_at, coalesce(login_password, '')`
 
-func scanTenant(row pgx.Row) (Tenant, error) {
+// scanTenant reads a row of tenantColumns and opens its login password.
+func (c *Catalog) scanTenant(row pgx.Row) (Tenant, error) {
 	var t Tenant
+	var login string
 	err := row.Scan(&t.ID, &t.Name, &t.Subdomain, &t.Tier, &t.Plan, &t.Status, &t.Region, &t.Backend, &t.Database,
 		&t.DatabaseURL, &t.SchemaName, &t.MaxUsers, &t.MaxStorageGB, &t.Features, &t.Settings,
-		&t.CreatedAt, &t.SubscriptionExpiresAt)
+		&t.CreatedAt, &t.SubscriptionExpiresAt, &login)
+	if err != nil || login == "" {
+		return t, err
+	}
+	t.LoginPassword, err = migrations.OpenTenantLogin(c.keys, t.ID, login)
 	return t, err
 }
 
 func (c *Catalog) tenant(ctx context.Context, q querier, subdomain string) (Tenant, error) {
-	t, err := scanTenant(q.QueryRow(ctx, "SELECT "+tenantColumns+" FROM tenants WHERE subdomain = $1", subdomain))
+	t, err := c.scanTenant(q.QueryRow(ctx, "SELECT "+tenantColumns+" FROM tenants WHERE subdomain = $1", subdomain))
 	if errors.Is(err, pgx.ErrNoRows) {
 		return t, fmt.Errorf("catalog: tenant %q: %w", subdomain, ErrNotFound)
 	}

@@ -78,17 +78,42 @@ func (e *env) serving(t testing.TB, database string) *pgx.Conn {
 	if err != nil {
 		t.Fatal(err)
 	}
+	return e.login(t, database, b.ServingUser, b.ServingPassword)
+}
+
+// tenantLogin logs in to database-tier tenant sub's database as its own
+// role, with the password the catalog stores, the way the proxy will.
+func (e *env) tenantLogin(t testing.TB, sub string) *pgx.Conn {
+	t.Helper()
+	tn, err := e.cat.Show(ctxT(t), sub)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return e.login(t, tn.Database, tn.LoginRole(), tn.LoginPassword)
+}
+
+func (e *env) login(t testing.TB, database, user, password string) *pgx.Conn {
+	t.Helper()
+	conn, err := e.tryLogin(t, database, user, password)
+	if err != nil {
+		t.Fatalf("%s login to %s: %v", user, database, err)
+	}
+	return conn
+}
+
+func (e *env) tryLogin(t testing.TB, database, user, password string) (*pgx.Conn, error) {
+	t.Helper()
 	cfg, err := pgx.ParseConfig(e.cluster.DSN(database))
 	if err != nil {
 		t.Fatal(err)
 	}
-	cfg.User, cfg.Password = b.ServingUser, b.ServingPassword
+	cfg.User, cfg.Password = user, password
 	conn, err := pgx.ConnectConfig(ctxT(t), cfg)
 	if err != nil {
-		t.Fatalf("serving role login to %s: %v", database, err)
+		return nil, err
 	}
 	t.Cleanup(func() { conn.Close(context.Background()) })
-	return conn
+	return conn, nil
 }
 
 func (e *env) create(t testing.TB, subdomain, plan string) *catalog.Created {
@@ -186,17 +211,34 @@ func TestProvisionOneTenantPerTier(t *testing.T) {
 		t.Errorf("role %s: login=%v err=%v; want a NOLOGIN role", beta, login, err)
 	}
 
-	// Database tier: its own database, which the serving role may use and
-	// PUBLIC may not connect to.
+	// Database tier: its own database, owned by its own login role, which
+	// alone (not PUBLIC, not the serving role) may connect to it.
 	if _, err := control.Exec(ctx, "CREATE ROLE outsider LOGIN"); err != nil {
 		t.Fatal(err)
 	}
-	if n := count(t, control, "SELECT count(*) FROM pg_database WHERE datname = $1 AND NOT has_database_privilege('outsider', oid, 'CONNECT')", gamma); n != 1 {
-		t.Errorf("%s: want a database PUBLIC cannot connect to", gamma)
+	if n := count(t, control, `SELECT count(*) FROM pg_database WHERE datname = $1
+		AND NOT has_database_privilege('outsider', oid, 'CONNECT') AND NOT has_database_privilege($2, oid, 'CONNECT')
+		AND datdba = (SELECT oid FROM pg_roles WHERE rolname = $1)`, gamma, migrations.ServingRole); n != 1 {
+		t.Errorf("%s: want a database its role owns and neither PUBLIC nor the serving role can connect to", gamma)
 	}
-	gconn := e.serving(t, gamma)
+	if n := count(t, control, `SELECT count(*) FROM pg_roles WHERE rolname = $1 AND rolcanlogin
+		AND NOT (rolsuper OR rolcreatedb OR rolcreaterole OR rolreplication OR rolbypassrls)`, gamma); n != 1 {
+		t.Errorf("role %s: want LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION NOBYPASSRLS", gamma)
+	}
+	b, err := e.cat.Backend(ctx, "main")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := e.tryLogin(t, gamma, b.ServingUser, b.ServingPassword); err == nil {
+		t.Errorf("the serving role connects to a database-tier tenant's database")
+	}
+	gconn := e.tenantLogin(t, "gamma")
+	if n := count(t, gconn, `SELECT count(*) FROM pg_tables WHERE schemaname = 'public' AND tableowner = $1
+		AND tablename IN ('users', 'channels', 'channel_members', 'messages', 'files')`, gamma); n != 5 {
+		t.Errorf("%s owns %d of the 5 chat tables in its database", gamma, n)
+	}
 	if _, err := gconn.Exec(ctx, "INSERT INTO users (username) VALUES ('g1')"); err != nil {
-		t.Fatalf("serving role writes to its database-tier tenant: %v", err)
+		t.Fatalf("database-tier tenant writes to its database: %v", err)
 	}
 	if n := count(t, gconn, "SELECT count(*) FROM users"); n != 1 {
 		t.Errorf("%s users = %d; want 1", gamma, n)

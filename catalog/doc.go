@@ -36,6 +36,8 @@
 // Bad input is a *ValidationError (nothing is created); a lifecycle change
 // the status forbids is a *StateError. The tenant id equals its subdomain;
 // its schema, role and database name is random (NewObjectName), stored in the row.
+// A database-tier tenant's sessions log in as a role of its own by that name
+// (Tenant.LoginRole), whose password is sealed like the backends' secrets.
 // Create rolls a failed provisioning back completely, so the same command can
 // be retried; the welcome email is an outbox row written with the
 // activation and handed to the Sender (LogSender by default).

@@ -21,7 +21,7 @@ func (c *Catalog) List(ctx context.Context) ([]Tenant, error) {
 	if err != nil {
 		return nil, fmt.Errorf("catalog: listing tenants: %w", err)
 	}
-	ts, err := pgx.CollectRows(rows, func(row pgx.CollectableRow) (Tenant, error) { return scanTenant(row) })
+	ts, err := pgx.CollectRows(rows, func(row pgx.CollectableRow) (Tenant, error) { return c.scanTenant(row) })
 	if err != nil {
 		return nil, fmt.Errorf("catalog: listing tenants: %w", err)
 	}
@@ -160,8 +160,12 @@ func dropDatabase(ctx context.Context, t Tenant, b Backend) error {
 		return fmt.Errorf("connecting to backend %s: %w", b.Name, err)
 	}
 	defer conn.Close(context.WithoutCancel(ctx))
-	// FORCE ends the tenant's open sessions; the tenant is going away.
-	_, err = conn.Exec(ctx, "DROP DATABASE IF EXISTS "+pgx.Identifier{t.Database}.Sanitize()+" WITH (FORCE)")
+	// FORCE ends the tenant's open sessions; the tenant is going away. Its
+	// login role owns nothing outside the database, so it can go after it.
+	if _, err = conn.Exec(ctx, "DROP DATABASE IF EXISTS "+pgx.Identifier{t.Database}.Sanitize()+" WITH (FORCE)"); err != nil {
+		return err
+	}
+	_, err = conn.Exec(ctx, "DROP ROLE IF EXISTS "+pgx.Identifier{t.Database}.Sanitize())
 	return err
 }
 

@@ -50,13 +50,19 @@ type Tenant struct {
 	Backend string `json:"backend"`
 	// Database is the database on Backend that holds the tenant's data: the
 	// backend's shared database, its schema database, or the tenant's own.
+	// A database-tier tenant's login role has the same name (LoginRole).
 	Database string `json:"database"`
 	// DatabaseURL locates the tenant's own database (database tier only),
 	// without credentials.
 	DatabaseURL string `json:"database_url,omitempty"`
 	// SchemaName is the tenant's schema (schema tier only). It is also the
 	// name of the tenant's NOLOGIN role.
-	SchemaName            string          `json:"schema_name,omitempty"`
+	SchemaName string `json:"schema_name,omitempty"`
+	// LoginPassword is the password of the database tier's login role;
+	// empty in the other tiers, and for a database-tier tenant created
+	// before tenants had roles of their own until `migrate up` gives it
+	// one. It is a secret: never log it.
+	LoginPassword         string          `json:"-"`
 	MaxUsers              int             `json:"max_users"`
 	MaxStorageGB          int             `json:"max_storage_gb"`
 	Features              json.RawMessage `json:"features"`
@@ -93,4 +99,15 @@ type User struct {
 	Role     string `json:"role"`
 	// CreatedAt is set by ListUsers only.
 	CreatedAt time.Time `json:"created_at,omitzero"`
+}
+
+// LoginRole is the role a database-tier tenant's sessions log in as: a
+// LOGIN role of its own that owns its database, so that what one tenant's
+// code does to its role reaches no other tenant. Empty in the other tiers,
+// whose sessions log in as the backend's serving role.
+func (t *Tenant) LoginRole() string {
+	if t.Tier != TierDatabase {
+		return ""
+	}
+	return t.Database
 }

@@ -119,7 +119,8 @@ func (r *CreateRequest) normalize() (plan, error) {
 // Create validates req, places the tenant on the least loaded backend of its
 // region and provisions it: nothing for the shared tier, role and schema
 // (owned by the role, reachable by nobody else) for the schema tier, its own
-// database for the database tier; then the tenant migrations, the admin user
+// database and a login role that owns it for the database tier; then the
+// tenant migrations, the admin user
 // and the welcome event, after which the tenant is active.
 //
 // Invalid input is a *ValidationError and creates nothing. A failure after
@@ -248,7 +249,7 @@ func (c *Catalog) insertTenantNamed(ctx context.Context, req CreateRequest, p pl
 		e := time.Now().Add(time.Duration(p.trialDays) * 24 * time.Hour).UTC().Truncate(time.Second)
 		expires = &e
 	}
-	t, err := scanTenant(c.db.QueryRow(ctx, `INSERT INTO tenants
+	t, err := c.scanTenant(c.db.QueryRow(ctx, `INSERT INTO tenants
 		(id, name, subdomain, isolation_level, plan, status, data_region, backend, database, database_url,
 		 schema_name, max_users, max_storage_gb, features, settings, subscription_expires_at)
 		VALUES ($1, $2, $1, $3, $4, 'provisioning', $5, $6, $7, $8, $9, $10, $11, $12, '{}', $13)
@@ -305,7 +306,7 @@ func (c *Catalog) provision(ctx context.Context, t *Tenant, b Backend, adminUser
 			return err
 		}
 	case TierDatabase:
-		if err := c.provisionDatabase(ctx, *t, b); err != nil {
+		if err := c.provisionDatabase(ctx, t, b); err != nil {
 			return err
 		}
 	default:
@@ -376,7 +377,9 @@ func (c *Catalog) provisionSchema(ctx context.Context, t Tenant, b Backend) erro
 	return c.fail(stepMigrate)
 }
 
-func (c *Catalog) provisionDatabase(ctx context.Context, t Tenant, b Backend) error {
+// provisionDatabase creates t's database and login role, whose password it
+// records in the catalog and in t, and migrates the database as the role.
+func (c *Catalog) provisionDatabase(ctx context.Context, t *Tenant, b Backend) error {
 	admin, err := migrations.ConnectAs(ctx, b.AdminDSN, "")
 	if err != nil {
 		return fmt.Errorf("connecting to backend %s: %w", b.Name, err)
@@ -385,12 +388,28 @@ func (c *Catalog) provisionDatabase(ctx context.Context, t Tenant, b Backend) er
 	if err := migrations.CreateDatabase(ctx, admin, t.Database); err != nil {
 		return err
 	}
+	password, err := migrations.TenantLoginPassword(ctx, c.db, c.keys, t.ID)
+	if err != nil {
+		return err
+	}
+	t.LoginPassword = password
+	// The login role is made before the migrations so that they run as it
+	// (the tenant owns what they create), never as the admin role in a
+	// database whose schema the tenant owns.
+	owner, err := migrations.ConnectAs(ctx, b.AdminDSN, t.Database)
+	if err != nil {
+		return fmt.Errorf("connecting to database %s: %w", t.Database, err)
+	}
+	defer owner.Close(context.WithoutCancel(ctx))
+	if err := migrations.OwnDatabase(ctx, owner, t.LoginRole(), password); err != nil {
+		return fmt.Errorf("database %s: %w", t.Database, err)
+	}
 	if err := c.fail(stepObjects); err != nil {
 		return err
 	}
-	conn, err := migrations.ConnectAs(ctx, b.AdminDSN, t.Database)
+	conn, err := migrations.ConnectLogin(ctx, b.AdminDSN, t.Database, t.LoginRole(), password)
 	if err != nil {
-		return fmt.Errorf("connecting to database %s: %w", t.Database, err)
+		return fmt.Errorf("connecting to database %s as its login role: %w", t.Database, err)
 	}
 	defer conn.Close(context.WithoutCancel(ctx))
 	if err := migrations.ApplyTenant(ctx, c.db, conn, migrations.Target{

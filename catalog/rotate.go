@@ -9,13 +9,15 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/tenantproxy/tenantproxy/catalog/secrets"
+	"github.com/tenantproxy/tenantproxy/migrations"
 )
 
 // errNoSecretsKey is RotateSecrets' error when Options.Secrets is nil.
 var errNoSecretsKey = errors.New("catalog: rotating secrets needs a secrets key (--secrets-key-file or TENANTPROXY_SECRETS_KEY)")
 
-// RotateSecrets seals every backend's admin DSN and serving password with
-// the current key of Options.Secrets, in one transaction: values in plain
+// RotateSecrets seals every backend's admin DSN and serving password, and
+// every database-tier tenant's login password, with the current key of
+// Options.Secrets, in one transaction: values in plain
 // text (written before encryption was configured) and values sealed with a
 // previous key alike. It returns the backends it resealed. A value no
 // configured key opens fails the whole rotation with an error naming its
@@ -56,13 +58,37 @@ func (c *Catalog) RotateSecrets(ctx context.Context) ([]string, error) {
 			}
 			names = append(names, s.name)
 		}
-		return nil
+		return c.resealLogins(ctx, tx)
 	})
 	if err != nil {
 		return nil, fmt.Errorf("catalog: rotating secrets: %w", err)
 	}
 	c.log.Info("catalog secrets resealed", zap.Int("backends", len(names)), zap.String("key", c.keys.Current()))
 	return names, nil
+}
+
+// resealLogins seals every tenant's login password with the current key.
+func (c *Catalog) resealLogins(ctx context.Context, tx pgx.Tx) error {
+	rows, err := tx.Query(ctx, "SELECT id, login_password FROM tenants WHERE login_password IS NOT NULL ORDER BY id FOR UPDATE")
+	if err != nil {
+		return err
+	}
+	resealed := map[string]string{}
+	var id, stored string
+	_, err = pgx.ForEachRow(rows, []any{&id, &stored}, func() error {
+		plain, err := migrations.OpenTenantLogin(c.keys, id, stored)
+		resealed[id] = c.keys.Seal(plain)
+		return err
+	})
+	if err != nil {
+		return err
+	}
+	for id, sealed := range resealed {
+		if _, err := tx.Exec(ctx, "UPDATE tenants SET login_password = $2 WHERE id = $1", id, sealed); err != nil {
+			return fmt.Errorf("tenant %s: %w", id, err)
+		}
+	}
+	return nil
 }
 
 // UnsealedBackends names the backends whose admin DSN or serving password

@@ -192,3 +192,53 @@ func TestReRegisteringABackendSealsItsPlainTextSecrets(t *testing.T) {
 	}
 	conn.Close(ctx)
 }
+
+// TestTenantLoginPasswordIsSealedAndRotated: a database-tier tenant's
+// login password is stored sealed like the backends' secrets, opened on
+// read, resealed by RotateSecrets, and still logs in to its database
+// afterwards.
+func TestTenantLoginPasswordIsSealedAndRotated(t *testing.T) {
+	c := pgtest.StartT(t)
+	dsn := pgtest.NewDatabase(t, c)
+	ctx := ctxT(t)
+	a, b := "a="+secrets.Generate(), "b="+secrets.Generate()
+	if _, err := migrations.Up(ctx, dsn, migrations.Options{Secrets: keys(t, a)}); err != nil {
+		t.Fatal(err)
+	}
+	withA := openWithKeys(t, dsn, keys(t, a))
+	cr, err := withA.Create(ctx, catalog.CreateRequest{Subdomain: "hooli", Plan: catalog.PlanEnterprise})
+	if err != nil {
+		t.Fatal(err)
+	}
+	plain := cr.Tenant.LoginPassword
+	stored := func() string {
+		var s string
+		if err := connect(t, dsn).QueryRow(ctx, "SELECT login_password FROM tenants WHERE id = 'hooli'").Scan(&s); err != nil {
+			t.Fatal(err)
+		}
+		return s
+	}
+	if s := stored(); len(plain) < 20 || !strings.HasPrefix(s, "enc:v1:a:") || strings.Contains(s, plain) {
+		t.Fatalf("login password %d characters, stored %q; want a long password sealed with key a", len(plain), s)
+	}
+	if _, err := openWithKeys(t, dsn, keys(t, b, a)).RotateSecrets(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if s := stored(); !strings.HasPrefix(s, "enc:v1:b:") {
+		t.Fatalf("after rotation to b the login password is stored as %q", s)
+	}
+	tn, err := openWithKeys(t, dsn, keys(t, b)).Show(ctx, "hooli")
+	if err != nil || tn.LoginPassword != plain {
+		t.Fatalf("key b alone after rotation: %v; want the original login password back", err)
+	}
+	cfg, err := pgx.ParseConfig(c.DSN(tn.Database))
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg.User, cfg.Password = tn.LoginRole(), tn.LoginPassword
+	conn, err := pgx.ConnectConfig(ctx, cfg)
+	if err != nil {
+		t.Fatalf("login as the tenant's role with the opened password: %v", err)
+	}
+	conn.Close(ctx)
+}

@@ -237,26 +237,3 @@ func appState(ctx context.Context, db DB, t Target, set *appSet) (*AppResult, er
 	}
 	return res, nil
 }
-
-// grantServing gives the serving role DML on the relations and use of the
-// sequences in a tenant database's public schema, within the migration's
-// transaction: there the adopter's DDL runs as written, as the migrating
-// role, and the proxy's sessions run as the serving role. The ledgers stay
-// the migrating role's alone.
-func grantServing(ctx context.Context, tx pgx.Tx) error {
-	rows, err := tx.Query(ctx, `
-		SELECT format(CASE WHEN c.relkind = 'S' THEN 'GRANT USAGE, SELECT ON SEQUENCE %s TO %I'
-		                   ELSE 'GRANT SELECT, INSERT, UPDATE, DELETE ON %s TO %I' END, c.oid::regclass, $1::text)
-		FROM pg_class c
-		WHERE c.relnamespace = 'public'::regnamespace AND c.relkind IN ('r', 'p', 'v', 'f', 'S')
-		  AND c.relname NOT IN ($2, $3)`, ServingRole, embeddedLedger, appLedger)
-	if err != nil {
-		return err
-	}
-	grants, err := pgx.CollectRows(rows, pgx.RowTo[string])
-	if err != nil || len(grants) == 0 {
-		return err
-	}
-	_, err = tx.Exec(ctx, strings.Join(grants, ";\n"))
-	return err
-}

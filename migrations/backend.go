@@ -190,10 +190,22 @@ func ConnectAs(ctx context.Context, dsn, database string) (*pgx.Conn, error) {
 	return pgx.ConnectConfig(ctx, cfg)
 }
 
+// ConnectLogin connects to database on the server of dsn (an admin DSN,
+// whose credentials it replaces) as user with password: a database-tier
+// tenant's login role, for work in the tenant's own database.
+func ConnectLogin(ctx context.Context, dsn, database, user, password string) (*pgx.Conn, error) {
+	cfg, err := pgx.ParseConfig(dsn)
+	if err != nil {
+		return nil, errors.New("invalid DSN")
+	}
+	cfg.Database, cfg.User, cfg.Password = database, user, password
+	return pgx.ConnectConfig(ctx, cfg)
+}
+
 // execFormatted runs the statement that query (a server-side format() call
 // quoting its arguments with %I and %L) returns. Utility statements take no
 // bind parameters, so this is how values reach them without splicing in Go.
-func execFormatted(ctx context.Context, conn *pgx.Conn, query string, args ...any) error {
+func execFormatted(ctx context.Context, conn DB, query string, args ...any) error {
 	var stmt string
 	if err := conn.QueryRow(ctx, query, args...).Scan(&stmt); err != nil {
 		return err

@@ -9,8 +9,11 @@
 //     rendered in three forms (For): KindShared adds a tenant_id column that
 //     defaults to the tenant GUC plus forced, fail-closed RLS; KindSchema
 //     creates the objects in the tenant's schema as the tenant's role;
-//     KindDatabase creates them in the tenant's own database. Shared and
-//     database forms grant DML to the serving role.
+//     KindDatabase creates them in the tenant's own database, logged in as
+//     the tenant's own login role (OwnDatabase), so that the tenant owns
+//     them and nothing it plants there runs as the admin role. Shared and
+//     database forms grant DML to the serving role (in the database tier a
+//     leftover: the serving role may no longer connect there).
 //
 // Every target (the control database, each backend's shared database, each
 // tenant schema, each tenant database) keeps its own schema_migrations table
@@ -33,10 +36,10 @@
 // its own app_schema_migrations, with the same transactions, advisory lock
 // and lock policy as above. The catalog is where they live so that every
 // proxy instance, tenant create (ApplyTenant) and migrate up on any
-// machine agree on the app's schema. In the database tier the serving role
-// gets DML on the public schema's relations after each version, since the
-// migration runs there as written. A version tierddl refuses fails the
-// shared targets alone.
+// machine agree on the app's schema. In the database tier a version runs
+// as written, logged in as the tenant's own login role, which so owns what
+// it creates and is the role the proxy's sessions log in as. A version
+// tierddl refuses fails the shared targets alone.
 //
 // API the CLI calls:
 //
@@ -49,8 +52,11 @@
 // backend "main" on an empty catalog (RegisterBackend: serving role, shared
 // and schema databases), then fans out over every target with bounded
 // concurrency; a failed target is reported in the Report and the joined
-// error, and the others carry on. The catalog package calls Apply and
-// CreateDatabase while it provisions tenants, and RegisterBackend when it
+// error, and the others carry on. Before a tenant database's migrations, Up
+// gives its tenant a login role (TenantLoginPassword, OwnDatabase) if it has
+// none, which upgrades tenants created before tenants had roles of their
+// own. The catalog package calls Apply, CreateDatabase, TenantLoginPassword
+// and OwnDatabase while it provisions tenants, and RegisterBackend when it
 // adds a backend.
 //
 // Every database tenants reach is hardened when it is created (Harden):

@@ -170,7 +170,7 @@ func Up(ctx context.Context, controlDSN string, opts Options) (*Report, error) {
 	if err != nil {
 		return nil, err
 	}
-	rep := run(ctx, control, targets, opts, func(ctx context.Context, db DB, t Target, opts Options) Result {
+	rep := run(ctx, control, targets, opts, true, func(ctx context.Context, db DB, t Target, opts Options) Result {
 		n, err := ApplyWith(ctx, db, t, opts)
 		r := Result{Target: t, Applied: n, Err: err}
 		if err == nil {
@@ -234,7 +234,7 @@ func Status(ctx context.Context, controlDSN string, opts Options) (*Report, erro
 			return nil, err
 		}
 	}
-	rep := run(ctx, control, targets, opts, func(ctx context.Context, db DB, t Target, _ Options) Result {
+	rep := run(ctx, control, targets, opts, false, func(ctx context.Context, db DB, t Target, _ Options) Result {
 		v, err := Version(ctx, db, t)
 		r := Result{Target: t, Version: v, Err: err}
 		if err == nil {
@@ -296,7 +296,7 @@ func Down(ctx context.Context, controlDSN string, to int, opts Options) (*Report
 	if err != nil {
 		return nil, err
 	}
-	rep := run(ctx, control, targets, opts, func(ctx context.Context, db DB, t Target, opts Options) Result {
+	rep := run(ctx, control, targets, opts, false, func(ctx context.Context, db DB, t Target, opts Options) Result {
 		v, err := Version(ctx, db, t)
 		r := Result{Target: t, Version: v, Err: err}
 		if err == nil {
@@ -356,8 +356,12 @@ func tenantTargets(ctx context.Context, control *pgx.Conn) ([]Target, error) {
 // run calls fn for every target, opts.Concurrency at a time, handing it opts
 // with Retry serialized with Progress. Each worker keeps one connection per
 // database it has worked in, so 500 tenant schemas in one database cost
-// opts.Concurrency connections, not 500.
-func run(ctx context.Context, control *pgx.Conn, targets []Target, opts Options, fn func(context.Context, DB, Target, Options) Result) *Report {
+// opts.Concurrency connections, not 500. A tenant's own database is worked
+// in as the tenant's login role (see worker.database); own says whether to
+// give database-tier tenants their role and ownership first (Up) or only
+// to look (Status).
+func run(ctx context.Context, control *pgx.Conn, targets []Target, opts Options, own bool,
+	fn func(context.Context, DB, Target, Options) Result) *Report {
 	n := opts.Concurrency
 	if n <= 0 {
 		n = DefaultConcurrency
@@ -371,6 +375,7 @@ func run(ctx context.Context, control *pgx.Conn, targets []Target, opts Options,
 		rep.Failed = len(targets)
 		return rep
 	}
+	logins := tenantLogins(ctx, control, targets, opts.Secrets, own)
 
 	var mu sync.Mutex
 	done := 0
@@ -403,7 +408,7 @@ func run(ctx context.Context, control *pgx.Conn, targets []Target, opts Options,
 	var wg sync.WaitGroup
 	for range min(n, len(targets)) {
 		wg.Go(func() {
-			w := worker{dsns: dsns, conns: map[[2]string]*pgx.Conn{}}
+			w := worker{dsns: dsns, logins: logins, own: own, conns: map[[2]string]*pgx.Conn{}}
 			defer w.close(ctx)
 			for i := range work {
 				finish(i, w.do(ctx, targets[i], opts, fn))
@@ -421,8 +426,10 @@ func run(ctx context.Context, control *pgx.Conn, targets []Target, opts Options,
 // worker holds its connections to the shared and schema databases across
 // targets; a tenant's own database gets a connection for its turn only.
 type worker struct {
-	dsns  map[string]adminDSN
-	conns map[[2]string]*pgx.Conn
+	dsns   map[string]adminDSN
+	logins map[string]login
+	own    bool
+	conns  map[[2]string]*pgx.Conn
 }
 
 func (w *worker) do(ctx context.Context, t Target, opts Options, fn func(context.Context, DB, Target, Options) Result) Result {
@@ -434,6 +441,9 @@ func (w *worker) do(ctx context.Context, t Target, opts Options, fn func(context
 		return Result{Target: t, Err: fmt.Errorf("migrations: %s: %w", t, a.err)}
 	}
 	dsn := a.dsn
+	if t.Kind == KindDatabase {
+		return w.database(ctx, dsn, t, opts, fn)
+	}
 	key := [2]string{t.Backend, t.Database}
 	conn := w.conns[key]
 	if conn == nil || conn.IsClosed() {
@@ -441,13 +451,82 @@ func (w *worker) do(ctx context.Context, t Target, opts Options, fn func(context
 		if conn, err = ConnectAs(ctx, dsn, t.Database); err != nil {
 			return Result{Target: t, Err: fmt.Errorf("migrations: %s: %w", t, err)}
 		}
-		if t.Kind == KindDatabase {
-			defer conn.Close(context.WithoutCancel(ctx))
-		} else {
-			w.conns[key] = conn
-		}
+		w.conns[key] = conn
 	}
 	return fn(ctx, conn, t, opts)
+}
+
+// database calls fn for a tenant's own database, on a connection of its
+// turn only, logged in as the tenant's role: the tenant owns what is in
+// its database and may have put triggers, views or functions there, which
+// must never run as the admin role (a superuser could not safely SET ROLE
+// either: the tenant's code could RESET it). When w.own, the role and its
+// ownership are ensured first (OwnDatabase), as the admin role, which only
+// reads the catalogs and changes owners there. A tenant without a login
+// yet (Status before the first Up of this release) is read as the admin
+// role: it owns nothing, so nothing of its can run.
+func (w *worker) database(ctx context.Context, adminDSN string, t Target, opts Options,
+	fn func(context.Context, DB, Target, Options) Result) Result {
+	l := w.logins[t.Tenant]
+	if l.err != nil {
+		return Result{Target: t, Err: fmt.Errorf("migrations: %s: %w", t, l.err)}
+	}
+	if w.own {
+		admin, err := ConnectAs(ctx, adminDSN, t.Database)
+		if err != nil {
+			return Result{Target: t, Err: fmt.Errorf("migrations: %s: %w", t, err)}
+		}
+		err = OwnDatabase(ctx, admin, t.Database, l.password)
+		admin.Close(context.WithoutCancel(ctx))
+		if err != nil {
+			return Result{Target: t, Err: fmt.Errorf("migrations: %s: %w", t, err)}
+		}
+	}
+	var conn *pgx.Conn
+	var err error
+	if l.password == "" {
+		conn, err = ConnectAs(ctx, adminDSN, t.Database)
+	} else {
+		conn, err = ConnectLogin(ctx, adminDSN, t.Database, t.Database, l.password)
+	}
+	if err != nil {
+		return Result{Target: t, Err: fmt.Errorf("migrations: %s: %w", t, err)}
+	}
+	defer conn.Close(context.WithoutCancel(ctx))
+	return fn(ctx, conn, t, opts)
+}
+
+// login is a database-tier tenant's login password, or why it is not
+// known.
+type login struct {
+	password string
+	err      error
+}
+
+// tenantLogins returns the login of every database target's tenant, by
+// tenant id. When own, a tenant without one gets one (TenantLoginPassword);
+// otherwise it is left out (the zero login). It runs before the workers
+// start, since control is one connection.
+func tenantLogins(ctx context.Context, control *pgx.Conn, targets []Target, keys *secrets.Keyring, own bool) map[string]login {
+	logins := map[string]login{}
+	for _, t := range targets {
+		if t.Kind != KindDatabase {
+			continue
+		}
+		var l login
+		if own {
+			l.password, l.err = TenantLoginPassword(ctx, control, keys, t.Tenant)
+		} else {
+			// Through to_jsonb, so that Status also reads a catalog whose
+			// control migrations predate the column.
+			var stored *string
+			if l.err = control.QueryRow(ctx, "SELECT to_jsonb(t)->>'login_password' FROM tenants t WHERE id = $1", t.Tenant).Scan(&stored); l.err == nil && stored != nil {
+				l.password, l.err = OpenTenantLogin(keys, t.Tenant, *stored)
+			}
+		}
+		logins[t.Tenant] = l
+	}
+	return logins
 }
 
 func (w *worker) close(ctx context.Context) {

@@ -228,11 +228,6 @@ func (t Target) change(ctx context.Context, db DB, locks lockPolicy, ledger stri
 				return err
 			}
 		}
-		if ledger == appLedger && t.Kind == KindDatabase && !down {
-			if err := grantServing(ctx, tx); err != nil {
-				return err
-			}
-		}
 		record := "INSERT INTO " + table + " (version, name, checksum) VALUES ($1, $2, $3)"
 		args := []any{m.Version, m.Name, m.Checksum}
 		if down {

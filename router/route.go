@@ -39,7 +39,8 @@ type Route struct {
 	// plaintext (sslmode disable, allow or prefer in the backend's DSN).
 	TLS *tls.Config
 	// Database, User and Password are the login to the backend: the
-	// tenant's database and the backend's serving role.
+	// tenant's database, and the backend's serving role or, in the
+	// database tier, the tenant's own login role.
 	Database, User, Password string
 	// Setup is SQL to run on the server connection before the client's
 	// first statement, e.g. SET app.tenant_id = '42'.
@@ -164,6 +165,16 @@ func (r *Resolver) Route(ctx context.Context, t *catalog.Tenant) (*Route, error)
 			"SET search_path = " + QuoteIdent(t.SchemaName),
 		}
 	case catalog.TierDatabase:
+		// Its own login role, so that what its code does to the role
+		// (ALTER ROLE CURRENT_USER SET, a password) stays its own. A tenant
+		// without one (created before tenants had roles, not yet upgraded)
+		// is refused rather than let in as the serving role every tenant
+		// shares.
+		if t.LoginPassword == "" {
+			return nil, &pgerr.Error{Code: pgerr.CodeInternal, Msg: "tenant has no login role",
+				Err: fmt.Errorf("tenant %q: database tier without a login role; run tenantproxy migrate up", t.Subdomain)}
+		}
+		rt.User, rt.Password = t.LoginRole(), t.LoginPassword
 	default:
 		return nil, &pgerr.Error{Code: pgerr.CodeInternal, Msg: "unknown tier", Err: fmt.Errorf("tenant %q: tier %q", t.Subdomain, t.Tier)}
 	}

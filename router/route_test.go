@@ -41,7 +41,8 @@ func TestRoutePerTier(t *testing.T) {
 		tenants: map[string]*catalog.Tenant{
 			"free":   {ID: "11", Subdomain: "free", Tier: catalog.TierShared, Status: catalog.StatusActive, Backend: "main", Database: "shared"},
 			"pro":    {ID: "12", Subdomain: "pro", Tier: catalog.TierSchema, Status: catalog.StatusActive, Backend: "main", Database: "schemas", SchemaName: "tenant_pro"},
-			"big":    {ID: "13", Subdomain: "big", Tier: catalog.TierDatabase, Status: catalog.StatusActive, Backend: "eu", Database: "tenant_big"},
+			"big":    {ID: "13", Subdomain: "big", Tier: catalog.TierDatabase, Status: catalog.StatusActive, Backend: "eu", Database: "tenant_big", LoginPassword: "bigpw"},
+			"old":    {ID: "16", Subdomain: "old", Tier: catalog.TierDatabase, Status: catalog.StatusActive, Backend: "eu", Database: "tenant_old"},
 			"frozen": {ID: "14", Subdomain: "frozen", Tier: catalog.TierShared, Status: catalog.StatusSuspended, Backend: "main"},
 			"new":    {ID: "15", Subdomain: "new", Tier: catalog.TierShared, Status: catalog.StatusProvisioning, Backend: "main"},
 		},
@@ -56,12 +57,19 @@ func TestRoutePerTier(t *testing.T) {
 		sub           string
 		wantAddr      string
 		wantDB        string
+		wantUser      string
+		wantPassword  string
 		wantSetup     []string
 		wantErrorCode pgerr.Code
+		// routeFails: Tenant admits it, Route refuses it with wantErrorCode.
+		routeFails bool
 	}{
-		{sub: "free", wantAddr: "127.0.0.1:5432", wantDB: "shared", wantSetup: []string{"SET app.tenant_id = '11'"}},
-		{sub: "pro", wantAddr: "127.0.0.1:5432", wantDB: "schemas", wantSetup: []string{`SET ROLE "tenant_pro"`, `SET search_path = "tenant_pro"`}},
-		{sub: "big", wantAddr: "/tmp/pg:6543", wantDB: "tenant_big"},
+		{sub: "free", wantAddr: "127.0.0.1:5432", wantDB: "shared", wantUser: "serve", wantPassword: "pw", wantSetup: []string{"SET app.tenant_id = '11'"}},
+		{sub: "pro", wantAddr: "127.0.0.1:5432", wantDB: "schemas", wantUser: "serve", wantPassword: "pw", wantSetup: []string{`SET ROLE "tenant_pro"`, `SET search_path = "tenant_pro"`}},
+		// The database tier logs in as its own role, never as the
+		// serving role, even before it has one.
+		{sub: "big", wantAddr: "/tmp/pg:6543", wantDB: "tenant_big", wantUser: "tenant_big", wantPassword: "bigpw"},
+		{sub: "old", wantErrorCode: pgerr.CodeInternal, routeFails: true},
 		{sub: "frozen", wantErrorCode: pgerr.CodeTenantSuspended},
 		{sub: "new", wantErrorCode: pgerr.CodeTenantUnavailable},
 		{sub: "nope", wantErrorCode: pgerr.CodeUnknownTenant},
@@ -69,7 +77,7 @@ func TestRoutePerTier(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.sub, func(t *testing.T) {
 			tn, err := r.Tenant(ctx, tt.sub)
-			if tt.wantErrorCode != pgerr.CodeInternal {
+			if tt.wantErrorCode != pgerr.CodeInternal && !tt.routeFails {
 				if pgerr.CodeOf(err) != tt.wantErrorCode {
 					t.Fatalf("Tenant(%q) error %v; want code %d", tt.sub, err, tt.wantErrorCode)
 				}
@@ -79,10 +87,16 @@ func TestRoutePerTier(t *testing.T) {
 				t.Fatal(err)
 			}
 			rt, err := r.Route(ctx, tn)
+			if tt.routeFails {
+				if err == nil || pgerr.CodeOf(err) != tt.wantErrorCode {
+					t.Fatalf("Route(%q) = %+v, %v; want error code %d", tt.sub, rt, err, tt.wantErrorCode)
+				}
+				return
+			}
 			if err != nil {
 				t.Fatal(err)
 			}
-			if rt.Addr != tt.wantAddr || rt.Database != tt.wantDB || rt.User != "serve" || !slices.Equal(rt.Setup, tt.wantSetup) {
+			if rt.Addr != tt.wantAddr || rt.Database != tt.wantDB || rt.User != tt.wantUser || rt.Password != tt.wantPassword || !slices.Equal(rt.Setup, tt.wantSetup) {
 				t.Fatalf("Route(%q) = %+v", tt.sub, rt)
 			}
 			if rt.TLS != nil {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/binary"
+	"fmt"
 	"net"
 	"strings"
 	"testing"
@@ -212,7 +213,7 @@ func TestIsolationDirectConnections(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	as := func(t *testing.T, user, password, database string) *pgconn.PgConn {
+	tryAs := func(t *testing.T, user, password, database string) (*pgconn.PgConn, error) {
 		t.Helper()
 		cfg, err := pgconn.ParseConfig(b.AdminDSN)
 		if err != nil {
@@ -224,9 +225,17 @@ func TestIsolationDirectConnections(t *testing.T) {
 		cfg.Database = database
 		conn, err := pgconn.ConnectConfig(ctx, cfg)
 		if err != nil {
-			t.Fatalf("connect as %s to %s: %v", cfg.User, database, err)
+			return nil, fmt.Errorf("connect as %s to %s: %w", cfg.User, database, err)
 		}
 		t.Cleanup(func() { conn.Close(context.Background()) })
+		return conn, nil
+	}
+	as := func(t *testing.T, user, password, database string) *pgconn.PgConn {
+		t.Helper()
+		conn, err := tryAs(t, user, password, database)
+		if err != nil {
+			t.Fatal(err)
+		}
 		return conn
 	}
 	expectErr := func(t *testing.T, conn *pgconn.PgConn, sql, code string) {
@@ -306,14 +315,31 @@ func TestIsolationDirectConnections(t *testing.T) {
 		}
 	})
 
-	t.Run("tenant database as the serving role", func(t *testing.T) {
-		s := as(t, b.ServingUser, b.ServingPassword, e.objectName(t, "umbrella"))
-		expectErr(t, s, "CREATE TABLE public.planted (x int)", "42501")
-		expectErr(t, s, "CREATE TEMP TABLE planted (x int)", "42501")
+	t.Run("tenant database as its own login role", func(t *testing.T) {
+		umbrella, err := e.cat.Show(ctx, "umbrella")
+		if err != nil {
+			t.Fatal(err)
+		}
+		s := as(t, umbrella.LoginRole(), umbrella.LoginPassword, umbrella.Database)
 		expectErr(t, s, "SELECT query FROM pg_stat_activity", "42501")
 		expectErr(t, s, "SELECT pg_cancel_backend(pg_backend_pid())", "42501")
 		expectErr(t, s, "SELECT * FROM pg_stats", "42501")
+		// Its role is its own and changes no other.
+		expectErr(t, s, "ALTER ROLE "+b.ServingUser+" SET search_path = evil", "42501")
+		expectErr(t, s, "ALTER ROLE "+e.objectName(t, "stark")+" SET search_path = evil", "42501")
+		expectErr(t, s, "GRANT pg_read_all_stats TO CURRENT_USER", "42501")
 		// Alone in its database, the tenant keeps its own statistics.
 		queryText(t, s, "SELECT count(*) FROM pg_stat_user_tables")
+
+		// It may connect to its own database only, and the serving role no
+		// longer to it.
+		for _, db := range []string{e.objectName(t, "stark"), migrations.SharedDatabase, migrations.SchemaDatabase} {
+			if _, err := tryAs(t, umbrella.LoginRole(), umbrella.LoginPassword, db); sqlstateOf(err) != "42501" {
+				t.Errorf("umbrella's role connecting to %s: %v; want SQLSTATE 42501", db, err)
+			}
+		}
+		if _, err := tryAs(t, b.ServingUser, b.ServingPassword, umbrella.Database); sqlstateOf(err) != "42501" {
+			t.Errorf("serving role connecting to umbrella's database: %v; want SQLSTATE 42501", err)
+		}
 	})
 }

@@ -149,14 +149,33 @@ func ctxT(t testing.TB) context.Context {
 }
 
 // servingDSN connects directly to database as the serving role of the
-// backend "main", the role the proxy logs in with.
+// backend "main", the role the proxy logs the shared and schema tiers in
+// with.
 func (e *proxyEnv) servingDSN(t testing.TB, database string) string {
 	t.Helper()
 	b, err := e.cat.Backend(ctxT(t), "main")
 	if err != nil {
 		t.Fatal(err)
 	}
-	u := url.URL{Scheme: "postgres", User: url.UserPassword(b.ServingUser, b.ServingPassword),
+	return e.directDSN(b.ServingUser, b.ServingPassword, database)
+}
+
+// tenantLoginDSN connects directly to database as database-tier tenant
+// sub's own login role, the role the proxy logs sub's sessions in with.
+func (e *proxyEnv) tenantLoginDSN(t testing.TB, sub, database string) string {
+	t.Helper()
+	tn, err := e.cat.Show(ctxT(t), sub)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if tn.LoginRole() == "" || tn.LoginPassword == "" {
+		t.Fatalf("tenant %s has no login role", sub)
+	}
+	return e.directDSN(tn.LoginRole(), tn.LoginPassword, database)
+}
+
+func (e *proxyEnv) directDSN(user, password, database string) string {
+	u := url.URL{Scheme: "postgres", User: url.UserPassword(user, password),
 		Host: e.cluster.Addr(), Path: "/" + database, RawQuery: "sslmode=disable"}
 	return u.String()
 }

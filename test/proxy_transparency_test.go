@@ -45,8 +45,8 @@ func TestTransparency(t *testing.T) {
 	e := newProxyEnv(t)
 	_, addr := e.startProxy(t, proxy.Config{})
 	ctx := ctxT(t)
-	umbrella := e.objectName(t, "umbrella")
-	if err := e.cluster.Exec(ctx, umbrella, "CREATE TABLE t (id int PRIMARY KEY, body text); GRANT SELECT, INSERT, UPDATE, DELETE ON t TO tenantproxy_serving"); err != nil {
+	// The tenant owns its database's schema: its table is its own.
+	if _, err := connect(t, dsn(addr, "alice.umbrella", tenantPassword)).Exec(ctx, "CREATE TABLE t (id int PRIMARY KEY, body text)"); err != nil {
 		t.Fatal(err)
 	}
 	script := filepath.Join(t.TempDir(), "script.sql")
@@ -55,8 +55,9 @@ func TestTransparency(t *testing.T) {
 	}
 	psql := clientTool(t, "psql")
 	args := []string{"-X", "-a", "-v", "ON_ERROR_STOP=0", "-v", "VERBOSITY=verbose", "-f", script}
-	// Both run as the serving role, so ownership and permissions match.
-	direct, _ := runErr(psql, append([]string{e.servingDSN(t, umbrella)}, args...)...)
+	// Both run as the tenant's login role, so ownership and permissions
+	// match.
+	direct, _ := runErr(psql, append([]string{e.tenantLoginDSN(t, "umbrella", e.objectName(t, "umbrella"))}, args...)...)
 	proxied, _ := runErr(psql, append([]string{dsn(addr, "alice.umbrella", tenantPassword)}, args...)...)
 	if direct != proxied {
 		t.Fatalf("output differs\n--- direct\n%s\n--- through the proxy\n%s", direct, proxied)

@@ -147,7 +147,9 @@ func BenchmarkTxPoolSelectOnly(b *testing.B) {
 	db := e.objectName(b, "umbrella")
 	pgbench := clientTool(b, "pgbench")
 	run(b, pgbench, "-i", "-q", "-s", "1", e.cluster.DSN(db))
-	if err := e.cluster.Exec(ctx, db, "GRANT SELECT ON ALL TABLES IN SCHEMA public TO tenantproxy_serving"); err != nil {
+	// The tenant's login role, named like its database, is whom the
+	// proxy logs in as.
+	if err := e.cluster.Exec(ctx, db, "GRANT SELECT ON ALL TABLES IN SCHEMA public TO "+db); err != nil {
 		b.Fatal(err)
 	}
 	_, addr := e.startProxy(b, proxy.Config{PoolMode: proxy.PoolTransaction, Logger: zap.NewNop()})
