@@ -205,6 +205,8 @@ func upControl(ctx context.Context, control *pgx.Conn, controlDSN string, opts O
 		if err := RegisterBackend(ctx, control, Backend{Name: MainBackend, Region: DefaultRegion, AdminDSN: controlDSN}, opts.Secrets); err != nil {
 			return Result{}, err
 		}
+	} else if err := hardenBackends(ctx, control, opts.Secrets); err != nil {
+		return Result{}, err
 	}
 	v, err := Version(ctx, control, t)
 	return Result{Target: t, Applied: n, Version: v, Latest: opts.latest(KindControl)}, err

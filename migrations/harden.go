@@ -5,6 +5,8 @@ import (
 	"fmt"
 
 	"github.com/jackc/pgx/v5"
+
+	"github.com/tenantproxy/tenantproxy/catalog/secrets"
 )
 
 // Harden takes away from PUBLIC, in the database conn is connected to,
@@ -82,6 +84,35 @@ func hardenRelations(cond, role string) string {
 		EXECUTE format('REVOKE SELECT ON %s FROM PUBLIC', r);
 		EXECUTE format('GRANT SELECT ON %s TO ` + role + `', r);
 	END LOOP; END $harden$`
+}
+
+// hardenBackends hardens the shared and schema databases of every
+// registered backend again, so that migrate up brings a server prepared by
+// an earlier release to this release's hardening, as registration does. It
+// runs under migrate up's control lock: two runners granting and revoking
+// on the same catalog objects at once would fail each other.
+func hardenBackends(ctx context.Context, control *pgx.Conn, keys *secrets.Keyring) error {
+	dsns, err := adminDSNs(ctx, control, keys)
+	if err != nil {
+		return err
+	}
+	for name, a := range dsns {
+		if a.err != nil {
+			return fmt.Errorf("migrations: backend %s: %w", name, a.err)
+		}
+		for _, db := range []string{SharedDatabase, SchemaDatabase} {
+			conn, err := ConnectAs(ctx, a.dsn, db)
+			if err != nil {
+				return fmt.Errorf("migrations: backend %s: %w", name, err)
+			}
+			err = Harden(ctx, conn, true)
+			conn.Close(context.WithoutCancel(ctx))
+			if err != nil {
+				return fmt.Errorf("migrations: backend %s: %w", name, err)
+			}
+		}
+	}
+	return nil
 }
 
 // hardenColumns leaves PUBLIC every column of catalog table except those

@@ -379,3 +379,37 @@ func TestSharedTierIDsBecomePerTenant(t *testing.T) {
 		}
 	}
 }
+
+// TestUpHardensRegisteredBackendsAgain: a server prepared by an earlier
+// release (here: pg_class's estimates readable again, as before they were
+// hidden) gets this release's hardening from migrate up, not only from a
+// new registration.
+func TestUpHardensRegisteredBackendsAgain(t *testing.T) {
+	c, dsn := freshCatalog(t)
+	ctx := ctxT(t)
+	readable := func(db string) bool {
+		t.Helper()
+		var ok bool
+		if err := connect(t, c.DSN(db)).QueryRow(ctx,
+			"SELECT has_column_privilege($1, 'pg_catalog.pg_class', 'reltuples', 'SELECT')", migrations.ServingRole).Scan(&ok); err != nil {
+			t.Fatal(err)
+		}
+		return ok
+	}
+	for _, db := range []string{migrations.SharedDatabase, migrations.SchemaDatabase} {
+		if _, err := connect(t, c.DSN(db)).Exec(ctx, "GRANT SELECT ON pg_catalog.pg_class TO PUBLIC"); err != nil {
+			t.Fatal(err)
+		}
+		if !readable(db) {
+			t.Fatalf("%s: the loosening did not take", db)
+		}
+	}
+	if _, err := migrations.Up(ctx, dsn, migrations.Options{}); err != nil {
+		t.Fatal(err)
+	}
+	for _, db := range []string{migrations.SharedDatabase, migrations.SchemaDatabase} {
+		if readable(db) {
+			t.Errorf("%s: pg_class.reltuples still readable by the serving role after migrate up", db)
+		}
+	}
+}
