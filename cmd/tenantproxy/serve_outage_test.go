@@ -137,6 +137,16 @@ func TestServeWaitsForTheCatalogAndOutlivesItsOutage(t *testing.T) {
 		time.Sleep(100 * time.Millisecond)
 	}
 
+	// The tenant's create notified every catalog client; a look-up that
+	// raced those notifications was answered but not cached. Once they are
+	// in, one more login caches the tenant, its user and its backend.
+	time.Sleep(500 * time.Millisecond)
+	c, err := pgx.Connect(ctx, clientDSN)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.Close(ctx)
+
 	fwd.stop()
 	for i := range 3 {
 		c, err := pgx.Connect(ctx, clientDSN)
