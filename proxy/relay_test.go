@@ -168,8 +168,9 @@ func tcpPair(tb testing.TB) (net.Conn, net.Conn) {
 }
 
 // BenchmarkForwardClient relays simple Query messages (policy check
-// included) from a client socket to a server socket over loopback TCP;
-// one op is one message. The figure to keep is allocs/op: nothing is
+// included) from a client socket, read through the byte-counting
+// meteredConn, to a server socket over loopback TCP; one op is one
+// message. The figure to keep is allocs/op: nothing is
 // allocated per message.
 //
 //	go test -run '^$' -bench ForwardClient -benchmem -count 3 ./proxy
