@@ -12,6 +12,7 @@ import (
 	lru "github.com/hashicorp/golang-lru/v2"
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/zap"
 
 	"github.com/tenantproxy/tenantproxy/catalog/secrets"
@@ -36,6 +37,9 @@ type Options struct {
 	// values are written as plain text and a sealed value read is an error
 	// naming its backend. See package secrets.
 	Secrets *secrets.Keyring
+	// Registerer receives the look-up caches' metrics; nil means they
+	// are exported nowhere.
+	Registerer prometheus.Registerer
 }
 
 // notifyChannel is the channel control/0001_catalog.sql's trigger notifies.
@@ -69,6 +73,8 @@ type Catalog struct {
 	backends  *lru.Cache[string, entry[Backend]]
 	users     *lru.Cache[string, entry[User]]
 	removals  removalWatchers
+	// The caches' look-ups by result.
+	tenantLookups, userLookups, backendLookups lookupCounters
 
 	stop      context.CancelFunc
 	done      chan struct{}
@@ -105,6 +111,10 @@ func Open(ctx context.Context, dsn string, opts Options) (*Catalog, error) {
 	if err != nil {
 		return nil, errors.New("catalog: invalid control DSN")
 	}
+	tenantLookups, userLookups, backendLookups, err := lookupMetrics(opts.Registerer)
+	if err != nil {
+		return nil, fmt.Errorf("catalog: metrics: %w", err)
+	}
 	if cfg.ConnConfig.ConnectTimeout == 0 {
 		// A control database that drops packets must fail a look-up in
 		// time for the last known state to answer it (cached).
@@ -121,6 +131,8 @@ func Open(ctx context.Context, dsn string, opts Options) (*Catalog, error) {
 		keys:   opts.Secrets,
 		ttl:    opts.CacheTTL,
 		done:   make(chan struct{}),
+
+		tenantLookups: tenantLookups, userLookups: userLookups, backendLookups: backendLookups,
 	}
 	// lru.New fails only for a size below 1, which Open refused above.
 	c.tenants, _ = lru.New[string, entry[Tenant]](opts.CacheSize)
@@ -270,20 +282,23 @@ type entry[V any] struct {
 // change the listener heard is never undone this way; one whose
 // notification was lost with the connection is served as it was until
 // the catalog answers again.
-func cached[V any](c *Catalog, cache *lru.Cache[string, entry[V]], key string, load func() (V, error)) (V, error) {
+func cached[V any](c *Catalog, cache *lru.Cache[string, entry[V]], counts *lookupCounters, key string, load func() (V, error)) (V, error) {
 	e, known := cache.Get(key)
 	gen, epoch := c.generation()
 	if known && e.epoch == epoch && time.Now().Before(e.expires) {
+		counts.hit.Inc()
 		return e.v, nil
 	}
 	v, err := load()
-	if err != nil {
-		if known && !errors.Is(err, ErrNotFound) {
-			if !c.stale.Swap(true) {
-				c.log.Warn("catalog unreachable: serving known tenants, users and backends from the last known state", zap.Error(err))
-			}
-			return e.v, nil
+	if err != nil && known && !errors.Is(err, ErrNotFound) {
+		if !c.stale.Swap(true) {
+			c.log.Warn("catalog unreachable: serving known tenants, users and backends from the last known state", zap.Error(err))
 		}
+		counts.stale.Inc()
+		return e.v, nil
+	}
+	counts.miss.Inc()
+	if err != nil {
 		return v, err
 	}
 	if c.stale.Swap(false) {
@@ -302,7 +317,7 @@ func cached[V any](c *Catalog, cache *lru.Cache[string, entry[V]], key string, l
 // missing tenant is an error wrapping ErrNotFound. The result is a copy the
 // caller may keep; its Features and Settings must not be modified.
 func (c *Catalog) TenantBySubdomain(ctx context.Context, subdomain string) (*Tenant, error) {
-	t, err := cached(c, c.tenants, subdomain, func() (Tenant, error) {
+	t, err := cached(c, c.tenants, &c.tenantLookups, subdomain, func() (Tenant, error) {
 		return c.tenant(ctx, c.db, subdomain)
 	})
 	if err != nil {
@@ -313,7 +328,7 @@ func (c *Catalog) TenantBySubdomain(ctx context.Context, subdomain string) (*Ten
 
 // Backend returns the backend server called name, secrets included.
 func (c *Catalog) Backend(ctx context.Context, name string) (*Backend, error) {
-	b, err := cached(c, c.backends, name, func() (Backend, error) {
+	b, err := cached(c, c.backends, &c.backendLookups, name, func() (Backend, error) {
 		return c.backend(ctx, c.db, name)
 	})
 	if err != nil {
@@ -324,7 +339,7 @@ func (c *Catalog) Backend(ctx context.Context, name string) (*Backend, error) {
 
 // User returns tenant tenantID's login username with its SCRAM verifier.
 func (c *Catalog) User(ctx context.Context, tenantID, username string) (*User, error) {
-	u, err := cached(c, c.users, tenantID+"/"+username, func() (User, error) {
+	u, err := cached(c, c.users, &c.userLookups, tenantID+"/"+username, func() (User, error) {
 		var u User
 		err := c.db.QueryRow(ctx, "SELECT tenant_id, username, verifier, role FROM tenant_users WHERE tenant_id = $1 AND username = $2",
 			tenantID, username).Scan(&u.TenantID, &u.Username, &u.Verifier, &u.Role)

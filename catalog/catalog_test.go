@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"regexp"
 	"sort"
 	"strings"
@@ -13,6 +14,7 @@ import (
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/goleak"
 
 	"github.com/tenantproxy/tenantproxy/catalog"
@@ -738,17 +740,22 @@ func TestKnownTenantsOutliveACatalogOutage(t *testing.T) {
 	e := newEnv(t)
 	ctx := ctxT(t)
 	e.create(t, "known", catalog.PlanFree)
-	cat, err := catalog.Open(ctx, e.dsn, catalog.Options{CacheTTL: 50 * time.Millisecond})
+	reg := prometheus.NewRegistry()
+	cat, err := catalog.Open(ctx, e.dsn, catalog.Options{CacheTTL: 50 * time.Millisecond, Registerer: reg})
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(cat.Close)
-	if _, err := cat.TenantBySubdomain(ctx, "known"); err != nil {
-		t.Fatal(err)
+	for range 2 {
+		if _, err := cat.TenantBySubdomain(ctx, "known"); err != nil {
+			t.Fatal(err)
+		}
 	}
 	if _, err := cat.User(ctx, "known", "admin"); err != nil {
 		t.Fatal(err)
 	}
+	wantLookups(t, reg, "tenants", map[string]float64{"hit": 1, "miss": 1, "stale": 0})
+	wantLookups(t, reg, "users", map[string]float64{"hit": 0, "miss": 1, "stale": 0})
 	if err := e.cluster.Stop(); err != nil {
 		t.Fatal(err)
 	}
@@ -763,5 +770,35 @@ func TestKnownTenantsOutliveACatalogOutage(t *testing.T) {
 		if _, err := cat.TenantBySubdomain(ctx, name); err == nil || errors.Is(err, catalog.ErrNotFound) {
 			t.Errorf("tenant %s during the outage: %v; want an error other than ErrNotFound", name, err)
 		}
+	}
+	wantLookups(t, reg, "tenants", map[string]float64{"hit": 1, "miss": 3, "stale": 1})
+	wantLookups(t, reg, "users", map[string]float64{"hit": 0, "miss": 1, "stale": 1})
+}
+
+// wantLookups checks tenantproxy_catalog_cache_lookups_total of cache by
+// result.
+func wantLookups(t *testing.T, reg *prometheus.Registry, cache string, want map[string]float64) {
+	t.Helper()
+	families, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := map[string]float64{}
+	for _, fam := range families {
+		if fam.GetName() != "tenantproxy_catalog_cache_lookups_total" {
+			continue
+		}
+		for _, m := range fam.GetMetric() {
+			labels := map[string]string{}
+			for _, lp := range m.GetLabel() {
+				labels[lp.GetName()] = lp.GetValue()
+			}
+			if labels["cache"] == cache {
+				got[labels["result"]] = m.GetCounter().GetValue()
+			}
+		}
+	}
+	if !maps.Equal(got, want) {
+		t.Fatalf("%s cache look-ups %v; want %v", cache, got, want)
 	}
 }

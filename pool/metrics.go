@@ -13,6 +13,9 @@ type metrics struct {
 	conns    *prometheus.GaugeVec
 	connects *prometheus.CounterVec
 	waiting  *prometheus.GaugeVec
+	// wait has no label at all: its buckets times databases and users
+	// would be too many series.
+	wait prometheus.Histogram
 }
 
 func newMetrics(reg prometheus.Registerer) (*metrics, error) {
@@ -29,6 +32,12 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 			Name: "tenantproxy_server_connection_waiters",
 			Help: "Acquires waiting for a server connection of a full pool or of a tenant at its cap.",
 		}, []string{"database", "user"}),
+		wait: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name: "tenantproxy_pool_wait_seconds",
+			Help: "Time an acquire of a server connection waited for one (0 when one was free), granted or not, all pools together: no labels, to bound the series.",
+			// From a free connection (0) to the longest pool timeouts.
+			Buckets: []float64{0, .0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30},
+		}),
 	}
 	if reg == nil {
 		return m, nil
@@ -41,6 +50,9 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 		return nil, err
 	}
 	if m.waiting, err = register(reg, m.waiting); err != nil {
+		return nil, err
+	}
+	if m.wait, err = register(reg, m.wait); err != nil {
 		return nil, err
 	}
 	return m, nil
@@ -64,6 +76,7 @@ func register[C prometheus.Collector](reg prometheus.Registerer, c C) (C, error)
 type keyMetrics struct {
 	idle, active, waiting    prometheus.Gauge
 	connectsOK, connectsFail prometheus.Counter
+	wait                     prometheus.Observer
 }
 
 func (m *metrics) forKey(database, user string) keyMetrics {
@@ -73,5 +86,6 @@ func (m *metrics) forKey(database, user string) keyMetrics {
 		connectsOK:   m.connects.WithLabelValues(database, user, "ok"),
 		connectsFail: m.connects.WithLabelValues(database, user, "error"),
 		waiting:      m.waiting.WithLabelValues(database, user),
+		wait:         m.wait,
 	}
 }

@@ -94,6 +94,7 @@ func (p *pool) take(ctx context.Context, tenant, wantContext string, wait time.D
 			tq.held++
 			c.holder = tq
 			p.mu.Unlock()
+			p.km.wait.Observe(0)
 			return c, tq, nil
 		}
 		if p.open < p.max {
@@ -101,6 +102,7 @@ func (p *pool) take(ctx context.Context, tenant, wantContext string, wait time.D
 			tq.held++
 			p.km.active.Inc()
 			p.mu.Unlock()
+			p.km.wait.Observe(0)
 			return nil, tq, nil
 		}
 	}
@@ -130,12 +132,14 @@ func (p *pool) take(ctx context.Context, tenant, wantContext string, wait time.D
 	var cause error
 	select {
 	case g := <-w.ch:
+		p.km.wait.Observe(time.Since(w.since).Seconds())
 		return g.conn, tq, g.err
 	case <-ctx.Done():
 		cause = context.Cause(ctx)
 	case <-expired:
 		cause = fmt.Errorf("waited %s", wait)
 	}
+	p.km.wait.Observe(time.Since(w.since).Seconds())
 	p.mu.Lock()
 	if i := slices.Index(tq.waiters, w); i >= 0 {
 		p.removeWaiterLocked(tq, i)

@@ -1,7 +1,12 @@
 package pool_test
 
 import (
+	"context"
+	"errors"
 	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/tenantproxy/tenantproxy/pool"
 )
@@ -40,4 +45,42 @@ func TestStatsListsEveryServerConnection(t *testing.T) {
 	if st := m.Stats(); len(st.Servers) != 0 {
 		t.Errorf("after Reconnect and release, Stats lists %+v", st.Servers)
 	}
+}
+
+// TestWaitHistogramTimesEveryAcquire: an acquire that finds a connection
+// observes 0, one that waits for a release observes its wait, and one
+// that gives up observes its wait too.
+func TestWaitHistogramTimesEveryAcquire(t *testing.T) {
+	f := newFixture(t)
+	m, reg := newManager(t, pool.Config{MaxConnsPerKey: 1})
+	tg := f.target()
+	held := acquire(t, m, tg)
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Millisecond)
+	defer cancel()
+	if _, err := m.Acquire(ctx, tg); !errors.Is(err, pool.ErrWaitTimeout) {
+		t.Fatalf("acquire on a full pool: %v; want ErrWaitTimeout", err)
+	}
+	time.AfterFunc(80*time.Millisecond, func() { m.Release(held, true) })
+	m.Release(acquire(t, m, tg), true)
+	count, sum := waitHistogram(t, reg)
+	if count != 3 || sum < 0.14 || sum > 5 {
+		t.Fatalf("pool wait histogram: %d observations summing to %.3fs; want 3 (0, ~0.06s, ~0.08s)", count, sum)
+	}
+}
+
+// waitHistogram reads tenantproxy_pool_wait_seconds.
+func waitHistogram(t *testing.T, reg *prometheus.Registry) (uint64, float64) {
+	t.Helper()
+	families, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, fam := range families {
+		if fam.GetName() == "tenantproxy_pool_wait_seconds" {
+			h := fam.GetMetric()[0].GetHistogram()
+			return h.GetSampleCount(), h.GetSampleSum()
+		}
+	}
+	t.Fatal("tenantproxy_pool_wait_seconds is not registered")
+	return 0, 0
 }

@@ -42,8 +42,11 @@ var (
 
 // sessionBase is what both pool modes know of a session.
 type sessionBase struct {
-	srv    *Server
+	srv *Server
+	// client is the client's connection, through meter once the session
+	// starts (initBase).
 	client net.Conn
+	meter  meteredConn
 
 	tenant, user string
 	// rules are the statement classes the tenant's tier and settings
@@ -54,6 +57,8 @@ type sessionBase struct {
 	maxMsg       int
 	queries      prometheus.Counter
 	transactions prometheus.Counter
+	// queryTime and txTime observe the latencies readyFor measures.
+	queryTime, txTime prometheus.Observer
 
 	// Why a blocked read was interrupted: the relay goroutines look at
 	// these after interruptRead, so each is set before the interrupt.
@@ -77,6 +82,16 @@ func (b *sessionBase) killError() *pgerr.Error {
 // base gives endSessions and the console the tenant and user of either
 // mode's session.
 func (b *sessionBase) base() *sessionBase { return b }
+
+// observe records the latencies of a ReadyForQuery relayed.
+func (b *sessionBase) observe(l latency) {
+	if l.answered {
+		b.queryTime.Observe(l.query.Seconds())
+	}
+	if l.txEnded {
+		b.txTime.Observe(l.tx.Seconds())
+	}
+}
 
 // counted counts the session among the tenant's connected clients until
 // the returned func is called.
@@ -158,11 +173,30 @@ type replyQueue struct {
 	// many have been answered (or cleared).
 	ready   int
 	readies uint64
+	// queryAt is when the oldest ReadyForQuery owed began to be waited
+	// for: its Query or Sync pushed, or the one before it answered. txAt
+	// is when the open transaction's first one was pushed; zero while no
+	// transaction is open.
+	queryAt, txAt time.Time
+}
+
+// latency is what one ReadyForQuery relayed measured: answered when it
+// was owed (query is its wait), txEnded when it ended a transaction (tx
+// is the transaction's).
+type latency struct {
+	query, tx         time.Duration
+	answered, txEnded bool
 }
 
 func (q *replyQueue) push(r reply) {
 	q.mu.Lock()
 	if r.kind == replyReady {
+		if q.ready == 0 {
+			q.queryAt = time.Now()
+			if q.txAt.IsZero() {
+				q.txAt = q.queryAt
+			}
+		}
 		q.ready++
 		q.readies++
 		// Consecutive ReadyForQuery messages owed share an entry, so a
@@ -207,21 +241,40 @@ func (q *replyQueue) popLocked() (reply, bool) {
 }
 
 // readyFor consumes the expected replies up to the next ReadyForQuery,
-// which is being relayed: Parses still pending there failed (the server
-// skipped them after an error), so forget is called with their
-// statements' names.
-func (q *replyQueue) readyFor(forget func(name string)) {
+// which is being relayed with transaction status status: Parses still
+// pending there failed (the server skipped them after an error), so
+// forget is called with their statements' names.
+func (q *replyQueue) readyFor(status byte, forget func(name string)) latency {
 	q.mu.Lock()
 	defer q.mu.Unlock()
 	for {
 		r, ok := q.popLocked()
-		if !ok || r.kind == replyReady {
-			return
+		if !ok {
+			return latency{}
+		}
+		if r.kind == replyReady {
+			return q.timedLocked(status)
 		}
 		if r.kind == replyParse && r.name != "" && forget != nil {
 			forget(r.name)
 		}
 	}
+}
+
+// timedLocked measures a ReadyForQuery owed that was just answered, and
+// starts the clocks of what is still owed.
+func (q *replyQueue) timedLocked(status byte) latency {
+	now := time.Now()
+	l := latency{query: now.Sub(q.queryAt), answered: true}
+	q.queryAt = now
+	if status == 'I' && !q.txAt.IsZero() {
+		l.tx, l.txEnded = now.Sub(q.txAt), true
+		q.txAt = time.Time{}
+		if q.ready > 0 {
+			q.txAt = now
+		}
+	}
+	return l
 }
 
 func (q *replyQueue) readyCount() uint64 {
@@ -251,5 +304,6 @@ func (q *replyQueue) clear() {
 	q.mu.Lock()
 	clear(q.q)
 	q.q, q.head, q.ready = q.q[:0], 0, 0
+	q.txAt = time.Time{}
 	q.mu.Unlock()
 }

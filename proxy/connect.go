@@ -193,11 +193,15 @@ func (s *Server) initBase(b *sessionBase, c *clientConn, t *catalog.Tenant, id r
 		// the tenant out, nor widen what it may do.
 		s.log.Warn("tenant policy settings ignored", zap.String("tenant", t.Subdomain), zap.Error(err))
 	}
-	b.srv, b.client, b.rules = s, c.conn, rules
+	b.meter = meteredConn{Conn: c.conn,
+		received: s.metrics.clientReceived.WithLabelValues(t.Subdomain),
+		sent:     s.metrics.clientSent.WithLabelValues(t.Subdomain)}
+	b.srv, b.client, b.rules = s, &b.meter, rules
 	b.tenant, b.user, b.started = t.Subdomain, id.User, time.Now()
 	b.maxMsg = lv.cfg.MaxMessageSize
 	b.queries = s.metrics.queries.WithLabelValues(t.Subdomain)
 	b.transactions = s.metrics.transactions.WithLabelValues(t.Subdomain)
+	b.queryTime, b.txTime = s.metrics.queryDuration, s.metrics.txDuration
 }
 
 // connectPinned acquires the session-mode client's server connection for

@@ -97,7 +97,7 @@ func (s *Server) Clients() []console.Client {
 }
 
 func clientOf(conn net.Conn, user, database string, started time.Time, id uint32) console.Client {
-	_, isTLS := conn.(*tls.Conn)
+	_, isTLS := unmetered(conn).(*tls.Conn)
 	return console.Client{User: user, Database: database, Addr: conn.RemoteAddr(), LocalAddr: conn.LocalAddr(),
 		ConnectTime: started, RequestTime: started, TLS: isTLS, ID: id}
 }

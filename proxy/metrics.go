@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"errors"
+	"net"
 
 	"github.com/prometheus/client_golang/prometheus"
 )
@@ -18,7 +19,16 @@ type metrics struct {
 	buffered      prometheus.GaugeFunc
 	// loginsDelayed has no tenant label: strangers name the tenants.
 	loginsDelayed prometheus.Counter
+	// Bytes relayed from and to clients, per tenant.
+	clientReceived, clientSent *prometheus.CounterVec
+	// The latency histograms have no tenant label: buckets times tenants
+	// would be too many series.
+	queryDuration, txDuration prometheus.Histogram
 }
+
+// latencyBuckets span a sub-millisecond query on a warm connection to a
+// transaction left open for half a minute.
+var latencyBuckets = []float64{.0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30}
 
 // newMetrics builds the proxy's metrics; buffered reads the bytes held
 // for long client messages.
@@ -52,11 +62,30 @@ func newMetrics(reg prometheus.Registerer, buffered func() float64) (*metrics, e
 			Name: "tenantproxy_login_delayed_total",
 			Help: "Login attempts held because their source address failed too often recently (the login throttle).",
 		}),
+		clientReceived: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "tenantproxy_client_received_bytes_total",
+			Help: "Bytes read from tenants' clients after their start-up, per tenant.",
+		}, []string{"tenant"}),
+		clientSent: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "tenantproxy_client_sent_bytes_total",
+			Help: "Bytes written to tenants' clients after their start-up, per tenant.",
+		}, []string{"tenant"}),
+		queryDuration: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name:    "tenantproxy_query_duration_seconds",
+			Help:    "Time from a client's Query or Sync to its ReadyForQuery (for pipelined ones, from the previous ReadyForQuery), all tenants together: no tenant label, to bound the series.",
+			Buckets: latencyBuckets,
+		}),
+		txDuration: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name:    "tenantproxy_transaction_duration_seconds",
+			Help:    "Time from a transaction's first Query or Sync to the ReadyForQuery that leaves the session idle, in both pool modes, all tenants together: no tenant label, to bound the series.",
+			Buckets: latencyBuckets,
+		}),
 	}
 	if reg == nil {
 		return m, nil
 	}
-	for _, c := range []prometheus.Collector{m.clients, m.queries, m.transactions, m.authFailures, m.startupClosed, m.buffered, m.loginsDelayed} {
+	for _, c := range []prometheus.Collector{m.clients, m.queries, m.transactions, m.authFailures, m.startupClosed, m.buffered, m.loginsDelayed,
+		m.clientReceived, m.clientSent, m.queryDuration, m.txDuration} {
 		if err := reg.Register(c); err != nil {
 			var are prometheus.AlreadyRegisteredError
 			if !errors.As(err, &are) {
@@ -65,4 +94,36 @@ func newMetrics(reg prometheus.Registerer, buffered func() float64) (*metrics, e
 		}
 	}
 	return m, nil
+}
+
+// meteredConn counts a tenant's client bytes each way. The relay reads
+// and writes a batch of messages at a time, so this is one atomic add per
+// batch, never per message, and nothing is allocated.
+type meteredConn struct {
+	net.Conn
+	received, sent prometheus.Counter
+}
+
+func (c *meteredConn) Read(p []byte) (int, error) {
+	n, err := c.Conn.Read(p)
+	if n > 0 {
+		c.received.Add(float64(n))
+	}
+	return n, err
+}
+
+func (c *meteredConn) Write(p []byte) (int, error) {
+	n, err := c.Conn.Write(p)
+	if n > 0 {
+		c.sent.Add(float64(n))
+	}
+	return n, err
+}
+
+// unmetered returns the connection under a meteredConn.
+func unmetered(c net.Conn) net.Conn {
+	if m, ok := c.(*meteredConn); ok {
+		return m.Conn
+	}
+	return c
 }

@@ -16,15 +16,19 @@ import (
 // relaySession is a session-mode session between client and server
 // sockets with the strictest rules, enough to run forwardClient.
 func relaySession(client, server net.Conn) *pinnedSession {
-	return &pinnedSession{
+	ss := &pinnedSession{
 		sessionBase: sessionBase{
 			srv:     &Server{policy: policy.New()},
-			client:  client,
 			maxMsg:  1 << 16,
 			queries: prometheus.NewCounter(prometheus.CounterOpts{Name: "q"}),
+			meter: meteredConn{Conn: client,
+				received: prometheus.NewCounter(prometheus.CounterOpts{Name: "in"}),
+				sent:     prometheus.NewCounter(prometheus.CounterOpts{Name: "out"})},
 		},
 		bconn: server,
 	}
+	ss.client = &ss.meter
+	return ss
 }
 
 // forwardBytes runs forwardClient over in and returns what it wrote
@@ -164,8 +168,9 @@ func tcpPair(tb testing.TB) (net.Conn, net.Conn) {
 }
 
 // BenchmarkForwardClient relays simple Query messages (policy check
-// included) from a client socket to a server socket over loopback TCP;
-// one op is one message. The figure to keep is allocs/op: nothing is
+// included) from a client socket, read through the byte-counting
+// meteredConn, to a server socket over loopback TCP; one op is one
+// message. The figure to keep is allocs/op: nothing is
 // allocated per message.
 //
 //	go test -run '^$' -bench ForwardClient -benchmem -count 3 ./proxy

@@ -204,8 +204,8 @@ func (ss *pinnedSession) backendToClient() backendResult {
 		if m.Type != pgwire.ReadyForQuery {
 			continue
 		}
-		ss.replies.readyFor(nil)
 		status = m.Body()[0]
+		ss.observe(ss.replies.readyFor(status, nil))
 		if err == nil && status == 'I' {
 			ss.transactions.Inc()
 			if ss.draining.Load() && ss.replies.owed() == 0 {

@@ -197,8 +197,8 @@ func (tx *txSession) ready(c *pool.Conn) {
 	tx.mu.Lock()
 	defer tx.mu.Unlock()
 	settles := tx.replies.answered() + 1
-	tx.replies.readyFor(func(name string) {
+	tx.observe(tx.replies.readyFor(tx.status, func(name string) {
 		c.ForgetStatement(name)
 		tx.stmts.forgetFailed(name, settles)
-	})
+	}))
 }

@@ -8,6 +8,7 @@ import (
 	"io"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/spf13/cobra"
 
 	"github.com/tenantproxy/tenantproxy/catalog"
@@ -60,7 +61,8 @@ func (f *catalogFlags) registerOutput(cmd *cobra.Command) {
 	cmd.Flags().StringVarP(&f.output, "output", "o", "table", "table for people, json for scripts")
 }
 
-func (f *catalogFlags) open(ctx context.Context, g *globals) (*catalog.Catalog, error) {
+// open opens the catalog; reg, when not nil, receives its cache metrics.
+func (f *catalogFlags) open(ctx context.Context, g *globals, reg prometheus.Registerer) (*catalog.Catalog, error) {
 	if f.dsn == "" {
 		return nil, errors.New("--catalog-dsn (or TENANTPROXY_CATALOG_DSN) is required")
 	}
@@ -68,14 +70,14 @@ func (f *catalogFlags) open(ctx context.Context, g *globals) (*catalog.Catalog, 
 	if err != nil {
 		return nil, err
 	}
-	return catalog.Open(ctx, f.dsn, catalog.Options{CacheTTL: f.cacheTTL, Logger: g.logger, Secrets: keys})
+	return catalog.Open(ctx, f.dsn, catalog.Options{CacheTTL: f.cacheTTL, Logger: g.logger, Secrets: keys, Registerer: reg})
 }
 
 // withCatalog makes a RunE that calls fn with an open catalog and closes it
 // afterwards.
 func (f *catalogFlags) withCatalog(g *globals, fn func(*cobra.Command, []string, *catalog.Catalog) error) func(*cobra.Command, []string) error {
 	return func(cmd *cobra.Command, args []string) error {
-		c, err := f.open(cmd.Context(), g)
+		c, err := f.open(cmd.Context(), g, nil)
 		if err != nil {
 			return err
 		}

@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/zap"
 
 	"github.com/tenantproxy/tenantproxy/catalog"
@@ -18,11 +19,11 @@ import (
 // into a restart loop. A configuration error (no or a malformed DSN, a
 // key that cannot open the catalog's secrets) ends it at once; so does
 // ctx.
-func openCatalogRetrying(ctx context.Context, g *globals, cf *catalogFlags) (*catalog.Catalog, error) {
+func openCatalogRetrying(ctx context.Context, g *globals, cf *catalogFlags, reg prometheus.Registerer) (*catalog.Catalog, error) {
 	const maxBackoff = 10 * time.Second
 	backoff := 250 * time.Millisecond
 	for {
-		cat, err := cf.open(ctx, g)
+		cat, err := cf.open(ctx, g, reg)
 		if err == nil {
 			if err = checkCatalogSecrets(ctx, g, cf, cat); err == nil {
 				return cat, nil

@@ -81,7 +81,7 @@ func newChatCommand(g *globals) *cobra.Command {
 			"endpoints need --operator-token. The routes are described at /openapi.json. SIGTERM shuts down.",
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			cat, err := f.catalog.open(cmd.Context(), g)
+			cat, err := f.catalog.open(cmd.Context(), g, nil)
 			if err != nil {
 				return err
 			}

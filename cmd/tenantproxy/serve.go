@@ -181,7 +181,7 @@ func buildServeCommand(g *globals) (*cobra.Command, *serveFlags) {
 			if err != nil {
 				return err
 			}
-			cat, err := openCatalogRetrying(cmd.Context(), g, &f.catalog)
+			cat, err := openCatalogRetrying(cmd.Context(), g, &f.catalog, reg)
 			if err != nil {
 				shutdownAdmin(adm)
 				return err
@@ -293,10 +293,16 @@ func runProxy(ctx context.Context, g *globals, f *serveFlags, srv *proxy.Server,
 }
 
 // newRegistry is a metrics registry with the Go runtime's and the
-// process's collectors beside the project's own.
+// process's collectors and the build's identity beside the project's own.
 func newRegistry() *prometheus.Registry {
 	reg := prometheus.NewRegistry()
-	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	b, _ := readBuild()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name:        "tenantproxy_build_info",
+			Help:        "Always 1; its labels name the running build: version, commit and Go version.",
+			ConstLabels: prometheus.Labels{"version": b.version, "commit": b.commit, "goversion": b.goVersion},
+		}, func() float64 { return 1 }))
 	return reg
 }
 

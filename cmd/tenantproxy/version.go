@@ -2,6 +2,7 @@ package main
 
 import (
 	"fmt"
+	"runtime"
 	"runtime/debug"
 
 	"github.com/spf13/cobra"
@@ -26,33 +27,51 @@ func newVersionCommand() *cobra.Command {
 	}
 }
 
-// versionString prefers the release stamp and otherwise reads the module
+// build is what identifies the running binary.
+type build struct {
+	// commit carries "+dirty" for a build from a modified tree.
+	version, commit, goVersion string
+}
+
+// readBuild prefers the release stamp and otherwise reads the module
 // version and VCS stamp that the Go toolchain embeds, so a developer's
-// build still says where it came from.
-func versionString() string {
+// build still says where it came from. ok is false when the binary
+// embeds no build information (then only the stamp and the runtime's Go
+// version are known).
+func readBuild() (b build, ok bool) {
 	info, ok := debug.ReadBuildInfo()
 	if !ok {
-		return "tenantproxy (unknown build)"
+		return build{version: version, commit: commit, goVersion: runtime.Version()}, false
 	}
-	v, revision, modified := info.Main.Version, "", ""
+	b = build{version: info.Main.Version, goVersion: info.GoVersion}
+	modified := ""
 	for _, s := range info.Settings {
 		switch s.Key {
 		case "vcs.revision":
-			revision = s.Value
+			b.commit = s.Value
 		case "vcs.modified":
 			if s.Value == "true" {
 				modified = "+dirty"
 			}
 		}
 	}
-	if len(revision) > 12 {
-		revision = revision[:12]
+	if len(b.commit) > 12 {
+		b.commit = b.commit[:12]
 	}
+	b.commit += modified
 	if version != "" {
-		v = version
+		b.version = version
 	}
 	if commit != "" {
-		revision, modified = commit, ""
+		b.commit = commit
 	}
-	return fmt.Sprintf("tenantproxy %s %s%s %s", v, revision, modified, info.GoVersion)
+	return b, true
+}
+
+func versionString() string {
+	b, ok := readBuild()
+	if !ok {
+		return "tenantproxy (unknown build)"
+	}
+	return fmt.Sprintf("tenantproxy %s %s %s", b.version, b.commit, b.goVersion)
 }
