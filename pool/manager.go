@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"go.uber.org/zap"
@@ -13,7 +14,9 @@ import (
 // Manager owns every pool of server connections and the reaper goroutine
 // that closes connections idle or old past their limits.
 type Manager struct {
-	cfg     Config
+	// cfg is replaced whole by Reconfigure; readers load it once per
+	// decision so one Acquire never mixes two configurations.
+	cfg     atomic.Pointer[Config]
 	log     *zap.Logger
 	metrics *metrics
 
@@ -23,6 +26,8 @@ type Manager struct {
 
 	stopReaper chan struct{}
 	reaperDone chan struct{}
+	// reconfigured wakes the reaper to take up a new interval.
+	reconfigured chan struct{}
 }
 
 // poolKey is what makes two connections interchangeable before setup.
@@ -46,18 +51,15 @@ func NewManager(cfg Config, log *zap.Logger) (*Manager, error) {
 		return nil, fmt.Errorf("pool: metrics: %w", err)
 	}
 	m := &Manager{
-		cfg:        cfg,
-		log:        log,
-		metrics:    met,
-		pools:      make(map[poolKey]*pool),
-		stopReaper: make(chan struct{}),
-		reaperDone: make(chan struct{}),
+		log:          log,
+		metrics:      met,
+		pools:        make(map[poolKey]*pool),
+		stopReaper:   make(chan struct{}),
+		reaperDone:   make(chan struct{}),
+		reconfigured: make(chan struct{}, 1),
 	}
-	if every := cfg.reapInterval(); every > 0 {
-		go m.reap(every)
-	} else {
-		close(m.reaperDone)
-	}
+	m.cfg.Store(&cfg)
+	go m.reap()
 	return m, nil
 }
 
@@ -84,7 +86,7 @@ func (m *Manager) Acquire(ctx context.Context, t Target) (*Conn, error) {
 		return nil, err
 	}
 	for {
-		c, holder, err := p.take(ctx, t.Tenant, "", m.cfg.WaitTimeout, nil)
+		c, holder, err := p.take(ctx, t.Tenant, "", m.cfg.Load().WaitTimeout, nil)
 		if err != nil {
 			return nil, err
 		}
@@ -99,7 +101,7 @@ func (m *Manager) Acquire(ctx context.Context, t Target) (*Conn, error) {
 		} else if c.context != "" {
 			// Left in a tenant context by transaction mode: a session
 			// starts from a reset connection, as after Release.
-			if err := c.reset(m.cfg.ResetTimeout); err != nil {
+			if err := c.reset(m.cfg.Load().ResetTimeout); err != nil {
 				p.destroy(c)
 				continue
 			}
@@ -138,7 +140,7 @@ func (m *Manager) Release(c *Conn, reusable bool) {
 		return
 	}
 	if reusable && !m.expired(c, time.Now()) {
-		err := c.reset(m.cfg.ResetTimeout)
+		err := c.reset(m.cfg.Load().ResetTimeout)
 		if err == nil && p.put(c) {
 			return
 		}
@@ -179,13 +181,16 @@ func (m *Manager) poolFor(t *Target) (*pool, error) {
 	if m.closed {
 		return nil, ErrClosed
 	}
+	cfg := m.cfg.Load()
 	p := m.pools[k]
 	if p == nil {
-		p = &pool{manager: m, key: k, max: m.cfg.MaxConnsPerKey, perTenant: m.cfg.MaxConnsPerTenant,
+		// Under m.mu, as Reconfigure's resizing is: a new pool never
+		// misses a new size.
+		p = &pool{manager: m, key: k, max: cfg.MaxConnsPerKey, perTenant: cfg.MaxConnsPerTenant,
 			km: m.metrics.forKey(t.Database, t.User), tenants: make(map[string]*tenantQueue), all: make(map[*Conn]struct{})}
 		m.pools[k] = p
 	}
-	if m.cfg.MinIdle > 0 {
+	if cfg.MinIdle > 0 {
 		p.mu.Lock()
 		if p.target == nil || p.target.Password != t.Password {
 			saved := *t
@@ -198,35 +203,75 @@ func (m *Manager) poolFor(t *Target) (*pool, error) {
 }
 
 func (m *Manager) expired(c *Conn, now time.Time) bool {
-	return m.cfg.MaxLifetime > 0 && now.Sub(c.createdAt) >= m.cfg.MaxLifetime
+	limit := m.cfg.Load().MaxLifetime
+	return limit > 0 && now.Sub(c.createdAt) >= limit
 }
 
 // reap runs until Close, closing idle connections past IdleTimeout or
-// MaxLifetime. Pools are never removed: their number is bounded by the
-// routes, and an empty one holds no connection.
-func (m *Manager) reap(every time.Duration) {
+// MaxLifetime and opening them up to MinIdle, at the interval the current
+// configuration asks for (none: it only waits for Reconfigure or Close).
+// Pools are never removed: their number is bounded by the routes, and an
+// empty one holds no connection.
+func (m *Manager) reap() {
 	defer close(m.reaperDone)
-	tick := time.NewTicker(every)
+	tick := time.NewTimer(0)
 	defer tick.Stop()
 	for {
+		tick.Stop()
+		var due <-chan time.Time
+		if every := m.cfg.Load().reapInterval(); every > 0 {
+			tick.Reset(every)
+			due = tick.C
+		}
 		select {
 		case <-m.stopReaper:
 			return
-		case now := <-tick.C:
-			m.mu.Lock()
-			pools := make([]*pool, 0, len(m.pools))
-			for _, p := range m.pools {
-				pools = append(pools, p)
-			}
-			m.mu.Unlock()
-			for _, p := range pools {
-				p.evict(func(c *Conn) bool { return m.expired(c, now) },
-					func(c *Conn) bool { return m.cfg.IdleTimeout > 0 && now.Sub(c.idleSince) >= m.cfg.IdleTimeout },
-					m.cfg.MinIdle)
-			}
-			if m.cfg.MinIdle > 0 {
-				m.fillIdle(pools)
-			}
+		case <-m.reconfigured:
+		case now := <-due:
+			m.reapOnce(now)
 		}
 	}
+}
+
+func (m *Manager) reapOnce(now time.Time) {
+	cfg := m.cfg.Load()
+	pools := m.allPools()
+	for _, p := range pools {
+		p.evict(func(c *Conn) bool { return m.expired(c, now) },
+			func(c *Conn) bool { return cfg.IdleTimeout > 0 && now.Sub(c.idleSince) >= cfg.IdleTimeout },
+			cfg.MinIdle)
+	}
+	if cfg.MinIdle > 0 {
+		m.fillIdle(pools)
+	}
+}
+
+// Reconfigure validates cfg and applies it to every pool, existing and
+// future; on error nothing changes. Sizes and per-tenant caps take effect
+// at once: a larger pool hands its new slots to waiting Acquires, a
+// smaller one closes idle connections over the new size now and busy ones
+// when they are released, until it fits. Timeouts apply to the next wait,
+// dial, reset or reaper pass; MaxLifetime and IdleTimeout also to
+// connections already open. Registerer is not changed.
+func (m *Manager) Reconfigure(cfg Config) error {
+	cfg, err := cfg.withDefaults()
+	if err != nil {
+		return err
+	}
+	cfg.Registerer = m.cfg.Load().Registerer
+	m.mu.Lock()
+	m.cfg.Store(&cfg)
+	pools := make([]*pool, 0, len(m.pools))
+	for _, p := range m.pools {
+		pools = append(pools, p)
+	}
+	m.mu.Unlock()
+	for _, p := range pools {
+		p.resize(cfg.MaxConnsPerKey, cfg.MaxConnsPerTenant)
+	}
+	select {
+	case m.reconfigured <- struct{}{}:
+	default:
+	}
+	return nil
 }

@@ -252,7 +252,9 @@ func (p *pool) nextWaiterLocked() *waiter {
 func (p *pool) put(c *Conn) bool {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	if p.closed || c.doomed || c.gen != p.gen {
+	// Over the size (a Reconfigure shrank the pool) the connection goes,
+	// freeing its slot.
+	if p.closed || c.doomed || c.gen != p.gen || p.open > p.max {
 		return false
 	}
 	if c.cancels > 0 {
@@ -312,7 +314,7 @@ func (p *pool) dropSlot(holder *tenantQueue) {
 // will dial in it, or returns it to the pool.
 func (p *pool) freeSlotLocked(holder *tenantQueue) {
 	p.unholdLocked(holder)
-	if !p.closed {
+	if !p.closed && p.open <= p.max {
 		if w := p.nextWaiterLocked(); w != nil {
 			w.tq.held++
 			w.ch <- grant{}
@@ -340,6 +342,44 @@ func (p *pool) evict(expired, idleTooLong func(*Conn) bool, keep int) {
 	})
 	p.open -= len(victims)
 	p.km.idle.Sub(float64(len(victims)))
+	p.mu.Unlock()
+	for _, c := range victims {
+		c.close()
+	}
+}
+
+// resize applies a new size and per-tenant cap: idle connections over the
+// size are closed (the least recently used first), busy ones are closed on
+// release (put, freeSlotLocked) until the pool fits, and room the new
+// limits make goes to waiters as it would on a release.
+func (p *pool) resize(size, perTenant int) {
+	var victims []*Conn
+	p.mu.Lock()
+	p.max, p.perTenant = size, perTenant
+	for p.open > p.max && len(p.idle) > 0 {
+		c := p.idle[0]
+		p.idle = p.idle[1:]
+		c.state = stateClosed
+		delete(p.all, c)
+		p.open--
+		p.km.idle.Dec()
+		victims = append(victims, c)
+	}
+	for !p.closed && (len(p.idle) > 0 || p.open < p.max) {
+		w := p.nextWaiterLocked()
+		if w == nil {
+			break
+		}
+		w.tq.held++
+		if c := p.idleLocked(""); c != nil {
+			c.holder = w.tq
+			w.ch <- grant{conn: c}
+			continue
+		}
+		p.open++
+		p.km.active.Inc()
+		w.ch <- grant{}
+	}
 	p.mu.Unlock()
 	for _, c := range victims {
 		c.close()

@@ -99,7 +99,7 @@ func (m *Manager) Reconnect(database string) {
 }
 
 // Config is the configuration the Manager runs with, defaults applied.
-func (m *Manager) Config() Config { return m.cfg }
+func (m *Manager) Config() Config { return *m.cfg.Load() }
 
 func (m *Manager) allPools() []*pool {
 	m.mu.Lock()

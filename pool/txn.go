@@ -128,7 +128,7 @@ func (m *Manager) AcquireTx(ctx context.Context, tt *TxTarget) (c *Conn, setup [
 		tt.p = p
 	}
 	for {
-		c, holder, err := p.take(ctx, tt.Tenant, tt.key, m.cfg.WaitTimeout, tt.w)
+		c, holder, err := p.take(ctx, tt.Tenant, tt.key, m.cfg.Load().WaitTimeout, tt.w)
 		if err != nil {
 			return nil, nil, 0, err
 		}
@@ -180,7 +180,7 @@ func (m *Manager) ReleaseTx(c *Conn, clean bool) {
 // dial opens a connection in a slot take granted to holder, freeing the
 // slot when it fails.
 func (m *Manager) dial(ctx context.Context, p *pool, t *Target, holder *tenantQueue) (*Conn, error) {
-	c, err := connect(ctx, &m.cfg, t)
+	c, err := connect(ctx, m.cfg.Load(), t)
 	if err != nil {
 		p.km.connectsFail.Inc()
 		p.dropSlot(holder)
@@ -221,11 +221,12 @@ func (c *Conn) ForgetStatement(name string) { delete(c.statements, name) }
 func (m *Manager) fillIdle(pools []*pool) {
 	for _, p := range pools {
 		for {
-			t := p.reserveIdle(m.cfg.MinIdle)
+			cfg := m.cfg.Load()
+			t := p.reserveIdle(cfg.MinIdle)
 			if t == nil {
 				break
 			}
-			ctx, cancel := context.WithTimeout(context.Background(), m.cfg.ConnectTimeout)
+			ctx, cancel := context.WithTimeout(context.Background(), cfg.ConnectTimeout)
 			c, err := m.dial(ctx, p, t, nil)
 			cancel()
 			if err != nil {
