@@ -157,6 +157,13 @@ func (c Config) withDefaults() (Config, error) {
 	return c, nil
 }
 
+// Validate reports what NewManager or Reconfigure would refuse in c, so a
+// reload can check every part of a new configuration before applying any.
+func (c Config) Validate() error {
+	_, err := c.withDefaults()
+	return err
+}
+
 // reapInterval is how often idle connections are checked against
 // IdleTimeout and MaxLifetime: half the shorter one, so a connection
 // outlives its limit by at most half of it, but not busier than every

@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"net"
-	"os"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -57,9 +56,10 @@ type Server struct {
 	// dummyKey derives fake SCRAM salts for unknown users and tenants
 	// (Config.SaltSecret).
 	dummyKey []byte
-	listen   []string
 	unix     string
 	live     atomic.Pointer[live]
+	// lsn are the listeners ListenAndServe and Reload open (reload.go).
+	lsn listenerSet
 
 	// ctx ends when Shutdown gives up waiting; it bounds catalog and pool
 	// calls of connections still starting.
@@ -110,76 +110,13 @@ func New(cfg Config, dir router.Directory, backends Backends) (*Server, error) {
 		log: cfg.Logger, resolver: resolver, policy: policy.New(),
 		backends: backends, metrics: m, cancels: newCancelKeys(), throttle: newLoginThrottle(),
 		buffers: buffers, console: cfg.Console, gates: newTenantGates(),
-		dummyKey: key, listen: cfg.Listen, unix: cfg.UnixSocket, ctx: ctx, cancel: cancel,
+		dummyKey: key, unix: cfg.UnixSocket, ctx: ctx, cancel: cancel,
 		listeners: make(map[net.Listener]struct{}), conns: make(map[*tracked]struct{}), perTenant: make(map[string]int),
 	}
 	s.live.Store(&live{cfg: cfg})
+	s.lsn.init()
 	s.watchRemovals(dir)
 	return s, nil
-}
-
-// Reload applies the live fields of cfg (see Config) to new connections;
-// sessions already running keep what they started with. Listen addresses,
-// Logger and Registerer are not reloaded. On error nothing
-// changes.
-func (s *Server) Reload(cfg Config) error {
-	cfg, err := cfg.withDefaults()
-	if err != nil {
-		return err
-	}
-	old := s.live.Load().cfg
-	cfg.Listen, cfg.UnixSocket, cfg.Logger, cfg.Registerer = old.Listen, old.UnixSocket, old.Logger, old.Registerer
-	s.live.Store(&live{cfg: cfg})
-	s.buffers.setMax(int64(cfg.MaxBufferedBytes))
-	s.log.Info("configuration reloaded")
-	return nil
-}
-
-// ListenAndServe listens on Config.Listen and Config.UnixSocket and serves
-// until Shutdown, when it returns ErrServerClosed; a listener that cannot
-// be opened is returned as an error after closing the others.
-func (s *Server) ListenAndServe() error {
-	var ls []net.Listener
-	closeAll := func() {
-		for _, l := range ls {
-			l.Close()
-		}
-	}
-	for _, addr := range s.listen {
-		l, err := net.Listen("tcp", addr)
-		if err != nil {
-			closeAll()
-			return fmt.Errorf("proxy: listen %s: %w", addr, err)
-		}
-		ls = append(ls, l)
-	}
-	if s.unix != "" {
-		// A socket file left by a crashed process would make Listen fail.
-		if fi, err := os.Stat(s.unix); err == nil && fi.Mode()&os.ModeSocket != 0 {
-			os.Remove(s.unix)
-		}
-		l, err := net.Listen("unix", s.unix)
-		if err != nil {
-			closeAll()
-			return fmt.Errorf("proxy: listen %s: %w", s.unix, err)
-		}
-		ls = append(ls, l)
-	}
-	errs := make(chan error, len(ls))
-	for _, l := range ls {
-		go func() { errs <- s.Serve(l) }()
-	}
-	var first error
-	for range ls {
-		if err := <-errs; !errors.Is(err, ErrServerClosed) && first == nil {
-			first = err
-			closeAll()
-		}
-	}
-	if first != nil {
-		return first
-	}
-	return ErrServerClosed
 }
 
 // Serve accepts connections on l until Shutdown (ErrServerClosed) or an
@@ -374,6 +311,7 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	s.unwatch()
 	s.mu.Lock()
 	s.closing = true
+	s.lsn.closeOnce.Do(func() { close(s.lsn.shutdown) })
 	for l := range s.listeners {
 		l.Close()
 	}

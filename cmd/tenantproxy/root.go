@@ -2,7 +2,9 @@ package main
 
 import (
 	"fmt"
+	"io"
 	"os"
+	"time"
 
 	"github.com/spf13/cobra"
 	"go.uber.org/zap"
@@ -13,11 +15,13 @@ import (
 type globals struct {
 	configPath string
 	logLevel   string
-	logger     *zap.Logger
+	// level is logger's level, which a reload of serve changes.
+	level  zap.AtomicLevel
+	logger *zap.Logger
 }
 
 func newRootCommand() *cobra.Command {
-	g := &globals{}
+	g := &globals{level: zap.NewAtomicLevel()}
 	root := &cobra.Command{
 		Use:           "tenantproxy",
 		Short:         "Tenant-aware PostgreSQL proxy: isolation per tenant, pooling, tenant operations",
@@ -30,11 +34,12 @@ func newRootCommand() *cobra.Command {
 			if err := applyConfig(cmd, g.configPath, os.LookupEnv); err != nil {
 				return err
 			}
-			logger, err := newLogger(g.logLevel, isTerminal(os.Stderr))
+			lvl, err := parseLogLevel(g.logLevel)
 			if err != nil {
 				return err
 			}
-			g.logger = logger
+			g.level.SetLevel(lvl)
+			g.logger = newLogger(g.level, cmd.ErrOrStderr())
 			return nil
 		},
 		PersistentPostRun: func(*cobra.Command, []string) {
@@ -60,26 +65,48 @@ func newRootCommand() *cobra.Command {
 	return root
 }
 
-// newLogger logs for humans (console) on a terminal and for machines (JSON)
-// everywhere else, to stderr so that stdout stays for command output.
-func newLogger(level string, terminal bool) (*zap.Logger, error) {
+func parseLogLevel(level string) (zapcore.Level, error) {
 	lvl, err := zapcore.ParseLevel(level)
 	if err != nil {
-		return nil, fmt.Errorf("--log-level: %w", err)
+		return lvl, fmt.Errorf("--log-level: %w", err)
 	}
+	return lvl, nil
+}
+
+// newLogger logs for humans (console) on a terminal and for machines (JSON)
+// everywhere else, to w (the command's stderr, so that stdout stays for
+// command output and an in-process run's logs can be read), at level,
+// which may change while it logs.
+func newLogger(level zap.AtomicLevel, w io.Writer) *zap.Logger {
+	f, ok := w.(*os.File)
+	terminal := ok && isTerminal(f)
 	var cfg zap.Config
+	var enc zapcore.Encoder
 	if terminal {
 		cfg = zap.NewDevelopmentConfig()
 		cfg.EncoderConfig.EncodeLevel = zapcore.CapitalColorLevelEncoder
 		cfg.DisableStacktrace = true
+		enc = zapcore.NewConsoleEncoder(cfg.EncoderConfig)
 	} else {
 		cfg = zap.NewProductionConfig()
 		cfg.EncoderConfig.TimeKey = "ts"
 		cfg.EncoderConfig.EncodeTime = zapcore.ISO8601TimeEncoder
+		enc = zapcore.NewJSONEncoder(cfg.EncoderConfig)
 	}
-	cfg.Level = zap.NewAtomicLevelAt(lvl)
-	cfg.OutputPaths = []string{"stderr"}
-	return cfg.Build()
+	// zap.Config.Build writes only to paths it opens itself; the core is
+	// built here to write to w, with Build's sampling and options.
+	core := zapcore.NewCore(enc, zapcore.Lock(zapcore.AddSync(w)), level)
+	if s := cfg.Sampling; s != nil {
+		core = zapcore.NewSamplerWithOptions(core, time.Second, s.Initial, s.Thereafter)
+	}
+	opts := []zap.Option{zap.AddCaller(), zap.ErrorOutput(zapcore.Lock(zapcore.AddSync(w)))}
+	if !cfg.DisableStacktrace {
+		opts = append(opts, zap.AddStacktrace(zapcore.ErrorLevel))
+	}
+	if cfg.Development {
+		opts = append(opts, zap.Development())
+	}
+	return zap.New(core, opts...)
 }
 
 func isTerminal(f *os.File) bool {

@@ -213,7 +213,8 @@ func buildServeCommand(g *globals) (*cobra.Command, *serveFlags) {
 				}
 				defer stop()
 			}
-			return runProxy(ctx, g, f, srv, adm, served, reloader(cmd, g))
+			lc := &liveConfig{g: g, srv: srv, mgr: mgr, applied: settingsOf(cmd.Flags()), read: reloader(cmd, g)}
+			return runProxy(ctx, g, f, srv, adm, served, lc.reload)
 		},
 	}
 	f.catalog.register(cmd)
@@ -239,35 +240,9 @@ func startCanary(ctx context.Context, g *globals, f *serveFlags, cat *catalog.Ca
 	return func() { cancel(); <-done }, nil
 }
 
-// reloader re-reads the configuration of a running serve: the command-line
-// flags as given, and the environment and config file as they are now.
-func reloader(cmd *cobra.Command, g *globals) func() (*serveFlags, error) {
-	return func() (*serveFlags, error) {
-		var args []string
-		cmd.Flags().Visit(func(fl *pflag.Flag) {
-			if sv, ok := fl.Value.(pflag.SliceValue); ok {
-				for _, v := range sv.GetSlice() {
-					args = append(args, "--"+fl.Name+"="+v)
-				}
-				return
-			}
-			args = append(args, "--"+fl.Name+"="+fl.Value.String())
-		})
-		fresh, f := buildServeCommand(g)
-		fresh.Flags().AddFlagSet(cmd.InheritedFlags())
-		if err := fresh.ParseFlags(args); err != nil {
-			return nil, err
-		}
-		if err := applyConfig(fresh, g.configPath, os.LookupEnv); err != nil {
-			return nil, err
-		}
-		return f, nil
-	}
-}
-
 // runProxy waits while srv serves (served yields what Serve returned) and
 // drains it when ctx ends. reload, when not nil, is called on SIGHUP.
-func runProxy(ctx context.Context, g *globals, f *serveFlags, srv *proxy.Server, adm *admin.Server, served <-chan error, reload func() (*serveFlags, error)) error {
+func runProxy(ctx context.Context, g *globals, f *serveFlags, srv *proxy.Server, adm *admin.Server, served <-chan error, reload func()) error {
 	hup := make(chan os.Signal, 1)
 	if reload != nil {
 		signal.Notify(hup, syscall.SIGHUP)
@@ -276,13 +251,7 @@ func runProxy(ctx context.Context, g *globals, f *serveFlags, srv *proxy.Server,
 	for {
 		select {
 		case <-hup:
-			next, err := reload()
-			if err == nil {
-				err = srv.Reload(next.proxyConfig(g.logger, nil))
-			}
-			if err != nil {
-				g.logger.Error("reload refused; the running configuration stays", zap.Error(err))
-			}
+			reload()
 		case err := <-served:
 			shutdownAdmin(adm)
 			return err
