@@ -4,10 +4,16 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"crypto/sha256"
+	"crypto/tls"
+	"encoding/binary"
+	"encoding/hex"
 	"encoding/json"
+	"encoding/pem"
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"net"
 	"os"
 	"path/filepath"
@@ -290,5 +296,169 @@ func TestServeReloadAppliesEverySettingThatCanChangeLive(t *testing.T) {
 		case "max-conns-per-tenant", "database", "max-startup-conns-per-addr":
 			delete(e.settings, tc.setting)
 		}
+	}
+}
+
+// servedFingerprint is the SHA-256 of the certificate a new client sees
+// at addr after SSLRequest, hex.
+func servedFingerprint(t *testing.T, addr string) string {
+	t.Helper()
+	raw, err := net.DialTimeout("tcp", addr, 5*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer raw.Close()
+	raw.SetDeadline(time.Now().Add(10 * time.Second))
+	req := binary.BigEndian.AppendUint32(binary.BigEndian.AppendUint32(nil, 8), 80877103)
+	answer := make([]byte, 1)
+	if _, err := raw.Write(req); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := io.ReadFull(raw, answer); err != nil || answer[0] != 'S' {
+		t.Fatalf("SSLRequest answered %q, %v; want S", answer, err)
+	}
+	tc := tls.Client(raw, &tls.Config{InsecureSkipVerify: true})
+	if err := tc.Handshake(); err != nil {
+		t.Fatal(err)
+	}
+	sum := sha256.Sum256(tc.ConnectionState().PeerCertificates[0].Raw)
+	return hex.EncodeToString(sum[:])
+}
+
+// fileFingerprint is the SHA-256 of the PEM certificate in path, hex.
+func fileFingerprint(t *testing.T, path string) string {
+	t.Helper()
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	block, _ := pem.Decode(b)
+	sum := sha256.Sum256(block.Bytes)
+	return hex.EncodeToString(sum[:])
+}
+
+// TestServeReloadSwapsCertificateAndListenAddresses: a new certificate
+// is what the next client sees, with its fingerprint logged; a new listen
+// address accepts and the removed one refuses, while a session it
+// accepted before goes on.
+func TestServeReloadSwapsCertificateAndListenAddresses(t *testing.T) {
+	e, listen := startReloadEnvironment(t)
+	oldCert, oldKey, _ := pgtest.SelfSignedCert(t, "old.example")
+	newCert, newKey, _ := pgtest.SelfSignedCert(t, "new.example")
+	e.settings["tls-cert"], e.settings["tls-key"] = oldCert, oldKey
+	e.reload(false)
+	if got, want := servedFingerprint(t, listen), fileFingerprint(t, oldCert); got != want {
+		t.Fatalf("served certificate %s; want the first one, %s", got, want)
+	}
+
+	e.settings["tls-cert"], e.settings["tls-key"] = newCert, newKey
+	lines := e.reload(true)
+	if got, want := servedFingerprint(t, listen), fileFingerprint(t, newCert); got != want {
+		t.Errorf("after the reload a new client sees %s; want the new certificate, %s", got, want)
+	}
+	if l := findLog(lines, "setting changed", "tls-certificate"); l == nil || l["old"] != fileFingerprint(t, oldCert) || l["new"] != fileFingerprint(t, newCert) {
+		t.Errorf("log of the reload: %v; want the certificate's change by fingerprint", lines)
+	}
+
+	moved := freeAddr(t)
+	e.settings["listen"] = moved
+	lines = e.reload(false)
+	if l := findLog(lines, "setting changed", "listen"); l == nil || l["old"] != "["+listen+"]" || l["new"] != "["+moved+"]" {
+		t.Errorf("log of the reload: %v; want listen [%s] -> [%s]", lines, listen, moved)
+	}
+	c, err := pgx.Connect(e.ctx, "postgres://alice.acme:correct-horse@"+moved+"/chat?sslmode=disable")
+	if err != nil {
+		t.Fatalf("the new listen address: %v", err)
+	}
+	c.Close(e.ctx)
+	if c, err := net.DialTimeout("tcp", listen, 2*time.Second); err == nil {
+		c.Close()
+		t.Errorf("the removed listen address %s still accepts", listen)
+	}
+	if _, err := e.console.Exec(e.ctx, "SHOW VERSION").ReadAll(); err != nil {
+		t.Errorf("a session of the removed address after the reload: %v", err)
+	}
+}
+
+// TestServeReloadChangesLogLevel: debug lines appear once a reload sets
+// --log-level debug, and not before.
+func TestServeReloadChangesLogLevel(t *testing.T) {
+	e, listen := startReloadEnvironment(t)
+	debugLines := func() int {
+		// An unknown tenant's refusal is logged at debug.
+		if c, err := pgx.Connect(e.ctx, "postgres://bob.nosuch:pw@"+listen+"/chat?sslmode=disable"); err == nil {
+			c.Close(e.ctx)
+		}
+		time.Sleep(100 * time.Millisecond)
+		n := 0
+		for _, l := range e.logs.lines(t) {
+			if l["level"] == "debug" {
+				n++
+			}
+		}
+		return n
+	}
+	if n := debugLines(); n != 0 {
+		t.Fatalf("%d debug lines at --log-level info", n)
+	}
+	e.settings["log-level"] = "debug"
+	lines := e.reload(false)
+	if l := findLog(lines, "setting changed", "log-level"); l == nil || l["old"] != "info" || l["new"] != "debug" {
+		t.Errorf("log of the reload: %v; want log-level info -> debug", lines)
+	}
+	if n := debugLines(); n == 0 {
+		t.Error("no debug line after a reload set --log-level debug")
+	}
+}
+
+// TestServeReloadNamesSettingsThatNeedARestart: a changed admin address
+// or console password is logged as needing a restart (the password
+// without its values) and not applied; an invalid configuration, or a
+// listen address that cannot be opened, changes nothing.
+func TestServeReloadNamesSettingsThatNeedARestart(t *testing.T) {
+	e, listen := startReloadEnvironment(t)
+	adminAddr := freeAddr(t)
+	e.settings["admin-listen"] = adminAddr
+	e.settings["console-password"] = "another-secret"
+	lines := e.reload(false)
+	if l := findLog(lines, "setting needs a restart", "admin-listen"); l == nil || l["old"] != "" || l["new"] != adminAddr {
+		t.Errorf("log of the reload: %v; want admin-listen needs a restart, \"\" -> %s", lines, adminAddr)
+	}
+	l := findLog(lines, "setting needs a restart", "console-password")
+	if _, shown := l["new"]; l == nil || shown || strings.Contains(fmt.Sprint(lines), "another-secret") {
+		t.Errorf("log of the reload: %v; want console-password needs a restart, without its values", lines)
+	}
+	if c, err := net.DialTimeout("tcp", adminAddr, time.Second); err == nil {
+		c.Close()
+		t.Errorf("the admin listener moved to %s without a restart", adminAddr)
+	}
+	c := connectConsole(t, e.ctx, listen, nil)
+	c.Close(e.ctx)
+
+	busy, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer busy.Close()
+	for _, bad := range []map[string]string{
+		{"pool-min-idle": "50", "pool-max-conns": "7"},
+		{"pool-max-conns": "7", "listen": listen + "," + busy.Addr().String()},
+		{"pool-max-conns": "7", "tls-cert": "/nonexistent.pem", "tls-key": "/nonexistent.key"},
+	} {
+		saved := maps.Clone(e.settings)
+		maps.Copy(e.settings, bad)
+		lines := e.reload(true)
+		if findLog(lines, "setting changed", "pool-max-conns") != nil || lines[len(lines)-1]["msg"] != "reload refused; the running configuration stays" {
+			t.Errorf("a reload with %v logged %v; want it refused", bad, lines)
+		}
+		if got := e.showConfig()["default_pool_size"]; got != "20" {
+			t.Errorf("a refused reload with %v left default_pool_size %s; want 20", bad, got)
+		}
+		e.settings = saved
+	}
+	if c, err := pgx.Connect(e.ctx, "postgres://alice.acme:correct-horse@"+listen+"/chat?sslmode=disable"); err != nil {
+		t.Errorf("the listen address after refused reloads: %v", err)
+	} else {
+		c.Close(e.ctx)
 	}
 }
