@@ -277,6 +277,30 @@ func TestServeReloadAppliesEverySettingThatCanChangeLive(t *testing.T) {
 			}
 		}},
 		{"max-startup-conns", "5", "1000", "5", nil},
+		{"auth", "trust", "scram-sha-256", "trust", func(t *testing.T) {
+			c, err := pgx.Connect(e.ctx, "postgres://alice.acme:wrong@"+listen+"/chat?sslmode=disable")
+			if err != nil {
+				t.Fatalf("a wrong password with --auth trust: %v", err)
+			}
+			c.Close(e.ctx)
+		}},
+		{"user-separator", "+", ".", "+", func(t *testing.T) {
+			c, err := pgx.Connect(e.ctx, "postgres://alice+acme:correct-horse@"+listen+"/chat?sslmode=disable")
+			if err != nil {
+				t.Fatalf("user alice+acme with --user-separator +: %v", err)
+			}
+			c.Close(e.ctx)
+		}},
+		{"identify", "options", "[sni,options,user]", "[options]", func(t *testing.T) {
+			if err := connectErr("chat"); err == nil {
+				t.Error("user alice.acme was identified with --identify options only")
+			}
+			c, err := pgx.Connect(e.ctx, "postgres://alice:correct-horse@"+listen+"/chat?sslmode=disable&options=-c%20tenant%3Dacme")
+			if err != nil {
+				t.Fatalf("options -c tenant=acme with --identify options: %v", err)
+			}
+			c.Close(e.ctx)
+		}},
 	}
 	for i, tc := range cases {
 		t.Run(tc.setting, func(t *testing.T) {
@@ -293,7 +317,7 @@ func TestServeReloadAppliesEverySettingThatCanChangeLive(t *testing.T) {
 		})
 		// The next case starts from defaults where it matters.
 		switch tc.setting {
-		case "max-conns-per-tenant", "database", "max-startup-conns-per-addr":
+		case "max-conns-per-tenant", "database", "max-startup-conns-per-addr", "auth", "user-separator", "identify":
 			delete(e.settings, tc.setting)
 		}
 	}
@@ -340,7 +364,7 @@ func fileFingerprint(t *testing.T, path string) string {
 // TestServeReloadSwapsCertificateAndListenAddresses: a new certificate
 // is what the next client sees, with its fingerprint logged; a new listen
 // address accepts and the removed one refuses, while a session it
-// accepted before goes on.
+// accepted before goes on; --require-tls then refuses plaintext.
 func TestServeReloadSwapsCertificateAndListenAddresses(t *testing.T) {
 	e, listen := startReloadEnvironment(t)
 	oldCert, oldKey, _ := pgtest.SelfSignedCert(t, "old.example")
@@ -377,6 +401,17 @@ func TestServeReloadSwapsCertificateAndListenAddresses(t *testing.T) {
 	}
 	if _, err := e.console.Exec(e.ctx, "SHOW VERSION").ReadAll(); err != nil {
 		t.Errorf("a session of the removed address after the reload: %v", err)
+	}
+
+	e.settings["require-tls"] = "true"
+	lines = e.reload(true)
+	if l := findLog(lines, "setting changed", "require-tls"); l == nil || l["old"] != "false" || l["new"] != "true" {
+		t.Errorf("log of the reload: %v; want require-tls false -> true", lines)
+	}
+	_, err = pgx.Connect(e.ctx, "postgres://alice.acme:correct-horse@"+moved+"/chat?sslmode=disable")
+	var pgErr *pgconn.PgError
+	if !errors.As(err, &pgErr) || pgErr.Code != "28000" {
+		t.Errorf("a plaintext client after --require-tls: %v; want 28000", err)
 	}
 }
 
