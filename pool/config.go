@@ -39,6 +39,8 @@ type Target struct {
 
 // Config tunes a Manager. The zero value is a working configuration; each
 // field states its default and what zero and negative values mean.
+// Manager.Reconfigure replaces it on a running Manager, all but
+// Registerer.
 type Config struct {
 	// MaxConnsPerKey caps the server connections, idle or in use, of one
 	// (addr, database, user). Zero means 20. Acquire beyond it waits.

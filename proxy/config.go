@@ -30,10 +30,12 @@ const (
 // once by New.
 type Config struct {
 	// Listen are the TCP addresses ListenAndServe listens on. Zero means
-	// "127.0.0.1:6432".
+	// "127.0.0.1:6432". Live: Reload opens added addresses and closes
+	// removed ones (their sessions go on).
 	Listen []string
 	// UnixSocket is a path ListenAndServe also listens on (e.g.
-	// /run/tenantproxy/.s.PGSQL.6432). Empty means none.
+	// /run/tenantproxy/.s.PGSQL.6432). Empty means none. Read once by
+	// ListenAndServe.
 	UnixSocket string
 
 	// TLSCertFile and TLSKeyFile are a PEM certificate and key; when both
@@ -110,6 +112,7 @@ type Config struct {
 	// "chat"); another gets FATAL 3D000 after authentication, as from
 	// PostgreSQL. Empty accepts any name. Either way the session reaches
 	// the tenant's real database, whose name current_database() shows.
+	// Live.
 	Database string
 	// MaxStartupConns caps the connections in start-up, from accept to
 	// authentication, over all listeners. At the cap, the oldest
@@ -140,7 +143,7 @@ type Config struct {
 	// or PoolTransaction. Zero means PoolSession. Live.
 	PoolMode string
 	// DrainTimeout is how long Shutdown lets open transactions finish
-	// before ending sessions with 57P01. Zero means 30 s.
+	// before ending sessions with 57P01. Zero means 30 s. Live.
 	DrainTimeout time.Duration
 	// CancelTimeout bounds forwarding one CancelRequest to a server. Zero
 	// means 5 s. A server connection whose request the server has not
