@@ -237,6 +237,10 @@ func (m *Manager) reapOnce(now time.Time) {
 	cfg := m.cfg.Load()
 	pools := m.allPools()
 	for _, p := range pools {
+		// A connection given back over a shrunk size by a path that
+		// cannot close it (a waiter granted while giving up, a cancel
+		// answered) goes here.
+		p.resize(cfg.MaxConnsPerKey, cfg.MaxConnsPerTenant)
 		p.evict(func(c *Conn) bool { return m.expired(c, now) },
 			func(c *Conn) bool { return cfg.IdleTimeout > 0 && now.Sub(c.idleSince) >= cfg.IdleTimeout },
 			cfg.MinIdle)
