@@ -1,7 +1,16 @@
 package proxy
 
 import (
+	"bytes"
+	"context"
+	"encoding/binary"
+	"io"
+	"net"
+	"sync"
 	"testing"
+	"time"
+
+	"go.uber.org/zap"
 
 	"github.com/tenantproxy/tenantproxy/pool"
 )
@@ -77,4 +86,65 @@ func TestConfigRejectsBadPeers(t *testing.T) {
 	if _, err := (Config{PeerID: 1, Peers: map[int]string{1: "a:1", 2: "b:2"}}).withDefaults(); err != nil {
 		t.Errorf("a valid peering: %v", err)
 	}
+}
+
+// TestPeerForwardsAreCapped: a peer that holds every forwarded request
+// open gets maxPeerForwards of them and no more: the next is dropped at
+// once, without a connection. Each arrives as the client sent it.
+func TestPeerForwardsAreCapped(t *testing.T) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	accepted := make(chan net.Conn, 2*maxPeerForwards)
+	go func() {
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			accepted <- c
+		}
+	}()
+	p := newPeering(1, map[int]string{2: l.Addr().String()})
+	pid, secret := peerKeyPID(2, 12345), []byte{1, 2, 3, 4}
+	forward := func() { p.forward(context.Background(), pid, secret, 10*time.Second, zap.NewNop()) }
+	var wg sync.WaitGroup
+	for range maxPeerForwards {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			forward()
+		}()
+	}
+	var held []net.Conn
+	for range maxPeerForwards {
+		select {
+		case c := <-accepted:
+			held = append(held, c)
+		case <-time.After(5 * time.Second):
+			t.Fatalf("only %d of %d forwards reached the peer", len(held), maxPeerForwards)
+		}
+	}
+	start := time.Now()
+	forward()
+	if took := time.Since(start); took > time.Second {
+		t.Errorf("a forward over the cap took %s; want it dropped at once", took)
+	}
+	select {
+	case <-accepted:
+		t.Error("a forward over the cap reached the peer")
+	case <-time.After(200 * time.Millisecond):
+	}
+	want := binary.BigEndian.AppendUint32([]byte{0, 0, 0, 16, 4, 210, 22, 46}, pid)
+	want = append(want, secret...)
+	for _, c := range held {
+		got := make([]byte, len(want))
+		if _, err := io.ReadFull(c, got); err != nil || !bytes.Equal(got, want) {
+			t.Errorf("peer read % x (%v); want % x", got, err, want)
+		}
+		c.Close()
+	}
+	wg.Wait()
 }
