@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"net"
 	"time"
 
@@ -75,7 +76,7 @@ func newPeering(self int, addrs map[int]string) *peering {
 	if self == 0 {
 		return nil
 	}
-	return &peering{self: self, addrs: addrs, slots: make(chan struct{}, maxPeerForwards)}
+	return &peering{self: self, addrs: maps.Clone(addrs), slots: make(chan struct{}, maxPeerForwards)}
 }
 
 // elsewhere says whether a request with pid is another instance's to
