@@ -358,7 +358,7 @@ func TestHoldEndsWithTheContext(t *testing.T) {
 }
 
 func TestCancelKeys(t *testing.T) {
-	k := newCancelKeys()
+	k := newCancelKeys(0)
 	sess := &txSession{}
 	pid, secret := k.add(poolTarget("a"), "acme", sess)
 	if got, ok := k.lookup(pid, secret[:]); !ok || got.sess != sess || got.tenant != "acme" {

@@ -14,8 +14,12 @@ import (
 // reach a server only through the session that owns the key, and only the
 // statement of that session's client (canceller).
 type cancelKeys struct {
-	mu sync.Mutex
-	m  map[uint32]cancelEntry
+	// peerID, when not 0, is written into every pid handed out
+	// (peerKeyPID), so that another instance of a peering can tell whose
+	// key a CancelRequest carries.
+	peerID int
+	mu     sync.Mutex
+	m      map[uint32]cancelEntry
 }
 
 type cancelEntry struct {
@@ -54,12 +58,13 @@ var (
 	_ canceller = (*txSession)(nil)
 )
 
-func newCancelKeys() *cancelKeys {
-	return &cancelKeys{m: make(map[uint32]cancelEntry)}
+func newCancelKeys(peerID int) *cancelKeys {
+	return &cancelKeys{peerID: peerID, m: make(map[uint32]cancelEntry)}
 }
 
 // add registers a session of tenant whose server connections are at t
-// and returns the random key to give its client.
+// and returns the key to give its client: 64 random bits, or with a peer
+// id 53 (peerKeyPID).
 func (k *cancelKeys) add(t pool.Target, tenant string, sess canceller) (pid uint32, secret [4]byte) {
 	k.mu.Lock()
 	defer k.mu.Unlock()
@@ -67,6 +72,9 @@ func (k *cancelKeys) add(t pool.Target, tenant string, sess canceller) (pid uint
 		var b [8]byte
 		rand.Read(b[:])
 		pid = binary.BigEndian.Uint32(b[:4])
+		if k.peerID != 0 {
+			pid = peerKeyPID(k.peerID, pid)
+		}
 		if _, taken := k.m[pid]; pid == 0 || taken {
 			continue
 		}

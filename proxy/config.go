@@ -4,6 +4,7 @@ import (
 	"crypto/tls"
 	"errors"
 	"fmt"
+	"net"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -151,6 +152,20 @@ type Config struct {
 	// still be acted on).
 	CancelTimeout time.Duration
 
+	// PeerID, from 1 to MaxPeerID, makes this instance one of a peering:
+	// instances behind one TCP load balancer, each with its own id, that
+	// pass each other the cancel requests the balancer sent to the wrong
+	// one (peers.go). The id is written into the cancel keys handed out.
+	// Zero means no peering: keys are fully random and a request with an
+	// unknown key is dropped. Read once by New.
+	PeerID int
+	// Peers maps peer ids to the host:port of the instance with that id,
+	// where cancel requests with its keys are forwarded (in plaintext:
+	// keep peers on a private network). An entry for PeerID itself is
+	// ignored, so every instance can be given the same list. Read once
+	// by New.
+	Peers map[int]string
+
 	// Console serves the admin console (package console) to its user on
 	// the virtual databases console.Databases, always authenticated with
 	// SCRAM-SHA-256, whatever AuthMethod says. Nil means no console: those
@@ -243,6 +258,7 @@ func (c Config) withDefaults() (Config, error) {
 	if c.RequireTLS && c.TLS == nil {
 		errs = append(errs, errors.New("RequireTLS without a certificate"))
 	}
+	errs = append(errs, c.peerErrors()...)
 	if c.Logger == nil {
 		c.Logger = zap.NewNop()
 	}
@@ -291,6 +307,26 @@ func (c *Config) limitDefaults() []error {
 	}
 	if c.IdleInTransactionTimeout == 0 {
 		c.IdleInTransactionTimeout = defaultIdleInTransactionTimeout
+	}
+	return errs
+}
+
+// peerErrors reports peer ids out of range and peers without an address.
+func (c *Config) peerErrors() []error {
+	var errs []error
+	if c.PeerID < 0 || c.PeerID > MaxPeerID {
+		errs = append(errs, fmt.Errorf("PeerID %d: want 1 to %d, or 0 for none", c.PeerID, MaxPeerID))
+	}
+	if c.PeerID == 0 && len(c.Peers) > 0 {
+		errs = append(errs, errors.New("Peers without a PeerID of this instance's"))
+	}
+	for id, addr := range c.Peers {
+		if id < 1 || id > MaxPeerID {
+			errs = append(errs, fmt.Errorf("peer %d: want an id from 1 to %d", id, MaxPeerID))
+		}
+		if _, _, err := net.SplitHostPort(addr); err != nil {
+			errs = append(errs, fmt.Errorf("peer %d: address %q: %w", id, addr, err))
+		}
 	}
 	return errs
 }

@@ -45,6 +45,9 @@ type Server struct {
 	backends Backends
 	metrics  *metrics
 	cancels  *cancelKeys
+	// peers forwards cancel requests with another instance's keys
+	// (peers.go); nil without Config.PeerID.
+	peers    *peering
 	throttle *loginThrottle
 	// gate holds the connections still in start-up (accept.go).
 	gate startupGate
@@ -108,11 +111,12 @@ func New(cfg Config, dir router.Directory, backends Backends) (*Server, error) {
 	ctx, cancel := context.WithCancel(context.Background())
 	s := &Server{
 		log: cfg.Logger, resolver: resolver, policy: policy.New(),
-		backends: backends, metrics: m, cancels: newCancelKeys(), throttle: newLoginThrottle(),
+		backends: backends, metrics: m, cancels: newCancelKeys(cfg.PeerID), throttle: newLoginThrottle(),
 		buffers: buffers, console: cfg.Console, gates: newTenantGates(),
 		dummyKey: key, unix: cfg.UnixSocket, ctx: ctx, cancel: cancel,
 		listeners: make(map[net.Listener]struct{}), conns: make(map[*tracked]struct{}), perTenant: make(map[string]int),
 	}
+	s.peers = newPeering(cfg.PeerID, cfg.Peers)
 	s.live.Store(&live{cfg: cfg})
 	s.lsn.init()
 	s.watchRemovals(dir)
@@ -279,10 +283,15 @@ func (s *Server) giveSlot(tenant string) {
 
 // forwardCancel sends a client's CancelRequest to the server connection
 // that runs the statement of the session owning the key, if one does
-// (canceller); otherwise the request is dropped. Like PostgreSQL, it
-// answers nothing. It returns once the server has answered, at most
-// CancelTimeout later.
+// (canceller), or, when the key is another peer's, to that peer
+// (peers.go); otherwise the request is dropped. Like PostgreSQL, it
+// answers nothing. It returns once the server or peer has answered, at
+// most CancelTimeout later.
 func (s *Server) forwardCancel(pid uint32, secret []byte) {
+	if s.peers.elsewhere(pid) {
+		s.peers.forward(s.ctx, pid, secret, s.live.Load().cfg.CancelTimeout, s.log)
+		return
+	}
 	e, ok := s.cancels.lookup(pid, secret)
 	if !ok {
 		s.log.Debug("cancel request with an unknown key")

@@ -29,6 +29,18 @@ import (
 // their cleanups before calling StartProxy).
 func StartProxy(tb testing.TB, cfg proxy.Config, cat *catalog.Catalog, mgr *pool.Manager) (*proxy.Server, string) {
 	tb.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		tb.Fatal(err)
+	}
+	return StartProxyOn(tb, l, cfg, cat, mgr), l.Addr().String()
+}
+
+// StartProxyOn is StartProxy serving on l, for proxies whose
+// configuration must name each other's addresses (peers). It closes l if
+// the proxy cannot be built.
+func StartProxyOn(tb testing.TB, l net.Listener, cfg proxy.Config, cat *catalog.Catalog, mgr *pool.Manager) *proxy.Server {
+	tb.Helper()
 	if cfg.Logger == nil {
 		cfg.Logger = zaptest.NewLogger(tb)
 	}
@@ -37,10 +49,7 @@ func StartProxy(tb testing.TB, cfg proxy.Config, cat *catalog.Catalog, mgr *pool
 	}
 	srv, err := proxy.New(cfg, cat, mgr)
 	if err != nil {
-		tb.Fatal(err)
-	}
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
+		l.Close()
 		tb.Fatal(err)
 	}
 	served := make(chan error, 1)
@@ -55,5 +64,5 @@ func StartProxy(tb testing.TB, cfg proxy.Config, cat *catalog.Catalog, mgr *pool
 			tb.Errorf("proxy Serve returned %v; want ErrServerClosed", err)
 		}
 	})
-	return srv, l.Addr().String()
+	return srv
 }

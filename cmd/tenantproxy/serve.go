@@ -65,6 +65,11 @@ type serveFlags struct {
 	// console.
 	consoleUser, consolePassword string
 
+	// peerID and peers make the instance one of a peering (proxy.Config
+	// PeerID and Peers).
+	peerID int
+	peers  peersValue
+
 	// isolationInterval is serve's alone: the demo does not run the canary.
 	isolationInterval time.Duration
 }
@@ -98,6 +103,8 @@ func (f *serveFlags) register(fs *pflag.FlagSet, defaultAuth string) {
 	fs.DurationVar(&f.poolConnTimeout, "pool-connect-timeout", 10*time.Second, "bound on connecting and authenticating to a backend")
 	fs.StringVar(&f.consoleUser, "console-user", "", "user of the PgBouncer-compatible admin console (psql dbname=pgbouncer); empty disables the console")
 	fs.StringVar(&f.consolePassword, "console-password", "", "the console user's password (SCRAM-SHA-256); prefer TENANTPROXY_CONSOLE_PASSWORD to the command line")
+	fs.IntVar(&f.peerID, "peer-id", 0, fmt.Sprintf("this instance's id (1-%d) among instances behind one load balancer: written into the cancel keys it hands out, so that the others forward it its cancel requests; 0 means no peering", proxy.MaxPeerID))
+	fs.Var(&f.peers, "peer", "ID=HOST:PORT of an instance of the peering, where cancel requests with its keys are forwarded; repeatable; an entry for --peer-id itself is ignored, so all instances can share one list")
 }
 
 func (f *serveFlags) proxyConfig(log *zap.Logger, reg prometheus.Registerer) proxy.Config {
@@ -132,6 +139,9 @@ func (f *serveFlags) proxyConfig(log *zap.Logger, reg prometheus.Registerer) pro
 
 		MaxStartupConns:        f.maxStartupConns,
 		MaxStartupConnsPerAddr: f.maxStartupConnsPerAddr,
+
+		PeerID: f.peerID,
+		Peers:  f.peers,
 	}
 }
 
