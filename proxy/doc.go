@@ -21,10 +21,12 @@
 //	idleread.go       transaction mode: an idle client holds no read buffer
 //	buffers.go        memory for client messages held whole: given back once passed on, capped server-wide
 //	cancel.go         cancel keys
+//	peers.go          several instances: peer ids in cancel keys, forwarding other peers' cancels
 //	console.go        the admin console's login and session, and what it reads and steers (package console)
 //	pause.go          the console's PAUSE and DISABLE: tenant gates new transactions and logins wait at
 //	errors.go         classify and render errors: pool, server, policy and framing errors meet here
-//	server.go         lifecycle: Serve, Shutdown (drain, then kill), Reload
+//	server.go         lifecycle: Serve, Shutdown (drain, then kill)
+//	reload.go         Reload: the live configuration, listeners opened and closed, TLS files read again
 //	terminate.go      ending sessions from outside (57P01 as pg_terminate_backend): a removed login's
 //
 // Every relay loop frames messages with internal/pgwire's Scanner: it

@@ -55,6 +55,7 @@ func (s *Server) Reload(cfg Config) error {
 	old := s.live.Load().cfg
 	cfg.UnixSocket, cfg.SaltSecret, cfg.Console = old.UnixSocket, old.SaltSecret, old.Console
 	cfg.Logger, cfg.Registerer = old.Logger, old.Registerer
+	cfg.PeerID, cfg.Peers = old.PeerID, old.Peers
 	var added []net.Listener
 	if s.lsn.tcp != nil && !s.lsn.stopped {
 		if added, err = listenAll(newAddrs(old.Listen, cfg.Listen)); err != nil {
