@@ -38,13 +38,16 @@ type TenantLoginPassword struct {
 	Password string `json:"password,omitempty"`
 }
 
-// pathLogin reads and validates the {user} of a login route.
-func pathLogin(r *http.Request) (string, error) {
-	name := r.PathValue("user")
-	if err := catalog.ValidateUsername(name); err != nil {
-		return "", invalidParameter("%v", err)
+// pathLogin reads and validates the {tenant} and {user} of a login route.
+func pathLogin(r *http.Request) (tenant, name string, err error) {
+	if tenant, err = pathTenant(r); err != nil {
+		return "", "", err
 	}
-	return name, nil
+	name = r.PathValue("user")
+	if err := catalog.ValidateUsername(name); err != nil {
+		return "", "", invalidParameter("%v", err)
+	}
+	return tenant, name, nil
 }
 
 // loginProblem maps the catalog's login errors, then the rest as
@@ -95,11 +98,7 @@ func (s *Server) addLogin(w http.ResponseWriter, r *http.Request) error {
 }
 
 func (s *Server) setLoginPassword(w http.ResponseWriter, r *http.Request) error {
-	id, err := pathTenant(r)
-	if err != nil {
-		return err
-	}
-	name, err := pathLogin(r)
+	id, name, err := pathLogin(r)
 	if err != nil {
 		return err
 	}
@@ -116,11 +115,7 @@ func (s *Server) setLoginPassword(w http.ResponseWriter, r *http.Request) error 
 
 // removeLogin deletes the login; the proxies end its open sessions.
 func (s *Server) removeLogin(w http.ResponseWriter, r *http.Request) error {
-	id, err := pathTenant(r)
-	if err != nil {
-		return err
-	}
-	name, err := pathLogin(r)
+	id, name, err := pathLogin(r)
 	if err != nil {
 		return err
 	}

@@ -212,19 +212,29 @@ func upControl(ctx context.Context, control *pgx.Conn, controlDSN string, opts O
 	return Result{Target: t, Applied: n, Version: v, Latest: opts.latest(KindControl)}, err
 }
 
-// Status reports every target's applied version without changing anything.
-func Status(ctx context.Context, controlDSN string, opts Options) (*Report, error) {
-	start := time.Now()
+// openControl connects to the control database and reads its version.
+func openControl(ctx context.Context, controlDSN string) (*pgx.Conn, Target, int, error) {
 	control, err := ConnectAs(ctx, controlDSN, "")
 	if err != nil {
-		return nil, fmt.Errorf("migrations: control database: %w", err)
+		return nil, Target{}, 0, fmt.Errorf("migrations: control database: %w", err)
 	}
-	defer control.Close(context.WithoutCancel(ctx))
 	ct := Target{Kind: KindControl, Database: control.Config().Database}
 	v, err := Version(ctx, control, ct)
 	if err != nil {
-		return nil, fmt.Errorf("migrations: control database: %w", err)
+		control.Close(context.WithoutCancel(ctx))
+		return nil, Target{}, 0, fmt.Errorf("migrations: control database: %w", err)
 	}
+	return control, ct, v, nil
+}
+
+// Status reports every target's applied version without changing anything.
+func Status(ctx context.Context, controlDSN string, opts Options) (*Report, error) {
+	start := time.Now()
+	control, ct, v, err := openControl(ctx, controlDSN)
+	if err != nil {
+		return nil, err
+	}
+	defer control.Close(context.WithoutCancel(ctx))
 	ctrl := Result{Target: ct, Version: v, Latest: opts.latest(KindControl)}
 	var targets []Target
 	set := newAppSet(nil)
@@ -262,16 +272,11 @@ func Down(ctx context.Context, controlDSN string, to int, opts Options) (*Report
 	if to < 0 {
 		return nil, fmt.Errorf("migrations: down to version %d: want 0 or more", to)
 	}
-	control, err := ConnectAs(ctx, controlDSN, "")
+	control, _, v, err := openControl(ctx, controlDSN)
 	if err != nil {
-		return nil, fmt.Errorf("migrations: control database: %w", err)
+		return nil, err
 	}
 	defer control.Close(context.WithoutCancel(ctx))
-	ct := Target{Kind: KindControl, Database: control.Config().Database}
-	v, err := Version(ctx, control, ct)
-	if err != nil {
-		return nil, fmt.Errorf("migrations: control database: %w", err)
-	}
 	if v < opts.latest(KindControl) {
 		return nil, fmt.Errorf("migrations: the catalog is at version %d of %d: run migrate up first", v, opts.latest(KindControl))
 	}
