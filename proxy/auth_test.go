@@ -216,10 +216,12 @@ func TestSaltSecretSharedByReplicas(t *testing.T) {
 		}
 		return string(s.verifierFor("nosuch", nil, "alice", nil).Salt)
 	}
-	if salt("postgres://catalog") != salt("postgres://catalog") {
+	replicaA, replicaB := salt("postgres://catalog"), salt("postgres://catalog")
+	if replicaA != replicaB {
 		t.Fatal("two replicas with one secret show different fake salts")
 	}
-	if salt("postgres://catalog") == salt("postgres://other") || salt("") == salt("") {
+	noSecretA, noSecretB := salt(""), salt("")
+	if replicaA == salt("postgres://other") || noSecretA == noSecretB {
 		t.Fatal("fake salts do not depend on the secret")
 	}
 }

@@ -318,7 +318,7 @@ func (c *Config) peerErrors() []error {
 		errs = append(errs, fmt.Errorf("PeerID %d: want 1 to %d, or 0 for none", c.PeerID, MaxPeerID))
 	}
 	if c.PeerID == 0 && len(c.Peers) > 0 {
-		errs = append(errs, errors.New("Peers without a PeerID of this instance's"))
+		errs = append(errs, errors.New("peers configured without this instance's own PeerID"))
 	}
 	for id, addr := range c.Peers {
 		if id < 1 || id > MaxPeerID {

@@ -148,18 +148,6 @@ func ctxT(t testing.TB) context.Context {
 	return ctx
 }
 
-// servingDSN connects directly to database as the serving role of the
-// backend "main", the role the proxy logs the shared and schema tiers in
-// with.
-func (e *proxyEnv) servingDSN(t testing.TB, database string) string {
-	t.Helper()
-	b, err := e.cat.Backend(ctxT(t), "main")
-	if err != nil {
-		t.Fatal(err)
-	}
-	return e.directDSN(b.ServingUser, b.ServingPassword, database)
-}
-
 // tenantLoginDSN connects directly to database as database-tier tenant
 // sub's own login role, the role the proxy logs sub's sessions in with.
 func (e *proxyEnv) tenantLoginDSN(t testing.TB, sub, database string) string {
