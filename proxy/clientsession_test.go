@@ -52,8 +52,8 @@ func TestReplyQueueTimesQueriesAndTransactions(t *testing.T) {
 	if l := q.readyFor('I', nil); l.answered || l.txEnded {
 		t.Fatalf("an unowed ReadyForQuery measured %+v", l)
 	}
+	start := time.Now()             // before the push the transaction is timed from
 	q.push(reply{kind: replyReady}) // BEGIN
-	start := time.Now()
 	time.Sleep(20 * time.Millisecond)
 	l := q.readyFor('T', nil)
 	if !l.answered || l.txEnded || l.query < 20*time.Millisecond {
