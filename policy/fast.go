@@ -4,6 +4,7 @@ import (
 	"bytes"
 
 	"github.com/tenantproxy/tenantproxy/migrations"
+	"github.com/tenantproxy/tenantproxy/router"
 )
 
 // fastVerdict is what the lexical fast path concluded.
@@ -134,6 +135,8 @@ func fastSetting(lead, prev, w []byte, n int) string {
 		return reasonSessAuth
 	case eq(w, migrations.TenantGUC):
 		return reasonTenantGUC
+	case hasPrefix(w, router.TenantSettingPrefix):
+		return reasonPlan
 	case eq(lead, "reset") && n == 2 && eq(w, "all"):
 		return reasonResetAll
 	}
@@ -219,6 +222,25 @@ func containsFold(w []byte, s string) bool {
 
 // eq compares a word with an ASCII name case-insensitively, ignoring the
 // double quotes of quoted identifiers in the word.
+// hasPrefix is eq of w's beginning: whether w, quotes skipped, starts
+// with prefix, ignoring case.
+func hasPrefix(w []byte, prefix string) bool {
+	j := 0
+	for _, c := range w {
+		if j == len(prefix) {
+			return true
+		}
+		if c == '"' {
+			continue
+		}
+		if lower(c) != lower(prefix[j]) {
+			return false
+		}
+		j++
+	}
+	return j == len(prefix)
+}
+
 func eq(w []byte, s string) bool {
 	j := 0
 	for _, c := range w {

@@ -7,6 +7,7 @@ import (
 	pg_query "github.com/pganalyze/pg_query_go/v6"
 	"github.com/pganalyze/pg_query_go/v6/parser"
 	"github.com/tenantproxy/tenantproxy/migrations"
+	"github.com/tenantproxy/tenantproxy/router"
 	"google.golang.org/protobuf/reflect/protoreflect"
 )
 
@@ -109,6 +110,7 @@ const (
 	reasonRole       = "SET/RESET ROLE is refused: the role is the tenant's isolation boundary and only the proxy sets it"
 	reasonSessAuth   = "SET/RESET SESSION AUTHORIZATION is refused: it would change who the session runs as"
 	reasonTenantGUC  = "changing the tenant setting " + migrations.TenantGUC + " is refused: the proxy sets it for this tenant"
+	reasonPlan       = "changing a " + router.TenantSettingPrefix + "* setting is refused: the proxy sets the tenant's plan and features from the catalog"
 	reasonIdleInTx   = "changing idle_in_transaction_session_timeout is refused: the proxy sets it, so that an idle transaction cannot hold a shared server connection"
 	reasonResetAll   = "RESET ALL is refused: it would undo the tenant context the proxy set up"
 	reasonDiscardAll = "DISCARD ALL is refused: it would undo the tenant context the proxy set up"
@@ -345,7 +347,14 @@ func (a *analyzer) set(s *pg_query.VariableSetStmt) {
 		a.f.refuse(reasonResetAll)
 		return
 	}
-	switch name := strings.ToLower(s.Name); name {
+	name := strings.ToLower(s.Name)
+	if strings.HasPrefix(name, router.TenantSettingPrefix) {
+		// The whole namespace is the proxy's, so a setting added to it
+		// later is read-only from the start.
+		a.f.refuse(reasonPlan)
+		return
+	}
+	switch name {
 	case "role":
 		a.f.refuse(reasonRole)
 	case "session_authorization":

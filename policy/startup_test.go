@@ -16,7 +16,9 @@ func TestSessionSettings(t *testing.T) {
 		// PGOPTIONS="-c debug_print_plan=on" and its siblings: the plan
 		// tree at client_min_messages = LOG is EXPLAIN by another name.
 		{Name: "debug_print_plan", Value: "on"}, {Name: "debug_print_parse", Value: "on"},
-		{Name: "debug_print_rewritten", Value: "on"}} {
+		{Name: "debug_print_rewritten", Value: "on"},
+		// PGOPTIONS="-c tenant.plan=enterprise": the plan is the catalog's.
+		{Name: "tenant.plan", Value: "enterprise"}, {Name: "Tenant.Features", Value: "{}"}} {
 		if _, err := SessionSettings([]router.Setting{s}); pgerr.CodeOf(err) != pgerr.CodeStatementRefused {
 			t.Errorf("setting %s=%s at startup: %v; want CodeStatementRefused", s.Name, s.Value, err)
 		}

@@ -178,7 +178,34 @@ func (r *Resolver) Route(ctx context.Context, t *catalog.Tenant) (*Route, error)
 	default:
 		return nil, &pgerr.Error{Code: pgerr.CodeInternal, Msg: "unknown tier", Err: fmt.Errorf("tenant %q: tier %q", t.Subdomain, t.Tier)}
 	}
+	rt.Setup = append(rt.Setup, planSettings(t)...)
 	return rt, nil
+}
+
+// Settings under TenantSettingPrefix carry the tenant's plan and feature
+// flags to SQL, for apps and row-level policies to gate on; the policy
+// refuses every change to them, so they are as read-only as the tenant
+// setting.
+const (
+	TenantSettingPrefix = "tenant."
+	PlanSetting         = TenantSettingPrefix + "plan"
+	FeaturesSetting     = TenantSettingPrefix + "features"
+)
+
+// planSettings sets PlanSetting and FeaturesSetting (the catalog's
+// features as JSON text). Being part of Setup they are part of the
+// context's key (pool.TxTarget), so a changed plan or feature is a new
+// context, and a server connection switching contexts is neutralised
+// (RESET ALL) before the next context's values are set.
+func planSettings(t *catalog.Tenant) []string {
+	features := string(t.Features)
+	if features == "" {
+		features = "{}"
+	}
+	return []string{
+		"SET " + PlanSetting + " = " + QuoteLiteral(t.Plan),
+		"SET " + FeaturesSetting + " = " + QuoteLiteral(features),
+	}
 }
 
 // backendAddr takes the server location and TLS requirement from a

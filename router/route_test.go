@@ -2,6 +2,7 @@ package router
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"slices"
 	"testing"
@@ -39,9 +40,9 @@ var _ Directory = directory{}
 func TestRoutePerTier(t *testing.T) {
 	dir := directory{
 		tenants: map[string]*catalog.Tenant{
-			"free":   {ID: "11", Subdomain: "free", Tier: catalog.TierShared, Status: catalog.StatusActive, Backend: "main", Database: "shared"},
-			"pro":    {ID: "12", Subdomain: "pro", Tier: catalog.TierSchema, Status: catalog.StatusActive, Backend: "main", Database: "schemas", SchemaName: "tenant_pro"},
-			"big":    {ID: "13", Subdomain: "big", Tier: catalog.TierDatabase, Status: catalog.StatusActive, Backend: "eu", Database: "tenant_big", LoginPassword: "bigpw"},
+			"free":   {ID: "11", Subdomain: "free", Plan: "free", Features: json.RawMessage(`{"sso": false, "note": "it's"}`), Tier: catalog.TierShared, Status: catalog.StatusActive, Backend: "main", Database: "shared"},
+			"pro":    {ID: "12", Subdomain: "pro", Plan: "pro", Tier: catalog.TierSchema, Status: catalog.StatusActive, Backend: "main", Database: "schemas", SchemaName: "tenant_pro"},
+			"big":    {ID: "13", Subdomain: "big", Plan: "enterprise", Features: json.RawMessage(`{"sso": true}`), Tier: catalog.TierDatabase, Status: catalog.StatusActive, Backend: "eu", Database: "tenant_big", LoginPassword: "bigpw"},
 			"old":    {ID: "16", Subdomain: "old", Tier: catalog.TierDatabase, Status: catalog.StatusActive, Backend: "eu", Database: "tenant_old"},
 			"frozen": {ID: "14", Subdomain: "frozen", Tier: catalog.TierShared, Status: catalog.StatusSuspended, Backend: "main"},
 			"new":    {ID: "15", Subdomain: "new", Tier: catalog.TierShared, Status: catalog.StatusProvisioning, Backend: "main"},
@@ -64,11 +65,13 @@ func TestRoutePerTier(t *testing.T) {
 		// routeFails: Tenant admits it, Route refuses it with wantErrorCode.
 		routeFails bool
 	}{
-		{sub: "free", wantAddr: "127.0.0.1:5432", wantDB: "shared", wantUser: "serve", wantPassword: "pw", wantSetup: []string{"SET app.tenant_id = '11'"}},
-		{sub: "pro", wantAddr: "127.0.0.1:5432", wantDB: "schemas", wantUser: "serve", wantPassword: "pw", wantSetup: []string{`SET ROLE "tenant_pro"`, `SET search_path = "tenant_pro"`}},
+		{sub: "free", wantAddr: "127.0.0.1:5432", wantDB: "shared", wantUser: "serve", wantPassword: "pw", wantSetup: []string{"SET app.tenant_id = '11'", "SET tenant.plan = 'free'", `SET tenant.features = '{"sso": false, "note": "it''s"}'`}},
+		{sub: "pro", wantAddr: "127.0.0.1:5432", wantDB: "schemas", wantUser: "serve", wantPassword: "pw", wantSetup: []string{`SET ROLE "tenant_pro"`, `SET search_path = "tenant_pro"`,
+			"SET tenant.plan = 'pro'", "SET tenant.features = '{}'"}},
 		// The database tier logs in as its own role, never as the
 		// serving role, even before it has one.
-		{sub: "big", wantAddr: "/tmp/pg:6543", wantDB: "tenant_big", wantUser: "tenant_big", wantPassword: "bigpw"},
+		{sub: "big", wantAddr: "/tmp/pg:6543", wantDB: "tenant_big", wantUser: "tenant_big", wantPassword: "bigpw",
+			wantSetup: []string{"SET tenant.plan = 'enterprise'", `SET tenant.features = '{"sso": true}'`}},
 		{sub: "old", wantErrorCode: pgerr.CodeInternal, routeFails: true},
 		{sub: "frozen", wantErrorCode: pgerr.CodeTenantSuspended},
 		{sub: "new", wantErrorCode: pgerr.CodeTenantUnavailable},
