@@ -20,6 +20,7 @@ func newTenantCommand(g *globals) *cobra.Command {
 		newTenantCreateCommand(g),
 		newTenantListCommand(g),
 		newTenantShowCommand(g),
+		newTenantUpdateCommand(g),
 		newTenantStatusCommand(g, "suspend", "Suspend a tenant: its new connections are refused", (*catalog.Catalog).Suspend),
 		newTenantStatusCommand(g, "resume", "Resume a suspended tenant", (*catalog.Catalog).Resume),
 		newTenantDeleteCommand(g),
@@ -134,6 +135,56 @@ func newTenantShowCommand(g *globals) *cobra.Command {
 	}
 	cf.register(cmd)
 	cf.registerOutput(cmd)
+	return cmd
+}
+
+func newTenantUpdateCommand(g *globals) *cobra.Command {
+	var cf catalogFlags
+	var req catalog.UpdateRequest
+	var features []string
+	cmd := &cobra.Command{
+		Use:   "update SUBDOMAIN [--plan PLAN] [--feature name=value ...]",
+		Short: "Change a tenant's plan and feature flags, which SQL reads as tenant.plan and tenant.features",
+		Long: `Changes a tenant's plan (with the max_users and max_storage_gb the plan
+implies) and merges feature flags into its features. A flag's value is
+true, false, a number, or else a string ("\"true\"" for the string true).
+
+Its tier stays as it is even when the new plan implies another: moving a
+tenant between tiers moves its data, and is the tenant mobility work's,
+not this command's.
+
+Every proxy sees the change within a second. New sessions read it as
+current_setting('tenant.plan') and current_setting('tenant.features');
+sessions already open keep the values they started with.`,
+		Args: cobra.ExactArgs(1),
+		RunE: cf.withCatalog(g, func(cmd *cobra.Command, args []string, c *catalog.Catalog) error {
+			if req.Plan == "" && len(features) == 0 {
+				return fmt.Errorf("nothing to update: give --plan or --feature")
+			}
+			req.Features = make(map[string]any, len(features))
+			for _, f := range features {
+				name, value, err := catalog.ParseFeature(f)
+				if err != nil {
+					return err
+				}
+				req.Features[name] = value
+			}
+			t, err := c.Update(cmd.Context(), args[0], req)
+			if err != nil {
+				return err
+			}
+			out := cmd.OutOrStdout()
+			return cf.emit(out, t, func() error {
+				_, err := fmt.Fprintf(out, "tenant %s updated: plan %s, features %s\n", t.Subdomain, t.Plan, t.Features)
+				return err
+			})
+		}),
+	}
+	cf.register(cmd)
+	cf.registerOutput(cmd)
+	f := cmd.Flags()
+	f.StringVar(&req.Plan, "plan", "", "the new plan: free, trial, standard, pro or enterprise (the tier stays)")
+	f.StringArrayVar(&features, "feature", nil, "a feature flag as name=value; repeatable")
 	return cmd
 }
 

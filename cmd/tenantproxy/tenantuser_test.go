@@ -25,12 +25,18 @@ import (
 // another instance of the fleet would run.
 func userProxy(t *testing.T, catalogDSN, mode string) string {
 	t.Helper()
+	return poolProxy(t, catalogDSN, mode, pool.Config{})
+}
+
+// poolProxy is userProxy with a pool configured as pcfg.
+func poolProxy(t *testing.T, catalogDSN, mode string, pcfg pool.Config) string {
+	t.Helper()
 	cat, err := catalog.Open(context.Background(), catalogDSN, catalog.Options{})
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(cat.Close)
-	mgr, err := pool.NewManager(pool.Config{}, zaptest.NewLogger(t))
+	mgr, err := pool.NewManager(pcfg, zaptest.NewLogger(t))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -41,10 +47,16 @@ func userProxy(t *testing.T, catalogDSN, mode string) string {
 
 // login connects to the proxy at addr as user of tenant acme.
 func login(addr, user, password string) (*pgx.Conn, error) {
+	return loginTenant(addr, "acme", user, password, "")
+}
+
+// loginTenant connects to the proxy at addr as user of tenant, with the
+// extra connection parameters in params ("" or "&name=value…").
+func loginTenant(addr, tenant, user, password, params string) (*pgx.Conn, error) {
 	host, port, _ := net.SplitHostPort(addr)
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	return pgx.Connect(ctx, fmt.Sprintf("postgres://%s.acme:%s@%s:%s/app?sslmode=disable", user, password, host, port))
+	return pgx.Connect(ctx, fmt.Sprintf("postgres://%s.%s:%s@%s:%s/app?sslmode=disable%s", user, tenant, password, host, port, params))
 }
 
 func sqlstate(err error) string {
