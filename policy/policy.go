@@ -9,7 +9,8 @@ import (
 
 // Policy decides which client statements may reach PostgreSQL. It refuses
 // what would change, reset or escape the tenant context (SET ROLE, the
-// tenant setting, set_config() and the functions that run SQL text),
+// tenant setting and the tenant.* plan settings, set_config() and the
+// functions that run SQL text),
 // observe other tenants through the server (pg_stat_activity, pg_locks,
 // pg_stats, sizes; not names, which are random), or disturb them (ALTER ROLE on the
 // shared serving role, pg_terminate_backend, two-phase commit), and, per
