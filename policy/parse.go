@@ -58,6 +58,10 @@ type facts struct {
 	// syntax is the parser's error for text it rejects, kept so the
 	// client hears a syntax error as the server would report it.
 	syntax *parser.Error
+	// extensions are the names of the text's CREATE EXTENSION IF NOT
+	// EXISTS statements, which Policy.Check allows only for the names the
+	// operator listed (NewWith).
+	extensions []string
 }
 
 func (f *facts) refuse(reason string) {
@@ -229,6 +233,8 @@ func (a *analyzer) statement(n *pg_query.Node) {
 		*pg_query.Node_GrantStmt, *pg_query.Node_AlterObjectSchemaStmt, *pg_query.Node_CreateSchemaStmt,
 		*pg_query.Node_CreateStatsStmt, *pg_query.Node_AlterStatsStmt, *pg_query.Node_RuleStmt:
 		a.f.need(classDDL, statementName(n)+" is refused: schema changes are not allowed for this tenant")
+	case *pg_query.Node_CreateExtensionStmt:
+		a.extension(s.CreateExtensionStmt)
 	default:
 		// Roles, databases, tablespaces, server configuration, extensions,
 		// languages, foreign servers, replication, event triggers,
@@ -236,6 +242,19 @@ func (a *analyzer) statement(n *pg_query.Node) {
 		// ways to make built-in functions run on a tenant's behalf.
 		a.f.refuse(statementName(n) + " is refused: it acts on roles, databases, server configuration or objects every tenant shares")
 	}
+}
+
+// extension lets Policy.Check decide a plain CREATE EXTENSION IF NOT
+// EXISTS by its name; any other form (without IF NOT EXISTS, with a
+// schema, version or CASCADE, or inside a function body) is refused: an
+// extension's objects are shared by every tenant of the database, and
+// CASCADE would install extensions the operator did not list.
+func (a *analyzer) extension(s *pg_query.CreateExtensionStmt) {
+	if !s.IfNotExists || len(s.Options) > 0 || a.level > 0 {
+		a.f.refuse("CREATE EXTENSION is refused: an extension's objects are shared by every tenant of the database (only CREATE EXTENSION IF NOT EXISTS of an extension the operator allows is sent)")
+		return
+	}
+	a.f.extensions = append(a.f.extensions, s.Extname)
 }
 
 // statementName turns a node's type (pg_query.Node_AlterRoleStmt) into a

@@ -85,7 +85,13 @@ var refusedEverywhere = []struct{ sql, why string }{
 	{"ALTER DATABASE tenantproxy_shared SET app.tenant_id = 'b'", "AlterDatabaseSet"},
 	{"ALTER SYSTEM SET log_statement = 'all'", "AlterSystem"},
 	{"LOAD 'plpgsql'", "Load"},
-	{"CREATE EXTENSION dblink", "CreateExtension"},
+	{"CREATE EXTENSION dblink", "CREATE EXTENSION"},
+	{"CREATE EXTENSION plpgsql", "CREATE EXTENSION"},
+	{"CREATE EXTENSION IF NOT EXISTS dblink", "dblink"},
+	{"CREATE EXTENSION IF NOT EXISTS plpgsql CASCADE", "CREATE EXTENSION"},
+	{"CREATE EXTENSION IF NOT EXISTS plpgsql SCHEMA public", "CREATE EXTENSION"},
+	{"CREATE EXTENSION IF NOT EXISTS plpgsql; CREATE EXTENSION IF NOT EXISTS dblink", "dblink"},
+	{"CREATE FUNCTION f() RETURNS void LANGUAGE sql AS 'CREATE EXTENSION IF NOT EXISTS plpgsql'", "CREATE EXTENSION"},
 	{"CREATE AGGREGATE evil(text, bool) (sfunc = set_config, stype = text)", "Define"},
 	{"PREPARE TRANSACTION 'x'", "two-phase"},
 	{"COMMIT PREPARED 'other-tenants-gid'", "two-phase"},
@@ -207,6 +213,28 @@ var allowedEverywhere = []string{
 	"SELECT 'pg_stat_activity', 'set_config(''role'', ''x'', false)'",
 	"SELECT ts_rewrite('a & b'::tsquery, 'a'::tsquery, 'c'::tsquery)",
 	"INSERT INTO t (x) VALUES (1)",
+	"CREATE EXTENSION IF NOT EXISTS plpgsql",
+	"create extension if not exists \"plpgsql\"",
+}
+
+// TestPolicyExtensionsAreTheOperators: CREATE EXTENSION IF NOT EXISTS is
+// allowed for the names NewWith lists, and only those.
+func TestPolicyExtensionsAreTheOperators(t *testing.T) {
+	for _, tt := range []struct {
+		allowed []string
+		sql     string
+		ok      bool
+	}{
+		{nil, "CREATE EXTENSION IF NOT EXISTS plpgsql", false},
+		{[]string{"citext"}, "CREATE EXTENSION IF NOT EXISTS citext", true},
+		{[]string{"citext"}, "CREATE EXTENSION IF NOT EXISTS plpgsql", false},
+		{[]string{"citext"}, "CREATE EXTENSION citext", false},
+	} {
+		reason := NewWith(tt.allowed).Check([]byte(tt.sql), DefaultRules(catalog.TierDatabase), TransactionMode)
+		if (reason == "") != tt.ok {
+			t.Errorf("allowing %v: %q gave %q; want allowed %v", tt.allowed, tt.sql, reason, tt.ok)
+		}
+	}
 }
 
 func TestPolicyRefusesInEveryTier(t *testing.T) {

@@ -111,9 +111,13 @@ func New(cfg Config, dir router.Directory, backends Backends) (*Server, error) {
 	if cfg.SaltSecret != "" {
 		key = scram.HMAC([]byte(cfg.SaltSecret), "tenantproxy: fake SCRAM salts of unknown users and tenants")
 	}
+	exts := cfg.Extensions
+	if exts == nil {
+		exts = policy.DefaultExtensions
+	}
 	ctx, cancel := context.WithCancel(context.Background())
 	s := &Server{
-		log: cfg.Logger, resolver: resolver, policy: policy.New(),
+		log: cfg.Logger, resolver: resolver, policy: policy.NewWith(exts),
 		backends: backends, metrics: m, cancels: newCancelKeys(cfg.PeerID), throttle: newLoginThrottle(),
 		buffers: buffers, console: cfg.Console, gates: newTenantGates(),
 		dummyKey: key, unix: cfg.UnixSocket, ctx: ctx, cancel: cancel,
