@@ -20,6 +20,7 @@ const (
 	classDatabaseWide
 	classSharedTables
 	classExplain
+	classOwnBackend
 	numClasses = iota
 )
 
@@ -37,6 +38,8 @@ func (r Rules) allows(c class) bool {
 		return r.SharedTables
 	case classExplain:
 		return r.Explain
+	case classOwnBackend:
+		return r.OwnBackend
 	}
 	return false
 }
@@ -442,7 +445,11 @@ func (a *analyzer) funcCall(c *pg_query.FuncCall) {
 	if len(c.Funcname) == 0 {
 		return
 	}
-	name := strings.ToLower(c.Funcname[len(c.Funcname)-1].GetString_().GetSval())
+	name := funcName(c)
+	if selfTerminate(c) {
+		a.f.need(classOwnBackend, "pg_terminate_backend() is refused: "+whyServerWide+"; only a database-tier tenant may end its own session with pg_terminate_backend(pg_backend_pid())")
+		return
+	}
 	if name == "ts_rewrite" && len(c.Args) != 2 {
 		// Only the two-argument form runs a query given as text.
 		return
@@ -463,6 +470,26 @@ func (a *analyzer) funcCall(c *pg_query.FuncCall) {
 			return
 		}
 	}
+}
+
+// funcName is c's unqualified name, lower-cased.
+func funcName(c *pg_query.FuncCall) string {
+	return strings.ToLower(c.Funcname[len(c.Funcname)-1].GetString_().GetSval())
+}
+
+// selfTerminate reports a call pg_terminate_backend(pg_backend_pid()):
+// the session ending itself, as PostgreSQL answers with FATAL 57P01.
+// PostgreSQL, not this check, is what keeps the pid the caller's own: a
+// database-tier tenant can define its own pg_backend_pid ahead of
+// pg_catalog's in its search path, but its login role, the only one
+// granted pg_terminate_backend there (migrations.OwnDatabase), may signal
+// only its own role's sessions, all of them the tenant's.
+func selfTerminate(c *pg_query.FuncCall) bool {
+	if len(c.Funcname) == 0 || funcName(c) != "pg_terminate_backend" || len(c.Args) != 1 {
+		return false
+	}
+	arg := c.Args[0].GetFuncCall()
+	return arg != nil && len(arg.Funcname) > 0 && funcName(arg) == "pg_backend_pid" && len(arg.Args) == 0 && !arg.AggStar
 }
 
 const (

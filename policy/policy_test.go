@@ -73,6 +73,10 @@ var refusedEverywhere = []struct{ sql, why string }{
 	{"SELECT setconfig FROM pg_db_role_setting", "pg_db_role_setting"},
 	{"SELECT pg_terminate_backend(123)", "pg_terminate_backend"},
 	{"SELECT pg_cancel_backend(123)", "pg_cancel_backend"},
+	{"SELECT pg_terminate_backend(pg_backend_pid() + 1)", "pg_terminate_backend"},
+	{"SELECT pg_terminate_backend(pg_backend_pid(), 0)", "pg_terminate_backend"},
+	{"SELECT pg_terminate_backend(pid) FROM pg_stat_activity", "pg_terminate_backend"},
+	{"SELECT pg_cancel_backend(pg_backend_pid())", "pg_cancel_backend"},
 	{"SELECT pg_read_file('/etc/passwd')", "pg_read_file"},
 	{"SELECT lo_import('/etc/passwd')", "lo_import"},
 	{"SELECT dblink('dbname=x', 'select 1')", "dblink"},
@@ -121,6 +125,8 @@ var tierRules = []struct {
 	allowed []catalog.Tier
 }{
 	{"CREATE TABLE t (id int)", []catalog.Tier{catalog.TierDatabase}},
+	{"SELECT pg_terminate_backend(pg_backend_pid())", []catalog.Tier{catalog.TierDatabase}},
+	{"select pg_catalog.PG_TERMINATE_BACKEND(pg_catalog.pg_backend_pid())", []catalog.Tier{catalog.TierDatabase}},
 	{"ALTER TABLE messages DISABLE ROW LEVEL SECURITY", []catalog.Tier{catalog.TierDatabase}},
 	{"ALTER TABLE messages NO FORCE ROW LEVEL SECURITY", []catalog.Tier{catalog.TierDatabase}},
 	{"DROP TABLE messages", []catalog.Tier{catalog.TierDatabase}},
@@ -310,7 +316,7 @@ func TestRulesForSettings(t *testing.T) {
 		{catalog.TierSchema, `{"policy": {"allow_ddl": true}}`, Rules{DDL: true, SharedTables: true, Explain: true}, false},
 		{catalog.TierSchema, `{"policy": {"allow_procedural": true}}`, Rules{}, true},
 		{catalog.TierDatabase, `{"policy": {"allow_ddl": false, "allow_procedural": true}}`,
-			Rules{Procedural: true, SearchPath: true, DatabaseWide: true, SharedTables: true, Explain: true}, false},
+			Rules{Procedural: true, SearchPath: true, DatabaseWide: true, SharedTables: true, Explain: true, OwnBackend: true}, false},
 		{catalog.TierDatabase, `{"policy": "yes"}`, Rules{}, true},
 		{catalog.TierDatabase, `{"other": 1}`, DefaultRules(catalog.TierDatabase), false},
 	}

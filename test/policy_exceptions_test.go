@@ -56,3 +56,40 @@ func TestCreateExtensionIfNotExistsOfAnAllowedExtension(t *testing.T) {
 		}
 	}
 }
+
+// TestSelfTerminateInTheDatabaseTiersSessionMode: a database-tier
+// session-mode session ending itself with
+// pg_terminate_backend(pg_backend_pid()) gets PostgreSQL's FATAL 57P01 and
+// its connection closed, as directly, and the tenant's next session works.
+// The tenant's login role is the only one granted the function in its
+// database, and signals only its own sessions. Every other tier, and
+// transaction mode (the server connection is the pool's), refuse it with
+// 42501, as any other pg_terminate_backend.
+func TestSelfTerminateInTheDatabaseTiersSessionMode(t *testing.T) {
+	e := newProxyEnv(t)
+	const q = "SELECT pg_terminate_backend(pg_backend_pid())"
+	for _, mode := range []string{proxy.PoolSession, proxy.PoolTransaction} {
+		_, addr := e.startProxy(t, proxy.Config{PoolMode: mode})
+		for _, tt := range tierTenants {
+			c := connect(t, dsn(addr, "alice."+tt.sub, tenantPassword))
+			_, err := c.Exec(ctxT(t), q)
+			if tt.tier != catalog.TierDatabase || mode != proxy.PoolSession {
+				if sqlstateOf(err) != "42501" {
+					t.Errorf("%s, %s mode: %s: %v; want 42501", tt.sub, mode, q, err)
+				}
+				continue
+			}
+			var pgErr *pgconn.PgError
+			if !errors.As(err, &pgErr) || pgErr.Code != "57P01" || pgErr.Severity != "FATAL" {
+				t.Fatalf("%s, %s mode: %s: %v; want FATAL 57P01", tt.sub, mode, q, err)
+			}
+			if _, err := c.Exec(ctxT(t), "SELECT 1"); err == nil {
+				t.Errorf("%s, %s mode: the session still answers after ending itself", tt.sub, mode)
+			}
+			var n int
+			if err := connect(t, dsn(addr, "alice."+tt.sub, tenantPassword)).QueryRow(ctxT(t), "SELECT 1").Scan(&n); err != nil {
+				t.Errorf("%s, %s mode: a new session after the self-termination: %v", tt.sub, mode, err)
+			}
+		}
+	}
+}
