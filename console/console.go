@@ -53,6 +53,13 @@ type TenantState struct {
 	// (PAUSE of every tenant included).
 	IsPaused, IsDisabled  bool
 	Queries, Transactions uint64
+	// Received and Sent are bytes from and to the tenant's clients.
+	Received, Sent uint64
+	// Assignments counts server connections bound to the tenant's
+	// clients; QueryTime, XactTime and WaitTime (for a server
+	// connection) are totals in microseconds.
+	Assignments                   uint64
+	QueryTime, XactTime, WaitTime uint64
 }
 
 // Setting is one row of SHOW CONFIG.
@@ -120,6 +127,8 @@ type Config struct {
 type Console struct {
 	cfg      Config
 	verifier scram.Verifier
+	// started is when the averages of SHOW STATS begin.
+	started time.Time
 }
 
 // maxQuery bounds a console message: commands are one short line.
@@ -145,7 +154,7 @@ func New(cfg Config) (*Console, error) {
 	if err != nil {
 		return nil, fmt.Errorf("console: password: %w", err)
 	}
-	return &Console{cfg: cfg, verifier: v}, nil
+	return &Console{cfg: cfg, verifier: v, started: time.Now()}, nil
 }
 
 // User is the console user's name.

@@ -315,18 +315,20 @@ func (s *session) databases(ctx context.Context) (*table, error) {
 }
 
 // stats is SHOW STATS (totals and averages) or SHOW STATS_TOTALS, one row
-// per tenant. The proxy counts queries and transactions; byte counts,
-// times, parses and binds are not measured and read 0, and the averages
-// (PgBouncer's per-second rates over stats_period) are not computed.
+// per tenant, times in microseconds. Parses and binds are not counted and
+// read 0. The averages are since the console started, not over
+// PgBouncer's last stats_period: counts and bytes per second, query and
+// transaction times per query and per transaction, wait time per server
+// assignment.
 func (s *session) stats(ctx context.Context, withAverages bool) (*table, error) {
 	ts, err := s.console.cfg.Tenants.List(ctx)
 	if err != nil {
 		return nil, err
 	}
-	names := []string{"server_assignment_count", "xact_count", "query_count", "bytes_received", "bytes_sent",
+	cols := []string{"server_assignment_count", "xact_count", "query_count", "bytes_received", "bytes_sent",
 		"xact_time", "query_time", "wait_time", "client_parse_count", "server_parse_count", "bind_count"}
-	var cols []string
 	if withAverages {
+		cols = nil
 		for _, n := range []string{"server_assignment_count", "xact_count", "query_count", "received", "sent",
 			"xact_time", "query_time", "wait_time", "client_parse_count", "server_parse_count", "bind_count"} {
 			cols = append(cols, "total_"+n)
@@ -335,21 +337,34 @@ func (s *session) stats(ctx context.Context, withAverages bool) (*table, error) 
 			"xact_time", "query_time", "wait_time", "client_parse_count", "server_parse_count", "bind_count"} {
 			cols = append(cols, "avg_"+n)
 		}
-	} else {
-		cols = names
 	}
 	t := newTable(append([]any{"database", oidText}, columns(oidNumeric, cols...)...)...)
 	states := s.proxy.TenantStates()
+	// Whole seconds, as PgBouncer's rates, and never 0.
+	secs := max(uint64(time.Since(s.console.started)/time.Second), 1)
 	for i := range ts {
 		st := states[ts[i].Subdomain]
-		row := make([]any, 1+len(cols))
-		row[0] = ts[i].Subdomain
-		for j := range cols {
-			row[1+j] = uint64(0)
+		totals := []uint64{st.Assignments, st.Transactions, st.Queries, st.Received, st.Sent,
+			st.XactTime, st.QueryTime, st.WaitTime, 0, 0, 0}
+		row := []any{ts[i].Subdomain}
+		for _, v := range totals {
+			row = append(row, v)
 		}
-		// xact_count and query_count are columns 2 and 3 of the totals.
-		row[2], row[3] = st.Transactions, st.Queries
+		if withAverages {
+			row = append(row, st.Assignments/secs, st.Transactions/secs, st.Queries/secs,
+				st.Received/secs, st.Sent/secs, perEvent(st.XactTime, st.Transactions),
+				perEvent(st.QueryTime, st.Queries), perEvent(st.WaitTime, st.Assignments),
+				uint64(0), uint64(0), uint64(0))
+		}
 		t.row(row...)
 	}
 	return t, nil
+}
+
+// perEvent is total/n, 0 with no event.
+func perEvent(total, n uint64) uint64 {
+	if n == 0 {
+		return 0
+	}
+	return total / n
 }

@@ -66,6 +66,17 @@ func Harden(ctx context.Context, conn *pgx.Conn, shared bool) error {
 	return nil
 }
 
+// ownBackendGrant gives a database-tier tenant's login role back, in its
+// own database, the pg_terminate_backend Harden took from PUBLIC, so that
+// a session can end itself (pg_terminate_backend(pg_backend_pid()), which
+// the proxy's policy lets through in that tier's session mode). The grant
+// reaches nothing else: function privileges are per database, only the
+// login role connects to this one, and PostgreSQL lets a role without
+// pg_signal_backend signal only its own role's sessions — the tenant's.
+func ownBackendGrant(role string) string {
+	return "GRANT EXECUTE ON FUNCTION pg_catalog.pg_terminate_backend(integer, bigint) TO " + ident(role)
+}
+
 // hardenViews revokes SELECT on pg_catalog views named in list (an SQL
 // list of literals) from PUBLIC and grants it to role. Views missing in
 // this server version are skipped.

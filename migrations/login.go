@@ -63,6 +63,8 @@ func OpenTenantLogin(keys *secrets.Keyring, tenantID, stored string) (string, er
 //     the admin role's. The runner's schema_migrations is the tenant's too:
 //     the runner works in this database as the tenant, and the tenant could
 //     drop and replace it anyway, as the schema's owner.
+//   - It may run pg_terminate_backend here (ownBackendGrant), to end its
+//     own session.
 //
 // It leaves db's search_path at pg_catalog.
 func OwnDatabase(ctx context.Context, db DB, role, password string) error {
@@ -97,6 +99,7 @@ func OwnDatabase(ctx context.Context, db DB, role, password string) error {
 		"ALTER DATABASE " + ident(database) + " OWNER TO " + r,
 		"REVOKE ALL ON DATABASE " + ident(database) + " FROM PUBLIC, " + ident(ServingRole),
 		"ALTER SCHEMA public OWNER TO " + r,
+		ownBackendGrant(role),
 		handOver(role),
 	}
 	for _, s := range stmts {

@@ -21,6 +21,7 @@ const (
 	classDatabaseWide
 	classSharedTables
 	classExplain
+	classOwnBackend
 	numClasses = iota
 )
 
@@ -38,6 +39,8 @@ func (r Rules) allows(c class) bool {
 		return r.SharedTables
 	case classExplain:
 		return r.Explain
+	case classOwnBackend:
+		return r.OwnBackend
 	}
 	return false
 }
@@ -59,6 +62,10 @@ type facts struct {
 	// syntax is the parser's error for text it rejects, kept so the
 	// client hears a syntax error as the server would report it.
 	syntax *parser.Error
+	// extensions are the names of the text's CREATE EXTENSION IF NOT
+	// EXISTS statements, which Policy.Check allows only for the names the
+	// operator listed (NewWith).
+	extensions []string
 }
 
 func (f *facts) refuse(reason string) {
@@ -231,6 +238,8 @@ func (a *analyzer) statement(n *pg_query.Node) {
 		*pg_query.Node_GrantStmt, *pg_query.Node_AlterObjectSchemaStmt, *pg_query.Node_CreateSchemaStmt,
 		*pg_query.Node_CreateStatsStmt, *pg_query.Node_AlterStatsStmt, *pg_query.Node_RuleStmt:
 		a.f.need(classDDL, statementName(n)+" is refused: schema changes are not allowed for this tenant")
+	case *pg_query.Node_CreateExtensionStmt:
+		a.extension(s.CreateExtensionStmt)
 	default:
 		// Roles, databases, tablespaces, server configuration, extensions,
 		// languages, foreign servers, replication, event triggers,
@@ -238,6 +247,19 @@ func (a *analyzer) statement(n *pg_query.Node) {
 		// ways to make built-in functions run on a tenant's behalf.
 		a.f.refuse(statementName(n) + " is refused: it acts on roles, databases, server configuration or objects every tenant shares")
 	}
+}
+
+// extension lets Policy.Check decide a plain CREATE EXTENSION IF NOT
+// EXISTS by its name; any other form (without IF NOT EXISTS, with a
+// schema, version or CASCADE, or inside a function body) is refused: an
+// extension's objects are shared by every tenant of the database, and
+// CASCADE would install extensions the operator did not list.
+func (a *analyzer) extension(s *pg_query.CreateExtensionStmt) {
+	if !s.IfNotExists || len(s.Options) > 0 || a.level > 0 {
+		a.f.refuse("CREATE EXTENSION is refused: an extension's objects are shared by every tenant of the database (only CREATE EXTENSION IF NOT EXISTS of an extension the operator allows is sent)")
+		return
+	}
+	a.f.extensions = append(a.f.extensions, s.Extname)
 }
 
 // statementName turns a node's type (pg_query.Node_AlterRoleStmt) into a
@@ -432,7 +454,11 @@ func (a *analyzer) funcCall(c *pg_query.FuncCall) {
 	if len(c.Funcname) == 0 {
 		return
 	}
-	name := strings.ToLower(c.Funcname[len(c.Funcname)-1].GetString_().GetSval())
+	name := funcName(c)
+	if selfTerminate(c) {
+		a.f.need(classOwnBackend, "pg_terminate_backend() is refused: "+whyServerWide+"; only a database-tier tenant may end its own session with pg_terminate_backend(pg_backend_pid())")
+		return
+	}
 	if name == "ts_rewrite" && len(c.Args) != 2 {
 		// Only the two-argument form runs a query given as text.
 		return
@@ -453,6 +479,26 @@ func (a *analyzer) funcCall(c *pg_query.FuncCall) {
 			return
 		}
 	}
+}
+
+// funcName is c's unqualified name, lower-cased.
+func funcName(c *pg_query.FuncCall) string {
+	return strings.ToLower(c.Funcname[len(c.Funcname)-1].GetString_().GetSval())
+}
+
+// selfTerminate reports a call pg_terminate_backend(pg_backend_pid()):
+// the session ending itself, as PostgreSQL answers with FATAL 57P01.
+// PostgreSQL, not this check, is what keeps the pid the caller's own: a
+// database-tier tenant can define its own pg_backend_pid ahead of
+// pg_catalog's in its search path, but its login role, the only one
+// granted pg_terminate_backend there (migrations.OwnDatabase), may signal
+// only its own role's sessions, all of them the tenant's.
+func selfTerminate(c *pg_query.FuncCall) bool {
+	if len(c.Funcname) == 0 || funcName(c) != "pg_terminate_backend" || len(c.Args) != 1 {
+		return false
+	}
+	arg := c.Args[0].GetFuncCall()
+	return arg != nil && len(arg.Funcname) > 0 && funcName(arg) == "pg_backend_pid" && len(arg.Args) == 0 && !arg.AggStar
 }
 
 const (

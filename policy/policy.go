@@ -72,6 +72,8 @@ type Policy struct {
 	// parses counts the texts parsed (cache misses), so that tests can
 	// show that a statement is parsed once for both checks.
 	parses atomic.Uint64
+	// extensions are the names CREATE EXTENSION IF NOT EXISTS may name.
+	extensions map[string]bool
 }
 
 type cacheKey struct {
@@ -83,16 +85,37 @@ type cacheKey struct {
 // a Policy remembers.
 const DefaultCacheSize = 4096
 
-// New returns a Policy with an empty facts cache.
-func New() *Policy {
+// DefaultExtensions are the extensions New lets CREATE EXTENSION IF NOT
+// EXISTS name: plpgsql, which every database has, so that tools that
+// send the statement on connect or in their dumps get PostgreSQL's
+// "already exists, skipping" notice.
+var DefaultExtensions = []string{"plpgsql"}
+
+// New returns a Policy with an empty facts cache that allows CREATE
+// EXTENSION IF NOT EXISTS of DefaultExtensions.
+func New() *Policy { return NewWith(DefaultExtensions) }
+
+// NewWith returns a Policy with an empty facts cache that allows CREATE
+// EXTENSION IF NOT EXISTS of extensions only (none for an empty list) and
+// sends it to PostgreSQL, which skips an installed extension whatever the
+// role's privileges, and installs a missing one only for a role that may
+// (a trusted extension, CREATE on the database): in the database tier the
+// tenant's own database; elsewhere the serving role is refused with 42501.
+// An operator should list only trusted extensions every tier may have.
+func NewWith(extensions []string) *Policy {
 	c, err := lru.New[cacheKey, *facts](DefaultCacheSize)
 	if err != nil {
 		// Only a non-positive size fails, and the size is a constant.
 		panic(err)
 	}
+	allowed := make(map[string]bool, len(extensions))
+	for _, e := range extensions {
+		allowed[e] = true
+	}
 	return &Policy{
-		seeds: [2]maphash.Seed{maphash.MakeSeed(), maphash.MakeSeed()},
-		cache: c,
+		seeds:      [2]maphash.Seed{maphash.MakeSeed(), maphash.MakeSeed()},
+		cache:      c,
+		extensions: allowed,
 	}
 }
 
@@ -145,10 +168,25 @@ func (p *Policy) Check(sql []byte, r Rules, m Mode) string {
 		return reasonTooLarge
 	}
 	f := p.factsOf(sql)
-	if reason := f.verdict(r); reason != "" || m != TransactionMode {
+	reason := f.verdict(r)
+	if reason == "" {
+		reason = p.extensionVerdict(f)
+	}
+	if reason != "" || m != TransactionMode {
 		return reason
 	}
 	return f.txn
+}
+
+// extensionVerdict refuses a CREATE EXTENSION IF NOT EXISTS of a name the
+// operator did not allow.
+func (p *Policy) extensionVerdict(f *facts) string {
+	for _, e := range f.extensions {
+		if !p.extensions[e] {
+			return "CREATE EXTENSION " + e + " is refused: an extension's objects are shared by every tenant of the database, and " + e + " is not among the extensions the operator allows"
+		}
+	}
+	return ""
 }
 
 // MaxParsedStatement bounds the text the parser is given: parsing costs

@@ -88,6 +88,10 @@ var refusedEverywhere = []struct{ sql, why string }{
 	{"SELECT setconfig FROM pg_db_role_setting", "pg_db_role_setting"},
 	{"SELECT pg_terminate_backend(123)", "pg_terminate_backend"},
 	{"SELECT pg_cancel_backend(123)", "pg_cancel_backend"},
+	{"SELECT pg_terminate_backend(pg_backend_pid() + 1)", "pg_terminate_backend"},
+	{"SELECT pg_terminate_backend(pg_backend_pid(), 0)", "pg_terminate_backend"},
+	{"SELECT pg_terminate_backend(pid) FROM pg_stat_activity", "pg_terminate_backend"},
+	{"SELECT pg_cancel_backend(pg_backend_pid())", "pg_cancel_backend"},
 	{"SELECT pg_read_file('/etc/passwd')", "pg_read_file"},
 	{"SELECT lo_import('/etc/passwd')", "lo_import"},
 	{"SELECT dblink('dbname=x', 'select 1')", "dblink"},
@@ -100,7 +104,13 @@ var refusedEverywhere = []struct{ sql, why string }{
 	{"ALTER DATABASE tenantproxy_shared SET app.tenant_id = 'b'", "AlterDatabaseSet"},
 	{"ALTER SYSTEM SET log_statement = 'all'", "AlterSystem"},
 	{"LOAD 'plpgsql'", "Load"},
-	{"CREATE EXTENSION dblink", "CreateExtension"},
+	{"CREATE EXTENSION dblink", "CREATE EXTENSION"},
+	{"CREATE EXTENSION plpgsql", "CREATE EXTENSION"},
+	{"CREATE EXTENSION IF NOT EXISTS dblink", "dblink"},
+	{"CREATE EXTENSION IF NOT EXISTS plpgsql CASCADE", "CREATE EXTENSION"},
+	{"CREATE EXTENSION IF NOT EXISTS plpgsql SCHEMA public", "CREATE EXTENSION"},
+	{"CREATE EXTENSION IF NOT EXISTS plpgsql; CREATE EXTENSION IF NOT EXISTS dblink", "dblink"},
+	{"CREATE FUNCTION f() RETURNS void LANGUAGE sql AS 'CREATE EXTENSION IF NOT EXISTS plpgsql'", "CREATE EXTENSION"},
 	{"CREATE AGGREGATE evil(text, bool) (sfunc = set_config, stype = text)", "Define"},
 	{"PREPARE TRANSACTION 'x'", "two-phase"},
 	{"COMMIT PREPARED 'other-tenants-gid'", "two-phase"},
@@ -130,6 +140,8 @@ var tierRules = []struct {
 	allowed []catalog.Tier
 }{
 	{"CREATE TABLE t (id int)", []catalog.Tier{catalog.TierDatabase}},
+	{"SELECT pg_terminate_backend(pg_backend_pid())", []catalog.Tier{catalog.TierDatabase}},
+	{"select pg_catalog.PG_TERMINATE_BACKEND(pg_catalog.pg_backend_pid())", []catalog.Tier{catalog.TierDatabase}},
 	{"ALTER TABLE messages DISABLE ROW LEVEL SECURITY", []catalog.Tier{catalog.TierDatabase}},
 	{"ALTER TABLE messages NO FORCE ROW LEVEL SECURITY", []catalog.Tier{catalog.TierDatabase}},
 	{"DROP TABLE messages", []catalog.Tier{catalog.TierDatabase}},
@@ -224,6 +236,28 @@ var allowedEverywhere = []string{
 	"SELECT 'pg_stat_activity', 'set_config(''role'', ''x'', false)'",
 	"SELECT ts_rewrite('a & b'::tsquery, 'a'::tsquery, 'c'::tsquery)",
 	"INSERT INTO t (x) VALUES (1)",
+	"CREATE EXTENSION IF NOT EXISTS plpgsql",
+	"create extension if not exists \"plpgsql\"",
+}
+
+// TestPolicyExtensionsAreTheOperators: CREATE EXTENSION IF NOT EXISTS is
+// allowed for the names NewWith lists, and only those.
+func TestPolicyExtensionsAreTheOperators(t *testing.T) {
+	for _, tt := range []struct {
+		allowed []string
+		sql     string
+		ok      bool
+	}{
+		{nil, "CREATE EXTENSION IF NOT EXISTS plpgsql", false},
+		{[]string{"citext"}, "CREATE EXTENSION IF NOT EXISTS citext", true},
+		{[]string{"citext"}, "CREATE EXTENSION IF NOT EXISTS plpgsql", false},
+		{[]string{"citext"}, "CREATE EXTENSION citext", false},
+	} {
+		reason := NewWith(tt.allowed).Check([]byte(tt.sql), DefaultRules(catalog.TierDatabase), TransactionMode)
+		if (reason == "") != tt.ok {
+			t.Errorf("allowing %v: %q gave %q; want allowed %v", tt.allowed, tt.sql, reason, tt.ok)
+		}
+	}
 }
 
 func TestPolicyRefusesInEveryTier(t *testing.T) {
@@ -299,7 +333,7 @@ func TestRulesForSettings(t *testing.T) {
 		{catalog.TierSchema, `{"policy": {"allow_ddl": true}}`, Rules{DDL: true, SharedTables: true, Explain: true}, false},
 		{catalog.TierSchema, `{"policy": {"allow_procedural": true}}`, Rules{}, true},
 		{catalog.TierDatabase, `{"policy": {"allow_ddl": false, "allow_procedural": true}}`,
-			Rules{Procedural: true, SearchPath: true, DatabaseWide: true, SharedTables: true, Explain: true}, false},
+			Rules{Procedural: true, SearchPath: true, DatabaseWide: true, SharedTables: true, Explain: true, OwnBackend: true}, false},
 		{catalog.TierDatabase, `{"policy": "yes"}`, Rules{}, true},
 		{catalog.TierDatabase, `{"other": 1}`, DefaultRules(catalog.TierDatabase), false},
 	}

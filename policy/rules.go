@@ -31,6 +31,11 @@ type Rules struct {
 	// Explain: EXPLAIN, whose row estimates come from statistics over
 	// every tenant's rows in a shared table.
 	Explain bool
+	// OwnBackend: pg_terminate_backend(pg_backend_pid()), a session
+	// ending itself. Only the database tier's login role is the tenant's
+	// alone and granted the function (migrations.OwnDatabase); transaction
+	// mode refuses it anyway, the server connection being the pool's.
+	OwnBackend bool
 }
 
 // DefaultRules are a tier's rules before per-tenant settings: the shared
@@ -42,7 +47,7 @@ func DefaultRules(tier catalog.Tier) Rules {
 	case catalog.TierSchema:
 		return Rules{SharedTables: true, Explain: true}
 	case catalog.TierDatabase:
-		return Rules{DDL: true, SearchPath: true, DatabaseWide: true, SharedTables: true, Explain: true}
+		return Rules{DDL: true, SearchPath: true, DatabaseWide: true, SharedTables: true, Explain: true, OwnBackend: true}
 	default:
 		return Rules{}
 	}

@@ -42,6 +42,7 @@ func txnModeStatement(n *pg_query.Node) string {
 // EXPLAIN, PREPARE, CTEs, …).
 func txnModeNode(n any) string {
 	switch n := n.(type) {
+
 	case *pg_query.CreateStmt:
 		if temporary(n.Relation) && n.Oncommit != pg_query.OnCommitAction_ONCOMMIT_DROP {
 			return "temporary tables outlive the transaction in transaction pooling mode; create them with ON COMMIT DROP" + sessionModeHint
@@ -78,7 +79,10 @@ func txnModeNode(n any) string {
 		if len(n.Funcname) == 0 {
 			return ""
 		}
-		name := strings.ToLower(n.Funcname[len(n.Funcname)-1].GetString_().GetSval())
+		name := funcName(n)
+		if selfTerminate(n) {
+			return "pg_terminate_backend(pg_backend_pid()) is refused in transaction pooling mode: the server connection is the pool's, not the session's" + sessionModeHint
+		}
 		if strings.HasPrefix(name, "pg_advisory_lock") || strings.HasPrefix(name, "pg_try_advisory_lock") {
 			return "session-level advisory locks outlive the transaction in transaction pooling mode; use pg_advisory_xact_lock" + sessionModeHint
 		}

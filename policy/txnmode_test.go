@@ -38,6 +38,7 @@ var txnModeCases = []struct {
 	{"SELECT set_config('work_mem', '1MB', false)", true, 1},
 	{"LISTEN ch", true, 1},
 	{"SELECT pg_advisory_lock(1)", true, 1},
+	{"SELECT pg_terminate_backend(pg_backend_pid())", true, 1},
 	{"SELECT pg_try_advisory_lock_shared(1, 2)", true, 1},
 	{"PREPARE p AS SELECT 1", true, 1},
 	{"DEALLOCATE ALL", true, 0},

@@ -59,6 +59,8 @@ type sessionBase struct {
 	transactions prometheus.Counter
 	// queryTime and txTime observe the latencies readyFor measures.
 	queryTime, txTime prometheus.Observer
+	// times is the tenant's entry of the console's totals.
+	times *tenantTimes
 
 	// Why a blocked read was interrupted: the relay goroutines look at
 	// these after interruptRead, so each is set before the interrupt.
@@ -87,9 +89,11 @@ func (b *sessionBase) base() *sessionBase { return b }
 func (b *sessionBase) observe(l latency) {
 	if l.answered {
 		b.queryTime.Observe(l.query.Seconds())
+		b.times.query.Add(micros(l.query))
 	}
 	if l.txEnded {
 		b.txTime.Observe(l.tx.Seconds())
+		b.times.xact.Add(micros(l.tx))
 	}
 }
 

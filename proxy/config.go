@@ -89,6 +89,12 @@ type Config struct {
 	// MaxMessageSize bounds a client message in bytes once the session
 	// runs. Zero means 64 MiB. Live.
 	MaxMessageSize int
+	// Extensions are the extensions a tenant's CREATE EXTENSION IF NOT
+	// EXISTS may name (policy.NewWith): PostgreSQL skips an installed one
+	// and installs a missing trusted one only where the role may. Nil
+	// means policy.DefaultExtensions (plpgsql); empty, none. Read once by
+	// New.
+	Extensions []string
 	// MaxBufferedBytes caps the memory all sessions together hold for
 	// client messages longer than pgwire.MaxRetained (64 KiB) that the
 	// proxy reads whole: statements (Query, Parse), which the policy must

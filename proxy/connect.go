@@ -202,15 +202,30 @@ func (s *Server) initBase(b *sessionBase, c *clientConn, t *catalog.Tenant, id r
 	b.queries = s.metrics.queries.WithLabelValues(t.Subdomain)
 	b.transactions = s.metrics.transactions.WithLabelValues(t.Subdomain)
 	b.queryTime, b.txTime = s.metrics.queryDuration, s.metrics.txDuration
+	b.times = s.timesOf(t.Subdomain)
+}
+
+// timesOf is tenant's entry of the console's totals, made on first use.
+func (s *Server) timesOf(tenant string) *tenantTimes {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	t := s.times[tenant]
+	if t == nil {
+		t = &tenantTimes{}
+		s.times[tenant] = t
+	}
+	return t
 }
 
 // connectPinned acquires the session-mode client's server connection for
 // the whole session.
 func (s *Server) connectPinned(ctx context.Context, c *clientConn, ps *pinnedSession, target pool.Target) error {
+	start := time.Now()
 	bc, err := s.backends.Acquire(ctx, target)
 	if err != nil {
 		return fromPool(err)
 	}
+	ps.times.assigned(start)
 	// Set before the key is published (greet), which orders it before
 	// any cancel request's startCancel.
 	ps.backend, ps.bconn = bc, bc.NetConn()

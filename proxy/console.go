@@ -107,15 +107,22 @@ func clientOf(conn net.Conn, user, database string, started time.Time, id uint32
 func (s *Server) TenantStates() map[string]console.TenantState {
 	s.mu.Lock()
 	clients := maps.Clone(s.perTenant)
+	times := maps.Clone(s.times)
 	s.mu.Unlock()
 	queries, xacts := counts(s.metrics.queries), counts(s.metrics.transactions)
+	received, sent := counts(s.metrics.clientReceived), counts(s.metrics.clientSent)
 	s.gates.mu.Lock()
 	tenants := slices.Concat(slices.Collect(maps.Keys(clients)), slices.Collect(maps.Keys(queries)),
 		slices.Collect(maps.Keys(s.gates.paused)), slices.Collect(maps.Keys(s.gates.disabled)))
 	s.gates.mu.Unlock()
 	out := make(map[string]console.TenantState, len(tenants))
 	for _, tenant := range tenants {
-		st := console.TenantState{Clients: clients[tenant], Queries: queries[tenant], Transactions: xacts[tenant]}
+		st := console.TenantState{Clients: clients[tenant], Queries: queries[tenant], Transactions: xacts[tenant],
+			Received: received[tenant], Sent: sent[tenant]}
+		if t := times[tenant]; t != nil {
+			st.Assignments = t.assignments.Load()
+			st.QueryTime, st.XactTime, st.WaitTime = t.query.Load(), t.xact.Load(), t.wait.Load()
+		}
 		st.IsPaused, st.IsDisabled, st.Held = s.gates.state(tenant)
 		out[tenant] = st
 	}

@@ -3,6 +3,8 @@ package proxy
 import (
 	"errors"
 	"net"
+	"sync/atomic"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 )
@@ -95,6 +97,26 @@ func newMetrics(reg prometheus.Registerer, buffered func() float64) (*metrics, e
 	}
 	return m, nil
 }
+
+// tenantTimes are a tenant's totals for the console's SHOW STATS, which
+// the unlabelled latency histograms cannot give per tenant. Each session
+// holds its tenant's entry (sessionBase.times), looked up once at its
+// start, so counting is an atomic add with no lookup, lock or allocation.
+type tenantTimes struct {
+	// query, xact and wait are microseconds, as PgBouncer reports them.
+	query, xact, wait atomic.Uint64
+	// assignments counts server connections bound to a client: one per
+	// session-mode session, one per transaction in transaction mode.
+	assignments atomic.Uint64
+}
+
+// assigned counts a server connection bound after waiting since start.
+func (t *tenantTimes) assigned(start time.Time) {
+	t.assignments.Add(1)
+	t.wait.Add(micros(time.Since(start)))
+}
+
+func micros(d time.Duration) uint64 { return uint64(max(d, 0) / time.Microsecond) }
 
 // meteredConn counts a tenant's client bytes each way. The relay reads
 // and writes a batch of messages at a time, so this is one atomic add per

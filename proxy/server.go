@@ -74,6 +74,9 @@ type Server struct {
 	listeners map[net.Listener]struct{}
 	conns     map[*tracked]struct{}
 	perTenant map[string]int
+	// times are every tenant's console totals since the proxy started;
+	// entries are never removed (tenants are an operator-made set).
+	times map[string]*tenantTimes
 	// handlers counts connection and Serve goroutines.
 	handlers sync.WaitGroup
 	// unwatch stops the directory's reports of removed logins
@@ -108,13 +111,18 @@ func New(cfg Config, dir router.Directory, backends Backends) (*Server, error) {
 	if cfg.SaltSecret != "" {
 		key = scram.HMAC([]byte(cfg.SaltSecret), "tenantproxy: fake SCRAM salts of unknown users and tenants")
 	}
+	exts := cfg.Extensions
+	if exts == nil {
+		exts = policy.DefaultExtensions
+	}
 	ctx, cancel := context.WithCancel(context.Background())
 	s := &Server{
-		log: cfg.Logger, resolver: resolver, policy: policy.New(),
+		log: cfg.Logger, resolver: resolver, policy: policy.NewWith(exts),
 		backends: backends, metrics: m, cancels: newCancelKeys(cfg.PeerID), throttle: newLoginThrottle(),
 		buffers: buffers, console: cfg.Console, gates: newTenantGates(),
 		dummyKey: key, unix: cfg.UnixSocket, ctx: ctx, cancel: cancel,
 		listeners: make(map[net.Listener]struct{}), conns: make(map[*tracked]struct{}), perTenant: make(map[string]int),
+		times: make(map[string]*tenantTimes),
 	}
 	s.peers = newPeering(cfg.PeerID, cfg.Peers)
 	s.live.Store(&live{cfg: cfg})

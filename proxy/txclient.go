@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"errors"
 	"os"
+	"time"
 
 	"github.com/jackc/pgx/v5/pgproto3"
 	"go.uber.org/zap"
@@ -202,10 +203,12 @@ func (tx *txSession) acquire(typ byte) error {
 		tx.client.Write(encodeError(tx.killError(), fatal))
 		return tx.killError()
 	}
+	start := time.Now()
 	c, setup, queries, err := tx.backends.AcquireTx(tx.srv.ctx, tx.target)
 	if err != nil {
 		return tx.acquireFailed(typ, err)
 	}
+	tx.times.assigned(start)
 	if !tx.bind(c, queries) {
 		// Its set-up was never sent: not known to be in any context.
 		tx.backends.ReleaseTx(c, false)

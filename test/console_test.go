@@ -16,6 +16,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 	_ "github.com/lib/pq"
 
@@ -615,4 +616,80 @@ func names(res *pgconn.Result) []string {
 		out = append(out, f.Name)
 	}
 	return out
+}
+
+// TestConsoleStatsCountBytesAndTimesPerTenant: after transactions of one
+// tenant, one of them held waiting for a server connection, SHOW STATS
+// and SHOW STATS_TOTALS give that tenant bytes and times, in
+// microseconds, and leave another tenant's row at zero.
+func TestConsoleStatsCountBytesAndTimesPerTenant(t *testing.T) {
+	e := newConsoleEnv(t)
+	ctx := ctxT(t)
+	connect(t, dsn(e.addr, "alice.globex", tenantPassword))
+	// acme's share of the pool (2 of its 4 connections), each held by an
+	// open transaction.
+	var holders []*pgx.Conn
+	for range 2 {
+		h := connect(t, dsn(e.addr, "alice.acme", tenantPassword))
+		if _, err := h.Exec(ctx, "BEGIN; SELECT pg_sleep(0.01)"); err != nil {
+			t.Fatal(err)
+		}
+		holders = append(holders, h)
+	}
+	waiter := connect(t, dsn(e.addr, "alice.acme", tenantPassword))
+	done := make(chan error, 1)
+	go func() {
+		_, err := waiter.Exec(ctx, "SELECT 1")
+		done <- err
+	}()
+	const held = 100 * time.Millisecond
+	time.Sleep(held)
+	for _, h := range holders {
+		if _, err := h.Exec(ctx, "COMMIT"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := <-done; err != nil {
+		t.Fatalf("the waiting transaction: %v", err)
+	}
+
+	c := consoleConn(t, e.addr)
+	num := func(res *pgconn.Result, tenant, col string) uint64 {
+		n, err := strconv.ParseUint(column(t, res, rowOf(t, res, tenant), col), 10, 64)
+		if err != nil {
+			t.Fatalf("%s of %s: %v", col, tenant, err)
+		}
+		return n
+	}
+	stats := consoleExec(t, c, "SHOW STATS")
+	totals := consoleExec(t, c, "SHOW STATS_TOTALS")
+	for _, col := range []string{"server_assignment_count", "xact_count", "query_count", "received", "sent", "xact_time", "query_time", "wait_time"} {
+		got := num(stats, "acme", "total_"+col)
+		if got == 0 {
+			t.Errorf("SHOW STATS total_%s of acme is 0", col)
+		}
+		if g := num(stats, "globex", "total_"+col); g != 0 {
+			t.Errorf("SHOW STATS total_%s of globex (no query run) is %d; want 0", col, g)
+		}
+		tcol := col
+		if col == "received" || col == "sent" {
+			tcol = "bytes_" + col
+		}
+		if tot := num(totals, "acme", tcol); tot < got {
+			t.Errorf("SHOW STATS_TOTALS %s of acme is %d, less than SHOW STATS's %d", tcol, tot, got)
+		}
+	}
+	// Two transactions slept 10 ms each and stayed open about 100 ms;
+	// one waited that long.
+	if us := num(stats, "acme", "total_xact_time"); us < uint64(2*held/time.Microsecond) {
+		t.Errorf("total_xact_time of acme: %d µs; want at least 2×%v", us, held)
+	}
+	if us := num(stats, "acme", "total_wait_time"); us < uint64(held/time.Microsecond)/2 {
+		t.Errorf("total_wait_time of acme: %d µs; want about %v", us, held)
+	}
+	for _, col := range []string{"avg_xact_time", "avg_query_time", "avg_wait_time", "avg_recv", "avg_sent"} {
+		if num(stats, "acme", col) == 0 {
+			t.Errorf("SHOW STATS %s of acme is 0", col)
+		}
+	}
 }

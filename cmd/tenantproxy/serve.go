@@ -20,6 +20,7 @@ import (
 	"github.com/tenantproxy/tenantproxy/canary"
 	"github.com/tenantproxy/tenantproxy/catalog"
 	"github.com/tenantproxy/tenantproxy/console"
+	"github.com/tenantproxy/tenantproxy/policy"
 	"github.com/tenantproxy/tenantproxy/pool"
 	"github.com/tenantproxy/tenantproxy/proxy"
 	"github.com/tenantproxy/tenantproxy/router"
@@ -60,6 +61,8 @@ type serveFlags struct {
 
 	// database is the one database name clients may connect to.
 	database string
+	// extensions are proxy.Config.Extensions.
+	extensions []string
 
 	// consoleUser and consolePassword open the admin console; no user, no
 	// console.
@@ -101,6 +104,7 @@ func (f *serveFlags) register(fs *pflag.FlagSet, defaultAuth string) {
 	fs.DurationVar(&f.poolIdleTimeout, "pool-idle-timeout", 5*time.Minute, "close server connections idle this long")
 	fs.DurationVar(&f.poolMaxLifetime, "pool-max-lifetime", time.Hour, "close server connections this old once idle")
 	fs.DurationVar(&f.poolConnTimeout, "pool-connect-timeout", 10*time.Second, "bound on connecting and authenticating to a backend")
+	fs.StringSliceVar(&f.extensions, "allow-extension", policy.DefaultExtensions, "extensions a tenant's CREATE EXTENSION IF NOT EXISTS may name (PostgreSQL skips an installed one); list only trusted extensions every tier may have; empty allows none")
 	fs.StringVar(&f.consoleUser, "console-user", "", "user of the PgBouncer-compatible admin console (psql dbname=pgbouncer); empty disables the console")
 	fs.StringVar(&f.consolePassword, "console-password", "", "the console user's password (SCRAM-SHA-256); prefer TENANTPROXY_CONSOLE_PASSWORD to the command line")
 	fs.IntVar(&f.peerID, "peer-id", 0, fmt.Sprintf("this instance's id (1-%d) among instances behind one load balancer: written into the cancel keys it hands out, so that the others forward it its cancel requests; 0 means no peering", proxy.MaxPeerID))
@@ -129,6 +133,7 @@ func (f *serveFlags) proxyConfig(log *zap.Logger, reg prometheus.Registerer) pro
 		SaltSecret:               f.catalog.dsn,
 		MaxConnsPerTenant:        f.maxConnsPerTenant,
 		Database:                 f.database,
+		Extensions:               f.extensions,
 		MaxBufferedBytes:         f.maxBufferedBytes,
 		PoolMode:                 f.poolMode,
 		StartupTimeout:           f.startupTimeout,
