@@ -50,11 +50,7 @@ func TestApplyConfigPrecedence(t *testing.T) {
 			cmd.Flags().String("base-domain", "", "")
 			cmd.Flags().StringSlice("listen-extra", nil, "")
 			cmd.Flags().Int("workers", 1, "")
-			if err := cmd.ParseFlags(tc.args); err != nil {
-				t.Fatal(err)
-			}
-			lookup := func(k string) (string, bool) { v, ok := tc.env[k]; return v, ok }
-			err := applyConfig(cmd, file, lookup)
+			err := configure(cmd, tc.args, tc.env, file)
 			if tc.wantErr != "" {
 				if err == nil || !strings.Contains(err.Error(), tc.wantErr) {
 					t.Fatalf("err = %v, want one mentioning %q", err, tc.wantErr)
@@ -71,6 +67,16 @@ func TestApplyConfigPrecedence(t *testing.T) {
 			}
 		})
 	}
+}
+
+// configure parses args into cmd, then applies env (standing for the
+// process environment) and the YAML file at path ("" for none), as the
+// CLI does before a command runs.
+func configure(cmd *cobra.Command, args []string, env map[string]string, path string) error {
+	if err := cmd.ParseFlags(args); err != nil {
+		return err
+	}
+	return applyConfig(cmd, path, func(k string) (string, bool) { v, ok := env[k]; return v, ok })
 }
 
 func TestApplyConfigRejectsUnknownKey(t *testing.T) {

@@ -38,11 +38,7 @@ func TestMigrateUpLockFlags(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			if err := up.ParseFlags(tc.args); err != nil {
-				t.Fatal(err)
-			}
-			lookup := func(k string) (string, bool) { v, ok := tc.env[k]; return v, ok }
-			if err := applyConfig(up, tc.path, lookup); err != nil {
+			if err := configure(up, tc.args, tc.env, tc.path); err != nil {
 				t.Fatal(err)
 			}
 			opts := f.options(&globals{}, io.Discard)

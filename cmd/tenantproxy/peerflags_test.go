@@ -34,11 +34,7 @@ func TestServePeerFlags(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			cmd, f := buildServeCommand(&globals{})
-			err := cmd.ParseFlags(tc.args)
-			if err == nil {
-				lookup := func(k string) (string, bool) { v, ok := tc.env[k]; return v, ok }
-				err = applyConfig(cmd, tc.path, lookup)
-			}
+			err := configure(cmd, tc.args, tc.env, tc.path)
 			if tc.wantErr {
 				if err == nil {
 					t.Fatalf("accepted; peers %v", f.peers)

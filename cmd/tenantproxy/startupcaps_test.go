@@ -27,11 +27,7 @@ func TestServeStartupCapFlags(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			cmd, f := buildServeCommand(&globals{})
-			if err := cmd.ParseFlags(tc.args); err != nil {
-				t.Fatal(err)
-			}
-			lookup := func(k string) (string, bool) { v, ok := tc.env[k]; return v, ok }
-			if err := applyConfig(cmd, tc.path, lookup); err != nil {
+			if err := configure(cmd, tc.args, tc.env, tc.path); err != nil {
 				t.Fatal(err)
 			}
 			cfg := f.proxyConfig(nil, nil)
