@@ -19,6 +19,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/tenantproxy/tenantproxy/test"
+
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/prometheus/common/expfmt"
@@ -319,7 +321,7 @@ func scrapeServe(t *testing.T, wanted map[string]bool) map[string]family {
 	cli("migrate", "up")
 	cli("tenant", "create", "acme", "--plan", "free", "--admin-user", "alice", "--admin-password", "correct-horse")
 
-	listen, adminAddr := freeAddr(t), freeAddr(t)
+	listen, adminAddr := test.FreeAddr(t), test.FreeAddr(t)
 	logPath := filepath.Join(t.TempDir(), "serve.log")
 	logFile, err := os.Create(logPath)
 	if err != nil {
@@ -447,14 +449,4 @@ func scrape(adminAddr string) (map[string]family, error) {
 		}
 	}
 	return out, nil
-}
-
-func freeAddr(t *testing.T) string {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	return l.Addr().String()
 }

@@ -518,7 +518,7 @@ func startPgBouncer(t *testing.T) string {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { os.RemoveAll(dir) })
-	addr := freeTCPAddr(t)
+	addr := FreeAddr(t)
 	host, port, _ := net.SplitHostPort(addr)
 	files := map[string]string{
 		"users.txt": `"admin" "x"` + "\n",

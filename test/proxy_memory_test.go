@@ -247,7 +247,7 @@ func buildTenantproxy(t *testing.T) string {
 // when t ends; its log is shown if t failed.
 func startProxyProcess(t *testing.T, bin string, args ...string) *proxyProcess {
 	t.Helper()
-	p := &proxyProcess{addr: freeTCPAddr(t), admin: freeTCPAddr(t)}
+	p := &proxyProcess{addr: FreeAddr(t), admin: FreeAddr(t)}
 	logPath := filepath.Join(t.TempDir(), "tenantproxy.log")
 	log, err := os.Create(logPath)
 	if err != nil {
@@ -300,16 +300,6 @@ func startProxyProcess(t *testing.T, bin string, args ...string) *proxyProcess {
 			t.Fatalf("tenantproxy not accepting on %s after 30 s", p.addr)
 		}
 	}
-}
-
-func freeTCPAddr(t *testing.T) string {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	return l.Addr().String()
 }
 
 // login connects user (trust authentication) and reads up to the first

@@ -36,6 +36,19 @@ func StartProxy(tb testing.TB, cfg proxy.Config, cat *catalog.Catalog, mgr *pool
 	return StartProxyOn(tb, l, cfg, cat, mgr), l.Addr().String()
 }
 
+// FreeAddr returns a 127.0.0.1 address with a port free at the time of
+// the call, for a server the test starts itself (serve in-process, a
+// subprocess) that must listen on an address known in advance.
+func FreeAddr(tb testing.TB) string {
+	tb.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		tb.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().String()
+}
+
 // StartProxyOn is StartProxy serving on l, for proxies whose
 // configuration must name each other's addresses (peers). It closes l if
 // the proxy cannot be built.

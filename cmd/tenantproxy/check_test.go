@@ -8,6 +8,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/tenantproxy/tenantproxy/test"
+
 	"github.com/tenantproxy/tenantproxy/canary"
 	"github.com/tenantproxy/tenantproxy/internal/pgtest"
 )
@@ -21,11 +23,11 @@ func TestCheckIsolationAgainstServe(t *testing.T) {
 	for _, tn := range [][2]string{{"acme", "free"}, {"globex", "free"}, {"initech", "standard"}, {"umbrella", "enterprise"}} {
 		mustCLI(t, "tenant", "create", tn[0], "--plan", tn[1], "--admin-password", "correct-horse")
 	}
-	listen := freeAddr(t)
+	listen := test.FreeAddr(t)
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() {
-		done <- run(ctx, []string{"serve", "--listen", listen, "--admin-listen", freeAddr(t), "--log-level", "warn"}, io.Discard, io.Discard)
+		done <- run(ctx, []string{"serve", "--listen", listen, "--admin-listen", test.FreeAddr(t), "--log-level", "warn"}, io.Discard, io.Discard)
 	}()
 	defer func() {
 		cancel()

@@ -7,6 +7,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/tenantproxy/tenantproxy/test"
+
 	"github.com/jackc/pgx/v5/pgconn"
 
 	"github.com/tenantproxy/tenantproxy/internal/pgtest"
@@ -23,7 +25,7 @@ func TestServeConsoleFromEnvironment(t *testing.T) {
 	t.Setenv("TENANTPROXY_CONSOLE_USER", "ops")
 	t.Setenv("TENANTPROXY_CONSOLE_PASSWORD", "console-secret")
 
-	listen := freeAddr(t)
+	listen := test.FreeAddr(t)
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	done := make(chan error, 1)

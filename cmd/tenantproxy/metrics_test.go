@@ -9,6 +9,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/tenantproxy/tenantproxy/test"
+
 	"github.com/jackc/pgx/v5"
 	dto "github.com/prometheus/client_model/go"
 	"github.com/prometheus/common/expfmt"
@@ -30,7 +32,7 @@ func TestServeExportsOperatorMetrics(t *testing.T) {
 	mustCLI(t, "tenant", "create", "acme", "--plan", "free", "--admin-user", "alice", "--admin-password", "correct-horse")
 	for _, mode := range []string{"session", "transaction"} {
 		t.Run(mode, func(t *testing.T) {
-			listen, adminAddr := freeAddr(t), freeAddr(t)
+			listen, adminAddr := test.FreeAddr(t), test.FreeAddr(t)
 			ctx, cancel := context.WithCancel(context.Background())
 			done := make(chan error, 1)
 			go func() {

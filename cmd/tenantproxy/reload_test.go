@@ -24,6 +24,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/tenantproxy/tenantproxy/test"
+
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 
@@ -153,7 +155,7 @@ func startReloadEnvironment(t *testing.T) (*reloadEnvironment, string) {
 	t.Setenv("TENANTPROXY_CATALOG_DSN", dsn)
 	mustCLI(t, "migrate", "up")
 	mustCLI(t, "tenant", "create", "acme", "--plan", "free", "--admin-user", "alice", "--admin-password", "correct-horse")
-	listen := freeAddr(t)
+	listen := test.FreeAddr(t)
 	ctx, cancel := context.WithCancel(context.Background())
 	e := &reloadEnvironment{t: t, ctx: ctx, file: filepath.Join(t.TempDir(), "tenantproxy.yaml"), logs: &logBuffer{},
 		settings: map[string]string{"listen": listen, "admin-listen": "", "drain-timeout": "2s",
@@ -384,7 +386,7 @@ func TestServeReloadSwapsCertificateAndListenAddresses(t *testing.T) {
 		t.Errorf("log of the reload: %v; want the certificate's change by fingerprint", lines)
 	}
 
-	moved := freeAddr(t)
+	moved := test.FreeAddr(t)
 	e.settings["listen"] = moved
 	lines = e.reload(false)
 	if l := findLog(lines, "setting changed", "listen"); l == nil || l["old"] != "["+listen+"]" || l["new"] != "["+moved+"]" {
@@ -452,7 +454,7 @@ func TestServeReloadChangesLogLevel(t *testing.T) {
 // listen address that cannot be opened, changes nothing.
 func TestServeReloadNamesSettingsThatNeedARestart(t *testing.T) {
 	e, listen := startReloadEnvironment(t)
-	adminAddr := freeAddr(t)
+	adminAddr := test.FreeAddr(t)
 	e.settings["admin-listen"] = adminAddr
 	e.settings["console-password"] = "another-secret"
 	lines := e.reload(false)

@@ -9,6 +9,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/tenantproxy/tenantproxy/test"
+
 	"github.com/jackc/pgx/v5"
 
 	"github.com/tenantproxy/tenantproxy/catalog/secrets"
@@ -60,12 +62,12 @@ func TestSealedCatalogServesLoginsAndRotatesKeys(t *testing.T) {
 	}
 	mustCLI(t, "tenant", "create", "acme", "--plan", "standard", "--admin-user", "alice", "--admin-password", "correct-horse")
 
-	listen := freeAddr(t)
+	listen := test.FreeAddr(t)
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	done := make(chan error, 1)
 	go func() {
-		done <- run(ctx, []string{"serve", "--listen", listen, "--admin-listen", freeAddr(t), "--log-level", "warn"}, io.Discard, io.Discard)
+		done <- run(ctx, []string{"serve", "--listen", listen, "--admin-listen", test.FreeAddr(t), "--log-level", "warn"}, io.Discard, io.Discard)
 	}()
 	var conn *pgx.Conn
 	deadline := time.Now().Add(30 * time.Second)
@@ -113,7 +115,7 @@ func TestSealedCatalogServesLoginsAndRotatesKeys(t *testing.T) {
 	for _, args := range [][]string{
 		{"backend", "list", "--secrets-key-file", keyA},
 		{"backend", "list"},
-		{"serve", "--listen", freeAddr(t), "--admin-listen", freeAddr(t)},
+		{"serve", "--listen", test.FreeAddr(t), "--admin-listen", test.FreeAddr(t)},
 	} {
 		_, err := cli(t, args...)
 		if err == nil || !strings.Contains(err.Error(), "backend main") || !strings.Contains(err.Error(), `key "b"`) {

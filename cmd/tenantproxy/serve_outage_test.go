@@ -11,6 +11,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/tenantproxy/tenantproxy/test"
+
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 
@@ -96,7 +98,7 @@ func TestServeWaitsForTheCatalogAndOutlivesItsOutage(t *testing.T) {
 	viaForwarder.Host = fwd.addr
 	t.Setenv("TENANTPROXY_CATALOG_DSN", viaForwarder.String())
 
-	listen, adminAddr := freeAddr(t), freeAddr(t)
+	listen, adminAddr := test.FreeAddr(t), test.FreeAddr(t)
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	done := make(chan error, 1)

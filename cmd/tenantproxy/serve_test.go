@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"io"
-	"net"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -13,21 +12,13 @@ import (
 	"testing"
 	"time"
 
+	"github.com/tenantproxy/tenantproxy/test"
+
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 
 	"github.com/tenantproxy/tenantproxy/internal/pgtest"
 )
-
-func freeAddr(t *testing.T) string {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	return l.Addr().String()
-}
 
 // TestServeReloadsConfigOnSIGHUPAndDrainsOnStop serves a migrated catalog
 // configured from a YAML file, tightens the per-tenant cap in the file,
@@ -38,7 +29,7 @@ func TestServeReloadsConfigOnSIGHUPAndDrainsOnStop(t *testing.T) {
 	mustCLI(t, "migrate", "up")
 	mustCLI(t, "tenant", "create", "acme", "--plan", "free", "--admin-user", "alice", "--admin-password", "correct-horse")
 
-	listen, adminAddr := freeAddr(t), freeAddr(t)
+	listen, adminAddr := test.FreeAddr(t), test.FreeAddr(t)
 	config := filepath.Join(t.TempDir(), "tenantproxy.yaml")
 	writeConfig := func(cap string) {
 		if err := os.WriteFile(config, []byte("listen: "+listen+"\nadmin-listen: "+adminAddr+"\ndrain-timeout: 2s\nmax-conns-per-tenant: "+cap+"\n"), 0o600); err != nil {
@@ -125,7 +116,7 @@ func TestServeRunsTheIsolationCanaryOnSchedule(t *testing.T) {
 	mustCLI(t, "tenant", "create", "acme", "--plan", "free")
 	mustCLI(t, "tenant", "create", "globex", "--plan", "standard")
 
-	listen, adminAddr := freeAddr(t), freeAddr(t)
+	listen, adminAddr := test.FreeAddr(t), test.FreeAddr(t)
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	done := make(chan error, 1)
