@@ -70,10 +70,7 @@ func (c *Conn) endCancel(answered bool) {
 		p.mu.Unlock()
 		return
 	}
-	c.state = stateClosed
-	delete(p.all, c)
-	p.freeSlotLocked(c.holder)
-	c.holder = nil
+	p.dropLocked(c)
 	p.mu.Unlock()
 	c.close()
 }

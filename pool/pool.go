@@ -294,12 +294,18 @@ func (p *pool) unholdLocked(tq *tenantQueue) {
 // destroy closes an active connection and frees its slot.
 func (p *pool) destroy(c *Conn) {
 	p.mu.Lock()
+	p.dropLocked(c)
+	p.mu.Unlock()
+	c.close()
+}
+
+// dropLocked takes c, active or parked, out of the pool and frees its
+// holder's slot; the caller closes it once p.mu is released.
+func (p *pool) dropLocked(c *Conn) {
 	c.state = stateClosed
 	delete(p.all, c)
 	p.freeSlotLocked(c.holder)
 	c.holder = nil
-	p.mu.Unlock()
-	c.close()
 }
 
 // dropSlot frees the slot of a dial that failed; holder is what take
