@@ -3,13 +3,10 @@ package main
 import (
 	"context"
 	"io"
-	"net"
 	"testing"
 	"time"
 
 	"github.com/tenantproxy/tenantproxy/test"
-
-	"github.com/jackc/pgx/v5/pgconn"
 
 	"github.com/tenantproxy/tenantproxy/internal/pgtest"
 )
@@ -32,24 +29,7 @@ func TestServeConsoleFromEnvironment(t *testing.T) {
 	go func() {
 		done <- run(ctx, []string{"serve", "--listen", listen, "--admin-listen", "", "--drain-timeout", "2s", "--log-level", "warn"}, io.Discard, io.Discard)
 	}()
-	host, port, _ := net.SplitHostPort(listen)
-	conninfo := "host=" + host + " port=" + port + " dbname=pgbouncer user=ops password=console-secret sslmode=disable"
-	var c *pgconn.PgConn
-	deadline := time.Now().Add(30 * time.Second)
-	for {
-		var err error
-		if c, err = pgconn.Connect(ctx, conninfo); err == nil {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("console login never succeeded: %v", err)
-		}
-		select {
-		case err := <-done:
-			t.Fatalf("serve exited: %v", err)
-		case <-time.After(100 * time.Millisecond):
-		}
-	}
+	c := connectConsole(t, ctx, listen, done)
 	defer c.Close(context.Background())
 	res, err := c.Exec(ctx, "SHOW DATABASES").ReadAll()
 	if err != nil || len(res[0].Rows) != 1 || string(res[0].Rows[0][0]) != "acme" {
