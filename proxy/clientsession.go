@@ -247,10 +247,13 @@ func (q *replyQueue) popLocked() (reply, bool) {
 // readyFor consumes the expected replies up to the next ReadyForQuery,
 // which is being relayed with transaction status status: Parses still
 // pending there failed (the server skipped them after an error), so
-// forget is called with their statements' names.
-func (q *replyQueue) readyFor(status byte, forget func(name string)) latency {
+// forget is called with their statements' names and the number of that
+// ReadyForQuery among all the queue was owed (what clientStmt.settles
+// counts).
+func (q *replyQueue) readyFor(status byte, forget func(name string, settles uint64)) latency {
 	q.mu.Lock()
 	defer q.mu.Unlock()
+	settles := q.readies - uint64(q.ready) + 1
 	for {
 		r, ok := q.popLocked()
 		if !ok {
@@ -260,7 +263,7 @@ func (q *replyQueue) readyFor(status byte, forget func(name string)) latency {
 			return q.timedLocked(status)
 		}
 		if r.kind == replyParse && r.name != "" && forget != nil {
-			forget(r.name)
+			forget(r.name, settles)
 		}
 	}
 }

@@ -30,7 +30,7 @@ func TestReplyQueueKeepsOrderAndCountsReadies(t *testing.T) {
 		t.Fatalf("a refusal was taken twice: %v", got)
 	}
 	var forgot []string
-	q.readyFor('I', func(name string) { forgot = append(forgot, name) })
+	q.readyFor('I', func(name string, _ uint64) { forgot = append(forgot, name) })
 	if len(forgot) != 1 || forgot[0] != "tp_a" {
 		t.Fatalf("forgot %v; want the Parse still pending at its ReadyForQuery", forgot)
 	}

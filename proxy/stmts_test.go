@@ -532,7 +532,7 @@ func (c *modelConn) reply(t *testing.T, q *replyQueue, typ byte) {
 		if q.owed() == 0 {
 			t.Fatal("server sent a ReadyForQuery the proxy did not expect")
 		}
-		q.readyFor('I', c.record.ForgetStatement)
+		q.readyFor('I', func(name string, _ uint64) { c.record.ForgetStatement(name) })
 	}
 }
 

@@ -196,8 +196,7 @@ func (tx *txSession) parameterStatus(c *pool.Conn, body []byte) {
 func (tx *txSession) ready(c *pool.Conn) {
 	tx.mu.Lock()
 	defer tx.mu.Unlock()
-	settles := tx.replies.answered() + 1
-	tx.observe(tx.replies.readyFor(tx.status, func(name string) {
+	tx.observe(tx.replies.readyFor(tx.status, func(name string, settles uint64) {
 		c.ForgetStatement(name)
 		tx.stmts.forgetFailed(name, settles)
 	}))
