@@ -62,13 +62,16 @@ type Tenant struct {
 	// empty in the other tiers, and for a database-tier tenant created
 	// before tenants had roles of their own until `migrate up` gives it
 	// one. It is a secret: never log it.
-	LoginPassword         string          `json:"-"`
-	MaxUsers              int             `json:"max_users"`
-	MaxStorageGB          int             `json:"max_storage_gb"`
-	Features              json.RawMessage `json:"features"`
-	Settings              json.RawMessage `json:"settings"`
-	CreatedAt             time.Time       `json:"created_at"`
-	SubscriptionExpiresAt *time.Time      `json:"subscription_expires_at,omitempty"`
+	LoginPassword string          `json:"-"`
+	MaxUsers      int             `json:"max_users"`
+	MaxStorageGB  int             `json:"max_storage_gb"`
+	Features      json.RawMessage `json:"features"`
+	Settings      json.RawMessage `json:"settings"`
+	// Limits are the tenant's effective limits: its overrides, else its
+	// plan's, else the plan's defaults.
+	Limits                Limits     `json:"limits"`
+	CreatedAt             time.Time  `json:"created_at"`
+	SubscriptionExpiresAt *time.Time `json:"subscription_expires_at,omitempty"`
 }
 
 // Backend is a PostgreSQL server that holds tenant data.

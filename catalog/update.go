@@ -21,6 +21,9 @@ type UpdateRequest struct {
 	// Features are merged into the tenant's features: named flags are set,
 	// the others kept.
 	Features map[string]any
+	// Limits are merged into the tenant's limit overrides (ParseLimit):
+	// a value sets the override, nil removes it so the plan's applies.
+	Limits map[string]*float64
 }
 
 // Update applies req to the tenant with that subdomain, in any status,
@@ -47,18 +50,64 @@ func (c *Catalog) Update(ctx context.Context, subdomain string, req UpdateReques
 	if req.Features == nil {
 		features = []byte("{}")
 	}
+	set, unset, err := limitChanges(req.Limits)
+	if err != nil {
+		return nil, fmt.Errorf("catalog: update %q: %w", subdomain, err)
+	}
 	t, err := c.scanTenant(c.db.QueryRow(ctx, `UPDATE tenants SET plan = coalesce($2, plan),
 		max_users = coalesce($3, max_users), max_storage_gb = coalesce($4, max_storage_gb),
-		features = features || $5::jsonb
-		WHERE subdomain = $1 RETURNING `+tenantColumns, subdomain, plan, maxUsers, maxStorage, string(features)))
+		features = features || $5::jsonb, limits = (limits || $6::jsonb) - $7::text[]
+		WHERE subdomain = $1 RETURNING `+tenantColumns, subdomain, plan, maxUsers, maxStorage, string(features), set, unset))
 	if errors.Is(err, pgx.ErrNoRows) {
 		return nil, fmt.Errorf("catalog: update %q: %w", subdomain, ErrNotFound)
 	}
 	if err != nil {
 		return nil, fmt.Errorf("catalog: update %q: %w", subdomain, err)
 	}
-	c.log.Info("tenant updated", zap.String("tenant", subdomain), zap.String("plan", t.Plan), zap.ByteString("features", t.Features))
+	c.log.Info("tenant updated", zap.String("tenant", subdomain), zap.String("plan", t.Plan), zap.ByteString("features", t.Features),
+		zap.String("limits_set", set), zap.Strings("limits_removed", unset))
 	return &t, nil
+}
+
+// SetPlanLimits merges limits into the plan's (a nil value removes the
+// plan's own value, so the built-in default applies) and returns the
+// plan's limits as every tenant without an override of its own now gets
+// them. Every proxy drops its cached tenants at once.
+func (c *Catalog) SetPlanLimits(ctx context.Context, plan string, limits map[string]*float64) (Limits, error) {
+	if _, ok := plans[plan]; !ok {
+		return Limits{}, &ValidationError{Field: "plan", Value: plan, Reason: "must be one of free, trial, standard, pro, enterprise"}
+	}
+	set, unset, err := limitChanges(limits)
+	if err != nil {
+		return Limits{}, fmt.Errorf("catalog: plan %q: %w", plan, err)
+	}
+	var merged []byte
+	if err := c.db.QueryRow(ctx, `INSERT INTO plan_limits AS p (plan, limits) VALUES ($1, $2::jsonb - $3::text[])
+		ON CONFLICT (plan) DO UPDATE SET limits = (p.limits || $2::jsonb) - $3::text[]
+		RETURNING limits`, plan, set, unset).Scan(&merged); err != nil {
+		return Limits{}, fmt.Errorf("catalog: plan %q: %w", plan, err)
+	}
+	c.log.Info("plan limits set", zap.String("plan", plan), zap.ByteString("limits", merged))
+	return resolveLimits(plan, merged, nil), nil
+}
+
+// limitChanges splits ParseLimit's results into the JSON object of values
+// to set and the names to remove.
+func limitChanges(limits map[string]*float64) (set string, unset []string, err error) {
+	values := map[string]float64{}
+	unset = []string{}
+	for name, v := range limits {
+		if _, ok := limitKinds[name]; !ok {
+			return "", nil, &ValidationError{Field: "limit", Value: name, Reason: "is not a limit: " + strings.Join(LimitNames(), ", ")}
+		}
+		if v == nil {
+			unset = append(unset, name)
+			continue
+		}
+		values[name] = *v
+	}
+	b, err := json.Marshal(values)
+	return string(b), unset, err
 }
 
 // ParseFeature reads a flag given as name=value: true and false are

@@ -4,6 +4,7 @@ import (
 	"crypto/tls"
 	"errors"
 	"fmt"
+	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -35,6 +36,11 @@ type Target struct {
 	// and for serving waiters round-robin across tenants. Empty means an
 	// uncapped holder sharing one queue with every other empty Tenant.
 	Tenant string
+	// TenantCap, when set and positive, is the tenant's own cap (its
+	// server_connections limit), read on every acquire so that a change
+	// applies to the next one; the lower of it and Config.MaxConnsPerTenant
+	// applies.
+	TenantCap *atomic.Int32
 }
 
 // Config tunes a Manager. The zero value is a working configuration; each

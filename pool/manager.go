@@ -86,7 +86,7 @@ func (m *Manager) Acquire(ctx context.Context, t Target) (*Conn, error) {
 		return nil, err
 	}
 	for {
-		c, holder, err := p.take(ctx, t.Tenant, "", m.cfg.Load().WaitTimeout, nil)
+		c, holder, err := p.take(ctx, t.Tenant, t.TenantCap, "", m.cfg.Load().WaitTimeout, nil)
 		if err != nil {
 			return nil, err
 		}

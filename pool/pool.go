@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -50,8 +51,10 @@ type pool struct {
 
 // tenantQueue is one tenant's share of a pool.
 type tenantQueue struct {
-	name    string
-	held    int
+	name string
+	held int
+	// limit is the tenant's own cap as its latest take saw it (0: none).
+	limit   int
 	waiters []*waiter // FIFO
 }
 
@@ -82,13 +85,16 @@ func newWaiter() *waiter { return &waiter{ch: make(chan grant, 1)} }
 // call dropSlot), or an error when ctx ended while waiting (or wait ran
 // out) or the pool closed. The connection or slot counts against tenant
 // until it is put back, destroyed or dropped.
-func (p *pool) take(ctx context.Context, tenant, wantContext string, wait time.Duration, w *waiter) (*Conn, *tenantQueue, error) {
+func (p *pool) take(ctx context.Context, tenant string, limit *atomic.Int32, wantContext string, wait time.Duration, w *waiter) (*Conn, *tenantQueue, error) {
 	p.mu.Lock()
 	if p.closed {
 		p.mu.Unlock()
 		return nil, nil, ErrClosed
 	}
 	tq := p.queueLocked(tenant)
+	if limit != nil {
+		tq.limit = int(limit.Load())
+	}
 	if len(tq.waiters) == 0 && p.underCapLocked(tq) {
 		if c := p.idleLocked(wantContext); c != nil {
 			tq.held++
@@ -116,7 +122,7 @@ func (p *pool) take(ctx context.Context, tenant, wantContext string, wait time.D
 	tq.waiters = append(tq.waiters, w)
 	p.waiting++
 	p.km.waiting.Inc()
-	inUse, held := p.open, tq.held
+	inUse, held, cap := p.open, tq.held, p.capLocked(tq)
 	p.mu.Unlock()
 
 	var expired <-chan time.Time
@@ -156,9 +162,9 @@ func (p *pool) take(ctx context.Context, tenant, wantContext string, wait time.D
 		}
 		p.mu.Unlock()
 	}
-	if p.perTenant > 0 && tenant != "" && held >= p.perTenant {
+	if cap > 0 && tenant != "" && held >= cap {
 		return nil, nil, fmt.Errorf("%w (tenant %s holds %d of its %d connections to %s as %s): %w",
-			ErrWaitTimeout, tenant, held, p.perTenant, p.key.database, p.key.user, cause)
+			ErrWaitTimeout, tenant, held, cap, p.key.database, p.key.user, cause)
 	}
 	return nil, nil, fmt.Errorf("%w (%d of %d connections to %s as %s in use): %w",
 		ErrWaitTimeout, inUse, p.max, p.key.database, p.key.user, cause)
@@ -189,7 +195,17 @@ func (p *pool) forgetLocked(tq *tenantQueue) {
 }
 
 func (p *pool) underCapLocked(tq *tenantQueue) bool {
-	return p.perTenant <= 0 || tq.name == "" || tq.held < p.perTenant
+	cap := p.capLocked(tq)
+	return cap <= 0 || tq.name == "" || tq.held < cap
+}
+
+// capLocked is the cap on tq's connections: the pool's share per tenant,
+// or the tenant's own limit when that is lower (0: none).
+func (p *pool) capLocked(tq *tenantQueue) int {
+	if tq.limit > 0 && (p.perTenant <= 0 || tq.limit < p.perTenant) {
+		return tq.limit
+	}
+	return p.perTenant
 }
 
 func (p *pool) removeWaiterLocked(tq *tenantQueue, i int) {

@@ -128,7 +128,7 @@ func (m *Manager) AcquireTx(ctx context.Context, tt *TxTarget) (c *Conn, setup [
 		tt.p = p
 	}
 	for {
-		c, holder, err := p.take(ctx, tt.Tenant, tt.key, m.cfg.Load().WaitTimeout, tt.w)
+		c, holder, err := p.take(ctx, tt.Tenant, tt.TenantCap, tt.key, m.cfg.Load().WaitTimeout, tt.w)
 		if err != nil {
 			return nil, nil, 0, err
 		}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -218,4 +219,31 @@ func TestDefaultTenantShareIsHalfThePool(t *testing.T) {
 	d1, d2 := acquire(t, uncapped, a.Target), acquire(t, uncapped, a.Target)
 	uncapped.Release(d1, true)
 	uncapped.Release(d2, true)
+}
+
+// TestTenantCapOfItsOwnAppliesAtTheNextAcquire: a tenant's own limit
+// below the pool's share caps it, a change applies to its next acquire,
+// and a limit above the share does not lift the share.
+func TestTenantCapOfItsOwnAppliesAtTheNextAcquire(t *testing.T) {
+	f := newFixture(t)
+	m, _ := newManager(t, pool.Config{MaxConnsPerKey: 6, WaitTimeout: 100 * time.Millisecond})
+	tg := f.target()
+	tg.Tenant = "a"
+	tg.TenantCap = new(atomic.Int32)
+	tg.TenantCap.Store(1)
+	a := pool.NewTxTarget(tg)
+	held := acquireTx(t, m, a)
+	if _, _, _, err := m.AcquireTx(context.Background(), a); !errors.Is(err, pool.ErrWaitTimeout) {
+		t.Fatalf("tenant a past its own cap of 1: %v; want ErrWaitTimeout", err)
+	}
+	tg.TenantCap.Store(2)
+	second := acquireTx(t, m, a)
+	tg.TenantCap.Store(10) // above the pool's share of 3
+	third := acquireTx(t, m, a)
+	if _, _, _, err := m.AcquireTx(context.Background(), a); !errors.Is(err, pool.ErrWaitTimeout) {
+		t.Fatalf("tenant a past half of the pool with a cap of its own of 10: %v; want ErrWaitTimeout", err)
+	}
+	for _, c := range []*pool.Conn{held, second, third} {
+		m.ReleaseTx(c, true)
+	}
 }

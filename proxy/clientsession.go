@@ -61,6 +61,9 @@ type sessionBase struct {
 	queryTime, txTime prometheus.Observer
 	// times is the tenant's entry of the console's totals.
 	times *tenantTimes
+	// limits are the tenant's, shared with its other sessions and updated
+	// in place (limits.go).
+	limits *tenantLimits
 
 	// Why a blocked read was interrupted: the relay goroutines look at
 	// these after interruptRead, so each is set before the interrupt.

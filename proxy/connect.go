@@ -105,10 +105,11 @@ func (s *Server) establish(ctx context.Context, c *clientConn, lv *live, p *star
 	// Authenticated: a tenant's client now, under the tenant's caps, no
 	// longer the start-up caps' (accept.go) to count or evict.
 	s.gate.leave(c.slot)
-	if !s.takeSlot(t.Subdomain, lv.cfg.MaxConnsPerTenant) {
+	tl, ok := s.takeSlot(t, lv.cfg.MaxConnsPerTenant)
+	if !ok {
 		return nil, pgerr.Errorf(pgerr.CodeTooManyConnections, "too many connections for tenant %q", t.Subdomain)
 	}
-	ss, err := s.connect(ctx, c, lv, t, id, p)
+	ss, err := s.connect(ctx, c, lv, t, tl, id, p)
 	if err != nil {
 		s.giveSlot(t.Subdomain)
 		return nil, err
@@ -118,7 +119,7 @@ func (s *Server) establish(ctx context.Context, c *clientConn, lv *live, p *star
 
 // connect routes the tenant and completes the client's startup in the
 // tenant's pool mode.
-func (s *Server) connect(ctx context.Context, c *clientConn, lv *live, t *catalog.Tenant, id router.Identity, p *startupPacket) (clientSession, error) {
+func (s *Server) connect(ctx context.Context, c *clientConn, lv *live, t *catalog.Tenant, tl *tenantLimits, id router.Identity, p *startupPacket) (clientSession, error) {
 	// A paused tenant's new clients wait for RESUME (or their start-up
 	// timeout) before they take a server connection.
 	if err := s.gates.wait(ctx, t.Subdomain, s.isClosing, nil); err != nil {
@@ -137,13 +138,24 @@ func (s *Server) connect(ctx context.Context, c *clientConn, lv *live, t *catalo
 	if err != nil {
 		return nil, err
 	}
+	setup := append([]string(nil), rt.Setup...)
+	if d := t.Limits.StatementTimeout; d > 0 {
+		// The tenant's sessions start with it; settings the client names
+		// at start-up come after, as the client's own SET would.
+		setup = append(setup, fmt.Sprintf("SET statement_timeout = %d", d.Milliseconds()))
+	}
 	target := pool.Target{
 		Addr: rt.Addr, Database: rt.Database, User: rt.User, Password: rt.Password, TLS: rt.TLS,
-		Setup: append(append([]string(nil), rt.Setup...), extra...),
+		Setup:     append(setup, extra...),
+		TenantCap: &tl.serverConns,
+	}
+	idleLimit := lv.cfg.IdleInTransactionTimeout
+	if d := t.Limits.IdleInTransactionTimeout; d > 0 {
+		idleLimit = d
 	}
 	if poolModeOf(t, lv.cfg.PoolMode) == PoolTransaction {
-		tx := &txSession{idleTx: idleInTx{limit: lv.cfg.IdleInTransactionTimeout}}
-		s.initBase(&tx.sessionBase, c, t, id, lv)
+		tx := &txSession{idleTx: idleInTx{limit: idleLimit}}
+		s.initBase(&tx.sessionBase, c, t, tl, id, lv)
 		return tx, s.connectTx(ctx, c, tx, target)
 	}
 	// The session's server connection is the tenant's for its whole life:
@@ -151,13 +163,13 @@ func (s *Server) connect(ctx context.Context, c *clientConn, lv *live, t *catalo
 	// (pool.Config.MaxConnsPerTenant), so one tenant's sessions cannot
 	// take every connection of a pool other tenants share.
 	target.Tenant = t.Subdomain
-	if d := lv.cfg.IdleInTransactionTimeout; d > 0 {
+	if idleLimit > 0 {
 		// PostgreSQL times the session's idle transactions; the policy
 		// refuses changing the setting (policy.protectedSettings).
-		target.Setup = append(target.Setup, idleInTxSetting(d))
+		target.Setup = append(target.Setup, idleInTxSetting(idleLimit))
 	}
 	ps := &pinnedSession{}
-	s.initBase(&ps.sessionBase, c, t, id, lv)
+	s.initBase(&ps.sessionBase, c, t, tl, id, lv)
 	return ps, s.connectPinned(ctx, c, ps, target)
 }
 
@@ -186,7 +198,7 @@ func startupSettings(p *startupPacket) []router.Setting {
 }
 
 // initBase sets what both pool modes know of the session starting.
-func (s *Server) initBase(b *sessionBase, c *clientConn, t *catalog.Tenant, id router.Identity, lv *live) {
+func (s *Server) initBase(b *sessionBase, c *clientConn, t *catalog.Tenant, tl *tenantLimits, id router.Identity, lv *live) {
 	rules, err := policy.RulesFor(t)
 	if err != nil {
 		// RulesFor gave the strictest rules: a bad setting must not lock
@@ -197,7 +209,7 @@ func (s *Server) initBase(b *sessionBase, c *clientConn, t *catalog.Tenant, id r
 		received: s.metrics.clientReceived.WithLabelValues(t.Subdomain),
 		sent:     s.metrics.clientSent.WithLabelValues(t.Subdomain)}
 	b.srv, b.client, b.rules = s, &b.meter, rules
-	b.tenant, b.user, b.started = t.Subdomain, id.User, time.Now()
+	b.tenant, b.user, b.started, b.limits = t.Subdomain, id.User, time.Now(), tl
 	b.maxMsg = lv.cfg.MaxMessageSize
 	b.queries = s.metrics.queries.WithLabelValues(t.Subdomain)
 	b.transactions = s.metrics.transactions.WithLabelValues(t.Subdomain)

@@ -88,7 +88,8 @@ func clientsFault(err error) bool {
 // server being unreachable.
 func fromPool(err error) error {
 	var setupErr *pool.SetupError
-	if errors.Is(err, pool.ErrWaitTimeout) || errors.Is(err, pool.ErrClosed) || errors.As(err, &setupErr) {
+	var decided *pgerr.Error // the proxy's own, such as a tenant over its rate
+	if errors.Is(err, pool.ErrWaitTimeout) || errors.Is(err, pool.ErrClosed) || errors.As(err, &setupErr) || errors.As(err, &decided) {
 		return err
 	}
 	return &pgerr.Error{Code: pgerr.CodeBackendUnavailable, Msg: "could not connect to the tenant's server", Err: err}

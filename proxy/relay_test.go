@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/binary"
 	"io"
+	"math"
 	"net"
 	"testing"
 
@@ -28,6 +29,9 @@ func relaySession(client, server net.Conn) *pinnedSession {
 		bconn: server,
 	}
 	ss.client = &ss.meter
+	// No rate, and never due for a look-up: there is no catalog here.
+	ss.limits = &tenantLimits{}
+	ss.limits.checked.Store(math.MaxInt64)
 	return ss
 }
 

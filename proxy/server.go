@@ -10,6 +10,8 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/tenantproxy/tenantproxy/catalog"
+
 	"go.uber.org/zap"
 
 	"github.com/tenantproxy/tenantproxy/console"
@@ -74,6 +76,8 @@ type Server struct {
 	listeners map[net.Listener]struct{}
 	conns     map[*tracked]struct{}
 	perTenant map[string]int
+	// limits are the limits of every tenant with a slot (limits.go).
+	limits limitsRegistry
 	// times are every tenant's console totals since the proxy started;
 	// entries are never removed (tenants are an operator-made set).
 	times map[string]*tenantTimes
@@ -270,15 +274,20 @@ func (s *Server) isClosing() bool {
 	return s.closing
 }
 
-// takeSlot counts a client of tenant against max (0: no cap).
-func (s *Server) takeSlot(tenant string, max int) bool {
+// takeSlot counts a client of t against max (0: no cap) or t's own
+// client_connections limit, whichever is lower, and returns t's shared
+// limits, held until giveSlot.
+func (s *Server) takeSlot(t *catalog.Tenant, max int) (*tenantLimits, bool) {
+	if own := t.Limits.ClientConnections; own > 0 && (max <= 0 || own < max) {
+		max = own
+	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if max > 0 && s.perTenant[tenant] >= max {
-		return false
+	if max > 0 && s.perTenant[t.Subdomain] >= max {
+		return nil, false
 	}
-	s.perTenant[tenant]++
-	return true
+	s.perTenant[t.Subdomain]++
+	return s.limits.join(t), true
 }
 
 func (s *Server) giveSlot(tenant string) {
@@ -287,6 +296,7 @@ func (s *Server) giveSlot(tenant string) {
 	if s.perTenant[tenant]--; s.perTenant[tenant] <= 0 {
 		delete(s.perTenant, tenant)
 	}
+	s.limits.leave(tenant)
 }
 
 // forwardCancel sends a client's CancelRequest to the server connection

@@ -34,6 +34,10 @@ type pinnedSession struct {
 	// replies are the ReadyForQuery messages the server owes, and the
 	// stand-ins' errors to swap for refusals.
 	replies replyQueue
+	// inTx: the server's latest ReadyForQuery said a transaction block is
+	// open, so the client's next statement starts no transaction of its
+	// own for the tenant's rate (charge).
+	inTx atomic.Bool
 
 	// clientGone: clientToBackend has returned; clientErr is what it
 	// wants the client told, written before clientGone is set.
@@ -119,6 +123,9 @@ func (ss *pinnedSession) forwardClient() clientResult {
 	sc.Whole(pgwire.Query, pgwire.Parse)
 	sc.SetBuffers(&messageBuffers{budget: ss.srv.buffers, copies: sessionCopies})
 	defer sc.Release()
+	// charged: a batch of the extended protocol took its transaction's
+	// token; the next starts at Sync.
+	charged := false
 	for {
 		m, err := sc.Next()
 		if err != nil {
@@ -129,11 +136,18 @@ func (ss *pinnedSession) forwardClient() clientResult {
 			sql := pgwire.Statement(m.Bytes)
 			if reason := ss.srv.policy.Check(sql, ss.rules, policy.SessionMode); reason != "" {
 				err = ss.refuse(&sc, m.Bytes, ss.srv.policy.Explain(sql, reason))
+			} else if over := ss.charge(m.Type, &charged); over != nil {
+				err = ss.refuse(&sc, m.Bytes, over)
 			} else if m.Type == pgwire.Query {
 				ss.replies.push(reply{kind: replyReady})
 				ss.queries.Inc()
 			}
+		case pgwire.Bind:
+			if over := ss.charge(m.Type, &charged); over != nil {
+				err = ss.refuse(&sc, m.Bytes, over)
+			}
 		case pgwire.Sync:
+			charged = false
 			ss.replies.push(reply{kind: replyReady})
 		case pgwire.FunctionCall:
 			// A fast-path call names a function by OID with its arguments
@@ -151,15 +165,32 @@ func (ss *pinnedSession) forwardClient() clientResult {
 	}
 }
 
+// charge takes a token of the tenant's transaction rate when a message of
+// type typ starts a transaction: a Query outside a transaction block, or
+// the first Parse or Bind of a batch there. It returns the error that
+// refuses the message when the tenant is over its rate.
+func (ss *pinnedSession) charge(typ byte, charged *bool) error {
+	if ss.inTx.Load() || (typ != pgwire.Query && *charged) {
+		return nil
+	}
+	*charged = typ != pgwire.Query
+	return ss.srv.admitTransaction(ss.srv.ctx, ss.tenant, ss.limits)
+}
+
 // refuse replaces the current message m by its stand-in.
 func (ss *pinnedSession) refuse(sc *pgwire.Scanner, m []byte, why error) error {
 	if err := sc.Discard(); err != nil {
 		return err
 	}
 	ss.replies.push(reply{kind: replyRefused, refusal: why})
-	if m[0] == pgwire.Parse {
+	switch m[0] {
+	case pgwire.Parse:
 		standIn, _ := standInParse(m)
 		return sc.Write(standIn)
+	case pgwire.Bind:
+		// A named Parse that fails: the server skips the batch to Sync,
+		// and no statement of the client's is touched.
+		return sc.Write(refusedNamedParse)
 	}
 	ss.replies.push(reply{kind: replyReady})
 	return sc.Write(refusedQuery)
@@ -205,6 +236,7 @@ func (ss *pinnedSession) backendToClient() backendResult {
 			continue
 		}
 		status = m.Body()[0]
+		ss.inTx.Store(status != 'I')
 		ss.observe(ss.replies.readyFor(status, nil))
 		if err == nil && status == 'I' {
 			ss.transactions.Inc()

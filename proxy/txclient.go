@@ -203,6 +203,9 @@ func (tx *txSession) acquire(typ byte) error {
 		tx.client.Write(encodeError(tx.killError(), fatal))
 		return tx.killError()
 	}
+	if err := tx.srv.admitTransaction(tx.srv.ctx, tx.tenant, tx.limits); err != nil {
+		return tx.acquireFailed(typ, err)
+	}
 	start := time.Now()
 	c, setup, queries, err := tx.backends.AcquireTx(tx.srv.ctx, tx.target)
 	if err != nil {

@@ -56,6 +56,7 @@ func newRootCommand() *cobra.Command {
 		newBackendCommand(g),
 		newCatalogCommand(g),
 		newTenantCommand(g),
+		newPlanCommand(g),
 		newServeCommand(g),
 		newDemoCommand(g),
 		newChatCommand(g),

@@ -125,6 +125,9 @@ func newTenantShowCommand(g *globals) *cobra.Command {
 				row("max_storage_gb", fmt.Sprint(t.MaxStorageGB))
 				row("features", string(t.Features))
 				row("settings", string(t.Settings))
+				for _, name := range catalog.LimitNames() {
+					row("limit "+name, t.Limits.Value(name)+" ("+t.Limits.Source[name]+")")
+				}
 				row("created_at", t.CreatedAt.Format("2006-01-02 15:04:05 MST"))
 				if t.SubscriptionExpiresAt != nil {
 					row("subscription_expires_at", t.SubscriptionExpiresAt.Format("2006-01-02 15:04:05 MST"))
@@ -141,13 +144,17 @@ func newTenantShowCommand(g *globals) *cobra.Command {
 func newTenantUpdateCommand(g *globals) *cobra.Command {
 	var cf catalogFlags
 	var req catalog.UpdateRequest
-	var features []string
+	var features, limits []string
 	cmd := &cobra.Command{
-		Use:   "update SUBDOMAIN [--plan PLAN] [--feature name=value ...]",
-		Short: "Change a tenant's plan and feature flags, which SQL reads as tenant.plan and tenant.features",
+		Use:   "update SUBDOMAIN [--plan PLAN] [--feature name=value ...] [--limit name=value ...]",
+		Short: "Change a tenant's plan, feature flags and limits",
 		Long: `Changes a tenant's plan (with the max_users and max_storage_gb the plan
-implies) and merges feature flags into its features. A flag's value is
-true, false, a number, or else a string ("\"true\"" for the string true).
+implies), merges feature flags into its features, and sets its own limits
+over its plan's. A flag's value is true, false, a number, or else a string
+("\"true\"" for the string true). A limit is name=value with name one of
+` + strings.Join(catalog.LimitNames(), ", ") + `;
+durations in PostgreSQL's syntax (30s, 5min), 0 for none, and name= (empty)
+to drop the tenant's own value so its plan's applies again.
 
 Its tier stays as it is even when the new plan implies another: moving a
 tenant between tiers moves its data, and is the tenant mobility work's,
@@ -158,8 +165,12 @@ current_setting('tenant.plan') and current_setting('tenant.features');
 sessions already open keep the values they started with.`,
 		Args: cobra.ExactArgs(1),
 		RunE: cf.withCatalog(g, func(cmd *cobra.Command, args []string, c *catalog.Catalog) error {
-			if req.Plan == "" && len(features) == 0 {
-				return fmt.Errorf("nothing to update: give --plan or --feature")
+			if req.Plan == "" && len(features) == 0 && len(limits) == 0 {
+				return fmt.Errorf("nothing to update: give --plan, --feature or --limit")
+			}
+			var err error
+			if req.Limits, err = parseLimits(limits); err != nil {
+				return err
 			}
 			req.Features = make(map[string]any, len(features))
 			for _, f := range features {
@@ -175,7 +186,7 @@ sessions already open keep the values they started with.`,
 			}
 			out := cmd.OutOrStdout()
 			return cf.emit(out, t, func() error {
-				_, err := fmt.Fprintf(out, "tenant %s updated: plan %s, features %s\n", t.Subdomain, t.Plan, t.Features)
+				_, err := fmt.Fprintf(out, "tenant %s updated: plan %s, features %s, limits %s\n", t.Subdomain, t.Plan, t.Features, describeLimits(t.Limits))
 				return err
 			})
 		}),
@@ -185,7 +196,30 @@ sessions already open keep the values they started with.`,
 	f := cmd.Flags()
 	f.StringVar(&req.Plan, "plan", "", "the new plan: free, trial, standard, pro or enterprise (the tier stays)")
 	f.StringArrayVar(&features, "feature", nil, "a feature flag as name=value; repeatable")
+	f.StringArrayVar(&limits, "limit", nil, "a limit as name=value (name= drops the tenant's own); repeatable")
 	return cmd
+}
+
+// parseLimits reads repeated --limit flags.
+func parseLimits(flags []string) (map[string]*float64, error) {
+	limits := make(map[string]*float64, len(flags))
+	for _, l := range flags {
+		name, value, err := catalog.ParseLimit(l)
+		if err != nil {
+			return nil, err
+		}
+		limits[name] = value
+	}
+	return limits, nil
+}
+
+// describeLimits is one line of name=value (source).
+func describeLimits(l catalog.Limits) string {
+	parts := make([]string, 0, len(l.Source))
+	for _, name := range catalog.LimitNames() {
+		parts = append(parts, fmt.Sprintf("%s=%s (%s)", name, l.Value(name), l.Source[name]))
+	}
+	return strings.Join(parts, ", ")
 }
 
 // newTenantStatusCommand builds suspend and resume, which differ only in the
