@@ -56,6 +56,9 @@ func newFixture(b *testing.B, poolMax int, poolMode string) *fixture {
 	if err != nil {
 		b.Fatal(err)
 	}
+	if _, err := cat.Update(ctx, "acme", catalog.UpdateRequest{Limits: catalog.NoLimits()}); err != nil {
+		b.Fatal(err)
+	}
 	be, err := cat.Backend(ctx, c.Tenant.Backend)
 	if err != nil {
 		b.Fatal(err)

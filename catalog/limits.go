@@ -77,6 +77,16 @@ var planLimits = map[string]map[string]float64{
 	PlanEnterprise: {LimitStorageMB: 2000 * 1024},
 }
 
+// NoLimits sets every limit of a tenant to 0 (none), for benchmarks that
+// measure the proxy rather than a plan: UpdateRequest{Limits: NoLimits()}.
+func NoLimits() map[string]*float64 {
+	out := make(map[string]*float64, len(limitKinds))
+	for name := range limitKinds {
+		out[name] = new(float64)
+	}
+	return out
+}
+
 // Limits are a tenant's effective limits; zero means none.
 type Limits struct {
 	ClientConnections        int
