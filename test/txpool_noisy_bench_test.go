@@ -26,7 +26,7 @@ import (
 // SELECT 1 (one query every 5 ms for 3 s) alone, then beside a noisy
 // tenant of the same pool running 64 clients flat out (a ~2 ms CPU-bound
 // query each), in transaction mode with 20 server connections: without a
-// per-tenant cap, and with the noisy tenant capped at 1 and 2 held server
+// cap beyond the default half of the pool, and with the noisy tenant capped at 1 and 2 held server
 // connections (Config.MaxConnsPerTenant). Run with
 //
 //	go test -run '^$' -bench TxPoolNoisyNeighbour -benchtime 1x -count 3 ./test/
@@ -35,7 +35,7 @@ import (
 // work kept its load average between 4 and 20, so baselines vary; quiet
 // p99 alone -> beside the noisy tenant, three runs each:
 //
-//	cap=none  0.34->43.0  0.41->30.1  0.52->31.4  1.43->25.6  2.07->40.8 ms  (18x-128x)
+//	cap=half  0.34->43.0  0.41->30.1  0.52->31.4  1.43->25.6  2.07->40.8 ms  (18x-128x)
 //	cap=1     1.86->1.81  0.40->1.11  0.50->1.66 ms                          (1.0x-3.3x; noisy ~560 tps)
 //	cap=2     0.49->1.94  0.48->0.99  0.47->2.73  2.94->4.07  2.05->1.16 ms  (0.6x-5.8x; noisy ~1,000 tps)
 //
