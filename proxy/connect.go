@@ -205,16 +205,16 @@ func (s *Server) initBase(b *sessionBase, c *clientConn, t *catalog.Tenant, tl *
 		// the tenant out, nor widen what it may do.
 		s.log.Warn("tenant policy settings ignored", zap.String("tenant", t.Subdomain), zap.Error(err))
 	}
+	b.times = s.timesOf(t.Subdomain)
 	b.meter = meteredConn{Conn: c.conn,
-		received: s.metrics.clientReceived.WithLabelValues(t.Subdomain),
-		sent:     s.metrics.clientSent.WithLabelValues(t.Subdomain)}
+		received: tallied{s.metrics.clientReceived.WithLabelValues(t.Subdomain), &b.times.bytesIn},
+		sent:     tallied{s.metrics.clientSent.WithLabelValues(t.Subdomain), &b.times.bytesOut}}
 	b.srv, b.client, b.rules = s, &b.meter, rules
 	b.tenant, b.user, b.started, b.limits = t.Subdomain, id.User, time.Now(), tl
 	b.maxMsg = lv.cfg.MaxMessageSize
-	b.queries = s.metrics.queries.WithLabelValues(t.Subdomain)
-	b.transactions = s.metrics.transactions.WithLabelValues(t.Subdomain)
+	b.queries = tallied{s.metrics.queries.WithLabelValues(t.Subdomain), &b.times.stmts}
+	b.transactions = tallied{s.metrics.transactions.WithLabelValues(t.Subdomain), &b.times.xacts}
 	b.queryTime, b.txTime = s.metrics.queryDuration, s.metrics.txDuration
-	b.times = s.timesOf(t.Subdomain)
 }
 
 // timesOf is tenant's entry of the console's totals, made on first use.

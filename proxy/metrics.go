@@ -108,6 +108,9 @@ type tenantTimes struct {
 	// assignments counts server connections bound to a client: one per
 	// session-mode session, one per transaction in transaction mode.
 	assignments atomic.Uint64
+	// The tenant's usage (Server.Usage), counted with its metrics
+	// (tallied).
+	xacts, stmts, bytesIn, bytesOut atomic.Uint64
 }
 
 // assigned counts a server connection bound after waiting since start.

@@ -78,6 +78,9 @@ type Server struct {
 	perTenant map[string]int
 	// limits are the limits of every tenant with a slot (limits.go).
 	limits limitsRegistry
+	// peaks are the most clients each tenant held at once since the last
+	// Usage call.
+	peaks map[string]int
 	// times are every tenant's console totals since the proxy started;
 	// entries are never removed (tenants are an operator-made set).
 	times map[string]*tenantTimes
@@ -125,7 +128,7 @@ func New(cfg Config, dir router.Directory, backends Backends) (*Server, error) {
 		backends: backends, metrics: m, cancels: newCancelKeys(cfg.PeerID), throttle: newLoginThrottle(),
 		buffers: buffers, console: cfg.Console, gates: newTenantGates(),
 		dummyKey: key, unix: cfg.UnixSocket, ctx: ctx, cancel: cancel,
-		listeners: make(map[net.Listener]struct{}), conns: make(map[*tracked]struct{}), perTenant: make(map[string]int),
+		listeners: make(map[net.Listener]struct{}), conns: make(map[*tracked]struct{}), perTenant: make(map[string]int), peaks: make(map[string]int),
 		times: make(map[string]*tenantTimes),
 	}
 	s.peers = newPeering(cfg.PeerID, cfg.Peers)
@@ -274,19 +277,20 @@ func (s *Server) isClosing() bool {
 	return s.closing
 }
 
-// takeSlot counts a client of t against max (0: no cap) or t's own
+// takeSlot counts a client of t against limit (0: no cap) or t's own
 // client_connections limit, whichever is lower, and returns t's shared
 // limits, held until giveSlot.
-func (s *Server) takeSlot(t *catalog.Tenant, max int) (*tenantLimits, bool) {
-	if own := t.Limits.ClientConnections; own > 0 && (max <= 0 || own < max) {
-		max = own
+func (s *Server) takeSlot(t *catalog.Tenant, limit int) (*tenantLimits, bool) {
+	if own := t.Limits.ClientConnections; own > 0 && (limit <= 0 || own < limit) {
+		limit = own
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if max > 0 && s.perTenant[t.Subdomain] >= max {
+	if limit > 0 && s.perTenant[t.Subdomain] >= limit {
 		return nil, false
 	}
 	s.perTenant[t.Subdomain]++
+	s.peaks[t.Subdomain] = max(s.peaks[t.Subdomain], s.perTenant[t.Subdomain])
 	return s.limits.join(t), true
 }
 

@@ -57,6 +57,7 @@ func newRootCommand() *cobra.Command {
 		newCatalogCommand(g),
 		newTenantCommand(g),
 		newPlanCommand(g),
+		newUsageCommand(g),
 		newServeCommand(g),
 		newDemoCommand(g),
 		newChatCommand(g),

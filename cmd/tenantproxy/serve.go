@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net/http"
 	"os"
 	"os/signal"
 	"sync/atomic"
@@ -20,6 +21,7 @@ import (
 	"github.com/tenantproxy/tenantproxy/canary"
 	"github.com/tenantproxy/tenantproxy/catalog"
 	"github.com/tenantproxy/tenantproxy/console"
+	"github.com/tenantproxy/tenantproxy/metering"
 	"github.com/tenantproxy/tenantproxy/policy"
 	"github.com/tenantproxy/tenantproxy/pool"
 	"github.com/tenantproxy/tenantproxy/proxy"
@@ -75,6 +77,8 @@ type serveFlags struct {
 
 	// isolationInterval is serve's alone: the demo does not run the canary.
 	isolationInterval time.Duration
+	// usageInterval is how often serve flushes usage to the catalog.
+	usageInterval time.Duration
 }
 
 func (f *serveFlags) register(fs *pflag.FlagSet, defaultAuth string) {
@@ -187,12 +191,13 @@ func buildServeCommand(g *globals) (*cobra.Command, *serveFlags) {
 			// catalog's last known state.
 			reg := newRegistry()
 			var serving atomic.Bool
+			var opened atomic.Pointer[catalog.Catalog]
 			adm, err := startAdmin(g, f, reg, func(context.Context) error {
 				if !serving.Load() {
 					return errors.New("the tenant catalog has not been reached yet")
 				}
 				return nil
-			})
+			}, usageAPI(&opened))
 			if err != nil {
 				return err
 			}
@@ -202,6 +207,7 @@ func buildServeCommand(g *globals) (*cobra.Command, *serveFlags) {
 				return err
 			}
 			defer cat.Close()
+			opened.Store(cat)
 			// The console's SHUTDOWN drains as SIGTERM does; its RELOAD
 			// takes SIGHUP's path. Until runProxy handles SIGHUP, one
 			// must not end the process (its default action).
@@ -228,15 +234,36 @@ func buildServeCommand(g *globals) (*cobra.Command, *serveFlags) {
 				}
 				defer stop()
 			}
+			stopMeter := metering.New(srv.Usage, cat, meterInstance(f.peerID), g.logger).Start(f.usageInterval)
 			lc := &liveConfig{g: g, srv: srv, mgr: mgr, applied: settingsOf(cmd.Flags()), read: reloader(cmd, g)}
-			return runProxy(ctx, g, f, srv, adm, served, lc.reload)
+			err = runProxy(ctx, g, f, srv, adm, served, lc.reload)
+			// Drained: what the last sessions did is counted.
+			if ferr := stopMeter(10 * time.Second); ferr != nil {
+				g.logger.Error("usage since the last flush is lost: the final flush failed", zap.Error(ferr))
+			}
+			return err
 		},
 	}
 	f.catalog.register(cmd)
 	f.register(cmd.Flags(), proxy.AuthSCRAM)
+	cmd.Flags().DurationVar(&f.usageInterval, "usage-flush-interval", 10*time.Second,
+		"flush tenants' usage (transactions, statements, server time, bytes, peak connections) to the catalog this often, and once more after draining on SIGTERM; a crash loses at most this much; 0 flushes only at shutdown")
 	cmd.Flags().DurationVar(&f.isolationInterval, "isolation-check-interval", 0,
 		"run the isolation canary through the proxy this often (violations log as critical and count in tenantproxy_isolation_violations_total); 0 disables")
 	return cmd, f
+}
+
+// meterInstance names this process's usage rows: the host, and the peer
+// id when instances share one.
+func meterInstance(peerID int) string {
+	host, err := os.Hostname()
+	if err != nil {
+		host = "unknown"
+	}
+	if peerID != 0 {
+		return fmt.Sprintf("%s/%d", host, peerID)
+	}
+	return host
 }
 
 // startCanary runs the isolation canary against the proxy's first listen
@@ -294,7 +321,9 @@ func newRegistry() *prometheus.Registry {
 // while the catalog answers. The caller owns the returned pieces; adm is
 // nil when --admin-listen is empty.
 func startProxy(g *globals, f *serveFlags, cat *catalog.Catalog, reg *prometheus.Registry, hooks consoleHooks) (*proxy.Server, *admin.Server, *pool.Manager, error) {
-	adm, err := startAdmin(g, f, reg, cat.Ping)
+	var opened atomic.Pointer[catalog.Catalog]
+	opened.Store(cat)
+	adm, err := startAdmin(g, f, reg, cat.Ping, usageAPI(&opened))
 	if err != nil {
 		return nil, nil, nil, err
 	}
@@ -307,11 +336,11 @@ func startProxy(g *globals, f *serveFlags, cat *catalog.Catalog, reg *prometheus
 }
 
 // startAdmin starts the admin listener (nil when --admin-listen is empty).
-func startAdmin(g *globals, f *serveFlags, reg *prometheus.Registry, ready admin.Ready) (*admin.Server, error) {
+func startAdmin(g *globals, f *serveFlags, reg *prometheus.Registry, ready admin.Ready, extra map[string]http.Handler) (*admin.Server, error) {
 	if f.adminListen == "" {
 		return nil, nil
 	}
-	adm, err := admin.Start(f.adminListen, reg, ready, g.logger, nil)
+	adm, err := admin.Start(f.adminListen, reg, ready, g.logger, extra)
 	if err != nil {
 		return nil, fmt.Errorf("admin listener: %w", err)
 	}

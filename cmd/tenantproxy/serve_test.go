@@ -46,22 +46,7 @@ func TestServeReloadsConfigOnSIGHUPAndDrainsOnStop(t *testing.T) {
 	}()
 
 	clientDSN := "postgres://alice.acme:correct-horse@" + listen + "/chat?sslmode=disable"
-	var first *pgx.Conn
-	deadline := time.Now().Add(30 * time.Second)
-	for {
-		var err error
-		if first, err = pgx.Connect(ctx, clientDSN); err == nil {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("serve never accepted a client: %v", err)
-		}
-		select {
-		case err := <-done:
-			t.Fatalf("serve exited: %v", err)
-		case <-time.After(100 * time.Millisecond):
-		}
-	}
+	first := waitForProxy(t, clientDSN, done)
 	defer first.Close(ctx)
 	resp, err := http.Get("http://" + adminAddr + "/readyz")
 	if err != nil || resp.StatusCode != http.StatusOK {
@@ -78,7 +63,7 @@ func TestServeReloadsConfigOnSIGHUPAndDrainsOnStop(t *testing.T) {
 	writeConfig("1")
 	syscall.Kill(os.Getpid(), syscall.SIGHUP)
 	var pgErr *pgconn.PgError
-	deadline = time.Now().Add(10 * time.Second)
+	deadline := time.Now().Add(10 * time.Second)
 	for {
 		c, err := pgx.Connect(ctx, clientDSN)
 		if err == nil {
