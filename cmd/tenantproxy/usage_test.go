@@ -41,7 +41,9 @@ func TestUsageCountsEveryTransactionAcrossARestart(t *testing.T) {
 		}
 		ctx, cancel := context.WithCancel(context.Background())
 		done := make(chan error, 1)
-		go func() { done <- run(ctx, []string{"serve", "--config", config, "--log-level", "warn"}, io.Discard, io.Discard) }()
+		go func() {
+			done <- run(ctx, []string{"serve", "--config", config, "--log-level", "warn"}, io.Discard, io.Discard)
+		}()
 		conn := waitForProxy(t, "postgres://alice.acme:correct-horse@"+listen+"/chat?sslmode=disable", done)
 		n := 25 + 10*i
 		for j := range n {
