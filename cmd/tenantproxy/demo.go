@@ -9,6 +9,8 @@ import (
 	"strings"
 	"time"
 
+	"github.com/tenantproxy/tenantproxy/metering"
+
 	"github.com/jackc/pgx/v5"
 	"github.com/spf13/cobra"
 	"go.uber.org/zap"
@@ -110,6 +112,8 @@ func demo(ctx context.Context, g *globals, f *serveFlags, out io.Writer) (err er
 		return err
 	}
 	defer mgr.Close()
+	// `tenantproxy usage` against the demo's catalog shows what was used.
+	defer metering.New(srv.Usage, cat, "demo", g.logger).Start(10 * time.Second)(5 * time.Second)
 	served := make(chan error, 1)
 	go func() { served <- srv.Serve(l) }()
 
@@ -213,6 +217,7 @@ func printDemo(out io.Writer, cluster *pgcluster.Cluster, cat demoCatalog, addr 
 	b.WriteString("\nEvery CLI command works on this demo's catalog (its secrets key included), e.g.:\n")
 	fmt.Fprintf(&b, "  export TENANTPROXY_CATALOG_DSN='%s' TENANTPROXY_SECRETS_KEY='%s'\n", cat.dsn, cat.key)
 	b.WriteString("  go run ./cmd/tenantproxy tenant list\n  go run ./cmd/tenantproxy migrate status\n")
+	b.WriteString("  go run ./cmd/tenantproxy tenant update acme --limit transactions_per_second=50\n  go run ./cmd/tenantproxy usage    (flushed every 10 s)\n")
 	b.WriteString("\nCtrl-C stops the demo and removes everything.\n")
 	io.WriteString(out, b.String())
 }
