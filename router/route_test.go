@@ -65,8 +65,8 @@ func TestRoutePerTier(t *testing.T) {
 		// routeFails: Tenant admits it, Route refuses it with wantErrorCode.
 		routeFails bool
 	}{
-		{sub: "free", wantAddr: "127.0.0.1:5432", wantDB: "shared", wantUser: "serve", wantPassword: "pw", wantSetup: []string{"SET app.tenant_id = '11'", "SET tenant.plan = 'free'", `SET tenant.features = '{"sso": false, "note": "it''s"}'`}},
-		{sub: "pro", wantAddr: "127.0.0.1:5432", wantDB: "schemas", wantUser: "serve", wantPassword: "pw", wantSetup: []string{`SET ROLE "tenant_pro"`, `SET search_path = "tenant_pro"`,
+		{sub: "free", wantAddr: "127.0.0.1:5432", wantDB: "shared", wantUser: "serve", wantPassword: "pw", wantSetup: []string{"SET app.tenant_id = '11'", `SET search_path = "$user", public, tenantproxy_ns, pg_catalog`, "SET tenant.plan = 'free'", `SET tenant.features = '{"sso": false, "note": "it''s"}'`}},
+		{sub: "pro", wantAddr: "127.0.0.1:5432", wantDB: "schemas", wantUser: "serve", wantPassword: "pw", wantSetup: []string{`SET ROLE "tenant_pro"`, `SET search_path = "tenant_pro", tenantproxy_ns, pg_catalog`,
 			"SET tenant.plan = 'pro'", "SET tenant.features = '{}'"}},
 		// The database tier logs in as its own role, never as the
 		// serving role, even before it has one.
