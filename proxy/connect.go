@@ -144,6 +144,7 @@ func (s *Server) connect(ctx context.Context, c *clientConn, lv *live, t *catalo
 	if poolModeOf(t, lv.cfg.PoolMode) == PoolTransaction {
 		tx := &txSession{idleTx: idleInTx{limit: lv.cfg.IdleInTransactionTimeout}}
 		s.initBase(&tx.sessionBase, c, t, id, lv)
+		tx.channels = rt.Channels
 		return tx, s.connectTx(ctx, c, tx, target)
 	}
 	// The session's server connection is the tenant's for its whole life:
@@ -158,6 +159,7 @@ func (s *Server) connect(ctx context.Context, c *clientConn, lv *live, t *catalo
 	}
 	ps := &pinnedSession{}
 	s.initBase(&ps.sessionBase, c, t, id, lv)
+	ps.channels = rt.Channels
 	return ps, s.connectPinned(ctx, c, ps, target)
 }
 

@@ -129,7 +129,9 @@ func (ss *pinnedSession) forwardClient() clientResult {
 			sql := pgwire.Statement(m.Bytes)
 			if reason := ss.srv.policy.Check(sql, ss.rules, policy.SessionMode); reason != "" {
 				err = ss.refuse(&sc, m.Bytes, ss.srv.policy.Explain(sql, reason))
-			} else if m.Type == pgwire.Query {
+			} else if out, why := ss.channelsOf(m.Bytes); why != nil {
+				err = ss.refuse(&sc, m.Bytes, why)
+			} else if err = replace(&sc, m.Bytes, out); err == nil && m.Type == pgwire.Query {
 				ss.replies.push(reply{kind: replyReady})
 				ss.queries.Inc()
 			}
@@ -184,7 +186,7 @@ func (ss *pinnedSession) backendToClient() backendResult {
 	src := bufio.NewReaderSize(ss.bconn, relayBufSize)
 	var sc pgwire.Scanner
 	sc.Reset(src, ss.client)
-	sc.Whole(pgwire.ReadyForQuery, pgwire.ErrorResponse)
+	sc.Whole(pgwire.ReadyForQuery, pgwire.ErrorResponse, pgwire.NotificationResponse)
 	status, last := byte('I'), byte(0)
 	for {
 		m, err := sc.Next()
@@ -195,6 +197,12 @@ func (ss *pinnedSession) backendToClient() backendResult {
 			continue
 		}
 		last = m.Type
+		if m.Type == pgwire.NotificationResponse && ss.channels != "" {
+			if err := relayNotification(&sc, m.Bytes, ss.channels); err != nil {
+				return backendResult{own: true, err: err}
+			}
+			continue
+		}
 		if m.Type == pgwire.ErrorResponse {
 			if _, err := swapRefusal(&sc, &ss.replies, m.Bytes); err != nil {
 				return backendResult{own: true, err: err}
