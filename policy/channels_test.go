@@ -3,6 +3,8 @@ package policy
 import (
 	"strings"
 	"testing"
+
+	pg_query "github.com/pganalyze/pg_query_go/v6"
 )
 
 // TestChannelsRewritesOnlyChannelStatements: the channel of LISTEN,
@@ -39,4 +41,51 @@ func TestChannelsRewritesOnlyChannelStatements(t *testing.T) {
 	if got, err := p.Channels([]byte("LISTEN "+strings.Repeat("c", 46)), prefix); err != nil || len(got) == 0 {
 		t.Errorf("Channels of a 46-byte channel: %q, %v; want it rewritten", got, err)
 	}
+}
+
+// FuzzChannels: whatever text the policy allows, Channels leaves a text
+// that parses into the same number of statements, in which every
+// channel a LISTEN, UNLISTEN or NOTIFY names is in the namespace.
+func FuzzChannels(f *testing.F) {
+	for _, s := range []string{
+		"LISTEN jobs", `NOTIFY "a""b", 'x'`, "SELECT 1; UNLISTEN x; NOTIFY y", `LISTEN U&"\0061"`,
+		"/* LISTEN */ SELECT 'NOTIFY x'", "NOTIFY jobs, E'\\''", "SELECT pg_notify('a', 'b')",
+	} {
+		f.Add(s)
+	}
+	const prefix = "0123456789abcdef."
+	p := New()
+	f.Fuzz(func(t *testing.T, sql string) {
+		if p.Check([]byte(sql), Rules{}, SessionMode) != "" {
+			return
+		}
+		out, err := p.Channels([]byte(sql), prefix)
+		if err != nil || out == nil {
+			return
+		}
+		before, err1 := pg_query.Parse(sql)
+		after, err2 := pg_query.Parse(string(out))
+		if err1 != nil || err2 != nil || len(before.Stmts) != len(after.Stmts) {
+			t.Fatalf("Channels(%q) = %q: parses %v, %v", sql, out, err1, err2)
+		}
+		for _, s := range after.Stmts {
+			var channel string
+			switch n := s.Stmt.GetNode().(type) {
+			case *pg_query.Node_ListenStmt:
+				channel = n.ListenStmt.Conditionname
+			case *pg_query.Node_UnlistenStmt:
+				channel = n.UnlistenStmt.Conditionname
+				if channel == "" {
+					continue
+				}
+			case *pg_query.Node_NotifyStmt:
+				channel = n.NotifyStmt.Conditionname
+			default:
+				continue
+			}
+			if !strings.HasPrefix(channel, prefix) {
+				t.Fatalf("Channels(%q) = %q: channel %q outside the namespace", sql, out, channel)
+			}
+		}
+	})
 }
