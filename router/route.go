@@ -201,6 +201,30 @@ func (r *Resolver) Route(ctx context.Context, t *catalog.Tenant) (*Route, error)
 // current_schema() and where CREATE puts objects do not change.
 const namespacePath = migrations.NamespaceSchema + ", pg_catalog"
 
+// StartupSettings returns settings, a client's start-up settings, with
+// namespacePath added to the end of a search_path it names in the tiers
+// that have one (Channels set): the client's schemas come first, as it
+// asked, and its advisory locks and channels stay its own. A path that
+// names pg_catalog before them gets pg_catalog's functions, which
+// PostgreSQL denies there (migrations.Harden). settings is not modified.
+func (rt *Route) StartupSettings(settings []Setting) []Setting {
+	if rt.Channels == "" {
+		return settings
+	}
+	out := make([]Setting, len(settings))
+	for i, s := range settings {
+		if strings.EqualFold(s.Name, "search_path") {
+			if strings.TrimSpace(s.Value) == "" {
+				s.Value = namespacePath
+			} else {
+				s.Value += ", " + namespacePath
+			}
+		}
+		out[i] = s
+	}
+	return out
+}
+
 // Settings under TenantSettingPrefix carry the tenant's plan and feature
 // flags to SQL, for apps and row-level policies to gate on; the policy
 // refuses every change to them, so they are as read-only as the tenant

@@ -146,3 +146,21 @@ func TestQuoting(t *testing.T) {
 		t.Errorf("QuoteLiteral = %s", got)
 	}
 }
+
+// TestStartupSearchPathKeepsTheNamespace: a search_path given at
+// connection start keeps the tenant's lock and channel functions after
+// the client's schemas, where the tier has them.
+func TestStartupSearchPathKeepsTheNamespace(t *testing.T) {
+	in := []Setting{{Name: "application_name", Value: "x"}, {Name: "search_path", Value: "app, public"}, {Name: "SEARCH_PATH", Value: " "}}
+	got := (&Route{Channels: "0123456789abcdef."}).StartupSettings(in)
+	want := []Setting{{Name: "application_name", Value: "x"}, {Name: "search_path", Value: "app, public, tenantproxy_ns, pg_catalog"}, {Name: "SEARCH_PATH", Value: "tenantproxy_ns, pg_catalog"}}
+	if !slices.Equal(got, want) {
+		t.Errorf("StartupSettings = %v; want %v", got, want)
+	}
+	if in[1].Value != "app, public" {
+		t.Errorf("StartupSettings changed its argument: %v", in)
+	}
+	if got := (&Route{}).StartupSettings(in); !slices.Equal(got, in) {
+		t.Errorf("database tier StartupSettings = %v; want them unchanged", got)
+	}
+}

@@ -156,6 +156,20 @@ func TestIsolationLocksAndChannelsPerTenant(t *testing.T) {
 			expectNotes(t, a, la.marked(t, "simple", "a-marker"), "jobs=job-session", "jobs=job-transaction", "jobs=a-marker")
 			expectNotes(t, b, lb.marked(t, "simple", "b-marker"), "jobs=b-marker")
 		})
+		t.Run(string(p.tier)+"/search_path given at connection start", func(t *testing.T) {
+			a1 := e.pgconn(t, a)
+			mustRun(t, a1, "simple", "SELECT pg_advisory_lock(7)")
+			path := "public"
+			if p.tier == catalog.TierSchema {
+				path = e.objectName(t, a)
+			}
+			for _, mode := range poolModes {
+				a2 := e.pgconnIn(t, mode, a, "options=-c%20search_path%3D"+path)
+				expectRow(t, a2, "simple", "SELECT pg_try_advisory_xact_lock(7)", "f", a+"'s lock 7 from a session that set search_path at start ("+mode+" mode)")
+				expectRow(t, e.pgconnIn(t, mode, b, "options=-c%20search_path%3Dpublic"), "simple", "SELECT pg_try_advisory_xact_lock(7)", "t",
+					b+"'s own lock 7 from a session that set search_path at start ("+mode+" mode)")
+			}
+		})
 		t.Run(string(p.tier)+"/no way into another tenant's space", func(t *testing.T) {
 			la := e.listenerIn(t, proxy.PoolSession, a)
 			mustRun(t, la.conn, "simple", "LISTEN jobs")
