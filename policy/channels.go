@@ -71,8 +71,16 @@ func (p *Policy) Channels(sql []byte, prefix string) ([]byte, *pgerr.Error) {
 	}
 	if f, ok := p.cached(sql); ok && !f.channels {
 		return nil, nil
+	} else if !ok {
+		// Not cached: text the lexical pass allowed (an INSERT of a
+		// message saying "listen", up to any size), which has none of
+		// them, or facts evicted since Check, which a parse brings back.
+		if v, _, _ := fast(sql); v == fastSafe || len(sql) > MaxParsedStatement {
+			return nil, nil
+		}
 	}
 	res, err := pg_query.Parse(string(sql))
+	p.parses.Add(1)
 	if err != nil {
 		return nil, nil
 	}

@@ -89,3 +89,20 @@ func FuzzChannels(f *testing.F) {
 		}
 	})
 }
+
+// TestChannelsParsesNoPlainDML: DML the lexical pass allows is never
+// parsed for its channels, however often the words appear in it.
+func TestChannelsParsesNoPlainDML(t *testing.T) {
+	p := New()
+	sql := []byte("INSERT INTO messages (body) VALUES ('please LISTEN and NOTIFY " + strings.Repeat("x", 2<<20) + "')")
+	if p.Check(sql, Rules{}, SessionMode) != "" {
+		t.Fatal("the INSERT was refused")
+	}
+	before := p.parses.Load()
+	if out, err := p.Channels(sql, "0123456789abcdef."); out != nil || err != nil {
+		t.Errorf("Channels = %.40q, %v; want nothing to rewrite", out, err)
+	}
+	if p.parses.Load() != before {
+		t.Error("Channels parsed plain DML")
+	}
+}
