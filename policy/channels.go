@@ -66,7 +66,7 @@ func (p *Policy) Channels(sql []byte, prefix string) ([]byte, *pgerr.Error) {
 	// LISTEN, UNLISTEN and NOTIFY are keywords, which no quoting or
 	// escape can spell: a text without the words has none of them, and
 	// most texts end here, at the cost of a scan.
-	if !containsFold(sql, "listen") && !containsFold(sql, "notify") {
+	if !hasChannelWord(sql) {
 		return nil, nil
 	}
 	if f, ok := p.cached(sql); ok && !f.channels {
@@ -134,4 +134,22 @@ func channelSQL(n *pg_query.Node, prefix string) (stmt string, ok bool) {
 		stmt += ", " + router.QuoteLiteral(payload)
 	}
 	return stmt, true
+}
+
+// hasChannelWord reports whether sql contains "listen" or "notify" in any
+// case, in one pass.
+func hasChannelWord(sql []byte) bool {
+	for i := 0; i+6 <= len(sql); i++ {
+		switch sql[i] | 0x20 {
+		case 'l':
+			if hasPrefixFold(sql[i+1:], "isten") {
+				return true
+			}
+		case 'n':
+			if hasPrefixFold(sql[i+1:], "otify") {
+				return true
+			}
+		}
+	}
+	return false
 }
