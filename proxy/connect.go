@@ -133,7 +133,7 @@ func (s *Server) connect(ctx context.Context, c *clientConn, lv *live, t *catalo
 	}
 	// PostgreSQL applies the "-c" options first and the other parameters
 	// after them, so a parameter wins over an option of the same name.
-	extra, err := policy.SessionSettings(append(id.Settings, startupSettings(p)...))
+	extra, err := policy.SessionSettings(rt.StartupSettings(append(id.Settings, startupSettings(p)...)))
 	if err != nil {
 		return nil, err
 	}
