@@ -25,9 +25,10 @@ import (
 // boundary and what no client can change (the policy refuses SET ROLE
 // and changes of the tenant setting in every form): the role the proxy
 // SET in the schema tier, else the tenant setting of the shared tier.
-// The proxy computes the same namespace from the catalog (TierNamespace
-// callers in router) to rewrite LISTEN, UNLISTEN and NOTIFY statements and
-// to strip the prefix from the notifications its clients receive.
+// router.Route computes the same namespace from the catalog, and the
+// proxy its ChannelPrefix, to rewrite LISTEN, UNLISTEN and NOTIFY
+// statements and to strip the prefix from the notifications its clients
+// receive.
 const NamespaceSchema = "tenantproxy_ns"
 
 // ChannelPrefixLen is the length of every ChannelPrefix: 16 hex digits
