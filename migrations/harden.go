@@ -41,7 +41,8 @@ import (
 // (shared tier) could be counted. PostgreSQL applies no row security to
 // its catalogs, so only column privileges can hide them; every other
 // column stays readable, which is all psql's meta-commands and ORMs'
-// introspection read.
+// introspection read. In their place, each tenant gets advisory locks and
+// channels of its own (namespace.go).
 func Harden(ctx context.Context, conn *pgx.Conn, shared bool) error {
 	stmts := []string{
 		// pg_settings' UPDATE rule calls set_config: SET under another
@@ -57,6 +58,7 @@ func Harden(ctx context.Context, conn *pgx.Conn, shared bool) error {
 			hardenFunctionsLike(`'pg\_advisory\_%', 'pg\_try\_advisory\_%', 'pg\_notify', 'pg\_relation\_size', 'pg\_total\_relation\_size', 'pg\_table\_size', 'pg\_indexes\_size', 'pg\_stat\_get\_%'`, "pg_read_all_stats"),
 			hardenColumns("pg_class", `'reltuples', 'relpages', 'relallvisible'`, "pg_read_all_stats"),
 		)
+		stmts = append(stmts, namespaceStmts()...)
 	}
 	for _, s := range stmts {
 		if _, err := conn.Exec(ctx, s); err != nil {

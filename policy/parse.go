@@ -62,6 +62,10 @@ type facts struct {
 	// syntax is the parser's error for text it rejects, kept so the
 	// client hears a syntax error as the server would report it.
 	syntax *parser.Error
+	// channels is set when a statement of the text is LISTEN, UNLISTEN
+	// or NOTIFY, whose channel the proxy rewrites into the tenant's
+	// namespace (Policy.Channels).
+	channels bool
 	// extensions are the names of the text's CREATE EXTENSION IF NOT
 	// EXISTS statements, which Policy.Check allows only for the names the
 	// operator listed (NewWith).
@@ -155,6 +159,15 @@ func analyzeBody(sql string, level int) *facts {
 			f.txn = txnModeStatement(s.Stmt)
 		}
 		a.statement(s.Stmt)
+		if level == 0 && channelStatement(s.Stmt) {
+			// Nothing in them to walk, and walk refuses them where the
+			// proxy cannot rewrite them; transaction mode's verdict on
+			// LISTEN is walk's to give otherwise.
+			if l := s.Stmt.GetListenStmt(); l != nil && f.txn == "" {
+				f.txn = txnModeNode(l)
+			}
+			continue
+		}
 		a.walk(s.Stmt.ProtoReflect())
 	}
 	return f
@@ -208,7 +221,13 @@ func (a *analyzer) statement(n *pg_query.Node) {
 		}
 		a.statement(c.Query)
 	case *pg_query.Node_ListenStmt, *pg_query.Node_UnlistenStmt, *pg_query.Node_NotifyStmt:
-		a.f.need(classDatabaseWide, "LISTEN/NOTIFY is refused for this tenant: channel names are shared by every tenant of the database")
+		if a.level > 0 {
+			a.f.need(classDatabaseWide, reasonNestedChannel)
+			return
+		}
+		// The proxy names the tenant's own channel in the statement
+		// (channels.go).
+		a.f.channels = true
 	case *pg_query.Node_LockStmt:
 		a.f.need(classSharedTables, "LOCK TABLE is refused for this tenant: the tables are shared by every tenant of the shared tier")
 	case *pg_query.Node_DoStmt:
@@ -327,8 +346,8 @@ func (a *analyzer) walk(m protoreflect.Message) {
 		a.relation(v.Relname)
 	case *pg_query.VariableSetStmt:
 		a.set(v)
-	case *pg_query.NotifyStmt:
-		a.f.need(classDatabaseWide, "NOTIFY is refused for this tenant: channel names are shared by every tenant of the database")
+	case *pg_query.NotifyStmt, *pg_query.ListenStmt, *pg_query.UnlistenStmt:
+		a.f.need(classDatabaseWide, reasonNestedChannel)
 	case *pg_query.UpdateStmt:
 		a.writeTarget(v.Relation)
 	case *pg_query.InsertStmt:
@@ -473,6 +492,10 @@ func (a *analyzer) funcCall(c *pg_query.FuncCall) {
 			return
 		}
 	}
+	if reason := namespacedCall(c, name); reason != "" {
+		a.f.need(classDatabaseWide, reason)
+		return
+	}
 	for _, p := range classFunctionPrefixes {
 		if strings.HasPrefix(name, p.prefix) || name == p.prefix {
 			a.f.need(p.class, name+"() is refused for this tenant: "+p.reason)
@@ -568,9 +591,6 @@ var classFunctionPrefixes = []struct {
 	class  class
 	reason string
 }{
-	{"pg_advisory", classDatabaseWide, "advisory lock keys are shared by every tenant of the database"},
-	{"pg_try_advisory", classDatabaseWide, "advisory lock keys are shared by every tenant of the database"},
-	{"pg_notify", classDatabaseWide, "channel names are shared by every tenant of the database"},
 	{"pg_relation_size", classDatabaseWide, "object sizes show other tenants' volume in a shared database"},
 	{"pg_total_relation_size", classDatabaseWide, "object sizes show other tenants' volume in a shared database"},
 	{"pg_table_size", classDatabaseWide, "object sizes show other tenants' volume in a shared database"},

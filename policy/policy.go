@@ -69,8 +69,9 @@ import (
 type Policy struct {
 	seeds [2]maphash.Seed
 	cache *lru.Cache[cacheKey, *facts]
-	// parses counts the texts parsed (cache misses), so that tests can
-	// show that a statement is parsed once for both checks.
+	// parses counts the texts parsed (cache misses, and Channels'
+	// parses), so that tests can show that a statement is parsed once
+	// for both checks, and not for its channels unless it has some.
 	parses atomic.Uint64
 	// extensions are the names CREATE EXTENSION IF NOT EXISTS may name.
 	extensions map[string]bool

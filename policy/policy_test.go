@@ -154,11 +154,17 @@ var tierRules = []struct {
 	{"CREATE FUNCTION f() RETURNS void LANGUAGE plpgsql AS $$ BEGIN EXECUTE 'SET ROLE b'; END $$", nil},
 	{"SET search_path = tenant_b, public", []catalog.Tier{catalog.TierDatabase}},
 	{"RESET search_path", []catalog.Tier{catalog.TierDatabase}},
-	{"LISTEN tenant_b_events", []catalog.Tier{catalog.TierDatabase}},
-	{"NOTIFY tenant_b_events, 'x'", []catalog.Tier{catalog.TierDatabase}},
-	{"SELECT pg_notify('tenant_b_events', 'x')", []catalog.Tier{catalog.TierDatabase}},
-	{"SELECT pg_advisory_lock(42)", []catalog.Tier{catalog.TierDatabase}},
-	{"SELECT pg_try_advisory_xact_lock(1, 2)", []catalog.Tier{catalog.TierDatabase}},
+	// pg_catalog's own lock and notification functions reach the
+	// database's one space; unqualified calls reach the tenant's own
+	// (allowedEverywhere), and so do LISTEN/NOTIFY statements, which the
+	// proxy rewrites, but not in function bodies and rules.
+	{"SELECT pg_catalog.pg_notify('tenant_b_events', 'x')", []catalog.Tier{catalog.TierDatabase}},
+	{`SELECT "pg_catalog".pg_advisory_lock(42)`, []catalog.Tier{catalog.TierDatabase}},
+	{`SELECT U&"pg\005fcatalog".pg_try_advisory_xact_lock(1, 2)`, []catalog.Tier{catalog.TierDatabase}},
+	{"SELECT mydb.PG_CATALOG.PG_TRY_ADVISORY_LOCK(42)", []catalog.Tier{catalog.TierDatabase}},
+	{"SELECT * FROM pg_catalog.pg_listening_channels()", []catalog.Tier{catalog.TierDatabase}},
+	{"CREATE FUNCTION f() RETURNS void LANGUAGE sql AS 'NOTIFY jobs'", []catalog.Tier{catalog.TierDatabase}},
+	{"CREATE FUNCTION f() RETURNS void LANGUAGE sql AS $$ LISTEN jobs $$", []catalog.Tier{catalog.TierDatabase}},
 	{"SELECT relname, n_live_tup FROM pg_stat_user_tables", []catalog.Tier{catalog.TierDatabase}},
 	{"SELECT * FROM pg_statio_user_tables", []catalog.Tier{catalog.TierDatabase}},
 	{"SELECT pg_total_relation_size('tenant_b.messages')", []catalog.Tier{catalog.TierDatabase}},
@@ -198,6 +204,16 @@ var allowedEverywhere = []string{
 	"SET client_encoding = 'UTF8'",
 	"SET NAMES 'utf-8'",
 	"SET SESSION CHARACTERISTICS AS TRANSACTION ISOLATION LEVEL SERIALIZABLE",
+	"LISTEN jobs",
+	"UNLISTEN jobs",
+	"UNLISTEN *",
+	"NOTIFY jobs, 'x'",
+	"SELECT 1; NOTIFY jobs",
+	"SELECT pg_notify('jobs', 'x')",
+	"SELECT pg_advisory_lock(42)",
+	"SELECT pg_try_advisory_xact_lock(1, 2)",
+	"SELECT tenantproxy_ns.pg_advisory_unlock(42)",
+	"SELECT * FROM pg_listening_channels()",
 	"-- SET ROLE b\nSELECT 1",
 	"/* SET ROLE /* nested */ b */ SELECT 1",
 	"SELECT $1::text, 'a''b' AS role",
@@ -312,7 +328,7 @@ func TestZeroRulesAreTheSharedTiers(t *testing.T) {
 		t.Fatalf("shared tier rules %+v; want the zero Rules", DefaultRules(catalog.TierShared))
 	}
 	p := New()
-	for _, sql := range []string{"CREATE TABLE t (id int)", "LISTEN x", "EXPLAIN SELECT 1", "SET search_path = x"} {
+	for _, sql := range []string{"CREATE TABLE t (id int)", "SELECT pg_catalog.pg_notify('x', '')", "EXPLAIN SELECT 1", "SET search_path = x"} {
 		if p.Check([]byte(sql), Rules{}, SessionMode) == "" {
 			t.Errorf("Check allowed %q under the zero Rules; want the shared tier's refusal", sql)
 		}

@@ -51,7 +51,10 @@ type sessionBase struct {
 	tenant, user string
 	// rules are the statement classes the tenant's tier and settings
 	// allow; the zero value is the strictest.
-	rules        policy.Rules
+	rules policy.Rules
+	// channels is the prefix of the tenant's LISTEN/NOTIFY channels on
+	// the server, "" when it has the database's to itself (channels.go).
+	channels     string
 	started      time.Time
 	cancelPID    uint32
 	maxMsg       int

@@ -134,7 +134,7 @@ func (s *Server) connect(ctx context.Context, c *clientConn, lv *live, t *catalo
 	}
 	// PostgreSQL applies the "-c" options first and the other parameters
 	// after them, so a parameter wins over an option of the same name.
-	extra, err := policy.SessionSettings(append(id.Settings, startupSettings(p)...))
+	extra, err := policy.SessionSettings(rt.StartupSettings(append(id.Settings, startupSettings(p)...)))
 	if err != nil {
 		return nil, err
 	}
@@ -156,6 +156,7 @@ func (s *Server) connect(ctx context.Context, c *clientConn, lv *live, t *catalo
 	if poolModeOf(t, lv.cfg.PoolMode) == PoolTransaction {
 		tx := &txSession{idleTx: idleInTx{limit: idleLimit}}
 		s.initBase(&tx.sessionBase, c, t, tl, id, lv)
+		tx.channels = rt.Channels
 		return tx, s.connectTx(ctx, c, tx, target)
 	}
 	// The session's server connection is the tenant's for its whole life:
@@ -170,6 +171,7 @@ func (s *Server) connect(ctx context.Context, c *clientConn, lv *live, t *catalo
 	}
 	ps := &pinnedSession{}
 	s.initBase(&ps.sessionBase, c, t, tl, id, lv)
+	ps.channels = rt.Channels
 	return ps, s.connectPinned(ctx, c, ps, target)
 }
 

@@ -138,7 +138,9 @@ func (ss *pinnedSession) forwardClient() clientResult {
 				err = ss.refuse(&sc, m.Bytes, ss.srv.policy.Explain(sql, reason))
 			} else if over := ss.charge(m.Type, &charged); over != nil {
 				err = ss.refuse(&sc, m.Bytes, over)
-			} else if m.Type == pgwire.Query {
+			} else if out, why := ss.channelsOf(m.Bytes); why != nil {
+				err = ss.refuse(&sc, m.Bytes, why)
+			} else if err = replace(&sc, m.Bytes, out); err == nil && m.Type == pgwire.Query {
 				ss.replies.push(reply{kind: replyReady})
 				ss.queries.Inc()
 			}
@@ -215,7 +217,7 @@ func (ss *pinnedSession) backendToClient() backendResult {
 	src := bufio.NewReaderSize(ss.bconn, relayBufSize)
 	var sc pgwire.Scanner
 	sc.Reset(src, ss.client)
-	sc.Whole(pgwire.ReadyForQuery, pgwire.ErrorResponse)
+	sc.Whole(pgwire.ReadyForQuery, pgwire.ErrorResponse, pgwire.NotificationResponse)
 	status, last := byte('I'), byte(0)
 	for {
 		m, err := sc.Next()
@@ -226,6 +228,12 @@ func (ss *pinnedSession) backendToClient() backendResult {
 			continue
 		}
 		last = m.Type
+		if m.Type == pgwire.NotificationResponse && ss.channels != "" {
+			if err := relayNotification(&sc, m.Bytes, ss.channels); err != nil {
+				return backendResult{own: true, err: err}
+			}
+			continue
+		}
 		if m.Type == pgwire.ErrorResponse {
 			if _, err := swapRefusal(&sc, &ss.replies, m.Bytes); err != nil {
 				return backendResult{own: true, err: err}

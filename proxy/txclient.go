@@ -329,13 +329,22 @@ func (tx *txSession) skip(reason string) {
 }
 
 // message appends the client message in tx.in to tx.out for server
-// connection c; refused statements become their stand-ins (refusal.go).
-// refusal is tx.verdict(typ). Called with tx.mu held.
+// connection c; refused statements become their stand-ins (refusal.go),
+// and channels move into the tenant's namespace (channels.go). refusal
+// is tx.verdict(typ). Called with tx.mu held.
 func (tx *txSession) message(c *pool.Conn, typ byte, refusal string) {
+	var why error
+	if refusal != "" {
+		why = tx.explain(refusal)
+	} else if in, err := tx.channelsOf(tx.in); err != nil {
+		why = err
+	} else {
+		tx.in = in
+	}
 	switch typ {
 	case pgwire.Query:
-		if refusal != "" {
-			tx.refuse(tx.explain(refusal))
+		if why != nil {
+			tx.refuse(why)
 			return
 		}
 		tx.queries.Inc()
@@ -349,10 +358,7 @@ func (tx *txSession) message(c *pool.Conn, typ byte, refusal string) {
 		tx.refuse(refused(errFastPath))
 	case pgwire.Parse:
 		tx.partial = true
-		var why error
-		if refusal != "" {
-			why = tx.explain(refusal)
-		} else if name, dup := tx.stmts.duplicate(tx.in, tx.replies.answered()); dup {
+		if name, dup := tx.stmts.duplicate(tx.in, tx.replies.answered()); why == nil && dup {
 			why = pgerr.Errorf(pgerr.CodeDuplicatePreparedStatement, "prepared statement \"%s\" already exists", name)
 		}
 		if why != nil {

@@ -41,7 +41,7 @@ func (tx *txSession) relay(src *bufio.Reader, inline bool) relayEnd {
 	resumeRead(c.NetConn())
 	sc := &tx.relayScan
 	sc.Reset(src, tx.client)
-	sc.Whole(pgwire.ReadyForQuery, pgwire.ParameterStatus, pgwire.CopyInResponse, pgwire.CopyBothResponse, pgwire.ErrorResponse)
+	sc.Whole(pgwire.ReadyForQuery, pgwire.ParameterStatus, pgwire.CopyInResponse, pgwire.CopyBothResponse, pgwire.ErrorResponse, pgwire.NotificationResponse)
 	for {
 		m, err := sc.Next()
 		end := relayOn
@@ -144,6 +144,10 @@ func (tx *txSession) clientReply(c *pool.Conn, m pgwire.Message, inline bool) re
 		}
 	case pgwire.ErrorResponse:
 		_, err = swapRefusal(sc, &tx.replies, m.Bytes)
+	case pgwire.NotificationResponse:
+		if tx.channels != "" {
+			err = relayNotification(sc, m.Bytes, tx.channels)
+		}
 	case pgwire.ReadyForQuery:
 		return tx.readyForQuery(c, m)
 	}

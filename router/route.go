@@ -45,6 +45,10 @@ type Route struct {
 	// Setup is SQL to run on the server connection before the client's
 	// first statement, e.g. SET app.tenant_id = '42'.
 	Setup []string
+	// Channels is the prefix of the tenant's LISTEN/NOTIFY channels on
+	// the server (migrations.ChannelPrefix), "" in the database tier,
+	// whose database is the tenant's own.
+	Channels string
 }
 
 // Resolver turns tenants into Routes. It is safe for concurrent use.
@@ -155,15 +159,20 @@ func (r *Resolver) Route(ctx context.Context, t *catalog.Tenant) (*Route, error)
 	case catalog.TierShared:
 		// The setting the shared tier's RLS policies read: one name for
 		// the migrations that create them and for the proxy.
-		rt.Setup = []string{"SET " + migrations.TenantGUC + " = " + QuoteLiteral(t.ID)}
+		rt.Setup = []string{
+			"SET " + migrations.TenantGUC + " = " + QuoteLiteral(t.ID),
+			`SET search_path = "$user", public, ` + namespacePath,
+		}
+		rt.Channels = migrations.ChannelPrefix(migrations.SharedNamespace(t.ID))
 	case catalog.TierSchema:
 		if t.SchemaName == "" {
 			return nil, &pgerr.Error{Code: pgerr.CodeInternal, Msg: "tenant has no schema", Err: fmt.Errorf("tenant %q: schema tier without schema_name", t.Subdomain)}
 		}
 		rt.Setup = []string{
 			"SET ROLE " + QuoteIdent(t.SchemaName),
-			"SET search_path = " + QuoteIdent(t.SchemaName),
+			"SET search_path = " + QuoteIdent(t.SchemaName) + ", " + namespacePath,
 		}
+		rt.Channels = migrations.ChannelPrefix(migrations.SchemaNamespace(t.SchemaName))
 	case catalog.TierDatabase:
 		// Its own login role, so that what its code does to the role
 		// (ALTER ROLE CURRENT_USER SET, a password) stays its own. A tenant
@@ -180,6 +189,40 @@ func (r *Resolver) Route(ctx context.Context, t *catalog.Tenant) (*Route, error)
 	}
 	rt.Setup = append(rt.Setup, planSettings(t)...)
 	return rt, nil
+}
+
+// namespacePath ends the search_path of the tiers whose tenants share a
+// database: the tenant's own advisory lock and notification functions
+// (migrations.NamespaceSchema), then pg_catalog. PostgreSQL searches
+// pg_catalog first unless the path names it, so naming it after them is
+// what lets unqualified calls, also in the tenant's functions and
+// triggers, reach the tenant's functions and not the database's one
+// space. The schemas before them keep the first place, so
+// current_schema() and where CREATE puts objects do not change.
+const namespacePath = migrations.NamespaceSchema + ", pg_catalog"
+
+// StartupSettings returns settings, a client's start-up settings, with
+// namespacePath added to the end of a search_path it names in the tiers
+// that have one (Channels set): the client's schemas come first, as it
+// asked, and its advisory locks and channels stay its own. A path that
+// names pg_catalog before them gets pg_catalog's functions, which
+// PostgreSQL denies there (migrations.Harden). settings is not modified.
+func (rt *Route) StartupSettings(settings []Setting) []Setting {
+	if rt.Channels == "" {
+		return settings
+	}
+	out := make([]Setting, len(settings))
+	for i, s := range settings {
+		if strings.EqualFold(s.Name, "search_path") {
+			if strings.TrimSpace(s.Value) == "" {
+				s.Value = namespacePath
+			} else {
+				s.Value += ", " + namespacePath
+			}
+		}
+		out[i] = s
+	}
+	return out
 }
 
 // Settings under TenantSettingPrefix carry the tenant's plan and feature

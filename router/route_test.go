@@ -65,8 +65,8 @@ func TestRoutePerTier(t *testing.T) {
 		// routeFails: Tenant admits it, Route refuses it with wantErrorCode.
 		routeFails bool
 	}{
-		{sub: "free", wantAddr: "127.0.0.1:5432", wantDB: "shared", wantUser: "serve", wantPassword: "pw", wantSetup: []string{"SET app.tenant_id = '11'", "SET tenant.plan = 'free'", `SET tenant.features = '{"sso": false, "note": "it''s"}'`}},
-		{sub: "pro", wantAddr: "127.0.0.1:5432", wantDB: "schemas", wantUser: "serve", wantPassword: "pw", wantSetup: []string{`SET ROLE "tenant_pro"`, `SET search_path = "tenant_pro"`,
+		{sub: "free", wantAddr: "127.0.0.1:5432", wantDB: "shared", wantUser: "serve", wantPassword: "pw", wantSetup: []string{"SET app.tenant_id = '11'", `SET search_path = "$user", public, tenantproxy_ns, pg_catalog`, "SET tenant.plan = 'free'", `SET tenant.features = '{"sso": false, "note": "it''s"}'`}},
+		{sub: "pro", wantAddr: "127.0.0.1:5432", wantDB: "schemas", wantUser: "serve", wantPassword: "pw", wantSetup: []string{`SET ROLE "tenant_pro"`, `SET search_path = "tenant_pro", tenantproxy_ns, pg_catalog`,
 			"SET tenant.plan = 'pro'", "SET tenant.features = '{}'"}},
 		// The database tier logs in as its own role, never as the
 		// serving role, even before it has one.
@@ -144,5 +144,23 @@ func TestQuoting(t *testing.T) {
 	}
 	if got := QuoteLiteral(`a\b`); got != `E'a\\b'` {
 		t.Errorf("QuoteLiteral = %s", got)
+	}
+}
+
+// TestStartupSearchPathKeepsTheNamespace: a search_path given at
+// connection start keeps the tenant's lock and channel functions after
+// the client's schemas, where the tier has them.
+func TestStartupSearchPathKeepsTheNamespace(t *testing.T) {
+	in := []Setting{{Name: "application_name", Value: "x"}, {Name: "search_path", Value: "app, public"}, {Name: "SEARCH_PATH", Value: " "}}
+	got := (&Route{Channels: "0123456789abcdef."}).StartupSettings(in)
+	want := []Setting{{Name: "application_name", Value: "x"}, {Name: "search_path", Value: "app, public, tenantproxy_ns, pg_catalog"}, {Name: "SEARCH_PATH", Value: "tenantproxy_ns, pg_catalog"}}
+	if !slices.Equal(got, want) {
+		t.Errorf("StartupSettings = %v; want %v", got, want)
+	}
+	if in[1].Value != "app, public" {
+		t.Errorf("StartupSettings changed its argument: %v", in)
+	}
+	if got := (&Route{}).StartupSettings(in); !slices.Equal(got, in) {
+		t.Errorf("database tier StartupSettings = %v; want them unchanged", got)
 	}
 }

@@ -185,10 +185,17 @@ var attacks = []attack{
 	{name: "planner estimates of a shared table's rows", sql: "SELECT reltuples, relpages, relallvisible FROM pg_class WHERE relname = 'messages'", want: noStatistics, tiers: ownDatabase(harmless)},
 	{name: "planner estimates through a whole-row reference", sql: "SELECT c::text FROM pg_class c WHERE relname = 'messages'", want: noStatistics, tiers: ownDatabase(harmless)},
 	{name: "EXPLAIN estimates over every tenant's rows", sql: "EXPLAIN SELECT * FROM messages WHERE body = 'guess-{victim}'", want: refused, tiers: notSharedTier(harmless)},
-	{name: "LISTEN on the victim's channel", sql: "LISTEN {victim}_events", want: refused, tiers: ownDatabase(harmless), txn: ownDatabase(sessionOnly)},
-	{name: "NOTIFY the victim's channel", sql: "NOTIFY {victim}_events, 'spoofed'", want: refused, tiers: ownDatabase(harmless)},
-	{name: "pg_notify the victim's channel", sql: "SELECT pg_notify('{victim}_events', 'spoofed')", want: refused, tiers: ownDatabase(harmless)},
-	{name: "advisory lock the victim may use", sql: "SELECT pg_advisory_xact_lock(42)", want: refused, tiers: ownDatabase(harmless)},
+	// Channels and lock keys are the tenant's own in every tier (a
+	// namespace of its own in the shared and schema tiers:
+	// TestIsolationLocksAndChannelsPerTenant); pg_catalog's functions,
+	// which reach the database's one space, only in the database tier.
+	{name: "LISTEN on the victim's channel", sql: "LISTEN {victim}_events", want: harmless, txn: withShared(sessionOnly, notSharedTier(sessionOnly))},
+	{name: "NOTIFY the victim's channel", sql: "NOTIFY {victim}_events, 'spoofed'", want: harmless},
+	{name: "pg_notify the victim's channel", sql: "SELECT pg_notify('{victim}_events', 'spoofed')", want: harmless},
+	{name: "advisory lock the victim may use", sql: "SELECT pg_advisory_xact_lock(42)", want: harmless},
+	{name: "pg_catalog's pg_notify", sql: "SELECT pg_catalog.pg_notify('{victim}_events', 'spoofed')", want: refused, tiers: ownDatabase(harmless)},
+	{name: "pg_catalog's advisory lock, quoted", sql: `SELECT "pg_catalog"."pg_advisory_xact_lock"(42)`, want: refused, tiers: ownDatabase(harmless)},
+	{name: "pg_catalog's advisory lock, Unicode-escaped", sql: `SELECT U&"pg\005fcatalog".pg_try_advisory_xact_lock(4, 2)`, want: refused, tiers: ownDatabase(harmless)},
 	{name: "LOCK a shared table", sql: "BEGIN; LOCK TABLE messages IN ACCESS EXCLUSIVE MODE; COMMIT", want: refused, simpleOnly: true, tiers: notSharedTier(harmless)},
 	{name: "pg_terminate_backend of every session", sql: "SELECT pg_terminate_backend(pid) FROM pg_stat_activity", want: refused},
 	{name: "pg_cancel_backend", sql: "SELECT pg_cancel_backend(1)", want: refused},

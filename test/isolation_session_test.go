@@ -278,6 +278,10 @@ func TestIsolationDirectConnections(t *testing.T) {
 		expectErr(t, s, "SELECT reltuples FROM pg_class WHERE relname = 'messages'", "42501")
 		expectErr(t, s, "SELECT pg_advisory_lock(1)", "42501")
 		expectErr(t, s, "SELECT pg_notify('x', 'y')", "42501")
+		// The tenants' own lock and channel functions need a tenant
+		// context: without one there is no namespace to share.
+		expectErr(t, s, "SELECT tenantproxy_ns.pg_advisory_lock(1)", "42501")
+		expectErr(t, s, "SELECT tenantproxy_ns.pg_notify('x', 'y')", "42501")
 		expectErr(t, s, "SELECT pg_terminate_backend(pg_backend_pid())", "42501")
 		expectErr(t, s, "TRUNCATE messages", "42501")
 		expectErr(t, s, "UPDATE pg_settings SET setting = 'SJIS' WHERE name = 'client_encoding'", "42501")
@@ -293,6 +297,7 @@ func TestIsolationDirectConnections(t *testing.T) {
 		expectErr(t, s, "CREATE TABLE public.planted (x int)", "42501")
 		expectErr(t, s, "SELECT query FROM pg_stat_activity", "42501")
 		expectErr(t, s, "SELECT pg_advisory_lock(1)", "42501")
+		expectErr(t, s, "SELECT tenantproxy_ns.pg_try_advisory_lock(1, 2)", "42501")
 		expectErr(t, s, "SELECT relname FROM pg_stat_user_tables", "42501")
 		// The planner's estimates of another schema's tables count their
 		// rows; every other column of pg_class stays readable for psql.

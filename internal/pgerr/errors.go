@@ -78,6 +78,10 @@ const (
 	// not have (42704, PostgreSQL's "unrecognized configuration
 	// parameter"; FATAL at connection start, as from the server).
 	CodeUnrecognizedSetting
+	// CodeInvalidParameterValue: a value PostgreSQL would reject as an
+	// invalid argument, such as a channel name too long for the
+	// tenant's namespace (policy.Channels).
+	CodeInvalidParameterValue
 
 	// codeCount is the number of codes; it stays last.
 	codeCount
