@@ -17,7 +17,6 @@ type class uint8
 const (
 	classDDL class = 1 << iota
 	classProcedural
-	classSearchPath
 	classDatabaseWide
 	classSharedTables
 	classExplain
@@ -31,8 +30,6 @@ func (r Rules) allows(c class) bool {
 		return r.DDL
 	case classProcedural:
 		return r.Procedural
-	case classSearchPath:
-		return r.SearchPath
 	case classDatabaseWide:
 		return r.DatabaseWide
 	case classSharedTables:
@@ -118,7 +115,6 @@ const (
 	reasonSessAuth   = "SET/RESET SESSION AUTHORIZATION is refused: it would change who the session runs as"
 	reasonTenantGUC  = "changing the tenant setting " + migrations.TenantGUC + " is refused: the proxy sets it for this tenant"
 	reasonPlan       = "changing a " + router.TenantSettingPrefix + "* setting is refused: the proxy sets the tenant's plan and features from the catalog"
-	reasonIdleInTx   = "changing idle_in_transaction_session_timeout is refused: the proxy sets it, so that an idle transaction cannot hold a shared server connection"
 	reasonResetAll   = "RESET ALL is refused: it would undo the tenant context the proxy set up"
 	reasonDiscardAll = "DISCARD ALL is refused: it would undo the tenant context the proxy set up"
 	reasonUnparsable = "the statement was not sent: the proxy's SQL parser rejected it"
@@ -164,6 +160,10 @@ type analyzer struct {
 	f *facts
 	// level is how many function bodies deep the text is.
 	level int
+	// settingOf names the setting a set_config call sets when its first
+	// argument is a column of a row its statement picks by name
+	// (settingRowCall).
+	settingOf map[*pg_query.FuncCall]string
 }
 
 // statement classifies one statement by kind, recursing into the
@@ -178,6 +178,9 @@ func (a *analyzer) statement(n *pg_query.Node) {
 	case *pg_query.Node_SelectStmt:
 		if s.SelectStmt.IntoClause != nil {
 			a.f.need(classDDL, "SELECT INTO is refused: it creates a table, and schema changes are not allowed for this tenant")
+		}
+		if c, name := settingRowCall(s.SelectStmt); c != nil {
+			a.settingOf = map[*pg_query.FuncCall]string{c: name}
 		}
 	case *pg_query.Node_InsertStmt, *pg_query.Node_UpdateStmt, *pg_query.Node_DeleteStmt, *pg_query.Node_MergeStmt,
 		*pg_query.Node_VariableShowStmt, *pg_query.Node_VariableSetStmt, *pg_query.Node_ExecuteStmt,
@@ -363,7 +366,11 @@ func (a *analyzer) writeTarget(rel *pg_query.RangeVar) {
 	}
 }
 
-// set checks SET, SET LOCAL and RESET, also as a function's SET clause.
+// set checks SET, SET LOCAL and RESET, also as a function's SET clause
+// and as set_config. search_path is free in every tier: what isolates a
+// schema-tier tenant is its role, which has no privilege on another
+// tenant's schema whatever the path names (TestIsolationAttacks, "search_path
+// to the victim's schema"), and a start-up option could set it anyway.
 func (a *analyzer) set(s *pg_query.VariableSetStmt) {
 	if s.Kind == pg_query.VariableSetKind_VAR_RESET_ALL {
 		a.f.refuse(reasonResetAll)
@@ -396,10 +403,12 @@ func (a *analyzer) set(s *pg_query.VariableSetStmt) {
 	case "idle_in_transaction_session_timeout":
 		// Session mode's limit on idle transactions (proxy.Config.
 		// IdleInTransactionTimeout): lifting it would let one tenant
-		// hold a connection of a shared pool, and its locks, forever.
-		a.f.refuse(reasonIdleInTx)
-	case "search_path":
-		a.f.need(classSearchPath, "changing search_path is refused for this tenant: the proxy sets it as part of the tenant context")
+		// hold, idle, locks and the vacuum horizon of the database. Only
+		// a database-tier tenant's database is its own (and its pool is
+		// keyed by its own login role), so only that tier may lift it,
+		// as pg_dump and pg_restore do first thing. Transaction mode
+		// times the client's silence in the proxy, whatever the setting.
+		a.f.need(classDatabaseWide, "changing idle_in_transaction_session_timeout is refused for this tenant: the proxy sets it, so that an idle transaction cannot hold the locks and vacuum horizon of a database other tenants share")
 	case "client_encoding":
 		// In client encodings such as SJIS or BIG5 a multi-byte character
 		// can end in a backslash; the server reads the bytes in that
@@ -459,6 +468,10 @@ func (a *analyzer) funcCall(c *pg_query.FuncCall) {
 		a.f.need(classOwnBackend, "pg_terminate_backend() is refused: "+whyServerWide+"; only a database-tier tenant may end its own session with pg_terminate_backend(pg_backend_pid())")
 		return
 	}
+	if name == "set_config" {
+		a.setConfig(c)
+		return
+	}
 	if name == "ts_rewrite" && len(c.Args) != 2 {
 		// Only the two-argument form runs a query given as text.
 		return
@@ -507,7 +520,6 @@ const (
 )
 
 var refusedFunctions = map[string]string{
-	"set_config":                     "it changes settings that carry the tenant context",
 	"query_to_xml":                   whyRunsSQL,
 	"query_to_xmlschema":             whyRunsSQL,
 	"query_to_xml_and_xmlschema":     whyRunsSQL,
