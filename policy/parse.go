@@ -235,7 +235,7 @@ func (a *analyzer) statement(n *pg_query.Node) {
 		*pg_query.Node_AlterSeqStmt, *pg_query.Node_CompositeTypeStmt, *pg_query.Node_CreateEnumStmt,
 		*pg_query.Node_AlterEnumStmt, *pg_query.Node_CreateDomainStmt, *pg_query.Node_AlterDomainStmt,
 		*pg_query.Node_CreateRangeStmt, *pg_query.Node_RefreshMatViewStmt, *pg_query.Node_DropStmt,
-		*pg_query.Node_RenameStmt, *pg_query.Node_CommentStmt, *pg_query.Node_TruncateStmt,
+		*pg_query.Node_RenameStmt, *pg_query.Node_TruncateStmt,
 		*pg_query.Node_VacuumStmt, *pg_query.Node_ClusterStmt, *pg_query.Node_ReindexStmt,
 		*pg_query.Node_CreateTrigStmt, *pg_query.Node_CreatePolicyStmt, *pg_query.Node_AlterPolicyStmt,
 		*pg_query.Node_GrantStmt, *pg_query.Node_AlterObjectSchemaStmt, *pg_query.Node_CreateSchemaStmt,
@@ -243,6 +243,16 @@ func (a *analyzer) statement(n *pg_query.Node) {
 		a.f.need(classDDL, statementName(n)+" is refused: schema changes are not allowed for this tenant")
 	case *pg_query.Node_CreateExtensionStmt:
 		a.extension(s.CreateExtensionStmt)
+	case *pg_query.Node_CommentStmt:
+		switch s.CommentStmt.Objtype {
+		case pg_query.ObjectType_OBJECT_DATABASE, pg_query.ObjectType_OBJECT_ROLE, pg_query.ObjectType_OBJECT_TABLESPACE:
+			// pg_shdescription, which holds them, is every tenant's to read
+			// (pg_dump and psql's \l+ read it): what the server's tenants
+			// read there is only what the operator wrote.
+			a.f.refuse("COMMENT ON DATABASE/ROLE/TABLESPACE is refused: comments on objects of the whole server are readable by every tenant")
+		default:
+			a.f.need(classDDL, "Comment is refused: schema changes are not allowed for this tenant")
+		}
 	default:
 		// Roles, databases, tablespaces, server configuration, extensions,
 		// languages, foreign servers, replication, event triggers,
@@ -626,12 +636,20 @@ var perDatabaseStats = map[string]bool{
 // nothing of who they are; psql's \du, \l and \d read them. Their
 // passwords are masked, and role-wide settings (rolconfig) are never set
 // per tenant. pg_authid and pg_shadow hold password verifiers (superuser
-// only anyway); pg_db_role_setting holds settings per database and role.
+// only anyway); pg_db_role_setting holds settings per database and role,
+// which a database-tier tenant's procedural code can set for its own role
+// and database (ALTER ROLE … SET app.key = '…').
+// Nor are the shared catalogs pg_dump reads about the tenant's own
+// database, whose rows no tenant can write through the proxy (procedural
+// code, opt-in in the database tier, is out of its sight): pg_subscription
+// (only a superuser creates subscriptions; their secret, subconninfo,
+// PostgreSQL itself keeps from PUBLIC), pg_shdescription (comments on
+// databases, roles and tablespaces, which the policy refuses to tenants)
+// and pg_shseclabel (SECURITY LABEL is refused to tenants).
 var refusedRelations = map[string]bool{
 	"pg_locks": true, "pg_prepared_xacts": true, "pg_authid": true, "pg_shadow": true,
 	"pg_db_role_setting": true, "pg_replication_slots": true, "pg_hba_file_rules": true,
 	"pg_ident_file_mappings": true, "pg_file_settings": true, "pg_backend_memory_contexts": true,
 	"pg_shmem_allocations": true, "pg_user_mappings": true, "pg_user_mapping": true,
-	"pg_largeobject": true, "pg_shdescription": true, "pg_shseclabel": true, "pg_subscription": true,
-	"pg_replication_origin_status": true,
+	"pg_largeobject": true, "pg_replication_origin_status": true,
 }

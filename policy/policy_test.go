@@ -47,6 +47,9 @@ var refusedEverywhere = []struct{ sql, why string }{
 	{"ALTER FUNCTION f() SET tenant.features = '{}'", "tenant.*"},
 	{"SELECT set_config(name, 'b', false) FROM pg_settings", "set_config"},
 	{"SELECT set_config('ro' || 'le', 'b', false)", "set_config"},
+	{"COMMENT ON DATABASE current_database IS 'acme inc'", "COMMENT ON DATABASE"},
+	{"COMMENT ON ROLE tenant_b IS 'acme inc'", "COMMENT ON DATABASE/ROLE"},
+	{"SECURITY LABEL ON DATABASE d IS 'x'", "SecLabel"},
 	{"SELECT set_config(name, 'b', false) FROM pg_settings WHERE name = 'role'", "ROLE"},
 	{"SELECT set_config(name, 'b', false) FROM pg_settings WHERE name <> 'work_mem'", "set_config"},
 	{"SELECT set_config(name, 'b', false) FROM pg_settings WHERE name = 'work_mem' OR true", "set_config"},
@@ -154,6 +157,7 @@ var tierRules = []struct {
 	{"ALTER TABLE messages NO FORCE ROW LEVEL SECURITY", []catalog.Tier{catalog.TierDatabase}},
 	{"DROP TABLE messages", []catalog.Tier{catalog.TierDatabase}},
 	{"TRUNCATE messages", []catalog.Tier{catalog.TierDatabase}},
+	{"COMMENT ON TABLE messages IS 'x'", []catalog.Tier{catalog.TierDatabase}},
 	{"SELECT * INTO copy_of_messages FROM messages", []catalog.Tier{catalog.TierDatabase}},
 	{"CREATE TABLE x AS SELECT * FROM messages", []catalog.Tier{catalog.TierDatabase}},
 	{"CREATE FUNCTION f() RETURNS int LANGUAGE sql AS 'select 1'", []catalog.Tier{catalog.TierDatabase}},
@@ -209,6 +213,10 @@ var allowedEverywhere = []string{
 	"RESET search_path",
 	"SELECT pg_catalog.set_config('search_path', '', false)",
 	"SELECT set_config('statement_timeout', $1, true)",
+	// What pg_dump reads of the shared catalogs about its own database.
+	"SELECT count(*) FROM pg_subscription WHERE subdbid = (SELECT oid FROM pg_database WHERE datname = current_database())",
+	"SELECT provider, label FROM pg_catalog.pg_shseclabel WHERE classoid = 'pg_catalog.pg_database'::pg_catalog.regclass AND objoid = '16755'",
+	"SELECT description FROM pg_catalog.pg_shdescription WHERE classoid = 'pg_catalog.pg_database'::pg_catalog.regclass AND objoid = '16755'",
 	// pg_dump 15.8 and later, for a setting older servers lack.
 	"SELECT set_config(name, 'view, foreign-table', false) FROM pg_settings WHERE name = 'restrict_nonsystem_relation_kind'",
 	"SET application_name = 'x'",
