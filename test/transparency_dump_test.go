@@ -1,0 +1,149 @@
+package test
+
+import (
+	"os"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"testing"
+
+	"github.com/tenantproxy/tenantproxy/catalog"
+	"github.com/tenantproxy/tenantproxy/proxy"
+)
+
+// metaCommandScript is what a user types into psql to look around and move
+// rows in and out: the common meta-commands and \copy both ways. It leaves
+// the data as it found it, so that it can run twice against one database.
+const metaCommandScript = `
+\d messages
+\d+
+\df+
+\dn
+\du
+\l
+\dp
+\dx
+\copy (SELECT username FROM users ORDER BY username) TO STDOUT
+\copy users (username) FROM STDIN
+copied-1
+copied-2
+\.
+\copy (SELECT username FROM users ORDER BY username) TO STDOUT
+DELETE FROM users WHERE username LIKE 'copied-%';
+`
+
+// restrictKey matches the random key with which pg_dump (15.14 and later)
+// fences a plain dump's SQL from psql's meta-commands (\restrict KEY …
+// \unrestrict KEY, CVE-2025-8714): drawn anew by every run, it is the one
+// thing two dumps of the same data may not share.
+var restrictKey = regexp.MustCompile(`(?m)^\\(un)?restrict [0-9A-Za-z]+$`)
+
+// normalizeDump takes out of a plain dump what differs between two runs
+// over the same data (restrictKey).
+func normalizeDump(s string) string {
+	return restrictKey.ReplaceAllString(s, `\${1}restrict KEY`)
+}
+
+// TestTransparencyPsqlAndDumpInTheDatabaseTier: for a database-tier
+// tenant, in session mode, the same psql script of meta-commands and
+// \copy, and the same pg_dump, give the same output directly against its
+// database (as its login role, which the proxy logs its sessions in with)
+// and through the proxy, byte for byte but for pg_dump's random
+// \restrict key. Before the policy judged set_config('search_path', ”,
+// false) as the SET it is, let the database tier lift
+// idle_in_transaction_session_timeout and stopped refusing pg_subscription,
+// pg_dump stopped at its first statement through the proxy.
+func TestTransparencyPsqlAndDumpInTheDatabaseTier(t *testing.T) {
+	e := newProxyEnv(t)
+	_, addr := e.startProxy(t, proxy.Config{PoolMode: proxy.PoolSession})
+	plantSecret(t, addr, "umbrella")
+	direct := e.tenantLoginDSN(t, "umbrella", e.objectName(t, "umbrella"))
+	proxied := dsn(addr, "alice.umbrella", tenantPassword)
+
+	script := filepath.Join(t.TempDir(), "meta.sql")
+	if err := os.WriteFile(script, []byte(metaCommandScript), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	psql := clientTool(t, "psql")
+	args := []string{"-X", "-a", "-v", "ON_ERROR_STOP=1", "-f", script}
+	want := run(t, psql, append([]string{direct}, args...)...)
+	if got := run(t, psql, append([]string{proxied}, args...)...); got != want {
+		t.Errorf("psql meta-commands differ\n--- direct\n%s\n--- through the proxy\n%s", want, got)
+	}
+
+	pgDump := clientTool(t, "pg_dump")
+	want = normalizeDump(run(t, pgDump, direct))
+	if got := normalizeDump(run(t, pgDump, proxied)); got != want {
+		t.Errorf("pg_dump differs\n--- direct\n%s\n--- through the proxy\n%s", want, got)
+	}
+}
+
+// plantSecret writes a user, a channel and a message into tenant sub
+// through the proxy at addr.
+func plantSecret(t *testing.T, addr, sub string) {
+	t.Helper()
+	conn := connect(t, dsn(addr, "alice."+sub, tenantPassword))
+	if _, err := conn.Exec(ctxT(t), `WITH u AS (INSERT INTO users (username) VALUES ('u-`+sub+`') RETURNING id),
+		c AS (INSERT INTO channels (name, created_by) SELECT 'general', id FROM u RETURNING id, created_by)
+		INSERT INTO messages (channel_id, author_id, body) SELECT id, created_by, 'secret-of-`+sub+`' FROM c`); err != nil {
+		t.Fatalf("planting %s's secret: %v", sub, err)
+	}
+}
+
+// loginRole is database-tier tenant sub's login role.
+func (e *proxyEnv) loginRole(t *testing.T, sub string) string {
+	t.Helper()
+	tn, err := e.cat.Show(ctxT(t), sub)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return tn.LoginRole()
+}
+
+// cloneDumpFlags make a plain dump that recreates the tenant's objects
+// wherever it is replayed: --clean --if-exists drops what the target's own
+// migrations made first; --no-owner and --no-privileges leave out ALTER …
+// OWNER TO the source tenant's login role (another tenant's role in a
+// clone) and the grants Harden made on pg_catalog's functions, neither of
+// which a tenant may give.
+var cloneDumpFlags = []string{"--clean", "--if-exists", "--no-owner", "--no-privileges"}
+
+// TestDumpRestoreInTheDatabaseTier: a database-tier tenant's pg_dump
+// through the proxy, replayed with psql through the proxy, clones it into
+// another tenant of the tier (whose own rows are gone) and restores it
+// into itself after its rows were deleted: in both, a data-only dump
+// afterwards is the source's, byte for byte but for the \restrict key.
+func TestDumpRestoreInTheDatabaseTier(t *testing.T) {
+	e := newProxyEnv(t)
+	ctx := ctxT(t)
+	if _, err := e.cat.Create(ctx, catalog.CreateRequest{Subdomain: "stark", Plan: catalog.PlanEnterprise, AdminUser: "alice", AdminPassword: tenantPassword}); err != nil {
+		t.Fatal(err)
+	}
+	_, addr := e.startProxy(t, proxy.Config{PoolMode: proxy.PoolSession})
+	source, clone := dsn(addr, "alice.umbrella", tenantPassword), dsn(addr, "alice.stark", tenantPassword)
+	plantSecret(t, addr, "umbrella")
+	plantSecret(t, addr, "stark")
+	pgDump, psql := clientTool(t, "pg_dump"), clientTool(t, "psql")
+	// The dumps' comments name each table's owner, each tenant's own login
+	// role.
+	owners := strings.NewReplacer(e.loginRole(t, "umbrella"), "OWNER", e.loginRole(t, "stark"), "OWNER")
+	dataOf := func(d string) string { return owners.Replace(normalizeDump(run(t, pgDump, "--data-only", d))) }
+
+	dump := filepath.Join(t.TempDir(), "umbrella.sql")
+	run(t, pgDump, append(cloneDumpFlags, "-f", dump, source)...)
+	want := dataOf(source)
+
+	run(t, psql, "-X", "-q", "-v", "ON_ERROR_STOP=1", "-f", dump, clone)
+	if got := dataOf(clone); got != want {
+		t.Errorf("clone's data differs from the source's\n--- source\n%s\n--- clone\n%s", want, got)
+	}
+	if strings.Contains(run(t, psql, "-X", "-At", "-c", "SELECT string_agg(body, ',') FROM messages", clone), "secret-of-stark") {
+		t.Error("the clone kept its own rows; want only the source's")
+	}
+
+	run(t, psql, "-X", "-q", "-v", "ON_ERROR_STOP=1", "-c", "DELETE FROM users", source)
+	run(t, psql, "-X", "-q", "-v", "ON_ERROR_STOP=1", "-f", dump, source)
+	if got := dataOf(source); got != want {
+		t.Errorf("restored data differs from the dumped\n--- dumped\n%s\n--- restored\n%s", want, got)
+	}
+}
