@@ -8,7 +8,7 @@ import (
 
 // setConfig judges set_config(name, value, is_local) as the SET it
 // performs, when its statement fixes name: pg_dump, pg_restore and the
-// dumps they write start with set_config('search_path', ”, false), and
+// dumps they write start by emptying search_path with set_config, and
 // set_config of a named setting reaches nothing SET of it could not. A
 // name computed at run time could be any setting, so it is refused.
 func (a *analyzer) setConfig(c *pg_query.FuncCall) {

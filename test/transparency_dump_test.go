@@ -4,33 +4,52 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strings"
 	"testing"
 
 	"github.com/tenantproxy/tenantproxy/catalog"
+	"github.com/tenantproxy/tenantproxy/migrations"
 	"github.com/tenantproxy/tenantproxy/proxy"
 )
 
-// metaCommandScript is what a user types into psql to look around and move
-// rows in and out: the common meta-commands and \copy both ways. It leaves
-// the data as it found it, so that it can run twice against one database.
-const metaCommandScript = `
-\d messages
-\d+
-\df+
-\dn
-\du
-\l
-\dp
-\dx
-\copy (SELECT username FROM users ORDER BY username) TO STDOUT
-\copy users (username) FROM STDIN
-copied-1
-copied-2
-\.
-\copy (SELECT username FROM users ORDER BY username) TO STDOUT
-DELETE FROM users WHERE username LIKE 'copied-%';
-`
+// metaCommands are what a user types into psql to look around and move
+// rows in and out: the common meta-commands and \copy both ways. The
+// script they make leaves the data as it found it, so that it can run
+// twice against one database.
+var metaCommands = []string{
+	`\d messages`, `\d+`, `\df+`, `\dn`, `\du`, `\l`, `\dp`, `\dx`,
+	`\copy (SELECT username FROM users ORDER BY username) TO STDOUT`,
+	copyIn,
+	`\copy (SELECT username FROM users ORDER BY username) TO STDOUT`,
+	`DELETE FROM users WHERE username LIKE 'copied-%';`,
+}
+
+// copyIn is the \copy FROM of metaCommands, with its rows.
+const copyIn = "\\copy users (username) FROM STDIN\ncopied-1\ncopied-2\n\\."
+
+// metaCommandScript writes metaCommands but those in skip to a file and
+// returns its path.
+func metaCommandScript(t *testing.T, skip ...string) string {
+	t.Helper()
+	var lines []string
+	for _, c := range metaCommands {
+		if !slices.Contains(skip, c) {
+			lines = append(lines, c)
+		}
+	}
+	path := filepath.Join(t.TempDir(), "meta.sql")
+	if err := os.WriteFile(path, []byte(strings.Join(lines, "\n")+"\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return path
+}
+
+// psqlScriptArgs run a script, echoing each command, stopping at the
+// first error.
+func psqlScriptArgs(dsn, script string) []string {
+	return []string{dsn, "-X", "-a", "-v", "ON_ERROR_STOP=1", "-f", script}
+}
 
 // restrictKey matches the random key with which pg_dump (15.14 and later)
 // fences a plain dump's SQL from psql's meta-commands (\restrict KEY …
@@ -49,8 +68,8 @@ func normalizeDump(s string) string {
 // \copy, and the same pg_dump, give the same output directly against its
 // database (as its login role, which the proxy logs its sessions in with)
 // and through the proxy, byte for byte but for pg_dump's random
-// \restrict key. Before the policy judged set_config('search_path', ”,
-// false) as the SET it is, let the database tier lift
+// \restrict key. Before the policy judged pg_dump's set_config of
+// search_path as the SET it is, let the database tier lift
 // idle_in_transaction_session_timeout and stopped refusing pg_subscription,
 // pg_dump stopped at its first statement through the proxy.
 func TestTransparencyPsqlAndDumpInTheDatabaseTier(t *testing.T) {
@@ -60,14 +79,10 @@ func TestTransparencyPsqlAndDumpInTheDatabaseTier(t *testing.T) {
 	direct := e.tenantLoginDSN(t, "umbrella", e.objectName(t, "umbrella"))
 	proxied := dsn(addr, "alice.umbrella", tenantPassword)
 
-	script := filepath.Join(t.TempDir(), "meta.sql")
-	if err := os.WriteFile(script, []byte(metaCommandScript), 0o644); err != nil {
-		t.Fatal(err)
-	}
+	script := metaCommandScript(t)
 	psql := clientTool(t, "psql")
-	args := []string{"-X", "-a", "-v", "ON_ERROR_STOP=1", "-f", script}
-	want := run(t, psql, append([]string{direct}, args...)...)
-	if got := run(t, psql, append([]string{proxied}, args...)...); got != want {
+	want := run(t, psql, psqlScriptArgs(direct, script)...)
+	if got := run(t, psql, psqlScriptArgs(proxied, script)...); got != want {
 		t.Errorf("psql meta-commands differ\n--- direct\n%s\n--- through the proxy\n%s", want, got)
 	}
 
@@ -145,5 +160,50 @@ func TestDumpRestoreInTheDatabaseTier(t *testing.T) {
 	run(t, psql, "-X", "-q", "-v", "ON_ERROR_STOP=1", "-f", dump, source)
 	if got := dataOf(source); got != want {
 		t.Errorf("restored data differs from the dumped\n--- dumped\n%s\n--- restored\n%s", want, got)
+	}
+}
+
+// TestTransparencyPsqlInTheSharedAndSchemaTiers: the psql script gives a
+// shared- and a schema-tier tenant, in session mode, the same output
+// through the proxy as on a direct connection as the serving role with the
+// tenant's context set by hand the way the proxy sets it (the tenant
+// setting; SET ROLE and search_path), byte for byte. Left out, until they
+// work there: \d+, whose Size column calls pg_table_size, which these
+// tiers refuse and revoke (other tenants' volume), and, in the shared
+// tier, \copy FROM, which PostgreSQL refuses on tables with row-level
+// security (COPY FROM in the shared tier is other work of issue 14).
+func TestTransparencyPsqlInTheSharedAndSchemaTiers(t *testing.T) {
+	e := newProxyEnv(t)
+	ctx := ctxT(t)
+	_, addr := e.startProxy(t, proxy.Config{PoolMode: proxy.PoolSession})
+	b, err := e.cat.Backend(ctx, migrations.MainBackend)
+	if err != nil {
+		t.Fatal(err)
+	}
+	psql := clientTool(t, "psql")
+	for _, tc := range []struct {
+		sub  string
+		skip []string
+	}{
+		{"acme", []string{`\d+`, copyIn}},
+		{"initech", []string{`\d+`}},
+	} {
+		t.Run(tc.sub, func(t *testing.T) {
+			plantSecret(t, addr, tc.sub)
+			tn, err := e.cat.Show(ctx, tc.sub)
+			if err != nil {
+				t.Fatal(err)
+			}
+			database, options := b.SharedDatabase, "-c "+migrations.TenantGUC+"="+tn.ID
+			if tn.Tier == catalog.TierSchema {
+				database, options = b.SchemaDatabase, "-c role="+tn.SchemaName+" -c search_path="+tn.SchemaName
+			}
+			direct := e.directDSN(b.ServingUser, b.ServingPassword, database) + "&options=" + strings.NewReplacer(" ", "%20", "=", "%3D").Replace(options)
+			script := metaCommandScript(t, tc.skip...)
+			want := run(t, psql, psqlScriptArgs(direct, script)...)
+			if got := run(t, psql, psqlScriptArgs(dsn(addr, "alice."+tc.sub, tenantPassword), script)...); got != want {
+				t.Errorf("psql meta-commands differ\n--- direct\n%s\n--- through the proxy\n%s", want, got)
+			}
+		})
 	}
 }
