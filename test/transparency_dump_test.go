@@ -45,10 +45,20 @@ func metaCommandScript(t *testing.T, skip ...string) string {
 	return path
 }
 
-// psqlScriptArgs run a script, echoing each command, stopping at the
-// first error.
-func psqlScriptArgs(dsn, script string) []string {
-	return []string{dsn, "-X", "-a", "-v", "ON_ERROR_STOP=1", "-f", script}
+// checkPsqlTransparent runs script with psql, echoing each command and
+// stopping at the first error, on the direct connection string and as
+// tenant sub through each proxy of addrs (by pool mode), and wants the
+// same output from all.
+func checkPsqlTransparent(t *testing.T, direct string, addrs map[string]string, sub, script string) {
+	t.Helper()
+	psql := clientTool(t, "psql")
+	args := []string{"-X", "-a", "-v", "ON_ERROR_STOP=1", "-f", script}
+	want := run(t, psql, append([]string{direct}, args...)...)
+	for _, mode := range poolModes {
+		if got := run(t, psql, append([]string{dsn(addrs[mode], "alice."+sub, tenantPassword)}, args...)...); got != want {
+			t.Errorf("psql differs in %s mode\n--- direct\n%s\n--- through the proxy\n%s", mode, want, got)
+		}
+	}
 }
 
 // restrictKey matches the random key with which pg_dump (15.14 and later)
@@ -64,30 +74,25 @@ func normalizeDump(s string) string {
 }
 
 // TestTransparencyPsqlAndDumpInTheDatabaseTier: for a database-tier
-// tenant, in session mode, the same psql script of meta-commands and
-// \copy, and the same pg_dump, give the same output directly against its
-// database (as its login role, which the proxy logs its sessions in with)
-// and through the proxy, byte for byte but for pg_dump's random
-// \restrict key. Before the policy judged pg_dump's set_config of
+// tenant, the same psql script of meta-commands and \copy (in both pool
+// modes) and the same pg_dump (in session mode: transaction mode refuses
+// its session-level SETs until it tracks them) give the same output
+// directly against its database (as its login role, which the proxy logs
+// its sessions in with) and through the proxy, byte for byte but for
+// pg_dump's random \restrict key. Before the policy judged pg_dump's set_config of
 // search_path as the SET it is, let the database tier lift
 // idle_in_transaction_session_timeout and stopped refusing pg_subscription,
 // pg_dump stopped at its first statement through the proxy.
 func TestTransparencyPsqlAndDumpInTheDatabaseTier(t *testing.T) {
 	e := newProxyEnv(t)
-	_, addr := e.startProxy(t, proxy.Config{PoolMode: proxy.PoolSession})
-	plantSecret(t, addr, "umbrella")
+	addrs := e.proxiesByMode(t)
+	plantSecret(t, addrs[proxy.PoolSession], "umbrella")
 	direct := e.tenantLoginDSN(t, "umbrella", e.objectName(t, "umbrella"))
-	proxied := dsn(addr, "alice.umbrella", tenantPassword)
-
-	script := metaCommandScript(t)
-	psql := clientTool(t, "psql")
-	want := run(t, psql, psqlScriptArgs(direct, script)...)
-	if got := run(t, psql, psqlScriptArgs(proxied, script)...); got != want {
-		t.Errorf("psql meta-commands differ\n--- direct\n%s\n--- through the proxy\n%s", want, got)
-	}
+	proxied := dsn(addrs[proxy.PoolSession], "alice.umbrella", tenantPassword)
+	checkPsqlTransparent(t, direct, addrs, "umbrella", metaCommandScript(t))
 
 	pgDump := clientTool(t, "pg_dump")
-	want = normalizeDump(run(t, pgDump, direct))
+	want := normalizeDump(run(t, pgDump, direct))
 	if got := normalizeDump(run(t, pgDump, proxied)); got != want {
 		t.Errorf("pg_dump differs\n--- direct\n%s\n--- through the proxy\n%s", want, got)
 	}
@@ -164,7 +169,7 @@ func TestDumpRestoreInTheDatabaseTier(t *testing.T) {
 }
 
 // TestTransparencyPsqlInTheSharedAndSchemaTiers: the psql script gives a
-// shared- and a schema-tier tenant, in session mode, the same output
+// shared- and a schema-tier tenant, in both pool modes, the same output
 // through the proxy as on a direct connection as the serving role with the
 // tenant's context set by hand the way the proxy sets it (the tenant
 // setting; SET ROLE and search_path), byte for byte. Left out, until they
@@ -175,12 +180,11 @@ func TestDumpRestoreInTheDatabaseTier(t *testing.T) {
 func TestTransparencyPsqlInTheSharedAndSchemaTiers(t *testing.T) {
 	e := newProxyEnv(t)
 	ctx := ctxT(t)
-	_, addr := e.startProxy(t, proxy.Config{PoolMode: proxy.PoolSession})
+	addrs := e.proxiesByMode(t)
 	b, err := e.cat.Backend(ctx, migrations.MainBackend)
 	if err != nil {
 		t.Fatal(err)
 	}
-	psql := clientTool(t, "psql")
 	for _, tc := range []struct {
 		sub  string
 		skip []string
@@ -189,7 +193,7 @@ func TestTransparencyPsqlInTheSharedAndSchemaTiers(t *testing.T) {
 		{"initech", []string{`\d+`}},
 	} {
 		t.Run(tc.sub, func(t *testing.T) {
-			plantSecret(t, addr, tc.sub)
+			plantSecret(t, addrs[proxy.PoolSession], tc.sub)
 			tn, err := e.cat.Show(ctx, tc.sub)
 			if err != nil {
 				t.Fatal(err)
@@ -199,11 +203,7 @@ func TestTransparencyPsqlInTheSharedAndSchemaTiers(t *testing.T) {
 				database, options = b.SchemaDatabase, "-c role="+tn.SchemaName+" -c search_path="+tn.SchemaName
 			}
 			direct := e.directDSN(b.ServingUser, b.ServingPassword, database) + "&options=" + strings.NewReplacer(" ", "%20", "=", "%3D").Replace(options)
-			script := metaCommandScript(t, tc.skip...)
-			want := run(t, psql, psqlScriptArgs(direct, script)...)
-			if got := run(t, psql, psqlScriptArgs(dsn(addr, "alice."+tc.sub, tenantPassword), script)...); got != want {
-				t.Errorf("psql meta-commands differ\n--- direct\n%s\n--- through the proxy\n%s", want, got)
-			}
+			checkPsqlTransparent(t, direct, addrs, tc.sub, metaCommandScript(t, tc.skip...))
 		})
 	}
 }
