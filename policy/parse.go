@@ -213,7 +213,13 @@ func (a *analyzer) statement(n *pg_query.Node) {
 	case *pg_query.Node_ListenStmt, *pg_query.Node_UnlistenStmt, *pg_query.Node_NotifyStmt:
 		a.f.need(classDatabaseWide, "LISTEN/NOTIFY is refused for this tenant: channel names are shared by every tenant of the database")
 	case *pg_query.Node_LockStmt:
-		a.f.need(classSharedTables, "LOCK TABLE is refused for this tenant: the tables are shared by every tenant of the shared tier")
+		// ACCESS SHARE is the lock every SELECT takes, which PostgreSQL
+		// grants only on what the role may read; pg_dump takes it on every
+		// table it dumps. Stronger modes block other tenants' writes.
+		const accessShareLock = 1 // AccessShareLock in PostgreSQL's lockdefs.h
+		if s.LockStmt.Mode != accessShareLock {
+			a.f.need(classSharedTables, "LOCK TABLE in a mode stronger than ACCESS SHARE is refused for this tenant: the tables are shared by every tenant of the shared tier")
+		}
 	case *pg_query.Node_DoStmt:
 		a.f.need(classProcedural, "DO is refused for this tenant: procedural code can run SQL the proxy cannot check")
 	case *pg_query.Node_CreateFunctionStmt:

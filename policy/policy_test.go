@@ -179,6 +179,8 @@ var tierRules = []struct {
 	{"SELECT * FROM pg_statio_user_tables", []catalog.Tier{catalog.TierDatabase}},
 	{"SELECT pg_total_relation_size('tenant_b.messages')", []catalog.Tier{catalog.TierDatabase}},
 	{"LOCK TABLE messages IN ACCESS EXCLUSIVE MODE", []catalog.Tier{catalog.TierSchema, catalog.TierDatabase}},
+	{"LOCK TABLE messages", []catalog.Tier{catalog.TierSchema, catalog.TierDatabase}},
+	{"LOCK TABLE messages IN ROW SHARE MODE", []catalog.Tier{catalog.TierSchema, catalog.TierDatabase}},
 	{"SELECT lo_get(16384)", []catalog.Tier{catalog.TierSchema, catalog.TierDatabase}},
 	{"SELECT * FROM pg_largeobject_metadata", []catalog.Tier{catalog.TierSchema, catalog.TierDatabase}},
 	{"EXPLAIN SELECT * FROM messages WHERE body = 'secret'", []catalog.Tier{catalog.TierSchema, catalog.TierDatabase}},
@@ -213,6 +215,8 @@ var allowedEverywhere = []string{
 	"RESET search_path",
 	"SELECT pg_catalog.set_config('search_path', '', false)",
 	"SELECT set_config('statement_timeout', $1, true)",
+	// pg_dump locks each table it dumps as a SELECT would.
+	"LOCK TABLE public.messages IN ACCESS SHARE MODE",
 	// What pg_dump reads of the shared catalogs about its own database.
 	"SELECT count(*) FROM pg_subscription WHERE subdbid = (SELECT oid FROM pg_database WHERE datname = current_database())",
 	"SELECT provider, label FROM pg_catalog.pg_shseclabel WHERE classoid = 'pg_catalog.pg_database'::pg_catalog.regclass AND objoid = '16755'",

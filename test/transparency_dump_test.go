@@ -207,3 +207,32 @@ func TestTransparencyPsqlInTheSharedAndSchemaTiers(t *testing.T) {
 		})
 	}
 }
+
+// TestSharedAndSchemaTiersGivePgDumpWhatRevealsNothing: two of the reads
+// pg_dump makes in every database work for shared- and schema-tier
+// tenants in both pool modes, because they reveal nothing: pg_class's
+// tableoid (the catalog's own OID; its column grant was missing since
+// migrate up hid the planner's estimates, which took every system column
+// with them) and LOCK TABLE … IN ACCESS SHARE MODE (the lock a SELECT
+// takes). The estimates themselves stay hidden: relpages is what still
+// stops pg_dump in these tiers (README, "Backup and restore per tenant").
+func TestSharedAndSchemaTiersGivePgDumpWhatRevealsNothing(t *testing.T) {
+	e := newProxyEnv(t)
+	addrs := e.proxiesByMode(t)
+	ctx := ctxT(t)
+	for _, sub := range []string{"acme", "initech"} {
+		for _, mode := range poolModes {
+			conn := connect(t, dsn(addrs[mode], "alice."+sub, tenantPassword))
+			var n int
+			if err := conn.QueryRow(ctx, "SELECT count(*) FROM pg_class c WHERE c.tableoid = 'pg_class'::regclass").Scan(&n); err != nil || n == 0 {
+				t.Errorf("%s, %s mode: pg_class.tableoid: %d rows, %v; want every row", sub, mode, n, err)
+			}
+			if _, err := conn.Exec(ctx, "BEGIN; LOCK TABLE messages IN ACCESS SHARE MODE; COMMIT"); err != nil {
+				t.Errorf("%s, %s mode: LOCK TABLE … IN ACCESS SHARE MODE: %v", sub, mode, err)
+			}
+			if _, err := conn.Exec(ctx, "SELECT relpages FROM pg_class"); sqlstateOf(err) != "42501" {
+				t.Errorf("%s, %s mode: SELECT relpages FROM pg_class: %v; want 42501 (other tenants' volume)", sub, mode, err)
+			}
+		}
+	}
+}
