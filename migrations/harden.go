@@ -130,12 +130,14 @@ func hardenBackends(ctx context.Context, control *pgx.Conn, keys *secrets.Keyrin
 
 // hardenColumns leaves PUBLIC every column of catalog table except those
 // in hidden (an SQL list of literals), and grants role the whole table.
-// Revoking the table privilege drops the old column grants with it, so
-// running it again is harmless.
+// Of the system columns it leaves tableoid, the catalog's own OID, which
+// pg_dump reads with every catalog row; the others count the server's
+// transactions and hold row positions. Revoking the table privilege drops
+// the old column grants with it, so running it again is harmless.
 func hardenColumns(table, hidden, role string) string {
 	return `DO $harden$ DECLARE cols text; BEGIN
 	SELECT string_agg(quote_ident(a.attname), ', ' ORDER BY a.attnum) INTO cols FROM pg_catalog.pg_attribute a
-		WHERE a.attrelid = 'pg_catalog.` + table + `'::regclass AND a.attnum > 0 AND NOT a.attisdropped
+		WHERE a.attrelid = 'pg_catalog.` + table + `'::regclass AND (a.attnum > 0 OR a.attname = 'tableoid') AND NOT a.attisdropped
 		AND a.attname NOT IN (` + hidden + `);
 	REVOKE SELECT ON pg_catalog.` + table + ` FROM PUBLIC;
 	EXECUTE format('GRANT SELECT (%s) ON pg_catalog.` + table + ` TO PUBLIC', cols);

@@ -17,7 +17,6 @@ type class uint8
 const (
 	classDDL class = 1 << iota
 	classProcedural
-	classSearchPath
 	classDatabaseWide
 	classSharedTables
 	classExplain
@@ -31,8 +30,6 @@ func (r Rules) allows(c class) bool {
 		return r.DDL
 	case classProcedural:
 		return r.Procedural
-	case classSearchPath:
-		return r.SearchPath
 	case classDatabaseWide:
 		return r.DatabaseWide
 	case classSharedTables:
@@ -122,7 +119,6 @@ const (
 	reasonSessAuth   = "SET/RESET SESSION AUTHORIZATION is refused: it would change who the session runs as"
 	reasonTenantGUC  = "changing the tenant setting " + migrations.TenantGUC + " is refused: the proxy sets it for this tenant"
 	reasonPlan       = "changing a " + router.TenantSettingPrefix + "* setting is refused: the proxy sets the tenant's plan and features from the catalog"
-	reasonIdleInTx   = "changing idle_in_transaction_session_timeout is refused: the proxy sets it, so that an idle transaction cannot hold a shared server connection"
 	reasonResetAll   = "RESET ALL is refused: it would undo the tenant context the proxy set up"
 	reasonDiscardAll = "DISCARD ALL is refused: it would undo the tenant context the proxy set up"
 	reasonUnparsable = "the statement was not sent: the proxy's SQL parser rejected it"
@@ -177,6 +173,10 @@ type analyzer struct {
 	f *facts
 	// level is how many function bodies deep the text is.
 	level int
+	// settingOf names the setting a set_config call sets when its first
+	// argument is a column of a row its statement picks by name
+	// (settingRowCall).
+	settingOf map[*pg_query.FuncCall]string
 }
 
 // statement classifies one statement by kind, recursing into the
@@ -191,6 +191,9 @@ func (a *analyzer) statement(n *pg_query.Node) {
 	case *pg_query.Node_SelectStmt:
 		if s.SelectStmt.IntoClause != nil {
 			a.f.need(classDDL, "SELECT INTO is refused: it creates a table, and schema changes are not allowed for this tenant")
+		}
+		if c, name := settingRowCall(s.SelectStmt); c != nil {
+			a.settingOf = map[*pg_query.FuncCall]string{c: name}
 		}
 	case *pg_query.Node_InsertStmt, *pg_query.Node_UpdateStmt, *pg_query.Node_DeleteStmt, *pg_query.Node_MergeStmt,
 		*pg_query.Node_VariableShowStmt, *pg_query.Node_VariableSetStmt, *pg_query.Node_ExecuteStmt,
@@ -229,7 +232,13 @@ func (a *analyzer) statement(n *pg_query.Node) {
 		// (channels.go).
 		a.f.channels = true
 	case *pg_query.Node_LockStmt:
-		a.f.need(classSharedTables, "LOCK TABLE is refused for this tenant: the tables are shared by every tenant of the shared tier")
+		// ACCESS SHARE is the lock every SELECT takes, which PostgreSQL
+		// grants only on what the role may read; pg_dump takes it on every
+		// table it dumps. Stronger modes block other tenants' writes.
+		const accessShareLock = 1 // AccessShareLock in PostgreSQL's lockdefs.h
+		if s.LockStmt.Mode != accessShareLock {
+			a.f.need(classSharedTables, "LOCK TABLE in a mode stronger than ACCESS SHARE is refused for this tenant: the tables are shared by every tenant of the shared tier")
+		}
 	case *pg_query.Node_DoStmt:
 		a.f.need(classProcedural, "DO is refused for this tenant: procedural code can run SQL the proxy cannot check")
 	case *pg_query.Node_CreateFunctionStmt:
@@ -251,7 +260,7 @@ func (a *analyzer) statement(n *pg_query.Node) {
 		*pg_query.Node_AlterSeqStmt, *pg_query.Node_CompositeTypeStmt, *pg_query.Node_CreateEnumStmt,
 		*pg_query.Node_AlterEnumStmt, *pg_query.Node_CreateDomainStmt, *pg_query.Node_AlterDomainStmt,
 		*pg_query.Node_CreateRangeStmt, *pg_query.Node_RefreshMatViewStmt, *pg_query.Node_DropStmt,
-		*pg_query.Node_RenameStmt, *pg_query.Node_CommentStmt, *pg_query.Node_TruncateStmt,
+		*pg_query.Node_RenameStmt, *pg_query.Node_TruncateStmt,
 		*pg_query.Node_VacuumStmt, *pg_query.Node_ClusterStmt, *pg_query.Node_ReindexStmt,
 		*pg_query.Node_CreateTrigStmt, *pg_query.Node_CreatePolicyStmt, *pg_query.Node_AlterPolicyStmt,
 		*pg_query.Node_GrantStmt, *pg_query.Node_AlterObjectSchemaStmt, *pg_query.Node_CreateSchemaStmt,
@@ -259,6 +268,16 @@ func (a *analyzer) statement(n *pg_query.Node) {
 		a.f.need(classDDL, statementName(n)+" is refused: schema changes are not allowed for this tenant")
 	case *pg_query.Node_CreateExtensionStmt:
 		a.extension(s.CreateExtensionStmt)
+	case *pg_query.Node_CommentStmt:
+		switch s.CommentStmt.Objtype {
+		case pg_query.ObjectType_OBJECT_DATABASE, pg_query.ObjectType_OBJECT_ROLE, pg_query.ObjectType_OBJECT_TABLESPACE:
+			// pg_shdescription, which holds them, is every tenant's to read
+			// (pg_dump and psql's \l+ read it): what the server's tenants
+			// read there is only what the operator wrote.
+			a.f.refuse("COMMENT ON DATABASE/ROLE/TABLESPACE is refused: comments on objects of the whole server are readable by every tenant")
+		default:
+			a.f.need(classDDL, "Comment is refused: schema changes are not allowed for this tenant")
+		}
 	default:
 		// Roles, databases, tablespaces, server configuration, extensions,
 		// languages, foreign servers, replication, event triggers,
@@ -382,7 +401,11 @@ func (a *analyzer) writeTarget(rel *pg_query.RangeVar) {
 	}
 }
 
-// set checks SET, SET LOCAL and RESET, also as a function's SET clause.
+// set checks SET, SET LOCAL and RESET, also as a function's SET clause
+// and as set_config. search_path is free in every tier: what isolates a
+// schema-tier tenant is its role, which has no privilege on another
+// tenant's schema whatever the path names (TestIsolationAttacks, "search_path
+// to the victim's schema"), and a start-up option could set it anyway.
 func (a *analyzer) set(s *pg_query.VariableSetStmt) {
 	if s.Kind == pg_query.VariableSetKind_VAR_RESET_ALL {
 		a.f.refuse(reasonResetAll)
@@ -415,10 +438,12 @@ func (a *analyzer) set(s *pg_query.VariableSetStmt) {
 	case "idle_in_transaction_session_timeout":
 		// Session mode's limit on idle transactions (proxy.Config.
 		// IdleInTransactionTimeout): lifting it would let one tenant
-		// hold a connection of a shared pool, and its locks, forever.
-		a.f.refuse(reasonIdleInTx)
-	case "search_path":
-		a.f.need(classSearchPath, "changing search_path is refused for this tenant: the proxy sets it as part of the tenant context")
+		// hold, idle, locks and the vacuum horizon of the database. Only
+		// a database-tier tenant's database is its own (and its pool is
+		// keyed by its own login role), so only that tier may lift it,
+		// as pg_dump and pg_restore do first thing. Transaction mode
+		// times the client's silence in the proxy, whatever the setting.
+		a.f.need(classDatabaseWide, "changing idle_in_transaction_session_timeout is refused for this tenant: the proxy sets it, so that an idle transaction cannot hold the locks and vacuum horizon of a database other tenants share")
 	case "client_encoding":
 		// In client encodings such as SJIS or BIG5 a multi-byte character
 		// can end in a backslash; the server reads the bytes in that
@@ -478,6 +503,10 @@ func (a *analyzer) funcCall(c *pg_query.FuncCall) {
 		a.f.need(classOwnBackend, "pg_terminate_backend() is refused: "+whyServerWide+"; only a database-tier tenant may end its own session with pg_terminate_backend(pg_backend_pid())")
 		return
 	}
+	if name == "set_config" {
+		a.setConfig(c)
+		return
+	}
 	if name == "ts_rewrite" && len(c.Args) != 2 {
 		// Only the two-argument form runs a query given as text.
 		return
@@ -530,7 +559,6 @@ const (
 )
 
 var refusedFunctions = map[string]string{
-	"set_config":                     "it changes settings that carry the tenant context",
 	"query_to_xml":                   whyRunsSQL,
 	"query_to_xmlschema":             whyRunsSQL,
 	"query_to_xml_and_xmlschema":     whyRunsSQL,
@@ -634,12 +662,20 @@ var perDatabaseStats = map[string]bool{
 // nothing of who they are; psql's \du, \l and \d read them. Their
 // passwords are masked, and role-wide settings (rolconfig) are never set
 // per tenant. pg_authid and pg_shadow hold password verifiers (superuser
-// only anyway); pg_db_role_setting holds settings per database and role.
+// only anyway); pg_db_role_setting holds settings per database and role,
+// which a database-tier tenant's procedural code can set for its own role
+// and database (ALTER ROLE … SET app.key = '…').
+// Nor are the shared catalogs pg_dump reads about the tenant's own
+// database, whose rows no tenant can write through the proxy (procedural
+// code, opt-in in the database tier, is out of its sight): pg_subscription
+// (only a superuser creates subscriptions; their secret, subconninfo,
+// PostgreSQL itself keeps from PUBLIC), pg_shdescription (comments on
+// databases, roles and tablespaces, which the policy refuses to tenants)
+// and pg_shseclabel (SECURITY LABEL is refused to tenants).
 var refusedRelations = map[string]bool{
 	"pg_locks": true, "pg_prepared_xacts": true, "pg_authid": true, "pg_shadow": true,
 	"pg_db_role_setting": true, "pg_replication_slots": true, "pg_hba_file_rules": true,
 	"pg_ident_file_mappings": true, "pg_file_settings": true, "pg_backend_memory_contexts": true,
 	"pg_shmem_allocations": true, "pg_user_mappings": true, "pg_user_mapping": true,
-	"pg_largeobject": true, "pg_shdescription": true, "pg_shseclabel": true, "pg_subscription": true,
-	"pg_replication_origin_status": true,
+	"pg_largeobject": true, "pg_replication_origin_status": true,
 }

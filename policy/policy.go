@@ -9,8 +9,9 @@ import (
 
 // Policy decides which client statements may reach PostgreSQL. It refuses
 // what would change, reset or escape the tenant context (SET ROLE, the
-// tenant setting and the tenant.* plan settings, set_config() and the
-// functions that run SQL text),
+// tenant setting and the tenant.* plan settings, by SET or set_config(),
+// set_config() of a setting named at run time, and the functions that run
+// SQL text),
 // observe other tenants through the server (pg_stat_activity, pg_locks,
 // pg_stats, sizes; not names, which are random), or disturb them (ALTER ROLE on the
 // shared serving role, pg_terminate_backend, two-phase commit), and, per
@@ -145,8 +146,8 @@ func (m Mode) String() string {
 // Check returns the reason sql is refused for a tenant with rules r in
 // pool mode m, or "" when it may run. The reason names what was refused
 // and why, for an ErrorResponse with SQLSTATE 42501. In transaction mode
-// the policy's reason comes first: what it refuses (SET ROLE, set_config,
-// RESET ALL) is refused in session mode too, so transaction mode's hint
+// the policy's reason comes first: what it refuses (SET ROLE,
+// set_config('role', …), RESET ALL) is refused in session mode too, so transaction mode's hint
 // to connect in session mode would be false for it.
 //
 // sql may hold several statements (a simple Query); it is not modified or

@@ -45,11 +45,22 @@ var refusedEverywhere = []struct{ sql, why string }{
 	{"ALTER DATABASE d SET tenant.features = '{}'", "AlterDatabaseSet"},
 	{"CREATE FUNCTION f() RETURNS int LANGUAGE sql SET tenant.plan = 'pro' AS 'select 1'", "tenant.*"},
 	{"ALTER FUNCTION f() SET tenant.features = '{}'", "tenant.*"},
-	{"SET idle_in_transaction_session_timeout = 0", "idle_in_transaction_session_timeout"},
-	{"SET LOCAL idle_in_transaction_session_timeout TO '1h'", "idle_in_transaction_session_timeout"},
-	{"SET SESSION Idle_In_Transaction_Session_Timeout TO DEFAULT", "idle_in_transaction_session_timeout"},
-	{"RESET idle_in_transaction_session_timeout", "idle_in_transaction_session_timeout"},
-	{"CREATE FUNCTION f() RETURNS int LANGUAGE sql SET idle_in_transaction_session_timeout = 0 AS 'select 1'", "idle_in_transaction_session_timeout"},
+	{"SELECT set_config(name, 'b', false) FROM pg_settings", "set_config"},
+	{"SELECT set_config('ro' || 'le', 'b', false)", "set_config"},
+	{"COMMENT ON DATABASE current_database IS 'acme inc'", "COMMENT ON DATABASE"},
+	{"COMMENT ON ROLE tenant_b IS 'acme inc'", "COMMENT ON DATABASE/ROLE"},
+	{"SECURITY LABEL ON DATABASE d IS 'x'", "SecLabel"},
+	{"SELECT set_config(name, 'b', false) FROM pg_settings WHERE name = 'role'", "ROLE"},
+	{"SELECT set_config(name, 'b', false) FROM pg_settings WHERE name <> 'work_mem'", "set_config"},
+	{"SELECT set_config(name, 'b', false) FROM pg_settings WHERE name = 'work_mem' OR true", "set_config"},
+	{"SELECT set_config(name, 'b', false) FROM pg_settings, t WHERE name = 'work_mem'", "set_config"},
+	{"SELECT set_config(t.name, 'b', false) FROM pg_settings WHERE name = 'work_mem'", "set_config"},
+	{"WITH pg_settings AS (SELECT 'role' AS name) SELECT set_config(name, 'b', false) FROM pg_settings WHERE name = 'work_mem'", "set_config"},
+	{"SELECT 1 FROM t WHERE (SELECT set_config(name, 'b', false) FROM pg_settings WHERE name = 'work_mem') IS NULL", "set_config"},
+	{"SELECT set_config('Role', 'b', true)", "ROLE"},
+	{"SELECT set_config('client_encoding', 'SJIS', false)", "client encodings"},
+	{"SELECT set_config('client_encoding', (SELECT 'SJIS'), false)", "client encodings"},
+	{"SELECT set_config('search_path', '', false), set_config('app.tenant_id', 'b', false)", "app.tenant_id"},
 	{"RESET ALL", "RESET ALL"},
 	{"DISCARD ALL", "DISCARD ALL"},
 	{"SELECT set_config('app.tenant_id', 'b', false)", "set_config"},
@@ -146,14 +157,13 @@ var tierRules = []struct {
 	{"ALTER TABLE messages NO FORCE ROW LEVEL SECURITY", []catalog.Tier{catalog.TierDatabase}},
 	{"DROP TABLE messages", []catalog.Tier{catalog.TierDatabase}},
 	{"TRUNCATE messages", []catalog.Tier{catalog.TierDatabase}},
+	{"COMMENT ON TABLE messages IS 'x'", []catalog.Tier{catalog.TierDatabase}},
 	{"SELECT * INTO copy_of_messages FROM messages", []catalog.Tier{catalog.TierDatabase}},
 	{"CREATE TABLE x AS SELECT * FROM messages", []catalog.Tier{catalog.TierDatabase}},
 	{"CREATE FUNCTION f() RETURNS int LANGUAGE sql AS 'select 1'", []catalog.Tier{catalog.TierDatabase}},
 	{"GRANT SELECT ON messages TO PUBLIC", []catalog.Tier{catalog.TierDatabase}},
 	{"DO $$ BEGIN EXECUTE 'SET ROLE tenant_b'; END $$", nil},
 	{"CREATE FUNCTION f() RETURNS void LANGUAGE plpgsql AS $$ BEGIN EXECUTE 'SET ROLE b'; END $$", nil},
-	{"SET search_path = tenant_b, public", []catalog.Tier{catalog.TierDatabase}},
-	{"RESET search_path", []catalog.Tier{catalog.TierDatabase}},
 	// pg_catalog's own lock and notification functions reach the
 	// database's one space; unqualified calls reach the tenant's own
 	// (allowedEverywhere), and so do LISTEN/NOTIFY statements, which the
@@ -165,10 +175,18 @@ var tierRules = []struct {
 	{"SELECT * FROM pg_catalog.pg_listening_channels()", []catalog.Tier{catalog.TierDatabase}},
 	{"CREATE FUNCTION f() RETURNS void LANGUAGE sql AS 'NOTIFY jobs'", []catalog.Tier{catalog.TierDatabase}},
 	{"CREATE FUNCTION f() RETURNS void LANGUAGE sql AS $$ LISTEN jobs $$", []catalog.Tier{catalog.TierDatabase}},
+	// pg_dump and pg_restore lift the limit on idle transactions first.
+	{"SET idle_in_transaction_session_timeout = 0", []catalog.Tier{catalog.TierDatabase}},
+	{"SET LOCAL idle_in_transaction_session_timeout TO '1h'", []catalog.Tier{catalog.TierDatabase}},
+	{"SET SESSION Idle_In_Transaction_Session_Timeout TO DEFAULT", []catalog.Tier{catalog.TierDatabase}},
+	{"RESET idle_in_transaction_session_timeout", []catalog.Tier{catalog.TierDatabase}},
+	{"SELECT set_config('idle_in_transaction_session_timeout', '0', false)", []catalog.Tier{catalog.TierDatabase}},
 	{"SELECT relname, n_live_tup FROM pg_stat_user_tables", []catalog.Tier{catalog.TierDatabase}},
 	{"SELECT * FROM pg_statio_user_tables", []catalog.Tier{catalog.TierDatabase}},
 	{"SELECT pg_total_relation_size('tenant_b.messages')", []catalog.Tier{catalog.TierDatabase}},
 	{"LOCK TABLE messages IN ACCESS EXCLUSIVE MODE", []catalog.Tier{catalog.TierSchema, catalog.TierDatabase}},
+	{"LOCK TABLE messages", []catalog.Tier{catalog.TierSchema, catalog.TierDatabase}},
+	{"LOCK TABLE messages IN ROW SHARE MODE", []catalog.Tier{catalog.TierSchema, catalog.TierDatabase}},
 	{"SELECT lo_get(16384)", []catalog.Tier{catalog.TierSchema, catalog.TierDatabase}},
 	{"SELECT * FROM pg_largeobject_metadata", []catalog.Tier{catalog.TierSchema, catalog.TierDatabase}},
 	{"EXPLAIN SELECT * FROM messages WHERE body = 'secret'", []catalog.Tier{catalog.TierSchema, catalog.TierDatabase}},
@@ -197,6 +215,20 @@ var allowedEverywhere = []string{
 	"SELECT current_setting('app.tenant_id')",
 	"SHOW app.tenant_id",
 	"SHOW search_path",
+	// search_path is not the isolation boundary: roles and row-level
+	// security are. pg_dump and its dumps start with the set_config.
+	"SET search_path = tenant_b, public",
+	"RESET search_path",
+	"SELECT pg_catalog.set_config('search_path', '', false)",
+	"SELECT set_config('statement_timeout', $1, true)",
+	// pg_dump locks each table it dumps as a SELECT would.
+	"LOCK TABLE public.messages IN ACCESS SHARE MODE",
+	// What pg_dump reads of the shared catalogs about its own database.
+	"SELECT count(*) FROM pg_subscription WHERE subdbid = (SELECT oid FROM pg_database WHERE datname = current_database())",
+	"SELECT provider, label FROM pg_catalog.pg_shseclabel WHERE classoid = 'pg_catalog.pg_database'::pg_catalog.regclass AND objoid = '16755'",
+	"SELECT description FROM pg_catalog.pg_shdescription WHERE classoid = 'pg_catalog.pg_database'::pg_catalog.regclass AND objoid = '16755'",
+	// pg_dump 15.8 and later, for a setting older servers lack.
+	"SELECT set_config(name, 'view, foreign-table', false) FROM pg_settings WHERE name = 'restrict_nonsystem_relation_kind'",
 	"SET application_name = 'x'",
 	"SET statement_timeout = '5s'",
 	"SET LOCAL work_mem = '64MB'",
@@ -278,7 +310,7 @@ func TestPolicyExtensionsAreTheOperators(t *testing.T) {
 
 func TestPolicyRefusesInEveryTier(t *testing.T) {
 	p := New()
-	everything := Rules{DDL: true, Procedural: true, SearchPath: true, DatabaseWide: true, SharedTables: true, Explain: true}
+	everything := Rules{DDL: true, Procedural: true, DatabaseWide: true, SharedTables: true, Explain: true}
 	for _, tt := range refusedEverywhere {
 		for _, r := range []Rules{{}, DefaultRules(catalog.TierSchema), DefaultRules(catalog.TierDatabase), everything} {
 			reason := p.Check([]byte(tt.sql), r, SessionMode)
@@ -328,7 +360,7 @@ func TestZeroRulesAreTheSharedTiers(t *testing.T) {
 		t.Fatalf("shared tier rules %+v; want the zero Rules", DefaultRules(catalog.TierShared))
 	}
 	p := New()
-	for _, sql := range []string{"CREATE TABLE t (id int)", "SELECT pg_catalog.pg_notify('x', '')", "EXPLAIN SELECT 1", "SET search_path = x"} {
+	for _, sql := range []string{"CREATE TABLE t (id int)", "SELECT pg_catalog.pg_notify('x', '')", "EXPLAIN SELECT 1", "SET idle_in_transaction_session_timeout = 0"} {
 		if p.Check([]byte(sql), Rules{}, SessionMode) == "" {
 			t.Errorf("Check allowed %q under the zero Rules; want the shared tier's refusal", sql)
 		}
@@ -349,7 +381,7 @@ func TestRulesForSettings(t *testing.T) {
 		{catalog.TierSchema, `{"policy": {"allow_ddl": true}}`, Rules{DDL: true, SharedTables: true, Explain: true}, false},
 		{catalog.TierSchema, `{"policy": {"allow_procedural": true}}`, Rules{}, true},
 		{catalog.TierDatabase, `{"policy": {"allow_ddl": false, "allow_procedural": true}}`,
-			Rules{Procedural: true, SearchPath: true, DatabaseWide: true, SharedTables: true, Explain: true, OwnBackend: true}, false},
+			Rules{Procedural: true, DatabaseWide: true, SharedTables: true, Explain: true, OwnBackend: true}, false},
 		{catalog.TierDatabase, `{"policy": "yes"}`, Rules{}, true},
 		{catalog.TierDatabase, `{"other": 1}`, DefaultRules(catalog.TierDatabase), false},
 	}

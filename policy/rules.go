@@ -17,13 +17,12 @@ type Rules struct {
 	// Procedural: DO blocks and functions in languages other than SQL,
 	// whose bodies can build and run SQL the proxy never sees.
 	Procedural bool
-	// SearchPath: SET/RESET search_path. In the schema tier the search
-	// path is part of the tenant context the proxy sets up.
-	SearchPath bool
 	// DatabaseWide: names every session of a database shares — advisory
-	// locks, LISTEN/NOTIFY channels — and per-database statistics and
+	// locks, LISTEN/NOTIFY channels — per-database statistics and
 	// relation sizes, which show other tenants' objects and volume when
-	// tenants share a database.
+	// tenants share a database, and idle_in_transaction_session_timeout,
+	// whose limit keeps an idle transaction from holding the database's
+	// locks and vacuum horizon.
 	DatabaseWide bool
 	// SharedTables: LOCK TABLE and large objects, which act on objects
 	// shared by every tenant of the shared tier.
@@ -47,7 +46,7 @@ func DefaultRules(tier catalog.Tier) Rules {
 	case catalog.TierSchema:
 		return Rules{SharedTables: true, Explain: true}
 	case catalog.TierDatabase:
-		return Rules{DDL: true, SearchPath: true, DatabaseWide: true, SharedTables: true, Explain: true, OwnBackend: true}
+		return Rules{DDL: true, DatabaseWide: true, SharedTables: true, Explain: true, OwnBackend: true}
 	default:
 		return Rules{}
 	}

@@ -16,8 +16,8 @@ import (
 var startupSettings = map[string]bool{
 	"application_name": true, "client_encoding": true, "datestyle": true, "timezone": true,
 	"intervalstyle": true, "extra_float_digits": true, "search_path": true,
-	// Not idle_in_transaction_session_timeout: the proxy sets it (the
-	// statement policy refuses changing it).
+	// Not idle_in_transaction_session_timeout: the proxy sets it after
+	// these (the statement policy lets only the database tier change it).
 	"statement_timeout": true, "lock_timeout": true,
 	"bytea_output": true, "client_min_messages": true,
 	"default_transaction_isolation": true, "default_transaction_read_only": true,

@@ -9,7 +9,7 @@ import (
 
 // everything allows every class, so that what transaction mode refuses is
 // not refused by the rules first.
-var everything = Rules{DDL: true, Procedural: true, SearchPath: true, DatabaseWide: true, SharedTables: true, Explain: true}
+var everything = Rules{DDL: true, Procedural: true, DatabaseWide: true, SharedTables: true, Explain: true}
 
 // txnModeCases are transaction mode's verdicts (refused: a reason that
 // suggests session mode) and how many times checking each text, in both
@@ -123,9 +123,11 @@ func TestTransactionModeAsksTheRulesFirst(t *testing.T) {
 	}{
 		{"SET ROLE x", everything, reasonRole, reasonRole, false},
 		{"RESET ALL", everything, reasonResetAll, reasonResetAll, false},
-		{"SELECT set_config('work_mem', '1MB', false)", everything,
-			"set_config() is refused: it changes settings that carry the tenant context",
-			"set_config() is refused: it changes settings that carry the tenant context", false},
+		{"SELECT set_config('role', 'x', false)", everything,
+			"set_config('role', …): " + reasonRole,
+			"set_config('role', …): " + reasonRole, false},
+		{"SELECT set_config('work_mem', '1MB', false)", everything, "",
+			"set_config() can change the session outside the transaction in transaction pooling mode" + sessionModeHint, true},
 		{"SELECT pg_catalog.pg_advisory_lock(1)", Rules{},
 			"pg_advisory_lock" + reasonQualified, "pg_advisory_lock" + reasonQualified, false},
 		{"LISTEN ch", Rules{}, "",

@@ -142,7 +142,8 @@ type Config struct {
 	// silence itself (idletx.go) and rolls the server connection back into
 	// the pool; in session mode it sets PostgreSQL's
 	// idle_in_transaction_session_timeout in the session's setup, and the
-	// statement policy refuses changing that setting. Zero means 60 s;
+	// statement policy refuses changing that setting outside the database
+	// tier, whose database and pool are the tenant's own. Zero means 60 s;
 	// negative disables. Live (for sessions started after the reload).
 	IdleInTransactionTimeout time.Duration
 	// PoolMode is the default pool mode of tenants whose catalog settings
