@@ -66,6 +66,9 @@ type facts struct {
 	// EXISTS statements, which Policy.Check allows only for the names the
 	// operator listed (NewWith).
 	extensions []string
+	// copyIn is the shared tier's load for a COPY of a table FROM STDIN
+	// (SharedCopyIn), "" for any other text.
+	copyIn string
 }
 
 func (f *facts) refuse(reason string) {
@@ -156,6 +159,9 @@ func analyzeBody(sql string, level int) *facts {
 		}
 		a.statement(s.Stmt)
 		a.walk(s.Stmt.ProtoReflect())
+	}
+	if level == 0 && f.refused == "" {
+		f.copyIn = sharedCopyIn(res) // last: it edits the tree
 	}
 	return f
 }

@@ -51,7 +51,10 @@ type sessionBase struct {
 	tenant, user string
 	// rules are the statement classes the tenant's tier and settings
 	// allow; the zero value is the strictest.
-	rules        policy.Rules
+	rules policy.Rules
+	// shared: the tenant is in the shared tier, whose COPY FROM STDIN
+	// runs as a load (copyshared.go).
+	shared       bool
 	started      time.Time
 	cancelPID    uint32
 	maxMsg       int
@@ -148,6 +151,9 @@ const (
 	// replyRefused: the error of a stand-in for a refused statement
 	// (refusal.go), or nothing if the server skipped it.
 	replyRefused
+	// replyLoad: the replies up to the next ReadyForQuery are a shared-tier
+	// COPY's load (copyshared.go).
+	replyLoad
 )
 
 // reply is one reply a server owes. inject marks replies to the proxy's
@@ -182,6 +188,8 @@ type replyQueue struct {
 	// is when the open transaction's first one was pushed; zero while no
 	// transaction is open.
 	queryAt, txAt time.Time
+	// loads counts replyLoad entries pending, read without mu.
+	loads atomic.Int32
 }
 
 // latency is what one ReadyForQuery relayed measured: answered when it
@@ -194,6 +202,9 @@ type latency struct {
 
 func (q *replyQueue) push(r reply) {
 	q.mu.Lock()
+	if r.kind == replyLoad {
+		q.loads.Add(1)
+	}
 	if r.kind == replyReady {
 		if q.ready == 0 {
 			q.queryAt = time.Now()
@@ -238,8 +249,11 @@ func (q *replyQueue) popLocked() (reply, bool) {
 	if q.head == len(q.q) {
 		q.q, q.head = q.q[:0], 0
 	}
-	if r.kind == replyReady {
+	switch r.kind {
+	case replyReady:
 		q.ready--
+	case replyLoad:
+		q.loads.Add(-1)
 	}
 	return r, true
 }
@@ -311,6 +325,7 @@ func (q *replyQueue) clear() {
 	q.mu.Lock()
 	clear(q.q)
 	q.q, q.head, q.ready = q.q[:0], 0, 0
+	q.loads.Store(0)
 	q.txAt = time.Time{}
 	q.mu.Unlock()
 }

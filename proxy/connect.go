@@ -197,6 +197,7 @@ func (s *Server) initBase(b *sessionBase, c *clientConn, t *catalog.Tenant, id r
 		received: s.metrics.clientReceived.WithLabelValues(t.Subdomain),
 		sent:     s.metrics.clientSent.WithLabelValues(t.Subdomain)}
 	b.srv, b.client, b.rules = s, &b.meter, rules
+	b.shared = t.Tier == catalog.TierShared
 	b.tenant, b.user, b.started = t.Subdomain, id.User, time.Now()
 	b.maxMsg = lv.cfg.MaxMessageSize
 	b.queries = s.metrics.queries.WithLabelValues(t.Subdomain)

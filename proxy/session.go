@@ -130,6 +130,12 @@ func (ss *pinnedSession) forwardClient() clientResult {
 			if reason := ss.srv.policy.Check(sql, ss.rules, policy.SessionMode); reason != "" {
 				err = ss.refuse(&sc, m.Bytes, ss.srv.policy.Explain(sql, reason))
 			} else if m.Type == pgwire.Query {
+				if load := ss.loadQuery(sql); load != nil {
+					ss.replies.push(reply{kind: replyLoad})
+					if err = sc.Discard(); err == nil {
+						err = sc.Write(load)
+					}
+				}
 				ss.replies.push(reply{kind: replyReady})
 				ss.queries.Inc()
 			}
@@ -195,6 +201,12 @@ func (ss *pinnedSession) backendToClient() backendResult {
 			continue
 		}
 		last = m.Type
+		if m.Type == pgwire.CommandComplete {
+			if err := loadReply(&sc, &ss.replies, m.Bytes); err != nil {
+				return backendResult{own: true, err: err}
+			}
+			continue
+		}
 		if m.Type == pgwire.ErrorResponse {
 			if _, err := swapRefusal(&sc, &ss.replies, m.Bytes); err != nil {
 				return backendResult{own: true, err: err}

@@ -134,6 +134,8 @@ func (tx *txSession) clientReply(c *pool.Conn, m pgwire.Message, inline bool) re
 		}
 	case pgwire.ParameterStatus:
 		tx.parameterStatus(c, m.Body())
+	case pgwire.CommandComplete:
+		err = loadReply(sc, &tx.replies, m.Bytes)
 	case pgwire.CopyInResponse, pgwire.CopyBothResponse:
 		if inline {
 			// Relayed now, so that the client has it before the client
