@@ -122,6 +122,15 @@ func TestSharedTierCopyFromStdin(t *testing.T) {
 			if !strings.Contains(out, "COPY 1") {
 				t.Fatalf(`\copy without a column list said %q; want COPY 1`, out)
 			}
+			// A dump's data section read by psql from its script: the rows
+			// are data, not SQL, and load as the session's tenant's.
+			script := filepath.Join(dir, "dump.sql")
+			writeFile(t, script, fmt.Sprintf("COPY public.users (tenant_id, id, username) FROM stdin;\n%s\t%d\t%sdump0\n\\.\nSELECT 'after the data';\n", e.globex, id+25, p))
+			out = run(t, e.psql, url, "-X", "-v", "ON_ERROR_STOP=1", "-f", script)
+			if !strings.Contains(out, "COPY 1") || !strings.Contains(out, "after the data") {
+				t.Fatalf("psql -f of a data section said %q; want COPY 1, then the query after it", out)
+			}
+			wantRows(t, "rows after psql -f", e.users(t, p+"dump"), e.acme+":"+p+"dump0")
 			wantRows(t, `rows after \copy`, e.users(t, p+"all"), e.acme+":"+p+"all0")
 			wantRows(t, `rows after \copy`, e.users(t, p+"psql"), e.acme+":"+p+"psql0", e.acme+":"+p+"psql1")
 

@@ -1,0 +1,72 @@
+package test
+
+import (
+	"fmt"
+	"testing"
+
+	"github.com/jackc/pgx/v5"
+	"go.uber.org/zap"
+
+	"github.com/tenantproxy/tenantproxy/proxy"
+)
+
+// copyBenchRows is the rows of one COPY in BenchmarkSharedTierCopyFrom.
+const copyBenchRows = 100_000
+
+// BenchmarkSharedTierCopyFrom loads copyBenchRows rows with pgx's CopyFrom
+// (binary) into the chat schema's users table: directly, as the
+// superuser, into a copy of the table without row-level security (same
+// columns, defaults, keys and indexes), and through the proxy as a
+// shared-tier tenant in each pool mode, where the proxy loads through a
+// staging table (proxy/copyshared.go). Each op is one COPY into an
+// emptied table; rows/s is the rate.
+//
+// Measured on the shared 2-CPU VM with six other test suites running
+// (go test -bench SharedTierCopyFrom -benchtime 5x -count 3 ./test,
+// medians): see the README's Performance section for the figures and
+// the ratio.
+func BenchmarkSharedTierCopyFrom(b *testing.B) {
+	e := newProxyEnv(b)
+	ctx := ctxT(b)
+	tn, err := e.cat.Show(ctx, "acme")
+	if err != nil {
+		b.Fatal(err)
+	}
+	admin := connect(b, e.cluster.DSN(tn.Database))
+	if _, err := admin.Exec(ctx, "CREATE TABLE users_direct (LIKE users INCLUDING DEFAULTS INCLUDING CONSTRAINTS INCLUDING INDEXES)"); err != nil {
+		b.Fatal(err)
+	}
+	// The direct session names the tenant as the proxy would, so the
+	// tenant column's default is the same expression in both.
+	if _, err := admin.Exec(ctx, "SELECT set_config('app.tenant_id', $1, false)", tn.ID); err != nil {
+		b.Fatal(err)
+	}
+	type target struct {
+		name, table string
+		conn        *pgx.Conn
+	}
+	targets := []target{{"direct", "users_direct", admin}}
+	for _, mode := range poolModes {
+		_, addr := e.startProxy(b, proxy.Config{PoolMode: mode, Logger: zap.NewNop()})
+		targets = append(targets, target{"proxy_" + mode, "users", connect(b, dsn(addr, "alice.acme", tenantPassword))})
+	}
+	for _, tg := range targets {
+		b.Run(tg.name, func(b *testing.B) {
+			for range b.N {
+				b.StopTimer()
+				if _, err := admin.Exec(ctx, "TRUNCATE "+tg.table+" CASCADE"); err != nil {
+					b.Fatal(err)
+				}
+				b.StartTimer()
+				n, err := tg.conn.CopyFrom(ctx, pgx.Identifier{tg.table}, []string{"id", "username", "display_name"},
+					pgx.CopyFromSlice(copyBenchRows, func(j int) ([]any, error) {
+						return []any{int64(j + 1), fmt.Sprintf("user-%d", j), "A user of the benchmark"}, nil
+					}))
+				if err != nil || n != copyBenchRows {
+					b.Fatalf("CopyFrom = %d, %v", n, err)
+				}
+			}
+			b.ReportMetric(float64(copyBenchRows)*float64(b.N)/b.Elapsed().Seconds(), "rows/s")
+		})
+	}
+}
