@@ -37,7 +37,10 @@ import (
 // error anywhere rolls back its creation with the rest (the client's
 // transaction fails as after a failed COPY). One name serves every load:
 // two loads never overlap on one connection.
-const stagingTable = "pg_temp.tenantproxy_copy"
+const (
+	stagingName  = "tenantproxy_copy"
+	stagingTable = "pg_temp." + stagingName
+)
 
 var copyWord = []byte("copy")
 
@@ -71,6 +74,11 @@ func sharedCopyIn(res *pg_query.ParseResult) string {
 	if c == nil || !c.IsFrom || c.IsProgram || c.Filename != "" || c.Relation == nil || c.WhereClause != nil {
 		return ""
 	}
+	if c.Relation.Relname == stagingName && c.Relation.Schemaname == "" {
+		// Unqualified, the INSERT would find the staging table first
+		// (pg_temp leads the search path) and load nothing into t.
+		return ""
+	}
 	rel := relationText(c.Relation)
 	var cols, kept []string
 	for _, a := range c.Attlist {
@@ -83,7 +91,7 @@ func sharedCopyIn(res *pg_query.ParseResult) string {
 	if len(cols) > 0 && len(kept) == 0 {
 		return "" // only the tenant column: nothing of the data would load
 	}
-	c.Relation = &pg_query.RangeVar{Schemaname: "pg_temp", Relname: "tenantproxy_copy", Inh: true, Relpersistence: "p"}
+	c.Relation = &pg_query.RangeVar{Schemaname: "pg_temp", Relname: stagingName, Inh: true, Relpersistence: "p"}
 	copyText, err := pg_query.Deparse(res)
 	if err != nil {
 		return ""

@@ -31,6 +31,7 @@ func TestSharedCopyInLoadsThroughAStagingTable(t *testing.T) {
 			`DROP TABLE pg_temp.tenantproxy_copy`,
 		}},
 		{`COPY t TO STDOUT`, nil},
+		{`COPY tenantproxy_copy FROM STDIN`, nil},
 		{`COPY (SELECT 1) TO STDOUT`, nil},
 		{`COPY t FROM STDIN WHERE a > 1`, nil},
 		{`COPY t (tenant_id) FROM STDIN`, nil},

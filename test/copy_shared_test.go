@@ -1,6 +1,7 @@
 package test
 
 import (
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -156,6 +157,20 @@ func TestSharedTierCopyFromStdin(t *testing.T) {
 				t.Fatal(err)
 			}
 
+			// The client gives up (CopyFail): 57014, nothing loaded.
+			_, err = pc.CopyFrom(ctx, &failingReader{data: fmt.Sprintf("%d\t%sfail0\n", id+35, p)}, "COPY users (id, username) FROM STDIN")
+			if sqlstateOf(err) != "57014" {
+				t.Fatalf("COPY the client failed: %v; want 57014", err)
+			}
+			wantRows(t, "rows after CopyFail", e.users(t, p+"fail"))
+
+			// Not rewritten: sent with the extended protocol, the COPY
+			// gets PostgreSQL's own refusal, and the connection goes on.
+			_, err = pc.ExecParams(ctx, "COPY users (id, username) FROM STDIN", nil, nil, nil, nil).Close()
+			if sqlstateOf(err) != "0A000" {
+				t.Fatalf("COPY FROM STDIN in the extended protocol: %v; want PostgreSQL's 0A000", err)
+			}
+
 			// A duplicate of the tenant's own row: 23505, no COPY tag.
 			_, err = pc.CopyFrom(ctx, strings.NewReader(fmt.Sprintf("%d\t%spgx0\n", id+40, p)), "COPY users (id, username) FROM STDIN")
 			if sqlstateOf(err) != "23505" {
@@ -173,6 +188,19 @@ func TestSharedTierCopyFromStdin(t *testing.T) {
 			e.noStagingTable(t)
 		})
 	}
+}
+
+// failingReader gives data, then an error, which makes pgconn's
+// CopyFrom send CopyFail.
+type failingReader struct{ data string }
+
+func (r *failingReader) Read(p []byte) (int, error) {
+	if r.data == "" {
+		return 0, errors.New("the client gave up")
+	}
+	n := copy(p, r.data)
+	r.data = r.data[n:]
+	return n, nil
 }
 
 func writeFile(t *testing.T, path, s string) {
