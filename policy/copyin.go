@@ -38,46 +38,52 @@ import (
 // transaction fails as after a failed COPY). One name serves every load:
 // two loads never overlap on one connection.
 const (
-	stagingName  = "tenantproxy_copy"
-	stagingTable = "pg_temp." + stagingName
+	// CopyStaging is the staging table's name, which PostgreSQL's CONTEXT
+	// of an error in the load's COPY names where a COPY into t would name
+	// t.
+	CopyStaging  = "tenantproxy_copy"
+	stagingTable = "pg_temp." + CopyStaging
 )
 
 var copyWord = []byte("copy")
 
 // SharedCopyIn returns, when sql is a single COPY of a table FROM STDIN,
 // the statements that load it in the shared tier (see stagingTable), to be
-// sent in place of sql after Check allowed it. The client is then owed the
-// replies of that text but for the command tags (CommandComplete) of every
-// statement other than the INSERT, whose "INSERT 0 n" it hears as
-// "COPY n". ok is false for any other text, which is sent as it is. Safe
-// for concurrent use; allocation-free unless sql leads with COPY.
-func (p *Policy) SharedCopyIn(sql []byte) (load string, ok bool) {
+// sent in place of sql after Check allowed it, and the table's name as
+// PostgreSQL's error CONTEXT gives it ("COPY table, line 2"). The client is
+// then owed the replies of that text but for the command tags
+// (CommandComplete) of every statement other than the INSERT, whose
+// "INSERT 0 n" it hears as "COPY n". ok is false for any other text,
+// which is sent as it is. Safe for concurrent use; allocation-free unless
+// sql leads with COPY.
+func (p *Policy) SharedCopyIn(sql []byte) (load, table string, ok bool) {
 	sc := scanner{src: sql}
 	if w, _, more := sc.next(); !more || !bytes.EqualFold(w, copyWord) {
-		return "", false
+		return "", "", false
 	}
 	if len(sql) > MaxParsedStatement {
-		return "", false
+		return "", "", false
 	}
 	f := p.factsOf(sql)
-	return f.copyIn, f.copyIn != ""
+	return f.copyIn, f.copyTable, f.copyIn != ""
 }
 
-// sharedCopyIn is the load of res, when res is a single COPY of a table
-// FROM STDIN without WHERE (which stays PostgreSQL's to refuse), else "".
-// It edits res.
-func sharedCopyIn(res *pg_query.ParseResult) string {
+// sharedCopyIn is the load of res and its table's name, when res is a
+// single COPY of a table FROM STDIN without WHERE (which stays
+// PostgreSQL's to refuse), else "". It edits res.
+func sharedCopyIn(res *pg_query.ParseResult) (load, table string) {
 	if len(res.Stmts) != 1 {
-		return ""
+		return "", ""
 	}
 	c := res.Stmts[0].Stmt.GetCopyStmt()
 	if c == nil || !c.IsFrom || c.IsProgram || c.Filename != "" || c.Relation == nil || c.WhereClause != nil {
-		return ""
+		return "", ""
 	}
-	if c.Relation.Relname == stagingName && c.Relation.Schemaname == "" {
+	table = c.Relation.Relname
+	if table == CopyStaging && c.Relation.Schemaname == "" {
 		// Unqualified, the INSERT would find the staging table first
 		// (pg_temp leads the search path) and load nothing into t.
-		return ""
+		return "", ""
 	}
 	rel := relationText(c.Relation)
 	var cols, kept []string
@@ -89,12 +95,12 @@ func sharedCopyIn(res *pg_query.ParseResult) string {
 		}
 	}
 	if len(cols) > 0 && len(kept) == 0 {
-		return "" // only the tenant column: nothing of the data would load
+		return "", "" // only the tenant column: nothing of the data would load
 	}
-	c.Relation = &pg_query.RangeVar{Schemaname: "pg_temp", Relname: stagingName, Inh: true, Relpersistence: "p"}
+	c.Relation = &pg_query.RangeVar{Schemaname: "pg_temp", Relname: CopyStaging, Inh: true, Relpersistence: "p"}
 	copyText, err := pg_query.Deparse(res)
 	if err != nil {
-		return ""
+		return "", ""
 	}
 	var b strings.Builder
 	selected, inserted := "*", ""
@@ -114,7 +120,7 @@ func sharedCopyIn(res *pg_query.ParseResult) string {
 	}
 	b.WriteString("INSERT INTO " + rel + inserted + " OVERRIDING SYSTEM VALUE SELECT " + from + " FROM " + stagingTable + ";\n")
 	b.WriteString("DROP TABLE " + stagingTable)
-	return b.String()
+	return b.String(), table
 }
 
 // relationText is r as a qualified, quoted name.

@@ -39,10 +39,13 @@ func TestSharedCopyInLoadsThroughAStagingTable(t *testing.T) {
 		{`SELECT 'COPY t FROM STDIN'`, nil},
 		{`COPY t FROM '/etc/passwd'`, nil},
 	} {
-		load, ok := p.SharedCopyIn([]byte(tc.sql))
+		load, _, ok := p.SharedCopyIn([]byte(tc.sql))
 		if got := strings.Split(load, ";\n"); ok != (tc.want != nil) || ok && strings.Join(got, "|") != strings.Join(tc.want, "|") {
 			t.Errorf("SharedCopyIn(%q) = %v\n%s\nwant %v\n%s", tc.sql, ok, load, tc.want != nil, strings.Join(tc.want, ";\n"))
 		}
+	}
+	if _, table, _ := p.SharedCopyIn([]byte(`COPY "public"."User List" (a) FROM STDIN`)); table != "User List" {
+		t.Errorf("SharedCopyIn's table = %q; want the relation's own name, as PostgreSQL's CONTEXT gives it", table)
 	}
 	sel := []byte("SELECT * FROM users")
 	if n := testing.AllocsPerRun(100, func() { p.SharedCopyIn(sel) }); n != 0 {

@@ -67,8 +67,8 @@ type facts struct {
 	// operator listed (NewWith).
 	extensions []string
 	// copyIn is the shared tier's load for a COPY of a table FROM STDIN
-	// (SharedCopyIn), "" for any other text.
-	copyIn string
+	// (SharedCopyIn), "" for any other text; copyTable the table's name.
+	copyIn, copyTable string
 }
 
 func (f *facts) refuse(reason string) {
@@ -161,7 +161,7 @@ func analyzeBody(sql string, level int) *facts {
 		a.walk(s.Stmt.ProtoReflect())
 	}
 	if level == 0 && f.refused == "" {
-		f.copyIn = sharedCopyIn(res) // last: it edits the tree
+		f.copyIn, f.copyTable = sharedCopyIn(res) // last: it edits the tree
 	}
 	return f
 }

@@ -159,8 +159,8 @@ const (
 // reply is one reply a server owes. inject marks replies to the proxy's
 // own messages, which the client never sees; name is the server-side
 // statement of a Parse, forgotten on the connection if the Parse never
-// completes; refusal, on a replyRefused, is what the client hears in
-// place of the stand-in's error.
+// completes, or a load's table (replyLoad); refusal, on a replyRefused,
+// is what the client hears in place of the stand-in's error.
 type reply struct {
 	kind    replyKind
 	inject  bool

@@ -4,6 +4,7 @@ import (
 	"bytes"
 
 	"github.com/tenantproxy/tenantproxy/internal/pgwire"
+	"github.com/tenantproxy/tenantproxy/policy"
 )
 
 // COPY FROM STDIN in the shared tier. PostgreSQL refuses COPY FROM on a
@@ -21,33 +22,39 @@ import (
 // The relay knows a load's replies by the replyLoad entry in front of the
 // Query's ReadyForQuery in the reply queue: a simple Query's replies all
 // come before that ReadyForQuery, so while the entry is at the head, every
-// CommandComplete is the load's. Loads are rare, so the check costs an
-// atomic load per CommandComplete otherwise (replyQueue.loads).
+// CommandComplete and ErrorResponse is the load's. Loads are rare, so the
+// check costs an atomic load per CommandComplete or ErrorResponse
+// otherwise (replyQueue.loads). An error's CONTEXT is given the client's
+// table's name in place of the staging table's; the errors of the INSERT
+// have no "line n" context, which a COPY's would have.
 
 // loadQuery is the Query message to send in place of the client's Query
 // text sql, or nil when sql is sent as it is: outside the shared tier, and
 // for anything but a COPY of a table FROM STDIN. sql must have passed the
-// policy's Check.
-func (b *sessionBase) loadQuery(sql []byte) []byte {
+// policy's Check. The reply to expect is returned with it.
+func (b *sessionBase) loadQuery(sql []byte) ([]byte, reply) {
 	if !b.shared {
-		return nil
+		return nil, reply{}
 	}
-	load, ok := b.srv.policy.SharedCopyIn(sql)
+	load, table, ok := b.srv.policy.SharedCopyIn(sql)
 	if !ok {
-		return nil
+		return nil, reply{}
 	}
-	return queryMessage(load)
+	return queryMessage(load), reply{kind: replyLoad, name: table}
 }
 
-// loading reports whether the server's next replies are a load's
-// (replyLoad at the head of the queue).
-func (q *replyQueue) loading() bool {
+// loading returns the table of the load whose replies the server sends
+// next (replyLoad at the head of the queue), if it does.
+func (q *replyQueue) loading() (table string, ok bool) {
 	if q.loads.Load() == 0 {
-		return false
+		return "", false
 	}
 	q.mu.Lock()
 	defer q.mu.Unlock()
-	return q.head < len(q.q) && q.q[q.head].kind == replyLoad
+	if q.head < len(q.q) && q.q[q.head].kind == replyLoad {
+		return q.q[q.head].name, true
+	}
+	return "", false
 }
 
 var insertTag = []byte("INSERT 0 ")
@@ -56,7 +63,7 @@ var insertTag = []byte("INSERT 0 ")
 // replies come: the INSERT's is passed on as "COPY n", the rest dropped.
 // Outside a load it does nothing (m is relayed).
 func loadReply(sc *pgwire.Scanner, q *replyQueue, m []byte) error {
-	if !q.loading() {
+	if _, ok := q.loading(); !ok {
 		return nil
 	}
 	if err := sc.Discard(); err != nil {
@@ -70,4 +77,50 @@ func loadReply(sc *pgwire.Scanner, q *replyQueue, m []byte) error {
 	out := pgwire.AppendHeader(make([]byte, 0, pgwire.HeaderSize+5+len(n)+1), pgwire.CommandComplete, 5+len(n)+1)
 	out = append(append(append(out, "COPY "...), n...), 0)
 	return sc.Write(out)
+}
+
+var stagingContext = []byte("COPY " + policy.CopyStaging + ",")
+
+// loadError passes on the server's ErrorResponse m (whole) while a load's
+// replies come, its CONTEXT naming the client's table where PostgreSQL
+// named the staging table ("COPY users, line 2, column id: …"), as a COPY
+// into the table would have. handled is false outside a load: m is the
+// caller's to relay.
+func loadError(sc *pgwire.Scanner, q *replyQueue, m []byte) (handled bool, err error) {
+	table, ok := q.loading()
+	if !ok {
+		return false, nil
+	}
+	out, renamed := renameContext(m, []byte("COPY "+table+","))
+	if !renamed {
+		return true, nil
+	}
+	if err := sc.Discard(); err != nil {
+		return true, err
+	}
+	return true, sc.Write(out)
+}
+
+// renameContext returns ErrorResponse m (whole) with the staging table's
+// COPY context in its Where field replaced by context, and whether there
+// was one to replace.
+func renameContext(m, context []byte) ([]byte, bool) {
+	body := m[pgwire.HeaderSize:]
+	for len(body) > 1 && body[0] != 0 {
+		field := body[0]
+		value, rest, ok := pgwire.CString(body[1:])
+		if !ok {
+			return nil, false
+		}
+		if field == 'W' && bytes.Contains(value, stagingContext) {
+			at := len(m) - len(body) + 1 // the value's offset in m
+			renamed := bytes.Replace(value, stagingContext, context, 1)
+			out := pgwire.AppendHeader(nil, pgwire.ErrorResponse, len(m)-pgwire.HeaderSize-len(value)+len(renamed))
+			out = append(out, m[pgwire.HeaderSize:at]...)
+			out = append(out, renamed...)
+			return append(out, m[at+len(value):]...), true
+		}
+		body = rest
+	}
+	return nil, false
 }

@@ -130,8 +130,8 @@ func (ss *pinnedSession) forwardClient() clientResult {
 			if reason := ss.srv.policy.Check(sql, ss.rules, policy.SessionMode); reason != "" {
 				err = ss.refuse(&sc, m.Bytes, ss.srv.policy.Explain(sql, reason))
 			} else if m.Type == pgwire.Query {
-				if load := ss.loadQuery(sql); load != nil {
-					ss.replies.push(reply{kind: replyLoad})
+				if load, r := ss.loadQuery(sql); load != nil {
+					ss.replies.push(r)
 					if err = sc.Discard(); err == nil {
 						err = sc.Write(load)
 					}
@@ -208,7 +208,11 @@ func (ss *pinnedSession) backendToClient() backendResult {
 			continue
 		}
 		if m.Type == pgwire.ErrorResponse {
-			if _, err := swapRefusal(&sc, &ss.replies, m.Bytes); err != nil {
+			handled, err := loadError(&sc, &ss.replies, m.Bytes)
+			if !handled {
+				_, err = swapRefusal(&sc, &ss.replies, m.Bytes)
+			}
+			if err != nil {
 				return backendResult{own: true, err: err}
 			}
 			continue

@@ -337,8 +337,8 @@ func (tx *txSession) message(c *pool.Conn, typ byte, refusal string) {
 		}
 		tx.queries.Inc()
 		in := tx.in
-		if load := tx.loadQuery(pgwire.Statement(in)); load != nil {
-			tx.replies.push(reply{kind: replyLoad})
+		if load, r := tx.loadQuery(pgwire.Statement(in)); load != nil {
+			tx.replies.push(r)
 			in = load
 		}
 		tx.replies.push(reply{kind: replyReady})

@@ -145,7 +145,10 @@ func (tx *txSession) clientReply(c *pool.Conn, m pgwire.Message, inline bool) re
 			}
 		}
 	case pgwire.ErrorResponse:
-		_, err = swapRefusal(sc, &tx.replies, m.Bytes)
+		var handled bool
+		if handled, err = loadError(sc, &tx.replies, m.Bytes); !handled {
+			_, err = swapRefusal(sc, &tx.replies, m.Bytes)
+		}
 	case pgwire.ReadyForQuery:
 		return tx.readyForQuery(c, m)
 	}

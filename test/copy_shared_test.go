@@ -9,6 +9,7 @@ import (
 	"testing"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 
 	"github.com/tenantproxy/tenantproxy/proxy"
 )
@@ -139,8 +140,9 @@ func TestSharedTierCopyFromStdin(t *testing.T) {
 			// transaction the transaction fails as after a server error.
 			pc := acme.PgConn()
 			_, err = pc.CopyFrom(ctx, strings.NewReader(fmt.Sprintf("%d\t%sbad0\nnot-a-number\t%sbad1\n", id+30, p, p)), "COPY users (id, username) FROM STDIN")
-			if sqlstateOf(err) != "22P02" {
-				t.Fatalf("COPY of bad data: %v; want 22P02", err)
+			var pgErr *pgconn.PgError
+			if !errors.As(err, &pgErr) || pgErr.Code != "22P02" || !strings.HasPrefix(pgErr.Where, "COPY users, line 2, column id") {
+				t.Fatalf("COPY of bad data: %#v; want 22P02 with the context COPY users, line 2, column id", err)
 			}
 			wantRows(t, "rows after bad data", e.users(t, p+"bad"))
 			if _, err := pc.Exec(ctx, "BEGIN").ReadAll(); err != nil {
