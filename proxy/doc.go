@@ -18,6 +18,7 @@
 //	txclient.go       transaction mode: the client loop (read, check, bind, write)
 //	txrelay.go        transaction mode: relaying the bound connection's replies
 //	stmts.go          transaction mode: prepared statements carried across connections (rewriter)
+//	copyshared.go     both modes: the shared tier's COPY FROM STDIN, sent as a load through a staging table
 //	idleread.go       transaction mode: an idle client holds no read buffer
 //	buffers.go        memory for client messages held whole: given back once passed on, capped server-wide
 //	cancel.go         cancel keys
