@@ -34,7 +34,8 @@
 // forwards bytes straight out of its read buffer and decodes only what the
 // proxy acts on — Query and Parse (the statement policy), FunctionCall
 // (refused), Sync, Execute and Terminate from the client; ReadyForQuery,
-// ParameterStatus and the copy responses from the server. Everything that
+// ParameterStatus, the copy responses and, in a shared-tier COPY's load,
+// CommandComplete and ErrorResponse from the server. Everything that
 // arrives in one read and is forwarded goes out in one write. A refused
 // statement is replaced by a Sync, and its 42501 error is put in front of
 // the ReadyForQuery that answers it, so replies stay in order without an
