@@ -60,6 +60,17 @@ func Harden(ctx context.Context, conn *pgx.Conn, shared bool) error {
 		)
 		stmts = append(stmts, namespaceStmts()...)
 	}
+	if conn.Config().Database == SharedDatabase {
+		// The one exception to no TEMP anywhere: the shared tier's COPY
+		// FROM STDIN loads through a temporary staging table that the
+		// proxy creates and drops within one Query message
+		// (policy.SharedCopyIn), since PostgreSQL has no COPY FROM under
+		// row-level security. Tenants still create no temporary object
+		// there: the shared tier's policy refuses every DDL statement.
+		// The serving role's credentials already reach every tenant's
+		// rows of the database, so TEMP gives a holder of them nothing.
+		stmts = append(stmts, "GRANT TEMPORARY ON DATABASE "+ident(SharedDatabase)+" TO "+ident(ServingRole))
+	}
 	for _, s := range stmts {
 		if _, err := conn.Exec(ctx, s); err != nil {
 			return fmt.Errorf("hardening database %s: %w", conn.Config().Database, err)

@@ -413,3 +413,34 @@ func TestUpHardensRegisteredBackendsAgain(t *testing.T) {
 		}
 	}
 }
+
+// TestUpGivesTheServingRoleTempInTheSharedDatabaseOnly: the staging table
+// of the shared tier's COPY FROM STDIN needs TEMP there, also on a backend
+// registered before it did; no other database gets it.
+func TestUpGivesTheServingRoleTempInTheSharedDatabaseOnly(t *testing.T) {
+	c, dsn := freshCatalog(t)
+	ctx := ctxT(t)
+	temp := func(db string) bool {
+		t.Helper()
+		var ok bool
+		if err := connect(t, c.DSN(db)).QueryRow(ctx, "SELECT has_database_privilege($1, current_database(), 'TEMP')", migrations.ServingRole).Scan(&ok); err != nil {
+			t.Fatal(err)
+		}
+		return ok
+	}
+	if _, err := connect(t, c.DSN(migrations.SharedDatabase)).Exec(ctx, "REVOKE TEMP ON DATABASE "+migrations.SharedDatabase+" FROM "+migrations.ServingRole); err != nil {
+		t.Fatal(err)
+	}
+	if temp(migrations.SharedDatabase) {
+		t.Fatal("the revoke did not take")
+	}
+	if _, err := migrations.Up(ctx, dsn, migrations.Options{}); err != nil {
+		t.Fatal(err)
+	}
+	if !temp(migrations.SharedDatabase) {
+		t.Errorf("no TEMP for the serving role in %s after migrate up", migrations.SharedDatabase)
+	}
+	if temp(migrations.SchemaDatabase) {
+		t.Errorf("TEMP for the serving role in %s; want none", migrations.SchemaDatabase)
+	}
+}

@@ -67,6 +67,9 @@ type facts struct {
 	// EXISTS statements, which Policy.Check allows only for the names the
 	// operator listed (NewWith).
 	extensions []string
+	// copyIn is the shared tier's load for a COPY of a table FROM STDIN
+	// (SharedCopyIn), "" for any other text; copyTable the table's name.
+	copyIn, copyTable string
 }
 
 func (f *facts) refuse(reason string) {
@@ -165,6 +168,9 @@ func analyzeBody(sql string, level int) *facts {
 			continue
 		}
 		a.walk(s.Stmt.ProtoReflect())
+	}
+	if level == 0 && f.refused == "" {
+		f.copyIn, f.copyTable = sharedCopyIn(res) // last: it edits the tree
 	}
 	return f
 }

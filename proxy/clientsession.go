@@ -55,6 +55,9 @@ type sessionBase struct {
 	// channels is the prefix of the tenant's LISTEN/NOTIFY channels on
 	// the server, "" when it has the database's to itself (channels.go).
 	channels     string
+	// shared: the tenant is in the shared tier, whose COPY FROM STDIN
+	// runs as a load (copyshared.go).
+	shared       bool
 	started      time.Time
 	cancelPID    uint32
 	maxMsg       int
@@ -154,13 +157,16 @@ const (
 	// replyRefused: the error of a stand-in for a refused statement
 	// (refusal.go), or nothing if the server skipped it.
 	replyRefused
+	// replyLoad: the replies up to the next ReadyForQuery are a shared-tier
+	// COPY's load (copyshared.go).
+	replyLoad
 )
 
 // reply is one reply a server owes. inject marks replies to the proxy's
 // own messages, which the client never sees; name is the server-side
 // statement of a Parse, forgotten on the connection if the Parse never
-// completes; refusal, on a replyRefused, is what the client hears in
-// place of the stand-in's error.
+// completes, or a load's table (replyLoad); refusal, on a replyRefused,
+// is what the client hears in place of the stand-in's error.
 type reply struct {
 	kind    replyKind
 	inject  bool
@@ -188,6 +194,8 @@ type replyQueue struct {
 	// is when the open transaction's first one was pushed; zero while no
 	// transaction is open.
 	queryAt, txAt time.Time
+	// loads counts replyLoad entries pending, read without mu.
+	loads atomic.Int32
 }
 
 // latency is what one ReadyForQuery relayed measured: answered when it
@@ -200,6 +208,9 @@ type latency struct {
 
 func (q *replyQueue) push(r reply) {
 	q.mu.Lock()
+	if r.kind == replyLoad {
+		q.loads.Add(1)
+	}
 	if r.kind == replyReady {
 		if q.ready == 0 {
 			q.queryAt = time.Now()
@@ -244,8 +255,11 @@ func (q *replyQueue) popLocked() (reply, bool) {
 	if q.head == len(q.q) {
 		q.q, q.head = q.q[:0], 0
 	}
-	if r.kind == replyReady {
+	switch r.kind {
+	case replyReady:
 		q.ready--
+	case replyLoad:
+		q.loads.Add(-1)
 	}
 	return r, true
 }
@@ -317,6 +331,7 @@ func (q *replyQueue) clear() {
 	q.mu.Lock()
 	clear(q.q)
 	q.q, q.head, q.ready = q.q[:0], 0, 0
+	q.loads.Store(0)
 	q.txAt = time.Time{}
 	q.mu.Unlock()
 }

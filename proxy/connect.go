@@ -212,6 +212,7 @@ func (s *Server) initBase(b *sessionBase, c *clientConn, t *catalog.Tenant, tl *
 		received: tallied{s.metrics.clientReceived.WithLabelValues(t.Subdomain), &b.times.bytesIn},
 		sent:     tallied{s.metrics.clientSent.WithLabelValues(t.Subdomain), &b.times.bytesOut}}
 	b.srv, b.client, b.rules = s, &b.meter, rules
+	b.shared = t.Tier == catalog.TierShared
 	b.tenant, b.user, b.started, b.limits = t.Subdomain, id.User, time.Now(), tl
 	b.maxMsg = lv.cfg.MaxMessageSize
 	b.queries = tallied{s.metrics.queries.WithLabelValues(t.Subdomain), &b.times.stmts}

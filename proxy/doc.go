@@ -18,6 +18,7 @@
 //	txclient.go       transaction mode: the client loop (read, check, bind, write)
 //	txrelay.go        transaction mode: relaying the bound connection's replies
 //	stmts.go          transaction mode: prepared statements carried across connections (rewriter)
+//	copyshared.go     both modes: the shared tier's COPY FROM STDIN, sent as a load through a staging table
 //	idleread.go       transaction mode: an idle client holds no read buffer
 //	buffers.go        memory for client messages held whole: given back once passed on, capped server-wide
 //	cancel.go         cancel keys
@@ -33,7 +34,8 @@
 // forwards bytes straight out of its read buffer and decodes only what the
 // proxy acts on — Query and Parse (the statement policy), FunctionCall
 // (refused), Sync, Execute and Terminate from the client; ReadyForQuery,
-// ParameterStatus and the copy responses from the server. Everything that
+// ParameterStatus, the copy responses and, in a shared-tier COPY's load,
+// CommandComplete and ErrorResponse from the server. Everything that
 // arrives in one read and is forwarded goes out in one write. A refused
 // statement is replaced by a Sync, and its 42501 error is put in front of
 // the ReadyForQuery that answers it, so replies stay in order without an

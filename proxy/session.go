@@ -141,6 +141,12 @@ func (ss *pinnedSession) forwardClient() clientResult {
 			} else if out, why := ss.channelsOf(m.Bytes); why != nil {
 				err = ss.refuse(&sc, m.Bytes, why)
 			} else if err = replace(&sc, m.Bytes, out); err == nil && m.Type == pgwire.Query {
+				if load, r := ss.loadQuery(sql); load != nil {
+					ss.replies.push(r)
+					if err = sc.Discard(); err == nil {
+						err = sc.Write(load)
+					}
+				}
 				ss.replies.push(reply{kind: replyReady})
 				ss.queries.Inc()
 			}
@@ -234,8 +240,18 @@ func (ss *pinnedSession) backendToClient() backendResult {
 			}
 			continue
 		}
+		if m.Type == pgwire.CommandComplete {
+			if err := loadReply(&sc, &ss.replies, m.Bytes); err != nil {
+				return backendResult{own: true, err: err}
+			}
+			continue
+		}
 		if m.Type == pgwire.ErrorResponse {
-			if _, err := swapRefusal(&sc, &ss.replies, m.Bytes); err != nil {
+			handled, err := loadError(&sc, &ss.replies, m.Bytes)
+			if !handled {
+				_, err = swapRefusal(&sc, &ss.replies, m.Bytes)
+			}
+			if err != nil {
 				return backendResult{own: true, err: err}
 			}
 			continue

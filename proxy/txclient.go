@@ -348,8 +348,13 @@ func (tx *txSession) message(c *pool.Conn, typ byte, refusal string) {
 			return
 		}
 		tx.queries.Inc()
+		in := tx.in
+		if load, r := tx.loadQuery(pgwire.Statement(in)); load != nil {
+			tx.replies.push(r)
+			in = load
+		}
 		tx.replies.push(reply{kind: replyReady})
-		tx.out = append(tx.out, tx.in...)
+		tx.out = append(tx.out, in...)
 	case pgwire.Sync:
 		tx.partial = false
 		tx.replies.push(reply{kind: replyReady})

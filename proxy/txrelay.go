@@ -134,6 +134,8 @@ func (tx *txSession) clientReply(c *pool.Conn, m pgwire.Message, inline bool) re
 		}
 	case pgwire.ParameterStatus:
 		tx.parameterStatus(c, m.Body())
+	case pgwire.CommandComplete:
+		err = loadReply(sc, &tx.replies, m.Bytes)
 	case pgwire.CopyInResponse, pgwire.CopyBothResponse:
 		if inline {
 			// Relayed now, so that the client has it before the client
@@ -143,7 +145,10 @@ func (tx *txSession) clientReply(c *pool.Conn, m pgwire.Message, inline bool) re
 			}
 		}
 	case pgwire.ErrorResponse:
-		_, err = swapRefusal(sc, &tx.replies, m.Bytes)
+		var handled bool
+		if handled, err = loadError(sc, &tx.replies, m.Bytes); !handled {
+			_, err = swapRefusal(sc, &tx.replies, m.Bytes)
+		}
 	case pgwire.NotificationResponse:
 		if tx.channels != "" {
 			err = relayNotification(sc, m.Bytes, tx.channels)
