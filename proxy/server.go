@@ -74,6 +74,8 @@ type Server struct {
 	listeners map[net.Listener]struct{}
 	conns     map[*tracked]struct{}
 	perTenant map[string]int
+	// pins count each tenant's pinned transaction-mode connections.
+	pins pinCounts
 	// times are every tenant's console totals since the proxy started;
 	// entries are never removed (tenants are an operator-made set).
 	times map[string]*tenantTimes

@@ -37,6 +37,7 @@ var codes = [codeCount]row{
 	CodeIdleInTransaction:          {"CodeIdleInTransaction", "25P03", true},
 	CodeDuplicatePreparedStatement: {"CodeDuplicatePreparedStatement", "42P05", false},
 	CodeUnrecognizedSetting:        {"CodeUnrecognizedSetting", "42704", false},
+	CodeTooManyPinned:              {"CodeTooManyPinned", "53400", false},
 }
 
 // rowOf returns c's row; a value outside the enum gets CodeInternal's,

@@ -1,0 +1,165 @@
+package proxy
+
+import (
+	"encoding/json"
+	"sync"
+
+	"github.com/tenantproxy/tenantproxy/catalog"
+	"github.com/tenantproxy/tenantproxy/internal/pgerr"
+	"github.com/tenantproxy/tenantproxy/policy"
+	"github.com/tenantproxy/tenantproxy/pool"
+)
+
+// Pinning keeps session state a transaction-mode client asked for
+// (policy.TxVerdict.Pin: temporary objects, WITH HOLD cursors, LISTEN,
+// session advisory locks, SQL PREPARE) usable in its later transactions
+// without letting anyone else see it: the statement pins the client to the
+// server connection it runs on, which then stays bound, as in session
+// mode, until the client disconnects. Only then does it go back to the
+// pool, reset like a session-mode connection (ROLLBACK, DISCARD ALL, the
+// reseed; closed if that fails), so the next holder finds none of it.
+//
+// A pinned binding is read by a relay goroutine for as long as it lasts
+// (background), so that what the server sends between transactions,
+// notifications above all, reaches the idle client at once; the open
+// transactions of a pinned client are therefore not timed by the
+// idle-in-transaction limit (idletx.go).
+//
+// Pinning is one way: nothing a client runs unpins it early, since
+// proving that every pinned kind of state is gone would need the proxy to
+// track each of them. A pinned connection is one a pool shares with other
+// clients no more, so a tenant may keep at most pinLimit of them at once
+// per proxy; past it the statement that would pin fails with 53400
+// (pgerr.CodeTooManyPinned) and the session goes on.
+type txPin struct {
+	// limit is the tenant's cap on pinned connections (pinLimit), 0 for
+	// none; set at connect.
+	limit int
+	// judged is the verdict of the Query or Parse being handled, from
+	// verdict, for pinFor. Client loop only.
+	judged policy.TxVerdict
+	// pinned: the binding outlives the client's transactions. Under
+	// txSession.mu.
+	pinned bool
+}
+
+// pinCounts are the connections each tenant's clients keep pinned, under
+// the tenants' caps.
+type pinCounts struct {
+	mu sync.Mutex
+	n  map[string]int
+}
+
+// take counts one more pinned connection of tenant unless it has limit
+// already (limit 0: no cap).
+func (p *pinCounts) take(tenant string, limit int) bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if limit > 0 && p.n[tenant] >= limit {
+		return false
+	}
+	if p.n == nil {
+		p.n = make(map[string]int)
+	}
+	p.n[tenant]++
+	return true
+}
+
+func (p *pinCounts) give(tenant string) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.n[tenant]--; p.n[tenant] <= 0 {
+		delete(p.n, tenant)
+	}
+}
+
+// count is how many connections tenant's clients keep pinned.
+func (p *pinCounts) count(tenant string) int {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.n[tenant]
+}
+
+// pinFor pins the session to c when the statement about to be written
+// needs it, and clears the proxy's record of the statements on c when the
+// statement deallocates: DEALLOCATE ALL drops the proxy's as well, and
+// the rewriter prepares again on demand what the record lacks (behind a
+// Close of its name, so a statement still there never fails as a
+// duplicate). It returns the error the statement fails with instead of
+// being written when it would pin one connection too many. Called with
+// tx.mu held, for a statement the policy allowed.
+func (tx *txSession) pinFor(c *pool.Conn) error {
+	v := &tx.pin.judged
+	if v.Deallocates {
+		c.ForgetStatements()
+	}
+	if v.Pin == "" || tx.pin.pinned {
+		return nil
+	}
+	if !tx.srv.pins.take(tx.tenant, tx.pin.limit) {
+		return pgerr.Errorf(pgerr.CodeTooManyPinned,
+			"%s would pin a server connection to this client, and tenant %q already keeps its limit of %d pinned (setting max_pinned_conns); disconnect a client that uses session state, or connect in session mode",
+			v.Pin, tx.tenant, tx.pin.limit)
+	}
+	tx.pin.pinned = true
+	tx.srv.metrics.pinned.WithLabelValues(tx.tenant).Inc()
+	return nil
+}
+
+// isPinned reports whether the binding outlives the client's
+// transactions.
+func (tx *txSession) isPinned() bool {
+	tx.mu.Lock()
+	defer tx.mu.Unlock()
+	return tx.pin.pinned
+}
+
+// unpin gives back the session's place under its tenant's cap, once its
+// pinned connection was released (reset or closed).
+func (tx *txSession) unpin() {
+	tx.mu.Lock()
+	pinned := tx.pin.pinned
+	tx.pin.pinned = false
+	tx.mu.Unlock()
+	if pinned {
+		tx.srv.pins.give(tx.tenant)
+		tx.srv.metrics.pinned.WithLabelValues(tx.tenant).Dec()
+	}
+}
+
+// pinLimit is tenant t's cap on pinned connections: its catalog setting
+// {"max_pinned_conns": N} when N is not zero, else def
+// (Config.MaxPinnedPerTenant) when not zero, else a quarter of what one
+// tenant may hold of a pool (pool.Config.MaxConnsPerTenant, or the whole
+// pool when that is uncapped), at least 1: enough for a few listeners or
+// sessions with temporary tables, while the rest of the tenant's share
+// goes on serving transactions. Negative values mean no cap (0).
+func (s *Server) pinLimit(t *catalog.Tenant) int {
+	n := s.live.Load().cfg.MaxPinnedPerTenant
+	if len(t.Settings) > 0 {
+		var st struct {
+			MaxPinned int `json:"max_pinned_conns"`
+		}
+		// A malformed setting keeps the default rather than lock the
+		// tenant out (as poolModeOf does).
+		if json.Unmarshal(t.Settings, &st) == nil && st.MaxPinned != 0 {
+			n = st.MaxPinned
+		}
+	}
+	switch {
+	case n < 0:
+		return 0
+	case n > 0:
+		return n
+	}
+	pc, ok := s.backends.(interface{ Config() pool.Config })
+	if !ok {
+		return 1
+	}
+	cfg := pc.Config()
+	share := cfg.MaxConnsPerTenant
+	if share <= 0 {
+		share = cfg.MaxConnsPerKey
+	}
+	return max(share/4, 1)
+}
