@@ -114,6 +114,17 @@ func (tx *txSession) isPinned() bool {
 	return tx.pin.pinned
 }
 
+// pinnedPID is the process id of the server connection the session is
+// pinned to, 0 for none.
+func (tx *txSession) pinnedPID() uint32 {
+	tx.mu.Lock()
+	defer tx.mu.Unlock()
+	if !tx.pin.pinned || tx.server == nil {
+		return 0
+	}
+	return tx.server.PID()
+}
+
 // unpin gives back the session's place under its tenant's cap, once its
 // pinned connection was released (reset or closed).
 func (tx *txSession) unpin() {

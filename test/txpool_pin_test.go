@@ -2,6 +2,8 @@ package test
 
 import (
 	"context"
+	"fmt"
+	"maps"
 	"testing"
 	"time"
 
@@ -243,5 +245,36 @@ func TestTxPoolSQLDeallocate(t *testing.T) {
 			t.Fatalf("%s DEALLOCATE ALL: %v", p.name, err)
 		}
 		protocolLevel()
+	}
+}
+
+// TestConsoleShowClientsLinksAPinnedClientToItsServer: SHOW CLIENTS gives
+// a pinned client's server connection as link and remote_pid, and none
+// for a client that holds nothing between transactions.
+func TestConsoleShowClientsLinksAPinnedClientToItsServer(t *testing.T) {
+	e := newConsoleEnv(t)
+	ctx := ctxT(t)
+	url := dsn(e.addr, "alice."+pinTenant, tenantPassword)
+	pinned, unpinned := connect(t, url), connect(t, url)
+	var pid uint32
+	if _, err := pinned.Exec(ctx, "LISTEN pinned_ch"); err != nil {
+		t.Fatal(err)
+	}
+	if err := pinned.QueryRow(ctx, "SELECT pg_backend_pid()").Scan(&pid); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := unpinned.Exec(ctx, "SELECT 1"); err != nil {
+		t.Fatal(err)
+	}
+	res := consoleExec(t, consoleConn(t, e.addr), "SHOW CLIENTS")
+	links := map[string]int{}
+	for i := range res.Rows {
+		if column(t, res, i, "database") == pinTenant {
+			links[column(t, res, i, "link")+"|"+column(t, res, i, "remote_pid")]++
+		}
+	}
+	want := map[string]int{fmt.Sprintf("0x%x|%d", pid, pid): 1, "|0": 1}
+	if !maps.Equal(links, want) {
+		t.Fatalf("SHOW CLIENTS links of %s: %v; want %v", pinTenant, links, want)
 	}
 }
