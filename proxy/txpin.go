@@ -23,7 +23,8 @@ import (
 // (background), so that what the server sends between transactions,
 // notifications above all, reaches the idle client at once; the open
 // transactions of a pinned client are therefore not timed by the
-// idle-in-transaction limit (idletx.go).
+// idle-in-transaction limit (idletx.go). A drain ends a pinned session
+// when it is idle between transactions, as it does in session mode.
 //
 // Pinning is one way: nothing a client runs unpins it early, since
 // proving that every pinned kind of state is gone would need the proxy to
@@ -112,6 +113,32 @@ func (tx *txSession) isPinned() bool {
 	tx.mu.Lock()
 	defer tx.mu.Unlock()
 	return tx.pin.pinned
+}
+
+// keepPinned reports whether a binding stays when its transaction ends:
+// pinned, until the client leaves or the session drains (or is killed,
+// which closes the connection).
+func (tx *txSession) keepPinned() bool { return tx.isPinned() && !tx.ending() }
+
+// releaseIdle gives back c, idle, to the pool: as it is, or, pinned,
+// reset as at disconnect.
+func (tx *txSession) releaseIdle(c *pool.Conn) {
+	if tx.isPinned() {
+		tx.backends.Release(c, true)
+		return
+	}
+	tx.backends.ReleaseTx(c, true)
+}
+
+// wakePinned interrupts the relayer's read of a pinned binding, so that a
+// drain ends the session while it is idle between transactions
+// (serverStopped gives the connection back), as session mode does.
+func (tx *txSession) wakePinned() {
+	tx.mu.Lock()
+	defer tx.mu.Unlock()
+	if tx.pin.pinned && tx.server != nil {
+		interruptRead(tx.server.NetConn())
+	}
 }
 
 // pinnedPID is the process id of the server connection the session is

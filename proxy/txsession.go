@@ -149,6 +149,7 @@ func (tx *txSession) run() {
 func (tx *txSession) drain() {
 	tx.draining.Store(true)
 	interruptRead(tx.client)
+	tx.wakePinned()
 }
 
 // kill ends the session now with 57P01.
@@ -235,10 +236,10 @@ func (tx *txSession) fail(c *pool.Conn, err error) {
 // it, and wakes the client loop if the session is to end with this
 // transaction.
 func (tx *txSession) giveBack(c *pool.Conn) bool {
-	if tx.isPinned() || !tx.unbindIfIdle(c) {
+	if tx.keepPinned() || !tx.unbindIfIdle(c) {
 		return false
 	}
-	tx.backends.ReleaseTx(c, true)
+	tx.releaseIdle(c)
 	if tx.draining.Load() || tx.killed.Load() {
 		interruptRead(tx.client)
 	}
@@ -258,6 +259,9 @@ func (tx *txSession) owedNothing() bool {
 func (tx *txSession) serverStopped(c *pool.Conn, err error, boundary bool) (more bool) {
 	if errors.Is(err, os.ErrDeadlineExceeded) && !tx.killed.Load() {
 		if !tx.clientGone.Load() {
+			if boundary && tx.status == 'I' && tx.isPinned() && tx.giveBack(c) {
+				return false // drained while idle (wakePinned)
+			}
 			resumeRead(c.NetConn())
 			// A final reason may have come with the wake just cleared.
 			if tx.clientGone.Load() || tx.killed.Load() {

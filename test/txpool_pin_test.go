@@ -278,3 +278,44 @@ func TestConsoleShowClientsLinksAPinnedClientToItsServer(t *testing.T) {
 		t.Fatalf("SHOW CLIENTS links of %s: %v; want %v", pinTenant, links, want)
 	}
 }
+
+// TestTxPoolDrainEndsPinnedClientsBetweenTransactions: a drain ends a
+// pinned client as soon as it is idle, as in session mode, and lets a
+// pinned client's open transaction finish first; Shutdown does not wait
+// for its timeout.
+func TestTxPoolDrainEndsPinnedClientsBetweenTransactions(t *testing.T) {
+	e := newPinEnv(t, 4, proxy.Config{})
+	ctx := ctxT(t)
+	srv, addr := e.startProxy(t, proxy.Config{PoolMode: proxy.PoolTransaction, DrainTimeout: time.Minute, MaxPinnedPerTenant: -1})
+	url := dsn(addr, "alice."+pinTenant, tenantPassword)
+	idle, busy := connect(t, url), connect(t, url)
+	for _, c := range []*pgx.Conn{idle, busy} {
+		if _, err := c.Exec(ctx, "LISTEN pinned_ch"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	tx, err := busy.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	start := time.Now()
+	shut := make(chan error, 1)
+	go func() { shut <- srv.Shutdown(context.Background()) }()
+	time.Sleep(200 * time.Millisecond)
+	_, err = idle.Exec(ctx, "SELECT 1")
+	assertPgError(t, err, "FATAL", "57P01", "shutting down")
+	if _, err := tx.Exec(ctx, "SELECT 1"); err != nil {
+		t.Fatalf("open transaction of a pinned client cut during drain: %v", err)
+	}
+	if err := tx.Commit(ctx); err != nil {
+		t.Fatalf("commit during drain: %v", err)
+	}
+	select {
+	case err := <-shut:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatalf("Shutdown still waiting %s after the pinned clients' last transaction", time.Since(start))
+	}
+}
