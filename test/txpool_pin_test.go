@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/tenantproxy/tenantproxy/internal/pgcluster"
 	"github.com/tenantproxy/tenantproxy/pool"
@@ -167,13 +168,15 @@ func TestTxPoolPinnedConnectionIsCleanedAtDisconnect(t *testing.T) {
 // a server error would (an open transaction is aborted), and the session
 // goes on.
 func TestTxPoolPinCapFailsTheStatementNotTheSession(t *testing.T) {
-	e := newPinEnv(t, 4, proxy.Config{MaxPinnedPerTenant: 1})
+	reg := prometheus.NewRegistry()
+	e := newPinEnv(t, 4, proxy.Config{MaxPinnedPerTenant: 1, Registerer: reg})
 	ctx := ctxT(t)
 	url := dsn(e.addr, "alice."+pinTenant, tenantPassword)
 	first := connect(t, url)
 	if _, err := first.Exec(ctx, "LISTEN pinned_ch"); err != nil {
 		t.Fatal(err)
 	}
+	assertPinnedGauge(t, reg, 1)
 	second := connect(t, url)
 	for _, p := range protocols {
 		for _, sql := range []string{"LISTEN other_ch", "CREATE TEMP TABLE over_cap (a int)"} {
@@ -211,6 +214,31 @@ func TestTxPoolPinCapFailsTheStatementNotTheSession(t *testing.T) {
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
+	assertPinnedGauge(t, reg, 1)
+}
+
+// assertPinnedGauge fails unless tenantproxy_pinned_connections of
+// pinTenant in reg is want.
+func assertPinnedGauge(t *testing.T, reg *prometheus.Registry, want float64) {
+	t.Helper()
+	families, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, f := range families {
+		if f.GetName() != "tenantproxy_pinned_connections" {
+			continue
+		}
+		for _, m := range f.GetMetric() {
+			if l := m.GetLabel(); len(l) == 1 && l[0].GetValue() == pinTenant {
+				if got := m.GetGauge().GetValue(); got != want {
+					t.Fatalf("tenantproxy_pinned_connections{tenant=%q} = %v; want %v", pinTenant, got, want)
+				}
+				return
+			}
+		}
+	}
+	t.Fatalf("no tenantproxy_pinned_connections{tenant=%q}; want %v", pinTenant, want)
 }
 
 // TestTxPoolSQLDeallocate: DEALLOCATE of a client's SQL prepared statement
