@@ -1,6 +1,7 @@
 package test
 
 import (
+	"bytes"
 	"context"
 	"fmt"
 	"maps"
@@ -345,5 +346,30 @@ func TestTxPoolDrainEndsPinnedClientsBetweenTransactions(t *testing.T) {
 		}
 	case <-time.After(10 * time.Second):
 		t.Fatalf("Shutdown still waiting %s after the pinned clients' last transaction", time.Since(start))
+	}
+}
+
+// TestTxPoolPinnedClientCopiesBothWays: a pinned binding is relayed in
+// the background, and COPY goes through it both ways.
+func TestTxPoolPinnedClientCopiesBothWays(t *testing.T) {
+	e := newPinEnv(t, 2, proxy.Config{})
+	ctx := ctxT(t)
+	conn := connect(t, dsn(e.addr, "alice."+pinTenant, tenantPassword))
+	if _, err := conn.Exec(ctx, "LISTEN pinned_ch"); err != nil {
+		t.Fatal(err)
+	}
+	rows := [][]any{{"copied-1"}, {"copied-2"}, {"copied-3"}}
+	n, err := conn.CopyFrom(ctx, pgx.Identifier{"users"}, []string{"username"}, pgx.CopyFromRows(rows))
+	if err != nil || n != 3 {
+		t.Fatalf("COPY FROM on a pinned connection: %d, %v", n, err)
+	}
+	var out bytes.Buffer
+	tag, err := conn.PgConn().CopyTo(ctx, &out, "COPY (SELECT username FROM users WHERE username LIKE 'copied-%' ORDER BY 1) TO STDOUT")
+	if err != nil || tag.RowsAffected() != 3 || out.String() != "copied-1\ncopied-2\ncopied-3\n" {
+		t.Fatalf("COPY TO on a pinned connection: %q, %v, %v", out.String(), tag, err)
+	}
+	var got int
+	if err := conn.QueryRow(ctx, "SELECT 42").Scan(&got); err != nil || got != 42 {
+		t.Fatalf("after COPY: %d, %v", got, err)
 	}
 }
