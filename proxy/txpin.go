@@ -74,13 +74,6 @@ func (p *pinCounts) give(tenant string) {
 	}
 }
 
-// count is how many connections tenant's clients keep pinned.
-func (p *pinCounts) count(tenant string) int {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	return p.n[tenant]
-}
-
 // pinFor pins the session to c when the statement about to be written
 // needs it, and clears the proxy's record of the statements on c when the
 // statement deallocates: DEALLOCATE ALL drops the proxy's as well, and

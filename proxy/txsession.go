@@ -233,8 +233,8 @@ func (tx *txSession) fail(c *pool.Conn, err error) {
 }
 
 // giveBack returns c to the pool if the client has nothing in flight on
-// it, and wakes the client loop if the session is to end with this
-// transaction.
+// it (a pinned c only when the session is to end: keepPinned), and wakes
+// the client loop if the session is to end with this transaction.
 func (tx *txSession) giveBack(c *pool.Conn) bool {
 	if tx.keepPinned() || !tx.unbindIfIdle(c) {
 		return false
