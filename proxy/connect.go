@@ -142,7 +142,7 @@ func (s *Server) connect(ctx context.Context, c *clientConn, lv *live, t *catalo
 		Setup: append(append([]string(nil), rt.Setup...), extra...),
 	}
 	if poolModeOf(t, lv.cfg.PoolMode) == PoolTransaction {
-		tx := &txSession{idleTx: idleInTx{limit: lv.cfg.IdleInTransactionTimeout}, pin: txPin{limit: s.pinLimit(t)}}
+		tx := &txSession{idleTx: idleInTx{limit: lv.cfg.IdleInTransactionTimeout}, pin: txPin{limit: pinLimit(t, lv.cfg.MaxPinnedPerTenant, s.backends)}}
 		s.initBase(&tx.sessionBase, c, t, id, lv)
 		return tx, s.connectTx(ctx, c, tx, target)
 	}

@@ -161,12 +161,13 @@ func (tx *txSession) unpin() {
 // pinLimit is tenant t's cap on pinned connections: its catalog setting
 // {"max_pinned_conns": N} when N is not zero, else def
 // (Config.MaxPinnedPerTenant) when not zero, else a quarter of what one
-// tenant may hold of a pool (pool.Config.MaxConnsPerTenant, or the whole
-// pool when that is uncapped), at least 1: enough for a few listeners or
-// sessions with temporary tables, while the rest of the tenant's share
-// goes on serving transactions. Negative values mean no cap (0).
-func (s *Server) pinLimit(t *catalog.Tenant) int {
-	n := s.live.Load().cfg.MaxPinnedPerTenant
+// tenant may hold of a pool of backends (pool.Config.MaxConnsPerTenant,
+// or the whole pool when that is uncapped), at least 1: enough for a few
+// listeners or sessions with temporary tables, while the rest of the
+// tenant's share goes on serving transactions. Negative values mean no
+// cap (0).
+func pinLimit(t *catalog.Tenant, def int, backends Backends) int {
+	n := def
 	if len(t.Settings) > 0 {
 		var st struct {
 			MaxPinned int `json:"max_pinned_conns"`
@@ -183,7 +184,7 @@ func (s *Server) pinLimit(t *catalog.Tenant) int {
 	case n > 0:
 		return n
 	}
-	pc, ok := s.backends.(interface{ Config() pool.Config })
+	pc, ok := backends.(interface{ Config() pool.Config })
 	if !ok {
 		return 1
 	}
