@@ -242,7 +242,7 @@ func (tx *txSession) awaitReplies(c *pool.Conn) error {
 	}
 	tx.state = background
 	// A pinned binding's relayer reads between transactions too (txpin.go).
-	if !tx.partial && tx.clientScan.Buffered() == 0 && tx.first.empty() && !tx.pin.pinned {
+	if !tx.partial && tx.clientScan.Buffered() == 0 && tx.first.empty() && !tx.pin.pinned.Load() {
 		tx.state = inline
 	}
 	st := tx.state

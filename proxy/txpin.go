@@ -3,6 +3,8 @@ package proxy
 import (
 	"encoding/json"
 	"sync"
+	"sync/atomic"
+	"time"
 
 	"github.com/tenantproxy/tenantproxy/catalog"
 	"github.com/tenantproxy/tenantproxy/internal/pgerr"
@@ -22,9 +24,10 @@ import (
 // A pinned binding is read by a relay goroutine for as long as it lasts
 // (background), so that what the server sends between transactions,
 // notifications above all, reaches the idle client at once; the open
-// transactions of a pinned client are therefore not timed by the
-// idle-in-transaction limit (idletx.go). A drain ends a pinned session
-// when it is idle between transactions, as it does in session mode.
+// transactions of a pinned client cannot be timed by the client loop's
+// read deadline (idletx.go) and have a timer of their own instead
+// (timePinnedTx). A drain ends a pinned session when it is idle between
+// transactions, as it does in session mode.
 //
 // Pinning is one way: nothing a client runs unpins it early, since
 // proving that every pinned kind of state is gone would need the proxy to
@@ -39,9 +42,16 @@ type txPin struct {
 	// judged is the verdict of the Query or Parse being handled, from
 	// verdict, for pinFor. Client loop only.
 	judged policy.TxVerdict
-	// pinned: the binding outlives the client's transactions. Under
+	// pinned: the binding outlives the client's transactions. Set by
+	// the client loop under txSession.mu (with the binding it pins), read
+	// by the relayer too.
+	pinned atomic.Bool
+	// idle times an open transaction of a pinned session waiting for the
+	// client (timePinnedTx); idleGen counts its armings, so that a timer
+	// that fires after the next ReadyForQuery does nothing. Under
 	// txSession.mu.
-	pinned bool
+	idle    *time.Timer
+	idleGen uint64
 }
 
 // pinCounts are the connections each tenant's clients keep pinned, under
@@ -87,7 +97,7 @@ func (tx *txSession) pinFor(c *pool.Conn) error {
 	if v.Deallocates {
 		c.ForgetStatements()
 	}
-	if v.Pin == "" || tx.pin.pinned {
+	if v.Pin == "" || tx.pin.pinned.Load() {
 		return nil
 	}
 	if !tx.srv.pins.take(tx.tenant, tx.pin.limit) {
@@ -95,18 +105,14 @@ func (tx *txSession) pinFor(c *pool.Conn) error {
 			"%s would pin a server connection to this client, and tenant %q already keeps its limit of %d pinned (setting max_pinned_conns); disconnect a client that uses session state, or connect in session mode",
 			v.Pin, tx.tenant, tx.pin.limit)
 	}
-	tx.pin.pinned = true
+	tx.pin.pinned.Store(true)
 	tx.srv.metrics.pinned.WithLabelValues(tx.tenant).Inc()
 	return nil
 }
 
 // isPinned reports whether the binding outlives the client's
 // transactions.
-func (tx *txSession) isPinned() bool {
-	tx.mu.Lock()
-	defer tx.mu.Unlock()
-	return tx.pin.pinned
-}
+func (tx *txSession) isPinned() bool { return tx.pin.pinned.Load() }
 
 // keepPinned reports whether a binding stays when its transaction ends:
 // pinned, until the client leaves or the session drains (or is killed,
@@ -129,9 +135,44 @@ func (tx *txSession) releaseIdle(c *pool.Conn) {
 func (tx *txSession) wakePinned() {
 	tx.mu.Lock()
 	defer tx.mu.Unlock()
-	if tx.pin.pinned && tx.server != nil {
+	if tx.pin.pinned.Load() && tx.server != nil {
 		interruptRead(tx.server.NetConn())
 	}
+}
+
+// timePinnedTx times, for the relayer of a pinned binding at each
+// ReadyForQuery, a transaction left open (status T or E): if the client
+// still owes the server its next message when IdleInTransactionTimeout
+// runs out (no ReadyForQuery since, nothing sent that awaits a reply,
+// no batch open), the session is killed with FATAL 25P03 and the
+// connection closed, which rolls the transaction back. The limit keeps a
+// tenant from holding a snapshot and locks on a shared server for ever,
+// pinned or not; the client loop times unpinned sessions (idletx.go).
+func (tx *txSession) timePinnedTx() {
+	limit := tx.idleTx.limit
+	if limit <= 0 || !tx.pin.pinned.Load() {
+		return
+	}
+	tx.mu.Lock()
+	defer tx.mu.Unlock()
+	tx.pin.idleGen++
+	if tx.pin.idle != nil {
+		tx.pin.idle.Stop()
+		tx.pin.idle = nil
+	}
+	if tx.status != 'T' && tx.status != 'E' {
+		return
+	}
+	gen := tx.pin.idleGen
+	tx.pin.idle = time.AfterFunc(limit, func() {
+		tx.mu.Lock()
+		expired := tx.pin.idleGen == gen && !tx.partial && tx.replies.owed() == 0
+		tx.mu.Unlock()
+		if expired {
+			tx.killedBy.CompareAndSwap(nil, errIdleInTransaction)
+			tx.kill()
+		}
+	})
 }
 
 // pinnedPID is the process id of the server connection the session is
@@ -139,20 +180,23 @@ func (tx *txSession) wakePinned() {
 func (tx *txSession) pinnedPID() uint32 {
 	tx.mu.Lock()
 	defer tx.mu.Unlock()
-	if !tx.pin.pinned || tx.server == nil {
+	if !tx.pin.pinned.Load() || tx.server == nil {
 		return 0
 	}
 	return tx.server.PID()
 }
 
 // unpin gives back the session's place under its tenant's cap, once its
-// pinned connection was released (reset or closed).
+// pinned connection was released (reset or closed), and stops its
+// idle-in-transaction timer.
 func (tx *txSession) unpin() {
 	tx.mu.Lock()
-	pinned := tx.pin.pinned
-	tx.pin.pinned = false
+	if tx.pin.idle != nil {
+		tx.pin.idle.Stop()
+	}
+	tx.pin.idleGen++
 	tx.mu.Unlock()
-	if pinned {
+	if tx.pin.pinned.Swap(false) {
 		tx.srv.pins.give(tx.tenant)
 		tx.srv.metrics.pinned.WithLabelValues(tx.tenant).Dec()
 	}

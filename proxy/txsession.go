@@ -298,7 +298,7 @@ func (tx *txSession) serverStopped(c *pool.Conn, err error, boundary bool) (more
 func (tx *txSession) clientLeft(c *pool.Conn, boundary bool) {
 	tx.mu.Lock()
 	quiet := boundary && !tx.partial && tx.replies.owed() == 0
-	pinned := tx.pin.pinned
+	pinned := tx.pin.pinned.Load()
 	tx.mu.Unlock()
 	tx.unbind(c)
 	if quiet && tx.status == 'I' && !pinned {

@@ -373,3 +373,35 @@ func TestTxPoolPinnedClientCopiesBothWays(t *testing.T) {
 		t.Fatalf("after COPY: %d, %v", got, err)
 	}
 }
+
+// TestTxPoolPinnedClientIdleInTransactionTimeout: the idle-in-transaction
+// limit holds for a pinned client, whose binding a relayer reads, as for
+// any other: FATAL 25P03, and the transaction rolled back.
+func TestTxPoolPinnedClientIdleInTransactionTimeout(t *testing.T) {
+	e := newPinEnv(t, 2, proxy.Config{IdleInTransactionTimeout: 300 * time.Millisecond})
+	ctx := ctxT(t)
+	url := dsn(e.addr, "alice."+pinTenant, tenantPassword)
+	conn := connect(t, url)
+	if _, err := conn.Exec(ctx, "LISTEN pinned_ch"); err != nil {
+		t.Fatal(err)
+	}
+	// Busy, not idle: a statement running past the limit is not cut.
+	tx, err := conn.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := tx.Exec(ctx, "INSERT INTO users (username) VALUES ('idle-pinned')"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := tx.Exec(ctx, "SELECT pg_sleep(0.6)"); err != nil {
+		t.Fatalf("a statement running past the limit: %v", err)
+	}
+	time.Sleep(time.Second)
+	_, err = tx.Exec(ctx, "SELECT 1")
+	assertPgError(t, err, "FATAL", "25P03", "idle-in-transaction timeout")
+	check := connect(t, url)
+	var n int
+	if err := check.QueryRow(ctx, "SELECT count(*) FROM users WHERE username = 'idle-pinned'").Scan(&n); err != nil || n != 0 {
+		t.Fatalf("rows of the timed-out transaction: %d, %v; want 0", n, err)
+	}
+}
