@@ -76,6 +76,7 @@ func (p *pinCounts) take(tenant string, limit int) bool {
 	return true
 }
 
+// give counts one pinned connection of tenant fewer.
 func (p *pinCounts) give(tenant string) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
