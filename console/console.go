@@ -43,6 +43,11 @@ type Client struct {
 	TLS                      bool
 	// ID is the client's cancel key process id.
 	ID uint32
+	// Link is the process id of the server connection a
+	// transaction-mode client is pinned to by session state (LISTEN,
+	// temporary tables, …) until it disconnects, 0 for none: SHOW
+	// CLIENTS' link and remote_pid, as PgBouncer shows a client's server.
+	Link uint32
 }
 
 // TenantState is what the proxy knows of one tenant's clients.

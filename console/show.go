@@ -167,8 +167,12 @@ func (s *session) clients() *table {
 		if c.TLS {
 			tls = "TLS"
 		}
+		link := ""
+		if c.Link != 0 {
+			link = fmt.Sprintf("0x%x", c.Link)
+		}
 		t.row("C", c.User, c.Database, "none", state, host, port, lhost, lport,
-			c.ConnectTime, c.RequestTime, 0, 0, 0, fmt.Sprintf("0x%x", c.ID), "", 0, tls, "", 0, c.ID)
+			c.ConnectTime, c.RequestTime, 0, 0, 0, fmt.Sprintf("0x%x", c.ID), link, c.Link, tls, "", 0, c.ID)
 	}
 	return t
 }

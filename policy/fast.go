@@ -33,21 +33,22 @@ var safeLeads = []string{
 // fast reads sql lexically, the way PostgreSQL's scanner splits it
 // (comments, strings, quoted identifiers), without allocating. It is the
 // one pre-filter of both checks: for fastRefused, reason is the policy's
-// refusal; for fastSafe, the policy allows sql and txnReason is its
-// transaction-mode verdict; fastUnsure needs the parser for both.
+// refusal; for fastSafe, the policy allows sql, transaction mode neither
+// refuses nor pins it, and deallocates says whether a statement of it is
+// DEALLOCATE; fastUnsure needs the parser for both.
 //
 // Why one pass can judge transaction mode too: of what transaction mode
-// refuses (txnmode.go), temporary objects, WITH HOLD cursors, LISTEN and
-// SQL PREPARE need leading keywords outside safeLeads or a SELECT INTO;
-// pg_temp schemas, set_config and the advisory lock functions are risky
-// words; a SET or RESET statement is refused here or left to the parser.
-// DEALLOCATE is the one form left, and it leads its statement.
+// refuses or pins (txnmode.go), temporary objects, WITH HOLD cursors,
+// LISTEN and SQL PREPARE need leading keywords outside safeLeads or a
+// SELECT INTO; pg_temp schemas, set_config and the advisory lock functions
+// are risky words; a SET or RESET statement is refused here or left to the
+// parser. DEALLOCATE, the one form left, leads its statement.
 // TestFastPathAgreesWithParser and FuzzPolicy hold this to the parser.
-func fast(sql []byte) (v fastVerdict, reason, txnReason string) {
+func fast(sql []byte) (v fastVerdict, reason string, deallocates bool) {
 	// Unicode escapes (U&"\0070g_stat_activity") spell names that no word
 	// of the text shows; dollar quotes hold bodies. Both go to the parser.
 	if bytes.Contains(sql, []byte(`&"`)) || bytes.Contains(sql, []byte(`&'`)) {
-		return fastUnsure, "", ""
+		return fastUnsure, "", false
 	}
 	sc := scanner{src: sql}
 	var lead, prev []byte
@@ -64,16 +65,16 @@ func fast(sql []byte) (v fastVerdict, reason, txnReason string) {
 			// A SET, RESET or DISCARD the words so far did not decide
 			// ends here: RESET SESSION resets a setting named "session",
 			// which transaction mode refuses; the rest are syntax errors.
-			return fastUnsure, "", ""
+			return fastUnsure, "", false
 		}
 		if !ok {
 			if sc.broken() {
-				return fastUnsure, "", ""
+				return fastUnsure, "", false
 			}
-			return fastSafe, "", txnReason
+			return fastSafe, "", deallocates
 		}
 		if sc.dollar {
-			return fastUnsure, "", ""
+			return fastUnsure, "", false
 		}
 		if boundary {
 			lead, prev, n, setting = nil, nil, 0, false
@@ -87,31 +88,31 @@ func fast(sql []byte) (v fastVerdict, reason, txnReason string) {
 			lead = w
 			setting = eq(w, "set") || eq(w, "reset") || eq(w, "discard")
 			if !setting && !oneOf(w, safeLeads) {
-				return fastUnsure, "", ""
+				return fastUnsure, "", false
 			}
 			intos = 0
 			if eq(w, "insert") || eq(w, "merge") {
 				intos = 1
 			}
-			if eq(w, "deallocate") && txnReason == "" {
-				txnReason = reasonTxnDeallocate
+			if eq(w, "deallocate") {
+				deallocates = true
 			}
 		case setting:
 			if reason := fastSetting(lead, prev, w, n); reason != "" {
-				return fastRefused, reason, ""
+				return fastRefused, reason, false
 			}
 			if n >= 3 || !(eq(w, "session") || eq(w, "local")) {
 				// Any other setting: the parser knows which are tier rules.
-				return fastUnsure, "", ""
+				return fastUnsure, "", false
 			}
 		case eq(w, "into"):
 			if intos == 0 {
-				return fastUnsure, "", ""
+				return fastUnsure, "", false
 			}
 			intos--
 		case riskyWord(w) || eq(w, "prepared"):
 			// COMMIT/ROLLBACK PREPARED are two-phase commit.
-			return fastUnsure, "", ""
+			return fastUnsure, "", false
 		}
 		prev = w
 	}

@@ -56,6 +56,11 @@ type facts struct {
 	// outlive the transaction, "" for none (or for text the parser
 	// rejects, which refused already covers).
 	txn string
+	// pin names the first node that pins the client to its server
+	// connection in transaction mode (txnModePin), "" for none.
+	pin string
+	// dealloc: the text has a DEALLOCATE statement.
+	dealloc bool
 	// syntax is the parser's error for text it rejects, kept so the
 	// client hears a syntax error as the server would report it.
 	syntax *parser.Error
@@ -161,9 +166,9 @@ func analyzeBody(sql string, level int) *facts {
 		if level == 0 && channelStatement(s.Stmt) {
 			// Nothing in them to walk, and walk refuses them where the
 			// proxy cannot rewrite them; transaction mode's verdict on
-			// LISTEN is walk's to give otherwise.
-			if l := s.Stmt.GetListenStmt(); l != nil && f.txn == "" {
-				f.txn = txnModeNode(l)
+			// LISTEN (it pins) is walk's to give otherwise.
+			if l := s.Stmt.GetListenStmt(); l != nil {
+				a.txnMode(l)
 			}
 			continue
 		}
@@ -358,12 +363,10 @@ func (a *analyzer) functionOptions(opts []*pg_query.Node) {
 
 // walk visits every message in the tree for what can hide anywhere: calls
 // of functions, relations named, settings changed, notifications sent, and
-// what transaction mode refuses (txnModeNode).
+// what transaction mode refuses or pins (txnMode).
 func (a *analyzer) walk(m protoreflect.Message) {
 	n := m.Interface()
-	if a.f.txn == "" {
-		a.f.txn = txnModeNode(n)
-	}
+	a.txnMode(n)
 	switch v := n.(type) {
 	case *pg_query.FuncCall:
 		a.funcCall(v)

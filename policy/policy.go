@@ -16,9 +16,10 @@ import (
 // pg_stats, sizes; not names, which are random), or disturb them (ALTER ROLE on the
 // shared serving role, pg_terminate_backend, two-phase commit), and, per
 // tier, what a tenant of that tier may not do (Rules). In transaction
-// pooling mode it also refuses what would outlive the client's
+// pooling mode it also judges what would outlive the client's
 // transaction on a server connection that the next transaction, maybe
-// another tenant's, gets (txnmode.go).
+// another tenant's, gets: refused, or pinning the client to the
+// connection (txnmode.go).
 //
 // A verdict takes three steps, cheapest first, and the two checks share
 // each of them:
@@ -26,8 +27,9 @@ import (
 //  1. One lexical pass (fast.go) recognises plain DML and transaction
 //     control that names nothing dangerous, and the SET/RESET/DISCARD forms
 //     that are always refused, without parsing. When it passes a text it
-//     also knows its transaction-mode verdict: the only form of such text
-//     that transaction mode refuses is a statement led by DEALLOCATE.
+//     also knows its transaction-mode verdict: transaction mode neither
+//     refuses nor pins such text, and only a statement led by DEALLOCATE
+//     needs the proxy's attention.
 //  2. Otherwise the statement's facts (what it does, independent of tier
 //     and pool mode: the policy's refusal or classes, and the
 //     transaction-mode refusal) come from one LRU cache keyed by a seeded
@@ -157,27 +159,31 @@ func (m Mode) String() string {
 // of it racing may each parse it). Safe for concurrent use;
 // allocation-free except on a cache miss.
 func (p *Policy) Check(sql []byte, r Rules, m Mode) string {
-	switch v, reason, txnReason := fast(sql); v {
+	if m == TransactionMode {
+		return p.CheckTx(sql, r).Refusal
+	}
+	switch v, reason, _ := fast(sql); v {
 	case fastSafe:
-		if m == TransactionMode {
-			return txnReason
-		}
 		return ""
 	case fastRefused:
 		return reason
 	}
+	_, reason := p.rulesVerdict(sql, r)
+	return reason
+}
+
+// rulesVerdict is the refusal of the policy's rules for text the lexical
+// pass left undecided, with its facts (nil for text too large to parse).
+func (p *Policy) rulesVerdict(sql []byte, r Rules) (*facts, string) {
 	if len(sql) > MaxParsedStatement {
-		return reasonTooLarge
+		return nil, reasonTooLarge
 	}
 	f := p.factsOf(sql)
 	reason := f.verdict(r)
 	if reason == "" {
 		reason = p.extensionVerdict(f)
 	}
-	if reason != "" || m != TransactionMode {
-		return reason
-	}
-	return f.txn
+	return f, reason
 }
 
 // extensionVerdict refuses a CREATE EXTENSION IF NOT EXISTS of a name the

@@ -445,7 +445,7 @@ func TestFastPathAgreesWithParser(t *testing.T) {
 // under the strictest rules and, for text it allows, transaction mode's.
 func checkFastAgrees(t *testing.T, sql string) {
 	t.Helper()
-	v, reason, txnReason := fast([]byte(sql))
+	v, reason, deallocates := fast([]byte(sql))
 	f := analyze(sql)
 	parsed := f.verdict(Rules{})
 	switch {
@@ -459,8 +459,8 @@ func checkFastAgrees(t *testing.T, sql string) {
 		t.Errorf("fast path allowed %q, which the parser refuses: %s", sql, parsed)
 	case v == fastRefused && parsed == "":
 		t.Errorf("fast path refused %q (%s), which the parser allows", sql, reason)
-	case v == fastSafe && txnReason != f.txn:
-		t.Errorf("fast path gave %q transaction mode's verdict %q; the parser gives %q", sql, txnReason, f.txn)
+	case v == fastSafe && (f.txn != "" || f.pin != "" || deallocates != f.dealloc):
+		t.Errorf("fast path allowed %q in transaction mode (deallocates: %v); the parser gives refusal %q, pin %q, deallocates %v", sql, deallocates, f.txn, f.pin, f.dealloc)
 	}
 }
 

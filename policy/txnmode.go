@@ -6,25 +6,71 @@ import (
 	pg_query "github.com/pganalyze/pg_query_go/v6"
 )
 
-// Transaction mode refuses what would outlive the client's transaction on
+// Transaction mode judges what would outlive the client's transaction on
 // a server connection that the next transaction, maybe another tenant's,
-// gets: temporary objects (unless ON COMMIT DROP), WITH HOLD cursors,
-// session-level SET and RESET, LISTEN, session-level advisory locks, and
-// SQL PREPARE/DEALLOCATE (the latter would also drop the statements the
-// proxy prepares on the connection for protocol-level ones). Each refusal
-// tells the user to use session mode. It is a second opinion after the
-// policy's rules, which already refuse some of these for other reasons.
+// gets. Session state a client may want across its transactions pins the
+// client to its server connection until it disconnects (proxy/txpin.go):
+// temporary objects (unless ON COMMIT DROP) and the temporary schema,
+// WITH HOLD cursors, LISTEN, session-level advisory locks and SQL PREPARE.
+// What would change the session for everyone after it is refused, with a
+// hint to use session mode: session-level SET and RESET, set_config,
+// terminating its own server connection. DEALLOCATE neither pins nor is
+// refused, but it may drop the statements the proxy prepares on the
+// connection for protocol-level ones, whose record the proxy then clears
+// (TxVerdict.Deallocates). It is a second opinion after the policy's
+// rules, which already refuse some of these for other reasons.
 //
 // The verdict is part of a text's facts: the walk that collects the
-// policy's facts asks txnModeNode about every node, so a statement is
-// parsed once for both checks. Text the lexical pass allows needs no
-// parse for it either (see fast).
+// policy's facts asks txnMode about every node, so a statement is parsed
+// once for both checks. Text the lexical pass allows needs no parse for
+// it either (see fast).
 
 const sessionModeHint = "; connect in session mode (tenant setting pool_mode \"session\") to use it"
 
-// reasonTxnDeallocate is also the lexical pass's, which sees DEALLOCATE
-// lead a statement it otherwise allows.
-const reasonTxnDeallocate = "SQL DEALLOCATE is refused in transaction pooling mode: prepared statements on the server connection are the proxy's" + sessionModeHint
+// TxVerdict is transaction mode's judgement of a text (Policy.CheckTx).
+type TxVerdict struct {
+	// Refusal is why the text must not run, "" when it may.
+	Refusal string
+	// Pin names the first thing in the text that keeps session state on
+	// the server connection (e.g. "LISTEN"), "" for none: the client must
+	// keep the connection until it disconnects.
+	Pin string
+	// Deallocates: a statement of the text is SQL DEALLOCATE, which may
+	// drop the proxy's own prepared statements on the connection.
+	Deallocates bool
+}
+
+// CheckTx is Check in transaction mode, with what the text pins and
+// whether it deallocates. Neither is meaningful when Refusal is set.
+// Allocation-free except on a cache miss, like Check.
+func (p *Policy) CheckTx(sql []byte, r Rules) TxVerdict {
+	switch v, reason, deallocates := fast(sql); v {
+	case fastSafe:
+		return TxVerdict{Deallocates: deallocates}
+	case fastRefused:
+		return TxVerdict{Refusal: reason}
+	}
+	f, reason := p.rulesVerdict(sql, r)
+	if reason != "" {
+		return TxVerdict{Refusal: reason}
+	}
+	return TxVerdict{Refusal: f.txn, Pin: f.pin, Deallocates: f.dealloc}
+}
+
+// txnMode collects transaction mode's facts from one node of the tree,
+// wherever it appears (inside EXPLAIN, PREPARE, CTEs, …): the first
+// refusal, the first pin, and whether anything deallocates.
+func (a *analyzer) txnMode(n any) {
+	if a.f.txn == "" {
+		a.f.txn = txnModeNode(n)
+	}
+	if a.f.pin == "" {
+		a.f.pin = txnModePin(n)
+	}
+	if _, ok := n.(*pg_query.DeallocateStmt); ok {
+		a.f.dealloc = true
+	}
+}
 
 // txnModeStatement judges a statement of the text by kind, before its
 // nodes: SET and RESET outlive the transaction only as statements of their
@@ -38,56 +84,66 @@ func txnModeStatement(n *pg_query.Node) string {
 	return "session-level SET and RESET outlive the transaction in transaction pooling mode; use SET LOCAL inside a transaction" + sessionModeHint
 }
 
-// txnModeNode judges one node of the tree, wherever it appears (inside
-// EXPLAIN, PREPARE, CTEs, …).
+// txnModeNode refuses what no client may leave on a server connection in
+// transaction mode.
 func txnModeNode(n any) string {
-	switch n := n.(type) {
+	f, ok := n.(*pg_query.FuncCall)
+	if !ok || len(f.Funcname) == 0 {
+		return ""
+	}
+	if selfTerminate(f) {
+		return "pg_terminate_backend(pg_backend_pid()) is refused in transaction pooling mode: the server connection is the pool's, not the session's" + sessionModeHint
+	}
+	if funcName(f) == "set_config" {
+		return "set_config() can change the session outside the transaction in transaction pooling mode" + sessionModeHint
+	}
+	return ""
+}
 
+// txnModePin names the session state that n leaves on the server
+// connection for the client's later transactions, "" for none.
+func txnModePin(n any) string {
+	switch n := n.(type) {
 	case *pg_query.CreateStmt:
 		if temporary(n.Relation) && n.Oncommit != pg_query.OnCommitAction_ONCOMMIT_DROP {
-			return "temporary tables outlive the transaction in transaction pooling mode; create them with ON COMMIT DROP" + sessionModeHint
+			return "a temporary table"
 		}
 	case *pg_query.IntoClause:
 		if temporary(n.Rel) && n.OnCommit != pg_query.OnCommitAction_ONCOMMIT_DROP {
-			return "temporary tables outlive the transaction in transaction pooling mode; create them with ON COMMIT DROP" + sessionModeHint
+			return "a temporary table"
 		}
 	case *pg_query.ViewStmt:
 		if temporary(n.View) {
-			return "temporary views outlive the transaction in transaction pooling mode" + sessionModeHint
+			return "a temporary view"
 		}
 	case *pg_query.CreateSeqStmt:
 		if temporary(n.Sequence) {
-			return "temporary sequences outlive the transaction in transaction pooling mode" + sessionModeHint
+			return "a temporary sequence"
 		}
 	case *pg_query.RangeVar:
+		// Objects in pg_temp belong to the server connection: the client
+		// sees its own only on the connection that has them.
 		if strings.HasPrefix(strings.ToLower(n.Schemaname), "pg_temp") {
-			return "the temporary schema belongs to the server connection, not to the client, in transaction pooling mode" + sessionModeHint
+			return "the temporary schema"
 		}
 	case *pg_query.DeclareCursorStmt:
 		// CURSOR_OPT_HOLD in PostgreSQL's parsenodes.h.
 		const cursorOptHold = 0x0020
 		if n.Options&cursorOptHold != 0 {
-			return "WITH HOLD cursors outlive the transaction in transaction pooling mode" + sessionModeHint
+			return "a WITH HOLD cursor"
 		}
 	case *pg_query.ListenStmt:
-		return "LISTEN needs a server connection of its own, which transaction pooling mode does not keep" + sessionModeHint
+		return "LISTEN"
 	case *pg_query.PrepareStmt:
-		return "SQL PREPARE outlives the transaction in transaction pooling mode; use protocol-level prepared statements (the driver's), which the proxy keeps per client" + sessionModeHint
-	case *pg_query.DeallocateStmt:
-		return reasonTxnDeallocate
+		return "SQL PREPARE"
 	case *pg_query.FuncCall:
 		if len(n.Funcname) == 0 {
 			return ""
 		}
-		name := funcName(n)
-		if selfTerminate(n) {
-			return "pg_terminate_backend(pg_backend_pid()) is refused in transaction pooling mode: the server connection is the pool's, not the session's" + sessionModeHint
-		}
-		if strings.HasPrefix(name, "pg_advisory_lock") || strings.HasPrefix(name, "pg_try_advisory_lock") {
-			return "session-level advisory locks outlive the transaction in transaction pooling mode; use pg_advisory_xact_lock" + sessionModeHint
-		}
-		if name == "set_config" {
-			return "set_config() can change the session outside the transaction in transaction pooling mode" + sessionModeHint
+		// pg_advisory_lock, _shared and pg_try_…: held until unlocked or
+		// the session ends; the _xact_ forms end with the transaction.
+		if name := funcName(n); strings.HasPrefix(name, "pg_advisory_lock") || strings.HasPrefix(name, "pg_try_advisory_lock") {
+			return "a session advisory lock"
 		}
 	}
 	return ""

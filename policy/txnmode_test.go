@@ -11,78 +11,96 @@ import (
 // not refused by the rules first.
 var everything = Rules{DDL: true, Procedural: true, DatabaseWide: true, SharedTables: true, Explain: true}
 
-// txnModeCases are transaction mode's verdicts (refused: a reason that
-// suggests session mode) and how many times checking each text, in both
-// modes and several times, parses it: once at most, none when the lexical
-// pass decides.
+// Transaction mode's verdicts in txnModeCases.
+const (
+	allowed = iota
+	refused // a reason that suggests session mode
+	pins    // allowed, pinning the client to its server connection
+)
+
+// txnModeCases are transaction mode's verdicts, whether the text
+// deallocates, and how many times checking each text, in both modes and
+// several times, parses it: once at most, none when the lexical pass
+// decides.
 var txnModeCases = []struct {
 	sql     string
-	refused bool
+	verdict int
+	dealloc bool
 	parses  uint64
 }{
-	{"CREATE TEMP TABLE t (a int)", true, 1},
-	{"CREATE TEMPORARY TABLE t (a int) ON COMMIT DELETE ROWS", true, 1},
-	{"create table pg_temp.t (a int)", true, 1},
-	{"SELECT 1 INTO TEMP t", true, 1},
-	{"CREATE TEMP TABLE t AS SELECT 1", true, 1},
-	{"CREATE TEMP VIEW v AS SELECT 1", true, 1},
-	{"CREATE TEMP SEQUENCE s", true, 1},
-	{"DECLARE c CURSOR WITH HOLD FOR SELECT 1", true, 1},
-	{"SET statement_timeout = 0", true, 1},
-	{"set session work_mem = '1MB'", true, 1},
-	{"RESET work_mem", true, 1},
-	{"BEGIN; SET lock_timeout = 5; COMMIT", true, 1},
-	{"RESET SESSION", true, 1},
-	{"reset local; SELECT 1", true, 1},
-	{"/* hi */ SET work_mem = '1MB'", true, 1},
-	{"SELECT set_config('work_mem', '1MB', false)", true, 1},
-	{"LISTEN ch", true, 1},
-	{"SELECT pg_advisory_lock(1)", true, 1},
-	{"SELECT pg_terminate_backend(pg_backend_pid())", true, 1},
-	{"SELECT pg_try_advisory_lock_shared(1, 2)", true, 1},
-	{"PREPARE p AS SELECT 1", true, 1},
-	{"DEALLOCATE ALL", true, 0},
-	{"SELECT 1; deallocate p", true, 0},
-	{"EXPLAIN SELECT 1 INTO TEMP t", true, 1},
-	{`SELECT U&"pg_advisory\005flock"(1)`, true, 1},
-	{"INSERT INTO t SELECT 1 INTO TEMP x", true, 1},
+	{"CREATE TEMP TABLE t (a int)", pins, false, 1},
+	{"CREATE TEMPORARY TABLE t (a int) ON COMMIT DELETE ROWS", pins, false, 1},
+	{"create table pg_temp.t (a int)", pins, false, 1},
+	{"SELECT * FROM pg_temp.t", pins, false, 1},
+	{"SELECT 1 INTO TEMP t", pins, false, 1},
+	{"CREATE TEMP TABLE t AS SELECT 1", pins, false, 1},
+	{"CREATE TEMP VIEW v AS SELECT 1", pins, false, 1},
+	{"CREATE TEMP SEQUENCE s", pins, false, 1},
+	{"DECLARE c CURSOR WITH HOLD FOR SELECT 1", pins, false, 1},
+	{"SET statement_timeout = 0", refused, false, 1},
+	{"set session work_mem = '1MB'", refused, false, 1},
+	{"RESET work_mem", refused, false, 1},
+	{"BEGIN; SET lock_timeout = 5; COMMIT", refused, false, 1},
+	{"RESET SESSION", refused, false, 1},
+	{"reset local; SELECT 1", refused, false, 1},
+	{"/* hi */ SET work_mem = '1MB'", refused, false, 1},
+	{"SELECT set_config('work_mem', '1MB', false)", refused, false, 1},
+	{"LISTEN ch", pins, false, 1},
+	{"SELECT pg_advisory_lock(1)", pins, false, 1},
+	{"SELECT pg_terminate_backend(pg_backend_pid())", refused, false, 1},
+	{"SELECT pg_try_advisory_lock_shared(1, 2)", pins, false, 1},
+	{"PREPARE p AS SELECT 1", pins, false, 1},
+	{"DEALLOCATE ALL", allowed, true, 0},
+	{"SELECT 1; deallocate p", allowed, true, 0},
+	{"EXPLAIN SELECT 1 INTO TEMP t", pins, false, 1},
+	{`SELECT U&"pg_advisory\005flock"(1)`, pins, false, 1},
+	{"INSERT INTO t SELECT 1 INTO TEMP x", pins, false, 1},
+	{"PREPARE p AS SELECT 1; DEALLOCATE p", pins, true, 1},
 
-	{"CREATE FUNCTION f() RETURNS int LANGUAGE sql SET work_mem = '1MB' AS 'select 1'", false, 1},
-	{"ALTER FUNCTION f() SET work_mem = '1MB'", false, 1},
-	{"ALTER FUNCTION f() RESET ALL", false, 1},
-	{"SELECT 1", false, 0},
-	{"UPDATE users SET display_name = 'x' WHERE id = 1", false, 0},
-	{"INSERT INTO temp (hold) VALUES ('prepare listen deallocate')", false, 0},
-	{"SET LOCAL statement_timeout = 0", false, 1},
-	{"SET TRANSACTION ISOLATION LEVEL SERIALIZABLE", false, 1},
-	{"CREATE TEMP TABLE t (a int) ON COMMIT DROP", false, 1},
-	{"DECLARE c CURSOR FOR SELECT 1", false, 1},
-	{"DECLARE c NO SCROLL CURSOR WITHOUT HOLD FOR SELECT 1", false, 1},
-	{"SELECT pg_advisory_xact_lock(1)", false, 1},
-	{"SELECT pg_advisory_unlock_all()", false, 1},
-	{"UNLISTEN *", false, 1},
-	{"EXECUTE p", false, 0},
-	{"SELECT 'SET work_mem = 1'", false, 0},
-	{"SELECT t.oid, t.typname FROM pg_catalog.pg_type t WHERE t.typname = $1", false, 1},
+	{"CREATE FUNCTION f() RETURNS int LANGUAGE sql SET work_mem = '1MB' AS 'select 1'", allowed, false, 1},
+	{"ALTER FUNCTION f() SET work_mem = '1MB'", allowed, false, 1},
+	{"ALTER FUNCTION f() RESET ALL", allowed, false, 1},
+	{"SELECT 1", allowed, false, 0},
+	{"UPDATE users SET display_name = 'x' WHERE id = 1", allowed, false, 0},
+	{"INSERT INTO temp (hold) VALUES ('prepare listen deallocate')", allowed, false, 0},
+	{"SET LOCAL statement_timeout = 0", allowed, false, 1},
+	{"SET TRANSACTION ISOLATION LEVEL SERIALIZABLE", allowed, false, 1},
+	{"CREATE TEMP TABLE t (a int) ON COMMIT DROP", allowed, false, 1},
+	{"DECLARE c CURSOR FOR SELECT 1", allowed, false, 1},
+	{"DECLARE c NO SCROLL CURSOR WITHOUT HOLD FOR SELECT 1", allowed, false, 1},
+	{"SELECT pg_advisory_xact_lock(1)", allowed, false, 1},
+	{"SELECT pg_advisory_unlock_all()", allowed, false, 1},
+	{"UNLISTEN *", allowed, false, 1},
+	{"EXECUTE p", allowed, false, 0},
+	{"SELECT 'SET work_mem = 1'", allowed, false, 0},
+	{"SELECT t.oid, t.typname FROM pg_catalog.pg_type t WHERE t.typname = $1", allowed, false, 1},
 }
 
-// txnVerdict is transaction mode's verdict alone, the way Check reaches
+// txnVerdict is transaction mode's verdict alone, the way CheckTx reaches
 // it: from the lexical pass when that decides, else from the facts.
-func txnVerdict(sql string) string {
-	if v, _, txnReason := fast([]byte(sql)); v == fastSafe {
-		return txnReason
+func txnVerdict(sql string) TxVerdict {
+	if v, _, deallocates := fast([]byte(sql)); v == fastSafe {
+		return TxVerdict{Deallocates: deallocates}
 	}
-	return analyze(sql).txn
+	f := analyze(sql)
+	return TxVerdict{Refusal: f.txn, Pin: f.pin, Deallocates: f.dealloc}
 }
 
-func TestTxnModeRefusesSessionStateAndPassesTransactionScopedForms(t *testing.T) {
+func TestTxnModePinsSessionStateRefusesSessionChangesAndPassesTransactionScopedForms(t *testing.T) {
 	for _, tt := range txnModeCases {
-		r := txnVerdict(tt.sql)
+		v := txnVerdict(tt.sql)
 		switch {
-		case tt.refused && (r == "" || !strings.Contains(r, "session mode")):
-			t.Errorf("%q: got %q; want a refusal that suggests session mode", tt.sql, r)
-		case !tt.refused && r != "":
-			t.Errorf("%q: refused (%s); want it allowed", tt.sql, r)
+		case tt.verdict == refused && (v.Refusal == "" || !strings.Contains(v.Refusal, "session mode")):
+			t.Errorf("%q: got refusal %q; want one that suggests session mode", tt.sql, v.Refusal)
+		case tt.verdict != refused && v.Refusal != "":
+			t.Errorf("%q: refused (%s); want it allowed", tt.sql, v.Refusal)
+		case tt.verdict == pins && v.Pin == "":
+			t.Errorf("%q: does not pin; want it to", tt.sql)
+		case tt.verdict == allowed && v.Pin != "":
+			t.Errorf("%q: pins (%s); want it not to", tt.sql, v.Pin)
+		}
+		if v.Deallocates != tt.dealloc {
+			t.Errorf("%q: deallocates %v; want %v", tt.sql, v.Deallocates, tt.dealloc)
 		}
 	}
 }
@@ -130,16 +148,14 @@ func TestTransactionModeAsksTheRulesFirst(t *testing.T) {
 			"set_config() can change the session outside the transaction in transaction pooling mode" + sessionModeHint, true},
 		{"SELECT pg_catalog.pg_advisory_lock(1)", Rules{},
 			"pg_advisory_lock" + reasonQualified, "pg_advisory_lock" + reasonQualified, false},
-		{"LISTEN ch", Rules{}, "",
-			"LISTEN needs a server connection of its own, which transaction pooling mode does not keep" + sessionModeHint, true},
-		{"LISTEN ch", everything, "",
-			"LISTEN needs a server connection of its own, which transaction pooling mode does not keep" + sessionModeHint, true},
+		{"LISTEN ch", Rules{}, "", "", false},
+		{"LISTEN ch", everything, "", "", false},
 		{"CREATE TEMP TABLE t (a int)", Rules{},
 			"Create is refused: schema changes are not allowed for this tenant",
 			"Create is refused: schema changes are not allowed for this tenant", false},
 		{"SET statement_timeout = 0", Rules{}, "",
 			"session-level SET and RESET outlive the transaction in transaction pooling mode; use SET LOCAL inside a transaction" + sessionModeHint, true},
-		{"DEALLOCATE p", Rules{}, "", reasonTxnDeallocate, true},
+		{"DEALLOCATE p", Rules{}, "", "", false},
 		{"SELECT 1", Rules{}, "", "", false},
 	} {
 		b := []byte(tt.sql)

@@ -114,6 +114,15 @@ type Config struct {
 	// each pool), which is what keeps one tenant's clients from taking a
 	// pool other tenants share.
 	MaxConnsPerTenant int
+	// MaxPinnedPerTenant caps the server connections one tenant's
+	// transaction-mode clients keep pinned at once by session state
+	// (txpin.go); a statement past it fails with ERROR 53400. A tenant's
+	// catalog setting {"max_pinned_conns": N} overrides it. Zero means a
+	// quarter of what one tenant may hold of a pool
+	// (pool.Config.MaxConnsPerTenant, 10 by default), at least 1;
+	// negative means no cap. Live (for sessions started after the
+	// reload).
+	MaxPinnedPerTenant int
 	// Database, when set, is the one database name clients may connect
 	// to, whatever their tenant (the app's name for its database, e.g.
 	// "chat"); another gets FATAL 3D000 after authentication, as from

@@ -154,7 +154,7 @@ func (s *Server) connect(ctx context.Context, c *clientConn, lv *live, t *catalo
 		idleLimit = d
 	}
 	if poolModeOf(t, lv.cfg.PoolMode) == PoolTransaction {
-		tx := &txSession{idleTx: idleInTx{limit: idleLimit}}
+		tx := &txSession{idleTx: idleInTx{limit: idleLimit}, pin: txPin{limit: pinLimit(t, lv.cfg.MaxPinnedPerTenant, s.backends)}}
 		s.initBase(&tx.sessionBase, c, t, tl, id, lv)
 		tx.channels = rt.Channels
 		return tx, s.connectTx(ctx, c, tx, target)

@@ -90,6 +90,9 @@ func (s *Server) Clients() []console.Client {
 			b := ss.base()
 			cl := clientOf(b.client, b.user, b.tenant, b.started, b.cancelPID)
 			cl.Waiting = b.held.Load()
+			if tx, ok := ss.(*txSession); ok {
+				cl.Link = tx.pinnedPID()
+			}
 			out = append(out, cl)
 		}
 	}

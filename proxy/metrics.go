@@ -13,6 +13,7 @@ import (
 // the label is fine for now; a cap on label values can come with scale.
 type metrics struct {
 	clients      *prometheus.GaugeVec
+	pinned       *prometheus.GaugeVec
 	queries      *prometheus.CounterVec
 	transactions *prometheus.CounterVec
 	authFailures *prometheus.CounterVec
@@ -39,6 +40,10 @@ func newMetrics(reg prometheus.Registerer, buffered func() float64) (*metrics, e
 		clients: prometheus.NewGaugeVec(prometheus.GaugeOpts{
 			Name: "tenantproxy_client_connections",
 			Help: "Client connections in session, per tenant.",
+		}, []string{"tenant"}),
+		pinned: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "tenantproxy_pinned_connections",
+			Help: "Server connections pinned to transaction-mode clients by session state (temporary objects, LISTEN, session advisory locks, SQL PREPARE, WITH HOLD cursors) until they disconnect, per tenant.",
 		}, []string{"tenant"}),
 		queries: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "tenantproxy_queries_total",
@@ -86,7 +91,7 @@ func newMetrics(reg prometheus.Registerer, buffered func() float64) (*metrics, e
 	if reg == nil {
 		return m, nil
 	}
-	for _, c := range []prometheus.Collector{m.clients, m.queries, m.transactions, m.authFailures, m.startupClosed, m.buffered, m.loginsDelayed,
+	for _, c := range []prometheus.Collector{m.clients, m.pinned, m.queries, m.transactions, m.authFailures, m.startupClosed, m.buffered, m.loginsDelayed,
 		m.clientReceived, m.clientSent, m.queryDuration, m.txDuration} {
 		if err := reg.Register(c); err != nil {
 			var are prometheus.AlreadyRegisteredError

@@ -81,6 +81,8 @@ type Server struct {
 	// peaks are the most clients each tenant held at once since the last
 	// Usage call.
 	peaks map[string]int
+	// pins count each tenant's pinned transaction-mode connections.
+	pins pinCounts
 	// times are every tenant's console totals since the proxy started;
 	// entries are never removed (tenants are an operator-made set).
 	times map[string]*tenantTimes

@@ -11,7 +11,6 @@ import (
 
 	"github.com/tenantproxy/tenantproxy/internal/pgerr"
 	"github.com/tenantproxy/tenantproxy/internal/pgwire"
-	"github.com/tenantproxy/tenantproxy/policy"
 	"github.com/tenantproxy/tenantproxy/pool"
 )
 
@@ -105,7 +104,8 @@ func (tx *txSession) verdict(typ byte) string {
 	if typ != pgwire.Query && typ != pgwire.Parse {
 		return ""
 	}
-	return tx.srv.policy.Check(pgwire.Statement(tx.in), tx.rules, policy.TransactionMode)
+	tx.pin.judged = tx.srv.policy.CheckTx(pgwire.Statement(tx.in), tx.rules)
+	return tx.pin.judged.Refusal
 }
 
 // explain is what the client hears of the refusal of the Query or Parse
@@ -244,7 +244,8 @@ func (tx *txSession) awaitReplies(c *pool.Conn) error {
 		return nil
 	}
 	tx.state = background
-	if !tx.partial && tx.clientScan.Buffered() == 0 && tx.first.empty() {
+	// A pinned binding's relayer reads between transactions too (txpin.go).
+	if !tx.partial && tx.clientScan.Buffered() == 0 && tx.first.empty() && !tx.pin.pinned.Load() {
 		tx.state = inline
 	}
 	st := tx.state
@@ -347,6 +348,10 @@ func (tx *txSession) message(c *pool.Conn, typ byte, refusal string) {
 			tx.refuse(why)
 			return
 		}
+		if why := tx.pinFor(c); why != nil {
+			tx.refuse(why)
+			return
+		}
 		tx.queries.Inc()
 		in := tx.in
 		if load, r := tx.loadQuery(pgwire.Statement(in)); load != nil {
@@ -365,6 +370,8 @@ func (tx *txSession) message(c *pool.Conn, typ byte, refusal string) {
 		tx.partial = true
 		if name, dup := tx.stmts.duplicate(tx.in, tx.replies.answered()); why == nil && dup {
 			why = pgerr.Errorf(pgerr.CodeDuplicatePreparedStatement, "prepared statement \"%s\" already exists", name)
+		} else {
+			why = tx.pinFor(c)
 		}
 		if why != nil {
 			// The server fails the stand-in and skips the rest of the

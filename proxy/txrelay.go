@@ -169,6 +169,7 @@ func (tx *txSession) readyForQuery(c *pool.Conn, m pgwire.Message) relayEnd {
 	tx.status = m.Body()[0]
 	var err error
 	tx.ready(c)
+	tx.timePinnedTx()
 	if tx.status == 'I' {
 		tx.transactions.Inc()
 		if tx.replies.owed() == 0 {

@@ -111,6 +111,8 @@ type txSession struct {
 	first idlePrefix
 	// idleTx times an open transaction waiting for the client.
 	idleTx idleInTx
+	// pin keeps the binding across transactions (txpin.go).
+	pin txPin
 }
 
 // run relays until the session ends, then gives back what it holds.
@@ -131,6 +133,7 @@ func (tx *txSession) run() {
 		// were relayed, nothing is buffered.
 		tx.serverStopped(c, os.ErrDeadlineExceeded, true)
 	}
+	tx.unpin()
 	reason := cerr
 	if err, ok := tx.endReason(); ok {
 		reason = err
@@ -146,6 +149,7 @@ func (tx *txSession) run() {
 func (tx *txSession) drain() {
 	tx.draining.Store(true)
 	interruptRead(tx.client)
+	tx.wakePinned()
 }
 
 // kill ends the session now with 57P01.
@@ -229,13 +233,13 @@ func (tx *txSession) fail(c *pool.Conn, err error) {
 }
 
 // giveBack returns c to the pool if the client has nothing in flight on
-// it, and wakes the client loop if the session is to end with this
-// transaction.
+// it (a pinned c only when the session is to end: keepPinned), and wakes
+// the client loop if the session is to end with this transaction.
 func (tx *txSession) giveBack(c *pool.Conn) bool {
-	if !tx.unbindIfIdle(c) {
+	if tx.keepPinned() || !tx.unbindIfIdle(c) {
 		return false
 	}
-	tx.backends.ReleaseTx(c, true)
+	tx.releaseIdle(c)
 	if tx.draining.Load() || tx.killed.Load() {
 		interruptRead(tx.client)
 	}
@@ -255,6 +259,9 @@ func (tx *txSession) owedNothing() bool {
 func (tx *txSession) serverStopped(c *pool.Conn, err error, boundary bool) (more bool) {
 	if errors.Is(err, os.ErrDeadlineExceeded) && !tx.killed.Load() {
 		if !tx.clientGone.Load() {
+			if boundary && tx.status == 'I' && tx.isPinned() && tx.giveBack(c) {
+				return false // drained while idle (wakePinned)
+			}
 			resumeRead(c.NetConn())
 			// A final reason may have come with the wake just cleared.
 			if tx.clientGone.Load() || tx.killed.Load() {
@@ -285,14 +292,16 @@ func (tx *txSession) serverStopped(c *pool.Conn, err error, boundary bool) (more
 	return false
 }
 
-// clientLeft gives back c after the client left mid-transaction: kept if
-// it is at rest (rolled back and reset unless idle), else closed.
+// clientLeft gives back c after the client left mid-transaction or
+// pinned: kept if it is at rest (rolled back and reset unless idle and
+// unpinned), else closed.
 func (tx *txSession) clientLeft(c *pool.Conn, boundary bool) {
 	tx.mu.Lock()
 	quiet := boundary && !tx.partial && tx.replies.owed() == 0
+	pinned := tx.pin.pinned.Load()
 	tx.mu.Unlock()
 	tx.unbind(c)
-	if quiet && tx.status == 'I' {
+	if quiet && tx.status == 'I' && !pinned {
 		tx.backends.ReleaseTx(c, true)
 		return
 	}

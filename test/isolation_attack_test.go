@@ -37,32 +37,21 @@ type attack struct {
 	// want applies in every tier unless tiers overrides it.
 	want  outcome
 	tiers map[catalog.Tier]outcome
-	// txn overrides per tier in transaction pooling mode, where what
-	// would outlive a transaction on a shared server connection is
-	// refused.
-	txn map[catalog.Tier]outcome
 	// simpleOnly: several statements in one Query, which the extended
 	// protocol cannot carry.
 	simpleOnly bool
 }
 
-func (a attack) outcome(tier catalog.Tier, mode string) outcome {
-	if o, ok := a.txn[tier]; ok && mode == proxy.PoolTransaction {
+// outcome is the same in both pool modes: the policy's refusal comes
+// first in transaction mode too (its hint to use session mode would be
+// false), and what would outlive a transaction there pins the attacker to
+// its server connection rather than fail (proxy/txpin.go).
+func (a attack) outcome(tier catalog.Tier) outcome {
+	if o, ok := a.tiers[tier]; ok {
 		return o
 	}
-	o, ok := a.tiers[tier]
-	if !ok {
-		o = a.want
-	}
-	// The policy's refusal comes first in transaction mode too: what it
-	// refuses must not be answered with transaction mode's hint to use
-	// session mode, which would not allow it either.
-	return o
+	return a.want
 }
-
-// sessionOnly is transaction mode's refusal of what would outlive the
-// transaction.
-var sessionOnly = outcome{code: "42501", msg: "session mode"}
 
 // notShared is the outcome in the schema and database tiers of naming the
 // shared tier's tenant_id column, which they do not have.
@@ -158,7 +147,7 @@ var attacks = []attack{
 	{name: "view over the shared table", sql: "CREATE OR REPLACE VIEW leak AS SELECT * FROM messages", want: refused, tiers: ownDatabase(harmless)},
 	{name: "ALTER TABLE OWNER TO the victim's role", sql: "ALTER TABLE messages OWNER TO {role}", want: refused},
 	{name: "temporary table on a pooled connection", sql: "CREATE TEMP TABLE leftover (x text)", want: refused,
-		tiers: ownDatabase(harmless), txn: ownDatabase(sessionOnly)},
+		tiers: ownDatabase(harmless)},
 	{name: "COPY TO PROGRAM", sql: "COPY messages TO PROGRAM 'cat > /tmp/leak'", want: refused},
 	{name: "COPY to a server file", sql: "COPY messages TO '/tmp/leak'", want: refused},
 	{name: "lo_import of a server file", sql: "SELECT lo_import('/etc/passwd')", want: refused},
@@ -191,7 +180,7 @@ var attacks = []attack{
 	// namespace of its own in the shared and schema tiers:
 	// TestIsolationLocksAndChannelsPerTenant); pg_catalog's functions,
 	// which reach the database's one space, only in the database tier.
-	{name: "LISTEN on the victim's channel", sql: "LISTEN {victim}_events", want: harmless, txn: withShared(sessionOnly, notSharedTier(sessionOnly))},
+	{name: "LISTEN on the victim's channel", sql: "LISTEN {victim}_events", want: harmless},
 	{name: "NOTIFY the victim's channel", sql: "NOTIFY {victim}_events, 'spoofed'", want: harmless},
 	{name: "pg_notify the victim's channel", sql: "SELECT pg_notify('{victim}_events', 'spoofed')", want: harmless},
 	{name: "advisory lock the victim may use", sql: "SELECT pg_advisory_xact_lock(42)", want: harmless},
@@ -238,7 +227,7 @@ func TestIsolationAttacks(t *testing.T) {
 					}
 					sql := replacer.Replace(a.sql)
 					text, err := runAttack(t, conn, proto, sql)
-					want := a.outcome(p.tier, mode)
+					want := a.outcome(p.tier)
 					checkOutcome(t, a.name, sql, err, want)
 					if strings.Count(text, "secret-of-") != strings.Count(text, "secret-of-"+p.attacker) {
 						t.Errorf("%s: %q returned another tenant's secret: %q", a.name, sql, text)

@@ -208,13 +208,10 @@ func TestIsolationLocksAndChannelsPerTenant(t *testing.T) {
 		})
 	}
 	t.Run("LISTEN in transaction mode", func(t *testing.T) {
-		// Passes once LISTEN pins the client's server connection (issue 14
-		// item 4, the pinning work); until then transaction mode refuses it.
+		// LISTEN pins the client's server connection.
 		for _, p := range isolationPairs[:2] {
 			la, lb := e.listenerIn(t, proxy.PoolTransaction, p.victim), e.listenerIn(t, proxy.PoolTransaction, p.attacker)
-			if _, err := la.conn.Exec(ctx, "LISTEN jobs").ReadAll(); sqlstateOf(err) == "42501" {
-				t.Skipf("LISTEN in transaction mode is refused until the pinning work (issue 14 item 4) lands: %v", err)
-			}
+			mustRun(t, la.conn, "simple", "LISTEN jobs")
 			mustRun(t, lb.conn, "simple", "LISTEN jobs")
 			mustRun(t, e.pgconnIn(t, proxy.PoolTransaction, p.victim), "simple", "NOTIFY jobs, 'tx'")
 			expectNotes(t, p.victim, la.marked(t, "simple", "a-marker"), "jobs=tx", "jobs=a-marker")

@@ -24,22 +24,37 @@ func TestIsolationTransactionMode(t *testing.T) {
 			defaults := queryText(t, v, "SHOW statement_timeout; SHOW work_mem; SHOW application_name")
 			a := e.pgconnIn(t, mode, p.attacker)
 			// Transaction-scoped settings are allowed and die with the
-			// transaction; anything that would outlive it is refused.
+			// transaction; session settings are refused.
 			queryText(t, a, "BEGIN; SET LOCAL statement_timeout = '4321s'; SET LOCAL work_mem = '1GB'; SELECT 1; COMMIT")
 			for _, sql := range []string{
 				"SET statement_timeout = '4321s'",
 				"SET SESSION CHARACTERISTICS AS TRANSACTION READ ONLY",
-				"PREPARE leak AS SELECT body FROM messages",
-				"BEGIN; DECLARE held CURSOR WITH HOLD FOR SELECT body FROM messages; COMMIT",
-				"SELECT pg_advisory_lock(42)",
-				"LISTEN events",
 			} {
 				if _, err := a.Exec(ctx, sql).ReadAll(); sqlstateOf(err) != "42501" {
 					t.Errorf("%s in transaction mode: %v; want 42501", sql, err)
 				}
 				queryText(t, a, "ROLLBACK")
 			}
+			// Other session state pins the attacker to its server
+			// connection (or the tier's rules refuse it): the victim's
+			// transactions never see it.
+			for _, sql := range []string{
+				"PREPARE leak AS SELECT body FROM messages",
+				"BEGIN; DECLARE held CURSOR WITH HOLD FOR SELECT body FROM messages; COMMIT",
+				"SELECT pg_advisory_lock(42)",
+				"LISTEN events",
+			} {
+				if _, err := a.Exec(ctx, sql).ReadAll(); err != nil && sqlstateOf(err) != "42501" {
+					t.Errorf("%s in transaction mode: %v; want success (pinned) or the rules' 42501", sql, err)
+				}
+				queryText(t, a, "ROLLBACK")
+			}
+			const leftovers = `SELECT (SELECT count(*) FROM pg_prepared_statements WHERE from_sql) || '|' ||
+				(SELECT count(*) FROM pg_cursors) || '|' || (SELECT count(*) FROM pg_listening_channels())`
 			for range 5 {
+				if got := queryText(t, v, leftovers); got != "0|0|0" {
+					t.Errorf("victim's session has SQL prepared statements, cursors, listens %q; want none", got)
+				}
 				if got := queryText(t, v, "SHOW statement_timeout; SHOW work_mem; SHOW application_name"); got != defaults {
 					t.Errorf("victim's settings %q after the attacker's transactions; want %q", got, defaults)
 				}

@@ -34,15 +34,8 @@ func TestTxPoolSessionStateIsRefusedAndNeverReachesTheNextTenant(t *testing.T) {
 	e := newTxEnv(t, pgcluster.Options{}, pool.Config{MaxConnsPerKey: 1}, proxy.Config{})
 	ctx := ctxT(t)
 	items := []struct{ name, sql string }{
-		{"temporary table", "CREATE TEMP TABLE leftover (a int)"},
-		{"select into temporary table", "SELECT 1 AS a INTO TEMP leftover"},
-		{"with hold cursor", "DECLARE held CURSOR WITH HOLD FOR SELECT 1"},
 		{"session set", "SET statement_timeout = '7s'"},
 		{"reset", "RESET statement_timeout"},
-		{"listen", "LISTEN leftover"},
-		{"advisory lock", "SELECT pg_advisory_lock(42)"},
-		{"sql prepare", "PREPARE leftover AS SELECT 1"},
-		{"sql deallocate", "DEALLOCATE ALL"},
 	}
 	// umbrella (database tier) may run DDL, advisory locks and LISTEN in
 	// session mode, so its refusals here are transaction mode's own.

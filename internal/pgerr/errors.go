@@ -82,6 +82,12 @@ const (
 	// invalid argument, such as a channel name too long for the
 	// tenant's namespace (policy.Channels).
 	CodeInvalidParameterValue
+	// CodeTooManyPinned: a transaction-mode statement would pin one more
+	// server connection than its tenant may keep pinned (ERROR 53400,
+	// PostgreSQL's configuration_limit_exceeded: a statement over a
+	// configured limit, the session going on; 53300 is what a refused
+	// connection hears, and drivers take it for one).
+	CodeTooManyPinned
 
 	// codeCount is the number of codes; it stays last.
 	codeCount

@@ -38,6 +38,7 @@ var codes = [codeCount]row{
 	CodeDuplicatePreparedStatement: {"CodeDuplicatePreparedStatement", "42P05", false},
 	CodeUnrecognizedSetting:        {"CodeUnrecognizedSetting", "42704", false},
 	CodeInvalidParameterValue:      {"CodeInvalidParameterValue", "22023", false},
+	CodeTooManyPinned:              {"CodeTooManyPinned", "53400", false},
 }
 
 // rowOf returns c's row; a value outside the enum gets CodeInternal's,
