@@ -368,10 +368,12 @@ func (tx *txSession) message(c *pool.Conn, typ byte, refusal string) {
 		tx.refuse(refused(errFastPath))
 	case pgwire.Parse:
 		tx.partial = true
-		if name, dup := tx.stmts.duplicate(tx.in, tx.replies.answered()); why == nil && dup {
-			why = pgerr.Errorf(pgerr.CodeDuplicatePreparedStatement, "prepared statement \"%s\" already exists", name)
-		} else {
-			why = tx.pinFor(c)
+		if why == nil {
+			if name, dup := tx.stmts.duplicate(tx.in, tx.replies.answered()); dup {
+				why = pgerr.Errorf(pgerr.CodeDuplicatePreparedStatement, "prepared statement \"%s\" already exists", name)
+			} else {
+				why = tx.pinFor(c)
+			}
 		}
 		if why != nil {
 			// The server fails the stand-in and skips the rest of the
