@@ -164,6 +164,11 @@ func (s *Server) connect(ctx context.Context, c *clientConn, lv *live, t *catalo
 	// (pool.Config.MaxConnsPerTenant), so one tenant's sessions cannot
 	// take every connection of a pool other tenants share.
 	target.Tenant = t.Subdomain
+	// A session holds its server connection for its whole life: its
+	// client_connections and the pool's share per tenant bound them, not
+	// server_connections, which would turn an app's pool of sessions past
+	// it into logins that wait and fail.
+	target.TenantCap = nil
 	if idleLimit > 0 {
 		// PostgreSQL times the session's idle transactions; the policy
 		// refuses changing the setting (policy.protectedSettings).

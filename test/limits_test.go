@@ -110,8 +110,6 @@ func TestLimitServerConnections(t *testing.T) {
 func TestLimitTransactionsPerSecond(t *testing.T) {
 	e := newLimitsEnv(t)
 	e.limit(t, "acme", catalog.LimitTransactionsPerSecond, val(2))
-	// Six session-mode sessions hold six server connections.
-	e.limit(t, "acme", catalog.LimitServerConnections, val(6))
 	for _, mode := range []string{proxy.PoolSession, proxy.PoolTransaction} {
 		for _, qm := range []pgx.QueryExecMode{pgx.QueryExecModeSimpleProtocol, pgx.QueryExecModeExec} {
 			t.Run(mode+"/"+qm.String(), func(t *testing.T) {
