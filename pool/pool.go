@@ -92,6 +92,7 @@ func (p *pool) take(ctx context.Context, tenant string, limit *atomic.Int32, wan
 		return nil, nil, ErrClosed
 	}
 	tq := p.queueLocked(tenant)
+	tq.limit = 0 // a take without a cap of the tenant's own (session mode) lifts it
 	if limit != nil {
 		tq.limit = int(limit.Load())
 	}
