@@ -154,11 +154,12 @@ func driftByHand(t *testing.T, dsn, addr string) {
 	initech := showTenant(t, "initech")
 	admin := adminConn(t, dsn, initech.Database)
 	schema := pgx.Identifier{initech.SchemaName}.Sanitize()
-	if _, err := admin.Exec(ctx, "DROP TABLE "+schema+".todo_tags, "+schema+".tags; DELETE FROM "+schema+".app_schema_migrations WHERE version = 2"); err != nil {
+	if _, err := admin.Exec(ctx, "DROP TABLE "+schema+".todo_tags, "+schema+".tags; DELETE FROM "+
+		pgx.Identifier{migrations.ProxySchema, initech.SchemaName + "_app_schema_migrations"}.Sanitize()+" WHERE version = 2"); err != nil {
 		t.Fatal(err)
 	}
 	umbrella := adminConn(t, dsn, showTenant(t, "umbrella").Database)
-	if _, err := umbrella.Exec(ctx, "INSERT INTO app_schema_migrations (version, name, checksum) VALUES (7, 'by_hand', 'x')"); err != nil {
+	if _, err := umbrella.Exec(ctx, "INSERT INTO "+migrations.DatabaseProxySchema+".app_schema_migrations (version, name, checksum) VALUES (7, 'by_hand', 'x')"); err != nil {
 		t.Fatal(err)
 	}
 	text := mustCLI(t, "migrate", "status")
@@ -186,7 +187,7 @@ func driftByHand(t *testing.T, dsn, addr string) {
 	if err == nil || !strings.Contains(err.Error(), "app version 7 is applied here but not stored") || !strings.Contains(out, "1 failed, 0 versions removed") {
 		t.Fatalf("migrate down over an unknown version: %v, %q", err, out)
 	}
-	if _, err := umbrella.Exec(ctx, "DELETE FROM app_schema_migrations WHERE version = 7"); err != nil {
+	if _, err := umbrella.Exec(ctx, "DELETE FROM "+migrations.DatabaseProxySchema+".app_schema_migrations WHERE version = 7"); err != nil {
 		t.Fatal(err)
 	}
 	// The other targets are down already; the rerun completes umbrella and
