@@ -116,8 +116,7 @@ func prepareProxyTables(ctx context.Context, db DB, t Target, login string) erro
 			}
 		}
 		role := ident(t.tenantRole(login))
-		if _, err := tx.Exec(ctx, "CREATE SCHEMA IF NOT EXISTS "+ident(schema)+"; REVOKE ALL ON SCHEMA "+ident(schema)+" FROM PUBLIC; "+
-			"GRANT USAGE ON SCHEMA "+ident(schema)+" TO "+role); err != nil {
+		if _, err := tx.Exec(ctx, createProxySchema(schema)+"; GRANT USAGE ON SCHEMA "+ident(schema)+" TO "+role); err != nil {
 			return err
 		}
 		for _, name := range []string{embeddedLedger, appLedger, legacyCanaryTable} {
@@ -144,6 +143,12 @@ func prepareProxyTables(ctx context.Context, db DB, t Target, login string) erro
 		return fmt.Errorf("migrations: %s: the proxy's tables: %w", t, err)
 	}
 	return nil
+}
+
+// createProxySchema creates schema, which PUBLIC may not use, unless it
+// exists.
+func createProxySchema(schema string) string {
+	return "CREATE SCHEMA IF NOT EXISTS " + ident(schema) + "; REVOKE ALL ON SCHEMA " + ident(schema) + " FROM PUBLIC"
 }
 
 // moveLegacy moves t's table name from where an earlier release kept it
@@ -227,4 +232,24 @@ func (t Target) ensureProxyTables(ctx context.Context, db DB) error {
 		return err
 	}
 	return prepareProxyTables(ctx, db, t, "")
+}
+
+// DropSchemaTenant drops schema-tier tenant schema from the schema
+// database db is connected to (as the admin role): its schema with what
+// is in it, its tables of the proxy, and its role, after what the role
+// was granted in this database (the proxy schema's USAGE), which would
+// keep it. Idempotent, so a delete that stopped halfway is completed by
+// the next.
+func DropSchemaTenant(ctx context.Context, db DB, schema string) error {
+	t := Target{Kind: KindSchema, Schema: schema}
+	if _, err := db.Exec(ctx, "DROP SCHEMA IF EXISTS "+ident(schema)+" CASCADE; DROP TABLE IF EXISTS "+
+		t.proxyTable(embeddedLedger)+", "+t.proxyTable(appLedger)+", "+t.proxyTable(canaryTable)); err != nil {
+		return err
+	}
+	var exists bool
+	if err := db.QueryRow(ctx, "SELECT EXISTS (SELECT FROM pg_roles WHERE rolname = $1)", schema).Scan(&exists); err != nil || !exists {
+		return err
+	}
+	_, err := db.Exec(ctx, "DROP OWNED BY "+ident(schema)+"; DROP ROLE "+ident(schema))
+	return err
 }
