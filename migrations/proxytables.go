@@ -234,6 +234,24 @@ func (t Target) ensureProxyTables(ctx context.Context, db DB) error {
 	return prepareProxyTables(ctx, db, t, "")
 }
 
+// readLedger returns t's ledger name, qualified, to read it: in the proxy
+// schema, or where an earlier release kept it when the target has not
+// been moved yet (migrate status before this release's first migrate
+// up), "" when there is none.
+func (t Target) readLedger(ctx context.Context, db DB, name string) (string, error) {
+	tables := []string{t.ledger(name)}
+	if t.Kind != KindControl {
+		tables = append(tables, ident(t.legacySchema(), name))
+	}
+	for _, table := range tables {
+		var exists bool
+		if err := db.QueryRow(ctx, "SELECT to_regclass($1) IS NOT NULL", table).Scan(&exists); err != nil || exists {
+			return table, err
+		}
+	}
+	return "", nil
+}
+
 // DropSchemaTenant drops schema-tier tenant schema from the schema
 // database db is connected to (as the admin role): its schema with what
 // is in it, its tables of the proxy, and its role, after what the role

@@ -238,11 +238,11 @@ func (t Target) change(ctx context.Context, db DB, locks lockPolicy, ledger stri
 
 // Version returns the highest version applied to t, 0 when none is.
 func Version(ctx context.Context, db DB, t Target) (int, error) {
-	var exists bool
-	if err := db.QueryRow(ctx, "SELECT to_regclass($1) IS NOT NULL", t.table()).Scan(&exists); err != nil || !exists {
+	table, err := t.readLedger(ctx, db, embeddedLedger)
+	if err != nil || table == "" {
 		return 0, err
 	}
 	var v int
-	err := db.QueryRow(ctx, "SELECT coalesce(max(version), 0) FROM "+t.table()).Scan(&v)
+	err = db.QueryRow(ctx, "SELECT coalesce(max(version), 0) FROM "+table).Scan(&v)
 	return v, err
 }

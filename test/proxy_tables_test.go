@@ -19,7 +19,8 @@ var proxyTableNames = []string{"schema_migrations", "app_schema_migrations", "ca
 // takes of what is its (its whole database in the database tier, as its
 // own login role; its schema in the schema tier) holds none of them.
 // A catalog an earlier release migrated kept them in the tenant's schema
-// (or public): migrate up moves them, rows and all, so nothing reruns.
+// (or public): migrate status reads them there, and migrate up moves
+// them, rows and all, so nothing reruns.
 func TestProxyTablesOutOfTenantSight(t *testing.T) {
 	e := newProxyEnv(t)
 	_, addr := e.startProxy(t, proxy.Config{})
@@ -50,6 +51,16 @@ func TestProxyTablesOutOfTenantSight(t *testing.T) {
 	for database, sql := range legacy {
 		if err := e.cluster.Exec(ctx, database, sql); err != nil {
 			t.Fatalf("back to the earlier layout in %s: %v", database, err)
+		}
+	}
+	// Before the move, status reads the ledgers where they are.
+	status, err := migrations.Status(ctx, e.catalogDSN, migrations.Options{})
+	if err != nil {
+		t.Fatalf("migrate status over the earlier layout: %v", err)
+	}
+	for _, r := range status.Results {
+		if r.Version == 0 || r.Version != r.Latest {
+			t.Errorf("migrate status over the earlier layout: %s at version %d of %d; want the version its ledger records", r.Target, r.Version, r.Latest)
 		}
 	}
 	rep, err := migrations.Up(ctx, e.catalogDSN, migrations.Options{})
