@@ -97,6 +97,17 @@ func assertProxyTablesHidden(t *testing.T, e *proxyEnv, addr string) {
 		t.Errorf("umbrella's dump holds no chat table, so it proves nothing:\n%s", out)
 	}
 	assertNoProxyTable(t, "umbrella: pg_dump as its login role", out)
+	// Out of the dump, and not the tenant's either: it owns its database,
+	// not the proxy's schema there, and cannot drop the runner's ledger.
+	tenant := connect(t, e.tenantLoginDSN(t, "umbrella", db))
+	var owner string
+	if err := tenant.QueryRow(ctxT(t), "SELECT nspowner::regrole::text FROM pg_namespace WHERE nspname = $1", migrations.DatabaseProxySchema).Scan(&owner); err != nil || owner == db {
+		t.Errorf("umbrella's %s is owned by %q (%v); want the admin role's", migrations.DatabaseProxySchema, owner, err)
+	}
+	_, err := tenant.Exec(ctxT(t), "DROP TABLE "+migrations.DatabaseProxySchema+".schema_migrations")
+	if sqlstateOf(err) != "42501" {
+		t.Errorf("umbrella drops the runner's ledger: %v; want 42501", err)
+	}
 
 	schema := e.objectName(t, "initech")
 	out = run(t, pgDump, "--schema-only", "--schema="+schema, e.cluster.DSN(migrations.SchemaDatabase))
