@@ -10,7 +10,6 @@ import (
 	"net"
 	"time"
 
-	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/zap"
@@ -162,6 +161,8 @@ type probe struct {
 	t     catalog.Tenant
 	conn  *pgconn.PgConn
 	token string
+	// table is the tenant's canary table (migrations.CanaryTable).
+	table string
 }
 
 func (c *Canary) check(ctx context.Context) (*Report, error) {
@@ -245,10 +246,10 @@ func (c *Canary) plant(ctx context.Context, t catalog.Tenant) (*probe, error) {
 	if err != nil {
 		return nil, fmt.Errorf("connecting through the proxy: %w", err)
 	}
-	p := &probe{t: t, conn: conn, token: "canary:" + t.ID + ":" + rand.Text()}
+	p := &probe{t: t, conn: conn, token: "canary:" + t.ID + ":" + rand.Text(), table: migrations.CanaryTable(migrations.Kind(t.Tier), t.SchemaName)}
 	err = p.removeRows(ctx)
 	if err == nil {
-		err = conn.ExecParams(ctx, "INSERT INTO tenantproxy_canary (token) VALUES ($1)", [][]byte{[]byte(p.token)}, nil, nil, nil).Read().Err
+		err = conn.ExecParams(ctx, "INSERT INTO "+p.table+" (token) VALUES ($1)", [][]byte{[]byte(p.token)}, nil, nil, nil).Read().Err
 	}
 	if err != nil {
 		conn.Close(context.WithoutCancel(ctx))
@@ -262,7 +263,7 @@ func (c *Canary) plant(ctx context.Context, t catalog.Tenant) (*probe, error) {
 // broken does not destroy other tenants' rows and hide the leak.
 func (p *probe) removeRows(ctx context.Context) error {
 	prefix := "canary:" + p.t.ID + ":%" // ids hold no ":", "%" or "_"
-	return p.conn.ExecParams(ctx, "DELETE FROM tenantproxy_canary WHERE token LIKE $1", [][]byte{[]byte(prefix)}, nil, nil, nil).Read().Err
+	return p.conn.ExecParams(ctx, "DELETE FROM "+p.table+" WHERE token LIKE $1", [][]byte{[]byte(prefix)}, nil, nil, nil).Read().Err
 }
 
 // verify checks, as p's tenant, its context and what it can see.
@@ -286,7 +287,7 @@ func (c *Canary) verify(ctx context.Context, p *probe, all []*probe) ([]Violatio
 			violate("", "schema-tier session runs as role %q", user)
 		}
 	}
-	res = p.conn.ExecParams(ctx, "SELECT token FROM tenantproxy_canary", nil, nil, nil, nil).Read()
+	res = p.conn.ExecParams(ctx, "SELECT token FROM "+p.table, nil, nil, nil, nil).Read()
 	if res.Err != nil {
 		return vs, res.Err
 	}
@@ -312,9 +313,9 @@ func (c *Canary) verify(ctx context.Context, p *probe, all []*probe) ([]Violatio
 		if o == p || o.t.Tier != catalog.TierSchema || o.t.Backend != p.t.Backend || o.t.Database != p.t.Database {
 			continue
 		}
-		sql := "SELECT count(*) FROM " + pgx.Identifier{o.t.SchemaName, "tenantproxy_canary"}.Sanitize()
+		sql := "SELECT count(*) FROM " + o.table
 		if r := p.conn.ExecParams(ctx, sql, nil, nil, nil, nil).Read(); r.Err == nil {
-			violate(o.t.Subdomain, "can read the schema of tenant %s", o.t.Subdomain)
+			violate(o.t.Subdomain, "can read the canary table of tenant %s", o.t.Subdomain)
 		} else if errors.Is(r.Err, context.Canceled) || errors.Is(r.Err, context.DeadlineExceeded) {
 			return vs, r.Err
 		}

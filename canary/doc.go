@@ -2,7 +2,8 @@
 // for a random sample of active tenants (Config.Sample, DefaultSample by
 // default) it connects through the proxy as each of them (a service login,
 // User, that it maintains in the catalog), plants a row with a random token
-// in the tenant's tenantproxy_canary table, and then checks, as every
+// in the tenant's canary table (in the proxy's schema, out of the
+// tenant's sight: migrations.CanaryTable), and then checks, as every
 // sampled tenant, that the session carries that tenant's context and that
 // no other tenant's token or schema is visible. A violation is an
 // Error-level log line with severity=critical and an increment of

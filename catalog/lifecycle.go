@@ -147,10 +147,8 @@ func dropSchema(ctx context.Context, t Tenant, b Backend) error {
 		return fmt.Errorf("connecting to backend %s: %w", b.Name, err)
 	}
 	defer conn.Close(context.WithoutCancel(ctx))
-	name := pgx.Identifier{t.SchemaName}.Sanitize()
 	return pgx.BeginFunc(ctx, conn, func(tx pgx.Tx) error {
-		_, err := tx.Exec(ctx, "DROP SCHEMA IF EXISTS "+name+" CASCADE; DROP ROLE IF EXISTS "+name)
-		return err
+		return migrations.DropSchemaTenant(ctx, tx, t.SchemaName)
 	})
 }
 

@@ -200,13 +200,13 @@ func (t Target) appOutcome(ctx context.Context, db DB, set *appSet, err error) (
 func appState(ctx context.Context, db DB, t Target, set *appSet) (*AppResult, error) {
 	res := &AppResult{Latest: set.latest()}
 	applied := map[int]string{}
-	var exists bool
-	if err := db.QueryRow(ctx, "SELECT to_regclass($1) IS NOT NULL", t.ledger(appLedger)).Scan(&exists); err != nil {
+	table, err := t.readLedger(ctx, db, appLedger)
+	if err != nil {
 		return nil, fmt.Errorf("migrations: %s: %w", t, err)
 	}
-	if exists {
+	if table != "" {
 		err := pgx.BeginFunc(ctx, db, func(tx pgx.Tx) error {
-			rows, err := tx.Query(ctx, "SELECT version, checksum FROM "+t.ledger(appLedger)+" ORDER BY version")
+			rows, err := tx.Query(ctx, "SELECT version, checksum FROM "+table+" ORDER BY version")
 			if err != nil {
 				return err
 			}

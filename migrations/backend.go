@@ -123,6 +123,11 @@ func prepareServer(ctx context.Context, b Backend, password string) error {
 	if err := Harden(ctx, schema, true); err != nil {
 		return err
 	}
+	// With the database, so that it outlives its tenants (prepareProxyTables
+	// fills it per tenant).
+	if _, err := schema.Exec(ctx, createProxySchema(ProxySchema)); err != nil {
+		return err
+	}
 	shared, err := ConnectAs(ctx, b.AdminDSN, SharedDatabase)
 	if err != nil {
 		return err

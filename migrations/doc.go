@@ -4,8 +4,7 @@
 //
 //   - control/*.sql is the catalog (backends, tenants, tenant_users with
 //     their people and service logins, outbox) in the control database.
-//   - tenant/*.sql is the chat data model and the isolation canary's
-//     table (tenantproxy_canary), written once as text/template and
+//   - tenant/*.sql is the chat data model, written once as text/template and
 //     rendered in three forms (For): KindShared adds a tenant_id column that
 //     defaults to the tenant GUC plus forced, fail-closed RLS; KindSchema
 //     creates the objects in the tenant's schema as the tenant's role;
@@ -17,7 +16,11 @@
 //
 // Every target (the control database, each backend's shared database, each
 // tenant schema, each tenant database) keeps its own schema_migrations table
-// of version, name, checksum and applied_at. Apply runs each pending
+// of version, name, checksum and applied_at. In a tenant target it is one
+// of the proxy's tables (proxytables.go, with app_schema_migrations and
+// the isolation canary's table), kept in a schema of the proxy's out of
+// the tenant's search_path, \dt and dumps, which migrate up moves them to
+// from where earlier releases kept them. Apply runs each pending
 // migration in its own transaction under the target's advisory lock and
 // refuses an applied migration whose SQL changed (ChecksumError). Each
 // transaction waits at most Options.LockTimeout for a table lock, so that a

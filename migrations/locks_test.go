@@ -127,7 +127,7 @@ func sharedState(t *testing.T, c *pgcluster.Cluster) (recorded, column bool) {
 	t.Helper()
 	conn := connect(t, c.DSN(migrations.SharedDatabase))
 	if err := conn.QueryRow(ctxT(t), `SELECT
-		EXISTS (SELECT FROM public.schema_migrations WHERE version = $1),
+		EXISTS (SELECT FROM tenantproxy.schema_migrations WHERE version = $1),
 		EXISTS (SELECT FROM information_schema.columns WHERE table_name = 'messages' AND column_name = 'lock_probe')`,
 		alterMessages.Version).Scan(&recorded, &column); err != nil {
 		t.Fatal(err)

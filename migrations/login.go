@@ -60,9 +60,12 @@ func OpenTenantLogin(keys *secrets.Keyring, tenantID, stored string) (string, er
 //     schema, so the tenant can ALTER and DROP what the migrations created
 //     before the tenant had a role (the migrations log in as the role since,
 //     so what they create is the tenant's already); extensions' members stay
-//     the admin role's. The runner's schema_migrations is the tenant's too:
-//     the runner works in this database as the tenant, and the tenant could
-//     drop and replace it anyway, as the schema's owner.
+//     the admin role's.
+//   - The proxy's tables (the runner's ledgers, the canary's table) are in
+//     the admin role's DatabaseProxySchema, out of the tenant's dumps, and
+//     moved there from public where an earlier release kept them
+//     (prepareProxyTables); the role gets the DML the runner, which works
+//     in this database as the tenant, and the canary need.
 //   - It may run pg_terminate_backend here (ownBackendGrant), to end its
 //     own session.
 //
@@ -93,6 +96,11 @@ func OwnDatabase(ctx context.Context, db DB, role, password string) error {
 		"SELECT format('"+verb+" ROLE %I LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION NOBYPASSRLS PASSWORD %L', $1::text, $2::text)",
 		role, verifier); err != nil {
 		return fmt.Errorf("login role %s: %w", role, err)
+	}
+	// Before handOver, which would give the tenant the proxy's tables an
+	// earlier release kept in public.
+	if err := prepareProxyTables(ctx, db, Target{Kind: KindDatabase, Database: database}, role); err != nil {
+		return err
 	}
 	r := ident(role)
 	stmts := []string{

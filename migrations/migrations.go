@@ -142,13 +142,12 @@ func load(dir string, funcs template.FuncMap) ([]Migration, error) {
 // owned by the tenant's role, so only the other two grant to the serving role.
 func tenantFuncs(k Kind) template.FuncMap {
 	shared := k == KindShared
-	guc := "NULLIF(current_setting(" + quoteLiteral(TenantGUC) + ", true), '')"
 	return template.FuncMap{
 		"tenantColumn": func() string {
 			if !shared {
 				return ""
 			}
-			return "tenant_id text NOT NULL DEFAULT " + guc + ","
+			return tenantColumnDef + ","
 		},
 		"key": func() string {
 			if !shared {
@@ -156,18 +155,11 @@ func tenantFuncs(k Kind) template.FuncMap {
 			}
 			return "tenant_id, "
 		},
-		// The policy compares with NULLIF(..., ''): an unset GUC (NULL) or one
-		// reset to '' matches no row and lets no row in, so forgetting to set
-		// the tenant fails closed.
 		"isolate": func(table string) string {
 			if !shared {
 				return ""
 			}
-			t := ident(table)
-			return fmt.Sprintf("ALTER TABLE %[1]s ENABLE ROW LEVEL SECURITY;\n"+
-				"ALTER TABLE %[1]s FORCE ROW LEVEL SECURITY;\n"+
-				"CREATE POLICY tenant_isolation ON %[1]s USING (tenant_id = %[2]s) WITH CHECK (tenant_id = %[2]s);",
-				t, guc)
+			return isolateSQL(ident(table))
 		},
 		// perTenantIDs moves the shared tier's id columns, filled from
 		// sequences every tenant shares (whose gaps counted other tenants'
@@ -190,6 +182,25 @@ func tenantFuncs(k Kind) template.FuncMap {
 			return fmt.Sprintf("GRANT SELECT, INSERT, UPDATE, DELETE ON %s TO %s;", ident(table), ident(ServingRole))
 		},
 	}
+}
+
+// tenantGUCValue is the session's tenant in the shared tier, NULL when
+// unset or reset to the empty string.
+var tenantGUCValue = "NULLIF(current_setting(" + quoteLiteral(TenantGUC) + ", true), '')"
+
+// tenantColumnDef is the shared tier's tenant column, filled from the
+// session's tenant.
+var tenantColumnDef = "tenant_id text NOT NULL DEFAULT " + tenantGUCValue
+
+// isolateSQL is the shared tier's forced row-level security on table
+// (qualified). The policy compares through tenantGUCValue: an unset GUC
+// (NULL) or one reset to the empty string matches no row and lets no row in, so
+// forgetting to set the tenant fails closed.
+func isolateSQL(table string) string {
+	return fmt.Sprintf("ALTER TABLE %[1]s ENABLE ROW LEVEL SECURITY;\n"+
+		"ALTER TABLE %[1]s FORCE ROW LEVEL SECURITY;\n"+
+		"CREATE POLICY tenant_isolation ON %[1]s USING (tenant_id = %[2]s) WITH CHECK (tenant_id = %[2]s);",
+		table, tenantGUCValue)
 }
 
 func ident(parts ...string) string { return pgx.Identifier(parts).Sanitize() }

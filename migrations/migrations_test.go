@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -227,7 +228,7 @@ func TestConcurrentUpMigratesEachTargetExactlyOnce(t *testing.T) {
 	conn := connect(t, c.DSN(migrations.SchemaDatabase))
 	for _, id := range ids {
 		var rows int
-		if err := conn.QueryRow(ctxT(t), "SELECT count(*) FROM "+pgx.Identifier{"tenant_" + id, "schema_migrations"}.Sanitize()).Scan(&rows); err != nil {
+		if err := conn.QueryRow(ctxT(t), "SELECT count(*) FROM "+pgx.Identifier{migrations.ProxySchema, "tenant_" + id + "_schema_migrations"}.Sanitize()).Scan(&rows); err != nil {
 			t.Fatal(err)
 		}
 		if rows != len(latest) {
@@ -347,7 +348,8 @@ func TestSharedTierIDsBecomePerTenant(t *testing.T) {
 	}
 	upTo := func(v int) {
 		t.Helper()
-		opts := migrations.Options{Migrations: func(migrations.Kind) ([]migrations.Migration, error) { return all[:v], nil }}
+		upToV := slices.DeleteFunc(slices.Clone(all), func(m migrations.Migration) bool { return m.Version > v })
+		opts := migrations.Options{Migrations: func(migrations.Kind) ([]migrations.Migration, error) { return upToV, nil }}
 		if _, err := migrations.ApplyWith(ctx, conn, target, opts); err != nil {
 			t.Fatal(err)
 		}

@@ -70,13 +70,10 @@ const (
 // search_path cannot redirect it.
 func (t Target) table() string { return t.ledger(embeddedLedger) }
 
-// ledger is the target's table of that name, qualified likewise.
-func (t Target) ledger(name string) string {
-	if t.Kind == KindSchema {
-		return ident(t.Schema, name)
-	}
-	return ident("public", name)
-}
+// ledger is the target's table of that name, qualified likewise: in the
+// control database's public schema, elsewhere in the proxy's schema
+// (proxytables.go), out of the tenant's sight.
+func (t Target) ledger(name string) string { return t.proxyTable(name) }
 
 // lockKey names the target's advisory lock. Advisory locks are scoped to the
 // current database, so the schema alone tells targets in one database apart.
@@ -133,26 +130,23 @@ func ApplyWith(ctx context.Context, db DB, t Target, opts Options) (int, error) 
 	return n, nil
 }
 
-// applied creates the target's ledger table when missing and returns the
-// recorded checksum of each applied version.
+// applied creates the target's ledger table when missing (a tenant
+// target's with the rest of the proxy's tables, ensureProxyTables) and
+// returns the recorded checksum of each applied version.
 func (t Target) applied(ctx context.Context, db DB, ledger string) (map[int]string, error) {
 	out := map[int]string{}
 	table := t.ledger(ledger)
+	if err := t.ensureProxyTables(ctx, db); err != nil {
+		return nil, err
+	}
 	err := pgx.BeginFunc(ctx, db, func(tx pgx.Tx) error {
 		if _, err := tx.Exec(ctx, "SELECT pg_advisory_xact_lock($1)", t.lockKey()); err != nil {
 			return err
 		}
-		// The app's versions may be timestamps (goose, golang-migrate -format).
-		versionType := "integer"
-		if ledger == appLedger {
-			versionType = "bigint"
-		}
-		if _, err := tx.Exec(ctx, `CREATE TABLE IF NOT EXISTS `+table+` (
-			version    `+versionType+` PRIMARY KEY,
-			name       text NOT NULL,
-			checksum   text NOT NULL,
-			applied_at timestamptz NOT NULL DEFAULT now())`); err != nil {
-			return err
+		if t.Kind == KindControl {
+			if _, err := tx.Exec(ctx, ledgerDDL(table, ledger)); err != nil {
+				return err
+			}
 		}
 		rows, err := tx.Query(ctx, "SELECT version, checksum FROM "+table)
 		if err != nil {
@@ -244,11 +238,11 @@ func (t Target) change(ctx context.Context, db DB, locks lockPolicy, ledger stri
 
 // Version returns the highest version applied to t, 0 when none is.
 func Version(ctx context.Context, db DB, t Target) (int, error) {
-	var exists bool
-	if err := db.QueryRow(ctx, "SELECT to_regclass($1) IS NOT NULL", t.table()).Scan(&exists); err != nil || !exists {
+	table, err := t.readLedger(ctx, db, embeddedLedger)
+	if err != nil || table == "" {
 		return 0, err
 	}
 	var v int
-	err := db.QueryRow(ctx, "SELECT coalesce(max(version), 0) FROM "+t.table()).Scan(&v)
+	err = db.QueryRow(ctx, "SELECT coalesce(max(version), 0) FROM "+table).Scan(&v)
 	return v, err
 }

@@ -42,7 +42,7 @@ func TestIsolationCanary(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer admin.Close(ctx)
-	if _, err := admin.Exec(ctx, "ALTER TABLE tenantproxy_canary DISABLE ROW LEVEL SECURITY"); err != nil {
+	if _, err := admin.Exec(ctx, "ALTER TABLE "+migrations.CanaryTable(migrations.KindShared, "")+" DISABLE ROW LEVEL SECURITY"); err != nil {
 		t.Fatal(err)
 	}
 	rep, err = c.Check(ctx)

@@ -276,7 +276,7 @@ func TestUpgradeGivesDatabaseTierTenantItsRole(t *testing.T) {
 
 // TestDatabaseTierMigrationsRunAsTheTenant: the tenant owns its database,
 // so it can plant code that a later migration sets off (here a trigger on
-// the runner's own bookkeeping). migrate up must run that code as the
+// a table the migration writes). migrate up must run that code as the
 // tenant's role, never as the backend's admin role, a superuser, whose
 // rights the tenant's code would otherwise get.
 func TestDatabaseTierMigrationsRunAsTheTenant(t *testing.T) {
@@ -285,12 +285,13 @@ func TestDatabaseTierMigrationsRunAsTheTenant(t *testing.T) {
 	db := e.objectName(t, "umbrella")
 	tenant := connect(t, e.tenantLoginDSN(t, "umbrella", db))
 	if _, err := tenant.Exec(ctx, `CREATE TABLE ran_as (who text);
+		CREATE TABLE watched (x int);
 		CREATE FUNCTION record_who() RETURNS trigger LANGUAGE plpgsql AS $$
 			BEGIN INSERT INTO public.ran_as VALUES (session_user || '/' || current_user); RETURN NEW; END $$;
-		CREATE TRIGGER planted AFTER INSERT ON schema_migrations FOR EACH ROW EXECUTE FUNCTION record_who()`); err != nil {
+		CREATE TRIGGER planted AFTER INSERT ON watched FOR EACH ROW EXECUTE FUNCTION record_who()`); err != nil {
 		t.Fatal(err)
 	}
-	const extra = "CREATE TABLE added_later (x int)"
+	const extra = "CREATE TABLE added_later (x int); INSERT INTO watched VALUES (1)"
 	sum := sha256.Sum256([]byte(extra))
 	opts := migrations.Options{Migrations: func(k migrations.Kind) ([]migrations.Migration, error) {
 		ms, err := migrations.For(k)

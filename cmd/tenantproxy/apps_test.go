@@ -42,7 +42,9 @@ var (
 // migrate up --dir brings existing tenants of all three tiers along, tenant
 // create gives later ones the stored schema, each tenant sees only its rows
 // through the proxy (unique titles and ids per tenant in the shared tier),
-// migrate down --to 1 removes version 2 everywhere, status shows a target
+// the same with psql, a login added by tenant user add runs pgbench -i and
+// DDL in the database tier until passwd and remove lock it out, migrate
+// down --to 1 removes version 2 everywhere, status shows a target
 // rolled back by hand, a changed stored version is refused, and a migration
 // the shared tier refuses fails only the shared target.
 func TestAppMigrationsEndToEnd(t *testing.T) {
@@ -72,6 +74,7 @@ func TestAppMigrationsEndToEnd(t *testing.T) {
 	for _, tt := range all {
 		t.Run("rows/"+tt.sub, func(t *testing.T) { useTodos(t, proxyConn(t, addr, tt.sub), tt.sub) })
 	}
+	t.Run("psql and tenant users", func(t *testing.T) { psqlTodos(t, addr) })
 
 	status := appStatus(t)
 	for _, r := range status.Results[1:] {
@@ -154,11 +157,12 @@ func driftByHand(t *testing.T, dsn, addr string) {
 	initech := showTenant(t, "initech")
 	admin := adminConn(t, dsn, initech.Database)
 	schema := pgx.Identifier{initech.SchemaName}.Sanitize()
-	if _, err := admin.Exec(ctx, "DROP TABLE "+schema+".todo_tags, "+schema+".tags; DELETE FROM "+schema+".app_schema_migrations WHERE version = 2"); err != nil {
+	if _, err := admin.Exec(ctx, "DROP TABLE "+schema+".todo_tags, "+schema+".tags; DELETE FROM "+
+		pgx.Identifier{migrations.ProxySchema, initech.SchemaName + "_app_schema_migrations"}.Sanitize()+" WHERE version = 2"); err != nil {
 		t.Fatal(err)
 	}
 	umbrella := adminConn(t, dsn, showTenant(t, "umbrella").Database)
-	if _, err := umbrella.Exec(ctx, "INSERT INTO app_schema_migrations (version, name, checksum) VALUES (7, 'by_hand', 'x')"); err != nil {
+	if _, err := umbrella.Exec(ctx, "INSERT INTO "+migrations.DatabaseProxySchema+".app_schema_migrations (version, name, checksum) VALUES (7, 'by_hand', 'x')"); err != nil {
 		t.Fatal(err)
 	}
 	text := mustCLI(t, "migrate", "status")
@@ -186,7 +190,7 @@ func driftByHand(t *testing.T, dsn, addr string) {
 	if err == nil || !strings.Contains(err.Error(), "app version 7 is applied here but not stored") || !strings.Contains(out, "1 failed, 0 versions removed") {
 		t.Fatalf("migrate down over an unknown version: %v, %q", err, out)
 	}
-	if _, err := umbrella.Exec(ctx, "DELETE FROM app_schema_migrations WHERE version = 7"); err != nil {
+	if _, err := umbrella.Exec(ctx, "DELETE FROM "+migrations.DatabaseProxySchema+".app_schema_migrations WHERE version = 7"); err != nil {
 		t.Fatal(err)
 	}
 	// The other targets are down already; the rerun completes umbrella and
@@ -343,7 +347,7 @@ func proxyConn(t *testing.T, addr, sub string) *pgx.Conn {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	conn, err := pgx.Connect(ctx, "postgres://admin."+sub+":"+appPassword+"@"+addr+"/app?sslmode=disable")
+	conn, err := pgx.Connect(ctx, proxyURL(addr, "admin."+sub, appPassword))
 	if err != nil {
 		t.Fatalf("connect as %s: %v", sub, err)
 	}
