@@ -35,8 +35,10 @@ type Table struct {
 const sessionSettings = "SET TimeZone = 'UTC'; SET DateStyle = 'ISO, MDY'; SET IntervalStyle = 'postgres'; " +
 	"SET extra_float_digits = 3; SET bytea_output = 'hex'"
 
-// ledgers are the migration runners' own tables: bookkeeping, not data.
-var ledgers = []string{"schema_migrations", "app_schema_migrations"}
+// bookkeeping are the proxy's own tables in a tenant's place: the
+// migration runners' ledgers and the isolation canary's table. They are
+// not the tenant's data: export leaves them out, import skips them.
+var bookkeeping = []string{"schema_migrations", "app_schema_migrations", "tenantproxy_canary"}
 
 // dataPlace is where a tenant's tables are on an open connection: the
 // schema, and in the shared tier the tenant whose rows are its.
@@ -85,7 +87,7 @@ func (p dataPlace) tables(ctx context.Context, q pgx.Tx) ([]Table, error) {
 		JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped AND a.attgenerated = ''
 		WHERE n.nspname = $1 AND c.relkind IN ('r', 'p') AND c.relname <> ALL ($2)
 		  AND ($3 = '' OR EXISTS (SELECT FROM pg_attribute t WHERE t.attrelid = c.oid AND t.attname = 'tenant_id' AND NOT t.attisdropped))
-		ORDER BY c.relname, a.attnum`, p.schema, ledgers, p.tenant)
+		ORDER BY c.relname, a.attnum`, p.schema, bookkeeping, p.tenant)
 	if err != nil {
 		return nil, fmt.Errorf("listing tables: %w", err)
 	}
