@@ -37,7 +37,7 @@ const todosDigest = `SELECT (SELECT count(*) FROM todos) + (SELECT count(*) FROM
 	(SELECT md5(string_agg(id || '/' || name, ',' ORDER BY id)) FROM tags) ||
 	(SELECT md5(string_agg(todo_id || '/' || tag_id, ',' ORDER BY todo_id, tag_id)) FROM todo_tags)`
 
-// psqlFile runs SQL files and commands against dsn with plain psql, as a
+// psqlRun runs SQL files and commands against dsn with plain psql, as a
 // customer's own deployment would have been set up.
 func psqlRun(t *testing.T, dsn string, args ...string) {
 	t.Helper()
@@ -64,7 +64,8 @@ func digest(t *testing.T, conn *pgx.Conn) (int64, string) {
 // TestTenantImportIntoEveryTier imports a todos database made by psql into
 // a tenant of each tier: through the proxy each sees the source's rows
 // exactly, and its next INSERT gets the id after the source's highest. A
-// source with a table the app lacks is refused and leaves no tenant.
+// source with a table or a column type the app lacks is refused and leaves
+// no tenant.
 func TestTenantImportIntoEveryTier(t *testing.T) {
 	cluster := pgtest.StartT(t)
 	dsn := pgtest.NewDatabase(t, cluster)
@@ -96,14 +97,20 @@ func TestTenantImportIntoEveryTier(t *testing.T) {
 		})
 	}
 
-	bad := pgtest.NewDatabase(t, cluster)
-	psqlRun(t, bad, "-f", filepath.Join(todosDir, "0001_todos.up.sql"), "-c", "CREATE TABLE invoices (id int PRIMARY KEY); INSERT INTO todos (title) VALUES ('x')")
-	if _, err := cli(t, "tenant", "import", "hooli", "--from", bad, "--plan", "standard"); err == nil ||
-		!strings.Contains(err.Error(), "invoices is not among the tenant's tables") || !strings.Contains(err.Error(), "rolled back") {
-		t.Fatalf("import of a table the app lacks: %v", err)
-	}
-	if _, err := cli(t, "tenant", "show", "hooli"); err == nil {
-		t.Fatal("a refused import left its tenant behind")
+	for _, bad := range []struct{ name, sql, want string }{
+		{"a table the app lacks", "CREATE TABLE invoices (id int PRIMARY KEY)", "invoices is not among the tenant's tables"},
+		{"a column of another type", "ALTER TABLE todos ALTER COLUMN title TYPE varchar(200)",
+			"column todos.title is character varying(200) in the source, text in the tenant's table"},
+	} {
+		db := pgtest.NewDatabase(t, cluster)
+		psqlRun(t, db, "-f", filepath.Join(todosDir, "0001_todos.up.sql"), "-c", bad.sql+"; INSERT INTO todos (title) VALUES ('x')")
+		if _, err := cli(t, "tenant", "import", "hooli", "--from", db, "--plan", "standard"); err == nil ||
+			!strings.Contains(err.Error(), bad.want) || !strings.Contains(err.Error(), "rolled back") {
+			t.Fatalf("import of %s: %v, want %q, rolled back", bad.name, err, bad.want)
+		}
+		if _, err := cli(t, "tenant", "show", "hooli"); err == nil {
+			t.Fatalf("a refused import (%s) left its tenant behind", bad.name)
+		}
 	}
 }
 
