@@ -221,7 +221,12 @@ type databaseSource struct {
 }
 
 func openDatabase(ctx context.Context, dsn string) (_ *databaseSource, err error) {
-	conn, err := pgx.Connect(ctx, dsn)
+	cfg, err := pgx.ParseConfig(dsn)
+	if err != nil {
+		// The parse error may echo the DSN, password included.
+		return nil, &ValidationError{Field: "source DSN", Value: "…", Reason: "is not a valid PostgreSQL connection string"}
+	}
+	conn, err := pgx.ConnectConfig(ctx, cfg)
 	if err != nil {
 		return nil, fmt.Errorf("connecting to the source: %w", err)
 	}
