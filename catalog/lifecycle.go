@@ -78,17 +78,19 @@ func (c *Catalog) Delete(ctx context.Context, subdomain string) error {
 	if err != nil {
 		return err
 	}
-	if err := c.teardown(ctx, t, b); err != nil {
+	d := c.deletion(ctx, t)
+	if err := c.teardown(ctx, t, b, &d); err != nil {
 		return fmt.Errorf("catalog: delete %q: %w", subdomain, err)
 	}
 	c.log.Info("tenant deleted", zap.String("tenant", t.ID), zap.String("tier", string(t.Tier)))
 	return nil
 }
 
-// teardown drops whatever of t exists on b, then t's catalog rows. Every
-// step tolerates the object being absent, so it finishes a half-provisioned
+// teardown drops whatever of t exists on b, then t's catalog rows, with
+// audit, when not nil, recorded in the same transaction. Every step
+// tolerates the object being absent, so it finishes a half-provisioned
 // tenant as well as a complete one.
-func (c *Catalog) teardown(ctx context.Context, t Tenant, b Backend) error {
+func (c *Catalog) teardown(ctx context.Context, t Tenant, b Backend, audit *Deletion) error {
 	var err error
 	switch t.Tier {
 	case TierSchema:
@@ -105,8 +107,13 @@ func (c *Catalog) teardown(ctx context.Context, t Tenant, b Backend) error {
 		if _, err := tx.Exec(ctx, "DELETE FROM outbox WHERE tenant_id = $1", t.ID); err != nil {
 			return err
 		}
-		_, err := tx.Exec(ctx, "DELETE FROM tenants WHERE id = $1", t.ID) // tenant_users cascade
-		return err
+		if _, err := tx.Exec(ctx, "DELETE FROM tenants WHERE id = $1", t.ID); err != nil { // tenant_users cascade
+			return err
+		}
+		if audit == nil {
+			return nil
+		}
+		return writeAudit(ctx, tx, AuditDelete, t.ID, audit)
 	})
 }
 

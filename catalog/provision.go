@@ -163,14 +163,7 @@ func (c *Catalog) Create(ctx context.Context, req CreateRequest) (*Created, erro
 	}
 	log := c.log.With(zap.String("tenant", t.ID), zap.String("tier", string(t.Tier)), zap.String("backend", b.Name))
 	if err := c.provision(ctx, &t, b, req.AdminUser, verifier); err != nil {
-		// Roll back with a context of its own: the caller's may be what failed.
-		cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Minute)
-		defer cancel()
-		if rerr := c.teardown(cctx, t, b); rerr != nil {
-			return nil, fmt.Errorf("catalog: create %q failed (%w) and its rollback failed too (%v); run tenant delete to clean up",
-				t.ID, err, rerr)
-		}
-		return nil, fmt.Errorf("catalog: create %q (rolled back): %w", t.ID, err)
+		return nil, c.rollBack(ctx, t, b, "create", err)
 	}
 	log.Info("tenant created", zap.String("plan", t.Plan))
 	if err := c.deliver(ctx, t.ID); err != nil {
@@ -293,6 +286,19 @@ func (c *Catalog) fail(step string) error {
 		return fmt.Errorf("step %s: %w", step, err)
 	}
 	return nil
+}
+
+// rollBack undoes op (create, import) of t after it failed with err, and
+// says whether the undo worked too.
+func (c *Catalog) rollBack(ctx context.Context, t Tenant, b Backend, op string, err error) error {
+	// A context of its own: the caller's may be what failed.
+	cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Minute)
+	defer cancel()
+	if rerr := c.teardown(cctx, t, b, nil); rerr != nil {
+		return fmt.Errorf("catalog: %s %q failed (%w) and its rollback failed too (%v); run tenant delete to clean up",
+			op, t.ID, err, rerr)
+	}
+	return fmt.Errorf("catalog: %s %q (rolled back): %w", op, t.ID, err)
 }
 
 // provision runs every step after the tenant row and leaves t active.

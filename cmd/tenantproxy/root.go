@@ -58,6 +58,7 @@ func newRootCommand() *cobra.Command {
 		newTenantCommand(g),
 		newPlanCommand(g),
 		newUsageCommand(g),
+		newAuditCommand(g),
 		newServeCommand(g),
 		newDemoCommand(g),
 		newChatCommand(g),

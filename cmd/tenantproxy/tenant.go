@@ -24,6 +24,8 @@ func newTenantCommand(g *globals) *cobra.Command {
 		newTenantStatusCommand(g, "suspend", "Suspend a tenant: its new connections are refused", (*catalog.Catalog).Suspend),
 		newTenantStatusCommand(g, "resume", "Resume a suspended tenant", (*catalog.Catalog).Resume),
 		newTenantDeleteCommand(g),
+		newTenantImportCommand(g),
+		newTenantExportCommand(g),
 		newTenantUserCommand(g),
 	)
 	return tenant
