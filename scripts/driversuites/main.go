@@ -37,7 +37,7 @@ func parseFlags() (options, error) {
 	flag.StringVar(&o.out, "out", "driver-suites.out", "directory for the list of failing tests per suite and target")
 	flag.StringVar(&targets, "targets", "direct,session,transaction", "comma-separated: direct, session, transaction")
 	flag.StringVar(&suites, "suites", "pgx,pq", "comma-separated: pgx, pq")
-	flag.StringVar(&o.timeout, "timeout", "20m", "go test -timeout of one suite run")
+	flag.StringVar(&o.timeout, "timeout", "8m", "go test -timeout of one package's tests (a hung test costs this much)")
 	flag.StringVar(&o.run, "run", "", "go test -run of every suite run (default: every test)")
 	flag.Parse()
 	if o.binary == "" {

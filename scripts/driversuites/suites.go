@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strings"
 )
@@ -43,37 +44,70 @@ type tally struct {
 	passed, failed, skipped int
 }
 
+// maxReruns bounds how often a package whose test binary died (a test
+// that panicked or hung) is run again without the tests that killed it.
+const maxReruns = 3
+
 // runSuite runs go test -json over a writable copy of the suite's module
-// source and writes the failing tests' output to report.
+// source and writes the failing tests' output to report. A test that
+// panics or hangs ends its package's binary and with it every test not yet
+// run: that package runs again with the dead tests skipped (and counted
+// failed), so that the others are measured too.
 func runSuite(ctx context.Context, s suite, target string, c conninfo, o options, report string) (tally, error) {
 	dir, err := moduleCopy(ctx, s.module)
 	if err != nil {
 		return tally{}, err
 	}
 	defer os.RemoveAll(dir)
+	res := newResults()
+	if err := goTest(ctx, s, c, o, filepath.Join(dir, "src"), res, nil, "./..."); err != nil {
+		return tally{}, fmt.Errorf("%s %s: %w", s.name, target, err)
+	}
+	for range maxReruns {
+		dead := res.takeDead()
+		if len(dead) == 0 {
+			break
+		}
+		for pkg, tests := range dead {
+			fmt.Fprintf(os.Stderr, "driversuites: %s %s: %s died in %s; running the rest again\n", s.name, target, pkg, strings.Join(tests, ", "))
+			if err := goTest(ctx, s, c, o, filepath.Join(dir, "src"), res, tests, pkg); err != nil {
+				return tally{}, fmt.Errorf("%s %s: %w", s.name, target, err)
+			}
+		}
+	}
+	t := res.tally()
+	t.suite, t.target = s.name, target
+	return t, writeReport(report, res.failures())
+}
+
+// goTest runs go test -json on pkg, skipping the top-level tests skip,
+// into res.
+func goTest(ctx context.Context, s suite, c conninfo, o options, dir string, res *results, skip []string, pkg string) error {
 	args := []string{"test", "-json", "-count=1", "-timeout", o.timeout}
 	if o.run != "" {
 		args = append(args, "-run", o.run)
 	}
-	cmd := exec.CommandContext(ctx, "go", append(args, "./...")...)
-	cmd.Dir = filepath.Join(dir, "src")
+	if len(skip) > 0 {
+		args = append(args, "-skip", "^("+strings.Join(skip, "|")+")$")
+	}
+	cmd := exec.CommandContext(ctx, "go", append(args, pkg)...)
+	cmd.Dir = dir
 	cmd.Env = append(withoutPostgresEnv(os.Environ()), s.env(c)...)
 	stdout, err := cmd.StdoutPipe()
 	if err != nil {
-		return tally{}, err
+		return err
 	}
 	cmd.Stderr = os.Stderr
 	if err := cmd.Start(); err != nil {
-		return tally{}, err
+		return err
 	}
-	t, failures := count(stdout)
+	events := res.read(stdout)
 	// go test exits non-zero whenever a test fails, which is what is
-	// being measured; only a run that produced no result is an error.
-	if werr := cmd.Wait(); werr != nil && t.passed+t.failed+t.skipped == 0 {
-		return tally{}, fmt.Errorf("%s %s: go test: %w", s.name, target, werr)
+	// being measured; only a run that produced no event is an error.
+	if err := cmd.Wait(); err != nil && events == 0 {
+		return fmt.Errorf("go test %s: %w", pkg, err)
 	}
-	t.suite, t.target = s.name, target
-	return t, writeReport(report, failures)
+	return nil
 }
 
 // moduleCopy copies the module, at the version this repository requires,
@@ -130,66 +164,151 @@ type event struct {
 	Output  string
 }
 
-// failure is a failed test with the tail of its output.
-type failure struct {
-	name   string
-	output []string
+// results are the outcomes of one suite's tests, by package and test,
+// over a first run and the reruns of packages that died.
+type results struct {
+	outcome map[string]string   // "package test" → pass, fail or skip
+	output  map[string][]string // the tail of each test's output
+	hung    map[string][]string // per package: go test's timeout report
+	dead    map[string][]string // per package: the top-level tests that killed it
+	broken  []string            // packages that failed with no test to blame
+}
+
+func newResults() *results {
+	return &results{outcome: map[string]string{}, output: map[string][]string{}, hung: map[string][]string{}, dead: map[string][]string{}}
 }
 
 const outputTail = 12
 
-// timedOut starts go test's report of a test binary past -timeout, whose
-// next lines name the tests still running: kept whole, since the goroutine
-// dump after them would push them out of the tail.
+// timedOut starts go test's report of a test binary past -timeout; the
+// lines after it name the tests still running.
 const timedOut = "panic: test timed out"
 
-func count(r io.Reader) (tally, []failure) {
-	var t tally
-	var failures []failure
-	outputs := map[string][]string{}
-	hung := map[string][]string{}
-	sc := bufio.NewScanner(r)
+// read records go test -json's events; an outcome already recorded (a
+// test that ran before its package died) is kept. It returns the number
+// of events read.
+func (r *results) read(rd io.Reader) int {
+	n := 0
+	sc := bufio.NewScanner(rd)
 	sc.Buffer(make([]byte, 1<<20), 16<<20)
 	for sc.Scan() {
 		var e event
 		if json.Unmarshal(sc.Bytes(), &e) != nil {
 			continue
 		}
+		n++
 		key := e.Package + " " + e.Test
 		switch e.Action {
 		case "output":
-			line := strings.TrimRight(e.Output, "\n")
-			if strings.HasPrefix(line, timedOut) || (len(hung[key]) > 0 && len(hung[key]) < outputTail) {
-				hung[key] = append(hung[key], line)
-			}
-			lines := append(outputs[key], line)
-			if len(lines) > outputTail {
-				lines = lines[len(lines)-outputTail:]
-			}
-			outputs[key] = lines
+			r.addOutput(e, key)
 		case "pass", "fail", "skip":
 			if e.Test == "" {
-				// A package that fails without a failing test did not
-				// build or crashed: reported, never counted as a test.
 				if e.Action == "fail" {
-					failures = append(failures, failure{name: e.Package + " (package)", output: append(hung[key], outputs[key]...)})
+					r.packageFailed(e.Package)
 				}
 				continue
 			}
-			switch e.Action {
-			case "pass":
-				t.passed++
-			case "fail":
-				t.failed++
-				failures = append(failures, failure{name: key, output: outputs[key]})
-			case "skip":
-				t.skipped++
+			if _, seen := r.outcome[key]; !seen {
+				r.outcome[key] = e.Action
 			}
-			delete(outputs, key)
 		}
 	}
-	sort.Slice(failures, func(i, j int) bool { return failures[i].name < failures[j].name })
-	return t, failures
+	return n
+}
+
+func (r *results) addOutput(e event, key string) {
+	line := strings.TrimRight(e.Output, "\n")
+	if e.Test == "" && (strings.HasPrefix(line, timedOut) || len(r.hung[e.Package]) > 0) {
+		r.hung[e.Package] = append(r.hung[e.Package], line)
+	}
+	if e.Test != "" && strings.HasPrefix(line, "panic: ") {
+		r.blame(e.Package, e.Test)
+	}
+	lines := append(r.output[key], line)
+	if len(lines) > outputTail {
+		lines = lines[len(lines)-outputTail:]
+	}
+	r.output[key] = lines
+}
+
+// packageFailed blames a dead package's death on the tests its timeout
+// report names; a package with neither a panic nor a timeout did not
+// build, or failed in TestMain.
+func (r *results) packageFailed(pkg string) {
+	for _, line := range r.hung[pkg] {
+		// The running tests are listed as "\tTestName (duration)".
+		if f := strings.Fields(line); len(f) == 2 && strings.HasPrefix(line, "\t") && strings.HasPrefix(f[1], "(") {
+			r.blame(pkg, f[0])
+			r.outcome[pkg+" "+f[0]] = "fail"
+			r.output[pkg+" "+f[0]] = []string{"timed out: " + line}
+		}
+	}
+	delete(r.hung, pkg)
+	for key := range r.outcome {
+		if strings.HasPrefix(key, pkg+" ") {
+			return
+		}
+	}
+	r.broken = append(r.broken, pkg)
+}
+
+// blame records that test, or the top-level test it belongs to, killed
+// pkg's test binary.
+func (r *results) blame(pkg, test string) {
+	name, _, _ := strings.Cut(test, "/")
+	if !slices.Contains(r.dead[pkg], name) {
+		r.dead[pkg] = append(r.dead[pkg], name)
+	}
+}
+
+// takeDead returns the packages to run again, each with every test that
+// killed it so far, and forgets them until they die again.
+func (r *results) takeDead() map[string][]string {
+	dead := map[string][]string{}
+	for pkg, tests := range r.dead {
+		if len(tests) > 0 {
+			dead[pkg] = tests
+		}
+	}
+	for pkg := range dead {
+		r.dead[pkg] = r.dead[pkg][:0]
+	}
+	return dead
+}
+
+func (r *results) tally() tally {
+	var t tally
+	for _, a := range r.outcome {
+		switch a {
+		case "pass":
+			t.passed++
+		case "fail":
+			t.failed++
+		case "skip":
+			t.skipped++
+		}
+	}
+	return t
+}
+
+// failure is a failed test with the tail of its output.
+type failure struct {
+	name   string
+	output []string
+}
+
+func (r *results) failures() []failure {
+	var fs []failure
+	for key, a := range r.outcome {
+		if a == "fail" {
+			fs = append(fs, failure{name: key, output: r.output[key]})
+		}
+	}
+	for _, pkg := range r.broken {
+		fs = append(fs, failure{name: pkg + " (package did not build or run)", output: r.output[pkg+" "]})
+	}
+	sort.Slice(fs, func(i, j int) bool { return fs[i].name < fs[j].name })
+	return fs
 }
 
 func writeReport(path string, failures []failure) error {
