@@ -60,6 +60,14 @@ func runSuite(ctx context.Context, s suite, target string, c conninfo, o options
 	}
 	defer os.RemoveAll(dir)
 	res := newResults()
+	// The raw events too, for what the report's tails leave out (a
+	// goroutine dump, a parallel test's interleaved output).
+	raw, err := os.Create(strings.TrimSuffix(report, ".txt") + ".jsonl")
+	if err != nil {
+		return tally{}, err
+	}
+	defer raw.Close()
+	res.raw = raw
 	if err := goTest(ctx, s, c, o, filepath.Join(dir, "src"), res, nil, "./..."); err != nil {
 		return tally{}, fmt.Errorf("%s %s: %w", s.name, target, err)
 	}
@@ -172,6 +180,7 @@ type results struct {
 	hung    map[string][]string // per package: go test's timeout report
 	dead    map[string][]string // per package: the top-level tests that killed it
 	broken  []string            // packages that failed with no test to blame
+	raw     io.Writer           // receives every event line as read
 }
 
 func newResults() *results {
@@ -189,6 +198,9 @@ const timedOut = "panic: test timed out"
 // of events read.
 func (r *results) read(rd io.Reader) int {
 	n := 0
+	if r.raw != nil {
+		rd = io.TeeReader(rd, r.raw)
+	}
 	sc := bufio.NewScanner(rd)
 	sc.Buffer(make([]byte, 1<<20), 16<<20)
 	for sc.Scan() {
