@@ -39,9 +39,8 @@ type newUser struct {
 // createUser adds a chat user within the plan's max_users. The count and
 // the insert run in a SERIALIZABLE transaction, so two concurrent creates
 // cannot both take the last place: PostgreSQL aborts one (40001) and it is
-// retried. Locks would serialize more cheaply, but the shared tier
-// refuses LOCK TABLE, and an advisory lock would need the same key in
-// every tier's code path.
+// retried. A lock would serialize more cheaply, but the shared tier
+// refuses LOCK TABLE, and SERIALIZABLE works the same in every tier.
 func (s *Server) createUser(w http.ResponseWriter, r *http.Request, t *tenantReq) error {
 	var in newUser
 	if err := decode(w, r, &in); err != nil {
