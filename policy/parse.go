@@ -59,6 +59,9 @@ type facts struct {
 	// outlive the transaction, "" for none (or for text the parser
 	// rejects, which refused already covers).
 	txn string
+	// sets are the text's session-level SET and RESET statements, which
+	// transaction mode tracks (SessionSet).
+	sets []SessionSet
 	// syntax is the parser's error for text it rejects, kept so the
 	// client hears a syntax error as the server would report it.
 	syntax *parser.Error
@@ -151,8 +154,8 @@ func analyzeBody(sql string, level int) *facts {
 	}
 	a := analyzer{f: f, level: level}
 	for _, s := range res.Stmts {
-		if f.txn == "" {
-			f.txn = txnModeStatement(s.Stmt)
+		if level == 0 {
+			f.txnModeStatement(s, res.Version)
 		}
 		a.statement(s.Stmt)
 		a.walk(s.Stmt.ProtoReflect())

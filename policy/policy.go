@@ -155,17 +155,35 @@ func (m Mode) String() string {
 // of it racing may each parse it). Safe for concurrent use;
 // allocation-free except on a cache miss.
 func (p *Policy) Check(sql []byte, r Rules, m Mode) string {
+	reason, _ := p.check(sql, r, m)
+	return reason
+}
+
+// CheckTracked is Check in TransactionMode that also returns the
+// session-level settings sql changes when it may run, for the proxy to
+// track (SessionSet). The slice is shared: callers must not modify it.
+func (p *Policy) CheckTracked(sql []byte, r Rules) (string, []SessionSet) {
+	reason, f := p.check(sql, r, TransactionMode)
+	if reason != "" || f == nil {
+		return reason, nil
+	}
+	return "", f.sets
+}
+
+// check is Check, with the facts it consulted (nil when the lexical pass
+// decided).
+func (p *Policy) check(sql []byte, r Rules, m Mode) (string, *facts) {
 	switch v, reason, txnReason := fast(sql); v {
 	case fastSafe:
 		if m == TransactionMode {
-			return txnReason
+			return txnReason, nil
 		}
-		return ""
+		return "", nil
 	case fastRefused:
-		return reason
+		return reason, nil
 	}
 	if len(sql) > MaxParsedStatement {
-		return reasonTooLarge
+		return reasonTooLarge, nil
 	}
 	f := p.factsOf(sql)
 	reason := f.verdict(r)
@@ -173,9 +191,9 @@ func (p *Policy) Check(sql []byte, r Rules, m Mode) string {
 		reason = p.extensionVerdict(f)
 	}
 	if reason != "" || m != TransactionMode {
-		return reason
+		return reason, f
 	}
-	return f.txn
+	return f.txn, f
 }
 
 // extensionVerdict refuses a CREATE EXTENSION IF NOT EXISTS of a name the

@@ -8,12 +8,18 @@ import (
 
 // Transaction mode refuses what would outlive the client's transaction on
 // a server connection that the next transaction, maybe another tenant's,
-// gets: temporary objects (unless ON COMMIT DROP), WITH HOLD cursors,
-// session-level SET and RESET, LISTEN, session-level advisory locks, and
-// SQL PREPARE/DEALLOCATE (the latter would also drop the statements the
-// proxy prepares on the connection for protocol-level ones). Each refusal
-// tells the user to use session mode. It is a second opinion after the
-// policy's rules, which already refuse some of these for other reasons.
+// gets and that the proxy cannot carry for the client: temporary objects
+// (unless ON COMMIT DROP), WITH HOLD cursors, LISTEN, session-level
+// advisory locks, and SQL PREPARE/DEALLOCATE (the latter would also drop
+// the statements the proxy prepares on the connection for protocol-level
+// ones). Each refusal tells the user to use session mode. It is a second
+// opinion after the policy's rules, which already refuse some of these for
+// other reasons.
+//
+// Session-level SET and RESET of a setting the rules allow are not
+// refused: the proxy tracks them (SessionSet) and re-establishes them in
+// every later transaction of the client, the way ORMs and drivers expect
+// of a session.
 //
 // The verdict is part of a text's facts: the walk that collects the
 // policy's facts asks txnModeNode about every node, so a statement is
@@ -26,16 +32,53 @@ const sessionModeHint = "; connect in session mode (tenant setting pool_mode \"s
 // lead a statement it otherwise allows.
 const reasonTxnDeallocate = "SQL DEALLOCATE is refused in transaction pooling mode: prepared statements on the server connection are the proxy's" + sessionModeHint
 
-// txnModeStatement judges a statement of the text by kind, before its
-// nodes: SET and RESET outlive the transaction only as statements of their
-// own. As a function's SET clause the setting lasts for a call, and the
-// ALTER ROLE/DATABASE/SYSTEM forms are the policy's to refuse.
-func txnModeStatement(n *pg_query.Node) string {
-	s := n.GetVariableSetStmt()
-	if s == nil || s.IsLocal || strings.EqualFold(s.Name, "transaction") {
-		return ""
+// ReasonUntrackedSet refuses a session-level SET the proxy could not
+// carry across transactions: one in a protocol-level prepared statement,
+// whose every execution the proxy would have to follow.
+const ReasonUntrackedSet = "session-level SET and RESET are tracked in transaction pooling mode only as simple queries, not in prepared statements; use SET LOCAL inside a transaction" + sessionModeHint
+
+// SessionSet is a session-level SET or RESET statement of a client in
+// transaction mode: once its transaction commits, the proxy runs SQL in
+// front of each later transaction of the client's, on whichever server
+// connection it lands.
+type SessionSet struct {
+	// Name is the setting, lower-case as PostgreSQL names it ("timezone"
+	// for SET TIME ZONE): a later SET of the same name replaces this one.
+	Name string
+	// SQL is the statement as PostgreSQL's deparser prints it, so that it
+	// joins other statements safely whatever comments the client wrote.
+	SQL string
+}
+
+// txnModeStatement judges a top-level statement of the text by kind,
+// before its nodes, and collects the session settings it changes. SET and
+// RESET outlive the transaction only as statements of their own. As a
+// function's SET clause the setting lasts for a call, and the ALTER
+// ROLE/DATABASE/SYSTEM forms are the policy's to refuse. version is the
+// parse tree's, which the deparser checks.
+func (f *facts) txnModeStatement(raw *pg_query.RawStmt, version int32) {
+	s := raw.Stmt.GetVariableSetStmt()
+	if s == nil || s.IsLocal || strings.HasPrefix(strings.ToLower(s.Name), "transaction") {
+		return
 	}
-	return "session-level SET and RESET outlive the transaction in transaction pooling mode; use SET LOCAL inside a transaction" + sessionModeHint
+	reason := ""
+	switch {
+	case strings.EqualFold(s.Name, "seed"):
+		// Replayed per transaction it would re-seed random() at each.
+		reason = "session-level SET seed is refused in transaction pooling mode; call setseed() inside the transaction"
+	case s.Kind == pg_query.VariableSetKind_VAR_SET_CURRENT:
+		reason = "SET … FROM CURRENT is refused in transaction pooling mode: the current value is the server connection's, not the session's"
+	default:
+		sql, err := pg_query.Deparse(&pg_query.ParseResult{Version: version, Stmts: []*pg_query.RawStmt{{Stmt: raw.Stmt}}})
+		if err == nil {
+			f.sets = append(f.sets, SessionSet{Name: strings.ToLower(s.Name), SQL: sql})
+			return
+		}
+		reason = "this form of session-level SET cannot be tracked in transaction pooling mode; use SET LOCAL inside a transaction"
+	}
+	if f.txn == "" {
+		f.txn = reason + sessionModeHint
+	}
 }
 
 // txnModeNode judges one node of the tree, wherever it appears (inside

@@ -1,6 +1,7 @@
 package policy
 
 import (
+	"slices"
 	"strings"
 	"testing"
 
@@ -28,14 +29,16 @@ var txnModeCases = []struct {
 	{"CREATE TEMP VIEW v AS SELECT 1", true, 1},
 	{"CREATE TEMP SEQUENCE s", true, 1},
 	{"DECLARE c CURSOR WITH HOLD FOR SELECT 1", true, 1},
-	{"SET statement_timeout = 0", true, 1},
-	{"set session work_mem = '1MB'", true, 1},
-	{"RESET work_mem", true, 1},
-	{"BEGIN; SET lock_timeout = 5; COMMIT", true, 1},
-	{"RESET SESSION", true, 1},
-	{"reset local; SELECT 1", true, 1},
-	{"/* hi */ SET work_mem = '1MB'", true, 1},
+	{"SET statement_timeout = 0", false, 1},
+	{"set session work_mem = '1MB'", false, 1},
+	{"RESET work_mem", false, 1},
+	{"BEGIN; SET lock_timeout = 5; COMMIT", false, 1},
+	{"RESET SESSION", false, 1},
+	{"reset local; SELECT 1", false, 1},
+	{"/* hi */ SET work_mem = '1MB'", false, 1},
 	{"SELECT set_config('work_mem', '1MB', false)", true, 1},
+	{"SET seed = 0.5", true, 1},
+	{"SET work_mem FROM CURRENT", true, 1},
 	{"LISTEN ch", true, 1},
 	{"SELECT pg_advisory_lock(1)", true, 1},
 	{"SELECT pg_terminate_backend(pg_backend_pid())", true, 1},
@@ -134,8 +137,10 @@ func TestTransactionModeAsksTheRulesFirst(t *testing.T) {
 		{"CREATE TEMP TABLE t (a int)", Rules{},
 			"Create is refused: schema changes are not allowed for this tenant",
 			"Create is refused: schema changes are not allowed for this tenant", false},
-		{"SET statement_timeout = 0", Rules{}, "",
-			"session-level SET and RESET outlive the transaction in transaction pooling mode; use SET LOCAL inside a transaction" + sessionModeHint, true},
+		{"SET statement_timeout = 0", Rules{}, "", "", false},
+		{"SET search_path = a", Rules{},
+			"changing search_path is refused for this tenant: the proxy sets it as part of the tenant context",
+			"changing search_path is refused for this tenant: the proxy sets it as part of the tenant context", false},
 		{"DEALLOCATE p", Rules{}, "", reasonTxnDeallocate, true},
 		{"SELECT 1", Rules{}, "", "", false},
 	} {
@@ -150,5 +155,37 @@ func TestTransactionModeAsksTheRulesFirst(t *testing.T) {
 		if strings.Contains(got, "session mode") != tt.txnHints {
 			t.Errorf("%q in transaction mode: %q; want a session-mode hint: %v", tt.sql, got, tt.txnHints)
 		}
+	}
+}
+
+// TestSessionSettingsAreTrackedAsDeparsedStatements: the session-level
+// SETs and RESETs of a text come out one per statement, named as
+// PostgreSQL names the setting, in text that stays one statement when
+// joined to others (the client's comment cannot swallow what follows).
+func TestSessionSettingsAreTrackedAsDeparsedStatements(t *testing.T) {
+	p := New()
+	for _, tt := range []struct {
+		sql  string
+		want []SessionSet
+	}{
+		{"SET client_min_messages TO 'warning'; SET TIME ZONE 'UTC'", []SessionSet{
+			{"client_min_messages", "SET client_min_messages TO warning"},
+			{"timezone", `SET timezone TO "UTC"`}}},
+		{"SET TIME ZONE INTERVAL '+00:00' HOUR TO MINUTE; SELECT 1", []SessionSet{
+			{"timezone", "SET TIME ZONE interval '+00:00' hour to minute"}}},
+		{"reset statement_timeout -- done", []SessionSet{{"statement_timeout", "RESET statement_timeout"}}},
+		{"SET LOCAL work_mem = '1MB'", nil},
+		{"SELECT 1", nil},
+	} {
+		reason, got := p.CheckTracked([]byte(tt.sql), everything)
+		if reason != "" {
+			t.Errorf("%q refused: %s", tt.sql, reason)
+		}
+		if !slices.Equal(got, tt.want) {
+			t.Errorf("%q: tracked %q; want %q", tt.sql, got, tt.want)
+		}
+	}
+	if reason, sets := p.CheckTracked([]byte("SET ROLE x"), everything); reason != reasonRole || sets != nil {
+		t.Errorf("SET ROLE: %q, %q; want the rules' refusal and nothing tracked", reason, sets)
 	}
 }
