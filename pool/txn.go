@@ -294,6 +294,25 @@ func (c *Conn) SetParameterStatus(name, value []byte) {
 	c.params[string(name)] = string(value)
 }
 
+// unknownContext is a context no TxTarget has (a setup key never holds
+// a NUL byte, which a Query cannot carry): the next AcquireTx neutralises
+// a connection marked with it, whoever takes it.
+const unknownContext = "\x00"
+
+// Retarget records that the holder's own statements (a session-level SET
+// the proxy tracks for its client) left c in tt's context, so that the
+// next holder of tt's key needs no set-up and any other is neutralised
+// first. A nil tt means the holder cannot tell what c carries (the
+// transaction that ran the SET may have rolled it back in part): the
+// next holder is neutralised, whatever its context.
+func (c *Conn) Retarget(tt *TxTarget) {
+	if tt == nil {
+		c.context = unknownContext
+		return
+	}
+	c.context = tt.key
+}
+
 // Key identifies tt's tenant context: two TxTargets with equal keys leave
 // a connection in the same state.
 func (tt *TxTarget) Key() string { return tt.key }

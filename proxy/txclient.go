@@ -11,7 +11,6 @@ import (
 
 	"github.com/tenantproxy/tenantproxy/internal/pgerr"
 	"github.com/tenantproxy/tenantproxy/internal/pgwire"
-	"github.com/tenantproxy/tenantproxy/policy"
 	"github.com/tenantproxy/tenantproxy/pool"
 )
 
@@ -105,7 +104,7 @@ func (tx *txSession) verdict(typ byte) string {
 	if typ != pgwire.Query && typ != pgwire.Parse {
 		return ""
 	}
-	return tx.srv.policy.Check(pgwire.Statement(tx.in), tx.rules, policy.TransactionMode)
+	return tx.verdictTracked(typ)
 }
 
 // explain is what the client hears of the refusal of the Query or Parse
@@ -204,6 +203,12 @@ func (tx *txSession) acquire(typ byte) error {
 		return tx.killError()
 	}
 	start := time.Now()
+	// Statements prepared from now on are named for the client's context
+	// as it is, tracked settings (search_path) included: a statement of
+	// another search_path must not be shared. Those prepared before keep
+	// their names and the settings they were prepared under, as
+	// PostgreSQL's keep theirs.
+	tx.stmts.context = tx.target.Key()
 	c, setup, queries, err := tx.backends.AcquireTx(tx.srv.ctx, tx.target)
 	if err != nil {
 		return tx.acquireFailed(typ, err)
@@ -338,6 +343,9 @@ func (tx *txSession) message(c *pool.Conn, typ byte, refusal string) {
 		tx.queries.Inc()
 		tx.replies.push(reply{kind: replyReady})
 		tx.out = append(tx.out, tx.in...)
+		if len(tx.settings.judged) > 0 {
+			tx.sentSettings()
+		}
 	case pgwire.Sync:
 		tx.partial = false
 		tx.replies.push(reply{kind: replyReady})

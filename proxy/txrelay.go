@@ -41,7 +41,8 @@ func (tx *txSession) relay(src *bufio.Reader, inline bool) relayEnd {
 	resumeRead(c.NetConn())
 	sc := &tx.relayScan
 	sc.Reset(src, tx.client)
-	sc.Whole(pgwire.ReadyForQuery, pgwire.ParameterStatus, pgwire.CopyInResponse, pgwire.CopyBothResponse, pgwire.ErrorResponse)
+	sc.Whole(pgwire.ReadyForQuery, pgwire.ParameterStatus, pgwire.CopyInResponse, pgwire.CopyBothResponse, pgwire.ErrorResponse,
+		pgwire.CommandComplete)
 	for {
 		m, err := sc.Next()
 		end := relayOn
@@ -142,8 +143,12 @@ func (tx *txSession) clientReply(c *pool.Conn, m pgwire.Message, inline bool) re
 				return relayCopy
 			}
 		}
-	case pgwire.ErrorResponse:
-		_, err = swapRefusal(sc, &tx.replies, m.Bytes)
+	case pgwire.ErrorResponse, pgwire.CommandComplete:
+		// Either may tell that tracked settings were not committed.
+		tx.settingsFailed(m.Type, m.Body())
+		if m.Type == pgwire.ErrorResponse {
+			_, err = swapRefusal(sc, &tx.replies, m.Bytes)
+		}
 	case pgwire.ReadyForQuery:
 		return tx.readyForQuery(c, m)
 	}
@@ -190,9 +195,10 @@ func (tx *txSession) parameterStatus(c *pool.Conn, body []byte) {
 }
 
 // ready consumes the expected replies up to the ReadyForQuery being
-// relayed. Parses pending there failed and are forgotten on c and, when
-// they were the client's own, by the client, under mu: the client loop
-// adds statements to both under mu too.
+// relayed, and settles the session settings pending there. Parses
+// pending there failed and are forgotten on c and, when they were the
+// client's own, by the client, under mu: the client loop adds statements
+// to both under mu too.
 func (tx *txSession) ready(c *pool.Conn) {
 	tx.mu.Lock()
 	defer tx.mu.Unlock()
@@ -200,4 +206,5 @@ func (tx *txSession) ready(c *pool.Conn) {
 		c.ForgetStatement(name)
 		tx.stmts.forgetFailed(name, settles)
 	}))
+	tx.settleLocked(c)
 }

@@ -94,6 +94,9 @@ type txSession struct {
 	// clientGone is set when the client loop has returned.
 	clientGone atomic.Bool
 
+	// settings are the client's tracked session settings (txsettings.go).
+	settings trackedSettings
+
 	// Client loop only.
 	stmts *rewriter
 	// skipping: between transactions, a refused Parse or a batch that

@@ -26,9 +26,13 @@ func TestIsolationTransactionMode(t *testing.T) {
 			// Transaction-scoped settings are allowed and die with the
 			// transaction; anything that would outlive it is refused.
 			queryText(t, a, "BEGIN; SET LOCAL statement_timeout = '4321s'; SET LOCAL work_mem = '1GB'; SELECT 1; COMMIT")
+			// Session settings are the attacker's own: tracked for its
+			// later transactions, never seen by the victim's (below).
+			queryText(t, a, "SET statement_timeout = '4321s'; SET SESSION CHARACTERISTICS AS TRANSACTION READ ONLY")
+			if got := queryText(t, a, "SHOW statement_timeout; SHOW default_transaction_read_only"); got != "4321s,on" {
+				t.Errorf("the attacker's own settings are %q in its next transaction; want 4321s,on", got)
+			}
 			for _, sql := range []string{
-				"SET statement_timeout = '4321s'",
-				"SET SESSION CHARACTERISTICS AS TRANSACTION READ ONLY",
 				"PREPARE leak AS SELECT body FROM messages",
 				"BEGIN; DECLARE held CURSOR WITH HOLD FOR SELECT body FROM messages; COMMIT",
 				"SELECT pg_advisory_lock(42)",

@@ -37,8 +37,6 @@ func TestTxPoolSessionStateIsRefusedAndNeverReachesTheNextTenant(t *testing.T) {
 		{"temporary table", "CREATE TEMP TABLE leftover (a int)"},
 		{"select into temporary table", "SELECT 1 AS a INTO TEMP leftover"},
 		{"with hold cursor", "DECLARE held CURSOR WITH HOLD FOR SELECT 1"},
-		{"session set", "SET statement_timeout = '7s'"},
-		{"reset", "RESET statement_timeout"},
 		{"listen", "LISTEN leftover"},
 		{"advisory lock", "SELECT pg_advisory_lock(42)"},
 		{"sql prepare", "PREPARE leftover AS SELECT 1"},

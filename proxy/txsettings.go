@@ -1,0 +1,156 @@
+package proxy
+
+import (
+	"bytes"
+	"slices"
+
+	"github.com/tenantproxy/tenantproxy/internal/pgwire"
+	"github.com/tenantproxy/tenantproxy/policy"
+	"github.com/tenantproxy/tenantproxy/pool"
+)
+
+// Session settings in transaction mode. A client's session-level SET or
+// RESET (a simple Query; policy.SessionSet) runs on the server connection
+// its transaction holds, as sent. When that transaction ends, the proxy
+// knows from the replies whether it committed: then the statement joins
+// the client's tracked settings, which go behind the tenant's set-up in
+// the client's TxTarget, so every later transaction of the client finds
+// them on whichever connection it lands, and the connection is recorded
+// as carrying that context (pool.Conn.Retarget). Any other outcome (an
+// error, a ROLLBACK) leaves the client's settings as they were, as
+// PostgreSQL would, and the connection marked unknown, so whoever takes
+// it next is neutralised first: a setting never reaches another client.
+//
+// ParameterStatus needs nothing of its own: the server reports a change
+// made by the client's own statement, which is relayed, and the set-up
+// that re-establishes the settings on another connection reports to the
+// proxy only (setupReply), so the client never sees a value flip back.
+
+// maxTrackedSettings bounds the settings one client may have tracked:
+// each is part of the set-up of its transactions' connections.
+const maxTrackedSettings = 64
+
+const reasonTooManySettings = "too many session settings for the proxy to track in transaction pooling mode; use SET LOCAL inside a transaction" +
+	"; connect in session mode (tenant setting pool_mode \"session\") to use it"
+
+// pendingSet is a tracked setting sent and not yet known committed:
+// settles is the number of the ReadyForQuery that answers its Query.
+type pendingSet struct {
+	set     policy.SessionSet
+	settles uint64
+}
+
+// trackedSettings is a client's share of the session state.
+type trackedSettings struct {
+	// base is the client's target before any tracked setting (the
+	// tenant's set-up and the startup settings); nil until the first.
+	base *pool.Target
+	// list is in the order the client set them, one per name.
+	list []policy.SessionSet
+	// pending are the settings of transactions still running, under
+	// txSession.mu. failed: the running transaction failed or rolled
+	// back, as far as the replies tell.
+	pending []pendingSet
+	failed  bool
+	// judged are the settings of the message the last verdict was for
+	// (client loop only).
+	judged []policy.SessionSet
+}
+
+// verdictTracked is the verdict of the Query or Parse in tx.in, keeping
+// the settings of a Query for message: a session-level SET in a Parse is
+// refused, since its executions are not followed.
+func (tx *txSession) verdictTracked(typ byte) string {
+	tx.settings.judged = nil
+	reason, sets := tx.srv.policy.CheckTracked(pgwire.Statement(tx.in), tx.rules)
+	switch {
+	case reason != "" || len(sets) == 0:
+		return reason
+	case typ == pgwire.Parse:
+		return policy.ReasonUntrackedSet
+	case len(tx.settings.list)+len(sets) > maxTrackedSettings:
+		return reasonTooManySettings
+	}
+	tx.settings.judged = sets
+	return ""
+}
+
+// sentSettings records the settings of the Query just appended to tx.out,
+// answered by the ReadyForQuery last pushed. Called with tx.mu held.
+func (tx *txSession) sentSettings() {
+	n := tx.replies.readyCount()
+	for _, s := range tx.settings.judged {
+		tx.settings.pending = append(tx.settings.pending, pendingSet{set: s, settles: n})
+	}
+	tx.settings.judged = nil
+}
+
+// settingsFailed notes an ErrorResponse, or a CommandComplete with tag,
+// relayed while settings are pending: the transaction will not commit
+// them (an error also after a ROLLBACK TO SAVEPOINT that kept them: the
+// proxy then forgets what PostgreSQL kept, never the other way round).
+func (tx *txSession) settingsFailed(typ byte, tag []byte) {
+	if typ == pgwire.CommandComplete && !bytes.HasPrefix(tag, []byte("ROLLBACK")) {
+		return
+	}
+	tx.mu.Lock()
+	if len(tx.settings.pending) > 0 {
+		tx.settings.failed = true
+	}
+	tx.mu.Unlock()
+}
+
+// settleLocked settles the pending settings at the ReadyForQuery just
+// consumed (status tx.status) on c. Called with tx.mu held.
+func (tx *txSession) settleLocked(c *pool.Conn) {
+	st := &tx.settings
+	if len(st.pending) == 0 {
+		return
+	}
+	if tx.status == 'E' {
+		st.failed = true
+	}
+	if tx.status != 'I' {
+		return
+	}
+	answered := tx.replies.answered()
+	n := 0
+	for n < len(st.pending) && st.pending[n].settles <= answered {
+		n++
+	}
+	if n == 0 {
+		// An earlier transaction of a pipeline ended; its failure was
+		// not the pending settings'.
+		st.failed = false
+		return
+	}
+	if st.failed {
+		c.Retarget(nil)
+	} else {
+		for _, p := range st.pending[:n] {
+			st.list = slices.DeleteFunc(st.list, func(s policy.SessionSet) bool { return s.Name == p.set.Name })
+			st.list = append(st.list, p.set)
+		}
+		tx.retarget()
+		c.Retarget(tx.target)
+	}
+	st.pending = slices.Delete(st.pending, 0, n)
+	st.failed = false
+}
+
+// retarget makes the client's TxTarget the tenant's set-up followed by
+// the tracked settings. The client loop reads tx.target only while
+// unbound, and the binding ends after this (under tx.mu).
+func (tx *txSession) retarget() {
+	st := &tx.settings
+	if st.base == nil {
+		base := tx.target.Target
+		st.base = &base
+	}
+	t := *st.base
+	t.Setup = slices.Clip(t.Setup)
+	for _, s := range st.list {
+		t.Setup = append(t.Setup, s.SQL)
+	}
+	tx.target = pool.NewTxTarget(t)
+}

@@ -1,0 +1,197 @@
+package test
+
+import (
+	"context"
+	"testing"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/tenantproxy/tenantproxy/internal/pgcluster"
+	"github.com/tenantproxy/tenantproxy/pool"
+	"github.com/tenantproxy/tenantproxy/proxy"
+)
+
+// settingsView is what a transaction sees of its session's settings.
+const settingsView = `SELECT current_setting('TimeZone') || '|' || current_setting('statement_timeout') || '|' ||
+	current_setting('client_min_messages') || '|' || current_setting('application_name')`
+
+// viewSettings runs settingsView in a transaction of its own and returns
+// it with the server connection's pid.
+func viewSettings(ctx context.Context, conn *pgx.Conn) (string, uint32, error) {
+	var view string
+	var pid uint32
+	err := conn.QueryRow(ctx, settingsView+", pg_backend_pid()").Scan(&view, &pid)
+	return view, pid, err
+}
+
+// reported is the ParameterStatus values a driver tracks.
+func reported(conn *pgx.Conn) string {
+	pc := conn.PgConn()
+	return pc.ParameterStatus("TimeZone") + "|" + pc.ParameterStatus("application_name")
+}
+
+// TestTxPoolSessionSettingsFollowTheClientAndReachNoOneElse: Rails'
+// connect sequence and later session SETs are accepted in transaction
+// mode (they were refused with 42501), hold in every later transaction of
+// the client whichever of the pool's two server connections it lands on,
+// and the ParameterStatus values its driver tracks stay as set; the other
+// clients of the pool, of the same tenant and of another, never see them.
+func TestTxPoolSessionSettingsFollowTheClientAndReachNoOneElse(t *testing.T) {
+	e := newTxEnv(t, pgcluster.Options{}, pool.Config{MaxConnsPerKey: 2, MaxConnsPerTenant: -1}, proxy.Config{})
+	ctx := ctxT(t)
+	sameTenant := connect(t, dsn(e.addr, "alice.acme", tenantPassword))
+	otherTenant := connect(t, dsn(e.addr, "alice.globex", tenantPassword))
+	defaults, _, err := viewSettings(ctx, sameTenant)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defaultReport := reported(sameTenant)
+
+	rails := connect(t, dsn(e.addr, "alice.acme", tenantPassword))
+	for _, sql := range []string{
+		"SET client_min_messages TO 'warning'; SET TIME ZONE 'UTC'",
+		"SET standard_conforming_strings = on; SET intervalstyle = iso_8601",
+		// Later SETs replace earlier ones of the same setting.
+		"SET application_name = 'rails'; SET statement_timeout = '1234ms'",
+		"SET TIME ZONE 'Asia/Kathmandu'",
+	} {
+		if _, err := rails.Exec(ctx, sql, pgx.QueryExecModeSimpleProtocol); err != nil {
+			t.Fatalf("%s: %v", sql, err)
+		}
+	}
+	const want = "Asia/Kathmandu|1234ms|warning|rails"
+	pids := map[uint32]bool{}
+	for i := range 6 {
+		// Both server connections held, the rails client's one among
+		// them; then the other tenant's freed: the rails client's
+		// transaction lands there.
+		var held [2]pgx.Tx
+		for j, holder := range []*pgx.Conn{otherTenant, sameTenant} {
+			if held[j], err = holder.Begin(ctx); err == nil {
+				_, err = held[j].Exec(ctx, "SELECT 1")
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+		}
+		if err := held[0].Commit(ctx); err != nil {
+			t.Fatal(err)
+		}
+		got, pid, err := viewSettings(ctx, rails)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got != want {
+			t.Fatalf("round %d: the client's transaction sees %q; want %q", i, got, want)
+		}
+		pids[pid] = true
+		if r := reported(rails); r != "Asia/Kathmandu|rails" {
+			t.Fatalf("round %d: the client's driver was told %q; want Asia/Kathmandu|rails", i, r)
+		}
+		if err := held[1].Commit(ctx); err != nil {
+			t.Fatal(err)
+		}
+		for _, other := range []*pgx.Conn{sameTenant, otherTenant} {
+			got, _, err := viewSettings(ctx, other)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got != defaults || reported(other) != defaultReport {
+				t.Fatalf("round %d: another client sees %q, told %q; want %q, %q", i, got, reported(other), defaults, defaultReport)
+			}
+		}
+	}
+	if len(pids) != 2 {
+		t.Fatalf("the client's transactions ran on %d server connections; want 2", len(pids))
+	}
+}
+
+// TestTxPoolRolledBackSessionSettingsAreForgotten: as in PostgreSQL, a
+// session SET whose transaction rolls back (ROLLBACK, an error in the
+// same Query, an error before COMMIT) is gone, while one committed in a
+// transaction block holds; on the pool's one server connection, the next
+// client of another tenant never sees any of them.
+func TestTxPoolRolledBackSessionSettingsAreForgotten(t *testing.T) {
+	e := newTxEnv(t, pgcluster.Options{}, pool.Config{MaxConnsPerKey: 1}, proxy.Config{})
+	ctx := ctxT(t)
+	conn := connect(t, dsn(e.addr, "alice.acme", tenantPassword))
+	neighbour := connect(t, dsn(e.addr, "alice.globex", tenantPassword))
+	defaults, _, err := viewSettings(ctx, neighbour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := conn.Exec(ctx, "SET statement_timeout = '1111ms'", pgx.QueryExecModeSimpleProtocol); err != nil {
+		t.Fatal(err)
+	}
+	for _, step := range []struct {
+		sql, want, state string
+	}{
+		{"BEGIN; SET statement_timeout = '2222ms'; ROLLBACK", "1111ms", ""},
+		{"SET statement_timeout = '3333ms'; SELECT 1/0", "1111ms", "22012"},
+		{"BEGIN; SET statement_timeout = '4444ms'; SELECT 1/0", "1111ms", "22012"},
+		{"ROLLBACK", "1111ms", ""},
+		{"BEGIN; SET statement_timeout = '5555ms'", "5555ms", ""},
+		{"COMMIT", "5555ms", ""},
+		{"BEGIN; SET TIME ZONE 'Asia/Tokyo'; ROLLBACK", "5555ms", ""},
+	} {
+		_, err := conn.Exec(ctx, step.sql, pgx.QueryExecModeSimpleProtocol)
+		if sqlstateOf(err) != step.state {
+			t.Fatalf("%s: %v; want SQLSTATE %q", step.sql, err, step.state)
+		}
+		if conn.PgConn().TxStatus() != 'I' {
+			continue
+		}
+		var got string
+		if err := conn.QueryRow(ctx, "SHOW statement_timeout").Scan(&got); err != nil {
+			t.Fatal(err)
+		}
+		if got != step.want {
+			t.Fatalf("after %s: statement_timeout %q; want %q", step.sql, got, step.want)
+		}
+		if got, _, err := viewSettings(ctx, neighbour); err != nil || got != defaults {
+			t.Fatalf("after %s: the next client sees %q (%v); want %q", step.sql, got, err, defaults)
+		}
+	}
+	// The server reported Asia/Tokyo inside the block and the old zone
+	// after the ROLLBACK, as PostgreSQL does: nothing of it stayed.
+	var zone string
+	if err := conn.QueryRow(ctx, "SHOW TimeZone").Scan(&zone); err != nil {
+		t.Fatal(err)
+	}
+	if r := conn.PgConn().ParameterStatus("TimeZone"); zone == "Asia/Tokyo" || r != zone {
+		t.Fatalf("TimeZone is %q, reported %q after a rolled-back SET TIME ZONE", zone, r)
+	}
+}
+
+// TestTxPoolORMConnectSequencesAreAccepted: the statements ORMs send on
+// connect, captured from their sources, are accepted in transaction mode
+// in every tier and their settings hold in the next transaction.
+func TestTxPoolORMConnectSequencesAreAccepted(t *testing.T) {
+	e := newTxEnv(t, pgcluster.Options{}, pool.Config{MaxConnsPerKey: 2}, proxy.Config{})
+	ctx := ctxT(t)
+	for _, orm := range []struct{ name, sql, show, want string }{
+		// ActiveRecord's PostgreSQLAdapter#configure_connection.
+		{"activerecord", "SET client_min_messages TO 'warning'; SET TIME ZONE 'UTC'", "SHOW client_min_messages", "warning"},
+		// Sequelize's postgres connection manager with its defaults, in
+		// one Query as node-postgres sends it.
+		{"sequelize", "SET client_min_messages TO warning;SET TIME ZONE INTERVAL '+00:00' HOUR TO MINUTE;", "SHOW TimeZone", "<+00>-00"},
+	} {
+		for _, tenant := range []string{"acme", "initech", "umbrella"} {
+			t.Run(orm.name+"/"+tenant, func(t *testing.T) {
+				conn := connect(t, dsn(e.addr, "alice."+tenant, tenantPassword))
+				if _, err := conn.Exec(ctx, orm.sql, pgx.QueryExecModeSimpleProtocol); err != nil {
+					t.Fatal(err)
+				}
+				for i := range 3 {
+					var got string
+					if err := conn.QueryRow(ctx, orm.show).Scan(&got); err != nil {
+						t.Fatal(err)
+					}
+					if got != orm.want {
+						t.Fatalf("transaction %d: %s gives %q; want %q", i, orm.show, got, orm.want)
+					}
+				}
+			})
+		}
+	}
+}
