@@ -33,9 +33,9 @@ const sessionModeHint = "; connect in session mode (tenant setting pool_mode \"s
 const reasonTxnDeallocate = "SQL DEALLOCATE is refused in transaction pooling mode: prepared statements on the server connection are the proxy's" + sessionModeHint
 
 // ReasonUntrackedSet refuses a session-level SET the proxy could not
-// carry across transactions: one in a protocol-level prepared statement,
-// whose every execution the proxy would have to follow.
-const ReasonUntrackedSet = "session-level SET and RESET are tracked in transaction pooling mode only as simple queries, not in prepared statements; use SET LOCAL inside a transaction" + sessionModeHint
+// carry across transactions: one in a named protocol-level prepared
+// statement, whose every execution the proxy would have to follow.
+const ReasonUntrackedSet = "session-level SET and RESET are tracked in transaction pooling mode in simple queries and the unnamed statement, not in named prepared statements; use SET LOCAL inside a transaction" + sessionModeHint
 
 // SessionSet is a session-level SET or RESET statement of a client in
 // transaction mode: once its transaction commits, the proxy runs SQL in

@@ -344,7 +344,7 @@ func (tx *txSession) message(c *pool.Conn, typ byte, refusal string) {
 		tx.replies.push(reply{kind: replyReady})
 		tx.out = append(tx.out, tx.in...)
 		if len(tx.settings.judged) > 0 {
-			tx.sentSettings()
+			tx.sentSettings(tx.replies.readyCount())
 		}
 	case pgwire.Sync:
 		tx.partial = false
@@ -367,10 +367,12 @@ func (tx *txSession) message(c *pool.Conn, typ byte, refusal string) {
 			standIn, unnamed := standInParse(tx.in)
 			if unnamed {
 				tx.stmts.dropUnnamed()
+				tx.settings.unnamed = nil
 			}
 			tx.out = append(tx.out, standIn...)
 			return
 		}
+		tx.followUnnamed(typ)
 		tx.out = tx.stmts.rewrite(tx.out, tx.in, c, tx.epoch, &tx.replies)
 	case pgwire.CopyData, pgwire.CopyDone, pgwire.CopyFail:
 		// The Query that started the COPY is still owed its
@@ -383,6 +385,7 @@ func (tx *txSession) message(c *pool.Conn, typ byte, refusal string) {
 		if typ == pgwire.Execute {
 			tx.queries.Inc()
 		}
+		tx.followUnnamed(typ)
 		tx.out = tx.stmts.rewrite(tx.out, tx.in, c, tx.epoch, &tx.replies)
 	}
 }

@@ -238,7 +238,7 @@ func (tx *txSession) giveBack(c *pool.Conn) bool {
 	if !tx.unbindIfIdle(c) {
 		return false
 	}
-	tx.backends.ReleaseTx(c, true)
+	tx.releaseIdle(c)
 	if tx.draining.Load() || tx.killed.Load() {
 		interruptRead(tx.client)
 	}
@@ -296,7 +296,7 @@ func (tx *txSession) clientLeft(c *pool.Conn, boundary bool) {
 	tx.mu.Unlock()
 	tx.unbind(c)
 	if quiet && tx.status == 'I' {
-		tx.backends.ReleaseTx(c, true)
+		tx.releaseIdle(c)
 		return
 	}
 	// Release rolls back and resets (DISCARD ALL): the context goes too,

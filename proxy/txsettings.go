@@ -55,18 +55,27 @@ type trackedSettings struct {
 	// judged are the settings of the message the last verdict was for
 	// (client loop only).
 	judged []policy.SessionSet
+	// unnamed are the settings of the client's unnamed statement, portal
+	// those of the unnamed portal bound from it, not yet executed. taint:
+	// a named portal was bound from such a statement, whose executions
+	// are not followed, so the connection is marked unknown when given
+	// back. Under txSession.mu.
+	unnamed, portal []policy.SessionSet
+	taint           bool
 }
 
 // verdictTracked is the verdict of the Query or Parse in tx.in, keeping
-// the settings of a Query for message: a session-level SET in a Parse is
-// refused, since its executions are not followed.
+// its settings for message: a session-level SET in a named prepared
+// statement is refused, since its executions are not followed; in the
+// unnamed statement, drivers' way to run one statement (JDBC, psycopg),
+// it is followed to the Execute of the unnamed portal (followUnnamed).
 func (tx *txSession) verdictTracked(typ byte) string {
 	tx.settings.judged = nil
 	reason, sets := tx.srv.policy.CheckTracked(pgwire.Statement(tx.in), tx.rules)
 	switch {
 	case reason != "" || len(sets) == 0:
 		return reason
-	case typ == pgwire.Parse:
+	case typ == pgwire.Parse && !unnamedTarget(tx.in):
 		return policy.ReasonUntrackedSet
 	case len(tx.settings.list)+len(sets) > maxTrackedSettings:
 		return reasonTooManySettings
@@ -75,10 +84,9 @@ func (tx *txSession) verdictTracked(typ byte) string {
 	return ""
 }
 
-// sentSettings records the settings of the Query just appended to tx.out,
-// answered by the ReadyForQuery last pushed. Called with tx.mu held.
-func (tx *txSession) sentSettings() {
-	n := tx.replies.readyCount()
+// sentSettings records the settings of the statement just appended to
+// tx.out, answered by ReadyForQuery number n. Called with tx.mu held.
+func (tx *txSession) sentSettings(n uint64) {
 	for _, s := range tx.settings.judged {
 		tx.settings.pending = append(tx.settings.pending, pendingSet{set: s, settles: n})
 	}
@@ -153,4 +161,52 @@ func (tx *txSession) retarget() {
 		t.Setup = append(t.Setup, s.SQL)
 	}
 	tx.target = pool.NewTxTarget(t)
+}
+
+// unnamedTarget reports whether Parse, Bind or Execute m (whole) names the
+// unnamed statement or portal first.
+func unnamedTarget(m []byte) bool { return len(m) > pgwire.HeaderSize && m[pgwire.HeaderSize] == 0 }
+
+// followUnnamed follows the session settings of the unnamed statement
+// through the extended-protocol message of type typ in tx.in, after the
+// verdict: an Execute of the unnamed portal bound from it makes them
+// pending like a Query's. Called with tx.mu held.
+func (tx *txSession) followUnnamed(typ byte) {
+	st := &tx.settings
+	switch typ {
+	case pgwire.Parse:
+		if unnamedTarget(tx.in) {
+			st.unnamed = st.judged
+		}
+	case pgwire.Bind:
+		_, stmt, ok := pgwire.CString(tx.in[pgwire.HeaderSize:])
+		fromSet := ok && len(stmt) > 0 && stmt[0] == 0 && st.unnamed != nil
+		if unnamedTarget(tx.in) {
+			st.portal = nil
+			if fromSet {
+				st.portal = st.unnamed
+			}
+		} else if fromSet {
+			st.taint = true
+		}
+	case pgwire.Execute:
+		if unnamedTarget(tx.in) && st.portal != nil {
+			st.judged, st.portal = st.portal, nil
+			tx.sentSettings(tx.replies.readyCount() + 1)
+		}
+	}
+	st.judged = nil
+}
+
+// releaseIdle gives back c, idle and unbound, keeping its context unless
+// the binding ran settings the proxy did not follow
+// (trackedSettings.taint): then its next holder neutralises it.
+func (tx *txSession) releaseIdle(c *pool.Conn) {
+	tx.mu.Lock()
+	if tx.settings.taint {
+		tx.settings.taint = false
+		c.Retarget(nil)
+	}
+	tx.mu.Unlock()
+	tx.backends.ReleaseTx(c, true)
 }

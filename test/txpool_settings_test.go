@@ -5,6 +5,8 @@ import (
 	"testing"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgproto3"
 
 	"github.com/tenantproxy/tenantproxy/internal/pgcluster"
 	"github.com/tenantproxy/tenantproxy/pool"
@@ -192,6 +194,83 @@ func TestTxPoolORMConnectSequencesAreAccepted(t *testing.T) {
 					}
 				}
 			})
+		}
+	}
+}
+
+// TestTxPoolSessionSettingsInTheUnnamedStatementAreTracked: drivers that
+// send every statement through the unnamed statement (JDBC, psycopg 3)
+// get their SETs tracked too, and forgotten when the batch fails; a SET
+// in a named prepared statement, whose executions the proxy does not
+// follow, is refused, and one run through a named portal leaves the
+// connection to be neutralised. On the pool's one server connection
+// no other client ever sees any of them.
+func TestTxPoolSessionSettingsInTheUnnamedStatementAreTracked(t *testing.T) {
+	e := newTxEnv(t, pgcluster.Options{}, pool.Config{MaxConnsPerKey: 1}, proxy.Config{})
+	ctx := ctxT(t)
+	conn := connect(t, dsn(e.addr, "alice.acme", tenantPassword))
+	neighbour := connect(t, dsn(e.addr, "alice.globex", tenantPassword))
+	defaults, _, err := viewSettings(ctx, neighbour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pc := conn.PgConn()
+	if err := pc.ExecParams(ctx, "SET statement_timeout = '2345ms'", nil, nil, nil, nil).Read().Err; err != nil {
+		t.Fatal(err)
+	}
+	sameTenant := connect(t, dsn(e.addr, "alice.acme", tenantPassword))
+	if _, err := sameTenant.Exec(ctx, "SET statement_timeout = '2345ms'"); err != nil {
+		t.Fatal(err)
+	}
+	// Rolled back with the batch's failing statement.
+	b := &pgconn.Batch{}
+	b.ExecParams("SET statement_timeout = '9999ms'", nil, nil, nil, nil)
+	b.ExecParams("SELECT 1/0", nil, nil, nil, nil)
+	if _, err := pc.ExecBatch(ctx, b).ReadAll(); sqlstateOf(err) != "22012" {
+		t.Fatalf("batch: %v; want 22012", err)
+	}
+	if _, err := pc.Prepare(ctx, "named_set", "SET work_mem = '2MB'", nil); sqlstateOf(err) != "42501" {
+		t.Fatalf("SET in a named statement: %v; want 42501", err)
+	}
+	// Bound to a named portal, whose executions the proxy does not
+	// follow: the client's next transaction is not promised the setting,
+	// and no other client, of the same tenant either, may see it.
+	fe := pc.Frontend()
+	fe.Send(&pgproto3.Parse{Query: "SET statement_timeout = '7777ms'"})
+	fe.Send(&pgproto3.Bind{DestinationPortal: "p"})
+	fe.Send(&pgproto3.Execute{Portal: "p"})
+	fe.Send(&pgproto3.Sync{})
+	if err := fe.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	for {
+		m, err := fe.Receive()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if e, ok := m.(*pgproto3.ErrorResponse); ok {
+			t.Fatalf("SET through a named portal: %s", e.Message)
+		}
+		if _, ok := m.(*pgproto3.ReadyForQuery); ok {
+			break
+		}
+	}
+	// A client whose context is the same, which gets the connection
+	// without a set-up unless it is marked.
+	var got string
+	if err := sameTenant.QueryRow(ctx, "SHOW statement_timeout").Scan(&got); err != nil || got != "2345ms" {
+		t.Fatalf("another client with the same settings sees statement_timeout %q (%v); want 2345ms", got, err)
+	}
+	for i := range 3 {
+		var got string
+		if err := conn.QueryRow(ctx, "SHOW statement_timeout").Scan(&got); err != nil {
+			t.Fatal(err)
+		}
+		if got != "2345ms" {
+			t.Fatalf("transaction %d: statement_timeout %q; want 2345ms", i, got)
+		}
+		if got, _, err := viewSettings(ctx, neighbour); err != nil || got != defaults {
+			t.Fatalf("the next client sees %q (%v); want %q", got, err, defaults)
 		}
 	}
 }
