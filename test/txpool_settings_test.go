@@ -154,6 +154,39 @@ func TestTxPoolRolledBackSessionSettingsAreForgotten(t *testing.T) {
 			t.Fatalf("after %s: the next client sees %q (%v); want %q", step.sql, got, err, defaults)
 		}
 	}
+	// Pipelined in one write: the first Query's ReadyForQuery settles
+	// nothing of the second's, whose SET fails with it.
+	fe := conn.PgConn().Frontend()
+	fe.Send(&pgproto3.Query{String: "SELECT 1"})
+	fe.Send(&pgproto3.Query{String: "SET statement_timeout = '6666ms'; SELECT 1/0"})
+	fe.Send(&pgproto3.Query{String: "SHOW statement_timeout"})
+	if err := fe.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	var shown string
+	for ready := 0; ready < 3; {
+		m, err := fe.Receive()
+		if err != nil {
+			t.Fatal(err)
+		}
+		switch m := m.(type) {
+		case *pgproto3.ReadyForQuery:
+			ready++
+		case *pgproto3.DataRow:
+			shown = string(m.Values[0])
+		}
+	}
+	if shown != "5555ms" {
+		t.Fatalf("after a pipelined failed SET: statement_timeout %q; want 5555ms", shown)
+	}
+	// Another tenant's transaction in between: the client's next one
+	// gets its settings from the proxy's record, not the connection.
+	if _, _, err := viewSettings(ctx, neighbour); err != nil {
+		t.Fatal(err)
+	}
+	if err := conn.QueryRow(ctx, "SHOW statement_timeout").Scan(&shown); err != nil || shown != "5555ms" {
+		t.Fatalf("the transaction after: statement_timeout %q (%v); want 5555ms", shown, err)
+	}
 	// The server reported Asia/Tokyo inside the block and the old zone
 	// after the ROLLBACK, as PostgreSQL does: nothing of it stayed.
 	var zone string
