@@ -80,13 +80,20 @@ const switchFrom = neutralize + "; COMMIT; "
 // prepared again on demand.
 const MaxStatementsPerConn = 1000
 
-// NewTxTarget prepares t for AcquireTx.
+// NewTxTarget prepares t for AcquireTx. The setup statements run in a
+// transaction block of their own (guarded): if one fails, the block is
+// left aborted, so the client's first message, written behind them,
+// fails with 25P02 instead of running with the context half set (a
+// tenant role dropped or revoked under a connected tenant, a cancel);
+// the caller then closes the connection. Outside a block the next Query
+// would run, with whatever of the context the failed statements left.
 func NewTxTarget(t Target) *TxTarget {
 	tt := &TxTarget{Target: t, key: setupKey(t.Setup), w: newWaiter()}
+	guarded := "BEGIN;\n" + tt.key + ";\nCOMMIT"
 	if tt.key != "" {
-		tt.fromNeutral = appendQuery(nil, tt.key)
+		tt.fromNeutral = appendQuery(nil, guarded)
 	}
-	tt.fromOther = appendQuery(nil, switchFrom+tt.key)
+	tt.fromOther = appendQuery(nil, switchFrom+guarded)
 	if tt.key == "" {
 		tt.fromOther = appendQuery(nil, neutralize)
 	}

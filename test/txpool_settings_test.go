@@ -2,15 +2,19 @@ package test
 
 import (
 	"context"
+	"fmt"
 	"testing"
+	"time"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgproto3"
 
+	"github.com/tenantproxy/tenantproxy/catalog"
 	"github.com/tenantproxy/tenantproxy/internal/pgcluster"
 	"github.com/tenantproxy/tenantproxy/pool"
 	"github.com/tenantproxy/tenantproxy/proxy"
+	"github.com/tenantproxy/tenantproxy/router"
 )
 
 // settingsView is what a transaction sees of its session's settings.
@@ -305,5 +309,66 @@ func TestTxPoolSessionSettingsInTheUnnamedStatementAreTracked(t *testing.T) {
 		if got, _, err := viewSettings(ctx, neighbour); err != nil || got != defaults {
 			t.Fatalf("the next client sees %q (%v); want %q", got, err, defaults)
 		}
+	}
+}
+
+// TestTxPoolFailedContextSetupRunsNoneOfTheClientsStatements: on the
+// pool's one server connection, a schema-tier client whose tenant role
+// the serving role can no longer take (revoked under a connected tenant)
+// needs the switch from another tenant's context; its set-up fails, and
+// the INSERT it sent behind the set-up, in the same write, must not run
+// with the context half set (it ran as the serving role, into a table
+// anyone may write, before the set-up was guarded). The client's session
+// ends (08006) and the connection is closed.
+func TestTxPoolFailedContextSetupRunsNoneOfTheClientsStatements(t *testing.T) {
+	e := newTxEnv(t, pgcluster.Options{}, pool.Config{MaxConnsPerKey: 1}, proxy.Config{})
+	ctx := ctxT(t)
+	if _, err := e.cat.Create(ctx, catalog.CreateRequest{Subdomain: "wayne", Plan: catalog.PlanStandard, Tier: catalog.TierSchema,
+		AdminUser: "alice", AdminPassword: tenantPassword}); err != nil {
+		t.Fatal(err)
+	}
+	tn, err := e.cat.Show(ctx, "wayne")
+	if err != nil {
+		t.Fatal(err)
+	}
+	victim := connect(t, dsn(e.addr, "alice.wayne", tenantPassword))
+	other := connect(t, dsn(e.addr, "alice.initech", tenantPassword))
+	var pid uint32
+	if err := other.QueryRow(ctx, "SELECT pg_backend_pid()").Scan(&pid); err != nil {
+		t.Fatal(err)
+	}
+	admin, err := pgx.Connect(ctx, e.cluster.DSN(tn.Database))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer admin.Close(ctx)
+	if _, err := admin.Exec(ctx, fmt.Sprintf(`CREATE TABLE public.leak (a int); GRANT INSERT ON public.leak TO PUBLIC;
+		REVOKE %s FROM tenantproxy_serving`, router.QuoteIdent(tn.SchemaName))); err != nil {
+		t.Fatal(err)
+	}
+	_, err = victim.Exec(ctx, "INSERT INTO public.leak VALUES (1)")
+	if sqlstateOf(err) != "08006" {
+		t.Fatalf("INSERT behind a failed set-up: %v; want 08006", err)
+	}
+	// The server ran whatever it had read before its backend ended.
+	for gone := false; !gone; {
+		if err := admin.QueryRow(ctx, "SELECT count(*) = 0 FROM pg_stat_activity WHERE pid = $1", pid).Scan(&gone); err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	var rows int
+	if err := admin.QueryRow(ctx, "SELECT count(*) FROM public.leak").Scan(&rows); err != nil {
+		t.Fatal(err)
+	}
+	if rows != 0 {
+		t.Fatalf("the INSERT behind the failed set-up ran: %d rows", rows)
+	}
+	var schema string
+	if err := other.QueryRow(ctx, "SELECT current_user").Scan(&schema); err != nil {
+		t.Fatal(err)
+	}
+	if want := e.objectName(t, "initech"); schema != want {
+		t.Fatalf("the other tenant's next transaction runs as %q; want %q", schema, want)
 	}
 }
