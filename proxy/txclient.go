@@ -334,6 +334,7 @@ func (tx *txSession) skip(reason string) {
 // connection c; refused statements become their stand-ins (refusal.go).
 // refusal is tx.verdict(typ). Called with tx.mu held.
 func (tx *txSession) message(c *pool.Conn, typ byte, refusal string) {
+	refusal = tx.capSettings(refusal)
 	switch typ {
 	case pgwire.Query:
 		if refusal != "" {

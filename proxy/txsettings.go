@@ -77,11 +77,32 @@ func (tx *txSession) verdictTracked(typ byte) string {
 		return reason
 	case typ == pgwire.Parse && !unnamedTarget(tx.in):
 		return policy.ReasonUntrackedSet
-	case len(tx.settings.list)+len(sets) > maxTrackedSettings:
-		return reasonTooManySettings
 	}
 	tx.settings.judged = sets
 	return ""
+}
+
+// capSettings returns refusal, or the refusal of the message whose
+// settings would take the client past maxTrackedSettings (a name already
+// tracked is replaced, not added). Called with tx.mu held, under which the
+// relay changes the list.
+func (tx *txSession) capSettings(refusal string) string {
+	sets := tx.settings.judged
+	if refusal != "" || len(sets) == 0 {
+		return refusal
+	}
+	n := len(tx.settings.list)
+	for i, s := range sets {
+		named := func(t policy.SessionSet) bool { return t.Name == s.Name }
+		if !slices.ContainsFunc(tx.settings.list, named) && !slices.ContainsFunc(sets[:i], named) {
+			n++
+		}
+	}
+	if n <= maxTrackedSettings {
+		return ""
+	}
+	tx.settings.judged = nil
+	return reasonTooManySettings
 }
 
 // sentSettings records the settings of the statement just appended to

@@ -3,6 +3,7 @@ package test
 import (
 	"context"
 	"fmt"
+	"strings"
 	"testing"
 	"time"
 
@@ -370,5 +371,34 @@ func TestTxPoolFailedContextSetupRunsNoneOfTheClientsStatements(t *testing.T) {
 	}
 	if want := e.objectName(t, "initech"); schema != want {
 		t.Fatalf("the other tenant's next transaction runs as %q; want %q", schema, want)
+	}
+}
+
+// TestTxPoolTrackedSettingsAreCapped: a client's tracked settings are
+// part of every set-up of its transactions' connections, so they are
+// capped (64 names); setting a tracked name again stays allowed.
+func TestTxPoolTrackedSettingsAreCapped(t *testing.T) {
+	e := newTxEnv(t, pgcluster.Options{}, pool.Config{MaxConnsPerKey: 1}, proxy.Config{})
+	ctx := ctxT(t)
+	conn := connect(t, dsn(e.addr, "alice.acme", tenantPassword))
+	var sql strings.Builder
+	for i := range 64 {
+		fmt.Fprintf(&sql, "SET myapp.s%d = '%d';", i, i)
+	}
+	if _, err := conn.Exec(ctx, sql.String()); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := conn.Exec(ctx, "SET myapp.one_more = 'x'"); sqlstateOf(err) != "42501" {
+		t.Fatalf("a 65th setting: %v; want 42501", err)
+	}
+	if _, err := conn.Exec(ctx, "SET myapp.s7 = 'again'"); err != nil {
+		t.Fatalf("a tracked setting again: %v", err)
+	}
+	var got string
+	if err := conn.QueryRow(ctx, "SELECT current_setting('myapp.s7') || current_setting('myapp.s63') || coalesce(current_setting('myapp.one_more', true), '-')").Scan(&got); err != nil {
+		t.Fatal(err)
+	}
+	if got != "again63-" {
+		t.Fatalf("settings %q; want again63- (one_more never sent)", got)
 	}
 }
