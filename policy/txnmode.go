@@ -50,6 +50,14 @@ type SessionSet struct {
 	SQL string
 }
 
+// perTransaction are the settings that PostgreSQL sets afresh for every
+// transaction, so that even their session-level SET lasts for one (SET
+// TRANSACTION and SET TRANSACTION SNAPSHOT are named like this too).
+var perTransaction = map[string]bool{
+	"transaction": true, "transaction snapshot": true,
+	"transaction_isolation": true, "transaction_read_only": true, "transaction_deferrable": true,
+}
+
 // txnModeStatement judges a top-level statement of the text by kind,
 // before its nodes, and collects the session settings it changes. SET and
 // RESET outlive the transaction only as statements of their own. As a
@@ -58,7 +66,7 @@ type SessionSet struct {
 // parse tree's, which the deparser checks.
 func (f *facts) txnModeStatement(raw *pg_query.RawStmt, version int32) {
 	s := raw.Stmt.GetVariableSetStmt()
-	if s == nil || s.IsLocal || strings.HasPrefix(strings.ToLower(s.Name), "transaction") {
+	if s == nil || s.IsLocal || perTransaction[strings.ToLower(s.Name)] {
 		return
 	}
 	reason := ""

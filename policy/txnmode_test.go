@@ -175,6 +175,9 @@ func TestSessionSettingsAreTrackedAsDeparsedStatements(t *testing.T) {
 			{"timezone", "SET TIME ZONE interval '+00:00' hour to minute"}}},
 		{"reset statement_timeout -- done", []SessionSet{{"statement_timeout", "RESET statement_timeout"}}},
 		{"SET LOCAL work_mem = '1MB'", nil},
+		{"SET transaction_read_only = on; SET TRANSACTION READ ONLY", nil},
+		// Only the per-transaction names are left untracked.
+		{"SET transactions.x = '1'", []SessionSet{{"transactions.x", `SET "transactions.x" TO "1"`}}},
 		{"SELECT 1", nil},
 	} {
 		reason, got := p.CheckTracked([]byte(tt.sql), everything)
