@@ -10,8 +10,8 @@ import (
 )
 
 // Session settings in transaction mode. A client's session-level SET or
-// RESET (a simple Query; policy.SessionSet) runs on the server connection
-// its transaction holds, as sent. When that transaction ends, the proxy
+// RESET (policy.SessionSet, in a simple Query or the unnamed statement)
+// runs on the server connection its transaction holds, as sent. When that transaction ends, the proxy
 // knows from the replies whether it committed: then the statement joins
 // the client's tracked settings, which go behind the tenant's set-up in
 // the client's TxTarget, so every later transaction of the client finds
@@ -45,7 +45,8 @@ type trackedSettings struct {
 	// base is the client's target before any tracked setting (the
 	// tenant's set-up and the startup settings); nil until the first.
 	base *pool.Target
-	// list is in the order the client set them, one per name.
+	// list is in the order the client set them, one per name; under
+	// txSession.mu.
 	list []policy.SessionSet
 	// pending are the settings of transactions still running, under
 	// txSession.mu. failed: the running transaction failed or rolled
