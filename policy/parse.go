@@ -61,6 +61,9 @@ type facts struct {
 	pin string
 	// dealloc: the text has a DEALLOCATE statement.
 	dealloc bool
+	// sets are the text's session-level SET and RESET statements, which
+	// transaction mode tracks (SessionSet).
+	sets []SessionSet
 	// syntax is the parser's error for text it rejects, kept so the
 	// client hears a syntax error as the server would report it.
 	syntax *parser.Error
@@ -159,8 +162,8 @@ func analyzeBody(sql string, level int) *facts {
 	}
 	a := analyzer{f: f, level: level}
 	for _, s := range res.Stmts {
-		if f.txn == "" {
-			f.txn = txnModeStatement(s.Stmt)
+		if level == 0 {
+			f.txnModeStatement(s, res.Version)
 		}
 		a.statement(s.Stmt)
 		if level == 0 && channelStatement(s.Stmt) {

@@ -20,6 +20,11 @@ import (
 // (TxVerdict.Deallocates). It is a second opinion after the policy's
 // rules, which already refuse some of these for other reasons.
 //
+// Session-level SET and RESET of a setting the rules allow are neither
+// refused nor pinned: the proxy tracks them (SessionSet) and re-establishes
+// them in every later transaction of the client, the way ORMs and drivers
+// expect of a session.
+//
 // The verdict is part of a text's facts: the walk that collects the
 // policy's facts asks txnMode about every node, so a statement is parsed
 // once for both checks. Text the lexical pass allows needs no parse for
@@ -38,10 +43,15 @@ type TxVerdict struct {
 	// Deallocates: a statement of the text is SQL DEALLOCATE, which may
 	// drop the proxy's own prepared statements on the connection.
 	Deallocates bool
+	// Sets are the session-level SET and RESET statements the proxy
+	// tracks for the client once their transaction commits. The slice is
+	// shared: callers must not modify it.
+	Sets []SessionSet
 }
 
-// CheckTx is Check in transaction mode, with what the text pins and
-// whether it deallocates. Neither is meaningful when Refusal is set.
+// CheckTx is Check in transaction mode, with what the text pins, whether
+// it deallocates and the settings it changes. None of them is meaningful
+// when Refusal is set.
 // Allocation-free except on a cache miss, like Check.
 func (p *Policy) CheckTx(sql []byte, r Rules) TxVerdict {
 	switch v, reason, deallocates := fast(sql); v {
@@ -54,7 +64,7 @@ func (p *Policy) CheckTx(sql []byte, r Rules) TxVerdict {
 	if reason != "" {
 		return TxVerdict{Refusal: reason}
 	}
-	return TxVerdict{Refusal: f.txn, Pin: f.pin, Deallocates: f.dealloc}
+	return TxVerdict{Refusal: f.txn, Pin: f.pin, Deallocates: f.dealloc, Sets: f.sets}
 }
 
 // txnMode collects transaction mode's facts from one node of the tree,
@@ -72,16 +82,61 @@ func (a *analyzer) txnMode(n any) {
 	}
 }
 
-// txnModeStatement judges a statement of the text by kind, before its
-// nodes: SET and RESET outlive the transaction only as statements of their
-// own. As a function's SET clause the setting lasts for a call, and the
-// ALTER ROLE/DATABASE/SYSTEM forms are the policy's to refuse.
-func txnModeStatement(n *pg_query.Node) string {
-	s := n.GetVariableSetStmt()
-	if s == nil || s.IsLocal || strings.EqualFold(s.Name, "transaction") {
-		return ""
+// ReasonUntrackedSet refuses a session-level SET the proxy could not
+// carry across transactions: one in a named protocol-level prepared
+// statement, whose every execution the proxy would have to follow.
+const ReasonUntrackedSet = "session-level SET and RESET are tracked in transaction pooling mode in simple queries and the unnamed statement, not in named prepared statements; use SET LOCAL inside a transaction" + sessionModeHint
+
+// SessionSet is a session-level SET or RESET statement of a client in
+// transaction mode: once its transaction commits, the proxy runs SQL in
+// front of each later transaction of the client's, on whichever server
+// connection it lands.
+type SessionSet struct {
+	// Name is the setting, lower-case as PostgreSQL names it ("timezone"
+	// for SET TIME ZONE): a later SET of the same name replaces this one.
+	Name string
+	// SQL is the statement as PostgreSQL's deparser prints it, so that it
+	// joins other statements safely whatever comments the client wrote.
+	SQL string
+}
+
+// perTransaction are the settings that PostgreSQL sets afresh for every
+// transaction, so that even their session-level SET lasts for one (SET
+// TRANSACTION and SET TRANSACTION SNAPSHOT are named like this too).
+var perTransaction = map[string]bool{
+	"transaction": true, "transaction snapshot": true,
+	"transaction_isolation": true, "transaction_read_only": true, "transaction_deferrable": true,
+}
+
+// txnModeStatement judges a top-level statement of the text by kind,
+// before its nodes, and collects the session settings it changes. SET and
+// RESET outlive the transaction only as statements of their own. As a
+// function's SET clause the setting lasts for a call, and the ALTER
+// ROLE/DATABASE/SYSTEM forms are the policy's to refuse. version is the
+// parse tree's, which the deparser checks.
+func (f *facts) txnModeStatement(raw *pg_query.RawStmt, version int32) {
+	s := raw.Stmt.GetVariableSetStmt()
+	if s == nil || s.IsLocal || perTransaction[strings.ToLower(s.Name)] {
+		return
 	}
-	return "session-level SET and RESET outlive the transaction in transaction pooling mode; use SET LOCAL inside a transaction" + sessionModeHint
+	reason := ""
+	switch {
+	case strings.EqualFold(s.Name, "seed"):
+		// Replayed per transaction it would re-seed random() at each.
+		reason = "session-level SET seed is refused in transaction pooling mode; call setseed() inside the transaction"
+	case s.Kind == pg_query.VariableSetKind_VAR_SET_CURRENT:
+		reason = "SET … FROM CURRENT is refused in transaction pooling mode: the current value is the server connection's, not the session's"
+	default:
+		sql, err := pg_query.Deparse(&pg_query.ParseResult{Version: version, Stmts: []*pg_query.RawStmt{{Stmt: raw.Stmt}}})
+		if err == nil {
+			f.sets = append(f.sets, SessionSet{Name: strings.ToLower(s.Name), SQL: sql})
+			return
+		}
+		reason = "this form of session-level SET cannot be tracked in transaction pooling mode; use SET LOCAL inside a transaction"
+	}
+	if f.txn == "" {
+		f.txn = reason + sessionModeHint
+	}
 }
 
 // txnModeNode refuses what no client may leave on a server connection in

@@ -1,6 +1,7 @@
 package policy
 
 import (
+	"slices"
 	"strings"
 	"testing"
 
@@ -37,14 +38,16 @@ var txnModeCases = []struct {
 	{"CREATE TEMP VIEW v AS SELECT 1", pins, false, 1},
 	{"CREATE TEMP SEQUENCE s", pins, false, 1},
 	{"DECLARE c CURSOR WITH HOLD FOR SELECT 1", pins, false, 1},
-	{"SET statement_timeout = 0", refused, false, 1},
-	{"set session work_mem = '1MB'", refused, false, 1},
-	{"RESET work_mem", refused, false, 1},
-	{"BEGIN; SET lock_timeout = 5; COMMIT", refused, false, 1},
-	{"RESET SESSION", refused, false, 1},
-	{"reset local; SELECT 1", refused, false, 1},
-	{"/* hi */ SET work_mem = '1MB'", refused, false, 1},
+	{"SET statement_timeout = 0", allowed, false, 1},
+	{"set session work_mem = '1MB'", allowed, false, 1},
+	{"RESET work_mem", allowed, false, 1},
+	{"BEGIN; SET lock_timeout = 5; COMMIT", allowed, false, 1},
+	{"RESET SESSION", allowed, false, 1},
+	{"reset local; SELECT 1", allowed, false, 1},
+	{"/* hi */ SET work_mem = '1MB'", allowed, false, 1},
 	{"SELECT set_config('work_mem', '1MB', false)", refused, false, 1},
+	{"SET seed = 0.5", refused, false, 1},
+	{"SET work_mem FROM CURRENT", refused, false, 1},
 	{"LISTEN ch", pins, false, 1},
 	{"SELECT pg_advisory_lock(1)", pins, false, 1},
 	{"SELECT pg_terminate_backend(pg_backend_pid())", refused, false, 1},
@@ -153,8 +156,8 @@ func TestTransactionModeAsksTheRulesFirst(t *testing.T) {
 		{"CREATE TEMP TABLE t (a int)", Rules{},
 			"Create is refused: schema changes are not allowed for this tenant",
 			"Create is refused: schema changes are not allowed for this tenant", false},
-		{"SET statement_timeout = 0", Rules{}, "",
-			"session-level SET and RESET outlive the transaction in transaction pooling mode; use SET LOCAL inside a transaction" + sessionModeHint, true},
+		{"SET statement_timeout = 0", Rules{}, "", "", false},
+		{"SET search_path = a", Rules{}, "", "", false},
 		{"DEALLOCATE p", Rules{}, "", "", false},
 		{"SELECT 1", Rules{}, "", "", false},
 	} {
@@ -169,5 +172,40 @@ func TestTransactionModeAsksTheRulesFirst(t *testing.T) {
 		if strings.Contains(got, "session mode") != tt.txnHints {
 			t.Errorf("%q in transaction mode: %q; want a session-mode hint: %v", tt.sql, got, tt.txnHints)
 		}
+	}
+}
+
+// TestSessionSettingsAreTrackedAsDeparsedStatements: the session-level
+// SETs and RESETs of a text come out one per statement, named as
+// PostgreSQL names the setting, in text that stays one statement when
+// joined to others (the client's comment cannot swallow what follows).
+func TestSessionSettingsAreTrackedAsDeparsedStatements(t *testing.T) {
+	p := New()
+	for _, tt := range []struct {
+		sql  string
+		want []SessionSet
+	}{
+		{"SET client_min_messages TO 'warning'; SET TIME ZONE 'UTC'", []SessionSet{
+			{"client_min_messages", "SET client_min_messages TO warning"},
+			{"timezone", `SET timezone TO "UTC"`}}},
+		{"SET TIME ZONE INTERVAL '+00:00' HOUR TO MINUTE; SELECT 1", []SessionSet{
+			{"timezone", "SET TIME ZONE interval '+00:00' hour to minute"}}},
+		{"reset statement_timeout -- done", []SessionSet{{"statement_timeout", "RESET statement_timeout"}}},
+		{"SET LOCAL work_mem = '1MB'", nil},
+		{"SET transaction_read_only = on; SET TRANSACTION READ ONLY", nil},
+		// Only the per-transaction names are left untracked.
+		{"SET transactions.x = '1'", []SessionSet{{"transactions.x", `SET "transactions.x" TO "1"`}}},
+		{"SELECT 1", nil},
+	} {
+		v := p.CheckTx([]byte(tt.sql), everything)
+		if v.Refusal != "" {
+			t.Errorf("%q refused: %s", tt.sql, v.Refusal)
+		}
+		if got := v.Sets; !slices.Equal(got, tt.want) {
+			t.Errorf("%q: tracked %q; want %q", tt.sql, got, tt.want)
+		}
+	}
+	if v := p.CheckTx([]byte("SET ROLE x"), everything); v.Refusal != reasonRole || v.Sets != nil {
+		t.Errorf("SET ROLE: %q, %q; want the rules' refusal and nothing tracked", v.Refusal, v.Sets)
 	}
 }

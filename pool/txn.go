@@ -80,13 +80,20 @@ const switchFrom = neutralize + "; COMMIT; "
 // prepared again on demand.
 const MaxStatementsPerConn = 1000
 
-// NewTxTarget prepares t for AcquireTx.
+// NewTxTarget prepares t for AcquireTx. The setup statements run in a
+// transaction block of their own (guarded): if one fails, the block is
+// left aborted, so the client's first message, written behind them,
+// fails with 25P02 instead of running with the context half set (a
+// tenant role dropped or revoked under a connected tenant, a cancel);
+// the caller then closes the connection. Outside a block the next Query
+// would run, with whatever of the context the failed statements left.
 func NewTxTarget(t Target) *TxTarget {
 	tt := &TxTarget{Target: t, key: setupKey(t.Setup), w: newWaiter()}
+	guarded := "BEGIN;\n" + tt.key + ";\nCOMMIT"
 	if tt.key != "" {
-		tt.fromNeutral = appendQuery(nil, tt.key)
+		tt.fromNeutral = appendQuery(nil, guarded)
 	}
-	tt.fromOther = appendQuery(nil, switchFrom+tt.key)
+	tt.fromOther = appendQuery(nil, switchFrom+guarded)
 	if tt.key == "" {
 		tt.fromOther = appendQuery(nil, neutralize)
 	}
@@ -292,6 +299,25 @@ func (c *Conn) SetParameterStatus(name, value []byte) {
 		return
 	}
 	c.params[string(name)] = string(value)
+}
+
+// unknownContext is a context no TxTarget has (a setup key never holds
+// a NUL byte, which a Query cannot carry): the next AcquireTx neutralises
+// a connection marked with it, whoever takes it.
+const unknownContext = "\x00"
+
+// Retarget records that the holder's own statements (a session-level SET
+// the proxy tracks for its client) left c in tt's context, so that the
+// next holder of tt's key needs no set-up and any other is neutralised
+// first. A nil tt means the holder cannot tell what c carries (the
+// transaction that ran the SET may have rolled it back in part): the
+// next holder is neutralised, whatever its context.
+func (c *Conn) Retarget(tt *TxTarget) {
+	if tt == nil {
+		c.context = unknownContext
+		return
+	}
+	c.context = tt.key
 }
 
 // Key identifies tt's tenant context: two TxTargets with equal keys leave

@@ -79,8 +79,10 @@ func TestAcquireTxSwitchesContextWithoutLeavingThePreviousOne(t *testing.T) {
 }
 
 // A setup that fails (here a role dropped under a connected tenant) must
-// leave the connection neutral, not in the previous tenant's context: the
-// client's statement written behind it runs either way.
+// leave the connection neutral, not in the previous tenant's context, and
+// the client's statement written behind it must not run at all (the
+// setup's aborted block fails it with 25P02; before the setup was guarded
+// it ran in the neutral context).
 func TestAcquireTxFailedSwitchLeavesNoContext(t *testing.T) {
 	f := newFixture(t)
 	m, _ := newManager(t, pool.Config{MaxConnsPerKey: 1})
@@ -111,8 +113,20 @@ func TestAcquireTxFailedSwitchLeavesNoContext(t *testing.T) {
 		t.Fatalf("setup with a missing role: %v, rows %v; want 22023 and the reseed's empty row only", pgErr, rows)
 	}
 	rows, pgErr = receive(t, fe, sql)
+	if pgErr == nil || pgErr.Code != "25P02" || len(rows) != 0 {
+		t.Fatalf("statement after the failed switch: %v %v; want 25P02, not run", rows, pgErr)
+	}
+	// Past the aborted block the neutralisation, committed on its own,
+	// is what is left.
+	msg, _ = (&pgproto3.Query{String: "ROLLBACK"}).Encode(nil)
+	msg, _ = (&pgproto3.Query{String: sql}).Encode(msg)
+	if _, err := nc.Write(msg); err != nil {
+		t.Fatal(err)
+	}
+	receive(t, fe, "ROLLBACK")
+	rows, pgErr = receive(t, fe, sql)
 	if want := f.svc + ` "$user", public`; pgErr != nil || len(rows) != 1 || rows[0][0] != want {
-		t.Fatalf("statement after the failed switch: %v %v; want the neutral %q", rows, pgErr, want)
+		t.Fatalf("after the aborted setup: %v %v; want the neutral %q", rows, pgErr, want)
 	}
 }
 

@@ -54,7 +54,7 @@ type sessionBase struct {
 	rules policy.Rules
 	// channels is the prefix of the tenant's LISTEN/NOTIFY channels on
 	// the server, "" when it has the database's to itself (channels.go).
-	channels     string
+	channels string
 	// shared: the tenant is in the shared tier, whose COPY FROM STDIN
 	// runs as a load (copyshared.go).
 	shared       bool

@@ -104,8 +104,7 @@ func (tx *txSession) verdict(typ byte) string {
 	if typ != pgwire.Query && typ != pgwire.Parse {
 		return ""
 	}
-	tx.pin.judged = tx.srv.policy.CheckTx(pgwire.Statement(tx.in), tx.rules)
-	return tx.pin.judged.Refusal
+	return tx.verdictTracked(typ)
 }
 
 // explain is what the client hears of the refusal of the Query or Parse
@@ -207,6 +206,12 @@ func (tx *txSession) acquire(typ byte) error {
 		return tx.acquireFailed(typ, err)
 	}
 	start := time.Now()
+	// Statements prepared from now on are named for the client's context
+	// as it is, tracked settings (search_path) included: a statement of
+	// another search_path must not be shared. Those prepared before keep
+	// their names and the settings they were prepared under, as
+	// PostgreSQL's keep theirs.
+	tx.stmts.context = tx.target.Key()
 	c, setup, queries, err := tx.backends.AcquireTx(tx.srv.ctx, tx.target)
 	if err != nil {
 		return tx.acquireFailed(typ, err)
@@ -334,6 +339,7 @@ func (tx *txSession) skip(reason string) {
 // and channels move into the tenant's namespace (channels.go). refusal
 // is tx.verdict(typ). Called with tx.mu held.
 func (tx *txSession) message(c *pool.Conn, typ byte, refusal string) {
+	refusal = tx.capSettings(refusal)
 	var why error
 	if refusal != "" {
 		why = tx.explain(refusal)
@@ -360,6 +366,9 @@ func (tx *txSession) message(c *pool.Conn, typ byte, refusal string) {
 		}
 		tx.replies.push(reply{kind: replyReady})
 		tx.out = append(tx.out, in...)
+		if len(tx.settings.judged) > 0 {
+			tx.sentSettings(tx.replies.readyCount())
+		}
 	case pgwire.Sync:
 		tx.partial = false
 		tx.replies.push(reply{kind: replyReady})
@@ -382,10 +391,12 @@ func (tx *txSession) message(c *pool.Conn, typ byte, refusal string) {
 			standIn, unnamed := standInParse(tx.in)
 			if unnamed {
 				tx.stmts.dropUnnamed()
+				tx.settings.unnamed = nil
 			}
 			tx.out = append(tx.out, standIn...)
 			return
 		}
+		tx.followUnnamed(typ)
 		tx.out = tx.stmts.rewrite(tx.out, tx.in, c, tx.epoch, &tx.replies)
 	case pgwire.CopyData, pgwire.CopyDone, pgwire.CopyFail:
 		// The Query that started the COPY is still owed its
@@ -398,6 +409,7 @@ func (tx *txSession) message(c *pool.Conn, typ byte, refusal string) {
 		if typ == pgwire.Execute {
 			tx.queries.Inc()
 		}
+		tx.followUnnamed(typ)
 		tx.out = tx.stmts.rewrite(tx.out, tx.in, c, tx.epoch, &tx.replies)
 	}
 }

@@ -120,16 +120,6 @@ func (tx *txSession) isPinned() bool { return tx.pin.pinned.Load() }
 // which closes the connection).
 func (tx *txSession) keepPinned() bool { return tx.isPinned() && !tx.ending() }
 
-// releaseIdle gives back c, idle, to the pool: as it is, or, pinned,
-// reset as at disconnect.
-func (tx *txSession) releaseIdle(c *pool.Conn) {
-	if tx.isPinned() {
-		tx.backends.Release(c, true)
-		return
-	}
-	tx.backends.ReleaseTx(c, true)
-}
-
 // wakePinned interrupts the relayer's read of a pinned binding, so that a
 // drain ends the session while it is idle between transactions
 // (serverStopped gives the connection back), as session mode does.

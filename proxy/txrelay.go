@@ -41,7 +41,8 @@ func (tx *txSession) relay(src *bufio.Reader, inline bool) relayEnd {
 	resumeRead(c.NetConn())
 	sc := &tx.relayScan
 	sc.Reset(src, tx.client)
-	sc.Whole(pgwire.ReadyForQuery, pgwire.ParameterStatus, pgwire.CopyInResponse, pgwire.CopyBothResponse, pgwire.ErrorResponse, pgwire.NotificationResponse)
+	sc.Whole(pgwire.ReadyForQuery, pgwire.ParameterStatus, pgwire.CopyInResponse, pgwire.CopyBothResponse, pgwire.ErrorResponse,
+		pgwire.NotificationResponse, pgwire.CommandComplete)
 	for {
 		m, err := sc.Next()
 		end := relayOn
@@ -135,6 +136,8 @@ func (tx *txSession) clientReply(c *pool.Conn, m pgwire.Message, inline bool) re
 	case pgwire.ParameterStatus:
 		tx.parameterStatus(c, m.Body())
 	case pgwire.CommandComplete:
+		// It may tell that tracked settings were not committed.
+		tx.settingsFailed(m.Type, m.Body())
 		err = loadReply(sc, &tx.replies, m.Bytes)
 	case pgwire.CopyInResponse, pgwire.CopyBothResponse:
 		if inline {
@@ -145,6 +148,8 @@ func (tx *txSession) clientReply(c *pool.Conn, m pgwire.Message, inline bool) re
 			}
 		}
 	case pgwire.ErrorResponse:
+		// It may tell that tracked settings were not committed.
+		tx.settingsFailed(m.Type, m.Body())
 		var handled bool
 		if handled, err = loadError(sc, &tx.replies, m.Bytes); !handled {
 			_, err = swapRefusal(sc, &tx.replies, m.Bytes)
@@ -200,9 +205,10 @@ func (tx *txSession) parameterStatus(c *pool.Conn, body []byte) {
 }
 
 // ready consumes the expected replies up to the ReadyForQuery being
-// relayed. Parses pending there failed and are forgotten on c and, when
-// they were the client's own, by the client, under mu: the client loop
-// adds statements to both under mu too.
+// relayed, and settles the session settings pending there. Parses
+// pending there failed and are forgotten on c and, when they were the
+// client's own, by the client, under mu: the client loop adds statements
+// to both under mu too.
 func (tx *txSession) ready(c *pool.Conn) {
 	tx.mu.Lock()
 	defer tx.mu.Unlock()
@@ -210,4 +216,5 @@ func (tx *txSession) ready(c *pool.Conn) {
 		c.ForgetStatement(name)
 		tx.stmts.forgetFailed(name, settles)
 	}))
+	tx.settleLocked(c)
 }

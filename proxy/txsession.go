@@ -94,6 +94,9 @@ type txSession struct {
 	// clientGone is set when the client loop has returned.
 	clientGone atomic.Bool
 
+	// settings are the client's tracked session settings (txsettings.go).
+	settings trackedSettings
+
 	// Client loop only.
 	stmts *rewriter
 	// skipping: between transactions, a refused Parse or a batch that
@@ -302,7 +305,7 @@ func (tx *txSession) clientLeft(c *pool.Conn, boundary bool) {
 	tx.mu.Unlock()
 	tx.unbind(c)
 	if quiet && tx.status == 'I' && !pinned {
-		tx.backends.ReleaseTx(c, true)
+		tx.releaseIdle(c)
 		return
 	}
 	// Release rolls back and resets (DISCARD ALL): the context goes too,

@@ -34,8 +34,9 @@ func TestTxPoolSessionStateIsRefusedAndNeverReachesTheNextTenant(t *testing.T) {
 	e := newTxEnv(t, pgcluster.Options{}, pool.Config{MaxConnsPerKey: 1}, proxy.Config{})
 	ctx := ctxT(t)
 	items := []struct{ name, sql string }{
-		{"session set", "SET statement_timeout = '7s'"},
-		{"reset", "RESET statement_timeout"},
+		{"set seed", "SET seed = 0.5"},
+		{"set from current", "SET work_mem FROM CURRENT"},
+		{"set_config", "SELECT set_config('work_mem', '1MB', false)"},
 	}
 	// umbrella (database tier) may run DDL, advisory locks and LISTEN in
 	// session mode, so its refusals here are transaction mode's own.
