@@ -12,6 +12,7 @@ import (
 	"slices"
 	"sort"
 	"strings"
+	"syscall"
 )
 
 // suite is one driver's own test suite, run from its module source.
@@ -101,6 +102,10 @@ func goTest(ctx context.Context, s suite, c conninfo, o options, dir string, res
 	cmd := exec.CommandContext(ctx, "go", append(args, pkg)...)
 	cmd.Dir = dir
 	cmd.Env = append(withoutPostgresEnv(os.Environ()), s.env(c)...)
+	// The test binary is go test's child: on an interrupt both go, as one
+	// process group, or the binary would outlive the run.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	cmd.Cancel = func() error { return syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL) }
 	stdout, err := cmd.StdoutPipe()
 	if err != nil {
 		return err
@@ -193,6 +198,10 @@ const outputTail = 12
 // lines after it name the tests still running.
 const timedOut = "panic: test timed out"
 
+// hungLines is how much of the timeout report is kept: its list of
+// running tests, not the goroutine dump after it.
+const hungLines = 40
+
 // read records go test -json's events; an outcome already recorded (a
 // test that ran before its package died) is kept. It returns the number
 // of events read.
@@ -230,10 +239,13 @@ func (r *results) read(rd io.Reader) int {
 
 func (r *results) addOutput(e event, key string) {
 	line := strings.TrimRight(e.Output, "\n")
-	if e.Test == "" && (strings.HasPrefix(line, timedOut) || len(r.hung[e.Package]) > 0) {
-		r.hung[e.Package] = append(r.hung[e.Package], line)
-	}
-	if e.Test != "" && strings.HasPrefix(line, "panic: ") {
+	// test2json gives the binary's last words to the test that started
+	// last, whichever hung: the timeout report names the hung ones.
+	if strings.HasPrefix(line, timedOut) || len(r.hung[e.Package]) > 0 {
+		if len(r.hung[e.Package]) < hungLines {
+			r.hung[e.Package] = append(r.hung[e.Package], line)
+		}
+	} else if e.Test != "" && strings.HasPrefix(line, "panic: ") {
 		r.blame(e.Package, e.Test)
 	}
 	lines := append(r.output[key], line)
@@ -248,8 +260,8 @@ func (r *results) addOutput(e event, key string) {
 // build, or failed in TestMain.
 func (r *results) packageFailed(pkg string) {
 	for _, line := range r.hung[pkg] {
-		// The running tests are listed as "\tTestName (duration)".
-		if f := strings.Fields(line); len(f) == 2 && strings.HasPrefix(line, "\t") && strings.HasPrefix(f[1], "(") {
+		// The running tests are listed as "\t\tTestName (duration)".
+		if f := strings.Fields(line); len(f) == 2 && strings.HasPrefix(line, "\t\t") && strings.HasPrefix(f[1], "(") {
 			r.blame(pkg, f[0])
 			r.outcome[pkg+" "+f[0]] = "fail"
 			r.output[pkg+" "+f[0]] = []string{"timed out: " + line}
