@@ -208,7 +208,7 @@ func (r *runner) contextSwitching() (*scenario, error) {
 		if k == 1 {
 			return "1 tenant"
 		}
-		return formatValue(float64(k)) + " tenants"
+		return withThousands(strconv.Itoa(k)) + " tenants"
 	}
 	var metrics []metric
 	for _, k := range spreads {
@@ -218,7 +218,7 @@ func (r *runner) contextSwitching() (*scenario, error) {
 		metrics = append(metrics, metric{tenantsLabel(k) + " ÷ " + tenantsLabel(spreads[0]), "x", true})
 	}
 	return &scenario{cases: []*benchCase{{
-		name:    fmt.Sprintf("%s conns, %s", formatValue(float64(n)), rrQuery),
+		name:    fmt.Sprintf("%s conns, %s", withThousands(strconv.Itoa(n)), rrQuery),
 		metrics: metrics,
 		skip: func(t *target) string {
 			if t.name == TargetPgBouncer {
