@@ -39,7 +39,7 @@ type Options struct {
 	// Rounds is how many times every measurement is repeated, interleaved
 	// across targets. Zero means 3 (quick: 1).
 	Rounds int
-	// Scenarios picks scenarios by letter (a to f). Empty means all.
+	// Scenarios picks scenarios by letter (a to h). Empty means all.
 	Scenarios []string
 	// Targets picks targets by name (see the Target constants). Empty
 	// means every available one.
@@ -110,7 +110,7 @@ func Run(ctx context.Context, opts Options) (*Report, error) {
 		return nil, err
 	}
 	for _, name := range opts.Targets {
-		if !slices.Contains([]string{TargetDirect, TargetSession, TargetTransaction, TargetPgBouncer}, name) {
+		if !slices.Contains([]string{TargetDirect, TargetSession, TargetTransaction, TargetTransactionOneProc, TargetPgBouncer}, name) {
 			return nil, fmt.Errorf("bench: unknown target %q", name)
 		}
 	}
@@ -119,7 +119,7 @@ func Run(ctx context.Context, opts Options) (*Report, error) {
 	}
 	raiseFileLimit()
 
-	r := &runner{opts: opts, sc: opts.scales(), started: time.Now(), failures: map[string]int{}}
+	r := &runner{opts: opts, sc: opts.scales(), letters: letters, started: time.Now(), failures: map[string]int{}}
 	r.report = &Report{Started: r.started.UTC(), Quick: opts.Quick, Rounds: opts.Rounds, Duration: opts.Duration.String(),
 		Machine: Machine{CPUs: runtime.NumCPU(), GOOS: runtime.GOOS, GOARCH: runtime.GOARCH}}
 	if err := r.bringUp(ctx); err != nil {
@@ -144,6 +144,7 @@ func Run(ctx context.Context, opts Options) (*Report, error) {
 type runner struct {
 	opts    Options
 	sc      scales
+	letters []string // the scenarios to run
 	started time.Time
 	report  *Report
 	dir     string // scratch: scripts, logs of the child processes
@@ -208,7 +209,7 @@ func (r *runner) bringUp(ctx context.Context) error {
 		if proxyHasPoolMode(ctx, r.opts.ProxyBinary) {
 			r.progress("starting tenantproxy (transaction mode)")
 			t, err := startProxy(ctx, r.opts.ProxyBinary, r.opts.ProxyProcs, TargetTransaction, r.env, filepath.Join(r.dir, "tp-transaction.log"), 1<<20,
-				poolModeFlag, "transaction", "--pool-max-conns", "20")
+				transactionFlags...)
 			if err != nil {
 				return err
 			}
@@ -216,6 +217,9 @@ func (r *runner) bringUp(ctx context.Context) error {
 		} else {
 			r.note("tp-transaction skipped: this tenantproxy has no " + poolModeFlag + " flag yet (transaction pooling, issue #4)")
 		}
+	}
+	if err := r.startOneProc(ctx); err != nil {
+		return err
 	}
 	if r.wants(TargetPgBouncer) {
 		r.progress("starting PgBouncer (transaction mode)")
@@ -280,13 +284,13 @@ func (r *runner) run(ctx context.Context, scens []*scenario) {
 	results := map[string]*Result{}
 	for _, s := range scens {
 		for _, c := range s.cases {
-			r.steps += len(r.targetsOf(c)) * r.opts.Rounds
+			r.steps += len(r.targetsOf(s, c)) * r.opts.Rounds
 		}
 	}
 	for round := range r.opts.Rounds {
 		for _, s := range scens {
 			for _, c := range s.cases {
-				ts := r.targetsOf(c)
+				ts := r.targetsOf(s, c)
 				for k := range ts {
 					if ctx.Err() != nil {
 						return
@@ -299,13 +303,19 @@ func (r *runner) run(ctx context.Context, scens []*scenario) {
 	}
 }
 
-// targetsOf is the targets a case runs on: all of them, or a stand-in for
-// cases that measure no target (provisioning).
-func (r *runner) targetsOf(c *benchCase) []*target {
+// targetsOf is the targets a case of s runs on: those not kept to another
+// scenario, or a stand-in for cases that measure no target (provisioning).
+func (r *runner) targetsOf(s *scenario, c *benchCase) []*target {
 	if c.noTarget {
 		return []*target{{name: "catalog"}}
 	}
-	return r.targets
+	var out []*target
+	for _, t := range r.targets {
+		if t.only == "" || t.only == s.id {
+			out = append(out, t)
+		}
+	}
+	return out
 }
 
 func (r *runner) measure(ctx context.Context, s *scenario, c *benchCase, t *target, round int, results map[string]*Result) {

@@ -16,7 +16,9 @@
 // of 1 to 1,000 tenants; (c) connection scale, mostly idle connections with
 // the proxy's RSS; (d) connect rate with pgbench -C; (e) a noisy tenant's
 // effect on a quiet tenant's latency; (f) provisioning rate of schema-tier
-// tenants.
+// tenants; (g) the latency a single client's point select gains over
+// direct; (h) the transaction-mode proxy at every core and at one
+// (GOMAXPROCS=1, target tp-transaction-1proc) beside PgBouncer.
 //
 // Measurements are interleaved: every round runs every case on every target
 // in turn (the target order rotating per round), so drift of the machine

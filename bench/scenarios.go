@@ -16,7 +16,7 @@ import (
 	"github.com/tenantproxy/tenantproxy/catalog"
 )
 
-// scenario is one of (a) to (f): cases measured on every target.
+// scenario is one of (a) to (h): cases measured on every target.
 type scenario struct {
 	id, title string
 	cases     []*benchCase
@@ -56,10 +56,12 @@ var scenarioTitles = map[string]string{
 	"d": "connect rate with SCRAM (pgbench -C)",
 	"e": "noisy neighbour (quiet tenant's latency)",
 	"f": "provisioning rate (schema-tier tenants)",
+	"g": "added latency at one client (point select, simple protocol)",
+	"h": "scaling with cores (transaction mode at every core and at one)",
 }
 
 func pickScenarios(ids []string) ([]string, error) {
-	all := []string{"a", "b", "c", "d", "e", "f"}
+	all := []string{"a", "b", "c", "d", "e", "f", "g", "h"}
 	if len(ids) == 0 {
 		return all, nil
 	}
@@ -71,7 +73,7 @@ func pickScenarios(ids []string) ([]string, error) {
 	}
 	for _, id := range ids {
 		if !slices.Contains(all, id) {
-			return nil, fmt.Errorf("bench: unknown scenario %q (want a to f)", id)
+			return nil, fmt.Errorf("bench: unknown scenario %q (want a to h)", id)
 		}
 	}
 	return out, nil
@@ -81,6 +83,7 @@ func (r *runner) scenarios(ids []string) ([]*scenario, error) {
 	build := map[string]func() (*scenario, error){
 		"a": r.overhead, "b": r.contextSwitching, "c": r.connectionScale,
 		"d": r.connectRate, "e": r.noisyNeighbour, "f": r.provisioning,
+		"g": r.addedLatency, "h": r.coreScaling,
 	}
 	var out []*scenario
 	for _, id := range ids {
@@ -103,8 +106,8 @@ func (r *runner) pgbenchDSN(t *target) string {
 	return d
 }
 
-// (a) pgbench select-only in three protocols, TPC-B-like and a custom
-// script.
+// (a) pgbench select-only in three protocols, TPC-B-like in the simple
+// and extended ones, and a custom script.
 func (r *runner) overhead() (*scenario, error) {
 	s := &scenario{}
 	script := r.opts.Script
@@ -122,30 +125,6 @@ func (r *runner) overhead() (*scenario, error) {
 		}
 	}
 	naccounts := "naccounts=" + strconv.Itoa(100000*r.sc.pgbenchScale)
-	add := func(name string, skip func(*target) string, args ...string) {
-		s.cases = append(s.cases, &benchCase{
-			name: name, metrics: []metric{metricTPS, metricLatency, metricCPU}, skip: skip,
-			run: func(ctx context.Context, t *target) ([]float64, error) {
-				cpu, err := t.cpuSeconds()
-				if err != nil {
-					return nil, err
-				}
-				res, err := runPgbench(ctx, r.pgbench, r.pgbenchDSN(t), r.opts.Duration, args...)
-				if err != nil {
-					return nil, err
-				}
-				perTx := math.NaN()
-				if !math.IsNaN(cpu) && res.transactions > 0 {
-					after, err := t.cpuSeconds()
-					if err != nil {
-						return nil, err
-					}
-					perTx = (after - cpu) / res.transactions * 1e6
-				}
-				return []float64{res.tps, res.latencyMS, perTx}, nil
-			},
-		})
-	}
 	modes := []string{"simple", "extended", "prepared"}
 	if r.opts.Quick {
 		modes = []string{"simple", "prepared"}
@@ -161,14 +140,52 @@ func (r *runner) overhead() (*scenario, error) {
 					return ""
 				}
 			}
-			add(fmt.Sprintf("select-only -M %s c=%d", mode, c), skip, "-S", "-M", mode, "-c", strconv.Itoa(c), "-j", pgbenchThreads(c))
+			s.cases = append(s.cases, r.pgbenchCase(fmt.Sprintf("select-only -M %s c=%d", mode, c), skip, "-S", "-M", mode, "-c", strconv.Itoa(c), "-j", pgbenchThreads(c)))
+		}
+	}
+	// TPC-B-like in both protocols PgBouncer pools, at every client count:
+	// its five statements per transaction weigh the relay differently from
+	// -S's one.
+	for _, mode := range modes {
+		if mode == "prepared" {
+			continue
+		}
+		for _, c := range r.sc.clients {
+			s.cases = append(s.cases, r.pgbenchCase(fmt.Sprintf("TPC-B-like -M %s c=%d", mode, c), nil, "-M", mode, "-c", strconv.Itoa(c), "-j", pgbenchThreads(c)))
 		}
 	}
 	c := r.sc.clients[0]
-	add(fmt.Sprintf("TPC-B-like c=%d", c), nil, "-M", "simple", "-c", strconv.Itoa(c), "-j", pgbenchThreads(c))
-	add(fmt.Sprintf("custom script c=%d", c), nil, "-M", "simple", "-c", strconv.Itoa(c), "-j", pgbenchThreads(c),
-		"-f", script, "-D", naccounts)
+	s.cases = append(s.cases, r.pgbenchCase(fmt.Sprintf("custom script c=%d", c), nil, "-M", "simple", "-c", strconv.Itoa(c), "-j", pgbenchThreads(c),
+		"-f", script, "-D", naccounts))
 	return s, nil
+}
+
+// pgbenchCase runs pgbench with args on a target and reports its
+// throughput, mean latency and the target process's CPU time per
+// transaction.
+func (r *runner) pgbenchCase(name string, skip func(*target) string, args ...string) *benchCase {
+	return &benchCase{
+		name: name, metrics: []metric{metricTPS, metricLatency, metricCPU}, skip: skip,
+		run: func(ctx context.Context, t *target) ([]float64, error) {
+			cpu, err := t.cpuSeconds()
+			if err != nil {
+				return nil, err
+			}
+			res, err := runPgbench(ctx, r.pgbench, r.pgbenchDSN(t), r.opts.Duration, args...)
+			if err != nil {
+				return nil, err
+			}
+			perTx := math.NaN()
+			if !math.IsNaN(cpu) && res.transactions > 0 {
+				after, err := t.cpuSeconds()
+				if err != nil {
+					return nil, err
+				}
+				perTx = (after - cpu) / res.transactions * 1e6
+			}
+			return []float64{res.tps, res.latencyMS, perTx}, nil
+		},
+	}
 }
 
 // rrQuery reads a table of the tenant's own data model, so it works in
@@ -176,41 +193,71 @@ func (r *runner) overhead() (*scenario, error) {
 // shared tier, the tenant's schema in the schema tier).
 const rrQuery = "SELECT count(*) FROM channels"
 
-// (b) the same number of client connections spread over 1, 100 or 1,000
-// tenants, used round-robin: in transaction mode every transaction may
-// land on a server connection in another tenant's context.
+// (b) the same client connections spread over 1, 100 or 1,000 tenants,
+// used round-robin: in transaction mode every transaction may land on a
+// server connection in another tenant's context. One case measures every
+// spread in turn, so that each ratio to one tenant comes from the same
+// round, minutes apart at most, rather than from separate cases.
 func (r *runner) contextSwitching() (*scenario, error) {
-	s := &scenario{}
 	n := r.sc.rrConns
-	for _, tenants := range r.sc.rrTenants {
-		tenants = min(tenants, len(r.env.tenants))
-		s.cases = append(s.cases, &benchCase{
-			name:    fmt.Sprintf("%d tenants, %d conns", tenants, n),
-			metrics: []metric{metricTPS},
-			skip: func(t *target) string {
-				if t.name == TargetPgBouncer {
-					return "PgBouncer sets no tenant context"
-				}
-				if n > t.maxClients {
-					return fmt.Sprintf("needs %d server connections", n)
-				}
-				return ""
-			},
-			run: func(ctx context.Context, t *target) ([]float64, error) {
-				if err := r.env.waitForBackends(ctx, t, n); err != nil {
-					return nil, err
-				}
-				conns, err := openConns(ctx, n, 32, func(j int) (string, []string) { return t.clientDSN(r.env, j%tenants) })
-				if err != nil {
-					return nil, err
-				}
-				defer closeConns(conns)
-				tps, err := roundRobin(ctx, conns, r.sc.workers, r.opts.Duration, rrQuery)
-				return []float64{tps}, err
-			},
-		})
+	var spreads []int
+	for _, k := range r.sc.rrTenants {
+		spreads = append(spreads, min(k, len(r.env.tenants)))
 	}
-	return s, nil
+	tenantsLabel := func(k int) string {
+		if k == 1 {
+			return "1 tenant"
+		}
+		return withThousands(strconv.Itoa(k)) + " tenants"
+	}
+	var metrics []metric
+	for _, k := range spreads {
+		metrics = append(metrics, metric{"throughput, " + tenantsLabel(k), "tps", true})
+	}
+	for _, k := range spreads[1:] {
+		metrics = append(metrics, metric{tenantsLabel(k) + " ÷ " + tenantsLabel(spreads[0]), "x", true})
+	}
+	return &scenario{cases: []*benchCase{{
+		name:    fmt.Sprintf("%s conns, %s", withThousands(strconv.Itoa(n)), rrQuery),
+		metrics: metrics,
+		skip: func(t *target) string {
+			if t.name == TargetPgBouncer {
+				return "PgBouncer sets no tenant context"
+			}
+			if n > t.maxClients {
+				return fmt.Sprintf("needs %d server connections", n)
+			}
+			return ""
+		},
+		run: func(ctx context.Context, t *target) ([]float64, error) {
+			var vals []float64
+			for _, k := range spreads {
+				tps, err := r.roundRobinTenants(ctx, t, n, k)
+				if err != nil {
+					return nil, fmt.Errorf("%s: %w", tenantsLabel(k), err)
+				}
+				vals = append(vals, tps)
+			}
+			for _, tps := range vals[1:] {
+				vals = append(vals, tps/vals[0])
+			}
+			return vals, nil
+		},
+	}}}, nil
+}
+
+// roundRobinTenants opens n connections to t spread over the first k
+// tenants and measures rrQuery round-robin over them.
+func (r *runner) roundRobinTenants(ctx context.Context, t *target, n, k int) (float64, error) {
+	if err := r.env.waitForBackends(ctx, t, n); err != nil {
+		return 0, err
+	}
+	conns, err := openConns(ctx, n, 32, func(j int) (string, []string) { return t.clientDSN(r.env, j%k) })
+	if err != nil {
+		return 0, err
+	}
+	defer closeConns(conns)
+	return roundRobin(ctx, conns, r.sc.workers, r.opts.Duration, rrQuery)
 }
 
 // (c) many connections open, a few busy at a time, and the memory of the

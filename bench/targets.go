@@ -23,6 +23,10 @@ const (
 	TargetSession     = "tp-session"
 	TargetTransaction = "tp-transaction"
 	TargetPgBouncer   = "pgbouncer"
+	// TargetTransactionOneProc is tenantproxy in transaction mode at
+	// GOMAXPROCS=1, PgBouncer's one core, measured only in scenario (h)
+	// beside TargetTransaction at every core.
+	TargetTransactionOneProc = "tp-transaction-1proc"
 )
 
 // target is one way of reaching the bench tables.
@@ -40,6 +44,9 @@ type target struct {
 	pooled bool
 	// maxClients bounds the client connections a scenario may open.
 	maxClients int
+	// only names the one scenario the target is measured in; "" means
+	// every scenario.
+	only string
 	// proc is the process whose memory is measured; nil for direct.
 	proc *os.Process
 	// logPath is where proc writes its log; a failed measurement quotes

@@ -47,8 +47,9 @@ func TestBenchQuickRunsEveryScenario(t *testing.T) {
 	}
 
 	for _, s := range []struct{ scenario, metric string }{
-		{"a", "throughput"}, {"a", "proxy CPU per transaction"}, {"b", "throughput"}, {"c", "throughput"},
-		{"c", "RSS"}, {"d", "connections"}, {"e", "quiet p99 beside noisy"},
+		{"a", "throughput"}, {"a", "proxy CPU per transaction"}, {"b", "throughput, 1 tenant"},
+		{"b", "40 tenants ÷ 1 tenant"}, {"c", "throughput"}, {"c", "RSS"}, {"d", "connections"},
+		{"e", "quiet p99 beside noisy"}, {"g", "p50 over direct"}, {"h", "throughput"},
 	} {
 		for _, target := range []string{bench.TargetDirect, bench.TargetSession} {
 			if (s.metric == "RSS" || s.metric == "proxy CPU per transaction") && target == bench.TargetDirect {
@@ -59,11 +60,22 @@ func TestBenchQuickRunsEveryScenario(t *testing.T) {
 			}
 		}
 	}
-	// Transaction mode is measured whenever the binary has it.
+	// Transaction mode is measured whenever the binary has it, and in (h)
+	// also held to one core, there only.
 	if slices.Contains(report.Targets, bench.TargetTransaction) {
-		for _, s := range []string{"a", "b", "c", "d"} {
-			if !hasSamples(report, s, bench.TargetTransaction, "throughput") && !hasSamples(report, s, bench.TargetTransaction, "connections") {
-				t.Errorf("scenario (%s) has no numbers for %s; progress:\n%s", s, bench.TargetTransaction, progress.String())
+		for _, s := range []struct{ scenario, target, metric string }{
+			{"a", bench.TargetTransaction, "throughput"}, {"b", bench.TargetTransaction, "throughput, 1 tenant"},
+			{"c", bench.TargetTransaction, "throughput"}, {"d", bench.TargetTransaction, "connections"},
+			{"g", bench.TargetTransaction, "p50 over direct"}, {"h", bench.TargetTransaction, "throughput"},
+			{"h", bench.TargetTransactionOneProc, "throughput"}, {"h", bench.TargetTransactionOneProc, "proxy CPU per transaction"},
+		} {
+			if !hasSamples(report, s.scenario, s.target, s.metric) {
+				t.Errorf("scenario (%s) has no %s for %s; progress:\n%s", s.scenario, s.metric, s.target, progress.String())
+			}
+		}
+		for _, r := range report.Results {
+			if r.Target == bench.TargetTransactionOneProc && r.Scenario != "h" {
+				t.Errorf("%s measured in scenario (%s); it belongs to (h) only", r.Target, r.Scenario)
 			}
 		}
 	}
@@ -84,7 +96,7 @@ func TestBenchQuickRunsEveryScenario(t *testing.T) {
 	if err := json.Unmarshal(raw, &decoded); err != nil || len(decoded.Results) != len(report.Results) {
 		t.Fatalf("bench.json: %v, %d results; want the report's %d", err, len(decoded.Results), len(report.Results))
 	}
-	for _, s := range []string{"a", "b", "c", "d", "e", "f"} {
+	for _, s := range []string{"a", "b", "c", "d", "e", "f", "g", "h"} {
 		svg, err := os.ReadFile(filepath.Join(out, "scenario-"+s+".svg"))
 		if err != nil || !bytes.HasPrefix(svg, []byte("<svg")) || !bytes.Contains(svg, []byte("<rect")) {
 			t.Errorf("chart of scenario %s: %v, %d bytes without bars", s, err, len(svg))
@@ -94,7 +106,8 @@ func TestBenchQuickRunsEveryScenario(t *testing.T) {
 	if err := report.WriteTable(&table); err != nil {
 		t.Fatal(err)
 	}
-	for _, want := range []string{"(a) per-query overhead", "× direct", bench.TargetSession, "select-only -M prepared"} {
+	for _, want := range []string{"(a) per-query overhead", "× direct", bench.TargetSession, "select-only -M prepared",
+		"TPC-B-like -M simple c=8", "(g) added latency", "(h) scaling with cores"} {
 		if !strings.Contains(table.String(), want) {
 			t.Errorf("table lacks %q:\n%s", want, table.String())
 		}

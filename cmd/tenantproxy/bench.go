@@ -19,7 +19,8 @@ func newBenchCommand(*globals) *cobra.Command {
 			"available) and PgBouncer (when installed) in the same run, interleaved, with pgbench and a\n" +
 			"built-in load generator. Prints a table of medians and ratios; writes bench.json and an SVG\n" +
 			"chart per scenario into --out. Scenarios: a per-query overhead, b tenant context switching,\n" +
-			"c connection scale and memory, d connect rate, e noisy neighbour, f provisioning rate.",
+			"c connection scale and memory, d connect rate, e noisy neighbour, f provisioning rate,\n" +
+			"g added latency at one client, h scaling with cores (transaction mode at every core and at one).",
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			self, err := os.Executable()
@@ -44,8 +45,8 @@ func newBenchCommand(*globals) *cobra.Command {
 	f.BoolVar(&opts.Quick, "quick", false, "one-minute smoke run: short measurements, one round, small scales")
 	f.DurationVar(&opts.Duration, "duration", 0, "length of one measurement; 0 means 5s (quick: 2s)")
 	f.IntVar(&opts.Rounds, "rounds", 0, "interleaved repetitions of every measurement; 0 means 3 (quick: 1)")
-	f.StringSliceVar(&opts.Scenarios, "scenarios", nil, "scenarios to run, by letter a-f; empty means all")
-	f.StringSliceVar(&opts.Targets, "targets", nil, "targets: direct, tp-session, tp-transaction, pgbouncer; empty means all available")
+	f.StringSliceVar(&opts.Scenarios, "scenarios", nil, "scenarios to run, by letter a-h; empty means all")
+	f.StringSliceVar(&opts.Targets, "targets", nil, "targets: direct, tp-session, tp-transaction, tp-transaction-1proc (scenario h only), pgbouncer; empty means all available")
 	f.StringVar(&opts.Script, "script", "", "pgbench script for the custom case of scenario a (may use :naccounts)")
 	f.StringVar(&opts.OutDir, "out", "bench-results", "directory for bench.json and the SVG charts")
 	f.StringVar(&opts.ProxyBinary, "proxy-binary", "", "tenantproxy executable to measure; empty means this one")
