@@ -52,6 +52,7 @@ func Harden(ctx context.Context, conn *pgx.Conn, shared bool) error {
 		hardenFunctions(`'pg_stat_get_activity', 'pg_stat_get_backend_activity', 'pg_lock_status', 'pg_blocking_pids'`, "pg_read_all_stats"),
 		hardenFunctions(`'pg_terminate_backend', 'pg_cancel_backend'`, "pg_signal_backend"),
 	}
+	stmts = append(stmts, hideRoleSettings...)
 	if shared {
 		stmts = append(stmts,
 			hardenViewsLike(`'pg\_stat\_%', 'pg\_statio\_%'`, "pg_read_all_stats"),
@@ -77,6 +78,22 @@ func Harden(ctx context.Context, conn *pgx.Conn, shared bool) error {
 		}
 	}
 	return nil
+}
+
+// hideRoleSettings hides the settings stored per role and database
+// (ALTER ROLE … SET, ALTER DATABASE … SET): roles are the server's, so
+// pg_db_role_setting, pg_roles.rolconfig and pg_user.useconfig would show
+// every tenant what any other stored there — a database-tier tenant's
+// role is its own, and apps keep configuration in role settings
+// (PostgREST's, for one). Catalog privileges are per database, so every
+// database tenants reach gets them (Harden; OwnDatabase for a tenant's
+// own, again at every migrate up). The other columns stay readable: psql's
+// \du and pg_dump read those. pg_read_all_settings keeps the whole.
+var hideRoleSettings = []string{
+	"REVOKE SELECT ON pg_catalog.pg_db_role_setting FROM PUBLIC",
+	"GRANT SELECT ON pg_catalog.pg_db_role_setting TO pg_read_all_settings",
+	hardenColumns("pg_roles", `'rolconfig'`, "pg_read_all_settings"),
+	hardenColumns("pg_user", `'useconfig'`, "pg_read_all_settings"),
 }
 
 // ownBackendGrant gives a database-tier tenant's login role back, in its

@@ -68,6 +68,8 @@ func OpenTenantLogin(keys *secrets.Keyring, tenantID, stored string) (string, er
 //     in this database as the tenant, and the canary need.
 //   - It may run pg_terminate_backend here (ownBackendGrant), to end its
 //     own session.
+//   - Role settings are hidden here as in every database (hideRoleSettings),
+//     again for databases created by an earlier release.
 //
 // It leaves db's search_path at pg_catalog.
 func OwnDatabase(ctx context.Context, db DB, role, password string) error {
@@ -110,6 +112,7 @@ func OwnDatabase(ctx context.Context, db DB, role, password string) error {
 		ownBackendGrant(role),
 		handOver(role),
 	}
+	stmts = append(stmts, hideRoleSettings...)
 	for _, s := range stmts {
 		if _, err := db.Exec(ctx, s); err != nil {
 			return fmt.Errorf("login role %s: %w", role, err)

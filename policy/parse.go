@@ -672,11 +672,11 @@ var perDatabaseStats = map[string]bool{
 // tenants' schema, role and database names are random (catalog
 // NewObjectName), so a listing says how many tenants a backend holds and
 // nothing of who they are; psql's \du, \l and \d read them. Their
-// passwords are masked, and role-wide settings (rolconfig) are never set
-// per tenant. pg_authid and pg_shadow hold password verifiers (superuser
-// only anyway); pg_db_role_setting holds settings per database and role,
-// which a database-tier tenant's procedural code can set for its own role
-// and database (ALTER ROLE … SET app.key = '…').
+// passwords are masked, and the settings a database-tier tenant may store
+// for its own role (ALTER ROLE … SET) are hidden by column privileges
+// (rolconfig, useconfig: migrations.Harden). pg_authid and pg_shadow hold
+// password verifiers (superuser only anyway); pg_db_role_setting holds
+// those settings per database and role, revoked too.
 // Nor are the shared catalogs pg_dump reads about the tenant's own
 // database, whose rows no tenant can write through the proxy (procedural
 // code, opt-in in the database tier, is out of its sight): pg_subscription

@@ -151,3 +151,56 @@ func TestIsolationSharedKeysStayOutOfErrors(t *testing.T) {
 		}
 	}
 }
+
+// TestIsolationRoleSettingsAreHidden: a database-tier tenant's role is its
+// own, and PostgreSQL lets a role store settings of its own (ALTER ROLE …
+// SET, as PostgREST keeps its configuration), but roles are the server's:
+// through pg_roles.rolconfig, pg_user.useconfig or pg_db_role_setting
+// every other tenant would read them. They are hidden in every tier and
+// mode, directly too, while the columns psql's \du reads stay readable.
+func TestIsolationRoleSettingsAreHidden(t *testing.T) {
+	e := newProxyEnv(t)
+	ctx := ctxT(t)
+	tn, err := e.cat.Show(ctx, "umbrella")
+	if err != nil {
+		t.Fatal(err)
+	}
+	owner := connect(t, e.tenantLoginDSN(t, "umbrella", tn.Database))
+	if _, err := owner.Exec(ctx, "ALTER ROLE CURRENT_USER SET application_name = 'umbrella-secret-key'"); err != nil {
+		t.Fatalf("the tenant storing a setting of its own role: %v", err)
+	}
+	addrs := e.proxiesByMode(t)
+	for mode, addr := range addrs {
+		for _, sub := range []string{"acme", "initech", "umbrella"} {
+			conn := connect(t, dsn(addr, "alice."+sub, tenantPassword))
+			for _, sql := range []string{
+				"SELECT rolconfig::text FROM pg_roles WHERE rolconfig IS NOT NULL",
+				"SELECT useconfig::text FROM pg_user WHERE useconfig IS NOT NULL",
+				"SELECT r::text FROM pg_roles r",
+			} {
+				var got string
+				err := conn.QueryRow(ctx, sql).Scan(&got)
+				if sqlstateOf(err) != "42501" {
+					t.Errorf("%s/%s: %s gave %q, %v; want 42501", mode, sub, sql, got, err)
+				}
+			}
+			var n int
+			if err := conn.QueryRow(ctx, "SELECT count(*) FROM pg_roles WHERE rolname IS NOT NULL AND NOT rolsuper AND rolcanlogin IN (true, false)").Scan(&n); err != nil || n == 0 {
+				t.Errorf("%s/%s: the columns \\du reads: %d roles, %v", mode, sub, n, err)
+			}
+		}
+	}
+	// Directly, as the serving role in the shared database (procedural
+	// code runs there with its rights, out of the policy's sight).
+	b, err := e.cat.Backend(ctx, tn.Backend)
+	if err != nil {
+		t.Fatal(err)
+	}
+	direct := connect(t, e.directDSN(b.ServingUser, b.ServingPassword, b.SharedDatabase))
+	for _, sql := range []string{"SELECT setconfig::text FROM pg_db_role_setting", "SELECT rolconfig::text FROM pg_roles WHERE rolconfig IS NOT NULL"} {
+		var got string
+		if err := direct.QueryRow(ctx, sql).Scan(&got); sqlstateOf(err) != "42501" {
+			t.Errorf("serving role, directly: %s gave %q, %v; want 42501", sql, got, err)
+		}
+	}
+}
