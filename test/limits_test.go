@@ -160,33 +160,14 @@ func TestLimitTransactionsPerSecond(t *testing.T) {
 	}
 }
 
-// TestLimitIdleInTransactionTimeout: the tenant's own limit replaces the
-// proxy's in both modes: its idle transaction ends with 25P03.
-func TestLimitIdleInTransactionTimeout(t *testing.T) {
-	e := newLimitsEnv(t)
-	e.limit(t, "acme", catalog.LimitIdleInTransactionTimeout, val(300))
-	for _, mode := range []string{proxy.PoolSession, proxy.PoolTransaction} {
-		t.Run(mode, func(t *testing.T) {
-			ctx := ctxT(t)
-			c := e.connect(t, mode, "acme")
-			if _, err := c.Exec(ctx, "BEGIN"); err != nil {
-				t.Fatal(err)
-			}
-			time.Sleep(time.Second)
-			_, err := c.Exec(ctx, "SELECT 1")
-			if code := sqlstateOf(err); err == nil || code != "25P03" && code != "" {
-				t.Fatalf("after 1 s idle in a transaction with a limit of 300ms: %v; want the session ended (25P03)", err)
-			}
-		})
-	}
-}
-
-// TestLimitStatementTimeout: the tenant's sessions start with its
-// statement_timeout, in both modes; a statement running longer is
-// canceled with 57014 and the session goes on.
-func TestLimitStatementTimeout(t *testing.T) {
+// TestLimitTimeouts: the tenant's sessions start with its
+// statement_timeout (a longer statement is canceled with 57014, the
+// session going on; another tenant's is not), and its own
+// idle_in_transaction_timeout replaces the proxy's (25P03), in both modes.
+func TestLimitTimeouts(t *testing.T) {
 	e := newLimitsEnv(t)
 	e.limit(t, "acme", catalog.LimitStatementTimeout, val(200))
+	e.limit(t, "acme", catalog.LimitIdleInTransactionTimeout, val(300))
 	for _, mode := range []string{proxy.PoolSession, proxy.PoolTransaction} {
 		t.Run(mode, func(t *testing.T) {
 			ctx := ctxT(t)
@@ -194,12 +175,17 @@ func TestLimitStatementTimeout(t *testing.T) {
 			if _, err := c.Exec(ctx, "SELECT pg_sleep(2)"); sqlstateOf(err) != "57014" {
 				t.Fatalf("a 2 s statement with a limit of 200ms: %v; want 57014", err)
 			}
-			if _, err := c.Exec(ctx, "SELECT pg_sleep(0.01)"); err != nil {
-				t.Fatal(err)
-			}
 			other := e.connect(t, mode, "globex")
 			if _, err := other.Exec(ctx, "SELECT pg_sleep(0.5)"); err != nil {
 				t.Fatalf("globex's statement under acme's limit: %v", err)
+			}
+			if _, err := c.Exec(ctx, "BEGIN"); err != nil {
+				t.Fatal(err)
+			}
+			time.Sleep(time.Second)
+			_, err := c.Exec(ctx, "SELECT 1")
+			if code := sqlstateOf(err); err == nil || code != "25P03" && code != "" {
+				t.Fatalf("after 1 s idle in a transaction with a limit of 300ms: %v; want the session ended (25P03)", err)
 			}
 		})
 	}

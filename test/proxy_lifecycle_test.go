@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/jackc/pgx/v5"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	"go.uber.org/zap/zaptest"
@@ -201,22 +202,7 @@ func TestSessionLifecycle(t *testing.T) {
 			if err := <-slowDone; err != nil {
 				t.Fatalf("query in flight during drain: %v", err)
 			}
-			_, err = idle.Exec(ctx, "SELECT 1")
-			assertPgError(t, err, "FATAL", "57P01", "shutting down")
-			if _, err := tx.Exec(ctx, "SELECT 1"); err != nil {
-				t.Fatalf("open transaction cut during drain: %v", err)
-			}
-			if err := tx.Commit(ctx); err != nil {
-				t.Fatalf("commit during drain: %v", err)
-			}
-			select {
-			case err := <-shut:
-				if err != nil {
-					t.Fatal(err)
-				}
-			case <-time.After(5 * time.Second):
-				t.Fatal("Shutdown still waiting after the last transaction ended")
-			}
+			expectDrained(t, idle, tx, shut, 5*time.Second)
 			check := connect(t, dsn(addr, "alice.umbrella", tenantPassword))
 			var n int
 			if err := check.QueryRow(ctx, "SELECT count(*) FROM users WHERE username = $1", "drained-"+mode).Scan(&n); err != nil || n != 1 {
@@ -311,4 +297,28 @@ func counterValue(t *testing.T, reg *prometheus.Registry, name, tenant string) f
 		}
 	}
 	return sum
+}
+
+// expectDrained checks a drain in progress (shut reports Shutdown's end):
+// the idle client is told FATAL 57P01, the open transaction goes on to its
+// commit, and Shutdown returns within wait of it.
+func expectDrained(t *testing.T, idle *pgx.Conn, tx pgx.Tx, shut <-chan error, wait time.Duration) {
+	t.Helper()
+	ctx := ctxT(t)
+	_, err := idle.Exec(ctx, "SELECT 1")
+	assertPgError(t, err, "FATAL", "57P01", "shutting down")
+	if _, err := tx.Exec(ctx, "SELECT 1"); err != nil {
+		t.Fatalf("open transaction cut during drain: %v", err)
+	}
+	if err := tx.Commit(ctx); err != nil {
+		t.Fatalf("commit during drain: %v", err)
+	}
+	select {
+	case err := <-shut:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(wait):
+		t.Fatalf("Shutdown still waiting %s after the last transaction ended", wait)
+	}
 }

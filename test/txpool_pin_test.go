@@ -327,26 +327,10 @@ func TestTxPoolDrainEndsPinnedClientsBetweenTransactions(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	start := time.Now()
 	shut := make(chan error, 1)
 	go func() { shut <- srv.Shutdown(context.Background()) }()
 	time.Sleep(200 * time.Millisecond)
-	_, err = idle.Exec(ctx, "SELECT 1")
-	assertPgError(t, err, "FATAL", "57P01", "shutting down")
-	if _, err := tx.Exec(ctx, "SELECT 1"); err != nil {
-		t.Fatalf("open transaction of a pinned client cut during drain: %v", err)
-	}
-	if err := tx.Commit(ctx); err != nil {
-		t.Fatalf("commit during drain: %v", err)
-	}
-	select {
-	case err := <-shut:
-		if err != nil {
-			t.Fatal(err)
-		}
-	case <-time.After(10 * time.Second):
-		t.Fatalf("Shutdown still waiting %s after the pinned clients' last transaction", time.Since(start))
-	}
+	expectDrained(t, idle, tx, shut, 10*time.Second)
 }
 
 // TestTxPoolPinnedClientCopiesBothWays: a pinned binding is relayed in

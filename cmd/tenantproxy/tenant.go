@@ -7,6 +7,7 @@ import (
 	"text/tabwriter"
 
 	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
 
 	"github.com/tenantproxy/tenantproxy/catalog"
 )
@@ -60,14 +61,19 @@ func newTenantCreateCommand(g *globals) *cobra.Command {
 	}
 	cf.register(cmd)
 	cf.registerOutput(cmd)
-	f := cmd.Flags()
+	registerCreateFlags(cmd.Flags(), &req, &tier)
+	return cmd
+}
+
+// registerCreateFlags registers the flags of a tenant's creation into req
+// and tier, for tenant create and tenant import.
+func registerCreateFlags(f *pflag.FlagSet, req *catalog.CreateRequest, tier *string) {
 	f.StringVar(&req.Name, "name", "", "display name; defaults to the subdomain")
 	f.StringVar(&req.Plan, "plan", catalog.PlanFree, "free, trial, standard, pro or enterprise")
 	f.StringVar(&req.Region, "region", "", "data region; defaults to \"default\"")
-	f.StringVar(&tier, "isolation", "", "override the plan's tier: shared, schema or database")
+	f.StringVar(tier, "isolation", "", "override the plan's tier: shared, schema or database")
 	f.StringVar(&req.AdminUser, "admin-user", "", "the tenant's first login; defaults to admin")
 	f.StringVar(&req.AdminPassword, "admin-password", "", "its password; generated and printed once when empty")
-	return cmd
 }
 
 func newTenantListCommand(g *globals) *cobra.Command {

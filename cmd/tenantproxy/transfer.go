@@ -63,11 +63,7 @@ failure the tenant is deleted, so the same command can run again.`,
 	f.StringVar(&fromExport, "from-export", "", "an export file written by tenant export")
 	cmd.MarkFlagsMutuallyExclusive("from", "from-export")
 	cmd.MarkFlagsOneRequired("from", "from-export")
-	f.StringVar(&req.Plan, "plan", catalog.PlanFree, "free, trial, standard, pro or enterprise")
-	f.StringVar(&req.Region, "region", "", "data region; defaults to \"default\"")
-	f.StringVar(&tier, "isolation", "", "override the plan's tier: shared, schema or database")
-	f.StringVar(&req.AdminUser, "admin-user", "", "the tenant's first login; defaults to admin")
-	f.StringVar(&req.AdminPassword, "admin-password", "", "its password; generated and printed once when empty")
+	registerCreateFlags(f, &req.CreateRequest, &tier)
 	return cmd
 }
 
