@@ -119,14 +119,8 @@ func TestTxPoolSessionSettingsFollowTheClientAndReachNoOneElse(t *testing.T) {
 // transaction block holds; on the pool's one server connection, the next
 // client of another tenant never sees any of them.
 func TestTxPoolRolledBackSessionSettingsAreForgotten(t *testing.T) {
-	e := newTxEnv(t, pgcluster.Options{}, pool.Config{MaxConnsPerKey: 1}, proxy.Config{})
 	ctx := ctxT(t)
-	conn := connect(t, dsn(e.addr, "alice.acme", tenantPassword))
-	neighbour := connect(t, dsn(e.addr, "alice.globex", tenantPassword))
-	defaults, _, err := viewSettings(ctx, neighbour)
-	if err != nil {
-		t.Fatal(err)
-	}
+	_, conn, neighbour, defaults := settingsNeighbours(t)
 	if _, err := conn.Exec(ctx, "SET statement_timeout = '1111ms'", pgx.QueryExecModeSimpleProtocol); err != nil {
 		t.Fatal(err)
 	}
@@ -244,14 +238,8 @@ func TestTxPoolORMConnectSequencesAreAccepted(t *testing.T) {
 // connection to be neutralised. On the pool's one server connection
 // no other client ever sees any of them.
 func TestTxPoolSessionSettingsInTheUnnamedStatementAreTracked(t *testing.T) {
-	e := newTxEnv(t, pgcluster.Options{}, pool.Config{MaxConnsPerKey: 1}, proxy.Config{})
 	ctx := ctxT(t)
-	conn := connect(t, dsn(e.addr, "alice.acme", tenantPassword))
-	neighbour := connect(t, dsn(e.addr, "alice.globex", tenantPassword))
-	defaults, _, err := viewSettings(ctx, neighbour)
-	if err != nil {
-		t.Fatal(err)
-	}
+	e, conn, neighbour, defaults := settingsNeighbours(t)
 	pc := conn.PgConn()
 	if err := pc.ExecParams(ctx, "SET statement_timeout = '2345ms'", nil, nil, nil, nil).Read().Err; err != nil {
 		t.Fatal(err)
@@ -401,4 +389,19 @@ func TestTxPoolTrackedSettingsAreCapped(t *testing.T) {
 	if got != "again63-" {
 		t.Fatalf("settings %q; want again63- (one_more never sent)", got)
 	}
+}
+
+// settingsNeighbours connects acme and globex through a transaction-mode
+// proxy whose pools hold one server connection each, so that both take
+// turns on one server session, and reads globex's default settings.
+func settingsNeighbours(t *testing.T) (e *txEnv, conn, neighbour *pgx.Conn, defaults string) {
+	t.Helper()
+	e = newTxEnv(t, pgcluster.Options{}, pool.Config{MaxConnsPerKey: 1}, proxy.Config{})
+	conn = connect(t, dsn(e.addr, "alice.acme", tenantPassword))
+	neighbour = connect(t, dsn(e.addr, "alice.globex", tenantPassword))
+	defaults, _, err := viewSettings(ctxT(t), neighbour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return e, conn, neighbour, defaults
 }

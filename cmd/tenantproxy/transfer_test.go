@@ -67,13 +67,7 @@ func digest(t *testing.T, conn *pgx.Conn) (int64, string) {
 // source with a table or a column type the app lacks is refused and leaves
 // no tenant.
 func TestTenantImportIntoEveryTier(t *testing.T) {
-	cluster := pgtest.StartT(t)
-	dsn := pgtest.NewDatabase(t, cluster)
-	t.Setenv("TENANTPROXY_CATALOG_DSN", dsn)
-	src := pgtest.NewDatabase(t, cluster)
-	psqlRun(t, src, "-f", filepath.Join(todosDir, "0001_todos.up.sql"), "-f", filepath.Join(todosDir, "0002_tags.up.sql"), "-c", fillTodos)
-	mustCLI(t, "migrate", "up")
-	mustCLI(t, "migrate", "up", "--dir", todosDir)
+	cluster, dsn, src := todosSource(t)
 
 	direct := adminConn(t, src, "")
 	wantRows, wantSum := digest(t, direct)
@@ -139,13 +133,7 @@ func readManifest(t *testing.T, path string) catalog.Manifest {
 // and into the database tier, and exports again: every table's count and
 // checksum are equal, and ids continue.
 func TestTenantExportDeleteImportRoundTrip(t *testing.T) {
-	cluster := pgtest.StartT(t)
-	dsn := pgtest.NewDatabase(t, cluster)
-	t.Setenv("TENANTPROXY_CATALOG_DSN", dsn)
-	src := pgtest.NewDatabase(t, cluster)
-	psqlRun(t, src, "-f", filepath.Join(todosDir, "0001_todos.up.sql"), "-f", filepath.Join(todosDir, "0002_tags.up.sql"), "-c", fillTodos)
-	mustCLI(t, "migrate", "up")
-	mustCLI(t, "migrate", "up", "--dir", todosDir)
+	_, dsn, src := todosSource(t)
 	mustCLI(t, "tenant", "import", "acme", "--from", src, "--plan", "free", "--admin-password", appPassword)
 	// Another shared-tier tenant's rows stay out of acme's export.
 	mustCLI(t, "tenant", "import", "globex", "--from", src, "--plan", "free", "--admin-password", appPassword)
@@ -197,4 +185,19 @@ func tableIndex(m catalog.Manifest, name string) int {
 		}
 	}
 	return -1
+}
+
+// todosSource starts a cluster with a migrated catalog (the todos app
+// stored and applied) and a single-tenant todos database made by psql, and
+// returns the cluster, the catalog's DSN and the source's.
+func todosSource(t *testing.T) (cluster *pgcluster.Cluster, dsn, src string) {
+	t.Helper()
+	cluster = pgtest.StartT(t)
+	dsn = pgtest.NewDatabase(t, cluster)
+	t.Setenv("TENANTPROXY_CATALOG_DSN", dsn)
+	src = pgtest.NewDatabase(t, cluster)
+	psqlRun(t, src, "-f", filepath.Join(todosDir, "0001_todos.up.sql"), "-f", filepath.Join(todosDir, "0002_tags.up.sql"), "-c", fillTodos)
+	mustCLI(t, "migrate", "up")
+	mustCLI(t, "migrate", "up", "--dir", todosDir)
+	return cluster, dsn, src
 }
