@@ -9,6 +9,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/tenantproxy/tenantproxy/catalog"
 	"github.com/tenantproxy/tenantproxy/proxy"
 )
 
@@ -18,36 +19,18 @@ import (
 // connection usable. The node modules come from `npm ci` in test/node,
 // which test/run does.
 func TestNodePostgresThroughProxy(t *testing.T) {
-	node, err := exec.LookPath("node")
-	modules := filepath.Join("node", "node_modules", "pg")
-	if _, statErr := os.Stat(modules); err != nil || statErr != nil {
-		if os.Getenv("CI") == "true" {
-			t.Fatalf("node or %s missing in CI (node: %v, modules: %v)", modules, err, statErr)
-		}
-		t.Skipf("node-postgres not installed (run npm ci in test/node): node %v, modules %v", err, statErr)
-	}
+	node := nodeWith(t, "pg")
 	e := newProxyEnv(t)
 	_, addr := e.startProxy(t, proxy.Config{})
-	host, port, _ := net.SplitHostPort(addr)
 	for _, tt := range tierTenants {
 		t.Run(string(tt.tier)+"/"+tt.sub, func(t *testing.T) {
-			cmd := exec.CommandContext(ctxT(t), node, filepath.Join("node", "client.js"))
-			cmd.Env = append(os.Environ(), "TP_HOST="+host, "TP_PORT="+port, "TP_USER=alice."+tt.sub, "TP_PASSWORD="+tenantPassword, "TP_MARK="+tt.sub)
-			var stderr strings.Builder
-			cmd.Stderr = &stderr
-			out, err := cmd.Output()
-			if err != nil {
-				t.Fatalf("node client: %v\n%s", err, stderr.String())
-			}
 			var got struct {
 				Bodies            []string `json:"bodies"`
 				DivisionError     string   `json:"divisionError"`
 				SetRoleError      string   `json:"setRoleError"`
 				CountAfterRefusal int      `json:"countAfterRefusal"`
 			}
-			if err := json.Unmarshal(out, &got); err != nil {
-				t.Fatalf("node client printed %q: %v", out, err)
-			}
+			runNode(t, node, "client.js", addr, tt.sub, tt.sub, false, &got)
 			if len(got.Bodies) != 3 {
 				t.Fatalf("node sees %d messages %q; want its 3", len(got.Bodies), got.Bodies)
 			}
@@ -66,5 +49,102 @@ func TestNodePostgresThroughProxy(t *testing.T) {
 				t.Errorf("after the refusal the connection counted %d messages; want 3", got.CountAfterRefusal)
 			}
 		})
+	}
+}
+
+// TestNodeLibrariesThroughProxy runs test/node/knex.js and
+// test/node/sequelize.js as each tier's tenant in both pool modes: query
+// builder inserts and selects, a committed and a rolled-back transaction,
+// and where the tenant may change its schema (the database tier, and the
+// schema tier with allow_ddl) knex's migrate.latest and Sequelize's sync()
+// making their own tables. The shared tier, where schema changes go only
+// through the app's migrations, uses the chat schema's users table.
+func TestNodeLibrariesThroughProxy(t *testing.T) {
+	node := nodeWith(t, "knex", "sequelize")
+	e := newProxyEnv(t)
+	e.setSettings(t, "initech", `{"policy": {"allow_ddl": true}}`)
+	for _, mode := range poolModes {
+		_, addr := e.startProxy(t, proxy.Config{PoolMode: mode})
+		for _, tt := range tierTenants {
+			ddl := tt.tier != catalog.TierShared
+			for _, lib := range []string{"knex", "sequelize"} {
+				t.Run(mode+"/"+string(tt.tier)+"/"+tt.sub+"/"+lib, func(t *testing.T) {
+					var got struct {
+						Migrated struct {
+							Batch int      `json:"batch"`
+							Log   []string `json:"log"`
+						} `json:"migrated"`
+						Synced bool     `json:"synced"`
+						Rows   []string `json:"rows"`
+					}
+					mark := tt.sub + "_" + mode
+					runNode(t, node, lib+".js", addr, tt.sub, mark, ddl, &got)
+					if ddl && lib == "knex" && (got.Migrated.Batch != 1 || strings.Join(got.Migrated.Log, ",") != "001_notes.js") {
+						t.Errorf("migrate.latest ran batch %d %q; want batch 1 with 001_notes.js", got.Migrated.Batch, got.Migrated.Log)
+					}
+					if ddl && lib == "sequelize" && !got.Synced {
+						t.Error("sync() did not finish")
+					}
+					checkLibraryRows(t, got.Rows, lib+"-"+tt.sub+"_", lib+"-"+mark)
+				})
+			}
+		}
+	}
+}
+
+// checkLibraryRows: rows are the tenant's own (tenantPrefix; an earlier
+// mode's rows may be there too), with this run's two committed rows and
+// not the rolled-back one.
+func checkLibraryRows(t *testing.T, rows []string, tenantPrefix, run string) {
+	t.Helper()
+	seen := map[string]bool{}
+	for _, r := range rows {
+		if !strings.HasPrefix(r, tenantPrefix) {
+			t.Errorf("tenant reads row %q, not its own (want prefix %s)", r, tenantPrefix)
+		}
+		seen[r] = true
+	}
+	if !seen[run+"-1"] || !seen[run+"-2"] || seen[run+"-rolled-back"] {
+		t.Errorf("rows %q; want %s-1 and %s-2 committed and %s-rolled-back not", rows, run, run, run)
+	}
+}
+
+// nodeWith returns node's path, skipping (failing in CI) when node or one
+// of the test/node modules is missing.
+func nodeWith(t *testing.T, modules ...string) string {
+	t.Helper()
+	node, err := exec.LookPath("node")
+	for _, m := range modules {
+		dir := filepath.Join("node", "node_modules", m)
+		if _, statErr := os.Stat(dir); err != nil || statErr != nil {
+			if os.Getenv("CI") == "true" {
+				t.Fatalf("node or %s missing in CI (node: %v, modules: %v)", dir, err, statErr)
+			}
+			t.Skipf("%s not installed (run npm ci in test/node): node %v, modules %v", m, err, statErr)
+		}
+	}
+	return node
+}
+
+// runNode runs test/node/script as tenant sub through the proxy at addr
+// and decodes the JSON it prints into got.
+func runNode(t *testing.T, node, script, addr, sub, mark string, ddl bool, got any) {
+	t.Helper()
+	host, port, _ := net.SplitHostPort(addr)
+	ddlFlag := "0"
+	if ddl {
+		ddlFlag = "1"
+	}
+	cmd := exec.CommandContext(ctxT(t), node, filepath.Join("node", script))
+	cmd.Env = append(os.Environ(), "TP_HOST="+host, "TP_PORT="+port, "TP_USER=alice."+sub,
+		"TP_PASSWORD="+tenantPassword, "TP_MARK="+mark, "TP_DDL="+ddlFlag)
+	var stderr strings.Builder
+	cmd.Stderr = &stderr
+	out, err := cmd.Output()
+	if err != nil {
+		t.Fatalf("node %s: %v\n%s", script, err, stderr.String())
+	}
+	if err := json.Unmarshal(out, got); err != nil {
+		t.Fatalf("node %s printed %q: %v", script, out, err)
 	}
 }
