@@ -108,10 +108,13 @@ func (s *Server) refreshLimits(tenant string, tl *tenantLimits) {
 // are served in order; one that would wait longer than its bound takes no
 // token and fails at once.
 type tokenBucket struct {
-	mu     sync.Mutex
-	rate   float64 // tokens a second; 0: unlimited
-	tokens float64 // may be negative: tokens reserved by waiters
-	last   time.Time
+	// limited mirrors rate > 0, so that a tenant without a rate takes no
+	// lock per transaction.
+	limited atomic.Bool
+	mu      sync.Mutex
+	rate    float64 // tokens a second; 0: unlimited
+	tokens  float64 // may be negative: tokens reserved by waiters
+	last    time.Time
 }
 
 func (b *tokenBucket) setRate(rate float64, now time.Time) {
@@ -126,6 +129,7 @@ func (b *tokenBucket) setRate(rate float64, now time.Time) {
 	}
 	b.rate = rate
 	b.tokens = min(b.tokens, b.burstLocked())
+	b.limited.Store(rate > 0)
 }
 
 func (b *tokenBucket) burstLocked() float64 { return max(b.rate, 1) }
@@ -139,6 +143,9 @@ func (b *tokenBucket) refillLocked(now time.Time) {
 
 // wait takes a token, waiting for it up to bound.
 func (b *tokenBucket) wait(ctx context.Context, now time.Time, bound time.Duration, tenant string) error {
+	if !b.limited.Load() {
+		return nil
+	}
 	b.mu.Lock()
 	if b.rate <= 0 {
 		b.mu.Unlock()

@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"fmt"
 	"io"
 	"net/http"
 	"runtime"
@@ -13,8 +12,6 @@ import (
 
 	"github.com/jackc/pgx/v5"
 	dto "github.com/prometheus/client_model/go"
-	"github.com/prometheus/common/expfmt"
-	"github.com/prometheus/common/model"
 
 	"github.com/tenantproxy/tenantproxy/internal/pgtest"
 )
@@ -193,16 +190,7 @@ func scrapeMetrics(t *testing.T, adminAddr string) scraped {
 }
 
 func tryScrape(adminAddr string) (scraped, error) {
-	resp, err := http.Get("http://" + adminAddr + "/metrics")
-	if err != nil {
-		return nil, err
-	}
-	defer resp.Body.Close()
-	if resp.StatusCode != http.StatusOK {
-		return nil, fmt.Errorf("/metrics: %s", resp.Status)
-	}
-	p := expfmt.NewTextParser(model.UTF8Validation)
-	return p.TextToMetricFamilies(resp.Body)
+	return test.ScrapeMetrics(adminAddr)
 }
 
 // waitForMetrics waits for serve to be ready and returns its first
