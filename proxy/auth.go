@@ -143,7 +143,7 @@ func (s *Server) login(ctx context.Context, c *clientConn, lv *live, sub string,
 			// The label holds no name a stranger made up.
 			s.metrics.authFailures.WithLabelValues("", "unknown_tenant").Inc()
 		} else {
-			s.metrics.authFailures.WithLabelValues(t.Subdomain, "password").Inc()
+			s.metrics.authFailures.WithLabelValues(s.labelOf(t.Subdomain), "password").Inc()
 		}
 		s.log.Info("login failed", zap.String("tenant", sub), zap.String("user", name), zap.Stringer("client", c.raw.RemoteAddr()),
 			zap.Bool("known_tenant", t != nil), zap.Bool("known_user", u != nil), zap.Duration("held", held))

@@ -61,10 +61,11 @@ type sessionBase struct {
 	started      time.Time
 	cancelPID    uint32
 	maxMsg       int
-	queries      prometheus.Counter
-	transactions prometheus.Counter
-	// queryTime and txTime observe the latencies readyFor measures.
-	queryTime, txTime prometheus.Observer
+	queries      tallied
+	transactions tallied
+	// queryTime observes the statement latencies readyFor measures (the
+	// tenant's entry, times, its transactions').
+	queryTime prometheus.Observer
 	// times is the tenant's entry of the console's totals.
 	times *tenantTimes
 	// limits are the tenant's, shared with its other sessions and updated
@@ -101,17 +102,15 @@ func (b *sessionBase) observe(l latency) {
 		b.times.query.Add(micros(l.query))
 	}
 	if l.txEnded {
-		b.txTime.Observe(l.tx.Seconds())
-		b.times.xact.Add(micros(l.tx))
+		b.times.transacted(l.tx)
 	}
 }
 
 // counted counts the session among the tenant's connected clients until
 // the returned func is called.
 func (b *sessionBase) counted() (uncount func()) {
-	gauge := b.srv.metrics.clients.WithLabelValues(b.tenant)
-	gauge.Inc()
-	return gauge.Dec
+	b.times.clients.Add(1)
+	return func() { b.times.clients.Add(-1) }
 }
 
 // ended gives back the session's cancel key and connection slot and logs

@@ -192,19 +192,32 @@ type Config struct {
 	Logger *zap.Logger
 	// Registerer receives the proxy's metrics. Nil means not registered.
 	Registerer prometheus.Registerer
+	// MetricsTenants is how many tenants, the busiest by transactions,
+	// get a tenant label value of their own on the per-tenant metrics;
+	// the others count under tenant="other" (tenantlabels.go), so the
+	// series stay bounded however many tenants there are. Zero means 20;
+	// negative means none (every tenant under "other"). Read once by New.
+	MetricsTenants int
+	// MetricsRankInterval is how often the busiest tenants are ranked
+	// again (at a scrape, never on the relay's path), and the window the
+	// per-tier spread of p99 latencies is measured over. Zero means 1 min.
+	// Read once by New.
+	MetricsRankInterval time.Duration
 }
 
 const (
-	defaultListen             = "127.0.0.1:6432"
-	defaultMaxLoginFailures   = 5
-	defaultLoginFailureWindow = time.Minute
-	defaultMaxLoginDelay      = 5 * time.Second
-	defaultStartupTimeout     = 15 * time.Second
-	defaultMaxStartupPacket   = 10000
-	defaultMaxMessageSize     = 64 << 20
-	defaultMaxBufferedBytes   = 256 << 20
-	defaultDrainTimeout       = 30 * time.Second
-	defaultCancelTimeout      = 5 * time.Second
+	defaultMetricsTenants      = 20
+	defaultMetricsRankInterval = time.Minute
+	defaultListen              = "127.0.0.1:6432"
+	defaultMaxLoginFailures    = 5
+	defaultLoginFailureWindow  = time.Minute
+	defaultMaxLoginDelay       = 5 * time.Second
+	defaultStartupTimeout      = 15 * time.Second
+	defaultMaxStartupPacket    = 10000
+	defaultMaxMessageSize      = 64 << 20
+	defaultMaxBufferedBytes    = 256 << 20
+	defaultDrainTimeout        = 30 * time.Second
+	defaultCancelTimeout       = 5 * time.Second
 	// A transaction idle for a minute is a bug or an attack: interactive
 	// work (psql) between statements rarely pauses that long, and a
 	// minute of a held connection and its locks is what one tenant may
@@ -256,6 +269,12 @@ func (c Config) withDefaults() (Config, error) {
 	}
 	if c.DrainTimeout <= 0 {
 		c.DrainTimeout = defaultDrainTimeout
+	}
+	if c.MetricsTenants == 0 {
+		c.MetricsTenants = defaultMetricsTenants
+	}
+	if c.MetricsRankInterval <= 0 {
+		c.MetricsRankInterval = defaultMetricsRankInterval
 	}
 	if c.CancelTimeout <= 0 {
 		c.CancelTimeout = defaultCancelTimeout

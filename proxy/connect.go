@@ -212,28 +212,28 @@ func (s *Server) initBase(b *sessionBase, c *clientConn, t *catalog.Tenant, tl *
 		// the tenant out, nor widen what it may do.
 		s.log.Warn("tenant policy settings ignored", zap.String("tenant", t.Subdomain), zap.Error(err))
 	}
-	b.times = s.timesOf(t.Subdomain)
-	b.meter = meteredConn{Conn: c.conn,
-		received: tallied{s.metrics.clientReceived.WithLabelValues(t.Subdomain), &b.times.bytesIn},
-		sent:     tallied{s.metrics.clientSent.WithLabelValues(t.Subdomain), &b.times.bytesOut}}
+	b.times = s.timesOf(t)
+	b.meter = meteredConn{Conn: c.conn, received: b.times.tally(countReceived), sent: b.times.tally(countSent)}
 	b.srv, b.client, b.rules = s, &b.meter, rules
 	b.shared = t.Tier == catalog.TierShared
 	b.tenant, b.user, b.started, b.limits = t.Subdomain, id.User, time.Now(), tl
 	b.maxMsg = lv.cfg.MaxMessageSize
-	b.queries = tallied{s.metrics.queries.WithLabelValues(t.Subdomain), &b.times.stmts}
-	b.transactions = tallied{s.metrics.transactions.WithLabelValues(t.Subdomain), &b.times.xacts}
-	b.queryTime, b.txTime = s.metrics.queryDuration, s.metrics.txDuration
+	b.queries, b.transactions = b.times.tally(countQueries), b.times.tally(countTransactions)
+	b.queryTime = s.metrics.queryDuration
 }
 
-// timesOf is tenant's entry of the console's totals, made on first use.
-func (s *Server) timesOf(tenant string) *tenantTimes {
+// timesOf is tenant's entry of the console's totals, made on first use
+// with the series of the label value it is given (tenantLabels.assign).
+func (s *Server) timesOf(tenant *catalog.Tenant) *tenantTimes {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	t := s.times[tenant]
+	t := s.times[tenant.Subdomain]
 	if t == nil {
 		t = &tenantTimes{}
-		s.times[tenant] = t
+		t.series.Store(s.labels.assign(tenant.Subdomain))
+		s.times[tenant.Subdomain] = t
 	}
+	t.tier = string(tenant.Tier)
 	return t
 }
 

@@ -9,8 +9,6 @@ import (
 	"strconv"
 	"time"
 
-	"github.com/prometheus/client_golang/prometheus"
-	dto "github.com/prometheus/client_model/go"
 	"go.uber.org/zap"
 
 	"github.com/tenantproxy/tenantproxy/catalog"
@@ -112,44 +110,21 @@ func (s *Server) TenantStates() map[string]console.TenantState {
 	clients := maps.Clone(s.perTenant)
 	times := maps.Clone(s.times)
 	s.mu.Unlock()
-	queries, xacts := counts(s.metrics.queries), counts(s.metrics.transactions)
-	received, sent := counts(s.metrics.clientReceived), counts(s.metrics.clientSent)
 	s.gates.mu.Lock()
-	tenants := slices.Concat(slices.Collect(maps.Keys(clients)), slices.Collect(maps.Keys(queries)),
+	tenants := slices.Concat(slices.Collect(maps.Keys(clients)), slices.Collect(maps.Keys(times)),
 		slices.Collect(maps.Keys(s.gates.paused)), slices.Collect(maps.Keys(s.gates.disabled)))
 	s.gates.mu.Unlock()
 	out := make(map[string]console.TenantState, len(tenants))
 	for _, tenant := range tenants {
-		st := console.TenantState{Clients: clients[tenant], Queries: queries[tenant], Transactions: xacts[tenant],
-			Received: received[tenant], Sent: sent[tenant]}
+		st := console.TenantState{Clients: clients[tenant]}
 		if t := times[tenant]; t != nil {
+			st.Queries, st.Transactions = t.totals[countQueries].Load(), t.totals[countTransactions].Load()
+			st.Received, st.Sent = t.totals[countReceived].Load(), t.totals[countSent].Load()
 			st.Assignments = t.assignments.Load()
 			st.QueryTime, st.XactTime, st.WaitTime = t.query.Load(), t.xact.Load(), t.wait.Load()
 		}
 		st.IsPaused, st.IsDisabled, st.Held = s.gates.state(tenant)
 		out[tenant] = st
-	}
-	return out
-}
-
-// counts reads a per-tenant counter's series.
-func counts(vec *prometheus.CounterVec) map[string]uint64 {
-	ch := make(chan prometheus.Metric, 64)
-	go func() {
-		vec.Collect(ch)
-		close(ch)
-	}()
-	out := make(map[string]uint64)
-	for m := range ch {
-		var d dto.Metric
-		if m.Write(&d) != nil || d.Counter == nil {
-			continue
-		}
-		for _, l := range d.Label {
-			if l.GetName() == "tenant" {
-				out[l.GetValue()] = uint64(d.Counter.GetValue())
-			}
-		}
 	}
 	return out
 }

@@ -9,11 +9,10 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 )
 
-// metrics are per tenant. Tenants are a bounded, operator-created set, so
-// the label is fine for now; a cap on label values can come with scale.
+// metrics are per tenant, with a bounded set of tenant label values
+// (tenantlabels.go): the busiest tenants each, and "other". The gauges per
+// tenant are summed at a scrape (tenantCollector).
 type metrics struct {
-	clients      *prometheus.GaugeVec
-	pinned       *prometheus.GaugeVec
 	queries      *prometheus.CounterVec
 	transactions *prometheus.CounterVec
 	authFailures *prometheus.CounterVec
@@ -24,27 +23,28 @@ type metrics struct {
 	loginsDelayed prometheus.Counter
 	// Bytes relayed from and to clients, per tenant.
 	clientReceived, clientSent *prometheus.CounterVec
-	// The latency histograms have no tenant label: buckets times tenants
-	// would be too many series.
-	queryDuration, txDuration prometheus.Histogram
+	// queryDuration has no tenant label: one transaction's statements
+	// tell an operator little more per tenant than the transaction does.
+	queryDuration prometheus.Histogram
+	// txDuration and poolWait are per tenant label value.
+	txDuration, poolWait *prometheus.HistogramVec
+}
+
+// perTenant are the counters of a tenantSeries, in its order.
+func (m *metrics) perTenant() [numCounters]*prometheus.CounterVec {
+	return [numCounters]*prometheus.CounterVec{countQueries: m.queries, countTransactions: m.transactions,
+		countReceived: m.clientReceived, countSent: m.clientSent}
 }
 
 // latencyBuckets span a sub-millisecond query on a warm connection to a
 // transaction left open for half a minute.
-var latencyBuckets = []float64{.0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30}
+// An array, so that a latencyWindow's length is a constant.
+var latencyBuckets = [...]float64{.0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30}
 
 // newMetrics builds the proxy's metrics; buffered reads the bytes held
 // for long client messages.
 func newMetrics(reg prometheus.Registerer, buffered func() float64) (*metrics, error) {
 	m := &metrics{
-		clients: prometheus.NewGaugeVec(prometheus.GaugeOpts{
-			Name: "tenantproxy_client_connections",
-			Help: "Client connections in session, per tenant.",
-		}, []string{"tenant"}),
-		pinned: prometheus.NewGaugeVec(prometheus.GaugeOpts{
-			Name: "tenantproxy_pinned_connections",
-			Help: "Server connections pinned to transaction-mode clients by session state (temporary objects, LISTEN, session advisory locks, SQL PREPARE, WITH HOLD cursors) until they disconnect, per tenant.",
-		}, []string{"tenant"}),
 		queries: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "tenantproxy_queries_total",
 			Help: "Queries relayed (simple Query and extended Execute messages), per tenant.",
@@ -80,49 +80,94 @@ func newMetrics(reg prometheus.Registerer, buffered func() float64) (*metrics, e
 		queryDuration: prometheus.NewHistogram(prometheus.HistogramOpts{
 			Name:    "tenantproxy_query_duration_seconds",
 			Help:    "Time from a client's Query or Sync to its ReadyForQuery (for pipelined ones, from the previous ReadyForQuery), all tenants together: no tenant label, to bound the series.",
-			Buckets: latencyBuckets,
+			Buckets: latencyBuckets[:],
 		}),
-		txDuration: prometheus.NewHistogram(prometheus.HistogramOpts{
+		txDuration: prometheus.NewHistogramVec(prometheus.HistogramOpts{
 			Name:    "tenantproxy_transaction_duration_seconds",
-			Help:    "Time from a transaction's first Query or Sync to the ReadyForQuery that leaves the session idle, in both pool modes, all tenants together: no tenant label, to bound the series.",
-			Buckets: latencyBuckets,
-		}),
+			Help:    "Time from a transaction's first Query or Sync to the ReadyForQuery that leaves the session idle, in both pool modes, per tenant: the busiest tenants (serve --metrics-tenants) each, the others under tenant=\"other\".",
+			Buckets: latencyBuckets[:],
+		}, []string{"tenant"}),
+		poolWait: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name: "tenantproxy_tenant_pool_wait_seconds",
+			Help: "Time a tenant's session waited for a server connection (the pool's wait and its share's), per tenant as tenantproxy_transaction_duration_seconds; counted once per session in session mode, once per transaction in transaction mode.",
+			// From a free connection (0) to the longest pool timeouts.
+			Buckets: append([]float64{0}, latencyBuckets[:]...),
+		}, []string{"tenant"}),
 	}
-	if reg == nil {
-		return m, nil
-	}
-	for _, c := range []prometheus.Collector{m.clients, m.pinned, m.queries, m.transactions, m.authFailures, m.startupClosed, m.buffered, m.loginsDelayed,
-		m.clientReceived, m.clientSent, m.queryDuration, m.txDuration} {
-		if err := reg.Register(c); err != nil {
-			var are prometheus.AlreadyRegisteredError
-			if !errors.As(err, &are) {
-				return nil, err
-			}
+	for _, c := range []prometheus.Collector{m.queries, m.transactions, m.authFailures, m.startupClosed, m.buffered, m.loginsDelayed,
+		m.clientReceived, m.clientSent, m.queryDuration, m.txDuration, m.poolWait} {
+		if err := register(reg, c); err != nil {
+			return nil, err
 		}
 	}
 	return m, nil
 }
 
-// tenantTimes are a tenant's totals for the console's SHOW STATS, which
-// the unlabelled latency histograms cannot give per tenant. Each session
-// holds its tenant's entry (sessionBase.times), looked up once at its
-// start, so counting is an atomic add with no lookup, lock or allocation.
+// register registers c with reg, if any. One registered by an earlier
+// Server in the process (tests) is no error.
+func register(reg prometheus.Registerer, c prometheus.Collector) error {
+	if reg == nil {
+		return nil
+	}
+	var are prometheus.AlreadyRegisteredError
+	if err := reg.Register(c); err != nil && !errors.As(err, &are) {
+		return err
+	}
+	return nil
+}
+
+// labelOf is the tenant label value tenant's metrics count under.
+func (s *Server) labelOf(tenant string) string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.labels.labelOf(tenant)
+}
+
+// tenantTimes are a tenant's totals for the console's SHOW STATS and for
+// metering, and what its metrics count into. Each session holds its
+// tenant's entry (sessionBase.times), looked up once at its start, so
+// counting is atomic adds and loads with no lookup, lock or allocation.
 type tenantTimes struct {
 	// query, xact and wait are microseconds, as PgBouncer reports them.
 	query, xact, wait atomic.Uint64
 	// assignments counts server connections bound to a client: one per
 	// session-mode session, one per transaction in transaction mode.
 	assignments atomic.Uint64
-	// The tenant's usage (Server.Usage), counted with its metrics
-	// (tallied).
-	xacts, stmts, bytesIn, bytesOut atomic.Uint64
+	// totals are the tenant's usage (Server.Usage), by the tenantSeries
+	// counter they are counted with (tallied).
+	totals [numCounters]atomic.Uint64
+	// series are the series of the tenant's label value, swapped by a
+	// ranking (tenantLabels).
+	series atomic.Pointer[tenantSeries]
+	// clients and pinned are its sessions and pinned server connections
+	// (tenantCollector).
+	clients, pinned atomic.Int64
+	// window times its transactions for the per-tier spread of p99s.
+	window latencyWindow
+	// tier is the tenant's tier when a session of it last started, and
+	// rankedXacts its transactions at the last ranking; both under
+	// Server.mu.
+	tier        string
+	rankedXacts uint64
 }
 
 // assigned counts a server connection bound after waiting since start.
 func (t *tenantTimes) assigned(start time.Time) {
+	d := time.Since(start)
 	t.assignments.Add(1)
-	t.wait.Add(micros(time.Since(start)))
+	t.wait.Add(micros(d))
+	t.series.Load().waitTime.Observe(d.Seconds())
 }
+
+// transacted counts a transaction that took d.
+func (t *tenantTimes) transacted(d time.Duration) {
+	t.xact.Add(micros(d))
+	t.series.Load().txTime.Observe(d.Seconds())
+	t.window.observe(d.Seconds())
+}
+
+// tally is the tenant's counter which (countQueries …).
+func (t *tenantTimes) tally(which int) tallied { return tallied{t: t, which: which} }
 
 func micros(d time.Duration) uint64 { return uint64(max(d, 0) / time.Microsecond) }
 
@@ -131,7 +176,7 @@ func micros(d time.Duration) uint64 { return uint64(max(d, 0) / time.Microsecond
 // batch, never per message, and nothing is allocated.
 type meteredConn struct {
 	net.Conn
-	received, sent prometheus.Counter
+	received, sent tallied
 }
 
 func (c *meteredConn) Read(p []byte) (int, error) {

@@ -7,7 +7,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 )
 
@@ -17,9 +16,8 @@ import (
 func TestMeteredConnCountsBothWaysAndStaysTLS(t *testing.T) {
 	proxySide, clientSide := net.Pipe()
 	defer clientSide.Close()
-	m := &meteredConn{Conn: proxySide,
-		received: prometheus.NewCounter(prometheus.CounterOpts{Name: "in"}),
-		sent:     prometheus.NewCounter(prometheus.CounterOpts{Name: "out"})}
+	times := unregisteredTimes("acme")
+	m := &meteredConn{Conn: proxySide, received: times.tally(countReceived), sent: times.tally(countSent)}
 	go func() {
 		clientSide.Write([]byte("hello"))
 		io.ReadFull(clientSide, make([]byte, 3))
@@ -30,7 +28,8 @@ func TestMeteredConnCountsBothWaysAndStaysTLS(t *testing.T) {
 	if _, err := m.Write([]byte("bye")); err != nil {
 		t.Fatal(err)
 	}
-	if in, out := testutil.ToFloat64(m.received), testutil.ToFloat64(m.sent); in != 5 || out != 3 {
+	series := times.series.Load()
+	if in, out := testutil.ToFloat64(series.counters[countReceived]), testutil.ToFloat64(series.counters[countSent]); in != 5 || out != 3 {
 		t.Fatalf("counted %v bytes in and %v out; want 5 and 3", in, out)
 	}
 	m.Conn = tls.Server(proxySide, &tls.Config{})

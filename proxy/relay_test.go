@@ -8,8 +8,6 @@ import (
 	"net"
 	"testing"
 
-	"github.com/prometheus/client_golang/prometheus"
-
 	"github.com/tenantproxy/tenantproxy/internal/pgwire"
 	"github.com/tenantproxy/tenantproxy/policy"
 )
@@ -17,14 +15,14 @@ import (
 // relaySession is a session-mode session between client and server
 // sockets with the strictest rules, enough to run forwardClient.
 func relaySession(client, server net.Conn) *pinnedSession {
+	times := unregisteredTimes("acme")
 	ss := &pinnedSession{
 		sessionBase: sessionBase{
 			srv:     &Server{policy: policy.New()},
 			maxMsg:  1 << 16,
-			queries: prometheus.NewCounter(prometheus.CounterOpts{Name: "q"}),
-			meter: meteredConn{Conn: client,
-				received: prometheus.NewCounter(prometheus.CounterOpts{Name: "in"}),
-				sent:     prometheus.NewCounter(prometheus.CounterOpts{Name: "out"})},
+			times:   times,
+			queries: times.tally(countQueries),
+			meter:   meteredConn{Conn: client, received: times.tally(countReceived), sent: times.tally(countSent)},
 		},
 		bconn: server,
 	}

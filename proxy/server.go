@@ -84,8 +84,10 @@ type Server struct {
 	// pins count each tenant's pinned transaction-mode connections.
 	pins pinCounts
 	// times are every tenant's console totals since the proxy started;
-	// entries are never removed (tenants are an operator-made set).
-	times map[string]*tenantTimes
+	// entries are never removed (metering reads their totals), but their
+	// series are (labels).
+	times  map[string]*tenantTimes
+	labels *tenantLabels
 	// handlers counts connection and Serve goroutines.
 	handlers sync.WaitGroup
 	// unwatch stops the directory's reports of removed logins
@@ -131,7 +133,10 @@ func New(cfg Config, dir router.Directory, backends Backends) (*Server, error) {
 		buffers: buffers, console: cfg.Console, gates: newTenantGates(),
 		dummyKey: key, unix: cfg.UnixSocket, ctx: ctx, cancel: cancel,
 		listeners: make(map[net.Listener]struct{}), conns: make(map[*tracked]struct{}), perTenant: make(map[string]int), peaks: make(map[string]int),
-		times: make(map[string]*tenantTimes),
+		times: make(map[string]*tenantTimes), labels: newTenantLabels(m, max(cfg.MetricsTenants, 0), cfg.MetricsRankInterval),
+	}
+	if err := register(cfg.Registerer, newTenantCollector(s)); err != nil {
+		return nil, fmt.Errorf("proxy: metrics: %w", err)
 	}
 	s.peers = newPeering(cfg.PeerID, cfg.Peers)
 	s.live.Store(&live{cfg: cfg})

@@ -107,7 +107,7 @@ func (tx *txSession) pinFor(c *pool.Conn) error {
 			v.Pin, tx.tenant, tx.pin.limit)
 	}
 	tx.pin.pinned.Store(true)
-	tx.srv.metrics.pinned.WithLabelValues(tx.tenant).Inc()
+	tx.times.pinned.Add(1)
 	return nil
 }
 
@@ -189,7 +189,7 @@ func (tx *txSession) unpin() {
 	tx.mu.Unlock()
 	if tx.pin.pinned.Swap(false) {
 		tx.srv.pins.give(tx.tenant)
-		tx.srv.metrics.pinned.WithLabelValues(tx.tenant).Dec()
+		tx.times.pinned.Add(-1)
 	}
 }
 

@@ -1,11 +1,5 @@
 package proxy
 
-import (
-	"sync/atomic"
-
-	"github.com/prometheus/client_golang/prometheus"
-)
-
 // Usage is what a tenant has used on this proxy since it started, for
 // metering (package metering turns it into hourly rows in the catalog).
 type Usage struct {
@@ -20,15 +14,22 @@ type Usage struct {
 }
 
 // tallied counts into a tenant's usage what it counts into its metric, so
-// that metering never depends on the metric's labels (which a cap on
-// labelled tenants may merge) and the call sites stay one call.
+// that metering never depends on the metric's labels (which the cap on
+// labelled tenants merges) and the call sites stay one call.
 type tallied struct {
-	prometheus.Counter
-	n *atomic.Uint64
+	t     *tenantTimes
+	which int
 }
 
-func (t tallied) Inc()          { t.Counter.Inc(); t.n.Add(1) }
-func (t tallied) Add(v float64) { t.Counter.Add(v); t.n.Add(uint64(v)) }
+func (c tallied) Inc() {
+	c.t.series.Load().counters[c.which].Inc()
+	c.t.totals[c.which].Add(1)
+}
+
+func (c tallied) Add(v float64) {
+	c.t.series.Load().counters[c.which].Add(v)
+	c.t.totals[c.which].Add(uint64(v))
+}
 
 // Usage reports every tenant's usage since the proxy started, and starts
 // a new period for peak connections.
@@ -38,8 +39,8 @@ func (s *Server) Usage() map[string]Usage {
 	out := make(map[string]Usage, len(s.times))
 	for tenant, t := range s.times {
 		out[tenant] = Usage{
-			Transactions: t.xacts.Load(), Statements: t.stmts.Load(), ServerTimeMicros: t.xact.Load(),
-			BytesIn: t.bytesIn.Load(), BytesOut: t.bytesOut.Load(), PeakConnections: s.peaks[tenant],
+			Transactions: t.totals[countTransactions].Load(), Statements: t.totals[countQueries].Load(), ServerTimeMicros: t.xact.Load(),
+			BytesIn: t.totals[countReceived].Load(), BytesOut: t.totals[countSent].Load(), PeakConnections: s.peaks[tenant],
 		}
 		s.peaks[tenant] = s.perTenant[tenant]
 		if s.peaks[tenant] == 0 {

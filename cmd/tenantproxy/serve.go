@@ -75,6 +75,11 @@ type serveFlags struct {
 	peerID int
 	peers  peersValue
 
+	// metricsTenants and metricsRankInterval bound the per-tenant series
+	// (proxy.Config MetricsTenants and MetricsRankInterval).
+	metricsTenants      int
+	metricsRankInterval time.Duration
+
 	// isolationInterval is serve's alone: the demo does not run the canary.
 	isolationInterval time.Duration
 	// usageInterval is how often serve flushes usage to the catalog.
@@ -112,6 +117,8 @@ func (f *serveFlags) register(fs *pflag.FlagSet, defaultAuth string) {
 	fs.StringVar(&f.consoleUser, "console-user", "", "user of the PgBouncer-compatible admin console (psql dbname=pgbouncer); empty disables the console")
 	fs.StringVar(&f.consolePassword, "console-password", "", "the console user's password (SCRAM-SHA-256); prefer TENANTPROXY_CONSOLE_PASSWORD to the command line")
 	fs.IntVar(&f.peerID, "peer-id", 0, fmt.Sprintf("this instance's id (1-%d) among instances behind one load balancer: written into the cancel keys it hands out, so that the others forward it its cancel requests; 0 means no peering", proxy.MaxPeerID))
+	fs.IntVar(&f.metricsTenants, "metrics-tenants", 20, "tenants with a tenant label value of their own on the per-tenant metrics: the busiest by transactions, ranked again every --metrics-rank-interval; the others count under tenant=\"other\"; negative means none")
+	fs.DurationVar(&f.metricsRankInterval, "metrics-rank-interval", time.Minute, "how often the busiest tenants are ranked again for --metrics-tenants, and the window of the per-tier p99 spread")
 	fs.Var(&f.peers, "peer", "ID=HOST:PORT of an instance of the peering, where cancel requests with its keys are forwarded; repeatable; an entry for --peer-id itself is ignored, so all instances can share one list")
 }
 
@@ -151,6 +158,9 @@ func (f *serveFlags) proxyConfig(log *zap.Logger, reg prometheus.Registerer) pro
 
 		PeerID: f.peerID,
 		Peers:  f.peers,
+
+		MetricsTenants:      f.metricsTenants,
+		MetricsRankInterval: f.metricsRankInterval,
 	}
 }
 
