@@ -71,6 +71,10 @@ type sessionBase struct {
 	// limits are the tenant's, shared with its other sessions and updated
 	// in place (limits.go).
 	limits *tenantLimits
+	// plan is the plan and features the session's server context has
+	// (tenantplan.go); read and written by the goroutine that starts
+	// transactions.
+	plan *planSetup
 
 	// Why a blocked read was interrupted: the relay goroutines look at
 	// these after interruptRead, so each is set before the interrupt.
@@ -159,6 +163,9 @@ const (
 	// replyLoad: the replies up to the next ReadyForQuery are a shared-tier
 	// COPY's load (copyshared.go).
 	replyLoad
+	// replyHidden: the replies up to the next ReadyForQuery are to the
+	// proxy's own statement, which the client never sees (tenantplan.go).
+	replyHidden
 )
 
 // reply is one reply a server owes. inject marks replies to the proxy's
@@ -193,8 +200,9 @@ type replyQueue struct {
 	// is when the open transaction's first one was pushed; zero while no
 	// transaction is open.
 	queryAt, txAt time.Time
-	// loads counts replyLoad entries pending, read without mu.
-	loads atomic.Int32
+	// loads counts replyLoad entries pending, read without mu; hidden
+	// counts replyHidden entries likewise.
+	loads, hidden atomic.Int32
 }
 
 // latency is what one ReadyForQuery relayed measured: answered when it
@@ -207,8 +215,11 @@ type latency struct {
 
 func (q *replyQueue) push(r reply) {
 	q.mu.Lock()
-	if r.kind == replyLoad {
+	switch r.kind {
+	case replyLoad:
 		q.loads.Add(1)
+	case replyHidden:
+		q.hidden.Add(1)
 	}
 	if r.kind == replyReady {
 		if q.ready == 0 {
@@ -259,6 +270,8 @@ func (q *replyQueue) popLocked() (reply, bool) {
 		q.ready--
 	case replyLoad:
 		q.loads.Add(-1)
+	case replyHidden:
+		q.hidden.Add(-1)
 	}
 	return r, true
 }
@@ -331,6 +344,7 @@ func (q *replyQueue) clear() {
 	clear(q.q)
 	q.q, q.head, q.ready = q.q[:0], 0, 0
 	q.loads.Store(0)
+	q.hidden.Store(0)
 	q.txAt = time.Time{}
 	q.mu.Unlock()
 }

@@ -217,6 +217,7 @@ func (s *Server) initBase(b *sessionBase, c *clientConn, t *catalog.Tenant, tl *
 	b.srv, b.client, b.rules = s, &b.meter, rules
 	b.shared = t.Tier == catalog.TierShared
 	b.tenant, b.user, b.started, b.limits = t.Subdomain, id.User, time.Now(), tl
+	b.plan = &planSetup{sql: router.PlanSettings(t)}
 	b.maxMsg = lv.cfg.MaxMessageSize
 	b.queries, b.transactions = b.times.tally(countQueries), b.times.tally(countTransactions)
 	b.queryTime = s.metrics.queryDuration

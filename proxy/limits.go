@@ -12,10 +12,13 @@ import (
 	"github.com/tenantproxy/tenantproxy/internal/pgerr"
 )
 
-// limitsRefresh is how often a tenant's limits are looked up again while
-// it has sessions: a change in the catalog reaches sessions already open
-// within about this long (plus the catalog's invalidation, milliseconds).
-const limitsRefresh = time.Second
+// limitsRefresh is how often a tenant's limits, plan and features are
+// looked up again while it has sessions: a change in the catalog reaches
+// sessions already open within about this long (plus the catalog's
+// invalidation, milliseconds), well inside the second the README promises
+// for plan and features. The look-up is the catalog's cache, which its
+// LISTEN keeps current, so it costs no query.
+const limitsRefresh = 250 * time.Millisecond
 
 // rateWait bounds how long a transaction over its tenant's
 // transactions_per_second waits for its turn before it fails with 53400.
@@ -34,11 +37,16 @@ type tenantLimits struct {
 	checked    atomic.Int64
 	refreshing atomic.Bool
 	refs       int // sessions holding it, under limitsRegistry.mu
+	// plan is the tenant's plan and features as its sessions' server
+	// connections should have them (tenantplan.go).
+	plan atomic.Pointer[planSetup]
 }
 
-func (tl *tenantLimits) apply(l catalog.Limits, now time.Time) {
+func (tl *tenantLimits) apply(t *catalog.Tenant, now time.Time) {
+	l := t.Limits
 	tl.serverConns.Store(int32(l.ServerConnections))
 	tl.rate.setRate(l.TransactionsPerSecond, now)
+	tl.setPlan(t)
 	tl.checked.Store(now.UnixNano())
 }
 
@@ -61,7 +69,7 @@ func (r *limitsRegistry) join(t *catalog.Tenant) *tenantLimits {
 		r.m[t.Subdomain] = tl
 	}
 	tl.refs++
-	tl.apply(t.Limits, time.Now())
+	tl.apply(t, time.Now())
 	return tl
 }
 
@@ -100,7 +108,7 @@ func (s *Server) refreshLimits(tenant string, tl *tenantLimits) {
 		tl.checked.Store(time.Now().UnixNano())
 		return
 	}
-	tl.apply(t.Limits, time.Now())
+	tl.apply(t, time.Now())
 }
 
 // tokenBucket spaces a tenant's transactions to its rate, with a burst of

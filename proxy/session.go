@@ -136,7 +136,7 @@ func (ss *pinnedSession) forwardClient() clientResult {
 			sql := pgwire.Statement(m.Bytes)
 			if reason := ss.srv.policy.Check(sql, ss.rules, policy.SessionMode); reason != "" {
 				err = ss.refuse(&sc, m.Bytes, ss.srv.policy.Explain(sql, reason))
-			} else if over := ss.charge(m.Type, &charged); over != nil {
+			} else if over := ss.charge(&sc, m.Type, &charged); over != nil {
 				err = ss.refuse(&sc, m.Bytes, over)
 			} else if out, why := ss.channelsOf(m.Bytes); why != nil {
 				err = ss.refuse(&sc, m.Bytes, why)
@@ -151,7 +151,7 @@ func (ss *pinnedSession) forwardClient() clientResult {
 				ss.queries.Inc()
 			}
 		case pgwire.Bind:
-			if over := ss.charge(m.Type, &charged); over != nil {
+			if over := ss.charge(&sc, m.Type, &charged); over != nil {
 				err = ss.refuse(&sc, m.Bytes, over)
 			}
 		case pgwire.Sync:
@@ -177,12 +177,17 @@ func (ss *pinnedSession) forwardClient() clientResult {
 // type typ starts a transaction: a Query outside a transaction block, or
 // the first Parse or Bind of a batch there. It returns the error that
 // refuses the message when the tenant is over its rate.
-func (ss *pinnedSession) charge(typ byte, charged *bool) error {
+func (ss *pinnedSession) charge(sc *pgwire.Scanner, typ byte, charged *bool) error {
 	if ss.inTx.Load() || (typ != pgwire.Query && *charged) {
 		return nil
 	}
 	*charged = typ != pgwire.Query
-	return ss.srv.admitTransaction(ss.srv.ctx, ss.tenant, ss.limits)
+	if err := ss.srv.admitTransaction(ss.srv.ctx, ss.tenant, ss.limits); err != nil {
+		return err
+	}
+	// A failed write here is the server's: the refusal that follows fails
+	// to write too, and the session ends with it.
+	return ss.replan(sc)
 }
 
 // refuse replaces the current message m by its stand-in.
@@ -234,6 +239,14 @@ func (ss *pinnedSession) backendToClient() backendResult {
 			continue
 		}
 		last = m.Type
+		if ss.replies.hiding() {
+			if handled, err := hide(&sc, &ss.replies, m.Type); handled || err != nil {
+				if err != nil {
+					return backendResult{own: true, err: err}
+				}
+				continue
+			}
+		}
 		if m.Type == pgwire.NotificationResponse && ss.channels != "" {
 			if err := relayNotification(&sc, m.Bytes, ss.channels); err != nil {
 				return backendResult{own: true, err: err}

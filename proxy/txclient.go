@@ -205,6 +205,7 @@ func (tx *txSession) acquire(typ byte) error {
 	if err := tx.srv.admitTransaction(tx.srv.ctx, tx.tenant, tx.limits); err != nil {
 		return tx.acquireFailed(typ, err)
 	}
+	tx.replan()
 	start := time.Now()
 	// Statements prepared from now on are named for the client's context
 	// as it is, tracked settings (search_path) included: a statement of

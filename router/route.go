@@ -187,7 +187,7 @@ func (r *Resolver) Route(ctx context.Context, t *catalog.Tenant) (*Route, error)
 	default:
 		return nil, &pgerr.Error{Code: pgerr.CodeInternal, Msg: "unknown tier", Err: fmt.Errorf("tenant %q: tier %q", t.Subdomain, t.Tier)}
 	}
-	rt.Setup = append(rt.Setup, planSettings(t)...)
+	rt.Setup = append(rt.Setup, PlanSettings(t)...)
 	return rt, nil
 }
 
@@ -235,12 +235,13 @@ const (
 	FeaturesSetting     = TenantSettingPrefix + "features"
 )
 
-// planSettings sets PlanSetting and FeaturesSetting (the catalog's
-// features as JSON text). Being part of Setup they are part of the
+// PlanSettings sets PlanSetting and FeaturesSetting (the catalog's
+// features as JSON text); the proxy sets them again on a session whose
+// tenant's plan or features change. Being part of Setup they are part of the
 // context's key (pool.TxTarget), so a changed plan or feature is a new
 // context, and a server connection switching contexts is neutralised
 // (RESET ALL) before the next context's values are set.
-func planSettings(t *catalog.Tenant) []string {
+func PlanSettings(t *catalog.Tenant) []string {
 	features := string(t.Features)
 	if features == "" {
 		features = "{}"

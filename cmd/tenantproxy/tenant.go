@@ -168,9 +168,10 @@ Its tier stays as it is even when the new plan implies another: moving a
 tenant between tiers moves its data, and is the tenant mobility work's,
 not this command's.
 
-Every proxy sees the change within a second. New sessions read it as
-current_setting('tenant.plan') and current_setting('tenant.features');
-sessions already open keep the values they started with.`,
+Every proxy sees the change within a second: SQL reads it as
+current_setting('tenant.plan') and current_setting('tenant.features') in
+new sessions, and in sessions already open from their next transaction (a
+transaction-mode session pinned by session state: once unpinned).`,
 		Args: cobra.ExactArgs(1),
 		RunE: cf.withCatalog(g, func(cmd *cobra.Command, args []string, c *catalog.Catalog) error {
 			if req.Plan == "" && len(features) == 0 && len(limits) == 0 {
