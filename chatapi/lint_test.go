@@ -71,3 +71,58 @@ func tenantIDLiterals(t *testing.T, path string) (int, []string) {
 	})
 	return n, hits
 }
+
+// TestPlanAndFeaturesComeFromSQL: the handlers read the tenant's plan and
+// features from SQL (planColumns), never from the catalog record the
+// request carries (tenantReq.tenant), so that they gate on what the
+// tenant's policies see.
+func TestPlanAndFeaturesComeFromSQL(t *testing.T) {
+	files, err := filepath.Glob("*.go")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, name := range files {
+		if !strings.HasSuffix(name, "_test.go") {
+			for _, h := range catalogPlanReads(t, name) {
+				t.Errorf("%s reads the catalog's plan or features; read %s through the proxy", h, "planColumns")
+			}
+		}
+	}
+	probe := filepath.Join(t.TempDir(), "probe.go")
+	if err := os.WriteFile(probe, []byte("package p\nfunc f(t *tenantReq) any { tn := t.tenant; return []any{t.tenant.Plan, tn.Features} }\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if hits := catalogPlanReads(t, probe); len(hits) != 2 {
+		t.Fatalf("probe with two reads: %v; want two hits", hits)
+	}
+}
+
+// catalogPlanReads returns the positions in a Go file of .Plan or
+// .Features read from a request's tenant: t.tenant.X, or tn.X (the name
+// the handlers give t.tenant).
+func catalogPlanReads(t *testing.T, path string) []string {
+	t.Helper()
+	fset := token.NewFileSet()
+	f, err := parser.ParseFile(fset, path, nil, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var hits []string
+	ast.Inspect(f, func(node ast.Node) bool {
+		sel, ok := node.(*ast.SelectorExpr)
+		if !ok || (sel.Sel.Name != "Plan" && sel.Sel.Name != "Features") {
+			return true
+		}
+		switch x := sel.X.(type) {
+		case *ast.SelectorExpr:
+			ok = x.Sel.Name == "tenant"
+		case *ast.Ident:
+			ok = x.Name == "tn"
+		}
+		if ok {
+			hits = append(hits, fset.Position(sel.Pos()).String())
+		}
+		return true
+	})
+	return hits
+}

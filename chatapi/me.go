@@ -8,8 +8,8 @@ import (
 	"github.com/tenantproxy/tenantproxy/catalog"
 )
 
-// Me describes the calling tenant: what the catalog says about its plan,
-// and its usage as read through the proxy.
+// Me describes the calling tenant: what the catalog says about it, its
+// plan and features as SQL sees them through the proxy, and its usage.
 type Me struct {
 	Tenant                string          `json:"tenant"`
 	Name                  string          `json:"name"`
@@ -38,14 +38,18 @@ type Usage struct {
 func (s *Server) me(w http.ResponseWriter, r *http.Request, t *tenantReq) error {
 	tn := t.tenant
 	m := Me{
-		Tenant: tn.ID, Name: tn.Name, Plan: tn.Plan, IsolationLevel: tn.Tier, Status: tn.Status, Region: tn.Region,
-		Features: tn.Features, Limits: Limits{MaxUsers: tn.MaxUsers, MaxStorageGB: tn.MaxStorageGB},
+		Tenant: tn.ID, Name: tn.Name, IsolationLevel: tn.Tier, Status: tn.Status, Region: tn.Region,
+		Limits:                Limits{MaxUsers: tn.MaxUsers, MaxStorageGB: tn.MaxStorageGB},
 		SubscriptionExpiresAt: tn.SubscriptionExpiresAt,
 	}
-	err := t.db.QueryRow(r.Context(), "SELECT (SELECT count(*) FROM users), (SELECT coalesce(sum(size_bytes), 0)::bigint FROM files)").
-		Scan(&m.Usage.Users, &m.Usage.StorageBytes)
+	// Plan and features as the proxy gives them to SQL, the same values
+	// the tenant's row-level policies gate on.
+	var features string
+	err := t.db.QueryRow(r.Context(), "SELECT "+planColumns+", (SELECT count(*) FROM users), (SELECT coalesce(sum(size_bytes), 0)::bigint FROM files)").
+		Scan(&m.Plan, &features, &m.Usage.Users, &m.Usage.StorageBytes)
 	if err != nil {
 		return err
 	}
+	m.Features = json.RawMessage(features)
 	return writeJSON(w, http.StatusOK, m)
 }

@@ -273,12 +273,23 @@ func unknownTenant(id string) *problem {
 	return p
 }
 
+// planColumns are the tenant's plan and features (JSON) as the proxy sets
+// them for SQL (current_setting('tenant.plan'), 'tenant.features'): the
+// chat API reads them there rather than from its catalog look-up, so that
+// it gates on exactly what the tenant's row-level policies see, and a
+// change reaches it as it reaches them.
+const planColumns = "current_setting('tenant.plan'), current_setting('tenant.features')"
+
 // requireFeature answers 403 unless the tenant's plan enables feature.
 func (s *Server) requireFeature(feature string, h tenantHandler) tenantHandler {
 	return func(w http.ResponseWriter, r *http.Request, t *tenantReq) error {
-		if !hasFeature(t.tenant, feature) {
+		var plan, features string
+		if err := t.db.QueryRow(r.Context(), "SELECT "+planColumns).Scan(&plan, &features); err != nil {
+			return err
+		}
+		if !hasFeature(features, feature) {
 			p := newProblem(http.StatusForbidden, "feature-disabled", "Feature not enabled",
-				"feature "+feature+" is not enabled for tenant \""+t.tenant.ID+"\" on plan "+t.tenant.Plan)
+				"feature "+feature+" is not enabled for tenant \""+t.tenant.ID+"\" on plan "+plan)
 			p.Tenant, p.Feature = t.tenant.ID, feature
 			return p
 		}
@@ -286,13 +297,14 @@ func (s *Server) requireFeature(feature string, h tenantHandler) tenantHandler {
 	}
 }
 
-func hasFeature(t *catalog.Tenant, feature string) bool {
-	var fs map[string]bool
-	// Features is a JSON object of booleans; anything else enables nothing.
-	if json.Unmarshal(t.Features, &fs) != nil {
+// hasFeature reports whether features, a JSON object, sets feature to
+// true; anything else enables nothing.
+func hasFeature(features, feature string) bool {
+	var fs map[string]any
+	if json.Unmarshal([]byte(features), &fs) != nil {
 		return false
 	}
-	return fs[feature]
+	return fs[feature] == true
 }
 
 // operator checks the bearer token. Both sides are hashed first so the

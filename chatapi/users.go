@@ -53,12 +53,13 @@ func (s *Server) createUser(w http.ResponseWriter, r *http.Request, t *tenantReq
 	var u User
 	err := serializable(ctx, t.db, func(tx pgx.Tx) error {
 		var n int64
-		if err := tx.QueryRow(ctx, "SELECT count(*) FROM users").Scan(&n); err != nil {
+		var plan string
+		if err := tx.QueryRow(ctx, "SELECT count(*), current_setting('tenant.plan') FROM users").Scan(&n, &plan); err != nil {
 			return err
 		}
 		if n >= int64(t.tenant.MaxUsers) {
 			p := newProblem(http.StatusConflict, "user-limit", "User limit reached",
-				fmt.Sprintf("tenant %q has %d users, the limit of its %s plan", t.tenant.ID, n, t.tenant.Plan))
+				fmt.Sprintf("tenant %q has %d users, the limit of its %s plan", t.tenant.ID, n, plan))
 			p.Tenant, p.Limit = t.tenant.ID, int64(t.tenant.MaxUsers)
 			return p
 		}
