@@ -29,6 +29,9 @@ type TenantShare struct {
 	Tenant, Database, User string
 	Held, Waiting          int
 	MaxWait                time.Duration
+	// Cap is the most it may hold at once: the pool's share per tenant
+	// or its own lower limit (0: none).
+	Cap int
 }
 
 // ServerConn is one open server connection.
@@ -59,7 +62,7 @@ func (m *Manager) Stats() Stats {
 			if tq.held == 0 && len(tq.waiters) == 0 {
 				continue
 			}
-			share := TenantShare{Tenant: tq.name, Database: p.key.database, User: p.key.user, Held: tq.held, Waiting: len(tq.waiters)}
+			share := TenantShare{Tenant: tq.name, Database: p.key.database, User: p.key.user, Held: tq.held, Waiting: len(tq.waiters), Cap: p.capLocked(tq)}
 			if len(tq.waiters) > 0 {
 				share.MaxWait = now.Sub(tq.waiters[0].since)
 			}

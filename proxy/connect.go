@@ -107,7 +107,9 @@ func (s *Server) establish(ctx context.Context, c *clientConn, lv *live, p *star
 	s.gate.leave(c.slot)
 	tl, ok := s.takeSlot(t, lv.cfg.MaxConnsPerTenant)
 	if !ok {
-		return nil, pgerr.Errorf(pgerr.CodeTooManyConnections, "too many connections for tenant %q", t.Subdomain)
+		err := pgerr.Errorf(pgerr.CodeTooManyConnections, "too many connections for tenant %q", t.Subdomain)
+		s.countRefusal(t.Subdomain, err)
+		return nil, err
 	}
 	ss, err := s.connect(ctx, c, lv, t, tl, id, p)
 	if err != nil {
@@ -212,7 +214,7 @@ func (s *Server) initBase(b *sessionBase, c *clientConn, t *catalog.Tenant, tl *
 		// the tenant out, nor widen what it may do.
 		s.log.Warn("tenant policy settings ignored", zap.String("tenant", t.Subdomain), zap.Error(err))
 	}
-	b.times = s.timesOf(t)
+	b.times = s.timesOf(t, clientCap(t, lv.cfg.MaxConnsPerTenant))
 	b.meter = meteredConn{Conn: c.conn, received: b.times.tally(countReceived), sent: b.times.tally(countSent)}
 	b.srv, b.client, b.rules = s, &b.meter, rules
 	b.shared = t.Tier == catalog.TierShared
@@ -224,8 +226,9 @@ func (s *Server) initBase(b *sessionBase, c *clientConn, t *catalog.Tenant, tl *
 }
 
 // timesOf is tenant's entry of the console's totals, made on first use
-// with the series of the label value it is given (tenantLabels.assign).
-func (s *Server) timesOf(tenant *catalog.Tenant) *tenantTimes {
+// with the series of the label value it is given (tenantLabels.assign);
+// clients is its cap on client connections as of now (0: none).
+func (s *Server) timesOf(tenant *catalog.Tenant, clients int) *tenantTimes {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	t := s.times[tenant.Subdomain]
@@ -234,7 +237,7 @@ func (s *Server) timesOf(tenant *catalog.Tenant) *tenantTimes {
 		t.series.Store(s.labels.assign(tenant.Subdomain))
 		s.times[tenant.Subdomain] = t
 	}
-	t.tier = string(tenant.Tier)
+	t.tier, t.clientCap = string(tenant.Tier), int64(clients)
 	return t
 }
 
@@ -244,6 +247,7 @@ func (s *Server) connectPinned(ctx context.Context, c *clientConn, ps *pinnedSes
 	start := time.Now()
 	bc, err := s.backends.Acquire(ctx, target)
 	if err != nil {
+		s.countRefusal(ps.tenant, err)
 		return fromPool(err)
 	}
 	ps.times.assigned(start)

@@ -7,6 +7,9 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/tenantproxy/tenantproxy/internal/pgerr"
+	"github.com/tenantproxy/tenantproxy/pool"
 )
 
 // metrics are per tenant, with a bounded set of tenant label values
@@ -28,6 +31,8 @@ type metrics struct {
 	queryDuration prometheus.Histogram
 	// txDuration and poolWait are per tenant label value.
 	txDuration, poolWait *prometheus.HistogramVec
+	// refusals count what a tenant's limits refused, by reason.
+	refusals *prometheus.CounterVec
 }
 
 // perTenant are the counters of a tenantSeries, in its order.
@@ -87,6 +92,10 @@ func newMetrics(reg prometheus.Registerer, buffered func() float64) (*metrics, e
 			Help:    "Time from a transaction's first Query or Sync to the ReadyForQuery that leaves the session idle, in both pool modes, per tenant: the busiest tenants (serve --metrics-tenants) each, the others under tenant=\"other\".",
 			Buckets: latencyBuckets[:],
 		}, []string{"tenant"}),
+		refusals: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "tenantproxy_tenant_refusals_total",
+			Help: "Requests a tenant's limits refused, per tenant as tenantproxy_transactions_total and reason: transactions_per_second (over its rate, 53400), pool_wait (no server connection within the pool's wait, often its share full, 53400), client_connections (a login over its cap, 53300).",
+		}, []string{"tenant", "reason"}),
 		poolWait: prometheus.NewHistogramVec(prometheus.HistogramOpts{
 			Name: "tenantproxy_tenant_pool_wait_seconds",
 			Help: "Time a tenant's session waited for a server connection (the pool's wait and its share's), per tenant as tenantproxy_transaction_duration_seconds; counted once per session in session mode, once per transaction in transaction mode.",
@@ -95,7 +104,7 @@ func newMetrics(reg prometheus.Registerer, buffered func() float64) (*metrics, e
 		}, []string{"tenant"}),
 	}
 	for _, c := range []prometheus.Collector{m.queries, m.transactions, m.authFailures, m.startupClosed, m.buffered, m.loginsDelayed,
-		m.clientReceived, m.clientSent, m.queryDuration, m.txDuration, m.poolWait} {
+		m.clientReceived, m.clientSent, m.queryDuration, m.txDuration, m.poolWait, m.refusals} {
 		if err := register(reg, c); err != nil {
 			return nil, err
 		}
@@ -114,6 +123,34 @@ func register(reg prometheus.Registerer, c prometheus.Collector) error {
 		return err
 	}
 	return nil
+}
+
+// Reasons of tenantproxy_tenant_refusals_total.
+const (
+	refusedRate     = "transactions_per_second"
+	refusedPoolWait = "pool_wait"
+	refusedClients  = "client_connections"
+)
+
+// countRefusal counts err against tenant when one of its limits refused
+// the request: its rate, the pool's wait or its client cap. Other errors
+// (the client gone, shutdown) are not counted.
+func (s *Server) countRefusal(tenant string, err error) {
+	reason := ""
+	var pe *pgerr.Error
+	switch {
+	case errors.Is(err, pool.ErrWaitTimeout):
+		reason = refusedPoolWait
+	case !errors.As(err, &pe):
+		return
+	case pe.Code == pgerr.CodeRateLimited:
+		reason = refusedRate
+	case pe.Code == pgerr.CodeTooManyConnections:
+		reason = refusedClients
+	default:
+		return
+	}
+	s.metrics.refusals.WithLabelValues(s.labelOf(tenant), reason).Inc()
 }
 
 // labelOf is the tenant label value tenant's metrics count under.
@@ -144,10 +181,11 @@ type tenantTimes struct {
 	clients, pinned atomic.Int64
 	// window times its transactions for the per-tier spread of p99s.
 	window latencyWindow
-	// tier is the tenant's tier when a session of it last started, and
-	// rankedXacts its transactions at the last ranking; both under
-	// Server.mu.
+	// tier and clientCap (0: none) are the tenant's when a session of it
+	// last started, and rankedXacts its transactions at the last ranking;
+	// all under Server.mu.
 	tier        string
+	clientCap   int64
 	rankedXacts uint64
 }
 

@@ -288,9 +288,7 @@ func (s *Server) isClosing() bool {
 // client_connections limit, whichever is lower, and returns t's shared
 // limits, held until giveSlot.
 func (s *Server) takeSlot(t *catalog.Tenant, limit int) (*tenantLimits, bool) {
-	if own := t.Limits.ClientConnections; own > 0 && (limit <= 0 || own < limit) {
-		limit = own
-	}
+	limit = clientCap(t, limit)
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if limit > 0 && s.perTenant[t.Subdomain] >= limit {
@@ -299,6 +297,15 @@ func (s *Server) takeSlot(t *catalog.Tenant, limit int) (*tenantLimits, bool) {
 	s.perTenant[t.Subdomain]++
 	s.peaks[t.Subdomain] = max(s.peaks[t.Subdomain], s.perTenant[t.Subdomain])
 	return s.limits.join(t), true
+}
+
+// clientCap is the lower of limit and t's own client_connections (0:
+// no cap).
+func clientCap(t *catalog.Tenant, limit int) int {
+	if own := t.Limits.ClientConnections; own > 0 && (limit <= 0 || own < limit) {
+		return own
+	}
+	return limit
 }
 
 func (s *Server) giveSlot(tenant string) {

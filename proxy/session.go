@@ -183,6 +183,7 @@ func (ss *pinnedSession) charge(sc *pgwire.Scanner, typ byte, charged *bool) err
 	}
 	*charged = typ != pgwire.Query
 	if err := ss.srv.admitTransaction(ss.srv.ctx, ss.tenant, ss.limits); err != nil {
+		ss.srv.countRefusal(ss.tenant, err)
 		return err
 	}
 	// A failed write here is the server's: the refusal that follows fails

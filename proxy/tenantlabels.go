@@ -9,6 +9,8 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/tenantproxy/tenantproxy/pool"
 )
 
 // otherTenants is the tenant label value every tenant outside the busiest
@@ -146,6 +148,7 @@ func (m *metrics) forget(tenant string) {
 	m.txDuration.DeleteLabelValues(tenant)
 	m.poolWait.DeleteLabelValues(tenant)
 	m.authFailures.DeletePartialMatch(prometheus.Labels{"tenant": tenant})
+	m.refusals.DeletePartialMatch(prometheus.Labels{"tenant": tenant})
 }
 
 // latencyWindow counts a tenant's transaction times into latencyBuckets
@@ -198,11 +201,13 @@ func spreadOf(p99s []float64) tierSpread {
 // tenantCollector exports what is summed per label value at a scrape
 // rather than counted into a series: the per-tenant gauges, from each
 // tenant's own atomic counts, so that a tenant changing label moves its
-// clients with it; and the per-tier spreads of p99s. A scrape due for a
-// ranking (Config.MetricsRankInterval) ranks first.
+// clients with it; how close tenants are to their connection limits; and
+// the per-tier spreads of p99s. A scrape due for a ranking
+// (Config.MetricsRankInterval) ranks first.
 type tenantCollector struct {
 	s                        *Server
 	clients, pinned          *prometheus.Desc
+	limitUsage               *prometheus.Desc
 	tierP99, tierSpreadRatio *prometheus.Desc
 }
 
@@ -212,6 +217,8 @@ func newTenantCollector(s *Server) *tenantCollector {
 			"Client connections in session, per tenant: the busiest tenants (serve --metrics-tenants) each, the others under tenant=\"other\".", []string{"tenant"}, nil),
 		pinned: prometheus.NewDesc("tenantproxy_pinned_connections",
 			"Server connections pinned to transaction-mode clients by session state (temporary objects, LISTEN, session advisory locks, SQL PREPARE, WITH HOLD cursors) until they disconnect, per tenant as tenantproxy_client_connections.", []string{"tenant"}, nil),
+		limitUsage: prometheus.NewDesc("tenantproxy_tenant_limit_usage_ratio",
+			"How much of a connection limit a tenant uses, per tenant as tenantproxy_client_connections (under \"other\": the highest of those tenants) and limit: client_connections (its clients over its cap) and server_connections (the server connections it holds over its share of the pool, the fullest pool); 0 without a limit.", []string{"tenant", "limit"}, nil),
 		tierP99: prometheus.NewDesc("tenantproxy_tier_transaction_p99_seconds",
 			"Across the tenants of a tier with at least 100 transactions in the last ranking interval, the lowest, median and highest of their own p99 transaction times (across=min|median|max), each the upper bound of its latency bucket.", []string{"tier", "across"}, nil),
 		tierSpreadRatio: prometheus.NewDesc("tenantproxy_tier_transaction_p99_spread_ratio",
@@ -222,28 +229,30 @@ func newTenantCollector(s *Server) *tenantCollector {
 func (c *tenantCollector) Describe(ch chan<- *prometheus.Desc) {
 	ch <- c.clients
 	ch <- c.pinned
+	ch <- c.limitUsage
 	ch <- c.tierP99
 	ch <- c.tierSpreadRatio
 }
 
+// labelSums are what tenantCollector sums per label value.
+type labelSums struct {
+	clients, pinned int64
+	// clientUse and serverUse are the highest usage ratios of the
+	// label's tenants.
+	clientUse, serverUse float64
+}
+
+// poolStats is what the collector needs of Backends for the server
+// connections' usage: pool.Manager has it.
+type poolStats interface{ Stats() pool.Stats }
+
 func (c *tenantCollector) Collect(ch chan<- prometheus.Metric) {
-	s := c.s
-	clients, pinned := make(map[string]int64), make(map[string]int64)
-	s.mu.Lock()
-	if now := time.Now(); now.Sub(s.labels.rankedAt) >= s.labels.interval {
-		s.labels.rank(s.times, now)
-	}
-	for _, t := range s.times {
-		label := t.series.Load().label
-		clients[label] += t.clients.Load()
-		pinned[label] += t.pinned.Load()
-	}
-	// rank replaces the map, never writes into it.
-	spreads := s.labels.p99s
-	s.mu.Unlock()
-	for label, n := range clients {
-		ch <- prometheus.MustNewConstMetric(c.clients, prometheus.GaugeValue, float64(n), label)
-		ch <- prometheus.MustNewConstMetric(c.pinned, prometheus.GaugeValue, float64(pinned[label]), label)
+	sums, spreads := c.sums()
+	for label, sum := range sums {
+		ch <- prometheus.MustNewConstMetric(c.clients, prometheus.GaugeValue, float64(sum.clients), label)
+		ch <- prometheus.MustNewConstMetric(c.pinned, prometheus.GaugeValue, float64(sum.pinned), label)
+		ch <- prometheus.MustNewConstMetric(c.limitUsage, prometheus.GaugeValue, sum.clientUse, label, "client_connections")
+		ch <- prometheus.MustNewConstMetric(c.limitUsage, prometheus.GaugeValue, sum.serverUse, label, "server_connections")
 	}
 	for tier, sp := range spreads {
 		ch <- prometheus.MustNewConstMetric(c.tierP99, prometheus.GaugeValue, sp.min, tier, "min")
@@ -251,4 +260,42 @@ func (c *tenantCollector) Collect(ch chan<- prometheus.Metric) {
 		ch <- prometheus.MustNewConstMetric(c.tierP99, prometheus.GaugeValue, sp.max, tier, "max")
 		ch <- prometheus.MustNewConstMetric(c.tierSpreadRatio, prometheus.GaugeValue, sp.max/sp.median, tier)
 	}
+}
+
+// sums ranks if a ranking is due, and sums the tenants' counts per label
+// value.
+func (c *tenantCollector) sums() (map[string]*labelSums, map[string]tierSpread) {
+	s := c.s
+	sums := map[string]*labelSums{otherTenants: {}}
+	labels := make(map[string]string)
+	s.mu.Lock()
+	if now := time.Now(); now.Sub(s.labels.rankedAt) >= s.labels.interval {
+		s.labels.rank(s.times, now)
+	}
+	for tenant, t := range s.times {
+		label := t.series.Load().label
+		labels[tenant] = label
+		sum := sums[label]
+		if sum == nil {
+			sum = &labelSums{}
+			sums[label] = sum
+		}
+		n := t.clients.Load()
+		sum.clients += n
+		sum.pinned += t.pinned.Load()
+		if t.clientCap > 0 {
+			sum.clientUse = max(sum.clientUse, float64(n)/float64(t.clientCap))
+		}
+	}
+	// rank replaces the map, never writes into it.
+	spreads := s.labels.p99s
+	s.mu.Unlock()
+	if ps, ok := s.backends.(poolStats); ok {
+		for _, share := range ps.Stats().Tenants {
+			if sum := sums[cmp.Or(labels[share.Tenant], otherTenants)]; share.Cap > 0 {
+				sum.serverUse = max(sum.serverUse, float64(share.Held)/float64(share.Cap))
+			}
+		}
+	}
+	return sums, spreads
 }

@@ -8,6 +8,9 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
+
+	"github.com/tenantproxy/tenantproxy/internal/pgerr"
+	"github.com/tenantproxy/tenantproxy/pool"
 )
 
 // unregisteredTimes is a tenant's entry counting into series no registry
@@ -242,4 +245,49 @@ func BenchmarkTenantTransactionMetrics(b *testing.B) {
 			t.transactions(1, time.Millisecond)
 		}
 	})
+}
+
+// TestLimitUsageIsTheHighestOfTheLabelsTenants: a labelled tenant's usage
+// of its client cap is its own; under "other" it is the highest of those
+// tenants', so an alert at 80% still fires for a tenant without a label.
+func TestLimitUsageIsTheHighestOfTheLabelsTenants(t *testing.T) {
+	s, reg := labelsServer(t, 1)
+	for _, tt := range []struct {
+		tenant      string
+		clients, of int64
+	}{{"acme", 9, 10}, {"beta", 1, 4}, {"gamma", 3, 4}, {"delta", 5, 0}} {
+		tn := s.testSession(tt.tenant)
+		tn.clients.Add(tt.clients)
+		tn.clientCap = tt.of
+	}
+	want := `
+# HELP tenantproxy_tenant_limit_usage_ratio How much of a connection limit a tenant uses, per tenant as tenantproxy_client_connections (under "other": the highest of those tenants) and limit: client_connections (its clients over its cap) and server_connections (the server connections it holds over its share of the pool, the fullest pool); 0 without a limit.
+# TYPE tenantproxy_tenant_limit_usage_ratio gauge
+tenantproxy_tenant_limit_usage_ratio{limit="client_connections",tenant="acme"} 0.9
+tenantproxy_tenant_limit_usage_ratio{limit="client_connections",tenant="other"} 0.75
+tenantproxy_tenant_limit_usage_ratio{limit="server_connections",tenant="acme"} 0
+tenantproxy_tenant_limit_usage_ratio{limit="server_connections",tenant="other"} 0
+`
+	if err := testutil.GatherAndCompare(reg, strings.NewReader(want), "tenantproxy_tenant_limit_usage_ratio"); err != nil {
+		t.Error(err)
+	}
+}
+
+// TestRefusalsAreCountedByLimit: the limits' refusals count under their
+// reason and the tenant's label; other errors are not refusals.
+func TestRefusalsAreCountedByLimit(t *testing.T) {
+	s, _ := labelsServer(t, 1)
+	s.testSession("acme")
+	s.countRefusal("acme", pgerr.Errorf(pgerr.CodeRateLimited, "over its rate"))
+	s.countRefusal("acme", fmt.Errorf("acquire: %w", pool.ErrWaitTimeout))
+	s.countRefusal("beta", pgerr.Errorf(pgerr.CodeTooManyConnections, "too many"))
+	s.countRefusal("acme", errShuttingDown)
+	for _, tt := range []struct {
+		tenant, reason string
+		want           float64
+	}{{"acme", refusedRate, 1}, {"acme", refusedPoolWait, 1}, {otherTenants, refusedClients, 1}, {"acme", refusedClients, 0}} {
+		if got := testutil.ToFloat64(s.metrics.refusals.WithLabelValues(tt.tenant, tt.reason)); got != tt.want {
+			t.Errorf("refusals{tenant=%q, reason=%q} = %v; want %v", tt.tenant, tt.reason, got, tt.want)
+		}
+	}
 }

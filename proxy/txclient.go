@@ -314,6 +314,7 @@ func (tx *txSession) answer(err error, severity int) error {
 // The session goes on: a later transaction may find one.
 func (tx *txSession) acquireFailed(typ byte, err error) error {
 	err = fromPool(err)
+	tx.srv.countRefusal(tx.tenant, err)
 	ce := classify(err)
 	if ce.code == pgerr.CodeShuttingDown {
 		tx.client.Write(encodeError(errShuttingDown, fatal))
