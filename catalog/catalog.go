@@ -143,6 +143,11 @@ func Open(ctx context.Context, dsn string, opts Options) (*Catalog, error) {
 		db.Close()
 		return nil, fmt.Errorf("catalog: listen: %w", err)
 	}
+	if err := registerTenantsCollector(opts.Registerer, c); err != nil {
+		listener.Close(ctx)
+		db.Close()
+		return nil, fmt.Errorf("catalog: metrics: %w", err)
+	}
 	lctx, stop := context.WithCancel(context.WithoutCancel(ctx))
 	c.stop = stop
 	c.listening.Store(true)

@@ -1,7 +1,10 @@
 package catalog
 
 import (
+	"context"
 	"errors"
+	"sync/atomic"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 )
@@ -43,4 +46,54 @@ func lookupMetrics(reg prometheus.Registerer) (tenants, users, backends lookupCo
 		}
 	}
 	return of("tenants"), of("users"), of("backends"), nil
+}
+
+// tenantsCollector reports the catalog's tenants at a scrape, per tier
+// and status, read from the control database (the caches know only the
+// tenants looked up): what the alert on a newly provisioned tenant
+// compares over time. A catalog opened again on the same registry takes
+// over the collector registered first.
+type tenantsCollector struct {
+	cat  atomic.Pointer[Catalog]
+	desc *prometheus.Desc
+}
+
+func registerTenantsCollector(reg prometheus.Registerer, c *Catalog) error {
+	if reg == nil {
+		return nil
+	}
+	tc := &tenantsCollector{desc: prometheus.NewDesc("tenantproxy_catalog_tenants",
+		"Tenants in the catalog, by tier and status (provisioning, active, suspended), read at the scrape; every instance reports the same catalog.",
+		[]string{"tier", "status"}, nil)}
+	tc.cat.Store(c)
+	err := reg.Register(tc)
+	var already prometheus.AlreadyRegisteredError
+	if errors.As(err, &already) {
+		if existing, ok := already.ExistingCollector.(*tenantsCollector); ok {
+			existing.cat.Store(c)
+			return nil
+		}
+	}
+	return err
+}
+
+func (tc *tenantsCollector) Describe(ch chan<- *prometheus.Desc) { ch <- tc.desc }
+
+// Collect reports nothing when the control database cannot be read in
+// time: a missing series, not a false count.
+func (tc *tenantsCollector) Collect(ch chan<- prometheus.Metric) {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	rows, err := tc.cat.Load().db.Query(ctx, "SELECT isolation_level, status, count(*) FROM tenants GROUP BY 1, 2")
+	if err != nil {
+		return
+	}
+	defer rows.Close()
+	for rows.Next() {
+		var tier, status string
+		var n int64
+		if rows.Scan(&tier, &status, &n) == nil {
+			ch <- prometheus.MustNewConstMetric(tc.desc, prometheus.GaugeValue, float64(n), tier, status)
+		}
+	}
 }

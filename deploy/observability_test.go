@@ -42,6 +42,13 @@ var (
 	scrapeMetrics = []string{"up"}
 )
 
+// pendingMetrics are queried by the storage quota alerts but exported by
+// the storage quota work (issue 17, item 2), which is merged on its own:
+// until it is, they cannot be on /metrics. Delete this list when it lands.
+var pendingMetrics = []string{
+	"tenantproxy_tenant_storage_bytes", "tenantproxy_tenant_storage_limit_bytes", "tenantproxy_tenant_read_only",
+}
+
 // family is what a query may name of one exported metric: its labels.
 type family struct {
 	labels map[string]bool
@@ -68,12 +75,18 @@ func TestDashboardAndRulesQueryExportedMetrics(t *testing.T) {
 			t.Fatalf("%s: %v", q.where, err)
 		}
 		for _, n := range names {
-			if !slices.Contains(scrapeMetrics, n) {
+			if !slices.Contains(scrapeMetrics, n) && !slices.Contains(pendingMetrics, n) {
 				wanted[n] = true
 			}
 		}
 	}
 	exported := scrapeServe(t, wanted)
+	for _, name := range pendingMetrics {
+		if _, ok := exported[name]; ok {
+			t.Errorf("%s is exported now: remove it from pendingMetrics", name)
+		}
+		exported[name] = family{labels: map[string]bool{"tenant": true}}
+	}
 	for _, q := range queries {
 		if err := checkQuery(q, exported); err != nil {
 			t.Errorf("%s: %v", q.where, err)
@@ -198,6 +211,21 @@ func ruleQueries(t *testing.T) []query {
 		t.Errorf("%s: no rule alerts on tenantproxy_isolation_violations_total, which the README promises", rulesPath)
 	}
 	return qs
+}
+
+// TestAlertRulesUnitTests runs the promtool unit tests of the alert rules
+// (prometheus/rules_test.yaml), when promtool is installed (.ci/run
+// installs it where it can).
+func TestAlertRulesUnitTests(t *testing.T) {
+	promtool, err := exec.LookPath("promtool")
+	if err != nil {
+		t.Skip("promtool not installed")
+	}
+	cmd := exec.Command(promtool, "test", "rules", "rules_test.yaml")
+	cmd.Dir = filepath.Dir(rulesPath)
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("promtool test rules: %v\n%s", err, out)
+	}
 }
 
 // grafanaVariables are Grafana's own and the dashboard's variables, which

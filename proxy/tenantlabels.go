@@ -58,6 +58,11 @@ type tenantLabels struct {
 func newTenantLabels(m *metrics, max int, interval time.Duration) *tenantLabels {
 	l := &tenantLabels{m: m, max: max, interval: interval, own: make(map[string]*tenantSeries), rankedAt: time.Now()}
 	l.other = l.seriesOf(otherTenants)
+	// At 0 from the start, so that the alert rules' rates are defined
+	// before the first refusal.
+	for _, reason := range []string{refusedRate, refusedPoolWait, refusedClients} {
+		m.refusals.WithLabelValues(otherTenants, reason)
+	}
 	return l
 }
 
