@@ -25,12 +25,13 @@ func settingsOf(fs *pflag.FlagSet) settings {
 // was built once at start (the catalog and its keys, the admin listener,
 // the console's SCRAM verifier, the unix socket, the canary bound to the
 // first listen address and its metrics, the peering that cancel keys
-// already handed out name) or names the file being read.
+// already handed out name, the bound on tenant labels) or names the file
+// being read.
 func needsRestart(name string) bool {
 	switch name {
 	case "catalog-dsn", "catalog-cache-ttl", "secrets-key", "secrets-key-file",
 		"admin-listen", "unix-socket", "console-user", "console-password",
-		"isolation-check-interval", "config", "peer-id", "peer":
+		"isolation-check-interval", "config", "peer-id", "peer", "metrics-tenants", "metrics-rank-interval":
 		return true
 	}
 	return false
