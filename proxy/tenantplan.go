@@ -114,12 +114,16 @@ func (q *replyQueue) hiding() bool {
 
 // hide drops the server's reply m of type typ to the proxy's own
 // statement; its ReadyForQuery ends the hidden replies. Notifications and
-// notices are not the statement's: they go to the client.
+// notices are not the statement's: they go to the client. An error is
+// hidden too, since the client did not send the statement: the SETs fail
+// only inside a failed transaction block the client pipelined past
+// (inTx not yet seen), and the session then keeps its old values until
+// the next change, as it does when such a block rolls the SETs back.
 func hide(sc *pgwire.Scanner, q *replyQueue, typ byte) (handled bool, err error) {
 	switch typ {
 	case pgwire.ReadyForQuery:
 		q.pop()
-	case pgwire.CommandComplete:
+	case pgwire.CommandComplete, pgwire.ErrorResponse:
 	default:
 		return false, nil
 	}
