@@ -13,12 +13,14 @@ var subdomainPattern = regexp.MustCompile(`^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$`
 
 // reserved subdomains name the platform's own hosts or PostgreSQL's own
 // objects; a tenant called "postgres" or "template1" would confuse operators
-// reading logs and tenant lists beside PostgreSQL's own databases.
+// reading logs and tenant lists beside PostgreSQL's own databases. "other"
+// is the metrics' label for the tenants past the labelled busiest ones.
 var reserved = map[string]bool{
 	"www": true, "api": true, "admin": true, "app": true,
 	"postgres": true, "template0": true, "template1": true, "public": true,
 	"default": true, "root": true, "tenantproxy": true, "localhost": true,
 	"mail": true, "status": true, "static": true, "docs": true, "support": true,
+	"other": true,
 }
 
 // ValidateSubdomain reports why s cannot be a tenant subdomain, or nil. It
