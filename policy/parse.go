@@ -172,6 +172,7 @@ func analyzeBody(sql string, level int) *facts {
 	for _, s := range res.Stmts {
 		if level == 0 {
 			f.txnModeStatement(s, res.Version)
+			a.tracked = f.setConfigStatement(s, res.Version)
 		}
 		a.statement(s.Stmt)
 		if level == 0 && channelStatement(s.Stmt) {
@@ -199,6 +200,9 @@ type analyzer struct {
 	// argument is a column of a row its statement picks by name
 	// (settingRowCall).
 	settingOf map[*pg_query.FuncCall]string
+	// tracked is the set_config call of the statement walked that
+	// transaction mode tracks (setConfigStatement), not refuses.
+	tracked *pg_query.FuncCall
 }
 
 // statement classifies one statement by kind, recursing into the
