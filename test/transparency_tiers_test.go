@@ -122,3 +122,75 @@ func TestTransparencyDumpInTheSharedAndSchemaTiers(t *testing.T) {
 		}
 	}
 }
+
+// TestDumpRestoreInTheSharedAndSchemaTiers: a shared- and a schema-tier
+// tenant's data-only dump through the proxy (tierDumpFlags) restores with
+// pg_restore through the proxy into the tenant itself after its rows were
+// deleted (session mode), and clones it into another tenant of its tier
+// whose rows were deleted (transaction mode): pg_restore of the archive
+// in the shared tier, whose COPY FROM loads into the target's share
+// whatever tenant the rows carry; psql of the plain dump in the schema
+// tier, with the source's schema name replaced by the target's (README).
+// Afterwards each holds the source's rows, and the clone none of its own.
+func TestDumpRestoreInTheSharedAndSchemaTiers(t *testing.T) {
+	e := newProxyEnv(t)
+	ctx := ctxT(t)
+	if _, err := e.cat.Create(ctx, catalog.CreateRequest{Subdomain: "hooli", Plan: catalog.PlanStandard, AdminUser: "alice", AdminPassword: tenantPassword}); err != nil {
+		t.Fatal(err)
+	}
+	addrs := e.proxiesByMode(t)
+	pgDump, pgRestore, psql := clientTool(t, "pg_dump"), clientTool(t, "pg_restore"), clientTool(t, "psql")
+	dir := t.TempDir()
+	for _, tc := range []struct{ source, clone string }{{"acme", "globex"}, {"initech", "hooli"}} {
+		tenants := map[string]*catalog.Tenant{}
+		for _, sub := range []string{tc.source, tc.clone} {
+			plantSecret(t, addrs[proxy.PoolSession], sub)
+			tn, err := e.cat.Show(ctx, sub)
+			if err != nil {
+				t.Fatal(err)
+			}
+			tenants[sub] = tn
+		}
+		through := func(mode, sub string) string { return dsn(addrs[mode], "alice."+sub, tenantPassword) }
+		flags := func(sub string) []string {
+			if tn := tenants[sub]; tn.Tier == catalog.TierSchema {
+				return tierDumpFlags(tn.SchemaName)
+			}
+			return tierDumpFlags("public")
+		}
+		dataOf := func(sub string) string {
+			tn := tenants[sub]
+			return asSingleTenant(run(t, pgDump, append(flags(sub), through(proxy.PoolSession, sub))...), tn.Tier, tn.SchemaName)
+		}
+		emptied := func(mode, sub string) {
+			run(t, psql, "-X", "-q", "-v", "ON_ERROR_STOP=1", "-c", "DELETE FROM users", through(mode, sub))
+		}
+		want := dataOf(tc.source)
+		archive := filepath.Join(dir, tc.source+".dump")
+		run(t, pgDump, append(flags(tc.source), "-Fc", "-f", archive, through(proxy.PoolSession, tc.source))...)
+
+		emptied(proxy.PoolTransaction, tc.clone)
+		if src, dst := tenants[tc.source], tenants[tc.clone]; src.Tier == catalog.TierSchema {
+			plain := strings.ReplaceAll(run(t, pgDump, append(flags(tc.source), through(proxy.PoolTransaction, tc.source))...), src.SchemaName, dst.SchemaName)
+			script := filepath.Join(dir, tc.clone+".sql")
+			if err := os.WriteFile(script, []byte(plain), 0o644); err != nil {
+				t.Fatal(err)
+			}
+			run(t, psql, "-X", "-q", "-v", "ON_ERROR_STOP=1", "-f", script, through(proxy.PoolTransaction, tc.clone))
+		} else {
+			run(t, pgRestore, "--no-owner", "--enable-row-security", "--exit-on-error", "-d", through(proxy.PoolTransaction, tc.clone), archive)
+		}
+		if got := dataOf(tc.clone); got != want {
+			t.Errorf("%s's clone %s differs from it\n--- source\n%s\n--- clone\n%s", tc.source, tc.clone, want, got)
+		}
+		if strings.Contains(run(t, psql, "-X", "-At", "-c", "SELECT string_agg(body, ',') FROM messages", through(proxy.PoolSession, tc.clone)), "secret-of-"+tc.clone) {
+			t.Errorf("the clone %s kept its own rows; want only %s's", tc.clone, tc.source)
+		}
+
+		emptied(proxy.PoolSession, tc.source)
+		run(t, pgRestore, "--no-owner", "--enable-row-security", "--exit-on-error", "-d", through(proxy.PoolSession, tc.source), archive)
+		if got := dataOf(tc.source); got != want {
+			t.Errorf("%s restored differs from its dump\n--- dumped\n%s\n--- restored\n%s", tc.source, want, got)
+		}
+	}
+}
