@@ -174,9 +174,10 @@ func TestDumpRestoreInTheDatabaseTier(t *testing.T) {
 // tenant's context set by hand the way the proxy sets it (the tenant
 // setting; SET ROLE and search_path, ending in the tenant's lock and
 // channel functions, which \df lists as it would any function the
-// tenant can call), byte for byte. Left out, until they
-// work there: \d+, whose Size column calls pg_table_size, which these
-// tiers refuse and revoke (other tenants' volume), and, in the shared
+// tenant can call), byte for byte. Left out: \d+, whose Size column
+// calls pg_table_size, revoked in these databases (other tenants'
+// volume), which the proxy answers with a stand-in a direct connection
+// does not get (TestPsqlSizesInTheSharedAndSchemaTiers), and, in the shared
 // tier, \copy FROM, which PostgreSQL refuses on tables with row-level
 // security (COPY FROM in the shared tier is other work of issue 14).
 func TestTransparencyPsqlInTheSharedAndSchemaTiers(t *testing.T) {

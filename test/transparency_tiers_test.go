@@ -9,6 +9,7 @@ import (
 	"testing"
 
 	"github.com/tenantproxy/tenantproxy/catalog"
+	"github.com/tenantproxy/tenantproxy/migrations"
 	"github.com/tenantproxy/tenantproxy/migrations/tierddl"
 	"github.com/tenantproxy/tenantproxy/proxy"
 )
@@ -191,6 +192,79 @@ func TestDumpRestoreInTheSharedAndSchemaTiers(t *testing.T) {
 		run(t, pgRestore, "--no-owner", "--enable-row-security", "--exit-on-error", "-d", through(proxy.PoolSession, tc.source), archive)
 		if got := dataOf(tc.source); got != want {
 			t.Errorf("%s restored differs from its dump\n--- dumped\n%s\n--- restored\n%s", tc.source, want, got)
+		}
+	}
+}
+
+// sizeText matches a size as pg_size_pretty prints it.
+var sizeText = regexp.MustCompile(`\d+ (bytes|kB|MB|GB)`)
+
+// TestPsqlSizesInTheSharedAndSchemaTiers: psql's \dt+, \d+ and \l+ work
+// for shared- and schema-tier tenants in both pool modes, and show only
+// sizes that reveal nothing: a schema-tier tenant's own tables' sizes (as
+// pg_table_size measures them directly), no size of another tenant's
+// table (\dt+ *.messages lists every schema-tier tenant's), none of a
+// shared-tier table (every tenant's rows together) and none of the
+// databases tenants share. Before the proxy's stand-ins for the size
+// functions, \dt+, \d+ and \l+ failed with 42501 in these tiers.
+func TestPsqlSizesInTheSharedAndSchemaTiers(t *testing.T) {
+	e := newProxyEnv(t)
+	ctx := ctxT(t)
+	if _, err := e.cat.Create(ctx, catalog.CreateRequest{Subdomain: "hooli", Plan: catalog.PlanStandard, AdminUser: "alice", AdminPassword: tenantPassword}); err != nil {
+		t.Fatal(err)
+	}
+	addrs := e.proxiesByMode(t)
+	for _, sub := range []string{"acme", "globex", "initech", "hooli", "umbrella"} {
+		plantSecret(t, addrs[proxy.PoolSession], sub)
+	}
+	b, err := e.cat.Backend(ctx, migrations.MainBackend)
+	if err != nil {
+		t.Fatal(err)
+	}
+	initech, err := e.cat.Show(ctx, "initech")
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The tenant's own table, measured directly as the superuser.
+	var own string
+	if err := connect(t, e.cluster.DSN(b.SchemaDatabase)).QueryRow(ctx,
+		"SELECT pg_size_pretty(pg_table_size($1::regclass))", initech.SchemaName+".messages").Scan(&own); err != nil {
+		t.Fatal(err)
+	}
+	psql := clientTool(t, "psql")
+	for _, mode := range poolModes {
+		for _, sub := range []string{"acme", "initech"} {
+			query := func(meta string) []string {
+				out := run(t, psql, "-X", "-A", "-t", "-c", meta, dsn(addrs[mode], "alice."+sub, tenantPassword))
+				return strings.Split(strings.TrimSpace(out), "\n")
+			}
+			// \dt+'s Size is its seventh column.
+			rows := query(`\dt+ *.messages`)
+			if sub == "initech" && len(rows) < 2 {
+				t.Errorf("%s, %s mode: \\dt+ *.messages: %q; want hooli's table too", sub, mode, rows)
+			}
+			for _, row := range rows {
+				f := strings.Split(row, "|")
+				if len(f) < 8 {
+					t.Errorf("%s, %s mode: \\dt+ row %q; want eight columns", sub, mode, row)
+					continue
+				}
+				want := ""
+				if sub == "initech" && f[0] == initech.SchemaName {
+					want = own
+				}
+				if f[6] != want {
+					t.Errorf("%s, %s mode: \\dt+ gives %s.messages the size %q; want %q", sub, mode, f[0], f[6], want)
+				}
+			}
+			if out := strings.Join(query(`\d+`), "\n"); (sub == "initech") != sizeText.MatchString(out) {
+				t.Errorf("%s, %s mode: \\d+ shows sizes: %v; want them only for a schema-tier tenant's own relations\n%s", sub, mode, sizeText.MatchString(out), out)
+			}
+			for _, db := range []string{b.SharedDatabase, b.SchemaDatabase} {
+				if out := strings.Join(query(`\l+ `+db), "\n"); !strings.Contains(out, db) || sizeText.MatchString(out) {
+					t.Errorf("%s, %s mode: \\l+ %s: %q; want the database without its size", sub, mode, db, out)
+				}
+			}
 		}
 	}
 }
