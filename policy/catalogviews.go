@@ -44,14 +44,18 @@ func (r Rules) viewsApply() bool { return !r.DatabaseWide }
 // included, so where no rewrite applies reading them is refused, with
 // the reason PostgreSQL's permission error would not give.
 func (a *analyzer) catalogRelation(rel *pg_query.RangeVar) {
+	if rel.Schemaname != "" && !strings.EqualFold(rel.Schemaname, "pg_catalog") {
+		return
+	}
 	switch strings.ToLower(rel.Relname) {
 	case "pg_db_role_setting":
 		a.f.viewless = "pg_db_role_setting is refused: it holds settings stored per role, other tenants' included"
-		fallthrough
+		a.f.views = true
 	case "pg_class":
-		if rel.Schemaname == "" || strings.EqualFold(rel.Schemaname, "pg_catalog") {
-			a.f.views = true
-		}
+		// Whether the statement reads the estimates is standIn's to
+		// find, for the statements a.stmt names (introspection that
+		// reads none, psql's and ORMs', is then not parsed again).
+		a.f.views = a.f.views || (a.stmt != nil && readsEstimates(a.stmt))
 	}
 }
 

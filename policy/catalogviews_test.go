@@ -56,3 +56,24 @@ func TestCatalogViewsReadsNoHotPathWord(t *testing.T) {
 		t.Errorf("CatalogViews of plain DML allocates %v times; want 0", n)
 	}
 }
+
+// TestCatalogViewsParsesNoIntrospection: a checked statement that reads
+// pg_class but none of its estimates (psql's \d, ORMs' introspection) is
+// not parsed again for the rewrite; one that reads them is.
+func TestCatalogViewsParsesNoIntrospection(t *testing.T) {
+	p := New()
+	for _, tt := range []struct {
+		sql    string
+		parses uint64
+	}{
+		{"SELECT c.oid, c.relname FROM pg_catalog.pg_class c WHERE c.relname = 'messages'", 0},
+		{"SELECT c.relpages FROM pg_catalog.pg_class c", 1},
+	} {
+		p.Check([]byte(tt.sql), Rules{}, SessionMode)
+		before := p.parses.Load()
+		p.CatalogViews([]byte(tt.sql), 0)
+		if got := p.parses.Load() - before; got != tt.parses {
+			t.Errorf("CatalogViews(%q) after Check parsed %d times; want %d", tt.sql, got, tt.parses)
+		}
+	}
+}

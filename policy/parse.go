@@ -174,6 +174,7 @@ func analyzeBody(sql string, level int) *facts {
 			f.txnModeStatement(s, res.Version)
 			a.tracked = f.setConfigStatement(s, res.Version)
 		}
+		a.stmt = s.Stmt
 		a.statement(s.Stmt)
 		if level == 0 && channelStatement(s.Stmt) {
 			// Nothing in them to walk, and walk refuses them where the
@@ -203,6 +204,8 @@ type analyzer struct {
 	// tracked is the set_config call of the statement walked that
 	// transaction mode tracks (setConfigStatement), not refuses.
 	tracked *pg_query.FuncCall
+	// stmt is the top-level statement walked.
+	stmt *pg_query.Node
 }
 
 // statement classifies one statement by kind, recursing into the
