@@ -34,10 +34,14 @@ import (
 
 const reasonIdleSetting = "changing idle_in_transaction_session_timeout other than by SET … = value is refused for this tenant: the proxy holds it to the tenant's limit, so that an idle transaction cannot hold the locks and vacuum horizon of a database other tenants share"
 
-// viewsApply reports whether the proxy rewrites r's tenant's statements
-// with CatalogViews: where the tenant shares its database with others,
-// i.e. does not reach database-wide state.
-func (r Rules) viewsApply() bool { return !r.DatabaseWide }
+// StandIns reports whether r's tenant's statements get CatalogViews'
+// stand-ins: where the tenant shares its database with others, i.e. may
+// not reach database-wide state. The zero Rules (the strictest, which a
+// database-tier tenant with malformed settings gets) have them too: in a
+// database without migrations.CatalogSchema a rewritten statement then
+// fails, where the policy would otherwise have to let pg_database_size
+// and pg_db_role_setting through unrewritten.
+func (r Rules) StandIns() bool { return !r.DatabaseWide }
 
 // catalogRelation notes a relation the rewrite stands in for. The
 // settings stored per role are hidden in every database, the tenant's own

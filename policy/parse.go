@@ -120,7 +120,7 @@ func (f *facts) verdict(r Rules) string {
 	if f.refused != "" {
 		return f.refused
 	}
-	if f.viewless != "" && !r.viewsApply() {
+	if f.viewless != "" && !r.StandIns() {
 		return f.viewless
 	}
 	for i := range numClasses {
