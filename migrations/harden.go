@@ -42,7 +42,9 @@ import (
 // its catalogs, so only column privileges can hide them; every other
 // column stays readable, which is all psql's meta-commands and ORMs'
 // introspection read. In their place, each tenant gets advisory locks and
-// channels of its own (namespace.go).
+// channels of its own (namespace.go), and stand-ins for the sizes,
+// estimates and settings stored per role that tools read
+// (catalogviews.go).
 func Harden(ctx context.Context, conn *pgx.Conn, shared bool) error {
 	stmts := []string{
 		// pg_settings' UPDATE rule calls set_config: SET under another
@@ -60,6 +62,7 @@ func Harden(ctx context.Context, conn *pgx.Conn, shared bool) error {
 			hardenColumns("pg_class", `'reltuples', 'relpages', 'relallvisible'`, "pg_read_all_stats"),
 		)
 		stmts = append(stmts, namespaceStmts()...)
+		stmts = append(stmts, catalogViewStmts()...)
 	}
 	if conn.Config().Database == SharedDatabase {
 		// The one exception to no TEMP anywhere: the shared tier's COPY

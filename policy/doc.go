@@ -11,6 +11,13 @@
 // live here together so that they share one lexical pre-filter, one cache
 // of per-text facts and at most one parse per statement text (Check).
 //
+// The rewrites the proxy makes of allowed statements are decided here too,
+// from the same parse: channels moved into the tenant's namespace
+// (Channels), the shared tier's COPY FROM STDIN as a load (SharedCopyIn),
+// and, where tenants share a database, stand-ins for the sizes, estimates
+// and settings stored per role that the database hides from them
+// (CatalogViews).
+//
 // Refusals are reasons written for the client; the proxy sends them as
 // ErrorResponses with SQLSTATE 42501 (pgerr.CodeStatementRefused), or
 // 54001 for a statement nested too deeply to parse safely (depth.go,

@@ -75,6 +75,11 @@ type facts struct {
 	// EXISTS statements, which Policy.Check allows only for the names the
 	// operator listed (NewWith).
 	extensions []string
+	// views: the text names what CatalogViews rewrites where tenants
+	// share a database; viewless is the refusal of what it names where
+	// they do not (catalogviews.go).
+	views    bool
+	viewless string
 	// copyIn is the shared tier's load for a COPY of a table FROM STDIN
 	// (SharedCopyIn), "" for any other text; copyTable the table's name.
 	copyIn, copyTable string
@@ -114,6 +119,9 @@ func (f *facts) merge(g *facts) {
 func (f *facts) verdict(r Rules) string {
 	if f.refused != "" {
 		return f.refused
+	}
+	if f.viewless != "" && !r.StandIns() {
+		return f.viewless
 	}
 	for i := range numClasses {
 		if c := class(1 << i); f.needs&c != 0 && !r.allows(c) {
@@ -164,7 +172,9 @@ func analyzeBody(sql string, level int) *facts {
 	for _, s := range res.Stmts {
 		if level == 0 {
 			f.txnModeStatement(s, res.Version)
+			a.tracked = f.setConfigStatement(s, res.Version)
 		}
+		a.stmt = s.Stmt
 		a.statement(s.Stmt)
 		if level == 0 && channelStatement(s.Stmt) {
 			// Nothing in them to walk, and walk refuses them where the
@@ -191,6 +201,11 @@ type analyzer struct {
 	// argument is a column of a row its statement picks by name
 	// (settingRowCall).
 	settingOf map[*pg_query.FuncCall]string
+	// tracked is the set_config call of the statement walked that
+	// transaction mode tracks (setConfigStatement), not refuses.
+	tracked *pg_query.FuncCall
+	// stmt is the top-level statement walked.
+	stmt *pg_query.Node
 }
 
 // statement classifies one statement by kind, recursing into the
@@ -375,6 +390,7 @@ func (a *analyzer) walk(m protoreflect.Message) {
 		a.funcCall(v)
 	case *pg_query.RangeVar:
 		a.relation(v.Relname)
+		a.catalogRelation(v)
 	case *pg_query.VariableSetStmt:
 		a.set(v)
 	case *pg_query.NotifyStmt, *pg_query.ListenStmt, *pg_query.UnlistenStmt:
@@ -448,14 +464,7 @@ func (a *analyzer) set(s *pg_query.VariableSetStmt) {
 		// PostgreSQL, so the serving role cannot set them.
 		a.f.need(classExplain, "setting "+name+" is refused for this tenant: it prints the plan, whose estimates come from statistics over every tenant's rows, as EXPLAIN would")
 	case "idle_in_transaction_session_timeout":
-		// Session mode's limit on idle transactions (proxy.Config.
-		// IdleInTransactionTimeout): lifting it would let one tenant
-		// hold, idle, locks and the vacuum horizon of the database. Only
-		// a database-tier tenant's database is its own (and its pool is
-		// keyed by its own login role), so only that tier may lift it,
-		// as pg_dump and pg_restore do first thing. Transaction mode
-		// times the client's silence in the proxy, whatever the setting.
-		a.f.need(classDatabaseWide, "changing idle_in_transaction_session_timeout is refused for this tenant: the proxy sets it, so that an idle transaction cannot hold the locks and vacuum horizon of a database other tenants share")
+		a.idleSetting(s)
 	case "client_encoding":
 		// In client encodings such as SJIS or BIG5 a multi-byte character
 		// can end in a backslash; the server reads the bytes in that
@@ -521,6 +530,9 @@ func (a *analyzer) funcCall(c *pg_query.FuncCall) {
 	}
 	if name == "ts_rewrite" && len(c.Args) != 2 {
 		// Only the two-argument form runs a query given as text.
+		return
+	}
+	if a.sizeCall(name) {
 		return
 	}
 	if reason, ok := refusedFunctions[name]; ok {
@@ -600,7 +612,6 @@ var refusedFunctions = map[string]string{
 	"pg_read_binary_file":            whyServerWide,
 	"lo_import":                      whyServerWide,
 	"lo_export":                      whyServerWide,
-	"pg_database_size":               whyServerWide,
 	"pg_tablespace_size":             whyServerWide,
 	"pg_current_logfile":             whyServerWide,
 	"pg_switch_wal":                  whyServerWide,
@@ -631,10 +642,6 @@ var classFunctionPrefixes = []struct {
 	class  class
 	reason string
 }{
-	{"pg_relation_size", classDatabaseWide, "object sizes show other tenants' volume in a shared database"},
-	{"pg_total_relation_size", classDatabaseWide, "object sizes show other tenants' volume in a shared database"},
-	{"pg_table_size", classDatabaseWide, "object sizes show other tenants' volume in a shared database"},
-	{"pg_indexes_size", classDatabaseWide, "object sizes show other tenants' volume in a shared database"},
 	{"lo_", classSharedTables, "large objects of the shared tier belong to the serving role, so to every tenant"},
 	{"loread", classSharedTables, "large objects of the shared tier belong to the serving role, so to every tenant"},
 	{"lowrite", classSharedTables, "large objects of the shared tier belong to the serving role, so to every tenant"},
@@ -675,8 +682,10 @@ var perDatabaseStats = map[string]bool{
 // passwords are masked, and the settings a database-tier tenant may store
 // for its own role (ALTER ROLE … SET) are hidden by column privileges
 // (rolconfig, useconfig: migrations.Harden). pg_authid and pg_shadow hold
-// password verifiers (superuser only anyway); pg_db_role_setting holds
-// those settings per database and role, revoked too.
+// password verifiers (superuser only anyway). pg_db_role_setting, which
+// holds those settings per database and role, is revoked too and
+// answered by an empty stand-in where tenants share a database
+// (catalogviews.go).
 // Nor are the shared catalogs pg_dump reads about the tenant's own
 // database, whose rows no tenant can write through the proxy (procedural
 // code, opt-in in the database tier, is out of its sight): pg_subscription
@@ -686,7 +695,7 @@ var perDatabaseStats = map[string]bool{
 // and pg_shseclabel (SECURITY LABEL is refused to tenants).
 var refusedRelations = map[string]bool{
 	"pg_locks": true, "pg_prepared_xacts": true, "pg_authid": true, "pg_shadow": true,
-	"pg_db_role_setting": true, "pg_replication_slots": true, "pg_hba_file_rules": true,
+	"pg_replication_slots": true, "pg_hba_file_rules": true,
 	"pg_ident_file_mappings": true, "pg_file_settings": true, "pg_backend_memory_contexts": true,
 	"pg_shmem_allocations": true, "pg_user_mappings": true, "pg_user_mapping": true,
 	"pg_largeobject": true, "pg_replication_origin_status": true,

@@ -13,7 +13,7 @@ import (
 // set_config() of a setting named at run time, and the functions that run
 // SQL text),
 // observe other tenants through the server (pg_stat_activity, pg_locks,
-// pg_stats, sizes; not names, which are random), or disturb them (ALTER ROLE on the
+// pg_stats; sizes and estimates where tenants share a database get stand-ins, catalogviews.go; not names, which are random), or disturb them (ALTER ROLE on the
 // shared serving role, pg_terminate_backend, two-phase commit), and, per
 // tier, what a tenant of that tier may not do (Rules). In transaction
 // pooling mode it also judges what would outlive the client's

@@ -96,7 +96,6 @@ var refusedEverywhere = []struct{ sql, why string }{
 	{"SELECT * FROM pg_stat_statements", "pg_stat_statements"},
 	{"SELECT rolname, rolpassword FROM pg_authid", "pg_authid"},
 	{"SELECT usename, passwd FROM pg_shadow", "pg_shadow"},
-	{"SELECT setconfig FROM pg_db_role_setting", "pg_db_role_setting"},
 	{"SELECT pg_terminate_backend(123)", "pg_terminate_backend"},
 	{"SELECT pg_cancel_backend(123)", "pg_cancel_backend"},
 	{"SELECT pg_terminate_backend(pg_backend_pid() + 1)", "pg_terminate_backend"},
@@ -106,7 +105,6 @@ var refusedEverywhere = []struct{ sql, why string }{
 	{"SELECT pg_read_file('/etc/passwd')", "pg_read_file"},
 	{"SELECT lo_import('/etc/passwd')", "lo_import"},
 	{"SELECT dblink('dbname=x', 'select 1')", "dblink"},
-	{"SELECT pg_database_size('tenantproxy_shared')", "pg_database_size"},
 	{"ALTER ROLE tenantproxy_serving PASSWORD 'x'", "AlterRole"},
 	{"ALTER ROLE CURRENT_USER SET role = 'tenant_b'", "AlterRoleSet"},
 	{"ALTER USER tenantproxy_serving SET default_transaction_read_only = on", "AlterRoleSet"},
@@ -175,15 +173,24 @@ var tierRules = []struct {
 	{"SELECT * FROM pg_catalog.pg_listening_channels()", []catalog.Tier{catalog.TierDatabase}},
 	{"CREATE FUNCTION f() RETURNS void LANGUAGE sql AS 'NOTIFY jobs'", []catalog.Tier{catalog.TierDatabase}},
 	{"CREATE FUNCTION f() RETURNS void LANGUAGE sql AS $$ LISTEN jobs $$", []catalog.Tier{catalog.TierDatabase}},
-	// pg_dump and pg_restore lift the limit on idle transactions first.
-	{"SET idle_in_transaction_session_timeout = 0", []catalog.Tier{catalog.TierDatabase}},
-	{"SET LOCAL idle_in_transaction_session_timeout TO '1h'", []catalog.Tier{catalog.TierDatabase}},
+	// pg_dump and pg_restore lift the limit on idle transactions first:
+	// where tenants share the database, the proxy holds a SET of a value
+	// to the tenant's limit (CatalogViews); the other forms it cannot.
+	{"SET idle_in_transaction_session_timeout = 0", []catalog.Tier{catalog.TierShared, catalog.TierSchema, catalog.TierDatabase}},
+	{"SET LOCAL idle_in_transaction_session_timeout TO '1h'", []catalog.Tier{catalog.TierShared, catalog.TierSchema, catalog.TierDatabase}},
 	{"SET SESSION Idle_In_Transaction_Session_Timeout TO DEFAULT", []catalog.Tier{catalog.TierDatabase}},
 	{"RESET idle_in_transaction_session_timeout", []catalog.Tier{catalog.TierDatabase}},
 	{"SELECT set_config('idle_in_transaction_session_timeout', '0', false)", []catalog.Tier{catalog.TierDatabase}},
 	{"SELECT relname, n_live_tup FROM pg_stat_user_tables", []catalog.Tier{catalog.TierDatabase}},
 	{"SELECT * FROM pg_statio_user_tables", []catalog.Tier{catalog.TierDatabase}},
-	{"SELECT pg_total_relation_size('tenant_b.messages')", []catalog.Tier{catalog.TierDatabase}},
+	// Sizes, estimates and the settings stored per role: stand-ins where
+	// tenants share the database (CatalogViews); the tenant's own
+	// database's sizes in the database tier, but no other database's,
+	// nor the settings (revoked there too).
+	{"SELECT pg_total_relation_size('tenant_b.messages')", []catalog.Tier{catalog.TierShared, catalog.TierSchema, catalog.TierDatabase}},
+	{"SELECT relpages FROM pg_class", []catalog.Tier{catalog.TierShared, catalog.TierSchema, catalog.TierDatabase}},
+	{"SELECT pg_database_size('tenantproxy_shared')", []catalog.Tier{catalog.TierShared, catalog.TierSchema}},
+	{"SELECT setconfig FROM pg_catalog.pg_db_role_setting", []catalog.Tier{catalog.TierShared, catalog.TierSchema}},
 	{"LOCK TABLE messages IN ACCESS EXCLUSIVE MODE", []catalog.Tier{catalog.TierSchema, catalog.TierDatabase}},
 	{"LOCK TABLE messages", []catalog.Tier{catalog.TierSchema, catalog.TierDatabase}},
 	{"LOCK TABLE messages IN ROW SHARE MODE", []catalog.Tier{catalog.TierSchema, catalog.TierDatabase}},
@@ -360,7 +367,7 @@ func TestZeroRulesAreTheSharedTiers(t *testing.T) {
 		t.Fatalf("shared tier rules %+v; want the zero Rules", DefaultRules(catalog.TierShared))
 	}
 	p := New()
-	for _, sql := range []string{"CREATE TABLE t (id int)", "SELECT pg_catalog.pg_notify('x', '')", "EXPLAIN SELECT 1", "SET idle_in_transaction_session_timeout = 0"} {
+	for _, sql := range []string{"CREATE TABLE t (id int)", "SELECT pg_catalog.pg_notify('x', '')", "EXPLAIN SELECT 1", "RESET idle_in_transaction_session_timeout"} {
 		if p.Check([]byte(sql), Rules{}, SessionMode) == "" {
 			t.Errorf("Check allowed %q under the zero Rules; want the shared tier's refusal", sql)
 		}

@@ -18,11 +18,13 @@ type Rules struct {
 	// whose bodies can build and run SQL the proxy never sees.
 	Procedural bool
 	// DatabaseWide: names every session of a database shares — advisory
-	// locks, LISTEN/NOTIFY channels — per-database statistics and
-	// relation sizes, which show other tenants' objects and volume when
-	// tenants share a database, and idle_in_transaction_session_timeout,
-	// whose limit keeps an idle transaction from holding the database's
-	// locks and vacuum horizon.
+	// locks, LISTEN/NOTIFY channels — per-database statistics, which show
+	// other tenants' objects and volume when tenants share a database,
+	// and idle_in_transaction_session_timeout but by SET, whose limit
+	// keeps an idle transaction from holding the database's locks and
+	// vacuum horizon. Without it the tenant shares its database, and
+	// its statements get CatalogViews' stand-ins for sizes, estimates and
+	// settings stored per role.
 	DatabaseWide bool
 	// SharedTables: LOCK TABLE and large objects, which act on objects
 	// shared by every tenant of the shared tier.

@@ -36,6 +36,11 @@ func (a *analyzer) setConfig(c *pg_query.FuncCall) {
 		}
 	}
 	a.f.merge(g)
+	if g.views {
+		// CatalogViews holds SET statements to the tenant's limit, not
+		// set_config calls.
+		a.f.need(classDatabaseWide, lead+reasonIdleSetting)
+	}
 }
 
 // settingRowCall recognises the one form pg_dump (15.8 and later) uses to

@@ -71,7 +71,7 @@ func (p *Policy) CheckTx(sql []byte, r Rules) TxVerdict {
 // wherever it appears (inside EXPLAIN, PREPARE, CTEs, …): the first
 // refusal, the first pin, and whether anything deallocates.
 func (a *analyzer) txnMode(n any) {
-	if a.f.txn == "" {
+	if a.f.txn == "" && n != any(a.tracked) {
 		a.f.txn = txnModeNode(n)
 	}
 	if a.f.pin == "" {

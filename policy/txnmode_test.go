@@ -45,7 +45,10 @@ var txnModeCases = []struct {
 	{"RESET SESSION", allowed, false, 1},
 	{"reset local; SELECT 1", allowed, false, 1},
 	{"/* hi */ SET work_mem = '1MB'", allowed, false, 1},
-	{"SELECT set_config('work_mem', '1MB', false)", refused, false, 1},
+	{"SELECT set_config('work_mem', '1MB', false)", allowed, false, 1},
+	{"SELECT set_config('work_mem', '1MB', false), 1", refused, false, 1},
+	{"SELECT set_config('work_mem', '1MB', true)", refused, false, 1},
+	{"SELECT set_config('work_mem', current_user, false)", refused, false, 1},
 	{"SET seed = 0.5", refused, false, 1},
 	{"SET work_mem FROM CURRENT", refused, false, 1},
 	{"LISTEN ch", pins, false, 1},
@@ -147,7 +150,7 @@ func TestTransactionModeAsksTheRulesFirst(t *testing.T) {
 		{"SELECT set_config('role', 'x', false)", everything,
 			"set_config('role', …): " + reasonRole,
 			"set_config('role', …): " + reasonRole, false},
-		{"SELECT set_config('work_mem', '1MB', false)", everything, "",
+		{"SELECT set_config('work_mem', '1MB', false) FROM t", everything, "",
 			"set_config() can change the session outside the transaction in transaction pooling mode" + sessionModeHint, true},
 		{"SELECT pg_catalog.pg_advisory_lock(1)", Rules{},
 			"pg_advisory_lock" + reasonQualified, "pg_advisory_lock" + reasonQualified, false},
@@ -196,6 +199,11 @@ func TestSessionSettingsAreTrackedAsDeparsedStatements(t *testing.T) {
 		// Only the per-transaction names are left untracked.
 		{"SET transactions.x = '1'", []SessionSet{{"transactions.x", `SET "transactions.x" TO "1"`}}},
 		{"SELECT 1", nil},
+		// pg_dump's: the statement itself, replayed.
+		{"SELECT pg_catalog.set_config('search_path', '', false);", []SessionSet{
+			{"search_path", "SELECT pg_catalog.set_config('search_path', '', false)"}}},
+		{"SELECT set_config(name, 'view, foreign-table', false) FROM pg_settings WHERE name = 'restrict_nonsystem_relation_kind'", []SessionSet{
+			{"restrict_nonsystem_relation_kind", "SELECT set_config(name, 'view, foreign-table', false) FROM pg_settings WHERE name = 'restrict_nonsystem_relation_kind'"}}},
 	} {
 		v := p.CheckTx([]byte(tt.sql), everything)
 		if v.Refusal != "" {

@@ -33,6 +33,12 @@ func (b *sessionBase) channelsOf(m []byte) ([]byte, error) {
 	if out == nil {
 		return m, nil
 	}
+	return withStatement(m, sql, out), nil
+}
+
+// withStatement returns a copy of the Query or Parse m (whole), whose
+// statement is sql, with out in sql's place.
+func withStatement(m, sql, out []byte) []byte {
 	// The text is a Query's only field, a Parse's second (after the
 	// statement's name, before the parameter types): what is around it
 	// stays as it is.
@@ -44,7 +50,7 @@ func (b *sessionBase) channelsOf(m []byte) ([]byte, error) {
 	r := pgwire.AppendHeader(make([]byte, 0, len(m)-len(sql)+len(out)), m[0], len(m)-pgwire.HeaderSize-len(sql)+len(out))
 	r = append(r, m[pgwire.HeaderSize:start]...)
 	r = append(r, out...)
-	return append(r, m[end:]...), nil
+	return append(r, m[end:]...)
 }
 
 // relayNotification passes on the server's NotificationResponse m (whole)

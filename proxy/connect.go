@@ -172,11 +172,11 @@ func (s *Server) connect(ctx context.Context, c *clientConn, lv *live, t *catalo
 	// it into logins that wait and fail.
 	target.TenantCap = nil
 	if idleLimit > 0 {
-		// PostgreSQL times the session's idle transactions; the policy
-		// refuses changing the setting (policy.protectedSettings).
+		// PostgreSQL times the session's idle transactions; a client's
+		// SET of the setting is held to the limit (policy.CatalogViews).
 		target.Setup = append(target.Setup, idleInTxSetting(idleLimit))
 	}
-	ps := &pinnedSession{}
+	ps := &pinnedSession{idleLimit: idleLimit}
 	s.initBase(&ps.sessionBase, c, t, tl, id, lv)
 	ps.channels = rt.Channels
 	return ps, s.connectPinned(ctx, c, ps, target)

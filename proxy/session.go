@@ -30,6 +30,10 @@ type pinnedSession struct {
 	sessionBase
 	backend *pool.Conn
 	bconn   net.Conn
+	// idleLimit is the tenant's limit on idle transactions, which
+	// PostgreSQL times in session mode (connect.go) and the session's
+	// statements are held to (rewrite).
+	idleLimit time.Duration
 
 	// replies are the ReadyForQuery messages the server owes, and the
 	// stand-ins' errors to swap for refusals.
@@ -138,7 +142,7 @@ func (ss *pinnedSession) forwardClient() clientResult {
 				err = ss.refuse(&sc, m.Bytes, ss.srv.policy.Explain(sql, reason))
 			} else if over := ss.charge(&sc, m.Type, &charged); over != nil {
 				err = ss.refuse(&sc, m.Bytes, over)
-			} else if out, why := ss.channelsOf(m.Bytes); why != nil {
+			} else if out, why := ss.rewrite(m.Bytes, ss.idleLimit); why != nil {
 				err = ss.refuse(&sc, m.Bytes, why)
 			} else if err = replace(&sc, m.Bytes, out); err == nil && m.Type == pgwire.Query {
 				if load, r := ss.loadQuery(sql); load != nil {

@@ -338,14 +338,14 @@ func (tx *txSession) skip(reason string) {
 
 // message appends the client message in tx.in to tx.out for server
 // connection c; refused statements become their stand-ins (refusal.go),
-// and channels move into the tenant's namespace (channels.go). refusal
+// and channels and catalogs are rewritten (rewrite). refusal
 // is tx.verdict(typ). Called with tx.mu held.
 func (tx *txSession) message(c *pool.Conn, typ byte, refusal string) {
 	refusal = tx.capSettings(refusal)
 	var why error
 	if refusal != "" {
 		why = tx.explain(refusal)
-	} else if in, err := tx.channelsOf(tx.in); err != nil {
+	} else if in, err := tx.rewrite(tx.in, 0); err != nil {
 		why = err
 	} else {
 		tx.in = in

@@ -172,8 +172,15 @@ var attacks = []attack{
 	{name: "pg_locks", sql: "SELECT * FROM pg_locks", want: refused},
 	{name: "pg_stats most common values", sql: "SELECT most_common_vals::text FROM pg_stats WHERE tablename = 'messages'", want: refused},
 	{name: "pg_stat_user_tables row counts", sql: "SELECT relname, n_live_tup FROM pg_stat_user_tables", want: refused, tiers: ownDatabase(harmless)},
-	{name: "relation size of a shared table", sql: "SELECT pg_total_relation_size('messages')", want: refused, tiers: ownDatabase(harmless)},
-	{name: "planner estimates of a shared table's rows", sql: "SELECT reltuples, relpages, relallvisible FROM pg_class WHERE relname = 'messages'", want: noStatistics, tiers: ownDatabase(harmless)},
+	// Sizes and estimates where tenants share the database: the proxy's
+	// stand-ins answer with the tenant's own relations' figures only, and
+	// nothing (NULL, 0) for any other's (TestPsqlSizesInTheSharedAndSchemaTiers,
+	// TestSharedAndSchemaTiersGivePgDumpWhatRevealsNothing check the
+	// figures); a whole-row reference is no column name the proxy
+	// rewrites, and the database refuses it.
+	{name: "relation size of a shared table", sql: "SELECT pg_total_relation_size('messages')", want: harmless},
+	{name: "relation size of the victim's table", sql: "SELECT pg_total_relation_size(c.oid) FROM pg_class c WHERE relname = 'messages'", want: harmless},
+	{name: "planner estimates of a shared table's rows", sql: "SELECT reltuples, relpages, relallvisible FROM pg_class WHERE relname = 'messages'", want: harmless},
 	{name: "planner estimates through a whole-row reference", sql: "SELECT c::text FROM pg_class c WHERE relname = 'messages'", want: noStatistics, tiers: ownDatabase(harmless)},
 	{name: "EXPLAIN estimates over every tenant's rows", sql: "EXPLAIN SELECT * FROM messages WHERE body = 'guess-{victim}'", want: refused, tiers: notSharedTier(harmless)},
 	// Channels and lock keys are the tenant's own in every tier (a

@@ -174,9 +174,10 @@ func TestDumpRestoreInTheDatabaseTier(t *testing.T) {
 // tenant's context set by hand the way the proxy sets it (the tenant
 // setting; SET ROLE and search_path, ending in the tenant's lock and
 // channel functions, which \df lists as it would any function the
-// tenant can call), byte for byte. Left out, until they
-// work there: \d+, whose Size column calls pg_table_size, which these
-// tiers refuse and revoke (other tenants' volume), and, in the shared
+// tenant can call), byte for byte. Left out: \d+, whose Size column
+// calls pg_table_size, revoked in these databases (other tenants'
+// volume), which the proxy answers with a stand-in a direct connection
+// does not get (TestPsqlSizesInTheSharedAndSchemaTiers), and, in the shared
 // tier, \copy FROM, which PostgreSQL refuses on tables with row-level
 // security (COPY FROM in the shared tier is other work of issue 14).
 func TestTransparencyPsqlInTheSharedAndSchemaTiers(t *testing.T) {
@@ -213,18 +214,33 @@ func TestTransparencyPsqlInTheSharedAndSchemaTiers(t *testing.T) {
 	}
 }
 
-// TestSharedAndSchemaTiersGivePgDumpWhatRevealsNothing: two of the reads
+// TestSharedAndSchemaTiersGivePgDumpWhatRevealsNothing: the reads
 // pg_dump makes in every database work for shared- and schema-tier
 // tenants in both pool modes, because they reveal nothing: pg_class's
 // tableoid (the catalog's own OID; its column grant was missing since
 // migrate up hid the planner's estimates, which took every system column
-// with them) and LOCK TABLE … IN ACCESS SHARE MODE (the lock a SELECT
-// takes). The estimates themselves stay hidden: relpages is what still
-// stops pg_dump in these tiers (README, "Backup and restore per tenant").
+// with them), LOCK TABLE … IN ACCESS SHARE MODE (the lock a SELECT
+// takes), and the estimates themselves, which the proxy's stand-in
+// (policy.CatalogViews) gives only for the relations the tenant's role
+// owns, after ANALYZE gave every table of the databases (other tenants'
+// rows in the shared tier's, other tenants' tables in the schema tier's)
+// estimates of their own; a direct connection still gets 42501.
 func TestSharedAndSchemaTiersGivePgDumpWhatRevealsNothing(t *testing.T) {
 	e := newProxyEnv(t)
 	addrs := e.proxiesByMode(t)
 	ctx := ctxT(t)
+	for _, sub := range []string{"acme", "globex", "initech"} {
+		plantSecret(t, addrs[proxy.PoolSession], sub)
+	}
+	b, err := e.cat.Backend(ctx, migrations.MainBackend)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, db := range []string{b.SharedDatabase, b.SchemaDatabase} {
+		if err := e.cluster.Exec(ctx, db, "ANALYZE"); err != nil {
+			t.Fatal(err)
+		}
+	}
 	for _, sub := range []string{"acme", "initech"} {
 		for _, mode := range poolModes {
 			conn := connect(t, dsn(addrs[mode], "alice."+sub, tenantPassword))
@@ -235,9 +251,19 @@ func TestSharedAndSchemaTiersGivePgDumpWhatRevealsNothing(t *testing.T) {
 			if _, err := conn.Exec(ctx, "BEGIN; LOCK TABLE messages IN ACCESS SHARE MODE; COMMIT"); err != nil {
 				t.Errorf("%s, %s mode: LOCK TABLE … IN ACCESS SHARE MODE: %v", sub, mode, err)
 			}
-			if _, err := conn.Exec(ctx, "SELECT relpages FROM pg_class"); sqlstateOf(err) != "42501" {
-				t.Errorf("%s, %s mode: SELECT relpages FROM pg_class: %v; want 42501 (other tenants' volume)", sub, mode, err)
+			var others, own int
+			if err := conn.QueryRow(ctx, `SELECT count(*) FILTER (WHERE relowner <> current_user::regrole AND (relpages <> 0 OR reltuples <> -1 OR relallvisible <> 0)),
+				count(*) FILTER (WHERE relowner = current_user::regrole AND relkind = 'r' AND reltuples > 0) FROM pg_class`).Scan(&others, &own); err != nil {
+				t.Errorf("%s, %s mode: pg_class's estimates: %v", sub, mode, err)
+			} else if others != 0 {
+				t.Errorf("%s, %s mode: pg_class gives the estimates of %d relations the tenant does not own; want none", sub, mode, others)
+			} else if tn, _ := e.cat.Show(ctx, sub); tn.Tier == catalog.TierSchema && own == 0 {
+				t.Errorf("%s, %s mode: no estimate of the tenant's own tables; want those", sub, mode)
 			}
 		}
+	}
+	direct := e.directDSN(b.ServingUser, b.ServingPassword, b.SharedDatabase)
+	if _, err := connect(t, direct).Exec(ctx, "SELECT relpages FROM pg_class"); sqlstateOf(err) != "42501" {
+		t.Errorf("SELECT relpages FROM pg_class directly as the serving role: %v; want 42501 (other tenants' volume)", err)
 	}
 }

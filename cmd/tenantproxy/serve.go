@@ -103,7 +103,7 @@ func (f *serveFlags) register(fs *pflag.FlagSet, defaultAuth string) {
 	fs.DurationVar(&f.startupTimeout, "startup-timeout", 15*time.Second, "time a client has from connect to ready (TLS, startup, auth)")
 	fs.IntVar(&f.maxStartupConns, "max-startup-conns", 1000, "connections not yet authenticated, in all; at the cap the oldest of them is closed for the new one; -1 means no cap")
 	fs.IntVar(&f.maxStartupConnsPerAddr, "max-startup-conns-per-addr", 100, "connections not yet authenticated from one IPv4 address or IPv6 /64; over it new ones get 53300; -1 means no cap")
-	fs.DurationVar(&f.idleInTxTimeout, "idle-in-transaction-timeout", time.Minute, "a client whose transaction stays open with nothing sent for longer gets FATAL 25P03 and its server connection is rolled back (transaction mode: timed by the proxy; session mode: PostgreSQL's idle_in_transaction_session_timeout, which tenants may not change); 0 means 1m, negative disables")
+	fs.DurationVar(&f.idleInTxTimeout, "idle-in-transaction-timeout", time.Minute, "a client whose transaction stays open with nothing sent for longer gets FATAL 25P03 and its server connection is rolled back (transaction mode: timed by the proxy; session mode: PostgreSQL's idle_in_transaction_session_timeout, which a tenant's SET may lower, never lift); 0 means 1m, negative disables")
 	fs.DurationVar(&f.drainTimeout, "drain-timeout", 30*time.Second, "on SIGTERM, time open sessions get before they are ended with 57P01")
 	fs.StringVar(&f.poolMode, "pool-mode", proxy.PoolSession, "default pool mode of tenants whose settings name none: session (a server connection per client) or transaction (per transaction)")
 	fs.IntVar(&f.poolMaxConns, "pool-max-conns", 20, "server connections per (backend, database, role)")

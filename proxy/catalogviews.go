@@ -1,0 +1,27 @@
+package proxy
+
+import (
+	"time"
+
+	"github.com/tenantproxy/tenantproxy/internal/pgwire"
+)
+
+// rewrite returns the Query or Parse m (whole) as the server gets it: its
+// channels in the session's namespace (channelsOf) and, where the tenant
+// shares its database with others (policy.Rules.StandIns: the shared and
+// schema tiers), with the catalogs and size functions hidden from it
+// answered by stand-ins that reveal nothing and its SETs of
+// idle_in_transaction_session_timeout held to idleLimit (0: not held)
+// (policy.CatalogViews). m itself comes back when nothing changes. Call it
+// only for a statement the policy allowed.
+func (b *sessionBase) rewrite(m []byte, idleLimit time.Duration) ([]byte, error) {
+	m, err := b.channelsOf(m)
+	if err != nil || !b.rules.StandIns() || (m[0] != pgwire.Query && m[0] != pgwire.Parse) {
+		return m, err
+	}
+	sql := pgwire.Statement(m)
+	if out := b.srv.policy.CatalogViews(sql, idleLimit); out != nil {
+		return withStatement(m, sql, out), nil
+	}
+	return m, nil
+}
