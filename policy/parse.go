@@ -64,6 +64,9 @@ type facts struct {
 	// sets are the text's session-level SET and RESET statements, which
 	// transaction mode tracks (SessionSet).
 	sets []SessionSet
+	// trackedCalls are the set_config calls tracked as SETs (txsets.go),
+	// which transaction mode would otherwise refuse.
+	trackedCalls []*pg_query.FuncCall
 	// syntax is the parser's error for text it rejects, kept so the
 	// client hears a syntax error as the server would report it.
 	syntax *parser.Error

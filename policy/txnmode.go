@@ -1,6 +1,7 @@
 package policy
 
 import (
+	"slices"
 	"strings"
 
 	pg_query "github.com/pganalyze/pg_query_go/v6"
@@ -71,6 +72,9 @@ func (p *Policy) CheckTx(sql []byte, r Rules) TxVerdict {
 // wherever it appears (inside EXPLAIN, PREPARE, CTEs, …): the first
 // refusal, the first pin, and whether anything deallocates.
 func (a *analyzer) txnMode(n any) {
+	if c, ok := n.(*pg_query.FuncCall); ok && slices.Contains(a.f.trackedCalls, c) {
+		return
+	}
 	if a.f.txn == "" {
 		a.f.txn = txnModeNode(n)
 	}
@@ -110,15 +114,32 @@ var perTransaction = map[string]bool{
 
 // txnModeStatement judges a top-level statement of the text by kind,
 // before its nodes, and collects the session settings it changes. SET and
-// RESET outlive the transaction only as statements of their own. As a
-// function's SET clause the setting lasts for a call, and the ALTER
-// ROLE/DATABASE/SYSTEM forms are the policy's to refuse. version is the
-// parse tree's, which the deparser checks.
+// RESET outlive the transaction only as statements of their own, and so
+// does set_config in the one form txsets.go tracks. As a function's SET
+// clause the setting lasts for a call, and the ALTER ROLE/DATABASE/SYSTEM
+// forms are the policy's to refuse. version is the parse tree's, which
+// the deparser checks.
 func (f *facts) txnModeStatement(raw *pg_query.RawStmt, version int32) {
 	s := raw.Stmt.GetVariableSetStmt()
+	if set, call := sessionSetConfig(raw.Stmt); set != nil {
+		f.trackedCalls = append(f.trackedCalls, call)
+		s = set
+	}
 	if s == nil || s.IsLocal || perTransaction[strings.ToLower(s.Name)] {
 		return
 	}
+	if sets := characteristicsSets(s); sets != nil {
+		for _, set := range sets {
+			f.sessionSet(set, version)
+		}
+		return
+	}
+	f.sessionSet(s, version)
+}
+
+// sessionSet tracks the session-level SET or RESET s, or refuses it when
+// replaying it per transaction would not give what the session had.
+func (f *facts) sessionSet(s *pg_query.VariableSetStmt, version int32) {
 	reason := ""
 	switch {
 	case strings.EqualFold(s.Name, "seed"):
@@ -127,9 +148,8 @@ func (f *facts) txnModeStatement(raw *pg_query.RawStmt, version int32) {
 	case s.Kind == pg_query.VariableSetKind_VAR_SET_CURRENT:
 		reason = "SET … FROM CURRENT is refused in transaction pooling mode: the current value is the server connection's, not the session's"
 	default:
-		sql, err := pg_query.Deparse(&pg_query.ParseResult{Version: version, Stmts: []*pg_query.RawStmt{{Stmt: raw.Stmt}}})
-		if err == nil {
-			f.sets = append(f.sets, SessionSet{Name: strings.ToLower(s.Name), SQL: sql})
+		if set, ok := trackedSet(s, version); ok {
+			f.sets = append(f.sets, set)
 			return
 		}
 		reason = "this form of session-level SET cannot be tracked in transaction pooling mode; use SET LOCAL inside a transaction"
@@ -149,7 +169,7 @@ func txnModeNode(n any) string {
 	if selfTerminate(f) {
 		return "pg_terminate_backend(pg_backend_pid()) is refused in transaction pooling mode: the server connection is the pool's, not the session's" + sessionModeHint
 	}
-	if funcName(f) == "set_config" {
+	if funcName(f) == "set_config" && !localSetConfig(f) {
 		return "set_config() can change the session outside the transaction in transaction pooling mode" + sessionModeHint
 	}
 	return ""

@@ -45,7 +45,14 @@ var txnModeCases = []struct {
 	{"RESET SESSION", allowed, false, 1},
 	{"reset local; SELECT 1", allowed, false, 1},
 	{"/* hi */ SET work_mem = '1MB'", allowed, false, 1},
-	{"SELECT set_config('work_mem', '1MB', false)", refused, false, 1},
+	{"SELECT set_config('work_mem', '1MB', false)", allowed, false, 1},
+	{"SELECT set_config('work_mem', '1MB', true), 1", allowed, false, 1},
+	{"SELECT set_config('work_mem', '1MB', false), 1", refused, false, 1},
+	{"SELECT set_config('work_mem', '1MB', false) FROM users", refused, false, 1},
+	{"SELECT set_config('work_mem', current_setting('work_mem'), false)", refused, false, 1},
+	{"SELECT set_config('seed', '0.5', false)", refused, false, 1},
+	{"SELECT set_config('work_mem', '1MB', $1)", refused, false, 1},
+	{"SET SESSION CHARACTERISTICS AS TRANSACTION ISOLATION LEVEL SERIALIZABLE, READ ONLY", allowed, false, 1},
 	{"SET seed = 0.5", refused, false, 1},
 	{"SET work_mem FROM CURRENT", refused, false, 1},
 	{"LISTEN ch", pins, false, 1},
@@ -147,7 +154,7 @@ func TestTransactionModeAsksTheRulesFirst(t *testing.T) {
 		{"SELECT set_config('role', 'x', false)", everything,
 			"set_config('role', …): " + reasonRole,
 			"set_config('role', …): " + reasonRole, false},
-		{"SELECT set_config('work_mem', '1MB', false)", everything, "",
+		{"SELECT set_config('work_mem', '1MB', false), 1", everything, "",
 			"set_config() can change the session outside the transaction in transaction pooling mode" + sessionModeHint, true},
 		{"SELECT pg_catalog.pg_advisory_lock(1)", Rules{},
 			"pg_advisory_lock" + reasonQualified, "pg_advisory_lock" + reasonQualified, false},
@@ -196,6 +203,19 @@ func TestSessionSettingsAreTrackedAsDeparsedStatements(t *testing.T) {
 		// Only the per-transaction names are left untracked.
 		{"SET transactions.x = '1'", []SessionSet{{"transactions.x", `SET "transactions.x" TO "1"`}}},
 		{"SELECT 1", nil},
+		// Django's time zone, as the SET it amounts to; as is_local it
+		// ends with the transaction, as does a per-transaction name.
+		{"SELECT set_config('TimeZone', 'UTC', false)", []SessionSet{{"timezone", `SET timezone TO "UTC"`}}},
+		{"select SET_CONFIG('a.b', 'x''; SELECT 1', false)", []SessionSet{{"a.b", `SET "a.b" TO "x'; SELECT 1"`}}},
+		{"SELECT set_config('TimeZone', 'UTC', true)", nil},
+		{"SELECT set_config('transaction_isolation', 'serializable', false)", nil},
+		// Each characteristic is a setting of its own, so that a later
+		// one does not replace the others.
+		{"SET SESSION CHARACTERISTICS AS TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY", []SessionSet{
+			{"default_transaction_isolation", `SET default_transaction_isolation TO "repeatable read"`},
+			{"default_transaction_read_only", "SET default_transaction_read_only TO 1"}}},
+		{"SET SESSION CHARACTERISTICS AS TRANSACTION NOT DEFERRABLE", []SessionSet{
+			{"default_transaction_deferrable", "SET default_transaction_deferrable TO 0"}}},
 	} {
 		v := p.CheckTx([]byte(tt.sql), everything)
 		if v.Refusal != "" {

@@ -1,0 +1,97 @@
+package policy
+
+import (
+	"strings"
+
+	pg_query "github.com/pganalyze/pg_query_go/v6"
+)
+
+// Two forms of session-level setting change that ORMs send on connect
+// are tracked in transaction mode as the SET they amount to, rather than
+// refused or tracked whole:
+//
+//   - SET SESSION CHARACTERISTICS AS TRANSACTION … (SQLAlchemy's
+//     set_isolation_level, pgJDBC's setTransactionIsolation and
+//     setReadOnly) sets default_transaction_isolation, _read_only and
+//     _deferrable. Tracked whole under one name, a later READ ONLY would
+//     replace an earlier ISOLATION LEVEL that PostgreSQL keeps.
+//   - SELECT set_config('name', 'value', false) as a statement of its own
+//     (Django since 4.2, for its time zone) is SET name TO 'value'.
+
+// characteristicsSets returns the SETs of default_transaction_* that a
+// SET SESSION CHARACTERISTICS statement amounts to, nil for any other
+// statement.
+func characteristicsSets(s *pg_query.VariableSetStmt) []*pg_query.VariableSetStmt {
+	if s.Kind != pg_query.VariableSetKind_VAR_SET_MULTI || !strings.EqualFold(s.Name, "session characteristics") {
+		return nil
+	}
+	var sets []*pg_query.VariableSetStmt
+	for _, a := range s.Args {
+		d := a.GetDefElem()
+		if d == nil {
+			return nil
+		}
+		sets = append(sets, &pg_query.VariableSetStmt{
+			Kind: pg_query.VariableSetKind_VAR_SET_VALUE,
+			Name: "default_" + d.Defname,
+			Args: []*pg_query.Node{d.Arg},
+		})
+	}
+	return sets
+}
+
+// sessionSetConfig returns the SET that a statement consisting of one
+// set_config call with literal name and value and is_local false amounts
+// to, and the call; nil for any other statement.
+func sessionSetConfig(n *pg_query.Node) (*pg_query.VariableSetStmt, *pg_query.FuncCall) {
+	s := n.GetSelectStmt()
+	if s == nil || len(s.TargetList) != 1 || s.FromClause != nil || s.WhereClause != nil || s.WithClause != nil ||
+		s.GroupClause != nil || s.HavingClause != nil || s.SortClause != nil || s.LimitCount != nil ||
+		s.LimitOffset != nil || s.DistinctClause != nil || s.Op != pg_query.SetOperation_SETOP_NONE {
+		return nil, nil
+	}
+	c := s.TargetList[0].GetResTarget().GetVal().GetFuncCall()
+	if c == nil || len(c.Funcname) == 0 || funcName(c) != "set_config" || len(c.Args) != 3 || c.AggFilter != nil || c.Over != nil {
+		return nil, nil
+	}
+	name, value := c.Args[0].GetAConst().GetSval(), c.Args[1].GetAConst().GetSval()
+	local := c.Args[2].GetAConst().GetBoolval()
+	if name == nil || value == nil || local == nil || local.Boolval {
+		return nil, nil
+	}
+	return &pg_query.VariableSetStmt{
+		Kind: pg_query.VariableSetKind_VAR_SET_VALUE,
+		Name: strings.ToLower(name.Sval), // as PostgreSQL compares setting names
+		Args: []*pg_query.Node{pg_query.MakeAConstStrNode(value.Sval, 0)},
+	}, c
+}
+
+// localSetConfig reports set_config(…, …, true): the setting lasts until
+// the transaction ends, like SET LOCAL.
+func localSetConfig(c *pg_query.FuncCall) bool {
+	if len(c.Args) != 3 {
+		return false
+	}
+	b := c.Args[2].GetAConst().GetBoolval()
+	return b != nil && b.Boolval
+}
+
+// trackedSet is the SessionSet of s as PostgreSQL's deparser prints it,
+// checked by parsing the result again: it must be that one SET of the
+// same setting, so that no name or value, however spelled, can make the
+// statement replayed in front of the client's transactions say more.
+func trackedSet(s *pg_query.VariableSetStmt, version int32) (SessionSet, bool) {
+	sql, err := pg_query.Deparse(&pg_query.ParseResult{Version: version, Stmts: []*pg_query.RawStmt{{Stmt: &pg_query.Node{Node: &pg_query.Node_VariableSetStmt{VariableSetStmt: s}}}}})
+	if err != nil {
+		return SessionSet{}, false
+	}
+	res, err := pg_query.Parse(sql)
+	if err != nil || len(res.Stmts) != 1 {
+		return SessionSet{}, false
+	}
+	again := res.Stmts[0].Stmt.GetVariableSetStmt()
+	if again == nil || again.Kind != s.Kind || again.IsLocal || !strings.EqualFold(again.Name, s.Name) {
+		return SessionSet{}, false
+	}
+	return SessionSet{Name: strings.ToLower(s.Name), SQL: sql}, true
+}
