@@ -95,3 +95,18 @@ func trackedSet(s *pg_query.VariableSetStmt, version int32) (SessionSet, bool) {
 	}
 	return SessionSet{Name: strings.ToLower(s.Name), SQL: sql}, true
 }
+
+// DeallocateTarget reads a text that is one SQL DEALLOCATE statement:
+// the prepared statement it names, or all. ok is false for any other text.
+// It parses: call it only for text whose verdict Deallocates.
+func DeallocateTarget(sql []byte) (name string, all, ok bool) {
+	res, err := pg_query.Parse(string(sql))
+	if err != nil || len(res.Stmts) != 1 {
+		return "", false, false
+	}
+	d := res.Stmts[0].Stmt.GetDeallocateStmt()
+	if d == nil {
+		return "", false, false
+	}
+	return d.Name, d.Isall, true
+}

@@ -160,6 +160,9 @@ const (
 	// replyLoad: the replies up to the next ReadyForQuery are a shared-tier
 	// COPY's load (copyshared.go).
 	replyLoad
+	// replyDeallocate: the replies up to the next ReadyForQuery are
+	// deallocStandIn's (txdealloc.go).
+	replyDeallocate
 )
 
 // reply is one reply a server owes. inject marks replies to the proxy's
@@ -194,8 +197,9 @@ type replyQueue struct {
 	// is when the open transaction's first one was pushed; zero while no
 	// transaction is open.
 	queryAt, txAt time.Time
-	// loads counts replyLoad entries pending, read without mu.
-	loads atomic.Int32
+	// spans counts replyLoad and replyDeallocate entries pending, read
+	// without mu.
+	spans atomic.Int32
 }
 
 // latency is what one ReadyForQuery relayed measured: answered when it
@@ -208,8 +212,8 @@ type latency struct {
 
 func (q *replyQueue) push(r reply) {
 	q.mu.Lock()
-	if r.kind == replyLoad {
-		q.loads.Add(1)
+	if r.kind == replyLoad || r.kind == replyDeallocate {
+		q.spans.Add(1)
 	}
 	if r.kind == replyReady {
 		if q.ready == 0 {
@@ -258,8 +262,8 @@ func (q *replyQueue) popLocked() (reply, bool) {
 	switch r.kind {
 	case replyReady:
 		q.ready--
-	case replyLoad:
-		q.loads.Add(-1)
+	case replyLoad, replyDeallocate:
+		q.spans.Add(-1)
 	}
 	return r, true
 }
@@ -331,7 +335,7 @@ func (q *replyQueue) clear() {
 	q.mu.Lock()
 	clear(q.q)
 	q.q, q.head, q.ready = q.q[:0], 0, 0
-	q.loads.Store(0)
+	q.spans.Store(0)
 	q.txAt = time.Time{}
 	q.mu.Unlock()
 }

@@ -359,7 +359,7 @@ func (tx *txSession) message(c *pool.Conn, typ byte, refusal string) {
 			return
 		}
 		tx.queries.Inc()
-		in := tx.in
+		in := tx.deallocate(tx.in)
 		if load, r := tx.loadQuery(pgwire.Statement(in)); load != nil {
 			tx.replies.push(r)
 			in = load
