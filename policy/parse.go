@@ -64,9 +64,12 @@ type facts struct {
 	// sets are the text's session-level SET and RESET statements, which
 	// transaction mode tracks (SessionSet).
 	sets []SessionSet
-	// trackedCalls are the set_config calls tracked as SETs (txsets.go),
-	// which transaction mode would otherwise refuse.
-	trackedCalls []*pg_query.FuncCall
+	// exemptCalls are the calls transaction mode handles rather than
+	// refuses (txsets.go): set_config tracked as a SET, the session's
+	// own termination.
+	exemptCalls []*pg_query.FuncCall
+	// terminates: the text is the session's termination of itself.
+	terminates bool
 	// syntax is the parser's error for text it rejects, kept so the
 	// client hears a syntax error as the server would report it.
 	syntax *parser.Error
@@ -164,6 +167,9 @@ func analyzeBody(sql string, level int) *facts {
 		return f
 	}
 	a := analyzer{f: f, level: level}
+	if level == 0 {
+		f.selfTermination(res)
+	}
 	for _, s := range res.Stmts {
 		if level == 0 {
 			f.txnModeStatement(s, res.Version)

@@ -14,8 +14,10 @@ import (
 // temporary objects (unless ON COMMIT DROP) and the temporary schema,
 // WITH HOLD cursors, LISTEN, session-level advisory locks and SQL PREPARE.
 // What would change the session for everyone after it is refused, with a
-// hint to use session mode: session-level SET and RESET, set_config,
-// terminating its own server connection. DEALLOCATE neither pins nor is
+// hint to use session mode: set_config in other forms than the one
+// tracked (txsets.go), terminating the server connection in any other
+// form than the statement the proxy answers itself
+// (TxVerdict.Terminates). DEALLOCATE neither pins nor is
 // refused, but it may drop the statements the proxy prepares on the
 // connection for protocol-level ones, whose record the proxy then clears
 // (TxVerdict.Deallocates). It is a second opinion after the policy's
@@ -48,6 +50,9 @@ type TxVerdict struct {
 	// tracks for the client once their transaction commits. The slice is
 	// shared: callers must not modify it.
 	Sets []SessionSet
+	// Terminates: the text is SELECT pg_terminate_backend(pg_backend_pid()),
+	// which the proxy answers itself, ending the client's session.
+	Terminates bool
 }
 
 // CheckTx is Check in transaction mode, with what the text pins, whether
@@ -65,14 +70,14 @@ func (p *Policy) CheckTx(sql []byte, r Rules) TxVerdict {
 	if reason != "" {
 		return TxVerdict{Refusal: reason}
 	}
-	return TxVerdict{Refusal: f.txn, Pin: f.pin, Deallocates: f.dealloc, Sets: f.sets}
+	return TxVerdict{Refusal: f.txn, Pin: f.pin, Deallocates: f.dealloc, Sets: f.sets, Terminates: f.terminates}
 }
 
 // txnMode collects transaction mode's facts from one node of the tree,
 // wherever it appears (inside EXPLAIN, PREPARE, CTEs, …): the first
 // refusal, the first pin, and whether anything deallocates.
 func (a *analyzer) txnMode(n any) {
-	if c, ok := n.(*pg_query.FuncCall); ok && slices.Contains(a.f.trackedCalls, c) {
+	if c, ok := n.(*pg_query.FuncCall); ok && slices.Contains(a.f.exemptCalls, c) {
 		return
 	}
 	if a.f.txn == "" {
@@ -122,7 +127,7 @@ var perTransaction = map[string]bool{
 func (f *facts) txnModeStatement(raw *pg_query.RawStmt, version int32) {
 	s := raw.Stmt.GetVariableSetStmt()
 	if set, call := sessionSetConfig(raw.Stmt); set != nil {
-		f.trackedCalls = append(f.trackedCalls, call)
+		f.exemptCalls = append(f.exemptCalls, call)
 		s = set
 	}
 	if s == nil || s.IsLocal || perTransaction[strings.ToLower(s.Name)] {

@@ -57,7 +57,9 @@ var txnModeCases = []struct {
 	{"SET work_mem FROM CURRENT", refused, false, 1},
 	{"LISTEN ch", pins, false, 1},
 	{"SELECT pg_advisory_lock(1)", pins, false, 1},
-	{"SELECT pg_terminate_backend(pg_backend_pid())", refused, false, 1},
+	{"SELECT pg_terminate_backend(pg_backend_pid())", allowed, false, 1},
+	{"SELECT pg_terminate_backend(pg_backend_pid()), 1", refused, false, 1},
+	{"SELECT 1; SELECT pg_terminate_backend(pg_backend_pid())", refused, false, 1},
 	{"SELECT pg_try_advisory_lock_shared(1, 2)", pins, false, 1},
 	{"PREPARE p AS SELECT 1", pins, false, 1},
 	{"DEALLOCATE ALL", allowed, true, 0},
@@ -227,5 +229,27 @@ func TestSessionSettingsAreTrackedAsDeparsedStatements(t *testing.T) {
 	}
 	if v := p.CheckTx([]byte("SET ROLE x"), everything); v.Refusal != reasonRole || v.Sets != nil {
 		t.Errorf("SET ROLE: %q, %q; want the rules' refusal and nothing tracked", v.Refusal, v.Sets)
+	}
+}
+
+// TestSelfTerminationIsAnsweredOnlyAsAStatementOfItsOwn: CheckTx marks
+// SELECT pg_terminate_backend(pg_backend_pid()) alone for the proxy to
+// answer; any other text with the call stays refused, unmarked.
+func TestSelfTerminationIsAnsweredOnlyAsAStatementOfItsOwn(t *testing.T) {
+	p := New()
+	for _, tt := range []struct {
+		sql        string
+		terminates bool
+	}{
+		{"SELECT pg_terminate_backend(pg_backend_pid())", true},
+		{"select PG_TERMINATE_BACKEND(pg_backend_pid()) -- bye", true},
+		{"SELECT pg_terminate_backend(pg_backend_pid()) WHERE false", false},
+		{"SELECT 1; SELECT pg_terminate_backend(pg_backend_pid())", false},
+		{"SELECT pg_terminate_backend(pg_backend_pid()) AS x, 2", false},
+	} {
+		v := p.CheckTx([]byte(tt.sql), Rules{OwnBackend: true})
+		if v.Terminates != tt.terminates || (v.Refusal == "") != tt.terminates {
+			t.Errorf("%q: terminates %v, refusal %q; want terminates %v and refused %v", tt.sql, v.Terminates, v.Refusal, tt.terminates, !tt.terminates)
+		}
 	}
 }

@@ -44,14 +44,8 @@ func characteristicsSets(s *pg_query.VariableSetStmt) []*pg_query.VariableSetStm
 // set_config call with literal name and value and is_local false amounts
 // to, and the call; nil for any other statement.
 func sessionSetConfig(n *pg_query.Node) (*pg_query.VariableSetStmt, *pg_query.FuncCall) {
-	s := n.GetSelectStmt()
-	if s == nil || len(s.TargetList) != 1 || s.FromClause != nil || s.WhereClause != nil || s.WithClause != nil ||
-		s.GroupClause != nil || s.HavingClause != nil || s.SortClause != nil || s.LimitCount != nil ||
-		s.LimitOffset != nil || s.DistinctClause != nil || s.Op != pg_query.SetOperation_SETOP_NONE {
-		return nil, nil
-	}
-	c := s.TargetList[0].GetResTarget().GetVal().GetFuncCall()
-	if c == nil || len(c.Funcname) == 0 || funcName(c) != "set_config" || len(c.Args) != 3 || c.AggFilter != nil || c.Over != nil {
+	c := soleCall(n)
+	if c == nil || funcName(c) != "set_config" || len(c.Args) != 3 {
 		return nil, nil
 	}
 	name, value := c.Args[0].GetAConst().GetSval(), c.Args[1].GetAConst().GetSval()
@@ -64,6 +58,37 @@ func sessionSetConfig(n *pg_query.Node) (*pg_query.VariableSetStmt, *pg_query.Fu
 		Name: strings.ToLower(name.Sval), // as PostgreSQL compares setting names
 		Args: []*pg_query.Node{pg_query.MakeAConstStrNode(value.Sval, 0)},
 	}, c
+}
+
+// soleCall returns the function call that statement n consists of
+// (SELECT f(…) and nothing else), nil for any other statement.
+func soleCall(n *pg_query.Node) *pg_query.FuncCall {
+	s := n.GetSelectStmt()
+	if s == nil || len(s.TargetList) != 1 || s.FromClause != nil || s.WhereClause != nil || s.WithClause != nil ||
+		s.GroupClause != nil || s.HavingClause != nil || s.SortClause != nil || s.LimitCount != nil ||
+		s.LimitOffset != nil || s.DistinctClause != nil || s.Op != pg_query.SetOperation_SETOP_NONE {
+		return nil
+	}
+	c := s.TargetList[0].GetResTarget().GetVal().GetFuncCall()
+	if c == nil || len(c.Funcname) == 0 || c.AggFilter != nil || c.Over != nil {
+		return nil
+	}
+	return c
+}
+
+// selfTermination marks a text that is the one statement SELECT
+// pg_terminate_backend(pg_backend_pid()): the client ending its own
+// session, which the proxy answers as PostgreSQL does (FATAL 57P01, the
+// connection closed) without sending it to the pool's connection. In any
+// other text the call stays refused.
+func (f *facts) selfTermination(res *pg_query.ParseResult) {
+	if len(res.Stmts) != 1 {
+		return
+	}
+	if c := soleCall(res.Stmts[0].Stmt); c != nil && selfTerminate(c) {
+		f.terminates = true
+		f.exemptCalls = append(f.exemptCalls, c)
+	}
 }
 
 // localSetConfig reports set_config(…, …, true): the setting lasts until
