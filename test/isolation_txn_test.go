@@ -29,13 +29,14 @@ func TestIsolationTransactionMode(t *testing.T) {
 			// Session settings are the attacker's own: tracked for its
 			// later transactions, never seen by the victim's (below).
 			queryText(t, a, "SET statement_timeout = '4321s'; SET SESSION CHARACTERISTICS AS TRANSACTION READ ONLY")
-			if got := queryText(t, a, "SHOW statement_timeout; SHOW default_transaction_read_only"); got != "4321s,on" {
-				t.Errorf("the attacker's own settings are %q in its next transaction; want 4321s,on", got)
+			queryText(t, a, "SELECT set_config('work_mem', '3MB', false)")
+			if got := queryText(t, a, "SHOW statement_timeout; SHOW default_transaction_read_only; SHOW work_mem"); got != "4321s,on,3MB" {
+				t.Errorf("the attacker's own settings are %q in its next transaction; want 4321s,on,3MB", got)
 			}
 			for _, sql := range []string{
 				// What the proxy can neither track nor pin is refused.
 				"SET seed = 0.5",
-				"SELECT set_config('statement_timeout', '0', false)",
+				"SELECT set_config('statement_timeout', '0' || '', false)",
 			} {
 				if _, err := a.Exec(ctx, sql).ReadAll(); sqlstateOf(err) != "42501" {
 					t.Errorf("%s in transaction mode: %v; want 42501", sql, err)
