@@ -189,7 +189,7 @@ func idleInTxSetting(d time.Duration) string {
 
 // unnamedApplication is options, the startup packet p's "-c" options,
 // led by an empty application_name when neither they nor p name one:
-// PostgreSQL gives such a session '', where the pool's connections start
+// PostgreSQL gives such a session the empty string, where the pool's connections start
 // as "tenantproxy" (pool.Config.ApplicationName), the name they show in
 // pg_stat_activity between holders once neutralised (RESET ALL goes back
 // to it).

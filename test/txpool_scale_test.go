@@ -93,7 +93,7 @@ func (e *txEnv) createTenants(t *testing.T, n int) []string {
 // proxyBackends picks the proxy's server connections out of
 // pg_stat_activity by their roles, the serving and tenant roles, none a
 // superuser as the tests' own and the catalog's connections are: a held
-// connection has its client's application_name ('' when the client names
+// connection has its client's application_name (empty when the client names
 // none), so the pool's "tenantproxy" marks only idle ones.
 const proxyBackends = `SELECT a.pid FROM pg_stat_activity a JOIN pg_roles r ON r.oid = a.usesysid
 	WHERE a.backend_type = 'client backend' AND NOT r.rolsuper`
