@@ -189,10 +189,10 @@ func idleInTxSetting(d time.Duration) string {
 
 // unnamedApplication is options, the startup packet p's "-c" options,
 // led by an empty application_name when neither they nor p name one:
-// PostgreSQL gives such a session the empty string, where the pool's connections start
-// as "tenantproxy" (pool.Config.ApplicationName), the name they show in
-// pg_stat_activity between holders once neutralised (RESET ALL goes back
-// to it).
+// PostgreSQL gives such a session the empty string, where the pool's
+// connections start as "tenantproxy" (pool.Config.ApplicationName), the
+// name they show in pg_stat_activity between holders once neutralised
+// (RESET ALL goes back to it).
 func unnamedApplication(options []router.Setting, p *startupPacket) []router.Setting {
 	named := func(s router.Setting) bool { return strings.EqualFold(s.Name, "application_name") }
 	if slices.ContainsFunc(options, named) {
