@@ -146,11 +146,13 @@ var ormConnectSequences = []struct {
 	{
 		// Prisma 5's schema engine, schema-engine/connectors/
 		// sql-schema-connector/src/flavour/postgres.rs, acquire_lock:
-		// the migration lock, which pins the client. (Its own row: with
-		// the search_path above, which leaves out the tenant's
-		// tenantproxy_ns, the call would reach pg_catalog's function,
-		// revoked outside the database tier.)
-		name: "prisma-migrate",
+		// the migration lock, which pins the client; its search_path as
+		// a start-up parameter, as quaint's to_config sends it without
+		// pgbouncer=true. (Not after the SET above, which leaves out the
+		// tenant's tenantproxy_ns: the call would reach pg_catalog's
+		// function, revoked outside the database tier.)
+		name:    "prisma-migrate",
+		startup: []string{"search_path=public"},
 		statements: []ormStatement{
 			{sql: "SELECT pg_advisory_lock(72707369)"},
 			{sql: "SELECT pg_advisory_unlock(72707369)"},
