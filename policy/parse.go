@@ -64,10 +64,6 @@ type facts struct {
 	// sets are the text's session-level SET and RESET statements, which
 	// transaction mode tracks (SessionSet).
 	sets []SessionSet
-	// exemptCalls are the calls transaction mode handles rather than
-	// refuses (txsets.go): set_config tracked as a SET, the session's
-	// own termination.
-	exemptCalls []*pg_query.FuncCall
 	// terminates: the text is the session's termination of itself.
 	terminates bool
 	// syntax is the parser's error for text it rejects, kept so the
@@ -168,11 +164,11 @@ func analyzeBody(sql string, level int) *facts {
 	}
 	a := analyzer{f: f, level: level}
 	if level == 0 {
-		f.selfTermination(res)
+		a.exempt(f.selfTermination(res))
 	}
 	for _, s := range res.Stmts {
 		if level == 0 {
-			f.txnModeStatement(s, res.Version)
+			a.exempt(f.txnModeStatement(s, res.Version))
 		}
 		a.statement(s.Stmt)
 		if level == 0 && channelStatement(s.Stmt) {
@@ -200,6 +196,18 @@ type analyzer struct {
 	// argument is a column of a row its statement picks by name
 	// (settingRowCall).
 	settingOf map[*pg_query.FuncCall]string
+	// exemptCalls are the calls transaction mode handles rather than
+	// refuses (txsets.go): set_config tracked as a SET, the session's
+	// own termination. Walk state, like settingOf: facts, which are
+	// cached, keep no part of the tree.
+	exemptCalls []*pg_query.FuncCall
+}
+
+// exempt adds c, when there is one, to a.exemptCalls.
+func (a *analyzer) exempt(c *pg_query.FuncCall) {
+	if c != nil {
+		a.exemptCalls = append(a.exemptCalls, c)
+	}
 }
 
 // statement classifies one statement by kind, recursing into the

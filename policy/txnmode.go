@@ -77,7 +77,7 @@ func (p *Policy) CheckTx(sql []byte, r Rules) TxVerdict {
 // wherever it appears (inside EXPLAIN, PREPARE, CTEs, …): the first
 // refusal, the first pin, and whether anything deallocates.
 func (a *analyzer) txnMode(n any) {
-	if c, ok := n.(*pg_query.FuncCall); ok && slices.Contains(a.f.exemptCalls, c) {
+	if c, ok := n.(*pg_query.FuncCall); ok && slices.Contains(a.exemptCalls, c) {
 		return
 	}
 	if a.f.txn == "" {
@@ -123,23 +123,24 @@ var perTransaction = map[string]bool{
 // does set_config in the one form txsets.go tracks. As a function's SET
 // clause the setting lasts for a call, and the ALTER ROLE/DATABASE/SYSTEM
 // forms are the policy's to refuse. version is the parse tree's, which
-// the deparser checks.
-func (f *facts) txnModeStatement(raw *pg_query.RawStmt, version int32) {
+// the deparser checks. It returns the set_config call that the statement
+// is, tracked, which transaction mode must not refuse; nil for none.
+func (f *facts) txnModeStatement(raw *pg_query.RawStmt, version int32) (exempt *pg_query.FuncCall) {
 	s := raw.Stmt.GetVariableSetStmt()
 	if set, call := sessionSetConfig(raw.Stmt); set != nil {
-		f.exemptCalls = append(f.exemptCalls, call)
-		s = set
+		exempt, s = call, set
 	}
 	if s == nil || s.IsLocal || perTransaction[strings.ToLower(s.Name)] {
-		return
+		return exempt
 	}
 	if sets := characteristicsSets(s); sets != nil {
 		for _, set := range sets {
 			f.sessionSet(set, version)
 		}
-		return
+		return exempt
 	}
 	f.sessionSet(s, version)
+	return exempt
 }
 
 // sessionSet tracks the session-level SET or RESET s, or refuses it when

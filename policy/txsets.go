@@ -80,15 +80,18 @@ func soleCall(n *pg_query.Node) *pg_query.FuncCall {
 // pg_terminate_backend(pg_backend_pid()): the client ending its own
 // session, which the proxy answers as PostgreSQL does (FATAL 57P01, the
 // connection closed) without sending it to the pool's connection. In any
-// other text the call stays refused.
-func (f *facts) selfTermination(res *pg_query.ParseResult) {
+// other text the call stays refused. It returns the call, which
+// transaction mode must not refuse; nil for none.
+func (f *facts) selfTermination(res *pg_query.ParseResult) *pg_query.FuncCall {
 	if len(res.Stmts) != 1 {
-		return
+		return nil
 	}
-	if c := soleCall(res.Stmts[0].Stmt); c != nil && selfTerminate(c) {
-		f.terminates = true
-		f.exemptCalls = append(f.exemptCalls, c)
+	c := soleCall(res.Stmts[0].Stmt)
+	if c == nil || !selfTerminate(c) {
+		return nil
 	}
+	f.terminates = true
+	return c
 }
 
 // localSetConfig reports set_config(…, …, true): the setting lasts until
