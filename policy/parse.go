@@ -64,6 +64,8 @@ type facts struct {
 	// sets are the text's session-level SET and RESET statements, which
 	// transaction mode tracks (SessionSet).
 	sets []SessionSet
+	// terminates: the text is the session's termination of itself.
+	terminates bool
 	// syntax is the parser's error for text it rejects, kept so the
 	// client hears a syntax error as the server would report it.
 	syntax *parser.Error
@@ -169,10 +171,12 @@ func analyzeBody(sql string, level int) *facts {
 		return f
 	}
 	a := analyzer{f: f, level: level}
+	if level == 0 {
+		a.exempt(f.selfTermination(res))
+	}
 	for _, s := range res.Stmts {
 		if level == 0 {
-			f.txnModeStatement(s, res.Version)
-			a.tracked = f.setConfigStatement(s, res.Version)
+			a.exempt(f.txnModeStatement(s, res.Version))
 		}
 		a.stmt = s.Stmt
 		a.statement(s.Stmt)
@@ -201,11 +205,20 @@ type analyzer struct {
 	// argument is a column of a row its statement picks by name
 	// (settingRowCall).
 	settingOf map[*pg_query.FuncCall]string
-	// tracked is the set_config call of the statement walked that
-	// transaction mode tracks (setConfigStatement), not refuses.
-	tracked *pg_query.FuncCall
 	// stmt is the top-level statement walked.
 	stmt *pg_query.Node
+	// exemptCalls are the calls transaction mode handles rather than
+	// refuses (txsets.go): set_config tracked as a SET, the session's
+	// own termination. Walk state, like settingOf: facts, which are
+	// cached, keep no part of the tree.
+	exemptCalls []*pg_query.FuncCall
+}
+
+// exempt adds c, when there is one, to a.exemptCalls.
+func (a *analyzer) exempt(c *pg_query.FuncCall) {
+	if c != nil {
+		a.exemptCalls = append(a.exemptCalls, c)
+	}
 }
 
 // statement classifies one statement by kind, recursing into the

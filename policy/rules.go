@@ -34,8 +34,9 @@ type Rules struct {
 	Explain bool
 	// OwnBackend: pg_terminate_backend(pg_backend_pid()), a session
 	// ending itself. Only the database tier's login role is the tenant's
-	// alone and granted the function (migrations.OwnDatabase); transaction
-	// mode refuses it anyway, the server connection being the pool's.
+	// alone and granted the function (migrations.OwnDatabase); in
+	// transaction mode the proxy answers it itself, the server connection
+	// being the pool's (TxVerdict.Terminates).
 	OwnBackend bool
 }
 

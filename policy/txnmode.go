@@ -1,6 +1,7 @@
 package policy
 
 import (
+	"slices"
 	"strings"
 
 	pg_query "github.com/pganalyze/pg_query_go/v6"
@@ -13,8 +14,10 @@ import (
 // temporary objects (unless ON COMMIT DROP) and the temporary schema,
 // WITH HOLD cursors, LISTEN, session-level advisory locks and SQL PREPARE.
 // What would change the session for everyone after it is refused, with a
-// hint to use session mode: session-level SET and RESET, set_config,
-// terminating its own server connection. DEALLOCATE neither pins nor is
+// hint to use session mode: set_config in other forms than the one
+// tracked (txsets.go), terminating the server connection in any other
+// form than the statement the proxy answers itself
+// (TxVerdict.Terminates). DEALLOCATE neither pins nor is
 // refused, but it may drop the statements the proxy prepares on the
 // connection for protocol-level ones, whose record the proxy then clears
 // (TxVerdict.Deallocates). It is a second opinion after the policy's
@@ -47,6 +50,9 @@ type TxVerdict struct {
 	// tracks for the client once their transaction commits. The slice is
 	// shared: callers must not modify it.
 	Sets []SessionSet
+	// Terminates: the text is SELECT pg_terminate_backend(pg_backend_pid()),
+	// which the proxy answers itself, ending the client's session.
+	Terminates bool
 }
 
 // CheckTx is Check in transaction mode, with what the text pins, whether
@@ -64,14 +70,17 @@ func (p *Policy) CheckTx(sql []byte, r Rules) TxVerdict {
 	if reason != "" {
 		return TxVerdict{Refusal: reason}
 	}
-	return TxVerdict{Refusal: f.txn, Pin: f.pin, Deallocates: f.dealloc, Sets: f.sets}
+	return TxVerdict{Refusal: f.txn, Pin: f.pin, Deallocates: f.dealloc, Sets: f.sets, Terminates: f.terminates}
 }
 
 // txnMode collects transaction mode's facts from one node of the tree,
 // wherever it appears (inside EXPLAIN, PREPARE, CTEs, …): the first
 // refusal, the first pin, and whether anything deallocates.
 func (a *analyzer) txnMode(n any) {
-	if a.f.txn == "" && n != any(a.tracked) {
+	if c, ok := n.(*pg_query.FuncCall); ok && slices.Contains(a.exemptCalls, c) {
+		return
+	}
+	if a.f.txn == "" {
 		a.f.txn = txnModeNode(n)
 	}
 	if a.f.pin == "" {
@@ -110,15 +119,40 @@ var perTransaction = map[string]bool{
 
 // txnModeStatement judges a top-level statement of the text by kind,
 // before its nodes, and collects the session settings it changes. SET and
-// RESET outlive the transaction only as statements of their own. As a
-// function's SET clause the setting lasts for a call, and the ALTER
-// ROLE/DATABASE/SYSTEM forms are the policy's to refuse. version is the
-// parse tree's, which the deparser checks.
-func (f *facts) txnModeStatement(raw *pg_query.RawStmt, version int32) {
+// RESET outlive the transaction only as statements of their own, and so
+// does set_config in the one form txsets.go tracks. As a function's SET
+// clause the setting lasts for a call, and the ALTER ROLE/DATABASE/SYSTEM
+// forms are the policy's to refuse. version is the parse tree's, which
+// the deparser checks. It returns the set_config call that the statement
+// is, tracked, which transaction mode must not refuse; nil for none.
+func (f *facts) txnModeStatement(raw *pg_query.RawStmt, version int32) *pg_query.FuncCall {
+	if c, set := setConfigStatement(raw, version); c != nil {
+		switch {
+		case set.Name == "seed":
+			// Not exempt: refused as any set_config of it is.
+			return nil
+		case !perTransaction[set.Name]:
+			f.sets = append(f.sets, set)
+		}
+		return c
+	}
 	s := raw.Stmt.GetVariableSetStmt()
 	if s == nil || s.IsLocal || perTransaction[strings.ToLower(s.Name)] {
-		return
+		return nil
 	}
+	if sets := characteristicsSets(s); sets != nil {
+		for _, set := range sets {
+			f.sessionSet(set, version)
+		}
+		return nil
+	}
+	f.sessionSet(s, version)
+	return nil
+}
+
+// sessionSet tracks the session-level SET or RESET s, or refuses it when
+// replaying it per transaction would not give what the session had.
+func (f *facts) sessionSet(s *pg_query.VariableSetStmt, version int32) {
 	reason := ""
 	switch {
 	case strings.EqualFold(s.Name, "seed"):
@@ -127,9 +161,8 @@ func (f *facts) txnModeStatement(raw *pg_query.RawStmt, version int32) {
 	case s.Kind == pg_query.VariableSetKind_VAR_SET_CURRENT:
 		reason = "SET … FROM CURRENT is refused in transaction pooling mode: the current value is the server connection's, not the session's"
 	default:
-		sql, err := pg_query.Deparse(&pg_query.ParseResult{Version: version, Stmts: []*pg_query.RawStmt{{Stmt: raw.Stmt}}})
-		if err == nil {
-			f.sets = append(f.sets, SessionSet{Name: strings.ToLower(s.Name), SQL: sql})
+		if set, ok := trackedSet(s, version); ok {
+			f.sets = append(f.sets, set)
 			return
 		}
 		reason = "this form of session-level SET cannot be tracked in transaction pooling mode; use SET LOCAL inside a transaction"
@@ -149,7 +182,7 @@ func txnModeNode(n any) string {
 	if selfTerminate(f) {
 		return "pg_terminate_backend(pg_backend_pid()) is refused in transaction pooling mode: the server connection is the pool's, not the session's" + sessionModeHint
 	}
-	if funcName(f) == "set_config" {
+	if funcName(f) == "set_config" && !localSetConfig(f) {
 		return "set_config() can change the session outside the transaction in transaction pooling mode" + sessionModeHint
 	}
 	return ""

@@ -46,14 +46,21 @@ var txnModeCases = []struct {
 	{"reset local; SELECT 1", allowed, false, 1},
 	{"/* hi */ SET work_mem = '1MB'", allowed, false, 1},
 	{"SELECT set_config('work_mem', '1MB', false)", allowed, false, 1},
-	{"SELECT set_config('work_mem', '1MB', false), 1", refused, false, 1},
-	{"SELECT set_config('work_mem', '1MB', true)", refused, false, 1},
 	{"SELECT set_config('work_mem', current_user, false)", refused, false, 1},
+	{"SELECT set_config('work_mem', '1MB', true), 1", allowed, false, 1},
+	{"SELECT set_config('work_mem', '1MB', false), 1", refused, false, 1},
+	{"SELECT set_config('work_mem', '1MB', false) FROM users", refused, false, 1},
+	{"SELECT set_config('work_mem', current_setting('work_mem'), false)", refused, false, 1},
+	{"SELECT set_config('seed', '0.5', false)", refused, false, 1},
+	{"SELECT set_config('work_mem', '1MB', $1)", refused, false, 1},
+	{"SET SESSION CHARACTERISTICS AS TRANSACTION ISOLATION LEVEL SERIALIZABLE, READ ONLY", allowed, false, 1},
 	{"SET seed = 0.5", refused, false, 1},
 	{"SET work_mem FROM CURRENT", refused, false, 1},
 	{"LISTEN ch", pins, false, 1},
 	{"SELECT pg_advisory_lock(1)", pins, false, 1},
-	{"SELECT pg_terminate_backend(pg_backend_pid())", refused, false, 1},
+	{"SELECT pg_terminate_backend(pg_backend_pid())", allowed, false, 1},
+	{"SELECT pg_terminate_backend(pg_backend_pid()), 1", refused, false, 1},
+	{"SELECT 1; SELECT pg_terminate_backend(pg_backend_pid())", refused, false, 1},
 	{"SELECT pg_try_advisory_lock_shared(1, 2)", pins, false, 1},
 	{"PREPARE p AS SELECT 1", pins, false, 1},
 	{"DEALLOCATE ALL", allowed, true, 0},
@@ -150,7 +157,7 @@ func TestTransactionModeAsksTheRulesFirst(t *testing.T) {
 		{"SELECT set_config('role', 'x', false)", everything,
 			"set_config('role', …): " + reasonRole,
 			"set_config('role', …): " + reasonRole, false},
-		{"SELECT set_config('work_mem', '1MB', false) FROM t", everything, "",
+		{"SELECT set_config('work_mem', '1MB', false), 1", everything, "",
 			"set_config() can change the session outside the transaction in transaction pooling mode" + sessionModeHint, true},
 		{"SELECT pg_catalog.pg_advisory_lock(1)", Rules{},
 			"pg_advisory_lock" + reasonQualified, "pg_advisory_lock" + reasonQualified, false},
@@ -204,6 +211,19 @@ func TestSessionSettingsAreTrackedAsDeparsedStatements(t *testing.T) {
 			{"search_path", "SELECT pg_catalog.set_config('search_path', '', false)"}}},
 		{"SELECT set_config(name, 'view, foreign-table', false) FROM pg_settings WHERE name = 'restrict_nonsystem_relation_kind'", []SessionSet{
 			{"restrict_nonsystem_relation_kind", "SELECT set_config(name, 'view, foreign-table', false) FROM pg_settings WHERE name = 'restrict_nonsystem_relation_kind'"}}},
+		// Django's time zone, the statement itself; as is_local it
+		// ends with the transaction, as does a per-transaction name.
+		{"SELECT set_config('TimeZone', 'UTC', false)", []SessionSet{{"timezone", "SELECT set_config('TimeZone', 'UTC', false)"}}},
+		{"select SET_CONFIG('a.b', 'x''; SELECT 1', false)", []SessionSet{{"a.b", "SELECT set_config('a.b', 'x''; SELECT 1', false)"}}},
+		{"SELECT set_config('TimeZone', 'UTC', true)", nil},
+		{"SELECT set_config('transaction_isolation', 'serializable', false)", nil},
+		// Each characteristic is a setting of its own, so that a later
+		// one does not replace the others.
+		{"SET SESSION CHARACTERISTICS AS TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY", []SessionSet{
+			{"default_transaction_isolation", `SET default_transaction_isolation TO "repeatable read"`},
+			{"default_transaction_read_only", "SET default_transaction_read_only TO 1"}}},
+		{"SET SESSION CHARACTERISTICS AS TRANSACTION NOT DEFERRABLE", []SessionSet{
+			{"default_transaction_deferrable", "SET default_transaction_deferrable TO 0"}}},
 	} {
 		v := p.CheckTx([]byte(tt.sql), everything)
 		if v.Refusal != "" {
@@ -215,5 +235,27 @@ func TestSessionSettingsAreTrackedAsDeparsedStatements(t *testing.T) {
 	}
 	if v := p.CheckTx([]byte("SET ROLE x"), everything); v.Refusal != reasonRole || v.Sets != nil {
 		t.Errorf("SET ROLE: %q, %q; want the rules' refusal and nothing tracked", v.Refusal, v.Sets)
+	}
+}
+
+// TestSelfTerminationIsAnsweredOnlyAsAStatementOfItsOwn: CheckTx marks
+// SELECT pg_terminate_backend(pg_backend_pid()) alone for the proxy to
+// answer; any other text with the call stays refused, unmarked.
+func TestSelfTerminationIsAnsweredOnlyAsAStatementOfItsOwn(t *testing.T) {
+	p := New()
+	for _, tt := range []struct {
+		sql        string
+		terminates bool
+	}{
+		{"SELECT pg_terminate_backend(pg_backend_pid())", true},
+		{"select PG_TERMINATE_BACKEND(pg_backend_pid()) -- bye", true},
+		{"SELECT pg_terminate_backend(pg_backend_pid()) WHERE false", false},
+		{"SELECT 1; SELECT pg_terminate_backend(pg_backend_pid())", false},
+		{"SELECT pg_terminate_backend(pg_backend_pid()) AS x, 2", false},
+	} {
+		v := p.CheckTx([]byte(tt.sql), Rules{OwnBackend: true})
+		if v.Terminates != tt.terminates || (v.Refusal == "") != tt.terminates {
+			t.Errorf("%q: terminates %v, refusal %q; want terminates %v and refused %v", tt.sql, v.Terminates, v.Refusal, tt.terminates, !tt.terminates)
+		}
 	}
 }

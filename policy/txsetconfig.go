@@ -6,46 +6,39 @@ import (
 	pg_query "github.com/pganalyze/pg_query_go/v6"
 )
 
-// setConfigStatement tracks, in transaction mode, a statement that is
-// nothing but a session-level set_config of a setting its text fixes, as
-// a SessionSet whose SQL is the statement itself: pg_dump and pg_restore
-// set search_path with SELECT set_config('search_path', ”, false), and
-// pg_dump restrict_nonsystem_relation_kind with the row form
-// settingRowCall recognises. Replaying the statement rather than a SET
-// keeps set_config's meaning (an empty search_path is not SET's "") and
-// sets nothing on a server without the setting, as the original did. It
-// returns the call, whose transaction-mode refusal (txnModeNode) the
-// tracking replaces, or nil for any other statement.
-func (f *facts) setConfigStatement(raw *pg_query.RawStmt, version int32) *pg_query.FuncCall {
+// setConfigStatement recognises, for transaction mode, a statement that
+// is nothing but a session-level set_config of a setting its text fixes:
+// SELECT set_config('name', 'value', false) (Django since 4.2, for its
+// time zone; pg_dump and pg_restore, for search_path) and the row form
+// settingRowCall recognises (pg_dump's restrict_nonsystem_relation_kind).
+// It returns the call and the SessionSet whose SQL is the statement
+// itself: replaying it rather than a SET keeps set_config's meaning (an
+// empty search_path is not SET's "") and sets nothing on a server without
+// the setting, as the original did. c is nil for any other statement.
+func setConfigStatement(raw *pg_query.RawStmt, version int32) (c *pg_query.FuncCall, set SessionSet) {
 	s := raw.Stmt.GetSelectStmt()
 	if s == nil {
-		return nil
+		return nil, set
 	}
 	c, name := settingRowCall(s)
 	if c == nil {
-		c, name = literalSetConfig(s)
+		c, name = literalSetConfig(raw.Stmt)
 	}
 	if c == nil || c.Args[1].GetAConst().GetSval() == nil || !isFalse(c.Args[2]) {
-		return nil
+		return nil, set
 	}
 	sql, err := pg_query.Deparse(&pg_query.ParseResult{Version: version, Stmts: []*pg_query.RawStmt{{Stmt: raw.Stmt}}})
 	if err != nil {
-		return nil
+		return nil, set
 	}
-	f.sets = append(f.sets, SessionSet{Name: strings.ToLower(name), SQL: sql})
-	return c
+	return c, SessionSet{Name: strings.ToLower(name), SQL: sql}
 }
 
 // literalSetConfig recognises SELECT set_config('name', value, is_local)
 // with nothing else in the statement, and returns the call and the name.
-func literalSetConfig(s *pg_query.SelectStmt) (*pg_query.FuncCall, string) {
-	if len(s.TargetList) != 1 || len(s.FromClause) != 0 || s.WhereClause != nil || s.WithClause != nil ||
-		len(s.GroupClause) != 0 || s.HavingClause != nil || len(s.SortClause) != 0 || s.LimitCount != nil || s.LimitOffset != nil ||
-		s.Op != pg_query.SetOperation_SETOP_NONE {
-		return nil, ""
-	}
-	c := s.TargetList[0].GetResTarget().GetVal().GetFuncCall()
-	if c == nil || len(c.Funcname) == 0 || funcName(c) != "set_config" || len(c.Args) != 3 {
+func literalSetConfig(n *pg_query.Node) (*pg_query.FuncCall, string) {
+	c := soleCall(n)
+	if c == nil || funcName(c) != "set_config" || len(c.Args) != 3 {
 		return nil, ""
 	}
 	name := c.Args[0].GetAConst().GetSval()

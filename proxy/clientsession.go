@@ -166,6 +166,9 @@ const (
 	// replyHidden: the replies up to the next ReadyForQuery are to the
 	// proxy's own statement, which the client never sees (tenantplan.go).
 	replyHidden
+	// replyDeallocate: the replies up to the next ReadyForQuery are
+	// deallocStandIn's (txdealloc.go).
+	replyDeallocate
 )
 
 // reply is one reply a server owes. inject marks replies to the proxy's
@@ -200,9 +203,9 @@ type replyQueue struct {
 	// is when the open transaction's first one was pushed; zero while no
 	// transaction is open.
 	queryAt, txAt time.Time
-	// loads counts replyLoad entries pending, read without mu; hidden
-	// counts replyHidden entries likewise.
-	loads, hidden atomic.Int32
+	// spans counts replyLoad, replyHidden and replyDeallocate entries
+	// pending, read without mu.
+	spans atomic.Int32
 }
 
 // latency is what one ReadyForQuery relayed measured: answered when it
@@ -215,11 +218,8 @@ type latency struct {
 
 func (q *replyQueue) push(r reply) {
 	q.mu.Lock()
-	switch r.kind {
-	case replyLoad:
-		q.loads.Add(1)
-	case replyHidden:
-		q.hidden.Add(1)
+	if r.kind == replyLoad || r.kind == replyHidden || r.kind == replyDeallocate {
+		q.spans.Add(1)
 	}
 	if r.kind == replyReady {
 		if q.ready == 0 {
@@ -268,10 +268,8 @@ func (q *replyQueue) popLocked() (reply, bool) {
 	switch r.kind {
 	case replyReady:
 		q.ready--
-	case replyLoad:
-		q.loads.Add(-1)
-	case replyHidden:
-		q.hidden.Add(-1)
+	case replyLoad, replyHidden, replyDeallocate:
+		q.spans.Add(-1)
 	}
 	return r, true
 }
@@ -343,8 +341,7 @@ func (q *replyQueue) clear() {
 	q.mu.Lock()
 	clear(q.q)
 	q.q, q.head, q.ready = q.q[:0], 0, 0
-	q.loads.Store(0)
-	q.hidden.Store(0)
+	q.spans.Store(0)
 	q.txAt = time.Time{}
 	q.mu.Unlock()
 }

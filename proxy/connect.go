@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"slices"
 	"sort"
 	"strings"
 	"time"
@@ -136,7 +137,7 @@ func (s *Server) connect(ctx context.Context, c *clientConn, lv *live, t *catalo
 	}
 	// PostgreSQL applies the "-c" options first and the other parameters
 	// after them, so a parameter wins over an option of the same name.
-	extra, err := policy.SessionSettings(rt.StartupSettings(append(id.Settings, startupSettings(p)...)))
+	extra, err := policy.SessionSettings(rt.StartupSettings(append(unnamedApplication(id.Settings, p), startupSettings(p)...)))
 	if err != nil {
 		return nil, err
 	}
@@ -186,6 +187,23 @@ func (s *Server) connect(ctx context.Context, c *clientConn, lv *live, t *catalo
 // to d (at least 1 ms: 0 would disable it) for a session-mode session.
 func idleInTxSetting(d time.Duration) string {
 	return fmt.Sprintf("SET idle_in_transaction_session_timeout = %d", max(d.Milliseconds(), 1))
+}
+
+// unnamedApplication is options, the startup packet p's "-c" options,
+// led by an empty application_name when neither they nor p name one:
+// PostgreSQL gives such a session the empty string, where the pool's
+// connections start as "tenantproxy" (pool.Config.ApplicationName), the
+// name they show in pg_stat_activity between holders once neutralised
+// (RESET ALL goes back to it).
+func unnamedApplication(options []router.Setting, p *startupPacket) []router.Setting {
+	named := func(s router.Setting) bool { return strings.EqualFold(s.Name, "application_name") }
+	if slices.ContainsFunc(options, named) {
+		return options
+	}
+	if _, ok := p.params["application_name"]; ok {
+		return options
+	}
+	return append([]router.Setting{{Name: "application_name"}}, options...)
 }
 
 // startupSettings are the startup packet's settings other than the "-c"

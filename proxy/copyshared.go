@@ -24,7 +24,7 @@ import (
 // come before that ReadyForQuery, so while the entry is at the head, every
 // CommandComplete and ErrorResponse is the load's. Loads are rare, so the
 // check costs an atomic load per CommandComplete or ErrorResponse
-// otherwise (replyQueue.loads). An error's CONTEXT is given the client's
+// otherwise (replyQueue.spans). An error's CONTEXT is given the client's
 // table's name in place of the staging table's; the errors of the INSERT
 // have no "line n" context, which a COPY's would have.
 
@@ -46,7 +46,7 @@ func (b *sessionBase) loadQuery(sql []byte) ([]byte, reply) {
 // loading returns the table of the load whose replies the server sends
 // next (replyLoad at the head of the queue), if it does.
 func (q *replyQueue) loading() (table string, ok bool) {
-	if q.loads.Load() == 0 {
+	if q.spans.Load() == 0 {
 		return "", false
 	}
 	q.mu.Lock()

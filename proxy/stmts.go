@@ -232,6 +232,18 @@ func (rw *rewriter) forgetFailed(server string, settles uint64) {
 	}
 }
 
+// forget drops the client's statement name, as SQL DEALLOCATE of it
+// does, reporting whether the client had it.
+func (rw *rewriter) forget(name string) bool {
+	_, ok := rw.stmts[name]
+	delete(rw.stmts, name)
+	return ok
+}
+
+// forgetAll drops every named statement of the client's, as SQL
+// DEALLOCATE ALL does.
+func (rw *rewriter) forgetAll() { clear(rw.stmts) }
+
 // statementName is the server-side name of a named statement: a digest
 // of the tenant context and the Parse body after the name (query text
 // and parameter types), so that equal statements of one context share a

@@ -104,7 +104,7 @@ func (ss *pinnedSession) replan(sc *pgwire.Scanner) error {
 // ReadyForQuery, are to a statement of the proxy's own (replyHidden at
 // the head of the queue).
 func (q *replyQueue) hiding() bool {
-	if q.hidden.Load() == 0 {
+	if q.spans.Load() == 0 {
 		return false
 	}
 	q.mu.Lock()

@@ -4,6 +4,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/tenantproxy/tenantproxy/internal/pgerr"
+	"github.com/tenantproxy/tenantproxy/internal/pgwire"
 )
 
 // errTerminated is what PostgreSQL tells the victim of
@@ -55,4 +56,24 @@ func (s *Server) endSessions(match func(tenant, user string) bool) int {
 		n++
 	}
 	return n
+}
+
+// reasonLateTermination refuses the session's termination of itself
+// behind other messages of one write, whose replies would be owed still.
+const reasonLateTermination = "pg_terminate_backend(pg_backend_pid()) ends the session in transaction pooling mode only as a request of its own, not pipelined behind others"
+
+// terminates reports that the Query or Parse of type typ just judged is
+// the client's termination of its own session (policy
+// TxVerdict.Terminates). In transaction mode its server connection is
+// the pool's: the proxy answers it itself, as PostgreSQL would (FATAL
+// 57P01, the connection closed), and whatever transaction the client had
+// open is rolled back on the server connection, which the pool keeps.
+func (tx *txSession) terminates(typ byte) bool {
+	return (typ == pgwire.Query || typ == pgwire.Parse) && tx.pin.judged.Terminates
+}
+
+// terminateSelf ends the session for terminates.
+func (tx *txSession) terminateSelf() error {
+	tx.client.Write(encodeError(errTerminated, fatal))
+	return errTerminated
 }

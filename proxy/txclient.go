@@ -124,6 +124,9 @@ func (tx *txSession) handle(typ byte) error {
 		return nil
 	}
 	r := tx.verdict(typ)
+	if r == "" && tx.terminates(typ) {
+		return tx.terminateSelf()
+	}
 	tx.out = tx.out[:0]
 	if !tx.isBound() {
 		if answered, err := tx.unboundMessage(typ, r); answered {
@@ -139,7 +142,11 @@ func (tx *txSession) handle(typ byte) error {
 	for tx.pipelined() {
 		m, _ := tx.clientScan.Next()
 		tx.in = m.Bytes
-		tx.message(c, m.Type, tx.verdict(m.Type))
+		r := tx.verdict(m.Type)
+		if r == "" && tx.terminates(m.Type) {
+			r = reasonLateTermination
+		}
+		tx.message(c, m.Type, r)
 	}
 	// Written without the lock, so a background relayer can relay (and
 	// take the lock for replies it must match) while a big write waits
@@ -361,7 +368,7 @@ func (tx *txSession) message(c *pool.Conn, typ byte, refusal string) {
 			return
 		}
 		tx.queries.Inc()
-		in := tx.in
+		in := tx.deallocate(tx.in)
 		if load, r := tx.loadQuery(pgwire.Statement(in)); load != nil {
 			tx.replies.push(r)
 			in = load

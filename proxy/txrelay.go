@@ -138,7 +138,10 @@ func (tx *txSession) clientReply(c *pool.Conn, m pgwire.Message, inline bool) re
 	case pgwire.CommandComplete:
 		// It may tell that tracked settings were not committed.
 		tx.settingsFailed(m.Type, m.Body())
-		err = loadReply(sc, &tx.replies, m.Bytes)
+		var dropped bool
+		if dropped, err = deallocReply(sc, &tx.replies, m.Bytes); !dropped {
+			err = loadReply(sc, &tx.replies, m.Bytes)
+		}
 	case pgwire.CopyInResponse, pgwire.CopyBothResponse:
 		if inline {
 			// Relayed now, so that the client has it before the client

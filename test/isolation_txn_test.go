@@ -38,6 +38,7 @@ func TestIsolationTransactionMode(t *testing.T) {
 				// What the proxy can neither track nor pin is refused.
 				"SET seed = 0.5",
 				"SELECT set_config('statement_timeout', '0', false) FROM messages",
+				"SELECT set_config('statement_timeout', '0' || '', false)",
 			} {
 				if _, err := a.Exec(ctx, sql).ReadAll(); sqlstateOf(err) != "42501" {
 					t.Errorf("%s in transaction mode: %v; want 42501", sql, err)

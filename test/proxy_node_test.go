@@ -2,10 +2,12 @@ package test
 
 import (
 	"encoding/json"
+	"fmt"
 	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 
@@ -146,5 +148,54 @@ func runNode(t *testing.T, node, script, addr, sub, mark string, ddl bool, got a
 	}
 	if err := json.Unmarshal(out, got); err != nil {
 		t.Fatalf("node %s printed %q: %v", script, out, err)
+	}
+}
+
+// TestNodeJobQueueThroughProxy runs test/node/pgboss.js as two
+// database-tier tenants in both pool modes: pg-boss installs its own schema
+// (which needs PL/pgSQL: allow_procedural), sends three jobs, and two
+// fetches at once take them all without taking one twice (SKIP LOCKED),
+// each run leaving one job queued. A tenant sees its own jobs only, never
+// the other's left ones. pg-boss does not run in the schema and shared
+// tiers (README, "Node's query builders and ORMs").
+func TestNodeJobQueueThroughProxy(t *testing.T) {
+	node := nodeWith(t, "pg-boss")
+	e := newProxyEnv(t)
+	ctx := ctxT(t)
+	subs := []string{"umbrella", "wayne"}
+	if _, err := e.cat.Create(ctx, catalog.CreateRequest{Subdomain: subs[1], Plan: catalog.PlanEnterprise, Tier: catalog.TierDatabase, AdminUser: "alice", AdminPassword: tenantPassword}); err != nil {
+		t.Fatal(err)
+	}
+	for _, sub := range subs {
+		e.setSettings(t, sub, `{"policy": {"allow_procedural": true}}`)
+	}
+	for _, mode := range poolModes {
+		_, addr := e.startProxy(t, proxy.Config{PoolMode: mode})
+		for _, sub := range subs {
+			t.Run(mode+"/"+sub, func(t *testing.T) {
+				var got struct {
+					IDs  []string `json:"ids"`
+					Seen []string `json:"seen"`
+					Rest int      `json:"rest"`
+				}
+				mark := sub + "_" + mode
+				runNode(t, node, "pgboss.js", addr, sub, mark, true, &got)
+				if got.Rest != 0 || len(got.IDs) != len(got.Seen) || len(slices.Compact(slices.Sorted(slices.Values(got.IDs)))) != len(got.IDs) {
+					t.Errorf("fetched ids %q (one twice?) and then %d more; want each job once and none left", got.IDs, got.Rest)
+				}
+				seen := map[string]bool{}
+				for _, m := range got.Seen {
+					if !strings.HasPrefix(m, sub+"_") {
+						t.Errorf("tenant %s worked job %q, not its own", sub, m)
+					}
+					seen[m] = true
+				}
+				for i := 1; i <= 3; i++ {
+					if !seen[fmt.Sprintf("%s-%d", mark, i)] {
+						t.Errorf("jobs worked %q; want %s-1 to -3 among them", got.Seen, mark)
+					}
+				}
+			})
+		}
 	}
 }

@@ -16,7 +16,9 @@ import (
 // same settings, or the same error, directly and through the proxy in
 // both pool modes: startup parameters win over "-c" options (PostgreSQL
 // applies the options first), an explicitly empty application_name stays
-// empty, and a parameter PostgreSQL does not know fails with its 42704.
+// empty, no application_name at all is empty too, as reported to the
+// client at start-up and as set (it was the pool's "tenantproxy"), and a
+// parameter PostgreSQL does not know fails with its 42704.
 func TestStartupParametersAsPostgreSQL(t *testing.T) {
 	e := newProxyEnv(t)
 	ctx := ctxT(t)
@@ -48,7 +50,7 @@ func TestStartupParametersAsPostgreSQL(t *testing.T) {
 		if err := conn.QueryRow(ctx, "SELECT '[' || current_setting('application_name') || ']', current_setting('DateStyle')").Scan(&app, &dateStyle); err != nil {
 			t.Fatal(err)
 		}
-		return app + " " + dateStyle
+		return app + " " + dateStyle + " reported [" + conn.PgConn().ParameterStatus("application_name") + "]"
 	}
 	for _, tt := range []struct {
 		name   string
@@ -56,6 +58,8 @@ func TestStartupParametersAsPostgreSQL(t *testing.T) {
 	}{
 		{"parameter over option", []string{"application_name=param", "options=-c%20application_name%3Doption%20-c%20DateStyle%3DGerman", "DateStyle=SQL,%20DMY"}},
 		{"empty application_name", []string{"application_name="}},
+		{"no application_name", nil},
+		{"application_name as an option", []string{"options=-c%20application_name%3Doption"}},
 		{"unknown parameter", []string{"no_such_setting=1"}},
 		{"unknown option", []string{"options=-c%20no_such_setting%3D1"}},
 	} {

@@ -90,6 +90,14 @@ func (e *txEnv) createTenants(t *testing.T, n int) []string {
 	return subs
 }
 
+// proxyBackends picks the proxy's server connections out of
+// pg_stat_activity by their roles, the serving and tenant roles, none a
+// superuser as the tests' own and the catalog's connections are: a held
+// connection has its client's application_name (empty when the client names
+// none), so the pool's "tenantproxy" marks only idle ones.
+const proxyBackends = `SELECT a.pid FROM pg_stat_activity a JOIN pg_roles r ON r.oid = a.usesysid
+	WHERE a.backend_type = 'client backend' AND NOT r.rolsuper`
+
 // serverConns counts the proxy's connections to the cluster.
 func (e *txEnv) serverConns(ctx context.Context) (int, error) {
 	conn, err := pgx.Connect(ctx, e.cluster.DSN("postgres"))
@@ -98,7 +106,7 @@ func (e *txEnv) serverConns(ctx context.Context) (int, error) {
 	}
 	defer conn.Close(ctx)
 	var n int
-	err = conn.QueryRow(ctx, "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'tenantproxy'").Scan(&n)
+	err = conn.QueryRow(ctx, "SELECT count(*) FROM ("+proxyBackends+") p").Scan(&n)
 	return n, err
 }
 
@@ -287,7 +295,7 @@ func TestTxPoolSurvivesTerminatedBackendsAndRestartWithoutWrongTenantReuse(t *te
 	waitFor("warm-up", 200)
 
 	// Every pooled connection terminated under load.
-	if err := e.cluster.Exec(ctx, "postgres", "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = 'tenantproxy'"); err != nil {
+	if err := e.cluster.Exec(ctx, "postgres", "SELECT pg_terminate_backend(pid) FROM ("+proxyBackends+") p"); err != nil {
 		t.Fatal(err)
 	}
 	waitFor("after pg_terminate_backend", 200)

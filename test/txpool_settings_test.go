@@ -197,39 +197,6 @@ func TestTxPoolRolledBackSessionSettingsAreForgotten(t *testing.T) {
 	}
 }
 
-// TestTxPoolORMConnectSequencesAreAccepted: the statements ORMs send on
-// connect, captured from their sources, are accepted in transaction mode
-// in every tier and their settings hold in the next transaction.
-func TestTxPoolORMConnectSequencesAreAccepted(t *testing.T) {
-	e := newTxEnv(t, pgcluster.Options{}, pool.Config{MaxConnsPerKey: 2}, proxy.Config{})
-	ctx := ctxT(t)
-	for _, orm := range []struct{ name, sql, show, want string }{
-		// ActiveRecord's PostgreSQLAdapter#configure_connection.
-		{"activerecord", "SET client_min_messages TO 'warning'; SET TIME ZONE 'UTC'", "SHOW client_min_messages", "warning"},
-		// Sequelize's postgres connection manager with its defaults, in
-		// one Query as node-postgres sends it.
-		{"sequelize", "SET client_min_messages TO warning;SET TIME ZONE INTERVAL '+00:00' HOUR TO MINUTE;", "SHOW TimeZone", "<+00>-00"},
-	} {
-		for _, tenant := range []string{"acme", "initech", "umbrella"} {
-			t.Run(orm.name+"/"+tenant, func(t *testing.T) {
-				conn := connect(t, dsn(e.addr, "alice."+tenant, tenantPassword))
-				if _, err := conn.Exec(ctx, orm.sql, pgx.QueryExecModeSimpleProtocol); err != nil {
-					t.Fatal(err)
-				}
-				for i := range 3 {
-					var got string
-					if err := conn.QueryRow(ctx, orm.show).Scan(&got); err != nil {
-						t.Fatal(err)
-					}
-					if got != orm.want {
-						t.Fatalf("transaction %d: %s gives %q; want %q", i, orm.show, got, orm.want)
-					}
-				}
-			})
-		}
-	}
-}
-
 // TestTxPoolSessionSettingsInTheUnnamedStatementAreTracked: drivers that
 // send every statement through the unnamed statement (JDBC, psycopg 3)
 // get their SETs tracked too, and forgotten when the batch fails; a SET

@@ -344,3 +344,55 @@ func TestTxPoolCancelReachesTheTransactionsServerConnection(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// TestTxPoolSelfTerminationEndsOnlyTheClientsSession: in transaction mode
+// SELECT pg_terminate_backend(pg_backend_pid()) gets what PostgreSQL gives
+// (FATAL 57P01, the connection closed), as a simple Query, through the
+// extended protocol and inside a transaction, whose work is rolled back;
+// the pool's one server connection, which another client uses before and
+// after, lives on (same backend pid). It was refused with 42501 before
+// (pgx's TestBeginTxFatalErrorKillsConn, TestConnDestroyedWhenBeginFailsFatally).
+// The database tier's tenant: the rules allow the call only there.
+func TestTxPoolSelfTerminationEndsOnlyTheClientsSession(t *testing.T) {
+	e := newTxEnv(t, pgcluster.Options{}, pool.Config{MaxConnsPerKey: 1}, proxy.Config{})
+	ctx := ctxT(t)
+	other := connect(t, dsn(e.addr, "alice.umbrella", tenantPassword))
+	backend := func() uint32 {
+		t.Helper()
+		var pid uint32
+		if err := other.QueryRow(ctx, "SELECT pg_backend_pid()").Scan(&pid); err != nil {
+			t.Fatal(err)
+		}
+		return pid
+	}
+	pid := backend()
+	const terminate = "SELECT pg_terminate_backend(pg_backend_pid())"
+	for _, how := range []string{"simple", "extended", "in a transaction"} {
+		t.Run(how, func(t *testing.T) {
+			conn := connect(t, dsn(e.addr, "alice.umbrella", tenantPassword))
+			var err error
+			switch how {
+			case "simple":
+				_, err = conn.Exec(ctx, terminate, pgx.QueryExecModeSimpleProtocol)
+			case "extended":
+				_, err = conn.Exec(ctx, terminate)
+			default:
+				if _, err := conn.Exec(ctx, "BEGIN; INSERT INTO users (username) VALUES ('terminated')"); err != nil {
+					t.Fatal(err)
+				}
+				_, err = conn.Exec(ctx, terminate)
+			}
+			assertPgError(t, err, "FATAL", "57P01", "terminating connection due to administrator command")
+			if _, err := conn.Exec(ctx, "SELECT 1"); err == nil || !conn.IsClosed() {
+				t.Fatalf("after its FATAL the connection runs SELECT 1 (%v); want it closed", err)
+			}
+			var n int
+			if err := other.QueryRow(ctx, "SELECT count(*) FROM users WHERE username = 'terminated'").Scan(&n); err != nil || n != 0 {
+				t.Fatalf("the terminated session's rows: %d (%v); want its transaction rolled back", n, err)
+			}
+			if got := backend(); got != pid {
+				t.Fatalf("the pool's server connection is backend %d now, was %d; want it kept", got, pid)
+			}
+		})
+	}
+}
