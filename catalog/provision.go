@@ -386,15 +386,23 @@ func (c *Catalog) provisionSchema(ctx context.Context, t Tenant, b Backend) erro
 // provisionDatabase creates t's database and login role, whose password it
 // records in the catalog and in t, and migrates the database as the role.
 func (c *Catalog) provisionDatabase(ctx context.Context, t *Tenant, b Backend) error {
+	password, err := migrations.TenantLoginPassword(ctx, c.db, c.keys, t.ID)
+	if err != nil {
+		return err
+	}
+	return c.buildDatabase(ctx, t, b, password)
+}
+
+// buildDatabase creates t's database on b, owned by t's login role with
+// password, and migrates it as that role. A move calls it too, for a
+// tenant whose row is not in the database tier yet.
+func (c *Catalog) buildDatabase(ctx context.Context, t *Tenant, b Backend, password string) error {
 	admin, err := migrations.ConnectAs(ctx, b.AdminDSN, "")
 	if err != nil {
 		return fmt.Errorf("connecting to backend %s: %w", b.Name, err)
 	}
-	defer admin.Close(context.WithoutCancel(ctx))
-	if err := migrations.CreateDatabase(ctx, admin, t.Database); err != nil {
-		return err
-	}
-	password, err := migrations.TenantLoginPassword(ctx, c.db, c.keys, t.ID)
+	err = migrations.CreateDatabase(ctx, admin, t.Database)
+	admin.Close(context.WithoutCancel(ctx))
 	if err != nil {
 		return err
 	}
