@@ -180,17 +180,15 @@ func (c *Catalog) openDataWith(ctx context.Context, t Tenant, first string) (*pg
 	if err != nil {
 		return nil, dataPlace{}, fmt.Errorf("connecting to backend %s: %w", b.Name, err)
 	}
-	place := dataPlace{schema: "public"}
+	place := dataPlaceOf(t)
 	setup := sessionSettings
 	if first != "" {
 		setup += "; " + first
 	}
 	switch t.Tier {
 	case TierShared:
-		place.tenant = t.ID
 		setup += "; SELECT set_config('" + migrations.TenantGUC + "', '" + t.ID + "', false)"
 	case TierSchema:
-		place.schema = t.SchemaName
 		setup += "; SET ROLE " + pgx.Identifier{t.SchemaName}.Sanitize()
 	}
 	if _, err := conn.Exec(ctx, setup); err != nil {
@@ -198,4 +196,15 @@ func (c *Catalog) openDataWith(ctx context.Context, t Tenant, first string) (*pg
 		return nil, dataPlace{}, fmt.Errorf("tenant %s: %w", t.ID, err)
 	}
 	return conn, place, nil
+}
+
+// dataPlaceOf is where t's tables are in its database.
+func dataPlaceOf(t Tenant) dataPlace {
+	switch t.Tier {
+	case TierShared:
+		return dataPlace{schema: "public", tenant: t.ID}
+	case TierSchema:
+		return dataPlace{schema: t.SchemaName}
+	}
+	return dataPlace{schema: "public"}
 }

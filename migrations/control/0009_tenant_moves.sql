@@ -13,6 +13,9 @@ CREATE TABLE tenant_moves (
     -- hold_seq numbers the attempts at holding the tenant's transactions,
     -- so that an acknowledgement of an earlier attempt does not count.
     hold_seq    integer NOT NULL DEFAULT 0,
+    -- keep_for is --keep-source: the source stays until keep_until,
+    -- switch time plus keep_for.
+    keep_for    interval NOT NULL DEFAULT '0',
     keep_until  timestamptz,
     hold_ms     double precision,
     started_at  timestamptz NOT NULL DEFAULT now(),
