@@ -157,7 +157,7 @@ func (c *Catalog) dropCapture(ctx context.Context, m *moveRecord, t Tenant) erro
 			return err
 		}
 		rows, err := tx.Query(ctx, `SELECT format('DROP TRIGGER %I ON %s', tgname, tgrelid::regclass) FROM pg_trigger
-			WHERE tgname IN ($1, $1 || '_truncate')`, triggerName(m.id))
+			WHERE tgname::text IN ($1::text, $1::text || '_truncate')`, triggerName(m.id))
 		if err != nil {
 			return err
 		}
@@ -183,8 +183,13 @@ func fence(ctx context.Context, conn *pgx.Conn, id int64, on bool) error {
 	}
 	// A writer that wrote before the fence holds the lock shared until it
 	// ends; one that writes after it fails in the trigger.
-	_, err := conn.Exec(ctx, "SET lock_timeout = '5s'; SELECT pg_advisory_lock($1, $2::integer); SELECT pg_advisory_unlock($1, $2::integer); RESET lock_timeout",
-		moveLockClass, id)
+	err := pgx.BeginFunc(ctx, conn, func(tx pgx.Tx) error {
+		_, err := tx.Exec(ctx, "SET LOCAL lock_timeout = '5s'")
+		if err == nil {
+			_, err = tx.Exec(ctx, "SELECT pg_advisory_xact_lock($1, $2::integer)", moveLockClass, id)
+		}
+		return err
+	})
 	if err != nil {
 		return fmt.Errorf("waiting for the tenant's writers on the source: %w", err)
 	}

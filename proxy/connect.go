@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"slices"
 	"sort"
 	"strings"
 	"time"
@@ -86,6 +87,8 @@ func (s *Server) establish(ctx context.Context, c *clientConn, lv *live, p *star
 	// one of its users: an unknown tenant fails like a wrong password, after
 	// the same exchange, and a suspended or provisioning one says so only
 	// after a correct password.
+	// Read before the tenant: a move released after it is noticed.
+	epoch := s.moves.epoch(id.Tenant)
 	t, err := s.resolver.Lookup(ctx, id.Tenant)
 	if err != nil {
 		return nil, err
@@ -109,7 +112,7 @@ func (s *Server) establish(ctx context.Context, c *clientConn, lv *live, p *star
 	if !ok {
 		return nil, pgerr.Errorf(pgerr.CodeTooManyConnections, "too many connections for tenant %q", t.Subdomain)
 	}
-	ss, err := s.connect(ctx, c, lv, t, tl, id, p)
+	ss, err := s.connect(ctx, c, lv, t, tl, id, p, epoch)
 	if err != nil {
 		s.giveSlot(t.Subdomain)
 		return nil, err
@@ -119,13 +122,17 @@ func (s *Server) establish(ctx context.Context, c *clientConn, lv *live, p *star
 
 // connect routes the tenant and completes the client's startup in the
 // tenant's pool mode.
-func (s *Server) connect(ctx context.Context, c *clientConn, lv *live, t *catalog.Tenant, tl *tenantLimits, id router.Identity, p *startupPacket) (clientSession, error) {
+func (s *Server) connect(ctx context.Context, c *clientConn, lv *live, t *catalog.Tenant, tl *tenantLimits, id router.Identity, p *startupPacket, epoch uint64) (clientSession, error) {
 	// A paused tenant's new clients wait for RESUME (or their start-up
 	// timeout) before they take a server connection.
 	if err := s.gates.wait(ctx, t.Subdomain, s.isClosing, nil); err != nil {
 		if ctx.Err() == context.DeadlineExceeded {
 			return nil, pgerr.Errorf(pgerr.CodeRateLimited, "tenant %q is paused; timed out waiting for RESUME", t.Subdomain)
 		}
+		return nil, err
+	}
+	t, epoch, err := s.followMoved(ctx, t, epoch)
+	if err != nil {
 		return nil, err
 	}
 	rt, err := s.resolver.Route(ctx, t)
@@ -157,6 +164,7 @@ func (s *Server) connect(ctx context.Context, c *clientConn, lv *live, t *catalo
 		tx := &txSession{idleTx: idleInTx{limit: idleLimit}, pin: txPin{limit: pinLimit(t, lv.cfg.MaxPinnedPerTenant, s.backends)}}
 		s.initBase(&tx.sessionBase, c, t, tl, id, lv)
 		tx.channels = rt.Channels
+		tx.route.epoch, tx.route.tail = epoch, slices.Clone(target.Setup[len(rt.Setup):])
 		return tx, s.connectTx(ctx, c, tx, target)
 	}
 	// The session's server connection is the tenant's for its whole life:

@@ -1,0 +1,181 @@
+package test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/tenantproxy/tenantproxy/catalog"
+	"github.com/tenantproxy/tenantproxy/internal/pgtest"
+	"github.com/tenantproxy/tenantproxy/proxy"
+)
+
+// moveEnv is proxyEnv with a second server (backend "east", region
+// "east") and a transaction-mode proxy.
+type moveEnv struct {
+	*proxyEnv
+	addr string
+}
+
+func newMoveEnv(t *testing.T) *moveEnv {
+	t.Helper()
+	e := &moveEnv{proxyEnv: newProxyEnv(t)}
+	east := pgtest.StartT(t)
+	if _, err := e.cat.AddBackend(ctxT(t), catalog.AddBackendRequest{Name: "east", DSN: east.DSN("postgres"), Region: "east"}); err != nil {
+		t.Fatal(err)
+	}
+	_, e.addr = e.startProxy(t, proxy.Config{PoolMode: proxy.PoolTransaction})
+	return e
+}
+
+// moveLoad is clients of some tenants writing and reading through the
+// proxy while moves run: every insert it was told succeeded is recorded,
+// every error counted.
+type moveLoad struct {
+	stop   chan struct{}
+	wg     sync.WaitGroup
+	mu     sync.Mutex
+	acked  map[string][]string // tenant -> usernames acknowledged
+	errs   atomic.Int64
+	first  atomic.Pointer[error]
+	writes atomic.Int64
+}
+
+func startMoveLoad(t *testing.T, e *moveEnv, clients int, tenants ...string) *moveLoad {
+	t.Helper()
+	l := &moveLoad{stop: make(chan struct{}), acked: map[string][]string{}}
+	for _, sub := range tenants {
+		for i := range clients {
+			conn := connect(t, dsn(e.addr, "alice."+sub, tenantPassword))
+			l.wg.Add(1)
+			go l.client(conn, sub, i)
+		}
+	}
+	return l
+}
+
+func (l *moveLoad) client(conn *pgx.Conn, sub string, i int) {
+	defer l.wg.Done()
+	ctx := context.Background()
+	for n := 0; ; n++ {
+		select {
+		case <-l.stop:
+			return
+		default:
+		}
+		name := fmt.Sprintf("c%d-%d", i, n)
+		_, err := conn.Exec(ctx, "INSERT INTO users (username) VALUES ($1)", name)
+		if err == nil {
+			var seen int
+			err = conn.QueryRow(ctx, "SELECT count(*) FROM users WHERE username = $1", name).Scan(&seen)
+			if err == nil && seen != 1 {
+				err = fmt.Errorf("tenant %s: wrote %s, then read it %d times", sub, name, seen)
+			}
+		}
+		if err != nil {
+			l.errs.Add(1)
+			l.first.CompareAndSwap(nil, &err)
+			continue
+		}
+		l.writes.Add(1)
+		l.mu.Lock()
+		l.acked[sub] = append(l.acked[sub], name)
+		l.mu.Unlock()
+	}
+}
+
+// end stops the clients and checks that none saw an error and that every
+// acknowledged write is there, read through the proxy.
+func (l *moveLoad) end(t *testing.T, e *moveEnv) {
+	t.Helper()
+	close(l.stop)
+	l.wg.Wait()
+	if n := l.errs.Load(); n > 0 {
+		t.Errorf("clients saw %d errors; the first: %v", n, *l.first.Load())
+	}
+	for sub, names := range l.acked {
+		conn := connect(t, dsn(e.addr, "alice."+sub, tenantPassword))
+		rows, err := conn.Query(ctxT(t), "SELECT username FROM users")
+		if err != nil {
+			t.Fatal(err)
+		}
+		have, err := pgx.CollectRows(rows, pgx.RowTo[string])
+		if err != nil {
+			t.Fatal(err)
+		}
+		set := map[string]bool{}
+		for _, n := range have {
+			set[n] = true
+		}
+		missing := 0
+		for _, n := range names {
+			if !set[n] {
+				missing++
+			}
+		}
+		if missing > 0 {
+			t.Errorf("tenant %s: %d of %d acknowledged writes are missing after the moves", sub, missing, len(names))
+		}
+	}
+}
+
+// move runs a move and checks where the tenant is afterwards.
+func (e *moveEnv) move(t *testing.T, req catalog.MoveRequest) *catalog.Moved {
+	t.Helper()
+	m, err := e.cat.Move(ctxT(t), req)
+	if err != nil {
+		t.Fatalf("move %s to %s/%s: %v", req.Subdomain, req.Tier, req.Backend, err)
+	}
+	tn, err := e.cat.Show(ctxT(t), req.Subdomain)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if placeNow := (catalog.Place{Tier: tn.Tier, Backend: tn.Backend, Region: tn.Region, Database: tn.Database, Schema: tn.SchemaName}); placeNow != m.To {
+		t.Fatalf("after the move the tenant is at %+v, want %+v", placeNow, m.To)
+	}
+	t.Logf("moved %s: %s -> %s in %d rounds, held %s", req.Subdomain, m.From, m.To, m.Rounds, m.Hold)
+	return m
+}
+
+// TestTenantMoveUnderLoad moves a shared-tier tenant to the schema tier,
+// the database tier, back to the shared tier and to another server in
+// another region, while clients of it and of another tenant write and
+// read in transaction mode: no client sees an error, every acknowledged
+// write is there afterwards, and each move's counts and checksums were
+// equal (Move fails otherwise).
+func TestTenantMoveUnderLoad(t *testing.T) {
+	e := newMoveEnv(t)
+	load := startMoveLoad(t, e, 4, "acme", "globex")
+	for _, to := range []catalog.MoveRequest{
+		{Tier: catalog.TierSchema},
+		{Tier: catalog.TierDatabase},
+		{Tier: catalog.TierShared},
+		{Backend: "east", Tier: catalog.TierSchema},
+	} {
+		time.Sleep(200 * time.Millisecond)
+		to.Subdomain = "acme"
+		e.move(t, to)
+	}
+	time.Sleep(200 * time.Millisecond)
+	load.end(t, e)
+	if load.writes.Load() == 0 {
+		t.Fatal("the clients wrote nothing")
+	}
+	// Ids continue past the highest one copied.
+	conn := connect(t, dsn(e.addr, "alice.acme", tenantPassword))
+	var id, highest int64
+	if err := conn.QueryRow(ctxT(t), "SELECT max(id) FROM users").Scan(&highest); err != nil {
+		t.Fatal(err)
+	}
+	if err := conn.QueryRow(ctxT(t), "INSERT INTO users (username) VALUES ('after-moves') RETURNING id").Scan(&id); err != nil || id <= highest {
+		t.Fatalf("insert after the moves: id %d (highest before %d), %v", id, highest, err)
+	}
+}
+
+var _ = errors.Is
