@@ -92,7 +92,8 @@ type Moved struct {
 	KeepUntil *time.Time    `json:"keep_until,omitempty"`
 }
 
-// ErrMoveStopped is returned when MoveRequest.StopAfter stopped a move.
+// ErrMoveStopped is returned, with the move's Moved so far, when
+// MoveRequest.StopAfter stopped a move.
 var ErrMoveStopped = errors.New("move stopped after the requested step")
 
 // moveRecord is a row of tenant_moves.
@@ -156,7 +157,7 @@ func (c *Catalog) Move(ctx context.Context, req MoveRequest) (*Moved, error) {
 	if err := mv.run(ctx, res); err != nil {
 		if errors.Is(err, ErrMoveStopped) {
 			mv.close(ctx)
-			return nil, err
+			return res, err
 		}
 		mv.close(ctx)
 		cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Minute)

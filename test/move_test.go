@@ -16,8 +16,7 @@ import (
 	"github.com/tenantproxy/tenantproxy/proxy"
 )
 
-// moveEnv is proxyEnv with a second server (backend "east", region
-// "east") and a transaction-mode proxy.
+// moveEnv is proxyEnv with a transaction-mode proxy.
 type moveEnv struct {
 	*proxyEnv
 	addr string
@@ -26,12 +25,17 @@ type moveEnv struct {
 func newMoveEnv(t *testing.T) *moveEnv {
 	t.Helper()
 	e := &moveEnv{proxyEnv: newProxyEnv(t)}
+	_, e.addr = e.startProxy(t, proxy.Config{PoolMode: proxy.PoolTransaction})
+	return e
+}
+
+// addEast adds a second server: backend "east" in region "east".
+func (e *moveEnv) addEast(t *testing.T) {
+	t.Helper()
 	east := pgtest.StartT(t)
 	if _, err := e.cat.AddBackend(ctxT(t), catalog.AddBackendRequest{Name: "east", DSN: east.DSN("postgres"), Region: "east"}); err != nil {
 		t.Fatal(err)
 	}
-	_, e.addr = e.startProxy(t, proxy.Config{PoolMode: proxy.PoolTransaction})
-	return e
 }
 
 // moveLoad is clients of some tenants writing and reading through the
@@ -151,6 +155,7 @@ func (e *moveEnv) move(t *testing.T, req catalog.MoveRequest) *catalog.Moved {
 // equal (Move fails otherwise).
 func TestTenantMoveUnderLoad(t *testing.T) {
 	e := newMoveEnv(t)
+	e.addEast(t)
 	load := startMoveLoad(t, e, 4, "acme", "globex")
 	for _, to := range []catalog.MoveRequest{
 		{Tier: catalog.TierSchema},
@@ -178,4 +183,56 @@ func TestTenantMoveUnderLoad(t *testing.T) {
 	}
 }
 
-var _ = errors.Is
+
+
+// TestTenantMoveStoppedAtEachStepThenRerun stops a move after each step
+// in turn, as if its process died there, and runs the same move again:
+// before the switch the re-run rolls the interrupted move back (its
+// target is gone) and moves afresh, after it the re-run finishes; the
+// tenant's clients see no error throughout and lose no write.
+func TestTenantMoveStoppedAtEachStepThenRerun(t *testing.T) {
+	e := newMoveEnv(t)
+	load := startMoveLoad(t, e, 2, "acme")
+	tiers := []catalog.Tier{catalog.TierSchema, catalog.TierDatabase, catalog.TierShared}
+	for i, step := range []string{catalog.MovePlanned, catalog.MoveProvisioned, catalog.MoveCapturing,
+		catalog.MoveCopied, catalog.MoveHolding, catalog.MoveSwitched} {
+		req := catalog.MoveRequest{Subdomain: "acme", Tier: tiers[i%len(tiers)], StopAfter: step}
+		stopped, err := e.cat.Move(ctxT(t), req)
+		if !errors.Is(err, catalog.ErrMoveStopped) {
+			t.Fatalf("move stopped after %s: %v", step, err)
+		}
+		req.StopAfter = ""
+		m := e.move(t, req)
+		if m.Resumed != step {
+			t.Errorf("re-run found the move at step %q, want %q", m.Resumed, step)
+		}
+		if step != catalog.MoveSwitched && m.To.Tier != catalog.TierShared && m.To == stopped.To {
+			t.Errorf("re-run after %s reused the interrupted move's target %+v", step, m.To)
+		}
+		e.wantGone(t, stopped.To, step != catalog.MoveSwitched)
+		if step == catalog.MoveSwitched {
+			e.wantGone(t, stopped.From, true)
+		}
+	}
+	load.end(t, e)
+}
+
+// wantGone checks that the schema or database of place is gone (rolled
+// back), or, with gone false, that it exists.
+func (e *moveEnv) wantGone(t *testing.T, p catalog.Place, gone bool) {
+	t.Helper()
+	db, q, name := p.Database, "SELECT count(*) FROM pg_namespace WHERE nspname = $1", p.Schema
+	switch p.Tier {
+	case catalog.TierShared:
+		return
+	case catalog.TierDatabase:
+		db, q, name = "postgres", "SELECT count(*) FROM pg_database WHERE datname = $1", p.Database
+	}
+	var n int
+	if err := connect(t, e.cluster.DSN(db)).QueryRow(ctxT(t), q, name).Scan(&n); err != nil {
+		t.Fatal(err)
+	}
+	if (n == 0) != gone {
+		t.Errorf("%s %s: %d found, want gone=%v", p.Tier, name, n, gone)
+	}
+}
