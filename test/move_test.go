@@ -132,6 +132,9 @@ func (l *moveLoad) end(t *testing.T, e *moveEnv) {
 // move runs a move and checks where the tenant is afterwards.
 func (e *moveEnv) move(t *testing.T, req catalog.MoveRequest) *catalog.Moved {
 	t.Helper()
+	if req.Progress == nil {
+		req.Progress = tlog{t}
+	}
 	m, err := e.cat.Move(ctxT(t), req)
 	if err != nil {
 		t.Fatalf("move %s to %s/%s: %v", req.Subdomain, req.Tier, req.Backend, err)
@@ -235,4 +238,12 @@ func (e *moveEnv) wantGone(t *testing.T, p catalog.Place, gone bool) {
 	if (n == 0) != gone {
 		t.Errorf("%s %s: %d found, want gone=%v", p.Tier, name, n, gone)
 	}
+}
+
+// tlog writes a move's progress to the test's log.
+type tlog struct{ t *testing.T }
+
+func (l tlog) Write(p []byte) (int, error) {
+	l.t.Logf("%s %s", time.Now().Format("15:04:05.000"), p)
+	return len(p), nil
 }
