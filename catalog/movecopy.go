@@ -3,6 +3,7 @@ package catalog
 import (
 	"context"
 	"crypto/rand"
+	"encoding/json"
 	"fmt"
 	"strconv"
 	"strings"
@@ -42,6 +43,9 @@ type mover struct {
 	splace, tplace dataPlace
 	tables         []Table
 	keys           map[string][]string
+	// touched are the keys of each table applied since the last round
+	// that compared every row (verifyAll), which the hold's round compares.
+	touched map[string][]json.RawMessage
 }
 
 // step runs fn, records that the move reached step, and stops there when
@@ -138,19 +142,31 @@ func (mv *mover) copy(ctx context.Context, res *Moved) (err error) {
 	if mv.tconn, mv.tplace, err = c.openDataWith(ctx, mv.dst, replicaRole); err != nil {
 		return err
 	}
+	mv.touched = map[string][]json.RawMessage{}
 	err = mv.snapshot(ctx)
-	for err == nil && res.Rounds < maxRounds {
-		var n int
-		n, err = mv.round(ctx, verifyNone)
-		res.Rounds++
-		if n < fewChanges {
-			break
-		}
+	if err == nil {
+		err = mv.catchUp(ctx, res)
 	}
 	if err == nil {
 		_, err = mv.round(ctx, verifyAll)
 	}
+	if err == nil {
+		// What was written while every row was compared.
+		err = mv.catchUp(ctx, res)
+	}
 	return err
+}
+
+// catchUp runs rounds until one applies fewer than fewChanges.
+func (mv *mover) catchUp(ctx context.Context, res *Moved) error {
+	for range maxRounds {
+		n, err := mv.round(ctx, verifyNone)
+		res.Rounds++
+		if err != nil || n < fewChanges {
+			return err
+		}
+	}
+	return nil
 }
 
 // snapshot copies every table of one repeatable-read snapshot of the
@@ -191,10 +207,11 @@ const (
 	verifyNone verify = iota
 	// verifyAll: every table's count and checksum.
 	verifyAll
-	// verifyChanged: every table's count, and the checksum of the rows the
-	// round applied; the target's id sequences are continued too. With a
-	// verifyAll round before it that is every row: those the rounds
-	// between did not touch are as verifyAll found them on both sides.
+	// verifyChanged: the count and checksum of the rows of every key
+	// applied since the verifyAll round (touched); the target's id
+	// sequences are continued too. That covers every row: those of other
+	// keys are as verifyAll found them on both sides. Its cost grows with
+	// the changes, not with the tenant's size: it runs in the hold.
 	verifyChanged
 )
 
@@ -220,6 +237,11 @@ func (mv *mover) round(ctx context.Context, check verify) (int, error) {
 	if _, err := pgx.ForEachRow(rows, []any{&tbl, &pks, &tids}, func() error {
 		changed[tbl] = append([]byte(nil), pks...)
 		ids = append(ids, tids...)
+		var keys []json.RawMessage
+		if err := json.Unmarshal(pks, &keys); err != nil {
+			return err
+		}
+		mv.touched[tbl] = append(mv.touched[tbl], keys...)
 		return nil
 	}); err != nil {
 		return 0, fmt.Errorf("reading the captured changes: %w", err)
@@ -237,6 +259,9 @@ func (mv *mover) round(ctx context.Context, check verify) (int, error) {
 	}
 	if err := stx.Rollback(ctx); err != nil {
 		return 0, err
+	}
+	if check == verifyAll {
+		clear(mv.touched)
 	}
 	if len(ids) > 0 {
 		if _, err := mv.sconn.Exec(ctx, "DELETE FROM "+captureSchema+".changes WHERE id = ANY($1)", ids); err != nil {
@@ -281,20 +306,15 @@ func (mv *mover) apply(ctx context.Context, stx, ttx pgx.Tx, tb Table, pks []byt
 		return compare(tb.Name, func() (int64, string, error) { return mv.splace.checksum(ctx, stx, tb) },
 			func() (int64, string, error) { return mv.tplace.checksum(ctx, ttx, tb) })
 	case verifyChanged:
-		count := func(tx pgx.Tx, p dataPlace) func() (int64, string, error) {
-			return func() (int64, string, error) {
-				var n int64
-				return n, "", tx.QueryRow(ctx, "SELECT count(*) FROM ("+p.selectRows(tb)+") r").Scan(&n)
+		if touched := mv.touched[tb.Name]; len(touched) > 0 {
+			set, err := json.Marshal(touched)
+			if err != nil {
+				return err
 			}
-		}
-		if err := compare(tb.Name, count(stx, mv.splace), count(ttx, mv.tplace)); err != nil {
-			return err
-		}
-		if pks != nil {
-			if err := compare(tb.Name+" (changed rows)", func() (int64, string, error) {
-				return checksumOf(ctx, stx, tb.Name, mv.splace.selectWhere(tb, srcKeys))
+			if err := compare(tb.Name+" (rows changed since all were compared)", func() (int64, string, error) {
+				return checksumOf(ctx, stx, tb.Name, mv.splace.selectWhere(tb, mv.keysIn(mv.splace, tb, "$1::jsonb")), string(set))
 			}, func() (int64, string, error) {
-				return checksumOf(ctx, ttx, tb.Name, mv.tplace.selectWhere(tb, dstKeys), string(pks))
+				return checksumOf(ctx, ttx, tb.Name, mv.tplace.selectWhere(tb, dstKeys), string(set))
 			}); err != nil {
 				return err
 			}
@@ -333,19 +353,31 @@ func (mv *mover) switchOver(ctx context.Context, res *Moved) error {
 		return err
 	}
 	m.step = MoveHolding
-	err := c.awaitAcks(ctx, m.id, m.holdSeq)
+	// phases times the hold's parts for the progress line.
+	var phases []string
+	timed := func(name string, fn func() error) error {
+		t := time.Now()
+		err := fn()
+		phases = append(phases, fmt.Sprintf("%s %s", name, time.Since(t).Round(time.Millisecond)))
+		return err
+	}
+	var changes int
+	err := timed("acknowledged", func() error { return c.awaitAcks(ctx, m.id, m.holdSeq) })
 	if err == nil {
-		err = mv.stopAt(MoveHolding)
-		if err != nil {
+		if err = mv.stopAt(MoveHolding); err != nil {
 			return err
 		}
-		err = fence(ctx, mv.sconn, m.id, true)
+		err = timed("fenced", func() error { return fence(ctx, mv.sconn, m.id, true) })
 	}
 	if err == nil {
-		err = mv.final(ctx, res)
+		err = timed("caught up", func() (err error) {
+			changes, err = mv.round(ctx, verifyChanged)
+			res.Rounds++
+			return err
+		})
 	}
 	if err == nil {
-		err = mv.flip(ctx)
+		err = timed("switched", func() error { return mv.flip(ctx) })
 	}
 	res.Hold = time.Since(start)
 	if err != nil {
@@ -357,17 +389,11 @@ func (mv *mover) switchOver(ctx context.Context, res *Moved) error {
 		c.db.Exec(cctx, "UPDATE tenant_moves SET step = $2, updated_at = now() WHERE id = $1 AND step = $3", m.id, MoveCopied, MoveHolding)
 		return err
 	}
-	c.progress(mv.req, "step %s: held the tenant's new transactions for %s", MoveSwitched, res.Hold.Round(time.Millisecond))
+	c.progress(mv.req, "step %s: held the tenant's new transactions for %s (%s; %d changes)", MoveSwitched,
+		res.Hold.Round(time.Millisecond), strings.Join(phases, ", "), changes)
 	c.log.Info("tenant moved", zap.String("tenant", m.tenant), zap.Stringer("from", m.source), zap.Stringer("to", m.target),
 		zap.Duration("hold", res.Hold), zap.Int("rounds", res.Rounds))
 	return mv.stopAt(MoveSwitched)
-}
-
-// final catches up what the fence left and checks every table.
-func (mv *mover) final(ctx context.Context, res *Moved) error {
-	_, err := mv.round(ctx, verifyChanged)
-	res.Rounds++
-	return err
 }
 
 // flip points the tenant's row at the target and records the switch, in

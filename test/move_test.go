@@ -22,7 +22,7 @@ type moveEnv struct {
 	addr string
 }
 
-func newMoveEnv(t *testing.T) *moveEnv {
+func newMoveEnv(t testing.TB) *moveEnv {
 	t.Helper()
 	e := &moveEnv{proxyEnv: newProxyEnv(t)}
 	_, e.addr = e.startProxy(t, proxy.Config{PoolMode: proxy.PoolTransaction})
@@ -51,7 +51,7 @@ type moveLoad struct {
 	writes atomic.Int64
 }
 
-func startMoveLoad(t *testing.T, e *moveEnv, clients int, tenants ...string) *moveLoad {
+func startMoveLoad(t testing.TB, e *moveEnv, clients int, tenants ...string) *moveLoad {
 	t.Helper()
 	l := &moveLoad{stop: make(chan struct{}), acked: map[string][]string{}}
 	for _, sub := range tenants {
@@ -96,7 +96,7 @@ func (l *moveLoad) client(conn *pgx.Conn, sub string, i int) {
 
 // end stops the clients and checks that none saw an error and that every
 // acknowledged write is there, read through the proxy.
-func (l *moveLoad) end(t *testing.T, e *moveEnv) {
+func (l *moveLoad) end(t testing.TB, e *moveEnv) {
 	t.Helper()
 	close(l.stop)
 	l.wg.Wait()
