@@ -186,8 +186,6 @@ func TestTenantMoveUnderLoad(t *testing.T) {
 	}
 }
 
-
-
 // TestTenantMoveStoppedAtEachStepThenRerun stops a move after each step
 // in turn, as if its process died there, and runs the same move again:
 // before the switch the re-run rolls the interrupted move back (its
