@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -244,4 +245,57 @@ type tlog struct{ t *testing.T }
 func (l tlog) Write(p []byte) (int, error) {
 	l.t.Logf("%s %s", time.Now().Format("15:04:05.000"), p)
 	return len(p), nil
+}
+
+// TestTenantMoveEndsSessionModeClientsAtTheirNextIdleMoment moves a
+// tenant while a second proxy instance, in session mode, holds an idle
+// session of it and another inside a transaction: the move waits for
+// both instances to hold the tenant; the idle session ends with 57P01
+// naming the move, the one in a transaction commits first and ends
+// after it; a new session lands on the target.
+func TestTenantMoveEndsSessionModeClientsAtTheirNextIdleMoment(t *testing.T) {
+	e := newMoveEnv(t)
+	_, sessionAddr := e.startProxy(t, proxy.Config{PoolMode: proxy.PoolSession})
+	ctx := ctxT(t)
+	idle := connect(t, dsn(sessionAddr, "alice.acme", tenantPassword))
+	busy := connect(t, dsn(sessionAddr, "alice.acme", tenantPassword))
+	tx, err := busy.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := tx.Exec(ctx, "INSERT INTO users (username) VALUES ('in-flight')"); err != nil {
+		t.Fatal(err)
+	}
+	moved := make(chan error, 1)
+	go func() {
+		_, err := e.cat.Move(ctx, catalog.MoveRequest{Subdomain: "acme", Tier: catalog.TierSchema})
+		moved <- err
+	}()
+	time.Sleep(500 * time.Millisecond)
+	select {
+	case err := <-moved:
+		t.Fatalf("the move switched while a session-mode transaction was open on the source: %v", err)
+	default:
+	}
+	if err := tx.Commit(ctx); err != nil {
+		t.Fatalf("commit of the transaction open when the move began: %v", err)
+	}
+	if err := <-moved; err != nil {
+		t.Fatal(err)
+	}
+	for name, conn := range map[string]*pgx.Conn{"idle": idle, "busy": busy} {
+		_, err := conn.Exec(ctx, "SELECT 1")
+		if sqlstateOf(err) != "57P01" || !strings.Contains(err.Error(), "being moved") {
+			t.Errorf("the %s session after the move: %v; want 57P01 naming the move", name, err)
+		}
+	}
+	var n int
+	fresh := connect(t, dsn(sessionAddr, "alice.acme", tenantPassword))
+	if err := fresh.QueryRow(ctx, "SELECT count(*) FROM users WHERE username = 'in-flight'").Scan(&n); err != nil || n != 1 {
+		t.Fatalf("a new session after the move sees %d rows of the committed write, %v", n, err)
+	}
+	tn, err := e.cat.Show(ctx, "acme")
+	if err != nil || tn.Tier != catalog.TierSchema {
+		t.Fatalf("tenant after the move: %+v, %v", tn, err)
+	}
 }
