@@ -21,6 +21,12 @@
 //	List(ctx) ([]Tenant, error); Show(ctx, subdomain) (*Tenant, error)
 //	Suspend(ctx, subdomain) error; Resume(ctx, subdomain) error; Delete(ctx, subdomain) error
 //	ListBackends(ctx) ([]Backend, error); AddBackend(ctx, AddBackendRequest) (*Backend, error)
+//	BackendLoads(ctx) ([]BackendLoad, error)                  // tenants per tier and free capacity
+//	Move(ctx, MoveRequest) (*Moved, error); Drain(ctx, backend, progress) ([]*Moved, error)
+//
+// A move's switch is coordinated with every proxy instance through the
+// control database (movehold.go): Heartbeat, LeaveInstance, Holds,
+// AckHold, WatchMoves and Forget are the proxy's side of it.
 //	AddUser(ctx, tenantID, username, password, role) (*User, string, error)
 //	SetPassword(ctx, tenantID, username, password) (string, error); RemoveUser(ctx, tenantID, username) error
 //	ListUsers(ctx, tenantID) ([]User, error)                   // people only, never verifiers
