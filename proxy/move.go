@@ -44,6 +44,11 @@ const (
 	// holdPoll is how often a hold not yet acknowledged looks again
 	// whether the tenant's transactions have ended.
 	holdPoll = 5 * time.Millisecond
+	// unconfirmedHold releases every hold when the catalog could not be
+	// read for this long: the catalog's own expiry of a hold whose mover
+	// died (30 s) cannot reach an instance cut off from it, and the
+	// source's fence, not the hold, keeps the tenant's writes safe.
+	unconfirmedHold = 30 * time.Second
 )
 
 // moves counts each tenant's released holds: a session that saw another
@@ -132,6 +137,7 @@ type heldTenant struct {
 func (s *Server) followHolds(ctx context.Context, mc moveCoordinator, instance string, wake <-chan struct{}) {
 	held := map[string]*heldTenant{}
 	var beat time.Time
+	read := time.Now()
 	for {
 		if time.Since(beat) >= heartbeatInterval {
 			if err := mc.Heartbeat(ctx, instance); err == nil {
@@ -141,7 +147,11 @@ func (s *Server) followHolds(ctx context.Context, mc moveCoordinator, instance s
 			}
 		}
 		if holds, err := mc.Holds(ctx); err == nil {
+			read = time.Now()
 			s.applyHolds(mc, held, holds)
+		} else if len(held) > 0 && time.Since(read) > unconfirmedHold {
+			s.log.Warn("releasing moving tenants: the catalog could not be read", zap.Error(err))
+			s.applyHolds(mc, held, nil)
 		}
 		pending := false
 		for tenant, h := range held {
