@@ -83,12 +83,13 @@ func (s *Server) establish(ctx context.Context, c *clientConn, lv *live, p *star
 	if err != nil {
 		return nil, err
 	}
+	// Read before the tenant: a move's release after the look-up is
+	// noticed (connect).
+	epoch := s.moves.epoch(id.Tenant)
 	// Nothing about the tenant is told before the client has proved it is
 	// one of its users: an unknown tenant fails like a wrong password, after
 	// the same exchange, and a suspended or provisioning one says so only
 	// after a correct password.
-	// Read before the tenant: a move released after it is noticed.
-	epoch := s.moves.epoch(id.Tenant)
 	t, err := s.resolver.Lookup(ctx, id.Tenant)
 	if err != nil {
 		return nil, err
@@ -131,6 +132,7 @@ func (s *Server) connect(ctx context.Context, c *clientConn, lv *live, t *catalo
 		}
 		return nil, err
 	}
+	// Held by a move that switched meanwhile: the tenant is elsewhere now.
 	t, epoch, err := s.followMoved(ctx, t, epoch)
 	if err != nil {
 		return nil, err
