@@ -3,6 +3,7 @@ package proxy
 import (
 	"context"
 	"crypto/rand"
+	"maps"
 	"os"
 	"slices"
 	"sync"
@@ -54,22 +55,30 @@ const (
 // moves counts each tenant's released holds: a session that saw another
 // count routes its tenant afresh.
 type moves struct {
+	// epochs is replaced, never changed, under mu: every transaction reads
+	// it, without a lock; releases are rare.
 	mu     sync.Mutex
-	epochs map[string]uint64
+	epochs atomic.Pointer[map[string]uint64]
 	// stop ends the instance's part in moves and waits for it.
 	stop func()
 }
 
 func (m *moves) epoch(tenant string) uint64 {
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	return m.epochs[tenant]
+	if e := m.epochs.Load(); e != nil {
+		return (*e)[tenant]
+	}
+	return 0
 }
 
 func (m *moves) bump(tenant string) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	m.epochs[tenant]++
+	next := map[string]uint64{}
+	if e := m.epochs.Load(); e != nil {
+		next = maps.Clone(*e)
+	}
+	next[tenant]++
+	m.epochs.Store(&next)
 }
 
 // movedRoute is what a transaction-mode session needs to follow its
@@ -93,7 +102,6 @@ func errMoving(tenant string) *pgerr.Error {
 
 // joinMoves starts the instance's part in moves when dir can take it.
 func (s *Server) joinMoves(dir any) {
-	s.moves.epochs = make(map[string]uint64)
 	mc, ok := dir.(moveCoordinator)
 	if !ok {
 		s.moves.stop = func() {}
@@ -140,10 +148,12 @@ func (s *Server) followHolds(ctx context.Context, mc moveCoordinator, instance s
 	read := time.Now()
 	for {
 		if time.Since(beat) >= heartbeatInterval {
-			if err := mc.Heartbeat(ctx, instance); err == nil {
+			err := mc.Heartbeat(ctx, instance)
+			if err == nil {
 				beat = time.Now()
-			} else if ctx.Err() == nil {
-				s.log.Warn("catalog heartbeat failed", zap.Error(err))
+			} else if ctx.Err() == nil && time.Since(beat) < 2*heartbeatInterval {
+				// Once per outage: beat keeps the last success.
+				s.log.Warn("catalog heartbeat failed: moves switch without waiting for this instance", zap.Error(err))
 			}
 		}
 		if holds, err := mc.Holds(ctx); err == nil {
