@@ -260,8 +260,12 @@ func (s *Server) followMoved(ctx context.Context, t *catalog.Tenant, epoch uint6
 // set-up and rules, then the tracked settings as before. The client
 // loop calls it while unbound.
 func (tx *txSession) followMove() error {
+	if tx.srv.moves.epoch(tx.tenant) == tx.route.epoch {
+		// Every transaction passes here: no allocation.
+		return nil
+	}
 	t, epoch, err := tx.srv.followMoved(tx.srv.ctx, &catalog.Tenant{Subdomain: tx.tenant}, tx.route.epoch)
-	if err != nil || epoch == tx.route.epoch {
+	if err != nil {
 		return err
 	}
 	rt, err := tx.srv.resolver.Route(tx.srv.ctx, t)
