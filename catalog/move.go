@@ -51,6 +51,10 @@ const (
 	MoveDone        = "done"        // the source is dropped
 )
 
+// MoveFenced is no step of the record but a point StopAfter may name:
+// holding, with the source's fence set and the switch not made.
+const MoveFenced = "fenced"
+
 var moveSteps = []string{MovePlanned, MoveProvisioned, MoveCapturing, MoveCopied, MoveHolding, MoveSwitched, MoveKeeping, MoveDone}
 
 func switched(step string) bool {
@@ -71,9 +75,9 @@ type MoveRequest struct {
 	KeepSource time.Duration
 	// Progress, when set, gets a line per step.
 	Progress io.Writer
-	// StopAfter ends the move right after that step as if the process had
-	// died there, undoing nothing (chaos tests): the same move run again
-	// resumes or rolls back.
+	// StopAfter ends the move right after that step (or MoveFenced) as if
+	// the process had died there, undoing nothing (chaos tests): the same
+	// move run again resumes or rolls back.
 	StopAfter string
 }
 

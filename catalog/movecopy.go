@@ -368,6 +368,11 @@ func (mv *mover) switchOver(ctx context.Context, res *Moved) error {
 			return err
 		}
 		err = timed("fenced", func() error { return fence(ctx, mv.sconn, m.id, true) })
+		if err == nil {
+			if err = mv.stopAt(MoveFenced); err != nil {
+				return err
+			}
+		}
 	}
 	if err == nil {
 		err = timed("caught up", func() (err error) {
