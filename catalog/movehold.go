@@ -2,6 +2,7 @@ package catalog
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"strings"
 	"time"
@@ -32,6 +33,8 @@ type Hold struct {
 	Tenant string
 	Move   int64
 	Seq    int
+	// From is where the tenant was when the hold was asked for.
+	From Place
 }
 
 // Heartbeat records that proxy instance is alive.
@@ -55,7 +58,7 @@ func (c *Catalog) LeaveInstance(ctx context.Context, instance string) error {
 
 // Holds lists the tenants whose moves hold them now.
 func (c *Catalog) Holds(ctx context.Context) ([]Hold, error) {
-	rows, err := c.db.Query(ctx, `SELECT tenant_id, id, hold_seq FROM tenant_moves
+	rows, err := c.db.Query(ctx, `SELECT tenant_id, id, hold_seq, source FROM tenant_moves
 		WHERE step = $1 AND updated_at > now() - $2::interval`, MoveHolding, holdExpiry.String())
 	if err != nil {
 		return nil, fmt.Errorf("catalog: holds: %w", err)
@@ -64,7 +67,11 @@ func (c *Catalog) Holds(ctx context.Context) ([]Hold, error) {
 	var hs []Hold
 	for rows.Next() {
 		var h Hold
-		if err := rows.Scan(&h.Tenant, &h.Move, &h.Seq); err != nil {
+		var from []byte
+		if err := rows.Scan(&h.Tenant, &h.Move, &h.Seq, &from); err != nil {
+			return nil, fmt.Errorf("catalog: holds: %w", err)
+		}
+		if err := json.Unmarshal(from, &h.From); err != nil {
 			return nil, fmt.Errorf("catalog: holds: %w", err)
 		}
 		hs = append(hs, h)

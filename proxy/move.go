@@ -15,6 +15,7 @@ import (
 	"github.com/tenantproxy/tenantproxy/catalog"
 	"github.com/tenantproxy/tenantproxy/internal/pgerr"
 	"github.com/tenantproxy/tenantproxy/policy"
+	"github.com/tenantproxy/tenantproxy/pool"
 )
 
 // This instance's part in tenant moves (catalog.Move, README "Moving
@@ -37,6 +38,14 @@ type moveCoordinator interface {
 }
 
 var _ moveCoordinator = (*catalog.Catalog)(nil)
+
+// reconnector is the optional capability of Backends to close a
+// database's pooled connections; *pool.Manager has it.
+type reconnector interface {
+	Reconnect(database string)
+}
+
+var _ reconnector = (*pool.Manager)(nil)
 
 const (
 	// heartbeatInterval is how often the instance tells the catalog it is
@@ -201,13 +210,21 @@ func (s *Server) applyHolds(mc moveCoordinator, held map[string]*heldTenant, hol
 		held[h.Tenant] = &heldTenant{hold: h}
 		s.gates.setMoving(h.Tenant, true)
 	}
-	for tenant := range held {
+	for tenant, h := range held {
 		if slices.ContainsFunc(holds, func(h catalog.Hold) bool { return h.Tenant == tenant }) {
 			continue
 		}
 		delete(held, tenant)
 		mc.Forget(tenant)
 		s.moves.bump(tenant)
+		// A database-tier source's pool is the tenant's alone: its idle
+		// connections go now, not at the pool's idle timeout. (Those of
+		// the shared databases serve other tenants, and take the next
+		// holder's context anyway.) A hold released without a switch
+		// costs the tenant fresh connections, nothing else.
+		if r, ok := s.backends.(reconnector); ok && h.hold.From.Tier == catalog.TierDatabase {
+			r.Reconnect(h.hold.From.Database)
+		}
 		s.gates.setMoving(tenant, false)
 		s.log.Info("tenant released after its move", zap.String("tenant", tenant))
 	}

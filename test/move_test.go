@@ -302,3 +302,42 @@ func TestTenantMoveEndsSessionModeClientsAtTheirNextIdleMoment(t *testing.T) {
 		t.Fatalf("tenant after the move: %+v, %v", tn, err)
 	}
 }
+
+// TestTenantMoveClosesTheSourceDatabasesPooledConnections moves a
+// database-tier tenant, keeping its source: once the switch is released,
+// no server connection to the source database is left in the pool.
+func TestTenantMoveClosesTheSourceDatabasesPooledConnections(t *testing.T) {
+	e := newMoveEnv(t)
+	ctx := ctxT(t)
+	before, err := e.cat.Show(ctx, "umbrella")
+	if err != nil {
+		t.Fatal(err)
+	}
+	conn := connect(t, dsn(e.addr, "alice.umbrella", tenantPassword))
+	if _, err := conn.Exec(ctx, "INSERT INTO users (username) VALUES ('pooled')"); err != nil {
+		t.Fatal(err)
+	}
+	admin := connect(t, e.cluster.DSN("postgres"))
+	open := func() int {
+		var n int
+		if err := admin.QueryRow(ctx, "SELECT count(*) FROM pg_stat_activity WHERE datname = $1", before.Database).Scan(&n); err != nil {
+			t.Fatal(err)
+		}
+		return n
+	}
+	if open() == 0 {
+		t.Fatal("no pooled connection to the tenant's database before the move")
+	}
+	e.move(t, catalog.MoveRequest{Subdomain: "umbrella", Tier: catalog.TierSchema, KeepSource: time.Hour})
+	deadline := time.Now().Add(3 * time.Second)
+	for open() > 0 {
+		if time.Now().After(deadline) {
+			t.Fatalf("%d connections to the kept source database 3 s after the move", open())
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	var n int
+	if err := conn.QueryRow(ctx, "SELECT count(*) FROM users WHERE username = 'pooled'").Scan(&n); err != nil || n != 1 {
+		t.Fatalf("after the move: %d, %v", n, err)
+	}
+}
