@@ -72,7 +72,8 @@ type Catalog struct {
 	tenants   *lru.Cache[string, entry[Tenant]]
 	backends  *lru.Cache[string, entry[Backend]]
 	users     *lru.Cache[string, entry[User]]
-	removals  removalWatchers
+	removals  watchers[func(tenantID, username string)]
+	moves     watchers[func(tenant string)]
 	// The caches' look-ups by result.
 	tenantLookups, userLookups, backendLookups lookupCounters
 
@@ -231,6 +232,7 @@ func (c *Catalog) drain(ctx context.Context, conn *pgx.Conn) error {
 		}
 		c.invalidate(n.Payload)
 		c.reportRemoved(ctx, n.Payload)
+		c.reportMove(n.Payload)
 	}
 }
 
@@ -247,6 +249,9 @@ func (c *Catalog) invalidate(payload string) {
 		c.backends.Remove(key)
 	case "tenant_users":
 		c.users.Remove(key)
+	case "tenant_moves":
+		// Nothing cached: the tenant row's own notification announces
+		// the switch.
 	default:
 		c.purgeLocked()
 	}

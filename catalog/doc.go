@@ -21,12 +21,18 @@
 //	List(ctx) ([]Tenant, error); Show(ctx, subdomain) (*Tenant, error)
 //	Suspend(ctx, subdomain) error; Resume(ctx, subdomain) error; Delete(ctx, subdomain) error
 //	ListBackends(ctx) ([]Backend, error); AddBackend(ctx, AddBackendRequest) (*Backend, error)
+//	BackendLoads(ctx) ([]BackendLoad, error)                  // tenants per tier and free capacity
+//	Move(ctx, MoveRequest) (*Moved, error); Drain(ctx, backend, progress) ([]*Moved, error)
 //	AddUser(ctx, tenantID, username, password, role) (*User, string, error)
 //	SetPassword(ctx, tenantID, username, password) (string, error); RemoveUser(ctx, tenantID, username) error
 //	ListUsers(ctx, tenantID) ([]User, error)                   // people only, never verifiers
 //	EnsureServiceUser(ctx, tenantID, username, password) error // the chat API's and the canary's logins
 //	Ping(ctx) error                                            // readiness: /readyz
 //	RotateSecrets(ctx) ([]string, error); UnsealedBackends(ctx) ([]string, error)
+//
+// A move's switch is coordinated with every proxy instance through the
+// control database (movehold.go): Heartbeat, LeaveInstance, Holds,
+// AckHold, WatchMoves and Forget are the proxy's side of it.
 //
 // Backends' admin DSNs and serving passwords are sealed in the control
 // database with Options.Secrets (package secrets) and opened on every read;

@@ -129,17 +129,8 @@ func (p dataPlace) loadTable(ctx context.Context, tx pgx.Tx, src importSource, t
 	if err != nil {
 		return err
 	}
-	cols := make([]string, len(tb.Columns))
-	for i, c := range tb.Columns {
-		cols[i] = pgx.Identifier{c.Name}.Sanitize()
-	}
-	_, err = tx.Conn().PgConn().CopyFrom(ctx, r,
-		"COPY "+p.qualified(tb.Name)+" ("+strings.Join(cols, ", ")+") FROM STDIN WITH (FORMAT csv, HEADER true)")
-	if cerr := r.Close(); err == nil {
-		err = cerr
-	}
-	if err != nil {
-		return fmt.Errorf("copying %s: %w", tb.Name, err)
+	if err := p.copyIn(ctx, tx, tb, r); err != nil {
+		return err
 	}
 	n, sum, err := p.checksum(ctx, tx, tb)
 	if err != nil {
@@ -149,6 +140,24 @@ func (p dataPlace) loadTable(ctx context.Context, tx pgx.Tx, src importSource, t
 		return &ChecksumError{Table: tb.Name, SourceRows: tb.Rows, SourceMD5: tb.MD5, Rows: n, LoadMD5: sum}
 	}
 	return p.continueIDs(ctx, tx, tb)
+}
+
+// copyIn copies r's rows (CSV with a header line) into tb at p, and
+// closes r.
+func (p dataPlace) copyIn(ctx context.Context, tx pgx.Tx, tb Table, r io.ReadCloser) error {
+	cols := make([]string, len(tb.Columns))
+	for i, c := range tb.Columns {
+		cols[i] = pgx.Identifier{c.Name}.Sanitize()
+	}
+	_, err := tx.Conn().PgConn().CopyFrom(ctx, r,
+		"COPY "+p.qualified(tb.Name)+" ("+strings.Join(cols, ", ")+") FROM STDIN WITH (FORMAT csv, HEADER true)")
+	if cerr := r.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return fmt.Errorf("copying %s: %w", tb.Name, err)
+	}
+	return nil
 }
 
 // matchTable checks that the tenant has a table like tb: each of tb's
@@ -259,14 +268,20 @@ func (s *databaseSource) tables() []Table { return s.ts }
 // reports the source's error, after ending the stream if the reader
 // stopped early.
 func (s *databaseSource) rows(ctx context.Context, tb Table) (io.ReadCloser, error) {
+	return copyOut(ctx, s.conn, s.place.selectRows(tb)), nil
+}
+
+// copyOut streams query's rows, as CSV with a header line, out of conn
+// while the caller reads them.
+func copyOut(ctx context.Context, conn *pgx.Conn, query string) io.ReadCloser {
 	pr, pw := io.Pipe()
 	done := make(chan error, 1)
 	go func() {
-		_, err := s.conn.PgConn().CopyTo(ctx, pw, "COPY ("+s.place.selectRows(tb)+") TO STDOUT WITH (FORMAT csv, HEADER true)")
+		_, err := conn.PgConn().CopyTo(ctx, pw, "COPY ("+query+") TO STDOUT WITH (FORMAT csv, HEADER true)")
 		pw.CloseWithError(err)
 		done <- err
 	}()
-	return &pipeReader{PipeReader: pr, done: done}, nil
+	return &pipeReader{PipeReader: pr, done: done}
 }
 
 type pipeReader struct {

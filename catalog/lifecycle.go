@@ -91,16 +91,7 @@ func (c *Catalog) Delete(ctx context.Context, subdomain string) error {
 // tolerates the object being absent, so it finishes a half-provisioned
 // tenant as well as a complete one.
 func (c *Catalog) teardown(ctx context.Context, t Tenant, b Backend, audit *Deletion) error {
-	var err error
-	switch t.Tier {
-	case TierSchema:
-		err = dropSchema(ctx, t, b)
-	case TierDatabase:
-		err = dropDatabase(ctx, t, b)
-	case TierShared:
-		err = deleteSharedRows(ctx, t, b)
-	}
-	if err != nil {
+	if err := dropData(ctx, t, b); err != nil {
 		return err
 	}
 	return pgx.BeginFunc(ctx, c.db, func(tx pgx.Tx) error {
@@ -115,6 +106,20 @@ func (c *Catalog) teardown(ctx context.Context, t Tenant, b Backend, audit *Dele
 		}
 		return writeAudit(ctx, tx, AuditDelete, t.ID, audit)
 	})
+}
+
+// dropData drops whatever of t's data exists on b: its schema and role,
+// its database and login role, or its rows in the shared tables.
+func dropData(ctx context.Context, t Tenant, b Backend) error {
+	switch t.Tier {
+	case TierSchema:
+		return dropSchema(ctx, t, b)
+	case TierDatabase:
+		return dropDatabase(ctx, t, b)
+	case TierShared:
+		return deleteSharedRows(ctx, t, b)
+	}
+	return nil
 }
 
 // deleteInDependencyOrder deletes tenant's rows from every table: an app's

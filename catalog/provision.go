@@ -153,7 +153,7 @@ func (c *Catalog) Create(ctx context.Context, req CreateRequest) (*Created, erro
 	} else if !errors.Is(err, ErrNotFound) {
 		return nil, err
 	}
-	b, err := c.place(ctx, req.Region, req.Tier)
+	b, err := c.place(ctx, req.Region, req.Tier, "")
 	if err != nil {
 		return nil, err
 	}
@@ -176,15 +176,16 @@ func (c *Catalog) Create(ctx context.Context, req CreateRequest) (*Created, erro
 // place picks the region's backend with the fewest tenants; database-tier
 // tenants only go where fewer than Capacity database-tier tenants live.
 // Concurrent creates may both take the last slot: capacity is a placement
-// preference, not a hard quota.
-func (c *Catalog) place(ctx context.Context, region string, tier Tier) (Backend, error) {
+// preference, not a hard quota. A move passes its source's backend as
+// except, which is then not picked.
+func (c *Catalog) place(ctx context.Context, region string, tier Tier, except string) (Backend, error) {
 	b, err := c.scanBackend(c.db.QueryRow(ctx, `
 		SELECT `+prefixed("b.", backendColumns)+` FROM backends b LEFT JOIN tenants t ON t.backend = b.name
-		WHERE b.region = $1
+		WHERE b.region = $1 AND b.name <> $3
 		GROUP BY b.name
 		HAVING $2 <> 'database' OR count(t.id) FILTER (WHERE t.isolation_level = 'database') < b.capacity
 		ORDER BY count(t.id), b.name
-		LIMIT 1`, region, string(tier)))
+		LIMIT 1`, region, string(tier), except))
 	if errors.Is(err, pgx.ErrNoRows) {
 		return b, &ValidationError{Field: "region", Value: region, Reason: "has no backend with room for a " + string(tier) + "-tier tenant"}
 	}
@@ -386,15 +387,23 @@ func (c *Catalog) provisionSchema(ctx context.Context, t Tenant, b Backend) erro
 // provisionDatabase creates t's database and login role, whose password it
 // records in the catalog and in t, and migrates the database as the role.
 func (c *Catalog) provisionDatabase(ctx context.Context, t *Tenant, b Backend) error {
+	password, err := migrations.TenantLoginPassword(ctx, c.db, c.keys, t.ID)
+	if err != nil {
+		return err
+	}
+	return c.buildDatabase(ctx, t, b, password)
+}
+
+// buildDatabase creates t's database on b, owned by t's login role with
+// password, and migrates it as that role. A move calls it too, for a
+// tenant whose row is not in the database tier yet.
+func (c *Catalog) buildDatabase(ctx context.Context, t *Tenant, b Backend, password string) error {
 	admin, err := migrations.ConnectAs(ctx, b.AdminDSN, "")
 	if err != nil {
 		return fmt.Errorf("connecting to backend %s: %w", b.Name, err)
 	}
-	defer admin.Close(context.WithoutCancel(ctx))
-	if err := migrations.CreateDatabase(ctx, admin, t.Database); err != nil {
-		return err
-	}
-	password, err := migrations.TenantLoginPassword(ctx, c.db, c.keys, t.ID)
+	err = migrations.CreateDatabase(ctx, admin, t.Database)
+	admin.Close(context.WithoutCancel(ctx))
 	if err != nil {
 		return err
 	}

@@ -52,27 +52,38 @@ type dataPlace struct {
 func (p dataPlace) qualified(table string) string { return pgx.Identifier{p.schema, table}.Sanitize() }
 
 // selectRows is the SELECT of tb's columns of p's rows.
-func (p dataPlace) selectRows(tb Table) string {
+func (p dataPlace) selectRows(tb Table) string { return p.selectWhere(tb, "") }
+
+// selectWhere is selectRows of the rows where cond holds too ("": all).
+func (p dataPlace) selectWhere(tb Table, cond string) string {
 	cols := make([]string, len(tb.Columns))
 	for i, c := range tb.Columns {
 		cols[i] = pgx.Identifier{c.Name}.Sanitize()
 	}
-	q := "SELECT " + strings.Join(cols, ", ") + " FROM " + p.qualified(tb.Name)
+	q := "SELECT " + strings.Join(cols, ", ") + " FROM " + p.qualified(tb.Name) + " WHERE true"
 	if p.tenant != "" {
 		// Validated as a subdomain: no quote can be in it.
-		q += " WHERE tenant_id = '" + p.tenant + "'"
+		q += " AND tenant_id = '" + p.tenant + "'"
+	}
+	if cond != "" {
+		q += " AND (" + cond + ")"
 	}
 	return q
 }
 
 // checksum counts tb's rows at p and hashes them (Table.MD5).
 func (p dataPlace) checksum(ctx context.Context, q pgx.Tx, tb Table) (int64, string, error) {
+	return checksumOf(ctx, q, tb.Name, p.selectRows(tb))
+}
+
+// checksumOf counts the rows query selects and hashes them (Table.MD5).
+func checksumOf(ctx context.Context, q pgx.Tx, table, query string, args ...any) (int64, string, error) {
 	var n int64
 	var sum string
 	err := q.QueryRow(ctx, `SELECT count(*), md5(coalesce(string_agg(r::text, E'\n' ORDER BY r::text COLLATE "C"), ''))
-		FROM (`+p.selectRows(tb)+`) r`).Scan(&n, &sum)
+		FROM (`+query+`) r`, args...).Scan(&n, &sum)
 	if err != nil {
-		return 0, "", fmt.Errorf("checksum of %s: %w", tb.Name, err)
+		return 0, "", fmt.Errorf("checksum of %s: %w", table, err)
 	}
 	return n, sum, nil
 }
@@ -155,6 +166,12 @@ func has(ts []Table, name string) bool {
 // column defaults to), in the schema tier the tenant's role, so that what
 // it writes is as the tenant's own sessions would write it.
 func (c *Catalog) openData(ctx context.Context, t Tenant) (*pgx.Conn, dataPlace, error) {
+	return c.openDataWith(ctx, t, "")
+}
+
+// openDataWith is openData with first, when not empty, run before t's
+// context is taken (while the session is still the admin role's).
+func (c *Catalog) openDataWith(ctx context.Context, t Tenant, first string) (*pgx.Conn, dataPlace, error) {
 	b, err := c.backend(ctx, c.db, t.Backend)
 	if err != nil {
 		return nil, dataPlace{}, err
@@ -163,14 +180,15 @@ func (c *Catalog) openData(ctx context.Context, t Tenant) (*pgx.Conn, dataPlace,
 	if err != nil {
 		return nil, dataPlace{}, fmt.Errorf("connecting to backend %s: %w", b.Name, err)
 	}
-	place := dataPlace{schema: "public"}
+	place := dataPlaceOf(t)
 	setup := sessionSettings
+	if first != "" {
+		setup += "; " + first
+	}
 	switch t.Tier {
 	case TierShared:
-		place.tenant = t.ID
 		setup += "; SELECT set_config('" + migrations.TenantGUC + "', '" + t.ID + "', false)"
 	case TierSchema:
-		place.schema = t.SchemaName
 		setup += "; SET ROLE " + pgx.Identifier{t.SchemaName}.Sanitize()
 	}
 	if _, err := conn.Exec(ctx, setup); err != nil {
@@ -178,4 +196,15 @@ func (c *Catalog) openData(ctx context.Context, t Tenant) (*pgx.Conn, dataPlace,
 		return nil, dataPlace{}, fmt.Errorf("tenant %s: %w", t.ID, err)
 	}
 	return conn, place, nil
+}
+
+// dataPlaceOf is where t's tables are in its database.
+func dataPlaceOf(t Tenant) dataPlace {
+	switch t.Tier {
+	case TierShared:
+		return dataPlace{schema: "public", tenant: t.ID}
+	case TierSchema:
+		return dataPlace{schema: t.SchemaName}
+	}
+	return dataPlace{schema: "public"}
 }

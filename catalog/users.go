@@ -124,24 +124,19 @@ func (c *Catalog) whyNoPerson(ctx context.Context, tenantID, username, op string
 		Reason: fmt.Sprintf("is a service's login in tenant %s (its service sets it); cannot %s it", tenantID, op)}
 }
 
-// removalWatchers are the functions WatchRemovedUsers registered.
-type removalWatchers struct {
+// watchers are the functions a Watch method registered; each runs on
+// the listener's goroutine.
+type watchers[F any] struct {
 	mu  sync.Mutex
-	fns map[*func(tenantID, username string)]struct{}
+	fns map[*F]struct{}
 }
 
-// WatchRemovedUsers calls fn(tenantID, username) when a login stops
-// existing (RemoveUser, a tenant's deletion, or a row deleted by hand), as
-// the catalog's notification reports it, so that a proxy can end the
-// login's sessions. fn runs on the listener's goroutine and must return
-// quickly. A removal made while the listener was reconnecting is not
-// reported. stop unregisters fn; it is idempotent.
-func (c *Catalog) WatchRemovedUsers(fn func(tenantID, username string)) (stop func()) {
-	w := &c.removals
+// add registers fn; the returned stop unregisters it and is idempotent.
+func (w *watchers[F]) add(fn F) (stop func()) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	if w.fns == nil {
-		w.fns = make(map[*func(string, string)]struct{})
+		w.fns = make(map[*F]struct{})
 	}
 	key := &fn
 	w.fns[key] = struct{}{}
@@ -152,14 +147,24 @@ func (c *Catalog) WatchRemovedUsers(fn func(tenantID, username string)) (stop fu
 	}
 }
 
-func (w *removalWatchers) snapshot() []func(tenantID, username string) {
+func (w *watchers[F]) snapshot() []F {
 	w.mu.Lock()
 	defer w.mu.Unlock()
-	fns := make([]func(string, string), 0, len(w.fns))
+	fns := make([]F, 0, len(w.fns))
 	for fn := range w.fns {
 		fns = append(fns, *fn)
 	}
 	return fns
+}
+
+// WatchRemovedUsers calls fn(tenantID, username) when a login stops
+// existing (RemoveUser, a tenant's deletion, or a row deleted by hand), as
+// the catalog's notification reports it, so that a proxy can end the
+// login's sessions. fn runs on the listener's goroutine and must return
+// quickly. A removal made while the listener was reconnecting is not
+// reported. stop unregisters fn; it is idempotent.
+func (c *Catalog) WatchRemovedUsers(fn func(tenantID, username string)) (stop func()) {
+	return c.removals.add(fn)
 }
 
 // removedCheckTimeout bounds the look-up that tells a removal from an

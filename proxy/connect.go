@@ -83,6 +83,9 @@ func (s *Server) establish(ctx context.Context, c *clientConn, lv *live, p *star
 	if err != nil {
 		return nil, err
 	}
+	// Read before the tenant: a move's release after the look-up is
+	// noticed (connect).
+	epoch := s.moves.epoch(id.Tenant)
 	// Nothing about the tenant is told before the client has proved it is
 	// one of its users: an unknown tenant fails like a wrong password, after
 	// the same exchange, and a suspended or provisioning one says so only
@@ -112,7 +115,7 @@ func (s *Server) establish(ctx context.Context, c *clientConn, lv *live, p *star
 		s.countRefusal(t.Subdomain, err)
 		return nil, err
 	}
-	ss, err := s.connect(ctx, c, lv, t, tl, id, p)
+	ss, err := s.connect(ctx, c, lv, t, tl, id, p, epoch)
 	if err != nil {
 		s.giveSlot(t.Subdomain)
 		return nil, err
@@ -122,13 +125,18 @@ func (s *Server) establish(ctx context.Context, c *clientConn, lv *live, p *star
 
 // connect routes the tenant and completes the client's startup in the
 // tenant's pool mode.
-func (s *Server) connect(ctx context.Context, c *clientConn, lv *live, t *catalog.Tenant, tl *tenantLimits, id router.Identity, p *startupPacket) (clientSession, error) {
+func (s *Server) connect(ctx context.Context, c *clientConn, lv *live, t *catalog.Tenant, tl *tenantLimits, id router.Identity, p *startupPacket, epoch uint64) (clientSession, error) {
 	// A paused tenant's new clients wait for RESUME (or their start-up
 	// timeout) before they take a server connection.
 	if err := s.gates.wait(ctx, t.Subdomain, s.isClosing, nil); err != nil {
 		if ctx.Err() == context.DeadlineExceeded {
 			return nil, pgerr.Errorf(pgerr.CodeRateLimited, "tenant %q is paused; timed out waiting for RESUME", t.Subdomain)
 		}
+		return nil, err
+	}
+	// Held by a move that switched meanwhile: the tenant is elsewhere now.
+	t, epoch, err := s.followMoved(ctx, t, epoch)
+	if err != nil {
 		return nil, err
 	}
 	rt, err := s.resolver.Route(ctx, t)
@@ -160,6 +168,7 @@ func (s *Server) connect(ctx context.Context, c *clientConn, lv *live, t *catalo
 		tx := &txSession{idleTx: idleInTx{limit: idleLimit}, pin: txPin{limit: pinLimit(t, lv.cfg.MaxPinnedPerTenant, s.backends)}}
 		s.initBase(&tx.sessionBase, c, t, tl, id, lv)
 		tx.channels = rt.Channels
+		tx.route.epoch, tx.route.tail = epoch, slices.Clone(target.Setup[len(rt.Setup):])
 		return tx, s.connectTx(ctx, c, tx, target)
 	}
 	// The session's server connection is the tenant's for its whole life:

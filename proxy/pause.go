@@ -24,19 +24,22 @@ type tenantGates struct {
 	all      bool // PAUSE of every tenant
 	paused   map[string]bool
 	disabled map[string]bool
+	// moving are the tenants a move holds (move.go), apart from PAUSE so
+	// that neither's release lifts the other.
+	moving map[string]bool
 	// waiting counts each tenant's sessions waiting at the gate.
 	waiting map[string]int
 	changed chan struct{}
 }
 
 func newTenantGates() *tenantGates {
-	return &tenantGates{paused: make(map[string]bool), disabled: make(map[string]bool),
+	return &tenantGates{paused: make(map[string]bool), disabled: make(map[string]bool), moving: make(map[string]bool),
 		waiting: make(map[string]int), changed: make(chan struct{})}
 }
 
 // wakeLocked wakes every waiter to look again, and updates closed.
 func (g *tenantGates) wakeLocked() {
-	g.closed.Store(g.all || len(g.paused) > 0 || len(g.disabled) > 0)
+	g.closed.Store(g.all || len(g.paused) > 0 || len(g.disabled) > 0 || len(g.moving) > 0)
 	close(g.changed)
 	g.changed = make(chan struct{})
 }
@@ -62,6 +65,18 @@ func (g *tenantGates) setPaused(tenant string, on bool) {
 	default:
 		g.all = false
 		clear(g.paused)
+	}
+	g.wakeLocked()
+}
+
+// setMoving holds or releases tenant for its move.
+func (g *tenantGates) setMoving(tenant string, on bool) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if on {
+		g.moving[tenant] = true
+	} else {
+		delete(g.moving, tenant)
 	}
 	g.wakeLocked()
 }
@@ -98,7 +113,7 @@ func (g *tenantGates) wait(ctx context.Context, tenant string, stop func() bool,
 		return nil
 	}
 	g.mu.Lock()
-	if !g.all && !g.paused[tenant] {
+	if !g.shut(tenant) {
 		g.mu.Unlock()
 		return nil
 	}
@@ -116,7 +131,7 @@ func (g *tenantGates) wait(ctx context.Context, tenant string, stop func() bool,
 		}
 		g.mu.Unlock()
 	}()
-	for g.all || g.paused[tenant] {
+	for g.shut(tenant) {
 		ch := g.changed
 		g.mu.Unlock()
 		if stop != nil && stop() {
@@ -132,6 +147,9 @@ func (g *tenantGates) wait(ctx context.Context, tenant string, stop func() bool,
 	g.mu.Unlock()
 	return nil
 }
+
+// shut reports whether tenant's gate is closed; under mu.
+func (g *tenantGates) shut(tenant string) bool { return g.all || g.paused[tenant] || g.moving[tenant] }
 
 // state reports tenant's pause, disable and waiters.
 func (g *tenantGates) state(tenant string) (paused, disabled bool, waiting int) {

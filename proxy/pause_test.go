@@ -63,3 +63,37 @@ func TestTenantGatesHoldOnlyThePausedTenant(t *testing.T) {
 		t.Fatal("ENABLE acme: want acme admitted and the gates open")
 	}
 }
+
+// TestMoveHoldOutlivesResume: a move's hold and the console's PAUSE are
+// apart, so that RESUME (of the tenant or of all) does not release a
+// tenant in the middle of its switch, nor the switch's end an operator's
+// pause.
+func TestMoveHoldOutlivesResume(t *testing.T) {
+	ctx := context.Background()
+	g := newTenantGates()
+	g.setMoving("acme", true)
+	g.setPaused("acme", true)
+	g.setPaused("", false) // RESUME of all
+	var held atomic.Bool
+	done := make(chan error, 1)
+	go func() { done <- g.wait(ctx, "acme", nil, &held) }()
+	for !held.Load() {
+		time.Sleep(time.Millisecond)
+	}
+	select {
+	case err := <-done:
+		t.Fatalf("RESUME released a moving tenant: %v", err)
+	case <-time.After(20 * time.Millisecond):
+	}
+	g.setPaused("acme", true)
+	g.setMoving("acme", false)
+	select {
+	case err := <-done:
+		t.Fatalf("the move's release lifted the operator's PAUSE: %v", err)
+	case <-time.After(20 * time.Millisecond):
+	}
+	g.setPaused("acme", false)
+	if err := <-done; err != nil || g.closed.Load() {
+		t.Fatalf("after both ended: %v, gates closed %v", err, g.closed.Load())
+	}
+}

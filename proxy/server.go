@@ -55,9 +55,11 @@ type Server struct {
 	gate startupGate
 	// buffers caps the memory held for long client messages.
 	buffers *bufferBudget
-	// console is Config.Console; gates are its PAUSE and DISABLE.
+	// console is Config.Console; gates are its PAUSE and DISABLE, and
+	// moves' holds (move.go).
 	console *console.Console
 	gates   *tenantGates
+	moves   moves
 	// dummyKey derives fake SCRAM salts for unknown users and tenants
 	// (Config.SaltSecret).
 	dummyKey []byte
@@ -142,6 +144,7 @@ func New(cfg Config, dir router.Directory, backends Backends) (*Server, error) {
 	s.live.Store(&live{cfg: cfg})
 	s.lsn.init()
 	s.watchRemovals(dir)
+	s.joinMoves(dir)
 	return s, nil
 }
 
@@ -354,6 +357,7 @@ func (s *Server) forwardCancel(pid uint32, secret []byte) {
 func (s *Server) Shutdown(ctx context.Context) error {
 	defer s.buffers.close()
 	s.unwatch()
+	s.moves.stop()
 	s.mu.Lock()
 	s.closing = true
 	s.lsn.closeOnce.Do(func() { close(s.lsn.shutdown) })

@@ -326,8 +326,8 @@ func (ss *pinnedSession) backendStopped(err error, boundary bool, status, last b
 		return backendResult{clean: boundary && ss.replies.owed() == 0, err: ss.clientErr}, true
 	}
 	if ss.draining.Load() && boundary && status == 'I' && ss.replies.owed() == 0 {
-		ss.client.Write(encodeError(errShuttingDown, fatal))
-		return backendResult{own: true, err: errShuttingDown}, true
+		ss.client.Write(encodeError(ss.killError(), fatal))
+		return backendResult{own: true, err: ss.killError()}, true
 	}
 	// Draining but not idle: keep relaying; the next ReadyForQuery that
 	// leaves the session idle ends it. Clearing the deadline races with a

@@ -204,10 +204,15 @@ func (tx *txSession) ending() bool { return tx.draining.Load() || tx.killed.Load
 // acquire binds a server connection for the transaction the client
 // message of type typ starts, with its context set-up in tx.out.
 func (tx *txSession) acquire(typ byte) error {
-	// A paused tenant's transactions wait here for RESUME.
+	tx.route.entering.Store(true)
+	defer tx.route.entering.Store(false)
+	// A paused or moving tenant's transactions wait here for RESUME.
 	if tx.srv.gates.wait(tx.srv.ctx, tx.tenant, tx.ending, &tx.held) != nil || tx.ending() {
 		tx.client.Write(encodeError(tx.killError(), fatal))
 		return tx.killError()
+	}
+	if err := tx.followMove(); err != nil {
+		return tx.acquireFailed(typ, err)
 	}
 	if err := tx.srv.admitTransaction(tx.srv.ctx, tx.tenant, tx.limits); err != nil {
 		return tx.acquireFailed(typ, err)

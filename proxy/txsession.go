@@ -116,6 +116,8 @@ type txSession struct {
 	idleTx idleInTx
 	// pin keeps the binding across transactions (txpin.go).
 	pin txPin
+	// route follows the tenant's moves (move.go).
+	route movedRoute
 }
 
 // run relays until the session ends, then gives back what it holds.

@@ -2,7 +2,6 @@ package main
 
 import (
 	"fmt"
-	"text/tabwriter"
 
 	"github.com/spf13/cobra"
 
@@ -39,27 +38,20 @@ func newBackendCommand(g *globals) *cobra.Command {
 	var listFlags catalogFlags
 	list := &cobra.Command{
 		Use:   "list",
-		Short: "List registered backends (secrets are never shown)",
+		Short: "List registered backends with their tenants per tier and free capacity, per server and region (secrets are never shown)",
 		Args:  cobra.NoArgs,
 		RunE: listFlags.withCatalog(g, func(cmd *cobra.Command, _ []string, c *catalog.Catalog) error {
-			bs, err := c.ListBackends(cmd.Context())
+			bs, err := c.BackendLoads(cmd.Context())
 			if err != nil {
 				return err
 			}
 			out := cmd.OutOrStdout()
-			return listFlags.emit(out, bs, func() error {
-				tw := tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
-				fmt.Fprintln(tw, "NAME\tREGION\tCAPACITY\tSERVING USER\tSHARED DB\tSCHEMA DB")
-				for _, b := range bs {
-					fmt.Fprintf(tw, "%s\t%s\t%d\t%s\t%s\t%s\n", b.Name, b.Region, b.Capacity, b.ServingUser, b.SharedDatabase, b.SchemaDatabase)
-				}
-				return tw.Flush()
-			})
+			return listFlags.emit(out, bs, func() error { return writeBackendLoads(out, bs) })
 		}),
 	}
 	listFlags.register(list)
 	listFlags.registerOutput(list)
 
-	backend.AddCommand(add, list)
+	backend.AddCommand(add, list, newBackendDrainCommand(g))
 	return backend
 }

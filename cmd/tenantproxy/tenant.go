@@ -27,6 +27,7 @@ func newTenantCommand(g *globals) *cobra.Command {
 		newTenantDeleteCommand(g),
 		newTenantImportCommand(g),
 		newTenantExportCommand(g),
+		newTenantMoveCommand(g),
 		newTenantUserCommand(g),
 	)
 	return tenant
@@ -153,6 +154,7 @@ func newTenantUpdateCommand(g *globals) *cobra.Command {
 	var cf catalogFlags
 	var req catalog.UpdateRequest
 	var features, limits []string
+	var noMove bool
 	cmd := &cobra.Command{
 		Use:   "update SUBDOMAIN [--plan PLAN] [--feature name=value ...] [--limit name=value ...]",
 		Short: "Change a tenant's plan, feature flags and limits",
@@ -164,9 +166,9 @@ over its plan's. A flag's value is true, false, a number, or else a string
 durations in PostgreSQL's syntax (30s, 5min), 0 for none, and name= (empty)
 to drop the tenant's own value so its plan's applies again.
 
-Its tier stays as it is even when the new plan implies another: moving a
-tenant between tiers moves its data, and is the tenant mobility work's,
-not this command's.
+A plan that implies another tier moves the tenant there, as tenant move
+--tier does (its data is copied while it keeps working; README "Moving
+tenants"); --no-move changes only the plan.
 
 Every proxy sees the change within a second: SQL reads it as
 current_setting('tenant.plan') and current_setting('tenant.features') in
@@ -194,16 +196,21 @@ transaction-mode session pinned by session state: once unpinned).`,
 				return err
 			}
 			out := cmd.OutOrStdout()
-			return cf.emit(out, t, func() error {
+			err = cf.emit(out, t, func() error {
 				_, err := fmt.Fprintf(out, "tenant %s updated: plan %s, features %s, limits %s\n", t.Subdomain, t.Plan, t.Features, describeLimits(t.Limits))
 				return err
 			})
+			if err != nil || req.Plan == "" || noMove {
+				return err
+			}
+			return moveToPlan(cmd, &cf, c, t)
 		}),
 	}
 	cf.register(cmd)
 	cf.registerOutput(cmd)
 	f := cmd.Flags()
-	f.StringVar(&req.Plan, "plan", "", "the new plan: free, trial, standard, pro or enterprise (the tier stays)")
+	f.StringVar(&req.Plan, "plan", "", "the new plan: free, trial, standard, pro or enterprise (the tenant moves to its tier unless --no-move)")
+	f.BoolVar(&noMove, "no-move", false, "change the plan only: the tenant stays in its tier")
 	f.StringArrayVar(&features, "feature", nil, "a feature flag as name=value; repeatable")
 	f.StringArrayVar(&limits, "limit", nil, "a limit as name=value (name= drops the tenant's own); repeatable")
 	return cmd

@@ -104,7 +104,7 @@ func TestPlanAndFeaturesAreReadOnlySettingsInEveryTierAndMode(t *testing.T) {
 			planOf(t, open[mode]) // a transaction before the change
 		}
 		start := time.Now()
-		mustCLI(t, "tenant", "update", "acme", "--plan", "pro", "--feature", "beta=true", "--feature", "seats=25")
+		mustCLI(t, "tenant", "update", "acme", "--plan", "pro", "--no-move", "--feature", "beta=true", "--feature", "seats=25")
 		want := features(t, "acme")
 		for mode, addr := range proxies {
 			for {
