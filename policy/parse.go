@@ -78,6 +78,8 @@ type facts struct {
 	// copyIn is the shared tier's load for a COPY of a table FROM STDIN
 	// (SharedCopyIn), "" for any other text; copyTable the table's name.
 	copyIn, copyTable string
+	// ro is what matters while the tenant is read-only (readonly.go).
+	ro readOnlyFacts
 }
 
 func (f *facts) refuse(reason string) {
@@ -103,6 +105,9 @@ func (f *facts) need(c class, reason string) {
 // BEGIN ATOMIC, which is part of the tree, is walked with it.
 func (f *facts) merge(g *facts) {
 	f.refuse(g.refused)
+	if f.ro.escape == "" {
+		f.ro.escape = g.ro.escape
+	}
 	for i := range numClasses {
 		if g.needs&(1<<i) != 0 {
 			f.need(1<<i, g.why[i])
@@ -161,9 +166,10 @@ func analyzeBody(sql string, level int) *facts {
 		return f
 	}
 	a := analyzer{f: f, level: level}
-	for _, s := range res.Stmts {
+	for i, s := range res.Stmts {
 		if level == 0 {
 			f.txnModeStatement(s, res.Version)
+			a.readOnlyStatement(s.Stmt, i == 0, i == len(res.Stmts)-1)
 		}
 		a.statement(s.Stmt)
 		if level == 0 && channelStatement(s.Stmt) {
@@ -372,7 +378,10 @@ func (a *analyzer) walk(m protoreflect.Message) {
 	a.txnMode(n)
 	switch v := n.(type) {
 	case *pg_query.FuncCall:
+		a.f.ro.calls = true
 		a.funcCall(v)
+	case *pg_query.SubLink, *pg_query.WithClause:
+		a.f.ro.calls = true
 	case *pg_query.RangeVar:
 		a.relation(v.Relname)
 	case *pg_query.VariableSetStmt:
@@ -430,6 +439,7 @@ func (a *analyzer) set(s *pg_query.VariableSetStmt) {
 		a.f.refuse(reasonPlan)
 		return
 	}
+	a.readOnlySetting(s, name)
 	switch name {
 	case "role":
 		a.f.refuse(reasonRole)
