@@ -210,72 +210,64 @@ func fill(ctx context.Context, conn *pgx.Conn, ts []*measured, key func(*measure
 }
 
 // sharedShares estimates each tenant's storage in a shared-tier database,
-// by tenant id: for every table with a tenant_id column, the table's total
-// size (heap, indexes, TOAST) split in proportion to its rows per tenant
-// (tableShares). It is exact when the tenants' rows are of the same width
-// on average, and off by the difference otherwise (a tenant of long rows
-// is under-counted, its neighbours over-counted); bloat and free space are
-// shared in proportion too. Cost: one count of every shared table's rows
-// per tenant (GROUP BY tenant_id, an index-only scan where tenant_id leads
-// an index and the visibility map is current, else a sequential scan) per
-// measuring interval, for all the tenants at once.
+// by tenant id: for every table with a tenant_id column, the data of the
+// tenant's rows as stored (the sum of pg_column_size of their columns:
+// compressed, TOASTed values at their TOASTed size) plus rowOverhead a
+// row. It is exact for the rows' data and their tuple headers; not
+// counted, for any tenant, are the tables' indexes, page headers, free
+// space and dead rows not yet vacuumed (the shared database's own cost,
+// which would otherwise pass from a tenant that deletes to its
+// neighbours). So a DELETE lowers the figure at the next measurement.
+// Cost: one sequential scan of every shared table per measuring interval
+// for all the tenants at once, reading each row's columns but not their
+// TOASTed values.
 //
-// Row-level security is switched off for the count, as the admin role may
-// do: should it not bypass the policies, PostgreSQL fails the count rather
+// Row-level security is switched off for the scan, as the admin role may
+// do: should it not bypass the policies, PostgreSQL fails the scan rather
 // than count nothing.
 func sharedShares(ctx context.Context, conn *pgx.Conn) (map[string]int64, error) {
 	if _, err := conn.Exec(ctx, "SET row_security = off"); err != nil {
 		return nil, err
 	}
-	rows, err := conn.Query(ctx, `SELECT format('%I.%I', n.nspname, c.relname), pg_total_relation_size(c.oid)
+	rows, err := conn.Query(ctx, `SELECT format('%I.%I', n.nspname, c.relname),
+			(SELECT string_agg(format('coalesce(pg_column_size(%I), 0)', a.attname), ' + ' ORDER BY a.attnum)
+			 FROM pg_attribute a WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped)
 		FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-		JOIN pg_attribute a ON a.attrelid = c.oid AND a.attname = 'tenant_id' AND NOT a.attisdropped
-		WHERE c.relkind = 'r' AND n.nspname NOT IN ('pg_catalog', 'information_schema') AND n.nspname NOT LIKE 'pg\_%'`)
+		WHERE c.relkind = 'r' AND n.nspname NOT IN ('pg_catalog', 'information_schema') AND n.nspname NOT LIKE 'pg\_%'
+			AND EXISTS (SELECT FROM pg_attribute t WHERE t.attrelid = c.oid AND t.attname = 'tenant_id' AND NOT t.attisdropped)`)
 	if err != nil {
 		return nil, err
 	}
-	sizes := map[string]int64{}
-	var table string
-	var size int64
-	if _, err := pgx.ForEachRow(rows, []any{&table, &size}, func() error { sizes[table] = size; return nil }); err != nil {
+	sums := map[string]string{}
+	var table, sum string
+	if _, err := pgx.ForEachRow(rows, []any{&table, &sum}, func() error { sums[table] = sum; return nil }); err != nil {
 		return nil, err
 	}
 	out := map[string]int64{}
-	for table, size := range sizes {
-		rows, err := conn.Query(ctx, "SELECT tenant_id::text, count(*) FROM "+table+" WHERE tenant_id IS NOT NULL GROUP BY 1")
+	for table, sum := range sums {
+		rows, err := conn.Query(ctx, "SELECT tenant_id::text, count(*), sum("+sum+")::bigint FROM "+table+" WHERE tenant_id IS NOT NULL GROUP BY 1")
 		if err != nil {
 			return nil, err
 		}
-		counts := map[string]int64{}
 		var id string
-		var n int64
-		if _, err := pgx.ForEachRow(rows, []any{&id, &n}, func() error { counts[id] = n; return nil }); err != nil {
+		var n, data int64
+		if _, err := pgx.ForEachRow(rows, []any{&id, &n, &data}, func() error {
+			out[id] += rowBytes(n, data)
+			return nil
+		}); err != nil {
 			return nil, err
-		}
-		for id, b := range tableShares(size, counts) {
-			out[id] += b
 		}
 	}
 	return out, nil
 }
 
-// tableShares splits a table's size among tenants in proportion to their
-// row counts. The shares add up to size, less the rounding down of each.
-func tableShares(size int64, counts map[string]int64) map[string]int64 {
-	var total int64
-	for _, n := range counts {
-		total += n
-	}
-	out := make(map[string]int64, len(counts))
-	if total == 0 {
-		return out
-	}
-	for id, n := range counts {
-		// In float: size × n overflows int64 past 8 EB·rows.
-		out[id] = int64(float64(size) * float64(n) / float64(total))
-	}
-	return out
-}
+// rowOverhead is what a heap row costs beyond its columns' data: its
+// tuple header (23 bytes, aligned to 24) and line pointer (4).
+const rowOverhead = 28
+
+// rowBytes is the storage charged for n rows holding data bytes of
+// column data.
+func rowBytes(n, data int64) int64 { return data + n*rowOverhead }
 
 // storeStorage writes the sizes measured to the catalog and to the hour's
 // usage, in one transaction.

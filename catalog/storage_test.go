@@ -2,28 +2,14 @@ package catalog
 
 import "testing"
 
-func TestTableSharesSplitsSizeByRows(t *testing.T) {
-	for _, tc := range []struct {
-		name   string
-		size   int64
-		counts map[string]int64
-		want   map[string]int64
-	}{
-		{"one tenant has it all", 8192, map[string]int64{"a": 10}, map[string]int64{"a": 8192}},
-		{"in proportion", 1000, map[string]int64{"a": 1, "b": 3}, map[string]int64{"a": 250, "b": 750}},
-		{"rounded down", 10, map[string]int64{"a": 1, "b": 2}, map[string]int64{"a": 3, "b": 6}},
-		{"no rows: nobody is charged", 16384, map[string]int64{}, map[string]int64{}},
-		{"large tables do not overflow", 1 << 50, map[string]int64{"a": 1 << 40, "b": 1 << 40}, map[string]int64{"a": 1 << 49, "b": 1 << 49}},
+func TestRowBytesChargesDataAndTupleOverhead(t *testing.T) {
+	for _, tc := range []struct{ rows, data, want int64 }{
+		{0, 0, 0},
+		{1, 4, 32},
+		{1000, 100_000, 128_000},
 	} {
-		got := tableShares(tc.size, tc.counts)
-		if len(got) != len(tc.want) {
-			t.Errorf("%s: got %v, want %v", tc.name, got, tc.want)
-			continue
-		}
-		for id, w := range tc.want {
-			if got[id] != w {
-				t.Errorf("%s: tenant %s gets %d bytes, want %d", tc.name, id, got[id], w)
-			}
+		if got := rowBytes(tc.rows, tc.data); got != tc.want {
+			t.Errorf("rowBytes(%d rows, %d bytes) = %d; want %d", tc.rows, tc.data, got, tc.want)
 		}
 	}
 }

@@ -70,6 +70,9 @@ type sessionBase struct {
 	// limits are the tenant's, shared with its other sessions and updated
 	// in place (limits.go).
 	limits *tenantLimits
+	// quota is how the session's transactions run against the tenant's
+	// storage quota (quota.go).
+	quota quotaSession
 
 	// Why a blocked read was interrupted: the relay goroutines look at
 	// these after interruptRead, so each is set before the interrupt.
@@ -160,6 +163,9 @@ const (
 	// replyLoad: the replies up to the next ReadyForQuery are a shared-tier
 	// COPY's load (copyshared.go).
 	replyLoad
+	// replySetup: the replies up to the next ReadyForQuery answer a Query
+	// of the proxy's own in session mode, dropped (quota.go).
+	replySetup
 )
 
 // reply is one reply a server owes. inject marks replies to the proxy's
@@ -194,8 +200,9 @@ type replyQueue struct {
 	// is when the open transaction's first one was pushed; zero while no
 	// transaction is open.
 	queryAt, txAt time.Time
-	// loads counts replyLoad entries pending, read without mu.
-	loads atomic.Int32
+	// loads counts replyLoad entries pending, read without mu; setups
+	// replySetup ones.
+	loads, setups atomic.Int32
 }
 
 // latency is what one ReadyForQuery relayed measured: answered when it
@@ -208,8 +215,11 @@ type latency struct {
 
 func (q *replyQueue) push(r reply) {
 	q.mu.Lock()
-	if r.kind == replyLoad {
+	switch r.kind {
+	case replyLoad:
 		q.loads.Add(1)
+	case replySetup:
+		q.setups.Add(1)
 	}
 	if r.kind == replyReady {
 		if q.ready == 0 {
@@ -260,6 +270,8 @@ func (q *replyQueue) popLocked() (reply, bool) {
 		q.ready--
 	case replyLoad:
 		q.loads.Add(-1)
+	case replySetup:
+		q.setups.Add(-1)
 	}
 	return r, true
 }

@@ -34,6 +34,8 @@ type tenantLimits struct {
 	checked    atomic.Int64
 	refreshing atomic.Bool
 	refs       int // sessions holding it, under limitsRegistry.mu
+	// quota is the tenant's standing against its storage quota (quota.go).
+	quota atomic.Pointer[quotaState]
 }
 
 func (tl *tenantLimits) apply(l catalog.Limits, now time.Time) {
@@ -101,6 +103,7 @@ func (s *Server) refreshLimits(tenant string, tl *tenantLimits) {
 		return
 	}
 	tl.apply(t.Limits, time.Now())
+	s.applyQuota(t, tl)
 }
 
 // tokenBucket spaces a tenant's transactions to its rate, with a burst of

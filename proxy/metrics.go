@@ -27,6 +27,8 @@ type metrics struct {
 	// The latency histograms have no tenant label: buckets times tenants
 	// would be too many series.
 	queryDuration, txDuration prometheus.Histogram
+	// quota are the storage quota's (quota.go).
+	quota *quotaMetrics
 }
 
 // latencyBuckets span a sub-millisecond query on a warm connection to a
@@ -88,11 +90,12 @@ func newMetrics(reg prometheus.Registerer, buffered func() float64) (*metrics, e
 			Buckets: latencyBuckets,
 		}),
 	}
+	m.quota = newQuotaMetrics()
 	if reg == nil {
 		return m, nil
 	}
-	for _, c := range []prometheus.Collector{m.clients, m.pinned, m.queries, m.transactions, m.authFailures, m.startupClosed, m.buffered, m.loginsDelayed,
-		m.clientReceived, m.clientSent, m.queryDuration, m.txDuration} {
+	for _, c := range append([]prometheus.Collector{m.clients, m.pinned, m.queries, m.transactions, m.authFailures, m.startupClosed, m.buffered, m.loginsDelayed,
+		m.clientReceived, m.clientSent, m.queryDuration, m.txDuration}, m.quota.collectors()...) {
 		if err := reg.Register(c); err != nil {
 			var are prometheus.AlreadyRegisteredError
 			if !errors.As(err, &are) {

@@ -293,7 +293,9 @@ func (s *Server) takeSlot(t *catalog.Tenant, limit int) (*tenantLimits, bool) {
 	}
 	s.perTenant[t.Subdomain]++
 	s.peaks[t.Subdomain] = max(s.peaks[t.Subdomain], s.perTenant[t.Subdomain])
-	return s.limits.join(t), true
+	tl := s.limits.join(t)
+	s.applyQuota(t, tl)
+	return tl, true
 }
 
 func (s *Server) giveSlot(tenant string) {
@@ -301,6 +303,7 @@ func (s *Server) giveSlot(tenant string) {
 	defer s.mu.Unlock()
 	if s.perTenant[tenant]--; s.perTenant[tenant] <= 0 {
 		delete(s.perTenant, tenant)
+		s.metrics.quota.forget(tenant)
 	}
 	s.limits.leave(tenant)
 }

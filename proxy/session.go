@@ -136,7 +136,7 @@ func (ss *pinnedSession) forwardClient() clientResult {
 			sql := pgwire.Statement(m.Bytes)
 			if reason := ss.srv.policy.Check(sql, ss.rules, policy.SessionMode); reason != "" {
 				err = ss.refuse(&sc, m.Bytes, ss.srv.policy.Explain(sql, reason))
-			} else if over := ss.charge(m.Type, &charged); over != nil {
+			} else if over := ss.quotaAdmit(&sc, m.Type, m.Bytes, sql, &charged); over != nil {
 				err = ss.refuse(&sc, m.Bytes, over)
 			} else if out, why := ss.channelsOf(m.Bytes); why != nil {
 				err = ss.refuse(&sc, m.Bytes, why)
@@ -149,9 +149,10 @@ func (ss *pinnedSession) forwardClient() clientResult {
 				}
 				ss.replies.push(reply{kind: replyReady})
 				ss.queries.Inc()
+				err = ss.quotaAfter(&sc)
 			}
 		case pgwire.Bind:
-			if over := ss.charge(m.Type, &charged); over != nil {
+			if over := ss.quotaAdmit(&sc, m.Type, m.Bytes, nil, &charged); over != nil {
 				err = ss.refuse(&sc, m.Bytes, over)
 			}
 		case pgwire.Sync:
@@ -230,6 +231,12 @@ func (ss *pinnedSession) backendToClient() backendResult {
 		if err != nil {
 			if r, done := ss.backendStopped(err, sc.AtBoundary() && sc.Buffered() == 0, status, last); done {
 				return r
+			}
+			continue
+		}
+		if ss.replies.setupReply(m.Type) {
+			if err := sc.Discard(); err != nil {
+				return backendResult{own: true, err: err}
 			}
 			continue
 		}
