@@ -98,6 +98,11 @@ const (
 	quotaNone     quotaTx = iota // the tenant was writable when it started
 	quotaReadOnly                // started read-only in PostgreSQL
 	quotaFrees                   // a delete-only Query, run read-write
+	// quotaStale: a transaction-mode binding pinned (txpin.go) while its
+	// tenant was writable, whose connection the proxy cannot make
+	// read-only (its relayer reads it between transactions): while the
+	// tenant is read-only it runs nothing, and the client reconnects.
+	quotaStale
 )
 
 // quotaSession is a session's share of the quota's state.
@@ -138,6 +143,8 @@ func (s *Server) quotaRefusal(tenant string, tl *tenantLimits, kind quotaTx, typ
 	}
 	f := s.policy.ReadOnly(pgwire.Statement(m))
 	switch {
+	case kind == quotaStale:
+		return q.refusal(tenant, "this client's server connection was pinned to it (session state in transaction mode) before its tenant became read-only: reconnect")
 	case kind == quotaFrees && !(typ == pgwire.Query && f.Frees):
 		return q.refusal(tenant, "only DELETE, TRUNCATE and DROP may run alongside a delete while the tenant is read-only")
 	case f.Escape != "":
@@ -145,7 +152,7 @@ func (s *Server) quotaRefusal(tenant string, tl *tenantLimits, kind quotaTx, typ
 	case f.Write != "":
 		return q.refusal(tenant, "cannot execute "+f.Write+" in a read-only transaction")
 	case f.Frees && kind == quotaReadOnly:
-		return q.refusal(tenant, "cannot delete in a read-only transaction: while the tenant is read-only, DELETE, TRUNCATE and DROP run only as a simple query of their own outside a transaction block")
+		return q.refusal(tenant, "cannot delete in a read-only transaction: while the tenant is read-only, DELETE, TRUNCATE and DROP run only as a simple query of their own, outside a transaction block and, in transaction mode, from a client not pinned to its server connection by session state")
 	}
 	return nil
 }
@@ -164,6 +171,17 @@ func (tx *txSession) quotaSetup(typ byte) []byte {
 		return readOnlyOn
 	}
 	return nil
+}
+
+// quotaKind (transaction mode) is the quotaTx the client's next message
+// runs under: the binding's, or quotaStale for a pinned binding that began
+// while the tenant was writable.
+func (tx *txSession) quotaKind() quotaTx {
+	k := tx.quota.kind()
+	if k == quotaNone && tx.isPinned() {
+		return quotaStale
+	}
+	return k
 }
 
 // quotaAdmit (session mode) takes the tenant's rate for client message m

@@ -347,7 +347,7 @@ func (tx *txSession) message(c *pool.Conn, typ byte, refusal string) {
 	var why error
 	if refusal != "" {
 		why = tx.explain(refusal)
-	} else if q := tx.srv.quotaRefusal(tx.tenant, tx.limits, tx.quota.kind(), typ, tx.in); q != nil {
+	} else if q := tx.srv.quotaRefusal(tx.tenant, tx.limits, tx.quotaKind(), typ, tx.in); q != nil {
 		why, tx.settings.judged = q, nil
 	} else if in, err := tx.channelsOf(tx.in); err != nil {
 		why = err
