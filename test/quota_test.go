@@ -98,7 +98,11 @@ func testStorageQuota(t *testing.T, e quotaEnv, mode, sub string) {
 	}
 	quotaMB := e.measure(t, sub)>>20 + 2
 	e.limit(t, sub, catalog.LimitStorageMB, val(float64(quotaMB)))
-	defer e.limit(t, sub, catalog.LimitStorageMB, nil)
+	t.Cleanup(func() {
+		// A failed run leaves the next one what it found.
+		e.limit(t, sub, catalog.LimitStorageMB, nil)
+		e.connect(t, mode, sub).Exec(ctx, "DELETE FROM users WHERE username LIKE 'fill%'", pgx.QueryExecModeSimpleProtocol) //nolint:errcheck // best effort
+	})
 	within5s(t, "fill", func() error { return fill(c) })
 	if used := e.measure(t, sub); used <= quotaMB<<20 {
 		t.Fatalf("%s measured at %d bytes after the fill; want over its quota of %d MB", sub, used, quotaMB)
@@ -143,6 +147,10 @@ func testStorageQuota(t *testing.T, e quotaEnv, mode, sub string) {
 	})
 	if _, err := c.Exec(ctx, insertOne, pgx.QueryExecModeExec); err != nil {
 		t.Fatalf("INSERT in the extended protocol back under the quota: %v", err)
+	}
+	usage, err := e.cat.Usage(ctx, sub, time.Now().Add(-time.Hour))
+	if err != nil || len(usage) == 0 || usage[len(usage)-1].StorageMB == nil || *usage[len(usage)-1].StorageMB <= quotaMB {
+		t.Fatalf("%s's usage this hour: %+v, %v; want storage_mb over its quota of %d (the hour's highest)", sub, usage, err, quotaMB)
 	}
 }
 
