@@ -165,7 +165,11 @@ func (tx *txSession) quotaSetup(typ byte) []byte {
 	if typ == pgwire.Query {
 		sql = pgwire.Statement(tx.in)
 	}
-	k := tx.srv.quotaStart(tx.limits, typ, sql, !tx.pipelined())
+	// Alone: nothing of the client's is buffered behind it, so the client
+	// loop relays its replies inline and the binding ends with it
+	// (txclient.go awaitReplies) before another message is read.
+	alone := tx.clientScan.Buffered() == 0 && tx.first.empty()
+	k := tx.srv.quotaStart(tx.limits, typ, sql, alone)
 	tx.quota.tx.Store(uint32(k))
 	if k == quotaReadOnly {
 		return readOnlyOn
