@@ -96,6 +96,16 @@ func testStorageQuota(t *testing.T, e quotaEnv, mode, sub string) {
 			t.Fatalf("CREATE FUNCTION: %v", err)
 		}
 	}
+	// In transaction mode, a client pinned to its server connection while
+	// its tenant is writable: the proxy cannot make that connection
+	// read-only, so it runs nothing until it reconnects.
+	var pinned *pgx.Conn
+	if mode == proxy.PoolTransaction {
+		pinned = e.connect(t, mode, sub)
+		if _, err := pinned.Exec(ctx, "PREPARE p AS SELECT 1", pgx.QueryExecModeSimpleProtocol); err != nil {
+			t.Fatalf("PREPARE: %v", err)
+		}
+	}
 	quotaMB := e.measure(t, sub)>>20 + 2
 	e.limit(t, sub, catalog.LimitStorageMB, val(float64(quotaMB)))
 	t.Cleanup(func() {
@@ -111,6 +121,11 @@ func testStorageQuota(t *testing.T, e quotaEnv, mode, sub string) {
 		_, err := c.Exec(ctx, insertOne)
 		return readOnlyError(err, sub)
 	})
+	if pinned != nil {
+		if _, err := pinned.Exec(ctx, "EXECUTE p", pgx.QueryExecModeSimpleProtocol); readOnlyError(err, sub) != nil {
+			t.Fatalf("a client pinned before the tenant went read-only: %v; want 25006 (reconnect)", err)
+		}
+	}
 	var n int
 	if err := c.QueryRow(ctx, "SELECT count(*) FROM users").Scan(&n); err != nil || n < 2500 {
 		t.Fatalf("SELECT while read-only: %d rows, %v", n, err)
