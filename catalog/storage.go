@@ -80,10 +80,10 @@ func (c *Catalog) MeasureStorage(ctx context.Context, fresh time.Duration) (bool
 		return false, err
 	}
 	sizes, err := c.measure(ctx)
-	if err != nil {
+	if len(sizes) == 0 {
 		return false, err
 	}
-	return true, c.storeStorage(ctx, sizes, time.Now().UTC().Truncate(time.Hour))
+	return true, errors.Join(err, c.storeStorage(ctx, sizes, time.Now().UTC().Truncate(time.Hour)))
 }
 
 // measured is one tenant to measure, and then its size.
@@ -93,12 +93,11 @@ type measured struct {
 	bytes                           int64
 }
 
-// measure measures every active tenant, backend by backend. A backend
-// that cannot be measured fails the round: its tenants keep their last
-// figures rather than get none.
+// measure measures every active tenant, backend by backend. The tenants
+// of a backend that cannot be measured are left out, keeping their last
+// figures rather than get none, and its error is returned with the rest.
 func (c *Catalog) measure(ctx context.Context) ([]*measured, error) {
 	byBackend := map[string][]*measured{}
-	var all []*measured
 	var backend string
 	rows, err := c.db.Query(ctx, `SELECT id, subdomain, isolation_level, backend, database, coalesce(schema_name, '')
 		FROM tenants WHERE status = 'active'`)
@@ -112,21 +111,24 @@ func (c *Catalog) measure(ctx context.Context) ([]*measured, error) {
 			return nil, fmt.Errorf("catalog: measure storage: %w", err)
 		}
 		byBackend[backend] = append(byBackend[backend], m)
-		all = append(all, m)
 	}
 	if err := rows.Err(); err != nil {
 		return nil, fmt.Errorf("catalog: measure storage: %w", err)
 	}
+	var all []*measured
+	var errs []error
 	for name, ts := range byBackend {
 		b, err := c.backend(ctx, c.db, name)
+		if err == nil {
+			err = measureBackend(ctx, b, ts)
+		}
 		if err != nil {
-			return nil, err
+			errs = append(errs, fmt.Errorf("catalog: measure storage on backend %q: %w", name, err))
+			continue
 		}
-		if err := measureBackend(ctx, b, ts); err != nil {
-			return nil, fmt.Errorf("catalog: measure storage on backend %q: %w", name, err)
-		}
+		all = append(all, ts...)
 	}
-	return all, nil
+	return all, errors.Join(errs...)
 }
 
 // measureBackend fills in the sizes of ts, the tenants on b.
