@@ -194,7 +194,7 @@ func (tx *txSession) quotaKind() quotaTx {
 // the error refusing the message, if any. sql is the statement of a
 // Query or Parse.
 func (ss *pinnedSession) quotaAdmit(sc *pgwire.Scanner, typ byte, m, sql []byte, charged *bool) error {
-	starts := !ss.inTx.Load() && (typ == pgwire.Query || !*charged)
+	starts := ss.startsTx(typ, *charged)
 	if err := ss.charge(typ, charged); err != nil {
 		return err
 	}

@@ -179,11 +179,18 @@ func (ss *pinnedSession) forwardClient() clientResult {
 // the first Parse or Bind of a batch there. It returns the error that
 // refuses the message when the tenant is over its rate.
 func (ss *pinnedSession) charge(typ byte, charged *bool) error {
-	if ss.inTx.Load() || (typ != pgwire.Query && *charged) {
+	if !ss.startsTx(typ, *charged) {
 		return nil
 	}
 	*charged = typ != pgwire.Query
 	return ss.srv.admitTransaction(ss.srv.ctx, ss.tenant, ss.limits)
+}
+
+// startsTx reports whether a message of type typ starts a transaction: a
+// Query outside a transaction block, or the first Parse or Bind of a batch
+// there (charged: the batch took its token already).
+func (ss *pinnedSession) startsTx(typ byte, charged bool) bool {
+	return !ss.inTx.Load() && (typ == pgwire.Query || !charged)
 }
 
 // refuse replaces the current message m by its stand-in.
