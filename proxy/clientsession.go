@@ -334,7 +334,9 @@ func (q *replyQueue) answered() uint64 {
 func (q *replyQueue) owed() int {
 	q.mu.Lock()
 	defer q.mu.Unlock()
-	return q.ready
+	// The proxy's own Queries (replySetup) are owed a ReadyForQuery too:
+	// a connection they were sent on is not idle before it comes.
+	return q.ready + int(q.setups.Load())
 }
 
 // clear forgets every expected reply: the connection they were owed on is

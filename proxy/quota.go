@@ -259,6 +259,21 @@ func (q *replyQueue) setupReply(typ byte) bool {
 	return true
 }
 
+// dropSetupReply drops server message m, a reply to the proxy's own
+// Query (setupReply). done: the session ends with r, drained now that its
+// connection is idle (as backendToClient ends it at a client's
+// ReadyForQuery).
+func (ss *pinnedSession) dropSetupReply(sc *pgwire.Scanner, m pgwire.Message) (r backendResult, done bool) {
+	idle := m.Type == pgwire.ReadyForQuery && m.Body()[0] == 'I'
+	if err := sc.Discard(); err != nil {
+		return backendResult{own: true, err: err}, true
+	}
+	if idle && ss.draining.Load() && ss.replies.owed() == 0 {
+		return ss.endWith(sc, errShuttingDown), true
+	}
+	return backendResult{}, false
+}
+
 // applyQuota records t's standing against its quota in tl, and tells of
 // a change: the metrics, and a warning when the tenant crosses 80% or
 // 100%.

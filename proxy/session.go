@@ -242,8 +242,8 @@ func (ss *pinnedSession) backendToClient() backendResult {
 			continue
 		}
 		if ss.replies.setupReply(m.Type) {
-			if err := sc.Discard(); err != nil {
-				return backendResult{own: true, err: err}
+			if r, done := ss.dropSetupReply(&sc, m); done {
+				return r
 			}
 			continue
 		}
