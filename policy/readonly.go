@@ -29,10 +29,10 @@ type ReadOnlyFacts struct {
 	// code may COMMIT and go on in a new transaction), and a COMMIT or
 	// ROLLBACK followed by more statements in the same text; "" for none.
 	Escape string
-	// Frees: every statement is a DELETE, TRUNCATE or DROP that calls no
-	// function and has no sub-query or WITH, so the text only removes
-	// data and may run read-write.
-	Frees bool
+	// Deletes: every statement is a DELETE, TRUNCATE or DROP. Frees:
+	// besides, none calls a function or has a sub-query or WITH, so the
+	// text only removes data and may run read-write.
+	Deletes, Frees bool
 }
 
 // readOnlyFacts are ReadOnlyFacts in the making (facts.ro).
@@ -54,7 +54,8 @@ func (p *Policy) ReadOnly(sql []byte) ReadOnlyFacts {
 		return ReadOnlyFacts{Write: "a statement over 1 MiB"}
 	}
 	f := p.factsOf(sql)
-	return ReadOnlyFacts{Write: f.ro.write, Escape: f.ro.escape, Frees: f.ro.freeing && !f.ro.calls && f.ro.write == "" && f.ro.escape == ""}
+	deletes := f.ro.freeing && f.ro.write == "" && f.ro.escape == ""
+	return ReadOnlyFacts{Write: f.ro.write, Escape: f.ro.escape, Deletes: deletes, Frees: deletes && !f.ro.calls}
 }
 
 // readOnlyStatement classifies top-level statement n; last says it ends

@@ -9,6 +9,9 @@ func TestReadOnlyFacts(t *testing.T) {
 		write  bool
 		escape bool
 		frees  bool
+		// deletes: only deletes, but not to run read-write (implied by
+		// frees).
+		deletes bool
 	}{
 		{sql: "SELECT * FROM t"},
 		{sql: "SELECT f()"},
@@ -39,15 +42,17 @@ func TestReadOnlyFacts(t *testing.T) {
 		{sql: "DELETE FROM t WHERE a < 10", frees: true},
 		{sql: "DELETE FROM t WHERE a = $1 RETURNING a", frees: true},
 		{sql: "DELETE FROM t; TRUNCATE u; DROP TABLE v", frees: true},
-		{sql: "DELETE FROM t WHERE f(a)"},
-		{sql: "DELETE FROM t WHERE a IN (SELECT f())"},
-		{sql: "WITH x AS (INSERT INTO u VALUES (1)) DELETE FROM t"},
+		{sql: "DELETE FROM t WHERE f(a)", deletes: true},
+		{sql: "DELETE FROM t WHERE created_at < now()", deletes: true},
+		{sql: "DELETE FROM t WHERE a IN (SELECT f())", deletes: true},
+		{sql: "WITH x AS (INSERT INTO u VALUES (1)) DELETE FROM t", deletes: true},
 		{sql: "DELETE FROM t; SELECT 1"},
 		{sql: "BEGIN; DELETE FROM t; COMMIT"},
 	} {
 		got := p.ReadOnly([]byte(tc.sql))
-		if (got.Write != "") != tc.write || (got.Escape != "") != tc.escape || got.Frees != tc.frees {
-			t.Errorf("%q: ReadOnly = %+v; want write %v, escape %v, frees %v", tc.sql, got, tc.write, tc.escape, tc.frees)
+		deletes := tc.deletes || tc.frees
+		if (got.Write != "") != tc.write || (got.Escape != "") != tc.escape || got.Frees != tc.frees || got.Deletes != deletes {
+			t.Errorf("%q: ReadOnly = %+v; want write %v, escape %v, frees %v, deletes %v", tc.sql, got, tc.write, tc.escape, tc.frees, deletes)
 		}
 	}
 }

@@ -151,8 +151,8 @@ func (s *Server) quotaRefusal(tenant string, tl *tenantLimits, kind quotaTx, typ
 		return q.refusal(tenant, f.Escape)
 	case f.Write != "":
 		return q.refusal(tenant, "cannot execute "+f.Write+" in a read-only transaction")
-	case f.Frees && kind == quotaReadOnly:
-		return q.refusal(tenant, "cannot delete in a read-only transaction: while the tenant is read-only, DELETE, TRUNCATE and DROP run only as a simple query of their own, outside a transaction block and, in transaction mode, from a client not pinned to its server connection by session state")
+	case f.Deletes && kind == quotaReadOnly:
+		return q.refusal(tenant, "cannot delete in a read-only transaction: while the tenant is read-only, DELETE, TRUNCATE and DROP run only as a simple query of their own, outside a transaction block, without function calls, sub-queries or WITH, and, in transaction mode, from a client not pinned to its server connection by session state")
 	}
 	return nil
 }

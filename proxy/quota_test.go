@@ -71,6 +71,7 @@ func TestQuotaDecision(t *testing.T) {
 		{quotaReadOnly, "INSERT INTO t VALUES (1)", true},
 		{quotaReadOnly, "SET default_transaction_read_only = off", true},
 		{quotaReadOnly, "DELETE FROM t", true},
+		{quotaFrees, "DELETE FROM t WHERE a < now()", true},
 		{quotaFrees, "DELETE FROM t", false},
 		{quotaFrees, "SELECT 1", true},
 		{quotaStale, "SELECT 1", true},
