@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"fmt"
+	"sync"
 	"sync/atomic"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -279,9 +280,9 @@ func (ss *pinnedSession) dropSetupReply(sc *pgwire.Scanner, m pgwire.Message) (r
 // 100%.
 func (s *Server) applyQuota(t *catalog.Tenant, tl *tenantLimits) {
 	q := quotaOf(t)
-	old := tl.quota.Swap(q)
+	tl.quota.Store(q)
 	s.metrics.quota.set(t.Subdomain, q)
-	if old == nil && q.level == catalog.QuotaUnder || old != nil && old.level == q.level {
+	if !s.metrics.quota.crossed(t.Subdomain, q.level) {
 		return
 	}
 	fields := []zap.Field{zap.String("tenant", t.Subdomain), zap.Int64("storage_bytes", q.used), zap.Int64("storage_mb", t.Limits.StorageMB)}
@@ -300,6 +301,11 @@ func (s *Server) applyQuota(t *catalog.Tenant, tl *tenantLimits) {
 // bound on labelled tenants can take them over.
 type quotaMetrics struct {
 	storage, limit, readOnly *prometheus.GaugeVec
+	// levels are the levels last logged per tenant, kept while its
+	// sessions come and go, so that a tenant over 80% is warned of once
+	// per crossing, not once per first session.
+	mu     sync.Mutex
+	levels map[string]catalog.QuotaLevel
 }
 
 func newQuotaMetrics() *quotaMetrics {
@@ -317,6 +323,21 @@ func newQuotaMetrics() *quotaMetrics {
 			Help: "1 for a tenant that is read-only here because it is over its storage quota, else 0, per tenant with sessions here.",
 		}, []string{"tenant"}),
 	}
+}
+
+// crossed records level as tenant's and reports whether it differs from
+// the one before (catalog.QuotaUnder for a tenant never seen).
+func (m *quotaMetrics) crossed(tenant string, level catalog.QuotaLevel) bool {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.levels[tenant] == level {
+		return false
+	}
+	if m.levels == nil {
+		m.levels = make(map[string]catalog.QuotaLevel)
+	}
+	m.levels[tenant] = level
+	return true
 }
 
 func (m *quotaMetrics) collectors() []prometheus.Collector {

@@ -93,6 +93,8 @@ func TestQuotaDecision(t *testing.T) {
 		t.Errorf("tenantproxy_tenant_storage_limit_bytes{tenant=acme} = %v; want %d", got, 10<<20)
 	}
 
+	// The tenant's sessions all left and one came back: no new warning.
+	s.applyQuota(quotaTenant(12<<20+1<<19, 10), &tenantLimits{})
 	s.applyQuota(quotaTenant(1<<20, 10), tl)
 	if k := s.quotaStart(tl, pgwire.Query, []byte("INSERT INTO t VALUES (1)"), true); k != quotaNone {
 		t.Fatalf("back under: %v; want quotaNone", k)
