@@ -108,6 +108,7 @@ func (f *facts) merge(g *facts) {
 	if f.ro.escape == "" {
 		f.ro.escape = g.ro.escape
 	}
+	f.ro.readWrite = f.ro.readWrite || g.ro.readWrite
 	for i := range numClasses {
 		if g.needs&(1<<i) != 0 {
 			f.need(1<<i, g.why[i])

@@ -1,6 +1,7 @@
 package policy
 
 import (
+	"bytes"
 	"strings"
 
 	pg_query "github.com/pganalyze/pg_query_go/v6"
@@ -39,8 +40,9 @@ type ReadOnlyFacts struct {
 type readOnlyFacts struct {
 	write, escape string
 	// freeing: every statement so far deletes; calls: the tree calls a
-	// function or has a sub-query or CTE.
-	freeing, calls bool
+	// function or has a sub-query or CTE; readWrite: the escape is a
+	// setting or BEGIN … READ WRITE (PreparedEscape).
+	freeing, calls, readWrite bool
 }
 
 const reasonReadOnlyInFunction = "a function that changes transaction_read_only or default_transaction_read_only is refused: the proxy sets them for tenants over their storage quota"
@@ -57,6 +59,27 @@ func (p *Policy) ReadOnly(sql []byte) ReadOnlyFacts {
 	deletes := f.ro.freeing && f.ro.write == "" && f.ro.escape == ""
 	return ReadOnlyFacts{Write: f.ro.write, Escape: f.ro.escape, Deletes: deletes, Frees: deletes && !f.ro.calls}
 }
+
+// PreparedEscape is the refusal, for every tenant and at all times, of a
+// Parse of sql that would make a transaction read-write (Escape's SET,
+// RESET and set_config forms, BEGIN … READ WRITE), "" for none. A
+// prepared statement runs at a Bind, which shows no SQL: prepared while
+// its tenant was writable, it could run first thing in a read-only
+// transaction, before PostgreSQL's first snapshot, where PostgreSQL still
+// lets transaction_read_only change. Those statements run as simple
+// queries. Only texts that could spell one (the word "read", a backslash
+// escape, a Unicode escape) are parsed, so other Parses cost a scan.
+func (p *Policy) PreparedEscape(sql []byte) string {
+	if !containsFold(sql, "read") && !bytes.ContainsAny(sql, `\&`) {
+		return ""
+	}
+	if len(sql) <= MaxParsedStatement && p.factsOf(sql).ro.readWrite {
+		return reasonPreparedReadWrite
+	}
+	return ""
+}
+
+const reasonPreparedReadWrite = "preparing a statement that changes transaction_read_only or default_transaction_read_only, or begins a READ WRITE transaction, is refused: it could make a transaction of a tenant over its storage quota read-write; send it as a simple query"
 
 // readOnlyStatement classifies top-level statement n; last says it ends
 // the text.
@@ -75,8 +98,11 @@ func (a *analyzer) readOnlyStatement(n *pg_query.Node, first, last bool) {
 				ro.escape = "a COMMIT or ROLLBACK followed by more statements in one query is refused while the tenant is read-only: the statements after it would start a transaction of their own"
 			}
 		}
-		if readWriteOption(s.TransactionStmt.Options) && ro.escape == "" {
-			ro.escape = "BEGIN READ WRITE is refused while the tenant is read-only"
+		if readWriteOption(s.TransactionStmt.Options) {
+			ro.readWrite = true
+			if ro.escape == "" {
+				ro.escape = "BEGIN READ WRITE is refused while the tenant is read-only"
+			}
 		}
 	case *pg_query.Node_CallStmt, *pg_query.Node_DoStmt:
 		if ro.escape == "" {
@@ -126,6 +152,7 @@ func (a *analyzer) readOnlySetting(s *pg_query.VariableSetStmt, name string) {
 	if a.level > 0 {
 		a.f.refuse(reasonReadOnlyInFunction)
 	}
+	a.f.ro.readWrite = true
 	if a.f.ro.escape == "" {
 		a.f.ro.escape = "changing " + name + " is refused while the tenant is read-only: the proxy keeps its transactions read-only until it is back under its storage quota"
 	}

@@ -68,3 +68,29 @@ func TestFunctionChangingReadOnlyIsRefused(t *testing.T) {
 		}
 	}
 }
+
+func TestPreparedEscape(t *testing.T) {
+	p := New()
+	for _, tc := range []struct {
+		sql     string
+		refused bool
+	}{
+		{"SELECT * FROM t WHERE a = $1", false},
+		{"SELECT 'read'", false},
+		{"SET default_transaction_read_only = on", false},
+		{"BEGIN READ ONLY", false},
+		{"CALL p()", false},
+		{"SET transaction_read_only = off", true},
+		{"SET default_transaction_read_only TO false", true},
+		{"RESET default_transaction_read_only", true},
+		{"SET SESSION CHARACTERISTICS AS TRANSACTION READ WRITE", true},
+		{"BEGIN READ WRITE", true},
+		{"SELECT set_config('default_transaction_read_only', 'off', false)", true},
+		{`SELECT set_config(E'default_transaction_\x72ead_only', 'off', false)`, true},
+		{`SET U&"transaction_\0072ead_only" = off`, true},
+	} {
+		if got := p.PreparedEscape([]byte(tc.sql)); (got != "") != tc.refused {
+			t.Errorf("PreparedEscape(%q) = %q; want refused %v", tc.sql, got, tc.refused)
+		}
+	}
+}

@@ -132,11 +132,17 @@ func (s *Server) quotaStart(tl *tenantLimits, typ byte, sql []byte, alone bool) 
 
 // quotaRefusal is the error refusing client message m (whole), of type
 // typ, in a transaction that runs as kind, or nil: only a Query or Parse
-// is judged. Only read-only tenants pay for it (a parse of each new
-// text).
+// is judged. A Parse that would prepare a way back to read-write is
+// refused for every tenant (policy.PreparedEscape); the rest only read-only
+// tenants pay for (a parse of each new text).
 func (s *Server) quotaRefusal(tenant string, tl *tenantLimits, kind quotaTx, typ byte, m []byte) error {
 	if typ != pgwire.Query && typ != pgwire.Parse {
 		return nil
+	}
+	if typ == pgwire.Parse {
+		if r := s.policy.PreparedEscape(pgwire.Statement(m)); r != "" {
+			return refused(r)
+		}
 	}
 	q := tl.quota.Load()
 	if !q.readOnly() {

@@ -106,6 +106,14 @@ func testStorageQuota(t *testing.T, e quotaEnv, mode, sub string) {
 			t.Fatalf("PREPARE: %v", err)
 		}
 	}
+	// Prepared while writable, these would run at a Bind, which shows no
+	// SQL, first thing in a read-only transaction, where PostgreSQL still
+	// lets it become read-write: refused for every tenant.
+	for _, sql := range []string{"SET transaction_read_only = off", "BEGIN READ WRITE"} {
+		if _, err := c.Prepare(ctx, "rw", sql); sqlstateOf(err) != "42501" {
+			t.Fatalf("preparing %q: %v; want 42501", sql, err)
+		}
+	}
 	quotaMB := e.measure(t, sub)>>20 + 2
 	e.limit(t, sub, catalog.LimitStorageMB, val(float64(quotaMB)))
 	t.Cleanup(func() {
