@@ -376,7 +376,8 @@ type querier interface {
 const tenantColumns = `id, name, subdomain, isolation_level, plan, status, data_region, backend, database,
 	coalesce(database_url, ''), coalesce(schema_name, ''), max_users, max_storage_gb, features, settings,
 	created_at, subscription_expires_at, coalesce(login_password, ''),
-	limits, coalesce((SELECT p.limits FROM plan_limits p WHERE p.plan = tenants.plan), '{}')`
+	limits, coalesce((SELECT p.limits FROM plan_limits p WHERE p.plan = tenants.plan), '{}'),
+	storage_bytes, storage_measured_at`
 
 // scanTenant reads a row of tenantColumns and opens its login password.
 func (c *Catalog) scanTenant(row pgx.Row) (Tenant, error) {
@@ -385,7 +386,8 @@ func (c *Catalog) scanTenant(row pgx.Row) (Tenant, error) {
 	var tenantLimits, planLimits []byte
 	err := row.Scan(&t.ID, &t.Name, &t.Subdomain, &t.Tier, &t.Plan, &t.Status, &t.Region, &t.Backend, &t.Database,
 		&t.DatabaseURL, &t.SchemaName, &t.MaxUsers, &t.MaxStorageGB, &t.Features, &t.Settings,
-		&t.CreatedAt, &t.SubscriptionExpiresAt, &login, &tenantLimits, &planLimits)
+		&t.CreatedAt, &t.SubscriptionExpiresAt, &login, &tenantLimits, &planLimits,
+		&t.StorageBytes, &t.StorageMeasuredAt)
 	t.Limits = resolveLimits(t.Plan, planLimits, tenantLimits)
 	if err != nil || login == "" {
 		return t, err

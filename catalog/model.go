@@ -69,7 +69,11 @@ type Tenant struct {
 	Settings      json.RawMessage `json:"settings"`
 	// Limits are the tenant's effective limits: its overrides, else its
 	// plan's, else the plan's defaults.
-	Limits                Limits     `json:"limits"`
+	Limits Limits `json:"limits"`
+	// StorageBytes is the tenant's storage as last measured
+	// (MeasureStorage), nil until then; StorageMeasuredAt is when.
+	StorageBytes          *int64     `json:"storage_bytes"`
+	StorageMeasuredAt     *time.Time `json:"storage_measured_at,omitempty"`
 	CreatedAt             time.Time  `json:"created_at"`
 	SubscriptionExpiresAt *time.Time `json:"subscription_expires_at,omitempty"`
 }

@@ -8,4 +8,8 @@
 // fails keeps its deltas for the next one. Deltas count in the hour of
 // the flush that records them, so a transaction near the end of an hour
 // may count in the next one.
+//
+// StartStorage measures every tenant's storage on a schedule
+// (catalog.MeasureStorage): the figure the proxy compares with the
+// tenant's storage_mb quota, also billed per hour.
 package metering

@@ -85,6 +85,8 @@ type facts struct {
 	// copyIn is the shared tier's load for a COPY of a table FROM STDIN
 	// (SharedCopyIn), "" for any other text; copyTable the table's name.
 	copyIn, copyTable string
+	// ro is what matters while the tenant is read-only (readonly.go).
+	ro readOnlyFacts
 }
 
 func (f *facts) refuse(reason string) {
@@ -110,6 +112,10 @@ func (f *facts) need(c class, reason string) {
 // BEGIN ATOMIC, which is part of the tree, is walked with it.
 func (f *facts) merge(g *facts) {
 	f.refuse(g.refused)
+	if f.ro.escape == "" {
+		f.ro.escape = g.ro.escape
+	}
+	f.ro.readWrite = f.ro.readWrite || g.ro.readWrite
 	for i := range numClasses {
 		if g.needs&(1<<i) != 0 {
 			f.need(1<<i, g.why[i])
@@ -174,9 +180,10 @@ func analyzeBody(sql string, level int) *facts {
 	if level == 0 {
 		a.exempt(f.selfTermination(res))
 	}
-	for _, s := range res.Stmts {
+	for i, s := range res.Stmts {
 		if level == 0 {
 			a.exempt(f.txnModeStatement(s, res.Version))
+			a.readOnlyStatement(s.Stmt, i == 0, i == len(res.Stmts)-1)
 		}
 		a.stmt = s.Stmt
 		a.statement(s.Stmt)
@@ -400,7 +407,10 @@ func (a *analyzer) walk(m protoreflect.Message) {
 	a.txnMode(n)
 	switch v := n.(type) {
 	case *pg_query.FuncCall:
+		a.f.ro.calls = true
 		a.funcCall(v)
+	case *pg_query.SubLink, *pg_query.WithClause:
+		a.f.ro.calls = true
 	case *pg_query.RangeVar:
 		a.relation(v.Relname)
 		a.catalogRelation(v)
@@ -459,6 +469,7 @@ func (a *analyzer) set(s *pg_query.VariableSetStmt) {
 		a.f.refuse(reasonPlan)
 		return
 	}
+	a.readOnlySetting(s, name)
 	switch name {
 	case "role":
 		a.f.refuse(reasonRole)

@@ -75,6 +75,9 @@ type sessionBase struct {
 	// (tenantplan.go); read and written by the goroutine that starts
 	// transactions.
 	plan *planSetup
+	// quota is how the session's transactions run against the tenant's
+	// storage quota (quota.go).
+	quota quotaSession
 
 	// Why a blocked read was interrupted: the relay goroutines look at
 	// these after interruptRead, so each is set before the interrupt.
@@ -164,7 +167,8 @@ const (
 	// COPY's load (copyshared.go).
 	replyLoad
 	// replyHidden: the replies up to the next ReadyForQuery are to the
-	// proxy's own statement, which the client never sees (tenantplan.go).
+	// proxy's own statement, which the client never sees (tenantplan.go,
+	// quota.go).
 	replyHidden
 	// replyDeallocate: the replies up to the next ReadyForQuery are
 	// deallocStandIn's (txdealloc.go).
@@ -332,7 +336,15 @@ func (q *replyQueue) answered() uint64 {
 func (q *replyQueue) owed() int {
 	q.mu.Lock()
 	defer q.mu.Unlock()
-	return q.ready
+	// The proxy's own Queries (replyHidden) are owed a ReadyForQuery too:
+	// a connection they were sent on is not idle before it comes.
+	n := q.ready
+	for _, r := range q.q[q.head:] {
+		if r.kind == replyHidden {
+			n++
+		}
+	}
+	return n
 }
 
 // clear forgets every expected reply: the connection they were owed on is

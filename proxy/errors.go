@@ -40,6 +40,8 @@ type clientErr struct {
 	transient bool
 	// position in the statement, for syntax errors.
 	position int
+	// hint is the error's HINT, if any.
+	hint string
 }
 
 // classify decides what the client hears of err. A framing error is the
@@ -65,7 +67,7 @@ func classify(err error) clientErr {
 		if rErr.Code == pgerr.CodeInternal {
 			msg = "internal error in tenantproxy"
 		}
-		return clientErr{tell: true, code: rErr.Code, msg: msg, transient: rErr.Code == pgerr.CodeRateLimited, position: rErr.Position}
+		return clientErr{tell: true, code: rErr.Code, msg: msg, transient: rErr.Code == pgerr.CodeRateLimited, position: rErr.Position, hint: rErr.Hint}
 	case errors.Is(err, pool.ErrWaitTimeout):
 		return clientErr{tell: true, code: pgerr.CodeRateLimited, msg: "timed out waiting for a server connection", transient: true}
 	case errors.Is(err, pool.ErrClosed):
@@ -125,7 +127,7 @@ func errorResponse(err error, severity int) *pgproto3.ErrorResponse {
 	if (ce.code.Fatal() && severity != nonfatal) || severity == fatal {
 		sev = "FATAL"
 	}
-	return &pgproto3.ErrorResponse{Severity: sev, SeverityUnlocalized: sev, Code: ce.code.SQLState(), Message: ce.msg, Position: int32(ce.position)}
+	return &pgproto3.ErrorResponse{Severity: sev, SeverityUnlocalized: sev, Code: ce.code.SQLState(), Message: ce.msg, Position: int32(ce.position), Hint: ce.hint}
 }
 
 // encodeError renders err for the client as wire bytes.

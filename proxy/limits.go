@@ -40,6 +40,8 @@ type tenantLimits struct {
 	// plan is the tenant's plan and features as its sessions' server
 	// connections should have them (tenantplan.go).
 	plan atomic.Pointer[planSetup]
+	// quota is the tenant's standing against its storage quota (quota.go).
+	quota atomic.Pointer[quotaState]
 }
 
 func (tl *tenantLimits) apply(t *catalog.Tenant, now time.Time) {
@@ -109,6 +111,7 @@ func (s *Server) refreshLimits(tenant string, tl *tenantLimits) {
 		return
 	}
 	tl.apply(t, time.Now())
+	s.applyQuota(t, tl)
 }
 
 // tokenBucket spaces a tenant's transactions to its rate, with a burst of

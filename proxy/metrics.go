@@ -33,6 +33,8 @@ type metrics struct {
 	txDuration, poolWait *prometheus.HistogramVec
 	// refusals count what a tenant's limits refused, by reason.
 	refusals *prometheus.CounterVec
+	// quota are the storage quota's (quota.go).
+	quota *quotaMetrics
 }
 
 // perTenant are the counters of a tenantSeries, in its order.
@@ -103,8 +105,9 @@ func newMetrics(reg prometheus.Registerer, buffered func() float64) (*metrics, e
 			Buckets: append([]float64{0}, latencyBuckets[:]...),
 		}, []string{"tenant"}),
 	}
-	for _, c := range []prometheus.Collector{m.queries, m.transactions, m.authFailures, m.startupClosed, m.buffered, m.loginsDelayed,
-		m.clientReceived, m.clientSent, m.queryDuration, m.txDuration, m.poolWait, m.refusals} {
+	m.quota = newQuotaMetrics()
+	for _, c := range append([]prometheus.Collector{m.queries, m.transactions, m.authFailures, m.startupClosed, m.buffered, m.loginsDelayed,
+		m.clientReceived, m.clientSent, m.queryDuration, m.txDuration, m.poolWait, m.refusals}, m.quota.collectors()...) {
 		if err := register(reg, c); err != nil {
 			return nil, err
 		}

@@ -299,7 +299,9 @@ func (s *Server) takeSlot(t *catalog.Tenant, limit int) (*tenantLimits, bool) {
 	}
 	s.perTenant[t.Subdomain]++
 	s.peaks[t.Subdomain] = max(s.peaks[t.Subdomain], s.perTenant[t.Subdomain])
-	return s.limits.join(t), true
+	tl := s.limits.join(t)
+	s.applyQuota(t, tl)
+	return tl, true
 }
 
 // clientCap is the lower of limit and t's own client_connections (0:
@@ -316,6 +318,7 @@ func (s *Server) giveSlot(tenant string) {
 	defer s.mu.Unlock()
 	if s.perTenant[tenant]--; s.perTenant[tenant] <= 0 {
 		delete(s.perTenant, tenant)
+		s.metrics.quota.forget(tenant)
 	}
 	s.limits.leave(tenant)
 }

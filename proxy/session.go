@@ -140,7 +140,7 @@ func (ss *pinnedSession) forwardClient() clientResult {
 			sql := pgwire.Statement(m.Bytes)
 			if reason := ss.srv.policy.Check(sql, ss.rules, policy.SessionMode); reason != "" {
 				err = ss.refuse(&sc, m.Bytes, ss.srv.policy.Explain(sql, reason))
-			} else if over := ss.charge(&sc, m.Type, &charged); over != nil {
+			} else if over := ss.quotaAdmit(&sc, m.Type, m.Bytes, sql, &charged); over != nil {
 				err = ss.refuse(&sc, m.Bytes, over)
 			} else if out, why := ss.rewrite(m.Bytes, ss.idleLimit); why != nil {
 				err = ss.refuse(&sc, m.Bytes, why)
@@ -153,9 +153,10 @@ func (ss *pinnedSession) forwardClient() clientResult {
 				}
 				ss.replies.push(reply{kind: replyReady})
 				ss.queries.Inc()
+				err = ss.quotaAfter(&sc)
 			}
 		case pgwire.Bind:
-			if over := ss.charge(&sc, m.Type, &charged); over != nil {
+			if over := ss.quotaAdmit(&sc, m.Type, m.Bytes, nil, &charged); over != nil {
 				err = ss.refuse(&sc, m.Bytes, over)
 			}
 		case pgwire.Sync:
@@ -182,7 +183,7 @@ func (ss *pinnedSession) forwardClient() clientResult {
 // the first Parse or Bind of a batch there. It returns the error that
 // refuses the message when the tenant is over its rate.
 func (ss *pinnedSession) charge(sc *pgwire.Scanner, typ byte, charged *bool) error {
-	if ss.inTx.Load() || (typ != pgwire.Query && *charged) {
+	if !ss.startsTx(typ, *charged) {
 		return nil
 	}
 	*charged = typ != pgwire.Query
@@ -193,6 +194,13 @@ func (ss *pinnedSession) charge(sc *pgwire.Scanner, typ byte, charged *bool) err
 	// A failed write here is the server's: the refusal that follows fails
 	// to write too, and the session ends with it.
 	return ss.replan(sc)
+}
+
+// startsTx reports whether a message of type typ starts a transaction: a
+// Query outside a transaction block, or the first Parse or Bind of a batch
+// there (charged: the batch took its token already).
+func (ss *pinnedSession) startsTx(typ byte, charged bool) bool {
+	return !ss.inTx.Load() && (typ == pgwire.Query || !charged)
 }
 
 // refuse replaces the current message m by its stand-in.
@@ -243,15 +251,13 @@ func (ss *pinnedSession) backendToClient() backendResult {
 			}
 			continue
 		}
-		last = m.Type
-		if ss.replies.hiding() {
-			if handled, err := hide(&sc, &ss.replies, m.Type); handled || err != nil {
-				if err != nil {
-					return backendResult{own: true, err: err}
-				}
-				continue
+		if ss.replies.hiddenReply(m.Type) {
+			if r, done := ss.dropHiddenReply(&sc, m); done {
+				return r
 			}
+			continue
 		}
+		last = m.Type
 		if m.Type == pgwire.NotificationResponse && ss.channels != "" {
 			if err := relayNotification(&sc, m.Bytes, ss.channels); err != nil {
 				return backendResult{own: true, err: err}

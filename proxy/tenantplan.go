@@ -96,36 +96,6 @@ func (ss *pinnedSession) replan(sc *pgwire.Scanner) error {
 	if !changed {
 		return nil
 	}
-	ss.replies.push(reply{kind: replyHidden})
-	return sc.Write(p.query)
+	return ss.injectSetup(sc, p.query)
 }
 
-// hiding reports whether the server's next replies, up to its next
-// ReadyForQuery, are to a statement of the proxy's own (replyHidden at
-// the head of the queue).
-func (q *replyQueue) hiding() bool {
-	if q.spans.Load() == 0 {
-		return false
-	}
-	q.mu.Lock()
-	defer q.mu.Unlock()
-	return q.head < len(q.q) && q.q[q.head].kind == replyHidden
-}
-
-// hide drops the server's reply m of type typ to the proxy's own
-// statement; its ReadyForQuery ends the hidden replies. Notifications and
-// notices are not the statement's: they go to the client. An error is
-// hidden too, since the client did not send the statement: the SETs fail
-// only inside a failed transaction block the client pipelined past
-// (inTx not yet seen), and the session then keeps its old values until
-// the next change, as it does when such a block rolls the SETs back.
-func hide(sc *pgwire.Scanner, q *replyQueue, typ byte) (handled bool, err error) {
-	switch typ {
-	case pgwire.ReadyForQuery:
-		q.pop()
-	case pgwire.CommandComplete, pgwire.ErrorResponse:
-	default:
-		return false, nil
-	}
-	return true, sc.Discard()
-}

@@ -230,13 +230,17 @@ func (tx *txSession) acquire(typ byte) error {
 		return tx.acquireFailed(typ, err)
 	}
 	tx.times.assigned(start)
+	readOnly := tx.quotaSetup(typ)
+	if readOnly != nil {
+		queries++
+	}
 	if !tx.bind(c, queries) {
 		// Its set-up was never sent: not known to be in any context.
 		tx.backends.ReleaseTx(c, false)
 		err, _ := tx.endReason()
 		return err
 	}
-	tx.out = append(tx.out, setup...)
+	tx.out = append(append(tx.out, setup...), readOnly...)
 	return nil
 }
 
@@ -357,6 +361,8 @@ func (tx *txSession) message(c *pool.Conn, typ byte, refusal string) {
 	var why error
 	if refusal != "" {
 		why = tx.explain(refusal)
+	} else if q := tx.srv.quotaRefusal(tx.tenant, tx.limits, tx.quotaKind(), typ, tx.in); q != nil {
+		why, tx.settings.judged = q, nil
 	} else if in, err := tx.rewrite(tx.in, 0); err != nil {
 		why = err
 	} else {

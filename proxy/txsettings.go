@@ -231,7 +231,9 @@ func (tx *txSession) releaseIdle(c *pool.Conn) {
 		return
 	}
 	tx.mu.Lock()
-	if tx.settings.taint {
+	// A read-only binding (quota.go) leaves the connection's next
+	// transactions read-only: its next holder resets it.
+	if tx.settings.taint || tx.quota.kind() == quotaReadOnly {
 		tx.settings.taint = false
 		c.Retarget(nil)
 	}

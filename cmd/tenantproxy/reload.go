@@ -24,14 +24,14 @@ func settingsOf(fs *pflag.FlagSet) settings {
 // needsRestart reports the settings a running serve cannot change: what
 // was built once at start (the catalog and its keys, the admin listener,
 // the console's SCRAM verifier, the unix socket, the canary bound to the
-// first listen address and its metrics, the peering that cancel keys
-// already handed out name, the bound on tenant labels) or names the file
-// being read.
+// first listen address and its metrics, the storage measuring schedule,
+// the peering that cancel keys already handed out name, the bound on
+// tenant labels) or names the file being read.
 func needsRestart(name string) bool {
 	switch name {
 	case "catalog-dsn", "catalog-cache-ttl", "secrets-key", "secrets-key-file",
 		"admin-listen", "unix-socket", "console-user", "console-password",
-		"isolation-check-interval", "config", "peer-id", "peer", "metrics-tenants", "metrics-rank-interval":
+		"isolation-check-interval", "storage-interval", "config", "peer-id", "peer", "metrics-tenants", "metrics-rank-interval":
 		return true
 	}
 	return false

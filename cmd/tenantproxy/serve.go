@@ -84,6 +84,8 @@ type serveFlags struct {
 	isolationInterval time.Duration
 	// usageInterval is how often serve flushes usage to the catalog.
 	usageInterval time.Duration
+	// storageInterval is how often tenants' storage is measured; 0: never.
+	storageInterval time.Duration
 }
 
 func (f *serveFlags) register(fs *pflag.FlagSet, defaultAuth string) {
@@ -245,6 +247,9 @@ func buildServeCommand(g *globals) (*cobra.Command, *serveFlags) {
 				defer stop()
 			}
 			stopMeter := metering.New(srv.Usage, cat, meterInstance(f.peerID), g.logger).Start(f.usageInterval)
+			if f.storageInterval > 0 {
+				defer metering.StartStorage(cat, f.storageInterval, g.logger)()
+			}
 			lc := &liveConfig{g: g, srv: srv, mgr: mgr, applied: settingsOf(cmd.Flags()), read: reloader(cmd, g)}
 			err = runProxy(ctx, g, f, srv, adm, served, lc.reload)
 			// Drained: what the last sessions did is counted.
@@ -258,6 +263,8 @@ func buildServeCommand(g *globals) (*cobra.Command, *serveFlags) {
 	f.register(cmd.Flags(), proxy.AuthSCRAM)
 	cmd.Flags().DurationVar(&f.usageInterval, "usage-flush-interval", 10*time.Second,
 		"flush tenants' usage (transactions, statements, server time, bytes, peak connections) to the catalog this often, and once more after draining on SIGTERM; a crash loses at most this much; 0 flushes only at shutdown")
+	cmd.Flags().DurationVar(&f.storageInterval, "storage-interval", time.Minute,
+		"measure every tenant's storage this often (one instance of those sharing the catalog measures each round); over its storage_mb a tenant is read-only until back under; 0 disables measuring (figures already stored still apply)")
 	cmd.Flags().DurationVar(&f.isolationInterval, "isolation-check-interval", 0,
 		"run the isolation canary through the proxy this often (violations log as critical and count in tenantproxy_isolation_violations_total); 0 disables")
 	return cmd, f

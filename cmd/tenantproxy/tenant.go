@@ -137,6 +137,7 @@ func newTenantShowCommand(g *globals) *cobra.Command {
 				for _, name := range catalog.LimitNames() {
 					row("limit "+name, t.Limits.Value(name)+" ("+t.Limits.Source[name]+")")
 				}
+				row("storage", describeStorage(t))
 				row("created_at", t.CreatedAt.Format("2006-01-02 15:04:05 MST"))
 				if t.SubscriptionExpiresAt != nil {
 					row("subscription_expires_at", t.SubscriptionExpiresAt.Format("2006-01-02 15:04:05 MST"))
@@ -227,6 +228,25 @@ func parseLimits(flags []string) (map[string]*float64, error) {
 		limits[name] = value
 	}
 	return limits, nil
+}
+
+// describeStorage is the tenant's measured storage against its quota:
+// "12.3 MB of 10 MB (over quota: read-only), measured 2026-…".
+func describeStorage(t *catalog.Tenant) string {
+	if t.StorageBytes == nil || t.StorageMeasuredAt == nil {
+		return "not measured yet"
+	}
+	s := fmt.Sprintf("%.1f MB", float64(*t.StorageBytes)/(1<<20))
+	if t.Limits.StorageMB > 0 {
+		s += fmt.Sprintf(" of %d MB", t.Limits.StorageMB)
+	}
+	switch catalog.StorageQuota(t.StorageBytes, t.Limits.StorageMB) {
+	case catalog.QuotaOver:
+		s += " (over quota: read-only)"
+	case catalog.QuotaWarning:
+		s += " (over 80% of quota)"
+	}
+	return s + ", measured " + t.StorageMeasuredAt.Format("2006-01-02 15:04:05 MST")
 }
 
 // describeLimits is one line of name=value (source).

@@ -88,6 +88,10 @@ const (
 	// configured limit, the session going on; 53300 is what a refused
 	// connection hears, and drivers take it for one).
 	CodeTooManyPinned
+	// CodeReadOnly: a write by a tenant over its storage quota, which is
+	// read-only until back under it (ERROR 25006, as PostgreSQL refuses a
+	// write in a read-only transaction).
+	CodeReadOnly
 
 	// codeCount is the number of codes; it stays last.
 	codeCount
@@ -102,6 +106,8 @@ type Error struct {
 	// Position is the 1-based character position in the statement the
 	// error points at, as PostgreSQL reports it; 0 means none.
 	Position int
+	// Hint is the error's HINT: what the client can do about it.
+	Hint string
 }
 
 func (e *Error) Error() string {

@@ -39,6 +39,7 @@ var codes = [codeCount]row{
 	CodeUnrecognizedSetting:        {"CodeUnrecognizedSetting", "42704", false},
 	CodeInvalidParameterValue:      {"CodeInvalidParameterValue", "22023", false},
 	CodeTooManyPinned:              {"CodeTooManyPinned", "53400", false},
+	CodeReadOnly:                   {"CodeReadOnly", "25006", false},
 }
 
 // rowOf returns c's row; a value outside the enum gets CodeInternal's,
