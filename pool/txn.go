@@ -2,6 +2,7 @@ package pool
 
 import (
 	"context"
+	"crypto/rand"
 	"encoding/binary"
 	"fmt"
 	"strings"
@@ -22,7 +23,7 @@ type TxTarget struct {
 	key string
 	// fromNeutral establishes the context on a connection that carries
 	// none; fromOther first removes another context, in the same Query:
-	// the removal is committed on its own (switchFrom), so if the setup
+	// the removal is committed on its own (committed), so if the setup
 	// proper failed the connection would be left with no tenant context
 	// (RLS and the schema privileges fail closed), never with the previous
 	// tenant's.
@@ -44,21 +45,31 @@ type TxTarget struct {
 // list to the next holder with their text and which SQL EXECUTE could run
 // (DEALLOCATE ALL; their names are digests of the context, so no other
 // context could use them anyway), sequences' currval/lastval (DISCARD
-// SEQUENCES), and the seed of random() (reseed).
-const neutralize = "RESET ROLE; RESET ALL; DEALLOCATE ALL; DISCARD SEQUENCES; " + reseed
+// SEQUENCES), and the seed of random(), which it ends by setting to
+// seedDigits random digits the proxy writes into each switch (fillSeed).
+//
+// setseed() and SET seed (also SET LOCAL seed: the setting reverts, the
+// generator does not) survive RESET ALL and DISCARD ALL, and nothing
+// resets the generator but another seed, so a holder could fix the next
+// holder's random(). SET LOCAL seed seeds it once (PostgreSQL arms the
+// seed only for an interactive SET) and, being LOCAL in the Query's
+// implicit transaction, leaves no setting behind at the COMMIT that
+// follows. A seed the proxy draws costs the server a utility statement;
+// the former SELECT setseed() of a hash of gen_random_uuid() cost a
+// planned SELECT and the server's strong random source: server CPU per
+// switch with a point SELECT behind it, pgbench -c 1 on PG15, median of 6
+// runs of 20,000 on the loaded 2-core VM: 150 µs before, 90 µs with SET
+// LOCAL seed, 110 µs with SELECT setseed(<literal>); the SELECT alone 56.
+const neutralize = "RESET ROLE; RESET ALL; DEALLOCATE ALL; DISCARD SEQUENCES; SET LOCAL seed = 0."
 
-// reseed gives random() a seed nobody chose. setseed() and SET seed (also
-// SET LOCAL seed: the setting reverts, the generator does not) survive
-// RESET ALL and DISCARD ALL, and nothing resets the generator but another
-// setseed, so a holder could fix the next holder's random(). The seed is
-// a 64-bit hash of a UUID from the server's strong random source (122
-// random bits) scaled to [-1, 1]; setseed keeps about 53 bits of it
-// (pg_prng_fseed). Names are qualified: search_path is the serving role's
-// default here, but nothing is left to it. Measured with pgbench on PG15
-// (loaded 2-core VM, best of 7 runs of 5,000): the switch Query with a
-// SELECT 1 went from 57 to 70 µs of server time, most of it this
-// statement (an md5-and-bit-string variant cost twice as much); no round
-// trip is added.
+// seedDigits is how many decimal digits follow neutralize: 16 keep about
+// 53 bits, what setseed keeps of its float8 argument (pg_prng_fseed).
+const seedDigits = 16
+
+// reseed is the session-mode release's seed, drawn by the server: the
+// release runs once per client, not per transaction. The seed is a 64-bit
+// hash of a UUID from the server's strong random source (122 random bits)
+// scaled to [-1, 1]. Names are qualified: nothing is left to search_path.
 const reseed = "SELECT pg_catalog.setseed(pg_catalog.hashtextextended(pg_catalog.gen_random_uuid()::text, 0)::float8 / 9223372036854775807)"
 
 // resetSQL is the session-mode reset: DISCARD ALL (which refuses to run
@@ -66,13 +77,17 @@ const reseed = "SELECT pg_catalog.setseed(pg_catalog.hashtextextended(pg_catalog
 // same write) and the reseed, which DISCARD ALL does not do.
 var resetSQL = []string{"DISCARD ALL", reseed}
 
-// switchFrom starts the Query that moves a connection from one context to
-// another. In a multi-statement Query, a COMMIT ends the implicit
-// transaction: the resets are committed whatever happens to the setup
-// statements after it, which run in a transaction of their own. One Query
-// instead of two saves the server a transaction and a ReadyForQuery on
-// every switch.
-const switchFrom = neutralize + "; COMMIT; "
+// committed ends the neutral part of a switch. In a multi-statement
+// Query, a COMMIT ends the implicit transaction: the resets are committed
+// whatever happens to the setup statements after it, which run in a
+// transaction of their own. Folding both into one block would save the
+// server about 10 µs per switch (the same pgbench), but a failed setup
+// would then leave the block aborted with the RESETs pending, and a
+// client whose first message starts with ROLLBACK would get the previous
+// tenant's context back for the rest of that message, which runs before
+// the proxy closes the connection. One Query instead of two saves the
+// server a ReadyForQuery on every switch.
+const committed = "; COMMIT; "
 
 // MaxStatementsPerConn bounds the protocol-level prepared statements the
 // proxy keeps on one server connection in transaction mode; past it, the
@@ -90,14 +105,32 @@ const MaxStatementsPerConn = 1000
 func NewTxTarget(t Target) *TxTarget {
 	tt := &TxTarget{Target: t, key: setupKey(t.Setup), w: newWaiter()}
 	guarded := "BEGIN;\n" + tt.key + ";\nCOMMIT"
+	neutral := neutralize + strings.Repeat("0", seedDigits)
 	if tt.key != "" {
 		tt.fromNeutral = appendQuery(nil, guarded)
-	}
-	tt.fromOther = appendQuery(nil, switchFrom+guarded)
-	if tt.key == "" {
-		tt.fromOther = appendQuery(nil, neutralize)
+		tt.fromOther = appendQuery(nil, neutral+committed+guarded)
+	} else {
+		tt.fromOther = appendQuery(nil, neutral)
 	}
 	return tt
+}
+
+// seedAt is where the seed's digits start in a TxTarget's fromOther: past
+// the Query's type and length and neutralize.
+const seedAt = 5 + len(neutralize)
+
+// fillSeed writes seedDigits digits from the operating system's random
+// source over the zeros of a switch Query (a copy of fromOther): each switch seeds random() with a value no holder can
+// know. The source is read straight into the Query, which allocates
+// nothing.
+func fillSeed(switchQuery []byte) {
+	digits := switchQuery[seedAt : seedAt+seedDigits]
+	rand.Read(digits[:8]) // never fails (crypto/rand)
+	n := binary.LittleEndian.Uint64(digits[:8])
+	for i := range digits {
+		digits[i] = '0' + byte(n%10)
+		n /= 10
+	}
 }
 
 func setupKey(setup []string) string { return strings.Join(setup, ";\n") }
@@ -152,6 +185,7 @@ func (m *Manager) AcquireTx(ctx context.Context, tt *TxTarget) (c *Conn, setup [
 		if c.context != tt.key && c.context != "" {
 			// The switch deallocates every statement (neutralize).
 			c.inject = append(c.inject, tt.fromOther...)
+			fillSeed(c.inject[len(c.inject)-len(tt.fromOther):])
 			clear(c.statements)
 			queries++
 		} else {

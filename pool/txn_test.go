@@ -108,9 +108,8 @@ func TestAcquireTxFailedSwitchLeavesNoContext(t *testing.T) {
 		t.Fatal(err)
 	}
 	rows, pgErr := receive(t, fe, "setup")
-	// The one row is the reseed's (setseed returns void).
-	if pgErr == nil || pgErr.Code != "22023" || len(rows) != 1 || rows[0][0] != "" {
-		t.Fatalf("setup with a missing role: %v, rows %v; want 22023 and the reseed's empty row only", pgErr, rows)
+	if pgErr == nil || pgErr.Code != "22023" || len(rows) != 0 {
+		t.Fatalf("setup with a missing role: %v, rows %v; want 22023 and no rows", pgErr, rows)
 	}
 	rows, pgErr = receive(t, fe, sql)
 	if pgErr == nil || pgErr.Code != "25P02" || len(rows) != 0 {
@@ -127,6 +126,33 @@ func TestAcquireTxFailedSwitchLeavesNoContext(t *testing.T) {
 	rows, pgErr = receive(t, fe, sql)
 	if want := f.svc + ` "$user", public`; pgErr != nil || len(rows) != 1 || rows[0][0] != want {
 		t.Fatalf("after the aborted setup: %v %v; want the neutral %q", rows, pgErr, want)
+	}
+}
+
+// The switch seeds random() with digits the proxy draws anew each time: a
+// seed the previous holder fixed is gone, and two switches after the same
+// fixed seed give different sequences (a constant seed in the switch would
+// make the next holder's random() as predictable as the holder's own).
+func TestAcquireTxSwitchSeedsRandomAfresh(t *testing.T) {
+	f := newFixture(t)
+	m, _ := newManager(t, pool.Config{MaxConnsPerKey: 1})
+	schema := pool.NewTxTarget(f.target(f.schemaSetup()...))
+	plain := pool.NewTxTarget(f.target("SET application_name = 'other'"))
+	c := acquireTx(t, m, schema)
+	seeded := value(t, c, "SELECT random()::text FROM (SELECT setseed(0.5)) s")
+	m.ReleaseTx(c, true)
+	seen := map[string]bool{}
+	for range 2 {
+		c := acquireTx(t, m, schema)
+		value(t, c, "SELECT setseed(0.5)")
+		m.ReleaseTx(c, true)
+		c = acquireTx(t, m, plain)
+		got := value(t, c, "SELECT random()::text")
+		m.ReleaseTx(c, true)
+		if got == seeded || seen[got] {
+			t.Fatalf("random() after a switch is %s, seen before (after setseed(0.5): %s); want a fresh seed per switch", got, seeded)
+		}
+		seen[got] = true
 	}
 }
 
