@@ -153,7 +153,9 @@ func (ss *pinnedSession) forwardClient() clientResult {
 				}
 				ss.replies.push(reply{kind: replyReady})
 				ss.queries.Inc()
-				err = ss.quotaAfter(&sc)
+				if err == nil {
+					err = ss.quotaAfter(&sc)
+				}
 			}
 		case pgwire.Bind:
 			if over := ss.quotaAdmit(&sc, m.Type, m.Bytes, nil, &charged); over != nil {
