@@ -14,6 +14,7 @@ import (
 	"github.com/jackc/pgx/v5"
 
 	"github.com/tenantproxy/tenantproxy/catalog"
+	"github.com/tenantproxy/tenantproxy/chatapi"
 	"github.com/tenantproxy/tenantproxy/internal/pgcluster"
 	"github.com/tenantproxy/tenantproxy/migrations"
 	"github.com/tenantproxy/tenantproxy/router"
@@ -70,8 +71,8 @@ func startEnv(ctx context.Context, maxConns, n, scale int, progress func(string)
 		return nil, err
 	}
 	e.catalogDSN = cluster.DSN("tenantproxy")
-	progress("migrating the catalog")
-	if _, err := migrations.Up(ctx, e.catalogDSN, migrations.Options{}); err != nil {
+	progress("migrating the catalog with the chat app")
+	if _, err := chatapi.MigrateUp(ctx, e.catalogDSN, migrations.Options{}); err != nil {
 		return nil, fmt.Errorf("migrate: %w", err)
 	}
 	if e.cat, err = catalog.Open(ctx, e.catalogDSN, catalog.Options{}); err != nil {

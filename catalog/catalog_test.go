@@ -18,6 +18,7 @@ import (
 	"go.uber.org/goleak"
 
 	"github.com/tenantproxy/tenantproxy/catalog"
+	"github.com/tenantproxy/tenantproxy/chatapi"
 	"github.com/tenantproxy/tenantproxy/internal/pgcluster"
 	"github.com/tenantproxy/tenantproxy/internal/pgtest"
 	"github.com/tenantproxy/tenantproxy/migrations"
@@ -25,7 +26,7 @@ import (
 
 func TestMain(m *testing.M) { pgtest.RunMain(m) }
 
-// env is a migrated catalog on a private cluster: the serving role and the
+// env is a catalog migrated with the chat app on a private cluster: the serving role and the
 // backend databases are cluster-wide, so catalogs must not share a server.
 type env struct {
 	cluster *pgcluster.Cluster
@@ -38,8 +39,9 @@ func newEnv(t testing.TB) *env {
 	t.Helper()
 	c := pgtest.StartT(t)
 	dsn := pgtest.NewDatabase(t, c)
-	if _, err := migrations.Up(ctxT(t), dsn, migrations.Options{}); err != nil {
-		t.Fatalf("migrate up: %v", err)
+	// With the chat as the catalog's app, so that tenants get tables.
+	if _, err := chatapi.MigrateUp(ctxT(t), dsn, migrations.Options{}); err != nil {
+		t.Fatalf("migrate up --dir %s: %v", chatapi.SchemaDir, err)
 	}
 	e := &env{cluster: c, dsn: dsn, sent: &recordingSender{}}
 	e.cat = openCatalog(t, dsn, e.sent)

@@ -29,6 +29,12 @@
 // catalog directly, except export, which reads through the proxy as the
 // tenant so that it contains exactly what the tenant can see.
 //
+// Schema: the chat's tables are an app's migrations, migrations/, written
+// as for a database of the chat's own and applied to every tier as any
+// adopter's are (tenantproxy migrate up --dir chatapi/migrations); the
+// directory is embedded too (Schema, MigrateUp), so that the demo and the
+// tests' harness apply the same files without a source tree.
+//
 // The routes are documented in openapi.json, served at /openapi.json; a
 // test keeps the two in step.
 //

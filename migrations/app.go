@@ -6,6 +6,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"sort"
@@ -39,7 +40,14 @@ func (m AppMigration) label() string { return fmt.Sprintf("%04d_%s", m.Version, 
 // its up file and a single file carrying goose, sql-migrate or tern up/down
 // markers (which would run the down half on the way up) are errors.
 func ReadAppDir(dir string) ([]AppMigration, error) {
-	entries, err := os.ReadDir(dir)
+	return ReadAppFS(os.DirFS(dir), dir)
+}
+
+// ReadAppFS reads the root of fsys as ReadAppDir reads a directory, so
+// that an app may ship its migrations embedded in its binary (the chat
+// API does: chatapi.Schema); dir names the directory in errors.
+func ReadAppFS(fsys fs.FS, dir string) ([]AppMigration, error) {
+	entries, err := fs.ReadDir(fsys, ".")
 	if err != nil {
 		return nil, fmt.Errorf("migrations: %w", err)
 	}
@@ -57,7 +65,7 @@ func ReadAppDir(dir string) ([]AppMigration, error) {
 		if !ok || err != nil || v <= 0 || name == "" {
 			return nil, fmt.Errorf("migrations: %s: want NNNN_name.up.sql, NNNN_name.down.sql or NNNN_name.sql", filepath.Join(dir, base))
 		}
-		raw, err := os.ReadFile(filepath.Join(dir, base))
+		raw, err := fs.ReadFile(fsys, base)
 		if err != nil {
 			return nil, fmt.Errorf("migrations: %w", err)
 		}

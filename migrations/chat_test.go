@@ -16,12 +16,13 @@ const chatDir = "../chatapi/migrations"
 
 // TestChatDirectoryMatchesTheEmbeddedChat: the chat API's migrations
 // directory, applied in each tier's form as an app's are (tierddl),
-// makes the tables the embedded chat templates made (0001, 0002 and, in
+// makes the tables the chat templates earlier releases embedded made (0001, 0002 and, in
 // the shared tier, 0004's per-tenant ids): the same columns, types,
 // defaults, constraints, indexes, row-level security, policies and
 // grants, and the same id columns declared for per-tenant ids. This is
 // what lets a target that applied the embedded chat record the
-// directory's versions as applied instead of running them again.
+// directory's versions as applied instead of running them again
+// (TestUpgradeAdoptsTheChatOfAnEarlierRelease).
 //
 // Not compared, on purpose: the position of the shared tier's tenant_id
 // column (first in the templates, last from tierddl), which only SELECT *
@@ -65,7 +66,7 @@ func TestChatDirectoryMatchesTheEmbeddedChat(t *testing.T) {
 		{migrations.KindSchema, "chat_tenant", "schema_embedded", "schema_app"},
 	} {
 		shapes := map[string]string{}
-		for db, opts := range map[string]migrations.Options{tier.embedded: {}, tier.asApp: {Migrations: asApp}} {
+		for db, opts := range map[string]migrations.Options{tier.embedded: {Migrations: migrations.LegacyChat}, tier.asApp: {Migrations: asApp}} {
 			conn := connect(t, c.DSN(db))
 			if tier.kind == migrations.KindSchema {
 				if _, err := conn.Exec(ctx, "CREATE SCHEMA chat_tenant AUTHORIZATION chat_tenant"); err != nil {

@@ -1,18 +1,18 @@
 // Package migrations owns every table tenantproxy creates and the runner that
-// applies them. The SQL is embedded, so a binary carries exactly the schema it
-// was built with.
+// applies them, and the runner of an app's own migrations. The proxy's SQL
+// is embedded, so a binary carries exactly the schema it was built with.
 //
 //   - control/*.sql is the catalog (backends, tenants, tenant_users with
 //     their people and service logins, outbox) in the control database.
-//   - tenant/*.sql is the chat data model, written once as text/template and
-//     rendered in three forms (For): KindShared adds a tenant_id column that
-//     defaults to the tenant GUC plus forced, fail-closed RLS; KindSchema
-//     creates the objects in the tenant's schema as the tenant's role;
-//     KindDatabase creates them in the tenant's own database, logged in as
-//     the tenant's own login role (OwnDatabase), so that the tenant owns
-//     them and nothing it plants there runs as the admin role. Shared and
-//     database forms grant DML to the serving role (in the database tier a
-//     leftover: the serving role may no longer connect there).
+//   - Tenant targets get no embedded migrations: the proxy's tables there
+//     are proxytables.go's, and everything else is the app's (below). The
+//     chat is one such app, whose migrations live with the chat API
+//     (chatapi/migrations).
+//   - legacychat/*.sql is the chat as releases before it became an app
+//     embedded it, written once as text/template and rendered per tier,
+//     frozen: migrate up reads it to recognise a target those releases
+//     migrated and records its chat as the chat app's versions
+//     (legacychat.go), never to give a new target the chat.
 //
 // Every target (the control database, each backend's shared database, each
 // tenant schema, each tenant database) keeps its own schema_migrations table
@@ -31,7 +31,8 @@
 // then fails its target with a LockTimeoutError (locks.go).
 //
 // The adopter's own migrations (app.go, apprun.go) are a second set,
-// numbered independently: ReadAppDir reads a directory of NNNN_name.up.sql
+// numbered independently: ReadAppDir (or ReadAppFS, for a directory
+// embedded in a binary) reads a directory of NNNN_name.up.sql
 // (or NNNN_name.sql) and NNNN_name.down.sql files, StoreApp keeps them as
 // written in the catalog's app_migrations (a stored version's up SQL never
 // changes: AppChangedError), and every tenant target applies the stored

@@ -173,7 +173,10 @@ func Up(ctx context.Context, controlDSN string, opts Options) (*Report, error) {
 	rep := run(ctx, control, targets, opts, true, func(ctx context.Context, db DB, t Target, opts Options) Result {
 		n, err := ApplyWith(ctx, db, t, opts)
 		r := Result{Target: t, Applied: n, Err: err}
-		if err == nil {
+		if r.Err == nil {
+			r.Err = adoptLegacyChat(ctx, db, t, set, opts)
+		}
+		if r.Err == nil {
 			r.Version, r.Err = Version(ctx, db, t)
 		}
 		if r.Err == nil {

@@ -17,8 +17,9 @@ import (
 	"github.com/tenantproxy/tenantproxy/migrations"
 )
 
-// alterMessages is a release's migration that alters the chat model's
-// messages table, which in the shared tier holds every tenant's messages.
+// alterMessages is a migration of the proxy's that alters a busy shared
+// table: the chat's messages (chatCatalog's app), which in the shared
+// tier holds every tenant's messages.
 var alterMessages = migrations.Migration{
 	Version:  1000,
 	Name:     "messages_lock_probe",
@@ -142,7 +143,7 @@ func sharedState(t *testing.T, c *pgcluster.Cluster) (recorded, column bool) {
 // behind its ACCESS EXCLUSIVE request: it times out, rolls back, reports
 // the retry, and completes once the holder commits.
 func TestMigrationBehindATenantsLockDoesNotStallOtherSessions(t *testing.T) {
-	c, dsn := freshCatalog(t)
+	c, dsn := chatCatalog(t)
 	commit := holdAccessShare(t, c)
 	rec := newRetries(300*time.Millisecond, 1000)
 
@@ -223,8 +224,12 @@ func TestMigrationBehindATenantsLockDoesNotStallOtherSessions(t *testing.T) {
 // migration applied, the other targets are migrated, and the next run
 // completes the shared target.
 func TestMigrationBehindATenantsLockFailsOnlyThatTarget(t *testing.T) {
-	c, dsn := freshCatalog(t)
+	c, dsn := chatCatalog(t)
 	ids := seedSchemaTenants(t, c, dsn, "held", 2)
+	// The tenants get the chat's tables, which alterMessages alters.
+	if _, err := migrations.Up(ctxT(t), dsn, migrations.Options{}); err != nil {
+		t.Fatal(err)
+	}
 	commit := holdAccessShare(t, c)
 	rec := newRetries(100*time.Millisecond, 2)
 

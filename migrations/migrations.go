@@ -19,7 +19,7 @@ import (
 	"github.com/tenantproxy/tenantproxy/migrations/tierddl"
 )
 
-//go:embed control/*.sql tenant/*.sql
+//go:embed control/*.sql legacychat/*.sql
 var files embed.FS
 
 // Names every backend shares. They are fixed rather than configurable so
@@ -43,8 +43,9 @@ const (
 // Kind says what a migration target is and which set of migrations it gets.
 type Kind string
 
-// The four kinds of target. The last three get the same chat model rendered
-// in their tier's form.
+// The four kinds of target. The last three are tenant targets: the proxy
+// embeds no migrations for them (its tables there are proxytables.go's);
+// they get the app's migrations (app.go) in their tier's form.
 const (
 	KindControl  Kind = "control"
 	KindShared   Kind = "shared"
@@ -62,23 +63,15 @@ type Migration struct {
 	Checksum string
 }
 
-// sets renders every kind's migrations once; the templates are embedded, so
-// a rendering error is a bug in this package and every caller sees it.
+// sets reads the control migrations once; they are embedded, so an error
+// is a bug in this package and every caller sees it. Tenant targets get
+// no embedded migrations: what they hold is the app's (app.go).
 var sets = sync.OnceValues(func() (map[Kind][]Migration, error) {
-	out := map[Kind][]Migration{}
 	control, err := load("control", nil)
 	if err != nil {
 		return nil, err
 	}
-	out[KindControl] = control
-	for _, k := range []Kind{KindShared, KindSchema, KindDatabase} {
-		ms, err := load("tenant", tenantFuncs(k))
-		if err != nil {
-			return nil, err
-		}
-		out[k] = ms
-	}
-	return out, nil
+	return map[Kind][]Migration{KindControl: control, KindShared: nil, KindSchema: nil, KindDatabase: nil}, nil
 })
 
 // For returns the migrations a target of kind k gets, in version order.
@@ -137,7 +130,7 @@ func load(dir string, funcs template.FuncMap) ([]Migration, error) {
 	return ms, nil
 }
 
-// tenantFuncs are the template markers of tenant/*.sql for one tier. Only the
+// tenantFuncs are the template markers of legacychat/*.sql for one tier. Only the
 // shared tier has a tenant column and RLS; the schema tier's objects are
 // owned by the tenant's role, so only the other two grant to the serving role.
 func tenantFuncs(k Kind) template.FuncMap {

@@ -12,6 +12,7 @@ import (
 
 	"github.com/jackc/pgx/v5"
 
+	"github.com/tenantproxy/tenantproxy/chatapi"
 	"github.com/tenantproxy/tenantproxy/internal/pgcluster"
 	"github.com/tenantproxy/tenantproxy/internal/pgtest"
 	"github.com/tenantproxy/tenantproxy/migrations"
@@ -36,12 +37,25 @@ func connect(t testing.TB, dsn string) *pgx.Conn {
 }
 
 // freshCatalog starts a private cluster (the serving role and backend
-// databases are cluster-wide) and returns its control DSN, migrated.
+// databases are cluster-wide) and returns its control DSN, migrated, with
+// no app stored.
 func freshCatalog(t testing.TB) (*pgcluster.Cluster, string) {
+	t.Helper()
+	return newCatalog(t, migrations.Up)
+}
+
+// chatCatalog is freshCatalog with the chat stored as its app (migrate up
+// --dir chatapi/migrations), for tests that need tables to lock and fill.
+func chatCatalog(t testing.TB) (*pgcluster.Cluster, string) {
+	t.Helper()
+	return newCatalog(t, chatapi.MigrateUp)
+}
+
+func newCatalog(t testing.TB, up func(context.Context, string, migrations.Options) (*migrations.Report, error)) (*pgcluster.Cluster, string) {
 	t.Helper()
 	c := pgtest.StartT(t)
 	dsn := pgtest.NewDatabase(t, c)
-	if _, err := migrations.Up(ctxT(t), dsn, migrations.Options{}); err != nil {
+	if _, err := up(ctxT(t), dsn, migrations.Options{}); err != nil {
 		t.Fatalf("migrate up: %v", err)
 	}
 	return c, dsn
@@ -153,34 +167,6 @@ func TestUpOnEmptyCatalogRegistersMainWithServingRole(t *testing.T) {
 	}
 }
 
-func TestTenantModelRendersThreeForms(t *testing.T) {
-	shared, err := migrations.For(migrations.KindShared)
-	if err != nil {
-		t.Fatal(err)
-	}
-	schema, _ := migrations.For(migrations.KindSchema)
-	database, _ := migrations.For(migrations.KindDatabase)
-	if len(shared) == 0 || len(shared) != len(schema) || len(schema) != len(database) {
-		t.Fatalf("forms have %d, %d, %d migrations; want the same non-zero count", len(shared), len(schema), len(database))
-	}
-	for i := range shared {
-		s, sc, d := shared[i].SQL, schema[i].SQL, database[i].SQL
-		if !strings.Contains(sc, "CREATE TABLE") {
-			// A migration of existing tables (0004: the shared tier's ids).
-			continue
-		}
-		if !strings.Contains(s, "FORCE ROW LEVEL SECURITY") || !strings.Contains(s, "tenant_id text NOT NULL DEFAULT NULLIF(current_setting('app.tenant_id', true), '')") {
-			t.Errorf("shared %d lacks forced RLS or the tenant column", shared[i].Version)
-		}
-		if strings.Contains(sc, "tenant_id") || strings.Contains(sc, "GRANT") || strings.Contains(sc, "POLICY") {
-			t.Errorf("schema %d has tenant_id, GRANT or POLICY; its tenant role owns the tables", schema[i].Version)
-		}
-		if strings.Contains(d, "tenant_id") || !strings.Contains(d, "GRANT SELECT, INSERT, UPDATE, DELETE") {
-			t.Errorf("database %d: want no tenant_id and a grant to the serving role", database[i].Version)
-		}
-	}
-}
-
 func TestEditedAppliedMigrationIsRefused(t *testing.T) {
 	c := pgtest.Shared(t)
 	ctx := ctxT(t)
@@ -200,7 +186,7 @@ func TestEditedAppliedMigrationIsRefused(t *testing.T) {
 }
 
 func TestConcurrentUpMigratesEachTargetExactlyOnce(t *testing.T) {
-	c, dsn := freshCatalog(t)
+	c, dsn := chatCatalog(t)
 	ids := seedSchemaTenants(t, c, dsn, "conc", 40)
 
 	var wg sync.WaitGroup
@@ -218,35 +204,40 @@ func TestConcurrentUpMigratesEachTargetExactlyOnce(t *testing.T) {
 	applied := map[string]int{}
 	for _, rep := range reps {
 		for _, r := range rep.Results {
-			applied[r.Target.String()] += r.Applied
-			if r.Version != r.Latest {
-				t.Errorf("%s at version %d after up; want %d", r.Target, r.Version, r.Latest)
+			if r.App != nil {
+				applied[r.Target.String()] += r.App.Applied
+			}
+			if r.App != nil && r.App.Drifted() {
+				t.Errorf("%s after up: %s; want up to date", r.Target, r.App.State())
 			}
 		}
 	}
-	latest, _ := migrations.For(migrations.KindSchema)
+	chat, err := chatapi.Schema()
+	if err != nil {
+		t.Fatal(err)
+	}
 	conn := connect(t, c.DSN(migrations.SchemaDatabase))
 	for _, id := range ids {
 		var rows int
-		if err := conn.QueryRow(ctxT(t), "SELECT count(*) FROM "+pgx.Identifier{migrations.ProxySchema, "tenant_" + id + "_schema_migrations"}.Sanitize()).Scan(&rows); err != nil {
+		if err := conn.QueryRow(ctxT(t), "SELECT count(*) FROM "+pgx.Identifier{migrations.ProxySchema, "tenant_" + id + "_app_schema_migrations"}.Sanitize()).Scan(&rows); err != nil {
 			t.Fatal(err)
 		}
-		if rows != len(latest) {
-			t.Errorf("tenant %s has %d schema_migrations rows; want %d", id, rows, len(latest))
+		if rows != len(chat) {
+			t.Errorf("tenant %s has %d app_schema_migrations rows; want %d", id, rows, len(chat))
 		}
 	}
 	for target, n := range applied {
-		if strings.HasPrefix(target, "tenant ") && n != len(latest) {
-			t.Errorf("%s: the two runs applied %d migrations together; want exactly %d", target, n, len(latest))
+		if strings.HasPrefix(target, "tenant ") && n != len(chat) {
+			t.Errorf("%s: the two runs applied %d app migrations together; want exactly %d", target, n, len(chat))
 		}
 	}
-	if len(applied) != len(ids)+2 {
-		t.Errorf("reports name %d targets; want %d tenants + shared + control", len(applied), len(ids))
+	if len(applied) != len(ids)+1 {
+		t.Errorf("reports name %d tenant targets; want %d tenants + shared", len(applied), len(ids)+1)
 	}
 }
 
 func TestUpReportsAFailingTenantAndMigratesTheOthers(t *testing.T) {
-	c, dsn := freshCatalog(t)
+	c, dsn := chatCatalog(t)
 	ids := seedSchemaTenants(t, c, dsn, "part", 5)
 	broken := ids[2]
 	if err := c.Exec(ctxT(t), migrations.SchemaDatabase, "DROP SCHEMA "+pgx.Identifier{"tenant_" + broken}.Sanitize()); err != nil {
@@ -271,18 +262,18 @@ func TestUpReportsAFailingTenantAndMigratesTheOthers(t *testing.T) {
 		t.Fatalf("status: err=%v results=%d; want %d results", err, len(st.Results), len(ids)+2)
 	}
 	for _, r := range st.Results {
-		if behind := r.Version != r.Latest; behind != (r.Target.Tenant == broken) {
-			t.Errorf("status %s: version %d of %d; want only %s behind", r.Target, r.Version, r.Latest, broken)
+		if behind := r.App != nil && r.App.Drifted(); behind != (r.Target.Tenant == broken) {
+			t.Errorf("status %s: app %+v; want only %s behind", r.Target, r.App, broken)
 		}
 	}
 }
 
 // BenchmarkUp500SchemaTenants times `migrate up` over 500 schema-tier
-// tenants that each need every tenant migration. Run it once:
+// tenants that each need every version of the stored app (the chat). Run it once:
 //
 //	go test ./migrations -run '^$' -bench Up500 -benchtime 1x
 func BenchmarkUp500SchemaTenants(b *testing.B) {
-	c, dsn := freshCatalog(b)
+	c, dsn := chatCatalog(b)
 	i := 0
 	for b.Loop() {
 		b.StopTimer()
@@ -330,7 +321,8 @@ func TestConcurrentUpOnAnEmptyCatalogRegistersMainOnce(t *testing.T) {
 	}
 }
 
-// TestSharedTierIDsBecomePerTenant: migration 0004 moves the shared tier's
+// TestSharedTierIDsBecomePerTenant: the chat's migration 0004 of earlier
+// releases (which an upgrade applies where they left it out) moves the shared tier's
 // id columns from sequences every tenant shares (whose gaps counted other
 // tenants' inserts) to per-tenant ones, each tenant continuing past its
 // highest id, a new tenant starting at 1.
@@ -342,7 +334,7 @@ func TestSharedTierIDsBecomePerTenant(t *testing.T) {
 	}
 	conn := connect(t, c.DSN("adopt"))
 	target := migrations.Target{Kind: migrations.KindShared, Backend: migrations.MainBackend, Database: "adopt"}
-	all, err := migrations.For(migrations.KindShared)
+	all, err := migrations.LegacyChat(migrations.KindShared)
 	if err != nil {
 		t.Fatal(err)
 	}

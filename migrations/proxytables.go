@@ -132,6 +132,14 @@ func prepareProxyTables(ctx context.Context, db DB, t Target, login string) erro
 		if err := t.createCanary(ctx, tx); err != nil {
 			return err
 		}
+		if t.Kind == KindShared {
+			// The per-tenant id function, which the app's shared tables
+			// name, is there from the first migrate up on, as it was when
+			// the proxy's own migrations made the first tables.
+			if _, err := tx.Exec(ctx, tierddl.Bootstrap()); err != nil {
+				return err
+			}
+		}
 		grants := "GRANT SELECT, INSERT, DELETE ON " + t.proxyTable(canaryTable) + " TO " + role
 		if t.Kind == KindDatabase {
 			grants += "; GRANT SELECT, INSERT, DELETE ON " + t.proxyTable(embeddedLedger) + ", " + t.proxyTable(appLedger) + " TO " + role

@@ -16,11 +16,8 @@ import (
 	"go.uber.org/zap"
 	"go.uber.org/zap/zaptest"
 
-	"github.com/tenantproxy/tenantproxy/catalog"
 	"github.com/tenantproxy/tenantproxy/chatapi"
 	"github.com/tenantproxy/tenantproxy/internal/pgcluster"
-	"github.com/tenantproxy/tenantproxy/internal/pgtest"
-	"github.com/tenantproxy/tenantproxy/migrations"
 	"github.com/tenantproxy/tenantproxy/pool"
 	"github.com/tenantproxy/tenantproxy/proxy"
 )
@@ -64,21 +61,11 @@ func newChatEnv(t *testing.T, o chatEnvOptions) *chatEnv {
 	if o.maxConnections != "" {
 		opts.Conf = map[string]string{"max_connections": o.maxConnections}
 	}
-	c := pgtest.StartT(t, opts)
-	dsn := pgtest.NewDatabase(t, c)
-	ctx := ctxT(t)
-	if _, err := migrations.Up(ctx, dsn, migrations.Options{}); err != nil {
-		t.Fatalf("migrate up: %v", err)
-	}
+	c, _, cat := newChatCatalog(t, opts)
 	log := zap.NewNop()
 	if !o.quiet {
 		log = zaptest.NewLogger(t)
 	}
-	cat, err := catalog.Open(ctx, dsn, catalog.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(cat.Close)
 	mgr, err := pool.NewManager(pool.Config{MaxConnsPerKey: o.poolPerKey}, log)
 	if err != nil {
 		t.Fatal(err)

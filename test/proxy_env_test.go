@@ -15,6 +15,7 @@ import (
 	"go.uber.org/zap/zaptest"
 
 	"github.com/tenantproxy/tenantproxy/catalog"
+	"github.com/tenantproxy/tenantproxy/chatapi"
 	"github.com/tenantproxy/tenantproxy/internal/pgcluster"
 	"github.com/tenantproxy/tenantproxy/internal/pgtest"
 	"github.com/tenantproxy/tenantproxy/migrations"
@@ -59,17 +60,8 @@ func newProxyEnv(t testing.TB) *proxyEnv {
 // configuration of the caller's choosing.
 func newProxyEnvWith(t testing.TB, opts pgcluster.Options, poolCfg pool.Config) *proxyEnv {
 	t.Helper()
-	c := pgtest.StartT(t, opts)
-	dsn := pgtest.NewDatabase(t, c)
+	c, dsn, cat := newChatCatalog(t, opts)
 	ctx := ctxT(t)
-	if _, err := migrations.Up(ctx, dsn, migrations.Options{}); err != nil {
-		t.Fatalf("migrate up: %v", err)
-	}
-	cat, err := catalog.Open(ctx, dsn, catalog.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(cat.Close)
 	for _, tt := range tierTenants {
 		if _, err := cat.Create(ctx, catalog.CreateRequest{Subdomain: tt.sub, Plan: tt.plan, Tier: tt.tier, AdminUser: "alice", AdminPassword: tenantPassword}); err != nil {
 			t.Fatalf("create tenant %s: %v", tt.sub, err)
@@ -81,6 +73,26 @@ func newProxyEnvWith(t testing.TB, opts pgcluster.Options, poolCfg pool.Config) 
 	}
 	t.Cleanup(func() { mgr.Close() })
 	return &proxyEnv{cluster: c, cat: cat, pool: mgr, catalogDSN: dsn}
+}
+
+// newChatCatalog starts a private cluster with a catalog migrated as an
+// operator serving the chat migrates it (migrate up --dir
+// chatapi/migrations), so that every tenant created in it gets the chat's
+// tables, and opens the catalog.
+func newChatCatalog(t testing.TB, opts pgcluster.Options) (*pgcluster.Cluster, string, *catalog.Catalog) {
+	t.Helper()
+	c := pgtest.StartT(t, opts)
+	dsn := pgtest.NewDatabase(t, c)
+	ctx := ctxT(t)
+	if _, err := chatapi.MigrateUp(ctx, dsn, migrations.Options{}); err != nil {
+		t.Fatalf("migrate up --dir %s: %v", chatapi.SchemaDir, err)
+	}
+	cat, err := catalog.Open(ctx, dsn, catalog.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(cat.Close)
+	return c, dsn, cat
 }
 
 // startProxy is StartProxy over e's catalog and pool.

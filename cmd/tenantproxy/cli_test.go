@@ -4,11 +4,15 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"fmt"
 	"strings"
 	"testing"
 
+	"github.com/jackc/pgx/v5"
+
 	"github.com/tenantproxy/tenantproxy/catalog"
 	"github.com/tenantproxy/tenantproxy/internal/pgtest"
+	"github.com/tenantproxy/tenantproxy/migrations"
 )
 
 func TestMain(m *testing.M) { pgtest.RunMain(m) }
@@ -27,6 +31,49 @@ func cliOutputs(t *testing.T, args ...string) (string, string, error) {
 	var out, errOut bytes.Buffer
 	err := run(context.Background(), append(args, "--log-level", "warn"), &out, &errOut)
 	return out.String(), errOut.String(), err
+}
+
+// chatDir is the chat's migrations, the directory an operator serving
+// the chat passes to migrate up --dir.
+const chatDir = "../../chatapi/migrations"
+
+// migrateChat migrates the catalog TENANTPROXY_CATALOG_DSN names with the
+// chat as its app, as an operator would, so that the tenants created
+// afterwards get the chat's tables.
+func migrateChat(t *testing.T) string {
+	t.Helper()
+	return mustCLI(t, "migrate", "up", "--dir", chatDir)
+}
+
+// storedApp lists the app versions the catalog at dsn stores, as
+// "version:checksum" lines.
+func storedApp(t *testing.T, dsn string) string {
+	t.Helper()
+	conn, err := pgx.Connect(context.Background(), dsn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close(context.Background())
+	var out string
+	if err := conn.QueryRow(context.Background(),
+		"SELECT coalesce(string_agg(version || ':' || checksum, E'\n' ORDER BY version), '') FROM app_migrations").Scan(&out); err != nil {
+		t.Fatal(err)
+	}
+	return out
+}
+
+// dirApp is storedApp's listing of the migrations directory dir.
+func dirApp(t *testing.T, dir string) string {
+	t.Helper()
+	ms, err := migrations.ReadAppDir(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	lines := make([]string, len(ms))
+	for i, m := range ms {
+		lines[i] = fmt.Sprintf("%d:%s", m.Version, m.Checksum)
+	}
+	return strings.Join(lines, "\n")
 }
 
 func mustCLI(t *testing.T, args ...string) string {

@@ -18,6 +18,7 @@ import (
 	"github.com/tenantproxy/tenantproxy/admin"
 	"github.com/tenantproxy/tenantproxy/catalog"
 	"github.com/tenantproxy/tenantproxy/catalog/secrets"
+	"github.com/tenantproxy/tenantproxy/chatapi"
 	"github.com/tenantproxy/tenantproxy/internal/pgcluster"
 	"github.com/tenantproxy/tenantproxy/migrations"
 	"github.com/tenantproxy/tenantproxy/proxy"
@@ -43,9 +44,10 @@ func newDemoCommand(g *globals) *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "demo",
 		Short: "Start a throwaway PostgreSQL, demo tenants in all three tiers and the proxy; print what to try",
-		Long: "Starts PostgreSQL from local binaries in a temporary directory, migrates a catalog, provisions\n" +
-			"demo tenants in the shared, schema and database tiers with sample chat data, serves the proxy\n" +
-			"and prints psql and curl lines to try. Ctrl-C stops everything and removes every file.",
+		Long: "Starts PostgreSQL from local binaries in a temporary directory, migrates a catalog with the chat\n" +
+			"app's migrations (as migrate up --dir chatapi/migrations), provisions demo tenants in the shared,\n" +
+			"schema and database tiers with sample chat data, serves the proxy and prints psql and curl lines\n" +
+			"to try. Ctrl-C stops everything and removes every file.",
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			return demo(cmd.Context(), g, f, cmd.OutOrStdout())
@@ -80,9 +82,13 @@ func demo(ctx context.Context, g *globals, f *serveFlags, out io.Writer) (err er
 	if err != nil {
 		return err
 	}
-	if _, err := migrations.Up(ctx, catalogDSN, migrations.Options{Logger: g.logger, Secrets: keys}); err != nil {
+	// The chat is an app like any adopter's: its migrations are stored in
+	// the catalog and applied as `migrate up --dir chatapi/migrations`
+	// does, before the tenants are created, which so get its tables.
+	if _, err := chatapi.MigrateUp(ctx, catalogDSN, migrations.Options{Logger: g.logger, Secrets: keys}); err != nil {
 		return fmt.Errorf("migrate: %w", err)
 	}
+	fmt.Fprintf(out, "catalog migrated; the chat app's schema stored in it (migrate up --dir %s) …\n", chatapi.SchemaDir)
 	fmt.Fprintln(out, "catalog secrets sealed with a throwaway AES-256-GCM key (README: Security) …")
 	cat, err := catalog.Open(ctx, catalogDSN, catalog.Options{Logger: g.logger, Secrets: keys})
 	if err != nil {
@@ -217,6 +223,7 @@ func printDemo(out io.Writer, cluster *pgcluster.Cluster, cat demoCatalog, addr 
 	b.WriteString("\nEvery CLI command works on this demo's catalog (its secrets key included), e.g.:\n")
 	fmt.Fprintf(&b, "  export TENANTPROXY_CATALOG_DSN='%s' TENANTPROXY_SECRETS_KEY='%s'\n", cat.dsn, cat.key)
 	b.WriteString("  go run ./cmd/tenantproxy tenant list\n  go run ./cmd/tenantproxy migrate status\n")
+	fmt.Fprintf(&b, "  go run ./cmd/tenantproxy migrate up --dir %s   (what the demo ran: the chat is an app like yours)\n", chatapi.SchemaDir)
 	b.WriteString("  go run ./cmd/tenantproxy tenant update acme --limit transactions_per_second=50\n  go run ./cmd/tenantproxy usage    (flushed every 10 s)\n")
 	b.WriteString("\nCtrl-C stops the demo and removes everything.\n")
 	io.WriteString(out, b.String())

@@ -76,6 +76,17 @@ func TestDemoServesEveryTierAndCleansUp(t *testing.T) {
 		t.Fatalf("initech sees %q; want its two sample messages only", bodies)
 	}
 
+	// The chat's tables came from the chat app stored in the catalog, the
+	// directory an adopter would pass to migrate up --dir.
+	dsn := regexp.MustCompile(`export TENANTPROXY_CATALOG_DSN='([^']+)'`).FindStringSubmatch(out)
+	if dsn == nil || !strings.Contains(out, "migrate up --dir chatapi/migrations") {
+		t.Fatalf("no catalog DSN or migrate up --dir line in:\n%s", out)
+	}
+	stored := storedApp(t, dsn[1])
+	if want := dirApp(t, chatDir); stored != want {
+		t.Fatalf("the demo's catalog stores app versions %s; want the chat directory's %s", stored, want)
+	}
+
 	// The chat API's printed curl lines: acme's login, whose token the
 	// next lines send; acme's /me by header; the same token refused on
 	// hooli; and an operator export with the printed token.

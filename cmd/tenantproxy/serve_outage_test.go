@@ -123,7 +123,7 @@ func TestServeWaitsForTheCatalogAndOutlivesItsOutage(t *testing.T) {
 	}
 
 	t.Setenv("TENANTPROXY_CATALOG_DSN", dsn)
-	mustCLI(t, "migrate", "up")
+	migrateChat(t)
 	mustCLI(t, "tenant", "create", "acme", "--plan", "free", "--admin-user", "alice", "--admin-password", "correct-horse")
 	clientDSN := "postgres://alice.acme:correct-horse@" + listen + "/chat?sslmode=disable"
 	deadline = time.Now().Add(30 * time.Second)

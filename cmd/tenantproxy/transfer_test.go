@@ -128,7 +128,7 @@ func readManifest(t *testing.T, path string) catalog.Manifest {
 }
 
 // TestTenantExportDeleteImportRoundTrip exports a shared-tier tenant with
-// the todos app and chat's tables, deletes it (which the audit log
+// the todos app's tables, deletes it (which the audit log
 // records, with its row counts), imports the export under the same name
 // and into the database tier, and exports again: every table's count and
 // checksum are equal, and ids continue.
@@ -142,8 +142,8 @@ func TestTenantExportDeleteImportRoundTrip(t *testing.T) {
 	first, again, moved := filepath.Join(dir, "acme.tar"), filepath.Join(dir, "acme-again.tar"), filepath.Join(dir, "acme-db.tar")
 	mustCLI(t, "tenant", "export", "acme", "--out", first)
 	before := readManifest(t, first)
-	if i := tableIndex(before, "todos"); i < 0 || before.Tables[i].Rows != 2572 || tableIndex(before, "messages") < 0 {
-		t.Fatalf("export of acme: tables %+v; want todos with 2572 rows and chat's messages", before.Tables)
+	if i := tableIndex(before, "todos"); i < 0 || before.Tables[i].Rows != 2572 || tableIndex(before, "todo_tags") < 0 {
+		t.Fatalf("export of acme: tables %+v; want todos with 2572 rows and todo_tags", before.Tables)
 	}
 	for _, c := range before.Tables[tableIndex(before, "todos")].Columns {
 		if c.Name == "tenant_id" {
