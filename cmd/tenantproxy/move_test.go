@@ -16,7 +16,7 @@ import (
 func TestMoveCommands(t *testing.T) {
 	main := pgtest.StartT(t)
 	t.Setenv("TENANTPROXY_CATALOG_DSN", pgtest.NewDatabase(t, main))
-	mustCLI(t, "migrate", "up")
+	migrateChat(t)
 	mustCLI(t, "tenant", "create", "acme", "--plan", "free", "--admin-password", flagsPassword)
 	shared, err := pgx.Connect(context.Background(), main.DSN(shownMoved(t, "acme").Database))
 	if err != nil {

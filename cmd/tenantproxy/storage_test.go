@@ -17,7 +17,7 @@ import (
 func TestServeMeasuresStorageOnSchedule(t *testing.T) {
 	dsn := pgtest.NewDatabase(t, pgtest.Shared(t))
 	t.Setenv("TENANTPROXY_CATALOG_DSN", dsn)
-	mustCLI(t, "migrate", "up")
+	migrateChat(t)
 	mustCLI(t, "tenant", "create", "acme", "--plan", "free")
 	mustCLI(t, "tenant", "create", "globex", "--plan", "standard")
 	if out := mustCLI(t, "tenant", "show", "globex"); !strings.Contains(out, "not measured yet") {
