@@ -57,15 +57,15 @@ func TestCreateExtensionIfNotExistsOfAnAllowedExtension(t *testing.T) {
 	}
 }
 
-// TestSelfTerminateInTheDatabaseTiersSessionMode: a database-tier
-// session-mode session ending itself with
-// pg_terminate_backend(pg_backend_pid()) gets PostgreSQL's FATAL 57P01 and
-// its connection closed, as directly, and the tenant's next session works.
-// The tenant's login role is the only one granted the function in its
-// database, and signals only its own sessions. Every other tier, and
-// transaction mode (the server connection is the pool's), refuse it with
+// TestSelfTerminateInTheDatabaseTier: a database-tier session ending
+// itself with pg_terminate_backend(pg_backend_pid()) gets PostgreSQL's
+// FATAL 57P01 and its connection closed, as directly, and the tenant's
+// next session works: in session mode from the server (the tenant's login
+// role is the only one granted the function in its database, and signals
+// only its own sessions), in transaction mode from the proxy, which never
+// sends it to the pool's connection. Every other tier refuses it with
 // 42501, as any other pg_terminate_backend.
-func TestSelfTerminateInTheDatabaseTiersSessionMode(t *testing.T) {
+func TestSelfTerminateInTheDatabaseTier(t *testing.T) {
 	e := newProxyEnv(t)
 	const q = "SELECT pg_terminate_backend(pg_backend_pid())"
 	for _, mode := range []string{proxy.PoolSession, proxy.PoolTransaction} {
@@ -73,7 +73,7 @@ func TestSelfTerminateInTheDatabaseTiersSessionMode(t *testing.T) {
 		for _, tt := range tierTenants {
 			c := connect(t, dsn(addr, "alice."+tt.sub, tenantPassword))
 			_, err := c.Exec(ctxT(t), q)
-			if tt.tier != catalog.TierDatabase || mode != proxy.PoolSession {
+			if tt.tier != catalog.TierDatabase {
 				if sqlstateOf(err) != "42501" {
 					t.Errorf("%s, %s mode: %s: %v; want 42501", tt.sub, mode, q, err)
 				}

@@ -56,8 +56,9 @@ func asSingleTenant(dump string, tier catalog.Tier, schema string) string {
 		var rows strings.Builder
 		for _, r := range strings.SplitAfter(m[3], "\n") {
 			if r != "" {
-				fields := strings.Split(r, "\t")
-				rows.WriteString(strings.Join(slices.Delete(fields, i, i+1), "\t"))
+				// The tenant column may be the last (tierddl's order).
+				fields := strings.Split(strings.TrimSuffix(r, "\n"), "\t")
+				rows.WriteString(strings.Join(slices.Delete(fields, i, i+1), "\t") + "\n")
 			}
 		}
 		return "COPY " + m[1] + " (" + strings.Join(slices.Delete(cols, i, i+1), ", ") + ") FROM stdin;\n" + rows.String() + `\.`

@@ -243,9 +243,9 @@ func assertPinnedGauge(t *testing.T, reg *prometheus.Registry, want float64) {
 }
 
 // TestTxPoolSQLDeallocate: DEALLOCATE of a client's SQL prepared statement
-// works, and DEALLOCATE ALL, which drops the statements the proxy
-// prepared on the connection for the driver's protocol-level ones too,
-// leaves those working: the proxy prepares them again.
+// works, and DEALLOCATE ALL drops the client's protocol-level statements
+// too, as in PostgreSQL: the driver's next Bind of one gets 26000 (the
+// proxy no longer prepares them again behind the client's back).
 func TestTxPoolSQLDeallocate(t *testing.T) {
 	e := newPinEnv(t, 1, proxy.Config{})
 	ctx := ctxT(t)
@@ -261,19 +261,15 @@ func TestTxPoolSQLDeallocate(t *testing.T) {
 		t.Fatalf("EXECUTE after DEALLOCATE: %v; want 26000", err)
 	}
 	// pgx prepares this once (protocol level) and then only binds it.
-	protocolLevel := func() {
-		t.Helper()
-		var got int
-		if err := conn.QueryRow(ctx, "SELECT $1::int + 1", 41).Scan(&got); err != nil || got != 42 {
-			t.Fatalf("protocol-level statement: %d, %v; want 42", got, err)
-		}
+	var got int
+	if err := conn.QueryRow(ctx, "SELECT $1::int + 1", 41).Scan(&got); err != nil || got != 42 {
+		t.Fatalf("protocol-level statement: %d, %v; want 42", got, err)
 	}
-	protocolLevel()
-	for _, p := range protocols {
-		if _, err := conn.Exec(ctx, "DEALLOCATE ALL", p.mode); err != nil {
-			t.Fatalf("%s DEALLOCATE ALL: %v", p.name, err)
-		}
-		protocolLevel()
+	if _, err := conn.Exec(ctx, "DEALLOCATE ALL", simple); err != nil {
+		t.Fatalf("DEALLOCATE ALL: %v", err)
+	}
+	if err := conn.QueryRow(ctx, "SELECT $1::int + 1", 41).Scan(&got); sqlstateOf(err) != "26000" {
+		t.Fatalf("protocol-level statement after DEALLOCATE ALL: %d, %v; want 26000 as from PostgreSQL", got, err)
 	}
 }
 
