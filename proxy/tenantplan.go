@@ -98,4 +98,3 @@ func (ss *pinnedSession) replan(sc *pgwire.Scanner) error {
 	}
 	return ss.injectSetup(sc, p.query)
 }
-
