@@ -120,6 +120,9 @@ func demo(ctx context.Context, g *globals, f *serveFlags, out io.Writer) (err er
 	defer mgr.Close()
 	// `tenantproxy usage` against the demo's catalog shows what was used.
 	defer metering.New(srv.Usage, cat, "demo", g.logger).Start(10 * time.Second)(5 * time.Second)
+	// `tenant show` gives each tenant's storage against its quota, as serve
+	// measures it (every minute by default; more often here to be seen).
+	defer metering.StartStorage(cat, 15*time.Second, g.logger)()
 	served := make(chan error, 1)
 	go func() { served <- srv.Serve(l) }()
 
