@@ -8,8 +8,6 @@ import (
 	"strings"
 
 	"github.com/jackc/pgx/v5"
-
-	"github.com/tenantproxy/tenantproxy/migrations"
 )
 
 // Change capture on a move's source (README "Moving tenants"): a row
@@ -68,13 +66,9 @@ func quoteLiteral(s string) string { return "'" + strings.ReplaceAll(s, "'", "''
 // role, with no tenant context: the mover reads every table, the
 // capture's included.
 func (c *Catalog) connectSource(ctx context.Context, t Tenant) (*pgx.Conn, dataPlace, error) {
-	b, err := c.backend(ctx, c.db, t.Backend)
+	conn, err := c.connectAdmin(ctx, t)
 	if err != nil {
 		return nil, dataPlace{}, err
-	}
-	conn, err := migrations.ConnectAs(ctx, b.AdminDSN, t.Database)
-	if err != nil {
-		return nil, dataPlace{}, fmt.Errorf("connecting to backend %s: %w", b.Name, err)
 	}
 	if _, err := conn.Exec(ctx, sessionSettings); err != nil {
 		conn.Close(context.WithoutCancel(ctx))

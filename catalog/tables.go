@@ -169,16 +169,26 @@ func (c *Catalog) openData(ctx context.Context, t Tenant) (*pgx.Conn, dataPlace,
 	return c.openDataWith(ctx, t, "")
 }
 
-// openDataWith is openData with first, when not empty, run before t's
-// context is taken (while the session is still the admin role's).
-func (c *Catalog) openDataWith(ctx context.Context, t Tenant, first string) (*pgx.Conn, dataPlace, error) {
+// connectAdmin connects to t's database on its backend as the backend's
+// admin role.
+func (c *Catalog) connectAdmin(ctx context.Context, t Tenant) (*pgx.Conn, error) {
 	b, err := c.backend(ctx, c.db, t.Backend)
 	if err != nil {
-		return nil, dataPlace{}, err
+		return nil, err
 	}
 	conn, err := migrations.ConnectAs(ctx, b.AdminDSN, t.Database)
 	if err != nil {
-		return nil, dataPlace{}, fmt.Errorf("connecting to backend %s: %w", b.Name, err)
+		return nil, fmt.Errorf("connecting to backend %s: %w", b.Name, err)
+	}
+	return conn, nil
+}
+
+// openDataWith is openData with first, when not empty, run before t's
+// context is taken (while the session is still the admin role's).
+func (c *Catalog) openDataWith(ctx context.Context, t Tenant, first string) (*pgx.Conn, dataPlace, error) {
+	conn, err := c.connectAdmin(ctx, t)
+	if err != nil {
+		return nil, dataPlace{}, err
 	}
 	place := dataPlaceOf(t)
 	setup := sessionSettings

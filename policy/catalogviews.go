@@ -128,12 +128,7 @@ func (p *Policy) CatalogViews(sql []byte, idleLimit time.Duration) []byte {
 			// have it.
 			continue
 		}
-		start, end := int(s.StmtLocation), len(sql)
-		if s.StmtLen > 0 {
-			end = start + int(s.StmtLen)
-		}
-		out = append(append(out, sql[done:start]...), stmt...)
-		done = end
+		out, done = splice(out, sql, done, s, stmt)
 	}
 	if out == nil {
 		return nil

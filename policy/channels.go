@@ -94,12 +94,7 @@ func (p *Policy) Channels(sql []byte, prefix string) ([]byte, *pgerr.Error) {
 		if stmt == "" {
 			return nil, &pgerr.Error{Code: pgerr.CodeInvalidParameterValue, Msg: "channel name too long"}
 		}
-		start, end := int(s.StmtLocation), len(sql)
-		if s.StmtLen > 0 {
-			end = start + int(s.StmtLen)
-		}
-		out = append(append(out, sql[done:start]...), stmt...)
-		done = end
+		out, done = splice(out, sql, done, s, stmt)
 	}
 	if out == nil {
 		return nil, nil
@@ -152,4 +147,16 @@ func hasChannelWord(sql []byte) bool {
 		}
 	}
 	return false
+}
+
+// splice appends to out the text of sql from done up to statement s, then
+// stmt in place of s, and returns out and where s ends: the rewrites
+// regenerate only the statements they change and keep the rest byte for
+// byte.
+func splice(out, sql []byte, done int, s *pg_query.RawStmt, stmt string) ([]byte, int) {
+	start, end := int(s.StmtLocation), len(sql)
+	if s.StmtLen > 0 {
+		end = start + int(s.StmtLen)
+	}
+	return append(append(out, sql[done:start]...), stmt...), end
 }
