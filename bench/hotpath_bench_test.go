@@ -229,13 +229,20 @@ func BenchmarkProxyPgbenchSelectOnly(b *testing.B) {
 }
 
 // BenchmarkIdleSessionMemory opens 200 client connections through the
-// proxy and leaves them idle, then reports what each costs the proxy's
-// process in heap and in goroutine stacks. In session mode that includes
-// the server connection each client holds; the connection-scale scenario of
-// `tenantproxy bench` reports the same as RSS of a separate process.
+// proxy, in each pool mode, and leaves them idle, then reports what each
+// costs the proxy's process in heap and in goroutine stacks. In session
+// mode that includes the server connection each client holds; the
+// connection-scale scenario of `tenantproxy bench` reports the same as
+// RSS of a separate process.
 func BenchmarkIdleSessionMemory(b *testing.B) {
+	for _, mode := range []string{proxy.PoolSession, proxy.PoolTransaction} {
+		b.Run(mode, func(b *testing.B) { idleSessionMemory(b, mode) })
+	}
+}
+
+func idleSessionMemory(b *testing.B, mode string) {
 	const n = 200
-	f := newFixture(b, n, proxy.PoolSession)
+	f := newFixture(b, n, mode)
 	ctx := context.Background()
 	for b.Loop() {
 		before := memInUse()
