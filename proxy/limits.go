@@ -176,12 +176,5 @@ func (b *tokenBucket) wait(ctx context.Context, now time.Time, bound time.Durati
 	}
 	b.tokens--
 	b.mu.Unlock()
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-t.C:
-		return nil
-	case <-ctx.Done():
-		return context.Cause(ctx)
-	}
+	return hold(ctx, d)
 }
