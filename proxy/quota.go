@@ -286,8 +286,11 @@ func (ss *pinnedSession) dropHiddenReply(sc *pgwire.Scanner, m pgwire.Message) (
 // 100%.
 func (s *Server) applyQuota(t *catalog.Tenant, tl *tenantLimits) {
 	q := quotaOf(t)
-	tl.quota.Store(q)
-	s.metrics.quota.set(t.Subdomain, q)
+	// Refreshes come every 250 ms per tenant with sessions: the gauges
+	// change only with the standing.
+	if old := tl.quota.Swap(q); old == nil || *old != *q {
+		s.metrics.quota.set(t.Subdomain, q)
+	}
 	if !s.metrics.quota.crossed(t.Subdomain, q.level) {
 		return
 	}
