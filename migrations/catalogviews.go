@@ -86,8 +86,7 @@ func catalogViewStmts() []string {
 	EXECUTE format('CREATE OR REPLACE FUNCTION ` + s + `.` + ident(ClassFunction) + `() RETURNS TABLE (tableoid oid, %s)` + definer + `%L',
 		defs, 'SELECT c.tableoid, ' || cols || ' FROM pg_catalog.pg_class c');
 	END $harden$`,
-		"CREATE OR REPLACE FUNCTION " + s + "." + ident(RoleSettingFunction) + "() RETURNS TABLE (setdatabase oid, setrole oid, setconfig text[])" + definer +
-			"$f$ SELECT NULL::oid, NULL::oid, NULL::text[] WHERE false $f$",
+		roleSettingFunction(CatalogSchema, "false"),
 	}
 	for _, name := range slices.Sorted(maps.Keys(SizeFunctions)) {
 		for _, args := range SizeFunctions[name] {
@@ -110,4 +109,34 @@ func sizeFunction(name, args string) string {
 		body = "SELECT NULL::bigint"
 	}
 	return "CREATE OR REPLACE FUNCTION " + ident(CatalogSchema) + "." + strings.TrimPrefix(name, "pg_") + "(" + args + ") RETURNS bigint" + definer + "$f$ " + body + " $f$"
+}
+
+// roleSettingFunction is schema's stand-in for pg_db_role_setting: its
+// rows where the SQL condition where (on s, the row, and d, the caller's
+// database) holds.
+func roleSettingFunction(schema, where string) string {
+	return "CREATE OR REPLACE FUNCTION " + ident(schema) + "." + ident(RoleSettingFunction) + "() RETURNS TABLE (setdatabase oid, setrole oid, setconfig text[])" + definer +
+		"$f$ SELECT s.setdatabase, s.setrole, s.setconfig FROM pg_catalog.pg_db_role_setting s, pg_catalog.pg_database d" +
+		" WHERE d.datname = pg_catalog.current_database() AND " + where + " $f$"
+}
+
+// ownRoleSettingStmts make DatabaseProxySchema's stand-in for
+// pg_db_role_setting in a database-tier tenant's own database, for its
+// login role: the settings of that database (ALTER DATABASE … SET) and of
+// its owner, the tenant's login role, there or everywhere (ALTER ROLE …
+// [IN DATABASE …] SET). pg_dump's archive formats read the database's
+// (it asks for no other); the rest of the table is every other
+// database's and role's, and stays hidden (hideRoleSettings), even a
+// setting of another role in this database, which only a superuser can
+// make. In DatabaseProxySchema, which the tenant cannot take first and
+// pg_dump leaves out, so that the function is in none of the tenant's
+// dumps and the schema tiers' CatalogSchema name stays free for the
+// tenant's own objects.
+func ownRoleSettingStmts(role string) []string {
+	f := ident(DatabaseProxySchema) + "." + ident(RoleSettingFunction) + "()"
+	return []string{
+		roleSettingFunction(DatabaseProxySchema, "s.setdatabase IN (0, d.oid) AND s.setrole IN (0, d.datdba)"),
+		"REVOKE ALL ON FUNCTION " + f + " FROM PUBLIC",
+		"GRANT EXECUTE ON FUNCTION " + f + " TO " + ident(role),
+	}
 }

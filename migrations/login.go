@@ -69,7 +69,9 @@ func OpenTenantLogin(keys *secrets.Keyring, tenantID, stored string) (string, er
 //   - It may run pg_terminate_backend here (ownBackendGrant), to end its
 //     own session.
 //   - Role settings are hidden here as in every database (hideRoleSettings),
-//     again for databases created by an earlier release.
+//     again for databases created by an earlier release, but for this
+//     database's and role's own, which a stand-in shows the role
+//     (ownRoleSettingStmts): pg_dump's archive formats read them.
 //
 // It leaves db's search_path at pg_catalog.
 func OwnDatabase(ctx context.Context, db DB, role, password string) error {
@@ -113,6 +115,7 @@ func OwnDatabase(ctx context.Context, db DB, role, password string) error {
 		handOver(role),
 	}
 	stmts = append(stmts, hideRoleSettings...)
+	stmts = append(stmts, ownRoleSettingStmts(role)...)
 	for _, s := range stmts {
 		if _, err := db.Exec(ctx, s); err != nil {
 			return fmt.Errorf("login role %s: %w", role, err)

@@ -16,7 +16,11 @@ import (
 // revoked from them (migrations.Harden), and tools read them anyway:
 // pg_dump, pg_restore, psql's \d+, \dt+ and \l+. CatalogViews puts the
 // stand-ins of migrations.CatalogSchema in their place, which answer with
-// the caller's own relations' figures and nothing of anyone else's. The
+// the caller's own relations' figures and nothing of anyone else's. In a
+// database-tier tenant's own database only pg_db_role_setting is revoked
+// (it is the server's, every database's and role's), and RoleSettings
+// puts that database's stand-in in its place, for pg_dump's archive
+// formats. The
 // revocations stay what isolates: a reference the rewrite misses (a
 // spelling it does not recognise, SQL assembled inside the server) fails
 // with PostgreSQL's permission error, and reveals nothing either.
@@ -40,20 +44,19 @@ const reasonIdleSetting = "changing idle_in_transaction_session_timeout other th
 // database-tier tenant with malformed settings gets) have them too: in a
 // database without migrations.CatalogSchema a rewritten statement then
 // fails, where the policy would otherwise have to let pg_database_size
-// and pg_db_role_setting through unrewritten.
+// through unrewritten. The others get RoleSettings' stand-in.
 func (r Rules) StandIns() bool { return !r.DatabaseWide }
 
 // catalogRelation notes a relation the rewrite stands in for. The
 // settings stored per role are hidden in every database, the tenant's own
-// included, so where no rewrite applies reading them is refused, with
-// the reason PostgreSQL's permission error would not give.
+// included, and have a stand-in in every tier: CatalogViews' where the
+// tenant shares its database, RoleSettings' in its own.
 func (a *analyzer) catalogRelation(rel *pg_query.RangeVar) {
 	if rel.Schemaname != "" && !strings.EqualFold(rel.Schemaname, "pg_catalog") {
 		return
 	}
 	switch strings.ToLower(rel.Relname) {
 	case "pg_db_role_setting":
-		a.f.viewless = "pg_db_role_setting is refused: it holds settings stored per role, other tenants' included"
 		a.f.views = true
 	case "pg_class":
 		// Whether the statement reads the estimates is standIn's to
@@ -101,6 +104,32 @@ func (a *analyzer) idleSetting(s *pg_query.VariableSetStmt) {
 // only for text Check allowed, of a tenant that shares its database; sql
 // is not retained.
 func (p *Policy) CatalogViews(sql []byte, idleLimit time.Duration) []byte {
+	return p.standIns(sql, func(n *pg_query.Node) bool { return standIn(n, idleLimit) })
+}
+
+// RoleSettings returns sql with a call of the database tier's stand-in
+// for pg_db_role_setting (migrations.DatabaseProxySchema's, which shows
+// the rows of the tenant's own database and role only) in place of every
+// reference to it, nil when sql has none. Nothing else in the tenant's
+// own database needs a stand-in: its sizes and estimates are its own.
+// Call it only for text Check allowed, of a database-tier tenant; sql is
+// not retained.
+func (p *Policy) RoleSettings(sql []byte) []byte {
+	return p.standIns(sql, func(n *pg_query.Node) bool {
+		changed := false
+		visit(n.ProtoReflect(), func(m any) {
+			if v, ok := m.(*pg_query.Node); ok {
+				changed = relationFunction(v, false, migrations.DatabaseProxySchema) || changed
+			}
+		})
+		return changed
+	})
+}
+
+// standIns returns sql with every statement that edit changes generated
+// again from its edited parse, nil when edit changes none (or sql names
+// nothing a stand-in replaces).
+func (p *Policy) standIns(sql []byte, edit func(*pg_query.Node) bool) []byte {
 	if !hasCatalogWord(sql) {
 		return nil
 	}
@@ -119,7 +148,7 @@ func (p *Policy) CatalogViews(sql []byte, idleLimit time.Duration) []byte {
 	var out []byte
 	done := 0
 	for _, s := range res.Stmts {
-		if !standIn(s.Stmt, idleLimit) {
+		if !edit(s.Stmt) {
 			continue
 		}
 		stmt, err := pg_query.Deparse(&pg_query.ParseResult{Version: res.Version, Stmts: []*pg_query.RawStmt{{Stmt: s.Stmt}}})
@@ -146,7 +175,7 @@ func standIn(n *pg_query.Node, idleLimit time.Duration) bool {
 	visit(n.ProtoReflect(), func(m any) {
 		switch v := m.(type) {
 		case *pg_query.Node:
-			changed = relationFunction(v, estimates) || changed
+			changed = relationFunction(v, estimates, migrations.CatalogSchema) || changed
 		case *pg_query.FuncCall:
 			changed = sizeFunctionOf(v) || changed
 		case *pg_query.VariableSetStmt:
@@ -179,9 +208,9 @@ func readsEstimates(n *pg_query.Node) bool {
 }
 
 // relationFunction turns n, a reference to pg_db_role_setting (or to
-// pg_class, when estimates), into a call of its stand-in under the name
-// the query knows it by.
-func relationFunction(n *pg_query.Node, estimates bool) bool {
+// pg_class, when estimates), into a call of its stand-in in schema under
+// the name the query knows it by.
+func relationFunction(n *pg_query.Node, estimates bool, schema string) bool {
 	rel := n.GetRangeVar()
 	if rel == nil || (rel.Schemaname != "" && !strings.EqualFold(rel.Schemaname, "pg_catalog")) {
 		return false
@@ -201,7 +230,7 @@ func relationFunction(n *pg_query.Node, estimates bool) bool {
 		alias = &pg_query.Alias{Aliasname: name}
 	}
 	call := &pg_query.FuncCall{
-		Funcname:   []*pg_query.Node{pg_query.MakeStrNode(migrations.CatalogSchema), pg_query.MakeStrNode(function)},
+		Funcname:   []*pg_query.Node{pg_query.MakeStrNode(schema), pg_query.MakeStrNode(function)},
 		Funcformat: pg_query.CoercionForm_COERCE_EXPLICIT_CALL,
 		Location:   -1,
 	}

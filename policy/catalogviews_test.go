@@ -47,6 +47,25 @@ func TestCatalogViewsStandsIn(t *testing.T) {
 	}
 }
 
+// TestRoleSettingsStandsInForTheDatabaseTier: in a tenant's own database
+// only pg_db_role_setting is replaced, by the stand-in in the proxy's
+// schema there; its own sizes and estimates are left as they are.
+func TestRoleSettingsStandsInForTheDatabaseTier(t *testing.T) {
+	p := New()
+	for _, tt := range []struct{ sql, want string }{
+		{"SELECT unnest(setconfig) FROM pg_db_role_setting WHERE setrole = 0 AND setdatabase = '16384'::oid",
+			"SELECT unnest(setconfig) FROM pg_tenantproxy.db_role_setting() pg_db_role_setting WHERE setrole = 0 AND setdatabase = '16384'::oid"},
+		{"SELECT rolname, unnest(setconfig) FROM pg_catalog.pg_db_role_setting s, pg_roles r WHERE setrole = r.oid",
+			"SELECT rolname, unnest(setconfig) FROM pg_tenantproxy.db_role_setting() s, pg_roles r WHERE setrole = r.oid"},
+		{"SELECT relpages, pg_table_size(oid), pg_database_size(current_database()) FROM pg_class", ""},
+		{"SELECT * FROM app.pg_db_role_setting", ""},
+	} {
+		if got := string(p.RoleSettings([]byte(tt.sql))); got != tt.want {
+			t.Errorf("RoleSettings(%q) = %q; want %q", tt.sql, got, tt.want)
+		}
+	}
+}
+
 // TestCatalogViewsReadsNoHotPathWord: texts without the names the
 // rewrite looks for cost a scan and no allocation.
 func TestCatalogViewsReadsNoHotPathWord(t *testing.T) {

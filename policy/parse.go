@@ -708,8 +708,9 @@ var perDatabaseStats = map[string]bool{
 // (rolconfig, useconfig: migrations.Harden). pg_authid and pg_shadow hold
 // password verifiers (superuser only anyway). pg_db_role_setting, which
 // holds those settings per database and role, is revoked too and
-// answered by an empty stand-in where tenants share a database
-// (catalogviews.go).
+// answered by stand-ins (catalogviews.go): an empty one where tenants
+// share a database, the tenant's own database's and role's rows in the
+// database tier.
 // Nor are the shared catalogs pg_dump reads about the tenant's own
 // database, whose rows no tenant can write through the proxy (procedural
 // code, opt-in in the database tier, is out of its sight): pg_subscription

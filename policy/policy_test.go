@@ -186,11 +186,11 @@ var tierRules = []struct {
 	// Sizes, estimates and the settings stored per role: stand-ins where
 	// tenants share the database (CatalogViews); the tenant's own
 	// database's sizes in the database tier, but no other database's,
-	// nor the settings (revoked there too).
+	// and the settings through its own database's stand-in (RoleSettings).
 	{"SELECT pg_total_relation_size('tenant_b.messages')", []catalog.Tier{catalog.TierShared, catalog.TierSchema, catalog.TierDatabase}},
 	{"SELECT relpages FROM pg_class", []catalog.Tier{catalog.TierShared, catalog.TierSchema, catalog.TierDatabase}},
 	{"SELECT pg_database_size('tenantproxy_shared')", []catalog.Tier{catalog.TierShared, catalog.TierSchema}},
-	{"SELECT setconfig FROM pg_catalog.pg_db_role_setting", []catalog.Tier{catalog.TierShared, catalog.TierSchema}},
+	{"SELECT setconfig FROM pg_catalog.pg_db_role_setting", []catalog.Tier{catalog.TierShared, catalog.TierSchema, catalog.TierDatabase}},
 	{"LOCK TABLE messages IN ACCESS EXCLUSIVE MODE", []catalog.Tier{catalog.TierSchema, catalog.TierDatabase}},
 	{"LOCK TABLE messages", []catalog.Tier{catalog.TierSchema, catalog.TierDatabase}},
 	{"LOCK TABLE messages IN ROW SHARE MODE", []catalog.Tier{catalog.TierSchema, catalog.TierDatabase}},

@@ -158,6 +158,10 @@ func TestIsolationSharedKeysStayOutOfErrors(t *testing.T) {
 // through pg_roles.rolconfig, pg_user.useconfig or pg_db_role_setting
 // every other tenant would read them. They are hidden in every tier and
 // mode, directly too, while the columns psql's \du reads stay readable.
+// pg_db_role_setting's stand-ins show a shared- or schema-tier tenant
+// nothing, and a database-tier tenant its own database's and role's
+// settings only: not another tenant's database's or role's, not even
+// another role's in its own database.
 func TestIsolationRoleSettingsAreHidden(t *testing.T) {
 	e := newProxyEnv(t)
 	ctx := ctxT(t)
@@ -169,10 +173,29 @@ func TestIsolationRoleSettingsAreHidden(t *testing.T) {
 	if _, err := owner.Exec(ctx, "ALTER ROLE CURRENT_USER SET application_name = 'umbrella-secret-key'"); err != nil {
 		t.Fatalf("the tenant storing a setting of its own role: %v", err)
 	}
+	others, err := e.cat.Show(ctx, "initech")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for db, sql := range map[string]string{
+		others.Database: `ALTER DATABASE "` + others.Database + `" SET application_name = 'shared-db-secret'`,
+		tn.Database:     `ALTER ROLE "` + others.SchemaName + `" IN DATABASE "` + tn.Database + `" SET application_name = 'initech-in-umbrella-secret'`,
+		"postgres":      `ALTER ROLE "` + others.SchemaName + `" SET application_name = 'initech-role-secret'`,
+	} {
+		if err := e.cluster.Exec(ctx, db, sql); err != nil {
+			t.Fatal(err)
+		}
+	}
 	addrs := e.proxiesByMode(t)
 	for mode, addr := range addrs {
 		for _, sub := range []string{"acme", "initech", "umbrella"} {
 			conn := connect(t, dsn(addr, "alice."+sub, tenantPassword))
+			var settings string
+			if err := conn.QueryRow(ctx, "SELECT coalesce(string_agg(setconfig::text, ','), '') FROM pg_db_role_setting").Scan(&settings); err != nil {
+				t.Errorf("%s/%s: reading pg_db_role_setting: %v", mode, sub, err)
+			} else if want := map[string]string{"umbrella": "{application_name=umbrella-secret-key}"}[sub]; settings != want {
+				t.Errorf("%s/%s: pg_db_role_setting shows %q; want %q (the tenant's own role's only)", mode, sub, settings, want)
+			}
 			for _, sql := range []string{
 				"SELECT rolconfig::text FROM pg_roles WHERE rolconfig IS NOT NULL",
 				"SELECT useconfig::text FROM pg_user WHERE useconfig IS NOT NULL",

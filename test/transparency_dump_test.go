@@ -74,27 +74,63 @@ func normalizeDump(s string) string {
 }
 
 // TestTransparencyPsqlAndDumpInTheDatabaseTier: for a database-tier
-// tenant, the same psql script of meta-commands and \copy (in both pool
-// modes) and the same pg_dump (in session mode: transaction mode refuses
-// its session-level SETs until it tracks them) give the same output
-// directly against its database (as its login role, which the proxy logs
-// its sessions in with) and through the proxy, byte for byte but for
-// pg_dump's random \restrict key. Before the policy judged pg_dump's set_config of
-// search_path as the SET it is, let the database tier lift
-// idle_in_transaction_session_timeout and stopped refusing pg_subscription,
-// pg_dump stopped at its first statement through the proxy.
+// tenant, the same psql script of meta-commands and \copy and the same
+// pg_dump, plain and in the archive formats -Fc and -Ft, in both pool
+// modes, give the same output directly against its database (as its login
+// role, which the proxy logs its sessions in with) and through the proxy,
+// byte for byte but for pg_dump's random \restrict key. Before the policy
+// judged pg_dump's set_config of search_path as the SET it is, let the
+// database tier lift idle_in_transaction_session_timeout and stopped
+// refusing pg_subscription, pg_dump stopped at its first statement through
+// the proxy; before the database tier's stand-in for pg_db_role_setting,
+// the archive formats stopped at it.
 func TestTransparencyPsqlAndDumpInTheDatabaseTier(t *testing.T) {
 	e := newProxyEnv(t)
 	addrs := e.proxiesByMode(t)
 	plantSecret(t, addrs[proxy.PoolSession], "umbrella")
-	direct := e.tenantLoginDSN(t, "umbrella", e.objectName(t, "umbrella"))
-	proxied := dsn(addrs[proxy.PoolSession], "alice.umbrella", tenantPassword)
+	db := e.objectName(t, "umbrella")
+	direct := e.tenantLoginDSN(t, "umbrella", db)
 	checkPsqlTransparent(t, direct, addrs, "umbrella", metaCommandScript(t))
 
-	pgDump := clientTool(t, "pg_dump")
+	pgDump, pgRestore := clientTool(t, "pg_dump"), clientTool(t, "pg_restore")
 	want := normalizeDump(run(t, pgDump, direct))
-	if got := normalizeDump(run(t, pgDump, proxied)); got != want {
-		t.Errorf("pg_dump differs\n--- direct\n%s\n--- through the proxy\n%s", want, got)
+	for _, mode := range poolModes {
+		if got := normalizeDump(run(t, pgDump, dsn(addrs[mode], "alice.umbrella", tenantPassword))); got != want {
+			t.Errorf("pg_dump differs in %s mode\n--- direct\n%s\n--- through the proxy\n%s", mode, want, got)
+		}
+	}
+
+	// The archives hold the database's settings, which an operator may
+	// have stored (pg_restore --create prints them); directly, the login
+	// role reads them only as a member of pg_read_all_settings, the role
+	// Harden left them to (a grant to the login role itself would be in
+	// the dump).
+	login := e.loginRole(t, "umbrella")
+	operator := func(sql string) {
+		t.Helper()
+		if err := e.cluster.Exec(ctxT(t), db, sql); err != nil {
+			t.Fatal(err)
+		}
+	}
+	operator(`ALTER DATABASE "` + db + `" SET work_mem = '3MB'`)
+	operator(`ALTER ROLE "` + login + `" IN DATABASE "` + db + `" SET lock_timeout = '1min'`)
+	dir := t.TempDir()
+	printed := func(archive string) string { return normalizeDump(run(t, pgRestore, "--create", "-f", "-", archive)) }
+	for _, format := range []string{"-Fc", "-Ft"} {
+		operator("GRANT pg_read_all_settings TO " + login)
+		run(t, pgDump, format, "-f", filepath.Join(dir, "direct"+format), direct)
+		operator("REVOKE pg_read_all_settings FROM " + login)
+		want := printed(filepath.Join(dir, "direct"+format))
+		if !strings.Contains(want, "SET work_mem TO '3MB'") || !strings.Contains(want, "SET lock_timeout TO '1min'") {
+			t.Fatalf("pg_dump %s directly holds no setting of the database and its role:\n%s", format, want)
+		}
+		for _, mode := range poolModes {
+			archive := filepath.Join(dir, mode+format)
+			run(t, pgDump, format, "-f", archive, dsn(addrs[mode], "alice.umbrella", tenantPassword))
+			if got := printed(archive); got != want {
+				t.Errorf("pg_dump %s differs in %s mode\n--- direct\n%s\n--- through the proxy\n%s", format, mode, want, got)
+			}
+		}
 	}
 }
 
@@ -131,8 +167,11 @@ var cloneDumpFlags = []string{"--clean", "--if-exists", "--no-owner", "--no-priv
 // TestDumpRestoreInTheDatabaseTier: a database-tier tenant's pg_dump
 // through the proxy, replayed with psql through the proxy, clones it into
 // another tenant of the tier (whose own rows are gone) and restores it
-// into itself after its rows were deleted: in both, a data-only dump
-// afterwards is the source's, byte for byte but for the \restrict key.
+// into itself after its rows were deleted; its -Fc archive, made and
+// restored with pg_restore through the proxy in transaction mode, clones
+// it again after the clone's rows were deleted: each time, a data-only
+// dump afterwards is the source's, byte for byte but for the \restrict
+// key.
 func TestDumpRestoreInTheDatabaseTier(t *testing.T) {
 	e := newProxyEnv(t)
 	ctx := ctxT(t)
@@ -159,6 +198,15 @@ func TestDumpRestoreInTheDatabaseTier(t *testing.T) {
 	}
 	if strings.Contains(run(t, psql, "-X", "-At", "-c", "SELECT string_agg(body, ',') FROM messages", clone), "secret-of-stark") {
 		t.Error("the clone kept its own rows; want only the source's")
+	}
+
+	_, txAddr := e.startProxy(t, proxy.Config{PoolMode: proxy.PoolTransaction})
+	archive := filepath.Join(t.TempDir(), "umbrella.dump")
+	run(t, pgDump, "-Fc", "-f", archive, dsn(txAddr, "alice.umbrella", tenantPassword))
+	run(t, psql, "-X", "-q", "-v", "ON_ERROR_STOP=1", "-c", "DELETE FROM users", clone)
+	run(t, clientTool(t, "pg_restore"), append(cloneDumpFlags, "--exit-on-error", "-d", dsn(txAddr, "alice.stark", tenantPassword), archive)...)
+	if got := dataOf(clone); got != want {
+		t.Errorf("clone's data after pg_restore differs from the source's\n--- source\n%s\n--- clone\n%s", want, got)
 	}
 
 	run(t, psql, "-X", "-q", "-v", "ON_ERROR_STOP=1", "-c", "DELETE FROM users", source)
