@@ -20,6 +20,7 @@ import (
 //	CREATE TEMP TABLE pg_temp.tenantproxy_copy AS SELECT <cols> FROM t WITH NO DATA;
 //	COPY pg_temp.tenantproxy_copy (<cols>) FROM STDIN <the client's options>;
 //	INSERT INTO t (<cols but tenant_id>) OVERRIDING SYSTEM VALUE SELECT … FROM pg_temp.tenantproxy_copy;
+//	CALL tenantproxy.continue_ids('t');
 //	DROP TABLE pg_temp.tenantproxy_copy
 //
 // The COPY is the client's own (same columns, types and options), so its
@@ -31,7 +32,10 @@ import (
 // a column list the staging table has all of t's columns and an UPDATE
 // sets the tenant column before the INSERT. OVERRIDING SYSTEM VALUE
 // because COPY writes GENERATED ALWAYS identity columns, which a plain
-// INSERT may not.
+// INSERT may not. The rows keep the ids the data carries, which the
+// tenant's id counters (tierddl's next_id) have not handed out: the CALL
+// moves them past the highest id now in the table's tenant share, so that
+// the tenant's next insert does not take one of them (23505).
 //
 // Nothing outlives the message: the staging table is dropped in it, and an
 // error anywhere rolls back its creation with the rest (the client's
@@ -119,6 +123,7 @@ func sharedCopyIn(res *pg_query.ParseResult) (load, table string) {
 		from = strings.Join(kept, ", ")
 	}
 	b.WriteString("INSERT INTO " + rel + inserted + " OVERRIDING SYSTEM VALUE SELECT " + from + " FROM " + stagingTable + ";\n")
+	b.WriteString("CALL " + tierddl.ContinueIDsProcedure + "(" + quoteLiteral(rel) + ");\n")
 	b.WriteString("DROP TABLE " + stagingTable)
 	return b.String(), table
 }

@@ -15,12 +15,14 @@ func TestSharedCopyInLoadsThroughAStagingTable(t *testing.T) {
 			`CREATE TEMP TABLE pg_temp.tenantproxy_copy AS SELECT "id", "User Name", "tenant_id" FROM "users" WITH NO DATA`,
 			`COPY pg_temp.tenantproxy_copy(id, "User Name", tenant_id) FROM STDIN WITH (FORMAT CSV, HEADER true)`,
 			`INSERT INTO "users" ("id", "User Name") OVERRIDING SYSTEM VALUE SELECT "id", "User Name" FROM pg_temp.tenantproxy_copy`,
+			`CALL tenantproxy.continue_ids('"users"')`,
 			`DROP TABLE pg_temp.tenantproxy_copy`,
 		}},
 		{`copy "public"."t" ( "a" ) from stdin binary;`, []string{
 			`CREATE TEMP TABLE pg_temp.tenantproxy_copy AS SELECT "a" FROM "public"."t" WITH NO DATA`,
 			`COPY pg_temp.tenantproxy_copy(a) FROM STDIN WITH (FORMAT BINARY)`,
 			`INSERT INTO "public"."t" ("a") OVERRIDING SYSTEM VALUE SELECT "a" FROM pg_temp.tenantproxy_copy`,
+			`CALL tenantproxy.continue_ids('"public"."t"')`,
 			`DROP TABLE pg_temp.tenantproxy_copy`,
 		}},
 		{`COPY t FROM STDIN`, []string{
@@ -28,6 +30,7 @@ func TestSharedCopyInLoadsThroughAStagingTable(t *testing.T) {
 			`COPY pg_temp.tenantproxy_copy FROM STDIN`,
 			`UPDATE pg_temp.tenantproxy_copy SET "tenant_id" = current_setting('app.tenant_id', true) WHERE "tenant_id" IS DISTINCT FROM current_setting('app.tenant_id', true)`,
 			`INSERT INTO "t" OVERRIDING SYSTEM VALUE SELECT * FROM pg_temp.tenantproxy_copy`,
+			`CALL tenantproxy.continue_ids('"t"')`,
 			`DROP TABLE pg_temp.tenantproxy_copy`,
 		}},
 		{`COPY t TO STDOUT`, nil},

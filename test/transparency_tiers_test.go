@@ -133,7 +133,10 @@ func TestTransparencyDumpInTheSharedAndSchemaTiers(t *testing.T) {
 // in the shared tier, whose COPY FROM loads into the target's share
 // whatever tenant the rows carry; psql of the plain dump in the schema
 // tier, with the source's schema name replaced by the target's (README).
-// Afterwards each holds the source's rows, and the clone none of its own.
+// Afterwards each holds the source's rows, and the clone none of its own;
+// the clone's next insert takes an id past those the clone brought (in
+// the shared tier, before the load moved the target's id counters, it
+// took one of them: 23505).
 func TestDumpRestoreInTheSharedAndSchemaTiers(t *testing.T) {
 	e := newProxyEnv(t)
 	ctx := ctxT(t)
@@ -167,6 +170,9 @@ func TestDumpRestoreInTheSharedAndSchemaTiers(t *testing.T) {
 		emptied := func(mode, sub string) {
 			run(t, psql, "-X", "-q", "-v", "ON_ERROR_STOP=1", "-c", "DELETE FROM users", through(mode, sub))
 		}
+		// More of the source's users than the clone's: their ids pass the
+		// clone's own counters.
+		run(t, psql, "-X", "-q", "-v", "ON_ERROR_STOP=1", "-c", "INSERT INTO users (username) SELECT 'more-' || g FROM generate_series(1, 3) g", through(proxy.PoolSession, tc.source))
 		want := dataOf(tc.source)
 		archive := filepath.Join(dir, tc.source+".dump")
 		run(t, pgDump, append(flags(tc.source), "-Fc", "-f", archive, through(proxy.PoolSession, tc.source))...)
@@ -188,6 +194,7 @@ func TestDumpRestoreInTheSharedAndSchemaTiers(t *testing.T) {
 		if strings.Contains(run(t, psql, "-X", "-At", "-c", "SELECT string_agg(body, ',') FROM messages", through(proxy.PoolSession, tc.clone)), "secret-of-"+tc.clone) {
 			t.Errorf("the clone %s kept its own rows; want only %s's", tc.clone, tc.source)
 		}
+		run(t, psql, "-X", "-q", "-v", "ON_ERROR_STOP=1", "-c", "INSERT INTO users (username) VALUES ('after-the-clone')", through(proxy.PoolTransaction, tc.clone))
 
 		emptied(proxy.PoolSession, tc.source)
 		run(t, pgRestore, "--no-owner", "--enable-row-security", "--exit-on-error", "-d", through(proxy.PoolSession, tc.source), archive)

@@ -12,6 +12,9 @@ const (
 	NextIDFunction = ProxySchema + ".next_id"
 	// ForgetIDsFunction(tenant) drops the tenant's id sequences.
 	ForgetIDsFunction = ProxySchema + ".forget_ids"
+	// ContinueIDsProcedure(table) moves the session's tenant's id
+	// counters of table's id columns past the tenant's highest id there.
+	ContinueIDsProcedure = ProxySchema + ".continue_ids"
 	// idKeysTable lists the id columns migrations declared: NextIDFunction
 	// creates sequences only for those, so a tenant calling it by hand
 	// cannot create sequences without end.
@@ -43,10 +46,22 @@ func nextIDCall(key string) string { return NextIDFunction + "(" + quoteLiteral(
 //
 // ForgetIDsFunction, for the migration role only, drops a tenant's
 // sequences: a deleted tenant's go with its rows.
+//
+// ContinueIDsProcedure serves the shared tier's COPY FROM, which loads
+// rows with their ids (a clone of another tenant's rows, a restore): once
+// they are in, the tenant's counters of the table must pass them, or its
+// next insert would take an id the load brought (23505). It reads the
+// highest id of the session's tenant's rows only (the definer is not
+// subject to row-level security, so the tenant column is named) and only
+// ever raises a counter, so a tenant calling it by hand learns and
+// changes nothing but its own numbering. Like any setval, a counter
+// raised while the tenant's own sessions insert into the table may hand
+// out again an id one of them took between the read and the setval.
 func Bootstrap() string {
 	r := strings.NewReplacer(
 		"$proxy", ProxySchema, "$seqs", SequenceSchema, "$keys", idKeysTable, "$salt", idSaltTable,
-		"$next", NextIDFunction, "$forget", ForgetIDsFunction, "$serving", quoteIdent(ServingRole), "$guc", quoteLiteral(TenantGUC))
+		"$next", NextIDFunction, "$forget", ForgetIDsFunction, "$continue", ContinueIDsProcedure,
+		"$serving", quoteIdent(ServingRole), "$guc", quoteLiteral(TenantGUC), "$tenantcol", quoteLiteral(TenantColumn))
 	return r.Replace(`CREATE SCHEMA IF NOT EXISTS $proxy;
 REVOKE ALL ON SCHEMA $proxy FROM PUBLIC;
 GRANT USAGE ON SCHEMA $proxy TO $serving;
@@ -74,23 +89,31 @@ BEGIN
 END
 $fn$;
 REVOKE ALL ON FUNCTION $forget(text) FROM PUBLIC;
-CREATE OR REPLACE FUNCTION $next(key text) RETURNS bigint
-LANGUAGE plpgsql VOLATILE STRICT SECURITY DEFINER
+CREATE OR REPLACE FUNCTION $proxy.session_tenant() RETURNS text
+LANGUAGE plpgsql STABLE
 SET search_path = pg_catalog, pg_temp
 AS $fn$
 DECLARE
 	tenant text := NULLIF(current_setting($guc, true), '');
-	seq text;
-	rel regclass;
 BEGIN
 	IF tenant IS NULL THEN
 		RAISE EXCEPTION 'no tenant is set for this session: ids are numbered per tenant'
 			USING ERRCODE = '42501';
 	END IF;
-	seq := $proxy.id_sequence(tenant, key);
-	rel := to_regclass('$seqs.' || quote_ident(seq));
+	RETURN tenant;
+END
+$fn$;
+REVOKE ALL ON FUNCTION $proxy.session_tenant() FROM PUBLIC;
+CREATE OR REPLACE FUNCTION $proxy.tenant_sequence(tenant text, key text) RETURNS regclass
+LANGUAGE plpgsql VOLATILE STRICT
+SET search_path = pg_catalog, pg_temp
+AS $fn$
+DECLARE
+	seq text := $proxy.id_sequence(tenant, key);
+	rel regclass := to_regclass('$seqs.' || quote_ident(seq));
+BEGIN
 	IF rel IS NULL THEN
-		IF NOT EXISTS (SELECT FROM $proxy.$keys k WHERE k.key = next_id.key) THEN
+		IF NOT EXISTS (SELECT FROM $proxy.$keys k WHERE k.key = tenant_sequence.key) THEN
 			RAISE EXCEPTION 'no migration declared the id column %', key USING ERRCODE = '42704';
 		END IF;
 		BEGIN
@@ -100,11 +123,46 @@ BEGIN
 		END;
 		rel := to_regclass('$seqs.' || quote_ident(seq));
 	END IF;
-	RETURN nextval(rel);
+	RETURN rel;
+END
+$fn$;
+REVOKE ALL ON FUNCTION $proxy.tenant_sequence(text, text) FROM PUBLIC;
+CREATE OR REPLACE FUNCTION $next(key text) RETURNS bigint
+LANGUAGE plpgsql VOLATILE STRICT SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $fn$
+BEGIN
+	RETURN nextval($proxy.tenant_sequence($proxy.session_tenant(), key));
 END
 $fn$;
 REVOKE ALL ON FUNCTION $next(text) FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION $next(text) TO $serving;
+CREATE OR REPLACE PROCEDURE $continue(tbl regclass)
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $fn$
+DECLARE
+	tenant text := $proxy.session_tenant();
+	c record;
+	high bigint;
+	seq regclass;
+BEGIN
+	FOR c IN SELECT a.attname, k.key FROM pg_attrdef d
+		JOIN pg_attribute a ON a.attrelid = d.adrelid AND a.attnum = d.adnum
+		CROSS JOIN LATERAL substring(pg_get_expr(d.adbin, d.adrelid) FROM 'next_id\(''([^'']+)''') AS k(key)
+		WHERE d.adrelid = tbl AND EXISTS (SELECT FROM $proxy.$keys i WHERE i.key = k.key)
+	LOOP
+		EXECUTE format('SELECT max(%I) FROM %s WHERE %I = $1', c.attname, tbl, $tenantcol) INTO high USING tenant;
+		CONTINUE WHEN high IS NULL;
+		seq := $proxy.tenant_sequence(tenant, c.key);
+		IF high > coalesce(pg_sequence_last_value(seq), 0) THEN
+			PERFORM setval(seq, high);
+		END IF;
+	END LOOP;
+END
+$fn$;
+REVOKE ALL ON PROCEDURE $continue(regclass) FROM PUBLIC;
+GRANT EXECUTE ON PROCEDURE $continue(regclass) TO $serving;
 `)
 }
 
