@@ -178,7 +178,7 @@ func TestIsolationRoleSettingsAreHidden(t *testing.T) {
 		t.Fatal(err)
 	}
 	for db, sql := range map[string]string{
-		others.Database: `ALTER DATABASE "` + others.Database + `" SET application_name = 'shared-db-secret'`,
+		others.Database: `ALTER DATABASE "` + others.Database + `" SET application_name = 'schema-db-secret'`,
 		tn.Database:     `ALTER ROLE "` + others.SchemaName + `" IN DATABASE "` + tn.Database + `" SET application_name = 'initech-in-umbrella-secret'`,
 		"postgres":      `ALTER ROLE "` + others.SchemaName + `" SET application_name = 'initech-role-secret'`,
 	} {

@@ -75,7 +75,7 @@ func normalizeDump(s string) string {
 
 // TestTransparencyPsqlAndDumpInTheDatabaseTier: for a database-tier
 // tenant, the same psql script of meta-commands and \copy and the same
-// pg_dump, plain and in the archive formats -Fc and -Ft, in both pool
+// pg_dump, plain and in the archive formats -Fc, -Fd and -Ft, in both pool
 // modes, give the same output directly against its database (as its login
 // role, which the proxy logs its sessions in with) and through the proxy,
 // byte for byte but for pg_dump's random \restrict key. Before the policy
@@ -116,7 +116,7 @@ func TestTransparencyPsqlAndDumpInTheDatabaseTier(t *testing.T) {
 	operator(`ALTER ROLE "` + login + `" IN DATABASE "` + db + `" SET lock_timeout = '1min'`)
 	dir := t.TempDir()
 	printed := func(archive string) string { return normalizeDump(run(t, pgRestore, "--create", "-f", "-", archive)) }
-	for _, format := range []string{"-Fc", "-Ft"} {
+	for _, format := range []string{"-Fc", "-Fd", "-Ft"} {
 		operator("GRANT pg_read_all_settings TO " + login)
 		run(t, pgDump, format, "-f", filepath.Join(dir, "direct"+format), direct)
 		operator("REVOKE pg_read_all_settings FROM " + login)
