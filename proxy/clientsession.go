@@ -78,6 +78,9 @@ type sessionBase struct {
 	// quota is how the session's transactions run against the tenant's
 	// storage quota (quota.go).
 	quota quotaSession
+	// reserved is the server time, in ns, the transaction under way
+	// reserved of its tenant's server_time_per_second (admitTransaction).
+	reserved atomic.Int64
 
 	// Why a blocked read was interrupted: the relay goroutines look at
 	// these after interruptRead, so each is set before the interrupt.
@@ -110,6 +113,7 @@ func (b *sessionBase) observe(l latency) {
 	}
 	if l.txEnded {
 		b.times.transacted(l.tx)
+		b.spent(l.tx)
 	}
 }
 

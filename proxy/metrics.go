@@ -141,13 +141,14 @@ const (
 func (s *Server) countRefusal(tenant string, err error) {
 	reason := ""
 	var pe *pgerr.Error
+	var ol *overLimit
 	switch {
+	case errors.As(err, &ol):
+		reason = ol.reason
 	case errors.Is(err, pool.ErrWaitTimeout):
 		reason = refusedPoolWait
 	case !errors.As(err, &pe):
 		return
-	case pe.Code == pgerr.CodeRateLimited:
-		reason = refusedRate
 	case pe.Code == pgerr.CodeTooManyConnections:
 		reason = refusedClients
 	default:

@@ -189,7 +189,7 @@ func (ss *pinnedSession) charge(sc *pgwire.Scanner, typ byte, charged *bool) err
 		return nil
 	}
 	*charged = typ != pgwire.Query
-	if err := ss.srv.admitTransaction(ss.srv.ctx, ss.tenant, ss.limits); err != nil {
+	if err := ss.srv.admitTransaction(ss.srv.ctx, ss.base()); err != nil {
 		ss.srv.countRefusal(ss.tenant, err)
 		return err
 	}

@@ -214,7 +214,7 @@ func (tx *txSession) acquire(typ byte) error {
 	if err := tx.followMove(); err != nil {
 		return tx.acquireFailed(typ, err)
 	}
-	if err := tx.srv.admitTransaction(tx.srv.ctx, tx.tenant, tx.limits); err != nil {
+	if err := tx.srv.admitTransaction(tx.srv.ctx, tx.base()); err != nil {
 		return tx.acquireFailed(typ, err)
 	}
 	tx.replan()
