@@ -124,6 +124,9 @@ func (s *Server) admitTransaction(ctx context.Context, b *sessionBase) error {
 	}
 	cost, wait := tl.serverTime.delay(now, tl.estimate().Seconds(), rateWait)
 	b.reserved.Store(int64(cost * float64(time.Second)))
+	if wait > 0 {
+		b.times.series.Load().counters[countHeld].Add(wait.Seconds())
+	}
 	return hold(ctx, max(d, wait))
 }
 
