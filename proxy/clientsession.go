@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"context"
 	"net"
 	"sync"
 	"sync/atomic"
@@ -81,6 +82,9 @@ type sessionBase struct {
 	// reserved is the server time, in ns, the transaction under way
 	// reserved of its tenant's server_time_per_second (admitTransaction).
 	reserved atomic.Int64
+	// holding cancels the hold of the transaction under way while its
+	// tenant's limits hold it (hold).
+	holding atomic.Pointer[context.CancelCauseFunc]
 
 	// Why a blocked read was interrupted: the relay goroutines look at
 	// these after interruptRead, so each is set before the interrupt.

@@ -127,7 +127,42 @@ func (s *Server) admitTransaction(ctx context.Context, b *sessionBase) error {
 	if wait > 0 {
 		b.times.series.Load().counters[countHeld].Add(wait.Seconds())
 	}
-	return hold(ctx, max(d, wait))
+	if err := b.hold(ctx, max(d, wait)); err != nil {
+		// Never to run: what it reserved goes back.
+		tl.serverTime.settle(float64(b.reserved.Swap(0)) / float64(time.Second))
+		return err
+	}
+	return nil
+}
+
+// errHoldCanceled ends a hold that the client's cancel request reached.
+var errHoldCanceled = pgerr.Errorf(pgerr.CodeQueryCanceled, "canceling statement due to user request")
+
+// hold waits d before the session's transaction starts. The client's
+// statement is waiting as surely as one a server runs, so its cancel
+// request ends the wait (cancelHold) and the statement fails as a
+// cancelled one does, never to run.
+func (b *sessionBase) hold(ctx context.Context, d time.Duration) error {
+	if d <= 0 {
+		return nil
+	}
+	ctx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
+	b.holding.Store(&cancel)
+	defer b.holding.Store(nil)
+	if err := hold(ctx, d); err != nil && context.Cause(ctx) == errHoldCanceled {
+		return errHoldCanceled
+	}
+	return nil
+}
+
+// cancelHold ends the session's hold, if it is in one.
+func (b *sessionBase) cancelHold() bool {
+	f := b.holding.Load()
+	if f != nil {
+		(*f)(errHoldCanceled)
+	}
+	return f != nil
 }
 
 // spent settles a transaction of the session that kept its server

@@ -339,6 +339,9 @@ func (s *Server) forwardCancel(pid uint32, secret []byte) {
 		s.log.Debug("cancel request with an unknown key")
 		return
 	}
+	if e.sess.cancelHold() {
+		return
+	}
 	c := e.sess.startCancel()
 	if c == nil {
 		s.log.Debug("cancel request dropped: no statement of the session is running", zap.String("tenant", e.tenant))

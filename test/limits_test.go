@@ -163,8 +163,8 @@ func TestLimitTransactionsPerSecond(t *testing.T) {
 // TestLimitServerTimePerSecond: a tenant that used more than its
 // server_time_per_second has its next transactions held, each at most a
 // second, until the time is paid for; they run, none is refused; another
-// tenant is not slowed. Both modes, one with the simple protocol, the
-// other with the extended.
+// tenant is not slowed; a cancel request reaches a held statement. Both
+// modes, one with the simple protocol, the other with the extended.
 func TestLimitServerTimePerSecond(t *testing.T) {
 	e := newLimitsEnv(t)
 	e.limit(t, "acme", catalog.LimitServerTimePerSecond, val(100))
@@ -186,6 +186,20 @@ func TestLimitServerTimePerSecond(t *testing.T) {
 			}
 			// 300 ms of a budget of 100 ms a second: it owes 2 s.
 			timed(c, "SELECT pg_sleep(0.3)")
+			// A cancel request reaches a statement held for it, which
+			// then never runs.
+			done := make(chan error, 1)
+			go func() {
+				_, err := c.Exec(ctx, "SELECT pg_sleep(5)", qm)
+				done <- err
+			}()
+			time.Sleep(300 * time.Millisecond)
+			if err := c.PgConn().CancelRequest(ctx); err != nil {
+				t.Fatal(err)
+			}
+			if err := <-done; sqlstateOf(err) != "57014" {
+				t.Fatalf("cancel of a held statement: %v; want 57014", err)
+			}
 			if d := timed(c, "SELECT 1"); d < 900*time.Millisecond || d > 1500*time.Millisecond {
 				t.Fatalf("acme's transaction after using 3 s of budget took %s; want held about the 1 s bound", d)
 			}
