@@ -114,10 +114,11 @@ func (b *sessionBase) observe(l latency) {
 	if l.answered {
 		b.queryTime.Observe(l.query.Seconds())
 		b.times.query.Add(micros(l.query))
+		b.spent(l.query)
 	}
 	if l.txEnded {
 		b.times.transacted(l.tx)
-		b.spent(l.tx)
+		b.limits.transacted(l.tx)
 	}
 }
 

@@ -46,9 +46,12 @@ type tenantLimits struct {
 	rate tokenBucket
 	// serverTime is in seconds of server connections' time: a transaction
 	// reserves the tenant's usual transaction's time (txTime, at most a
-	// second's worth) as it starts, and settles the difference to its own
-	// when it ends (spent), so that waiters are spaced by what they are
-	// likely to take and costly transactions pay in full.
+	// second's worth) as it starts, and each of its statements pays for
+	// the time it kept the server busy when its ReadyForQuery comes
+	// (spent), the first net of the reservation, so that waiters are
+	// spaced by what they are likely to take and costly transactions pay
+	// in full, as they go: one left unfinished (its client gone) has paid
+	// for every statement answered.
 	serverTime tokenBucket
 	// txTime is a moving average of its transactions' times, in ns.
 	txTime atomic.Int64
@@ -165,15 +168,20 @@ func (b *sessionBase) cancelHold() bool {
 	return f != nil
 }
 
-// spent settles a transaction of the session that kept its server
-// connection busy for d against the time its start reserved.
+// spent charges a statement of the session that kept its server
+// connection busy for d, net of what its transaction's start reserved if
+// it is the transaction's first.
 func (b *sessionBase) spent(d time.Duration) {
-	tl := b.limits
+	if reserved := b.reserved.Swap(0); b.limits.serverTime.limited.Load() {
+		b.limits.serverTime.settle((time.Duration(reserved) - d).Seconds())
+	}
+}
+
+// transacted folds a transaction that took d into the tenant's usual
+// transaction time.
+func (tl *tenantLimits) transacted(d time.Duration) {
 	was := tl.txTime.Load()
 	tl.txTime.Store(was + (int64(d)-was)/8)
-	if reserved := b.reserved.Swap(0); tl.serverTime.limited.Load() {
-		tl.serverTime.settle((time.Duration(reserved) - d).Seconds())
-	}
 }
 
 // estimate is what the tenant's next transaction is reckoned to take of a

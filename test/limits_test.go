@@ -161,7 +161,8 @@ func TestLimitTransactionsPerSecond(t *testing.T) {
 }
 
 // TestLimitServerTimePerSecond: a tenant that used more than its
-// server_time_per_second has its next transactions held, each at most a
+// server_time_per_second (counted per statement, so an abandoned
+// transaction pays too) has its next transactions held, each at most a
 // second, until the time is paid for; they run, none is refused; another
 // tenant is not slowed; a cancel request reaches a held statement. Both
 // modes, one with the simple protocol, the other with the extended.
@@ -184,8 +185,12 @@ func TestLimitServerTimePerSecond(t *testing.T) {
 			if d := timed(c, "SELECT 1"); d > 500*time.Millisecond {
 				t.Fatalf("acme's first transaction, within its budget, took %s", d)
 			}
-			// 300 ms of a budget of 100 ms a second: it owes 2 s.
-			timed(c, "SELECT pg_sleep(0.3)")
+			// 300 ms of a budget of 100 ms a second: it owes 2 s, though
+			// the client that ran it left before its transaction ended.
+			gone := e.connect(t, mode, "acme")
+			timed(gone, "BEGIN")
+			timed(gone, "SELECT pg_sleep(0.3)")
+			gone.Close(ctx)
 			// A cancel request reaches a statement held for it, which
 			// then never runs.
 			done := make(chan error, 1)
