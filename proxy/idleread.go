@@ -34,18 +34,25 @@ func (f *idlePrefix) empty() bool { return f.r == f.w }
 
 // idleRead waits for a client with nothing buffered to send something and
 // returns a pooled reader that yields what came, then the rest of the
-// client's stream.
-func (tx *txSession) idleRead() (*bufio.Reader, error) {
+// client's stream. With mayPark it waits parkAfter at most: errIdle
+// means the client sent nothing meanwhile and the session may park
+// (park.go).
+func (tx *txSession) idleRead(mayPark bool) (*bufio.Reader, error) {
 	f := &tx.first
 	f.conn = tx.client
-	for {
-		n, err := f.conn.Read(f.buf[:])
-		if n > 0 {
-			f.r, f.w = 0, n
-			return getTxReader(f), nil
-		}
-		if err != nil {
-			return nil, err
-		}
+	if mayPark {
+		tx.settle()
 	}
+	n, err := f.conn.Read(f.buf[:])
+	if mayPark && tx.settled(err) && n == 0 {
+		return nil, errIdle
+	}
+	for n == 0 && err == nil {
+		n, err = f.conn.Read(f.buf[:])
+	}
+	if n > 0 {
+		f.r, f.w = 0, n
+		return getTxReader(f), nil
+	}
+	return nil, err
 }
