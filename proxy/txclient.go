@@ -26,6 +26,7 @@ func (tx *txSession) clientLoop(resumed bool) error {
 		if src != nil {
 			putTxReader(src)
 		}
+		tx.first.release()
 	}()
 	for {
 		var m pgwire.Message
@@ -62,6 +63,7 @@ func (tx *txSession) clientLoop(resumed bool) error {
 		if sc.Buffered() == 0 && tx.first.empty() {
 			putTxReader(src)
 			src = nil
+			tx.first.release()
 		}
 	}
 }
