@@ -218,8 +218,11 @@ func (s *Server) handle(t *tracked) {
 		s.closeConn(t)
 		return
 	}
+	// Not c: its start-up buffer (the ParameterStatus messages, ~0.5 kB)
+	// would live as long as the session.
+	conn := c.conn
 	ss.run(func() {
-		c.conn.Close()
+		conn.Close()
 		s.closeConn(t)
 	})
 }
