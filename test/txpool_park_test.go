@@ -6,7 +6,11 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
+	"os"
+	"path/filepath"
 	"runtime"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -29,10 +33,16 @@ const parkClients = 30
 // runs in it; a pgconn has no goroutine of its own while idle).
 func connectIdle(t *testing.T, addr string, n int) ([]*pgconn.PgConn, int) {
 	t.Helper()
+	return connectIdleTo(t, dsn(addr, "alice.acme", tenantPassword), n)
+}
+
+// connectIdleTo is connectIdle with any connection string.
+func connectIdleTo(t *testing.T, connString string, n int) ([]*pgconn.PgConn, int) {
+	t.Helper()
 	before := runtime.NumGoroutine()
 	conns := make([]*pgconn.PgConn, n)
 	for i := range conns {
-		c, err := pgconn.Connect(ctxT(t), dsn(addr, "alice.acme", tenantPassword))
+		c, err := pgconn.Connect(ctxT(t), connString)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -88,6 +98,30 @@ func TestTxPoolParkedClientsHoldNoGoroutineAndResume(t *testing.T) {
 	for i, c := range conns {
 		if _, err := c.Exec(ctx, "SELECT 1").ReadAll(); err != nil {
 			t.Fatalf("client %d, parked again: %v", i, err)
+		}
+	}
+}
+
+// TestTxPoolUnixSocketClientsParkAndResume: clients on the proxy's unix
+// socket park too, and resume.
+func TestTxPoolUnixSocketClientsParkAndResume(t *testing.T) {
+	e := newProxyEnv(t)
+	dir, err := os.MkdirTemp("", "tp")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	l, err := net.Listen("unix", filepath.Join(dir, ".s.PGSQL.6432"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	StartProxyOn(t, l, proxy.Config{PoolMode: proxy.PoolTransaction}, e.cat, e.pool)
+	conns, before := connectIdleTo(t, "host="+dir+" port=6432 dbname=app sslmode=disable user=alice.acme password="+tenantPassword, parkClients)
+	waitParked(t, before, parkClients)
+	for i, c := range conns {
+		got := c.ExecParams(ctxT(t), "SELECT $1::int", [][]byte{[]byte(strconv.Itoa(i))}, nil, nil, nil).Read()
+		if got.Err != nil || string(got.Rows[0][0]) != strconv.Itoa(i) {
+			t.Fatalf("unix socket client %d after parking: %v %v", i, got.Rows, got.Err)
 		}
 	}
 }
