@@ -163,8 +163,8 @@ func (tx *txSession) end(cerr error) {
 		// Nobody else writes to the client now.
 		tx.client.Write(encodeError(cerr, fatal))
 	}
-	tx.uncount()
 	tx.ended(reason, zap.String("pool_mode", PoolTransaction))
+	tx.uncount()
 	tx.closed()
 }
 
