@@ -235,10 +235,11 @@ func BenchmarkProxyPgbenchSelectOnly(b *testing.B) {
 // mode that includes the server connection each client holds; the
 // connection-scale scenario of `tenantproxy bench` reports the same as
 // RSS of a separate process. Transaction mode, 2026-11-30, nproc=2:
-// 8,192 stack-B/conn and ~6.2-6.6 kB heap-B/conn with a goroutine per
-// idle client; 160-490 stack-B/conn (every client parked) and 4.2-4.6 kB
-// heap-B/conn once idle clients park with one shared copy of each
-// context's switch Queries and no read buffer.
+// 8,192 stack-B/conn and 6.2-6.6 kB heap-B/conn (after one collection)
+// with a goroutine per idle client; 0.2-3.1 kB stack-B/conn (the
+// runtime's stack spans and caches: every client parked, 10 goroutines
+// in all) and 4.2-4.6 kB heap-B/conn once idle clients park with one
+// shared copy of each context's switch Queries and no read buffer.
 func BenchmarkIdleSessionMemory(b *testing.B) {
 	for _, mode := range []string{proxy.PoolSession, proxy.PoolTransaction} {
 		b.Run(mode, func(b *testing.B) { idleSessionMemory(b, mode) })
