@@ -294,8 +294,10 @@ func TestTxPoolTLSClientsAreNotParked(t *testing.T) {
 		t.Cleanup(func() { conns[i].Close(context.Background()) })
 	}
 	time.Sleep(500 * time.Millisecond)
-	if n := runtime.NumGoroutine() - before; n < parkClients {
-		t.Fatalf("%d idle TLS clients: %d goroutines more than before; want one each at least (not parked)", parkClients, n)
+	// Other goroutines of the process come and go: parked, the clients
+	// would add none, not parked about one each.
+	if n := runtime.NumGoroutine() - before; n < parkClients*2/3 {
+		t.Fatalf("%d idle TLS clients: %d goroutines more than before; want about one each (not parked)", parkClients, n)
 	}
 	for i, c := range conns {
 		var n int
