@@ -18,6 +18,7 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgproto3"
+	"go.uber.org/goleak"
 
 	"github.com/tenantproxy/tenantproxy/internal/pgtest"
 	"github.com/tenantproxy/tenantproxy/proxy"
@@ -216,9 +217,12 @@ func expectKilled(c *pgconn.PgConn, sqlstate string) error {
 }
 
 // TestTxPoolConsoleReachesParkedClients: KILL <tenant>, PAUSE and RESUME,
-// and Shutdown reach parked clients as they reach blocked ones.
+// and Shutdown reach parked clients as they reach blocked ones, and no
+// goroutine of the parking outlives Shutdown.
 func TestTxPoolConsoleReachesParkedClients(t *testing.T) {
 	e := newConsoleEnv(t)
+	// The parking's goroutine starts at the first park, after this.
+	leaks := goleak.IgnoreCurrent()
 	cons := consoleConn(t, e.addr)
 	ctx := ctxT(t)
 	conns, before := connectIdle(t, e.addr, 12)
@@ -269,6 +273,7 @@ func TestTxPoolConsoleReachesParkedClients(t *testing.T) {
 			t.Fatalf("parked client %d after Shutdown: %v", i, err)
 		}
 	}
+	goleak.VerifyNone(t, leaks)
 }
 
 // TestTxPoolTLSClientsAreNotParked: a TLS client keeps its goroutine while
