@@ -19,9 +19,11 @@ import (
 // transaction mode (txSession, txsession.go) implement it.
 type clientSession interface {
 	// run relays until the session ends, gives back everything it holds
-	// (server connection, cancel key, the tenant's connection slot) and
-	// logs the session.
-	run()
+	// (server connection, cancel key, the tenant's connection slot), logs
+	// the session and calls closed, which closes the client's connection.
+	// It may return before that, the session parked (park.go): closed is
+	// then called by the goroutine that ends it.
+	run(closed func())
 	// drain ends the session with 57P01 at the first moment it is idle:
 	// no transaction open, nothing owed.
 	drain()
