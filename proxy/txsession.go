@@ -148,9 +148,11 @@ func (tx *txSession) end(cerr error) {
 		interruptRead(c.NetConn())
 	}
 	tx.mu.Unlock()
-	if st.relaying() {
-		tx.wg.Wait()
-	} else if c != nil {
+	// Waited for even when the binding is over: a relayer that ended it
+	// (a kill, the server lost) may still be writing the client its last
+	// error, and the client is closed after this.
+	tx.wg.Wait()
+	if !st.relaying() && c != nil {
 		// Left with a transaction open and no relayer: all replies owed
 		// were relayed, nothing is buffered.
 		tx.serverStopped(c, os.ErrDeadlineExceeded, true)
