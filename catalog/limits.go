@@ -63,7 +63,7 @@ func LimitNames() []string {
 // installation protects tenants from each other with no flag set: a free
 // tenant holds at most 4 server connections of a pool at once, runs at
 // most 1,000 transactions a second, and keeps server connections busy at
-// most a quarter of a second each second (server_time_per_second, in ms):
+// most 50 ms each second (server_time_per_second, in ms):
 // neither a count of connections nor of transactions bounds what a tenant
 // of costly queries takes of the server's cores, its connections' time
 // does (measured: README "Limits and fairness"). Zero means no limit; for
@@ -72,13 +72,13 @@ func LimitNames() []string {
 // tenants have databases of their own.
 var planLimits = map[string]map[string]float64{
 	PlanFree: {LimitClientConnections: 100, LimitServerConnections: 4,
-		LimitTransactionsPerSecond: 1000, LimitServerTimePerSecond: 250, LimitStorageMB: 1024},
+		LimitTransactionsPerSecond: 1000, LimitServerTimePerSecond: 50, LimitStorageMB: 1024},
 	PlanTrial: {LimitClientConnections: 100, LimitServerConnections: 4,
-		LimitTransactionsPerSecond: 1000, LimitServerTimePerSecond: 250, LimitStorageMB: 5 * 1024},
+		LimitTransactionsPerSecond: 1000, LimitServerTimePerSecond: 50, LimitStorageMB: 5 * 1024},
 	PlanStandard: {LimitClientConnections: 200, LimitServerConnections: 8,
-		LimitTransactionsPerSecond: 5000, LimitServerTimePerSecond: 1000, LimitStorageMB: 50 * 1024},
+		LimitTransactionsPerSecond: 5000, LimitServerTimePerSecond: 250, LimitStorageMB: 50 * 1024},
 	PlanPro: {LimitClientConnections: 400, LimitServerConnections: 16,
-		LimitTransactionsPerSecond: 10000, LimitServerTimePerSecond: 4000, LimitStorageMB: 250 * 1024},
+		LimitTransactionsPerSecond: 10000, LimitServerTimePerSecond: 1000, LimitStorageMB: 250 * 1024},
 	PlanEnterprise: {LimitStorageMB: 2000 * 1024},
 }
 

@@ -20,16 +20,16 @@ import (
 // LISTEN keeps current, so it costs no query.
 const limitsRefresh = 250 * time.Millisecond
 
-// rateWait bounds how long a transaction waits for its turn: over its
-// tenant's transactions_per_second, one whose turn is further away fails
-// with 53400; over its server_time_per_second, one waits at most this long
-// and then runs (the tenant is slowed, never refused, by time it used).
+// rateWait bounds how long a transaction over its tenant's
+// transactions_per_second waits for its turn; one whose turn is further
+// away fails at once with 53400.
 const rateWait = time.Second
 
-// debtWindow bounds what a tenant can owe of its server_time_per_second:
-// this long's worth. One transaction far longer than its budget slows the
-// tenant's next ones for at most about this long.
-const debtWindow = time.Minute
+// serverTimeWait is rateWait for server_time_per_second: as long as a
+// transaction may wait for a server connection (--pool-wait-timeout's
+// default), since a tenant over its server time is a tenant whose
+// connections are busy.
+const serverTimeWait = 10 * time.Second
 
 // firstTxEstimate is what a tenant's transaction is reckoned to keep its
 // server connection busy before one of its transactions was measured.
@@ -47,11 +47,13 @@ type tenantLimits struct {
 	// serverTime is in seconds of server connections' time: a transaction
 	// reserves the tenant's usual transaction's time (txTime, at most a
 	// second's worth) as it starts, and each of its statements pays for
-	// the time it kept the server busy when its ReadyForQuery comes
-	// (spent), the first net of the reservation, so that waiters are
-	// spaced by what they are likely to take and costly transactions pay
-	// in full, as they go: one left unfinished (its client gone) has paid
-	// for every statement answered.
+	// the time it kept the server busy, up to a second's worth, when its
+	// ReadyForQuery comes (spent), the first net of the reservation. So
+	// waiters queue, spaced by what they are likely to take, costly
+	// transactions pay as they go (one left unfinished, its client gone,
+	// has paid for every statement answered), and one statement longer
+	// than a second's budget delays the next ones by about a second, not
+	// by its length: statement_timeout and server_connections bound those.
 	serverTime tokenBucket
 	// txTime is a moving average of its transactions' times, in ns.
 	txTime atomic.Int64
@@ -70,9 +72,9 @@ type tenantLimits struct {
 func (tl *tenantLimits) apply(t *catalog.Tenant, now time.Time) {
 	l := t.Limits
 	tl.serverConns.Store(int32(l.ServerConnections))
-	tl.rate.setRate(l.TransactionsPerSecond, max(l.TransactionsPerSecond, 1), 0, now)
+	tl.rate.setRate(l.TransactionsPerSecond, max(l.TransactionsPerSecond, 1), now)
 	budget := l.ServerTimePerSecond.Seconds()
-	tl.serverTime.setRate(budget, budget, -budget*debtWindow.Seconds(), now)
+	tl.serverTime.setRate(budget, budget, now)
 	tl.setPlan(t)
 	tl.checked.Store(now.UnixNano())
 }
@@ -111,9 +113,9 @@ func (r *limitsRegistry) leave(tenant string) {
 }
 
 // admitTransaction is called before a session's transaction starts: it
-// waits for the tenant's transaction rate (up to rateWait, else 53400) and
-// server time (up to rateWait) and, every limitsRefresh, looks the
-// tenant's limits up again in the background.
+// waits for the tenant's transaction rate (up to rateWait) and server time
+// (up to serverTimeWait), else fails with 53400, and, every
+// limitsRefresh, looks the tenant's limits up again in the background.
 func (s *Server) admitTransaction(ctx context.Context, b *sessionBase) error {
 	tl := b.limits
 	now := time.Now()
@@ -125,17 +127,40 @@ func (s *Server) admitTransaction(ctx context.Context, b *sessionBase) error {
 		return &overLimit{reason: refusedRate, err: pgerr.Errorf(pgerr.CodeRateLimited,
 			"tenant %q is over its limit of %g transactions per second; retry later", b.tenant, tl.rate.limit())}
 	}
-	cost, wait := tl.serverTime.delay(now, tl.estimate().Seconds(), rateWait)
+	wait, err := b.reserveServerTime(now)
+	if err != nil {
+		return err
+	}
+	if err := b.hold(ctx, max(d, wait)); err != nil {
+		// Never to run: what it reserved goes back.
+		tl.serverTime.settle(float64(b.reserved.Swap(0))/float64(time.Second), 0)
+		return err
+	}
+	return nil
+}
+
+// reserveServerTime reserves the session's next transaction's share of
+// its tenant's server time: the tenant's usual transaction time, at most
+// a second's budget.
+func (b *sessionBase) reserveServerTime(now time.Time) (time.Duration, error) {
+	st := &b.limits.serverTime
+	if !st.limited.Load() {
+		return 0, nil
+	}
+	budget := st.limit()
+	cost := min(b.limits.estimate().Seconds(), budget)
+	wait, ok := st.reserve(now, cost, serverTimeWait)
+	if !ok {
+		e := pgerr.Errorf(pgerr.CodeRateLimited, "tenant %q is over its limit of %s of server time a second; retry later",
+			b.tenant, time.Duration(budget*float64(time.Second)))
+		e.Hint = "Its transactions queue for the server time its plan allows (server_time_per_second); this one's turn was more than 10s away."
+		return 0, &overLimit{reason: refusedServerTime, err: e}
+	}
 	b.reserved.Store(int64(cost * float64(time.Second)))
 	if wait > 0 {
 		b.times.series.Load().counters[countHeld].Add(wait.Seconds())
 	}
-	if err := b.hold(ctx, max(d, wait)); err != nil {
-		// Never to run: what it reserved goes back.
-		tl.serverTime.settle(float64(b.reserved.Swap(0)) / float64(time.Second))
-		return err
-	}
-	return nil
+	return wait, nil
 }
 
 // errHoldCanceled ends a hold that the client's cancel request reached.
@@ -173,7 +198,7 @@ func (b *sessionBase) cancelHold() bool {
 // it is the transaction's first.
 func (b *sessionBase) spent(d time.Duration) {
 	if reserved := b.reserved.Swap(0); b.limits.serverTime.limited.Load() {
-		b.limits.serverTime.settle((time.Duration(reserved) - d).Seconds())
+		b.limits.serverTime.settle(time.Duration(reserved).Seconds(), d.Seconds())
 	}
 }
 
@@ -222,8 +247,9 @@ func (s *Server) refreshLimits(tenant string, tl *tenantLimits) {
 }
 
 // tokenBucket spaces a tenant's transactions to a rate, with a burst. A
-// transaction takes its cost as it arrives, so waiters are served in
-// order.
+// transaction reserves its cost as it arrives, so waiters are served in
+// order; one that would wait longer than its bound takes nothing and fails
+// at once.
 type tokenBucket struct {
 	// limited mirrors rate > 0, so that a tenant without a rate takes no
 	// lock per transaction.
@@ -231,22 +257,21 @@ type tokenBucket struct {
 	mu      sync.Mutex
 	rate    float64 // tokens a second; 0: unlimited
 	burst   float64 // the most tokens it holds
-	floor   float64 // the fewest settle leaves it
-	tokens  float64 // negative: taken by waiters, or owed
+	tokens  float64 // negative: reserved by waiters, or owed
 	last    time.Time
 }
 
-func (b *tokenBucket) setRate(rate, burst, floor float64, now time.Time) {
+func (b *tokenBucket) setRate(rate, burst float64, now time.Time) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	if rate == b.rate && burst == b.burst && floor == b.floor {
+	if rate == b.rate && burst == b.burst {
 		return
 	}
 	b.refillLocked(now)
 	if b.rate == 0 {
 		b.tokens = burst // a bucket starts full
 	}
-	b.rate, b.burst, b.floor = rate, burst, floor
+	b.rate, b.burst = rate, burst
 	b.tokens = min(b.tokens, burst)
 	b.limited.Store(rate > 0)
 }
@@ -264,15 +289,6 @@ func (b *tokenBucket) refillLocked(now time.Time) {
 	b.last = now
 }
 
-// waitLocked is how long a taker of cost tokens at now waits for them.
-func (b *tokenBucket) waitLocked(now time.Time, cost float64) time.Duration {
-	b.refillLocked(now)
-	if b.tokens >= cost {
-		return 0
-	}
-	return time.Duration((cost - b.tokens) / b.rate * float64(time.Second))
-}
-
 // reserve takes cost tokens at now and returns how long their taker must
 // wait for them; ok is false, and nothing is taken, if that is longer than
 // bound.
@@ -285,35 +301,20 @@ func (b *tokenBucket) reserve(now time.Time, cost float64, bound time.Duration) 
 	if b.rate <= 0 {
 		return 0, true
 	}
-	if wait = b.waitLocked(now, cost); wait > bound {
-		return 0, false
+	b.refillLocked(now)
+	if b.tokens < cost {
+		if wait = time.Duration((cost - b.tokens) / b.rate * float64(time.Second)); wait > bound {
+			return 0, false
+		}
 	}
 	b.tokens -= cost
 	return wait, true
 }
 
-// delay takes cost tokens at now, at most the burst, and returns what it
-// took and how long the taker waits: as long as they take to come, at
-// most bound.
-func (b *tokenBucket) delay(now time.Time, cost float64, bound time.Duration) (taken float64, wait time.Duration) {
-	if !b.limited.Load() {
-		return 0, 0
-	}
+// settle trades reserved tokens for used ones, at most the burst, never
+// leaving more than the burst.
+func (b *tokenBucket) settle(reserved, used float64) {
 	b.mu.Lock()
-	defer b.mu.Unlock()
-	if b.rate <= 0 {
-		return 0, 0
-	}
-	cost = min(cost, b.burst)
-	wait = min(b.waitLocked(now, cost), bound)
-	b.tokens -= cost
-	return cost, wait
-}
-
-// settle gives n tokens back (takes -n more if n is negative), keeping
-// the bucket between its floor and its burst.
-func (b *tokenBucket) settle(n float64) {
-	b.mu.Lock()
-	b.tokens = max(min(b.tokens+n, b.burst), b.floor)
+	b.tokens = min(b.tokens+reserved-min(used, b.burst), b.burst)
 	b.mu.Unlock()
 }

@@ -12,7 +12,7 @@ func TestTokenBucketBurstThenSpacesThenRefuses(t *testing.T) {
 	if _, ok := take(now, time.Second); !ok {
 		t.Fatal("no rate: refused")
 	}
-	b.setRate(4, 4, 0, now)
+	b.setRate(4, 4, now)
 	for i := range 4 {
 		if d, ok := take(now, 0); !ok || d != 0 {
 			t.Fatalf("token %d of a burst of 4: wait %s, ok %v", i+1, d, ok)
@@ -41,45 +41,43 @@ func TestTokenBucketBurstThenSpacesThenRefuses(t *testing.T) {
 		t.Fatal("a bucket refilled past its burst")
 	}
 	// Lifting the limit lets everything through.
-	b.setRate(0, 0, 0, later)
+	b.setRate(0, 0, later)
 	if d, ok := take(later, 0); !ok || d != 0 {
 		t.Fatalf("no limit: wait %s, ok %v", d, ok)
 	}
 }
 
-// A tenant's server time: a transaction takes its estimate (at most the
-// burst) and pays for what it really took, so a long transaction slows the
-// next ones, each by at most the bound, until its cost is paid; what is
-// owed stops at the floor.
-func TestServerTimeBudgetChargesWhatATransactionTook(t *testing.T) {
+// A tenant's server time: a transaction reserves its estimate and its
+// statements pay what they took, each at most the burst, so waiters queue
+// behind a costly statement for about a second's budget at most.
+func TestServerTimeBudgetChargesWhatStatementsTook(t *testing.T) {
 	var b tokenBucket
 	now := time.Now()
-	b.setRate(0.25, 0.25, -15, now) // 250 ms of server time a second
-	if taken, d := b.delay(now, 0.001, time.Second); taken != 0.001 || d != 0 {
-		t.Fatalf("first transaction: took %g, wait %s", taken, d)
+	b.setRate(0.25, 0.25, now) // 250 ms of server time a second
+	if d, ok := b.reserve(now, 0.001, 10*time.Second); !ok || d != 0 {
+		t.Fatalf("first transaction: wait %s, ok %v", d, ok)
 	}
-	// It took 1.001 s, not 1 ms: the tenant owes 0.75 s, three seconds of
-	// its budget; the next waits the bound and runs.
-	b.settle(0.001 - 1.001)
-	if _, d := b.delay(now, 0.001, time.Second); d != time.Second {
-		t.Fatalf("owing 3 s of budget: wait %s; want the bound, 1s", d)
+	// Its statement took an hour: it pays a second's budget, 0.25 s,
+	// which empties the bucket; the next transaction, reckoned at 0.2 s,
+	// waits 0.8 s for it.
+	b.settle(0.001, 3600)
+	if d, ok := b.reserve(now, 0.2, 10*time.Second); !ok || d < 790*time.Millisecond || d > 810*time.Millisecond {
+		t.Fatalf("after an hour-long statement: wait %s, ok %v; want 0.8s", d, ok)
 	}
-	// 2.1 s later it owes 0.227 s: about 0.9 s to wait.
-	if _, d := b.delay(now.Add(2100*time.Millisecond), 0.001, time.Second); d < 900*time.Millisecond || d > time.Second {
-		t.Fatalf("2.1 s later: wait %s; want about 0.9 s", d)
+	// Waiters queue behind it, 0.25 s apart at 62.5 ms each: the 36th
+	// waits 9.8 s, the 37th would wait over the bound and is refused,
+	// taking nothing.
+	for i := range 36 {
+		if _, ok := b.reserve(now, 0.0625, 10*time.Second); !ok {
+			t.Fatalf("waiter %d of 36 refused", i+1)
+		}
 	}
-	// An estimate above the burst takes only the burst.
-	if taken, _ := b.delay(now.Add(time.Minute), 5, time.Second); taken != 0.25 {
-		t.Fatalf("an estimate of 5 s took %g; want the burst, 0.25", taken)
+	if _, ok := b.reserve(now, 0.0625, 10*time.Second); ok {
+		t.Fatal("a waiter whose turn is over 10 s away was taken")
 	}
-	// Settling never leaves more than the burst, nor owes more than the
-	// floor.
-	b.settle(100)
+	// A reservation given back, unused, never fills it past its burst.
+	b.settle(100, 0)
 	if b.tokens != 0.25 {
 		t.Fatalf("tokens %g after a large refund; want the burst, 0.25", b.tokens)
-	}
-	b.settle(-3600)
-	if b.tokens != -15 {
-		t.Fatalf("tokens %g after an hour-long transaction; want the floor, -15", b.tokens)
 	}
 }

@@ -33,7 +33,7 @@ type metrics struct {
 	txDuration, poolWait *prometheus.HistogramVec
 	// refusals count what a tenant's limits refused, by reason.
 	refusals *prometheus.CounterVec
-	// held is the time transactions waited for their tenant's server time.
+	// held is the time transactions queued for their tenant's server time.
 	held *prometheus.CounterVec
 	// quota are the storage quota's (quota.go).
 	quota *quotaMetrics
@@ -98,11 +98,11 @@ func newMetrics(reg prometheus.Registerer, buffered func() float64) (*metrics, e
 		}, []string{"tenant"}),
 		refusals: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "tenantproxy_tenant_refusals_total",
-			Help: "Requests a tenant's limits refused, per tenant as tenantproxy_transactions_total and reason: transactions_per_second (over its rate, 53400), pool_wait (no server connection within the pool's wait, often its share full, 53400), client_connections (a login over its cap, 53300).",
+			Help: "Requests a tenant's limits refused, per tenant as tenantproxy_transactions_total and reason: transactions_per_second (over its rate, 53400), server_time_per_second (its turn for server time more than 10 s away, 53400), pool_wait (no server connection within the pool's wait, often its share full, 53400), client_connections (a login over its cap, 53300).",
 		}, []string{"tenant", "reason"}),
 		held: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "tenantproxy_tenant_server_time_wait_seconds_total",
-			Help: "Time a tenant's transactions waited because it was over its server_time_per_second (each at most 1 s; they then run), per tenant as tenantproxy_transactions_total.",
+			Help: "Time a tenant's transactions queued for its server_time_per_second before running, per tenant as tenantproxy_transactions_total (one whose turn was over 10 s away was refused instead: tenantproxy_tenant_refusals_total).",
 		}, []string{"tenant"}),
 		poolWait: prometheus.NewHistogramVec(prometheus.HistogramOpts{
 			Name: "tenantproxy_tenant_pool_wait_seconds",
@@ -136,9 +136,10 @@ func register(reg prometheus.Registerer, c prometheus.Collector) error {
 
 // Reasons of tenantproxy_tenant_refusals_total.
 const (
-	refusedRate     = "transactions_per_second"
-	refusedPoolWait = "pool_wait"
-	refusedClients  = "client_connections"
+	refusedRate       = "transactions_per_second"
+	refusedServerTime = "server_time_per_second"
+	refusedPoolWait   = "pool_wait"
+	refusedClients    = "client_connections"
 )
 
 // countRefusal counts err against tenant when one of its limits refused

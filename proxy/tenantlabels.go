@@ -63,7 +63,7 @@ func newTenantLabels(m *metrics, max int, interval time.Duration) *tenantLabels 
 	l.other = l.seriesOf(otherTenants)
 	// At 0 from the start, so that the alert rules' rates are defined
 	// before the first refusal.
-	for _, reason := range []string{refusedRate, refusedPoolWait, refusedClients} {
+	for _, reason := range []string{refusedRate, refusedServerTime, refusedPoolWait, refusedClients} {
 		m.refusals.WithLabelValues(otherTenants, reason)
 	}
 	return l

@@ -279,6 +279,7 @@ func TestRefusalsAreCountedByLimit(t *testing.T) {
 	s, _ := labelsServer(t, 1)
 	s.testSession("acme")
 	s.countRefusal("acme", &overLimit{reason: refusedRate, err: pgerr.Errorf(pgerr.CodeRateLimited, "over its rate")})
+	s.countRefusal("acme", &overLimit{reason: refusedServerTime, err: pgerr.Errorf(pgerr.CodeRateLimited, "over its server time")})
 	s.countRefusal("acme", pgerr.Errorf(pgerr.CodeRateLimited, "paused; timed out waiting for RESUME"))
 	s.countRefusal("acme", fmt.Errorf("acquire: %w", pool.ErrWaitTimeout))
 	s.countRefusal("beta", pgerr.Errorf(pgerr.CodeTooManyConnections, "too many"))
@@ -286,7 +287,7 @@ func TestRefusalsAreCountedByLimit(t *testing.T) {
 	for _, tt := range []struct {
 		tenant, reason string
 		want           float64
-	}{{"acme", refusedRate, 1}, {"acme", refusedPoolWait, 1}, {otherTenants, refusedClients, 1}, {"acme", refusedClients, 0}} {
+	}{{"acme", refusedRate, 1}, {"acme", refusedServerTime, 1}, {"acme", refusedPoolWait, 1}, {otherTenants, refusedClients, 1}, {"acme", refusedClients, 0}} {
 		if got := testutil.ToFloat64(s.metrics.refusals.WithLabelValues(tt.tenant, tt.reason)); got != tt.want {
 			t.Errorf("refusals{tenant=%q, reason=%q} = %v; want %v", tt.tenant, tt.reason, got, tt.want)
 		}
