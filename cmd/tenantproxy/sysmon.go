@@ -52,8 +52,7 @@ func withSysmonAwake(env []string) (_ []string, ok bool) {
 // GODEBUG does not set schedtrace yet. It returns when there is nothing
 // to do or the exec failed: serve then runs as it is, only slower.
 func execServeWithSysmonAwake(args []string) {
-	cmd, _, err := newRootCommand().Find(args)
-	if err != nil || cmd.Name() != "serve" {
+	if !serves(args) {
 		return
 	}
 	env, ok := withSysmonAwake(os.Environ())
@@ -65,4 +64,10 @@ func execServeWithSysmonAwake(args []string) {
 		return
 	}
 	syscall.Exec(exe, os.Args, env)
+}
+
+// serves reports whether args (without the program name) run serve.
+func serves(args []string) bool {
+	cmd, _, err := newRootCommand().Find(args)
+	return err == nil && cmd.Name() == "serve"
 }

@@ -32,3 +32,21 @@ func TestWithSysmonAwakeAddsToGODEBUGUnlessSchedtraceIsSet(t *testing.T) {
 		})
 	}
 }
+
+func TestServesFindsTheServeCommandBehindGlobalFlags(t *testing.T) {
+	for _, tc := range []struct {
+		args []string
+		want bool
+	}{
+		{[]string{"serve", "--listen", "127.0.0.1:6432"}, true},
+		{[]string{"--log-level", "warn", "serve"}, true},
+		{[]string{"--config=proxy.yaml", "serve", "--pool-mode", "transaction"}, true},
+		{[]string{"bench", "--proxy-binary", "serve"}, false},
+		{[]string{"version"}, false},
+		{nil, false},
+	} {
+		if got := serves(tc.args); got != tc.want {
+			t.Errorf("serves(%q) = %v; want %v", tc.args, got, tc.want)
+		}
+	}
+}
