@@ -16,6 +16,9 @@ import (
 // schedtrace, cmd/tenantproxy/sysmon.go), in the process it was started
 // as, and that an operator's own schedtrace setting stands.
 func TestServeKeepsSysmonAwake(t *testing.T) {
+	if testing.Short() {
+		t.Skip("builds the binary")
+	}
 	if runtime.GOOS != "linux" {
 		t.Skip("reads /proc")
 	}
