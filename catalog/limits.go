@@ -18,6 +18,7 @@ const (
 	LimitStatementTimeout         = "statement_timeout"
 	LimitIdleInTransactionTimeout = "idle_in_transaction_timeout"
 	LimitTransactionsPerSecond    = "transactions_per_second"
+	LimitServerTimePerSecond      = "server_time_per_second"
 	LimitStorageMB                = "storage_mb"
 )
 
@@ -44,6 +45,7 @@ var limitKinds = map[string]limitKind{
 	LimitStatementTimeout:         kindDuration,
 	LimitIdleInTransactionTimeout: kindDuration,
 	LimitTransactionsPerSecond:    kindRate,
+	LimitServerTimePerSecond:      kindDuration,
 	LimitStorageMB:                kindSize,
 }
 
@@ -59,21 +61,24 @@ func LimitNames() []string {
 
 // planLimits are each plan's built-in defaults, chosen so that a new
 // installation protects tenants from each other with no flag set: a free
-// tenant holds at most 4 server connections of a pool at once and runs at
-// most 1,000 transactions a second, so a tenant running flat out leaves
-// the server's cores and the rest of the pool to the others (measured:
-// README "Limits and fairness"). Zero means no limit; for the timeouts it
-// leaves the proxy's own setting (serve --idle-in-transaction-timeout) or
-// PostgreSQL's in force. Enterprise tenants have databases of their own.
+// tenant holds at most 4 server connections of a pool at once, runs at
+// most 1,000 transactions a second, and keeps server connections busy at
+// most a quarter of a second each second (server_time_per_second, in ms):
+// neither a count of connections nor of transactions bounds what a tenant
+// of costly queries takes of the server's cores, its connections' time
+// does (measured: README "Limits and fairness"). Zero means no limit; for
+// the timeouts it leaves the proxy's own setting (serve
+// --idle-in-transaction-timeout) or PostgreSQL's in force. Enterprise
+// tenants have databases of their own.
 var planLimits = map[string]map[string]float64{
 	PlanFree: {LimitClientConnections: 100, LimitServerConnections: 4,
-		LimitTransactionsPerSecond: 1000, LimitStorageMB: 1024},
+		LimitTransactionsPerSecond: 1000, LimitServerTimePerSecond: 250, LimitStorageMB: 1024},
 	PlanTrial: {LimitClientConnections: 100, LimitServerConnections: 4,
-		LimitTransactionsPerSecond: 1000, LimitStorageMB: 5 * 1024},
+		LimitTransactionsPerSecond: 1000, LimitServerTimePerSecond: 250, LimitStorageMB: 5 * 1024},
 	PlanStandard: {LimitClientConnections: 200, LimitServerConnections: 8,
-		LimitTransactionsPerSecond: 5000, LimitStorageMB: 50 * 1024},
+		LimitTransactionsPerSecond: 5000, LimitServerTimePerSecond: 1000, LimitStorageMB: 50 * 1024},
 	PlanPro: {LimitClientConnections: 400, LimitServerConnections: 16,
-		LimitTransactionsPerSecond: 10000, LimitStorageMB: 250 * 1024},
+		LimitTransactionsPerSecond: 10000, LimitServerTimePerSecond: 4000, LimitStorageMB: 250 * 1024},
 	PlanEnterprise: {LimitStorageMB: 2000 * 1024},
 }
 
@@ -94,7 +99,10 @@ type Limits struct {
 	StatementTimeout         time.Duration
 	IdleInTransactionTimeout time.Duration
 	TransactionsPerSecond    float64
-	StorageMB                int64
+	// ServerTimePerSecond is how long the tenant's transactions may keep
+	// server connections busy per second, on average.
+	ServerTimePerSecond time.Duration
+	StorageMB           int64
 	// Source says, per limit name, where its value comes from (SourceTenant,
 	// SourcePlan or SourceDefault).
 	Source map[string]string
@@ -134,6 +142,8 @@ func (l *Limits) set(name string, v float64) {
 		l.IdleInTransactionTimeout = time.Duration(v) * time.Millisecond
 	case LimitTransactionsPerSecond:
 		l.TransactionsPerSecond = v
+	case LimitServerTimePerSecond:
+		l.ServerTimePerSecond = time.Duration(v) * time.Millisecond
 	case LimitStorageMB:
 		l.StorageMB = int64(v)
 	}
@@ -152,6 +162,8 @@ func (l Limits) Value(name string) string {
 		return formatDuration(l.IdleInTransactionTimeout)
 	case LimitTransactionsPerSecond:
 		return strconv.FormatFloat(l.TransactionsPerSecond, 'f', -1, 64)
+	case LimitServerTimePerSecond:
+		return formatDuration(l.ServerTimePerSecond)
 	case LimitStorageMB:
 		return strconv.FormatInt(l.StorageMB, 10)
 	}

@@ -51,6 +51,9 @@ type canceller interface {
 	// cancelDone ends what startCancel began, once the request has been
 	// forwarded (pool.Conn.ForwardCancel).
 	cancelDone()
+	// cancelHold ends the wait of a statement the proxy holds for its
+	// tenant's limits, reporting whether there was one.
+	cancelHold() bool
 }
 
 var (

@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"context"
 	"net"
 	"sync"
 	"sync/atomic"
@@ -18,9 +19,11 @@ import (
 // transaction mode (txSession, txsession.go) implement it.
 type clientSession interface {
 	// run relays until the session ends, gives back everything it holds
-	// (server connection, cancel key, the tenant's connection slot) and
-	// logs the session.
-	run()
+	// (server connection, cancel key, the tenant's connection slot), logs
+	// the session and calls closed, which closes the client's connection.
+	// It may return before that, the session parked (park.go): closed is
+	// then called by the goroutine that ends it.
+	run(closed func())
 	// drain ends the session with 57P01 at the first moment it is idle:
 	// no transaction open, nothing owed.
 	drain()
@@ -78,6 +81,12 @@ type sessionBase struct {
 	// quota is how the session's transactions run against the tenant's
 	// storage quota (quota.go).
 	quota quotaSession
+	// reserved is the server time, in ns, the transaction under way
+	// reserved of its tenant's server_time_per_second (admitTransaction).
+	reserved atomic.Int64
+	// holding cancels the hold of the transaction under way while its
+	// tenant's limits hold it (hold).
+	holding atomic.Pointer[context.CancelCauseFunc]
 
 	// Why a blocked read was interrupted: the relay goroutines look at
 	// these after interruptRead, so each is set before the interrupt.
@@ -107,9 +116,11 @@ func (b *sessionBase) observe(l latency) {
 	if l.answered {
 		b.queryTime.Observe(l.query.Seconds())
 		b.times.query.Add(micros(l.query))
+		b.spent(l.query)
 	}
 	if l.txEnded {
 		b.times.transacted(l.tx)
+		b.limits.transacted(l.tx)
 	}
 }
 

@@ -64,7 +64,8 @@ type consoleSession struct {
 
 var _ clientSession = (*consoleSession)(nil)
 
-func (cs *consoleSession) run() {
+func (cs *consoleSession) run(closed func()) {
+	defer closed()
 	err := cs.srv.console.Serve(cs.srv.ctx, cs.conn, cs.srv)
 	cs.srv.log.Info("console session ended", zap.String("user", cs.user), zap.Stringer("client", cs.conn.RemoteAddr()),
 		zap.Duration("duration", time.Since(cs.started)), zap.NamedError("reason", err))

@@ -20,6 +20,7 @@
 //	stmts.go          transaction mode: prepared statements carried across connections (rewriter)
 //	copyshared.go     both modes: the shared tier's COPY FROM STDIN, sent as a load through a staging table
 //	idleread.go       transaction mode: an idle client holds no read buffer
+//	park*.go          transaction mode: an idle plaintext client parks in an epoll set, holding no goroutine
 //	buffers.go        memory for client messages held whole: given back once passed on, capped server-wide
 //	cancel.go         cancel keys
 //	peers.go          several instances: peer ids in cancel keys, forwarding other peers' cancels

@@ -67,7 +67,7 @@ func classify(err error) clientErr {
 		if rErr.Code == pgerr.CodeInternal {
 			msg = "internal error in tenantproxy"
 		}
-		return clientErr{tell: true, code: rErr.Code, msg: msg, transient: rErr.Code == pgerr.CodeRateLimited, position: rErr.Position, hint: rErr.Hint}
+		return clientErr{tell: true, code: rErr.Code, msg: msg, transient: rErr.Code == pgerr.CodeRateLimited || rErr.Code == pgerr.CodeQueryCanceled, position: rErr.Position, hint: rErr.Hint}
 	case errors.Is(err, pool.ErrWaitTimeout):
 		return clientErr{tell: true, code: pgerr.CodeRateLimited, msg: "timed out waiting for a server connection", transient: true}
 	case errors.Is(err, pool.ErrClosed):

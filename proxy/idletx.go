@@ -55,7 +55,7 @@ func (tx *txSession) armIdleInTx() {
 	it.armed = open
 	// The deadline just set may have replaced a wake: look at its reasons
 	// again, as woken does.
-	if _, ended := tx.endReason(); ended || tx.killed.Load() || (tx.draining.Load() && !tx.isBound()) {
+	if tx.wakePending() {
 		interruptRead(tx.client)
 	}
 }

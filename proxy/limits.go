@@ -20,9 +20,20 @@ import (
 // LISTEN keeps current, so it costs no query.
 const limitsRefresh = 250 * time.Millisecond
 
-// rateWait bounds how long a transaction over its tenant's
-// transactions_per_second waits for its turn before it fails with 53400.
+// rateWait bounds how long a transaction waits for its turn: over its
+// tenant's transactions_per_second, one whose turn is further away fails
+// with 53400; over its server_time_per_second, one waits at most this long
+// and then runs (the tenant is slowed, never refused, by time it used).
 const rateWait = time.Second
+
+// debtWindow bounds what a tenant can owe of its server_time_per_second:
+// this long's worth. One transaction far longer than its budget slows the
+// tenant's next ones for at most about this long.
+const debtWindow = time.Minute
+
+// firstTxEstimate is what a tenant's transaction is reckoned to keep its
+// server connection busy before one of its transactions was measured.
+const firstTxEstimate = time.Millisecond
 
 // tenantLimits is what the proxy enforces of one tenant's catalog limits
 // (catalog.Limits), shared by all of its sessions on this proxy and
@@ -31,7 +42,19 @@ type tenantLimits struct {
 	// serverConns is the tenant's own cap on server connections per pool
 	// (pool.Target.TenantCap).
 	serverConns atomic.Int32
-	rate        tokenBucket
+	// rate is in transactions.
+	rate tokenBucket
+	// serverTime is in seconds of server connections' time: a transaction
+	// reserves the tenant's usual transaction's time (txTime, at most a
+	// second's worth) as it starts, and each of its statements pays for
+	// the time it kept the server busy when its ReadyForQuery comes
+	// (spent), the first net of the reservation, so that waiters are
+	// spaced by what they are likely to take and costly transactions pay
+	// in full, as they go: one left unfinished (its client gone) has paid
+	// for every statement answered.
+	serverTime tokenBucket
+	// txTime is a moving average of its transactions' times, in ns.
+	txTime atomic.Int64
 	// checked is when the limits were last looked up (UnixNano);
 	// refreshing is set while a look-up runs.
 	checked    atomic.Int64
@@ -47,7 +70,9 @@ type tenantLimits struct {
 func (tl *tenantLimits) apply(t *catalog.Tenant, now time.Time) {
 	l := t.Limits
 	tl.serverConns.Store(int32(l.ServerConnections))
-	tl.rate.setRate(l.TransactionsPerSecond, now)
+	tl.rate.setRate(l.TransactionsPerSecond, max(l.TransactionsPerSecond, 1), 0, now)
+	budget := l.ServerTimePerSecond.Seconds()
+	tl.serverTime.setRate(budget, budget, -budget*debtWindow.Seconds(), now)
 	tl.setPlan(t)
 	tl.checked.Store(now.UnixNano())
 }
@@ -86,15 +111,97 @@ func (r *limitsRegistry) leave(tenant string) {
 }
 
 // admitTransaction is called before a session's transaction starts: it
-// waits for the tenant's rate (up to rateWait, else 53400) and, once a
-// second, looks the tenant's limits up again in the background.
-func (s *Server) admitTransaction(ctx context.Context, tenant string, tl *tenantLimits) error {
+// waits for the tenant's transaction rate (up to rateWait, else 53400) and
+// server time (up to rateWait) and, every limitsRefresh, looks the
+// tenant's limits up again in the background.
+func (s *Server) admitTransaction(ctx context.Context, b *sessionBase) error {
+	tl := b.limits
 	now := time.Now()
 	if now.UnixNano()-tl.checked.Load() > int64(limitsRefresh) && tl.refreshing.CompareAndSwap(false, true) {
-		go s.refreshLimits(tenant, tl)
+		go s.refreshLimits(b.tenant, tl)
 	}
-	return tl.rate.wait(ctx, now, rateWait, tenant)
+	d, ok := tl.rate.reserve(now, 1, rateWait)
+	if !ok {
+		return &overLimit{reason: refusedRate, err: pgerr.Errorf(pgerr.CodeRateLimited,
+			"tenant %q is over its limit of %g transactions per second; retry later", b.tenant, tl.rate.limit())}
+	}
+	cost, wait := tl.serverTime.delay(now, tl.estimate().Seconds(), rateWait)
+	b.reserved.Store(int64(cost * float64(time.Second)))
+	if wait > 0 {
+		b.times.series.Load().counters[countHeld].Add(wait.Seconds())
+	}
+	if err := b.hold(ctx, max(d, wait)); err != nil {
+		// Never to run: what it reserved goes back.
+		tl.serverTime.settle(float64(b.reserved.Swap(0)) / float64(time.Second))
+		return err
+	}
+	return nil
 }
+
+// errHoldCanceled ends a hold that the client's cancel request reached.
+var errHoldCanceled = pgerr.Errorf(pgerr.CodeQueryCanceled, "canceling statement due to user request")
+
+// hold waits d before the session's transaction starts. The client's
+// statement is waiting as surely as one a server runs, so its cancel
+// request ends the wait (cancelHold) and the statement fails as a
+// cancelled one does, never to run.
+func (b *sessionBase) hold(ctx context.Context, d time.Duration) error {
+	if d <= 0 {
+		return nil
+	}
+	ctx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
+	b.holding.Store(&cancel)
+	defer b.holding.Store(nil)
+	if err := hold(ctx, d); err != nil && context.Cause(ctx) == errHoldCanceled {
+		return errHoldCanceled
+	}
+	return nil
+}
+
+// cancelHold ends the session's hold, if it is in one.
+func (b *sessionBase) cancelHold() bool {
+	f := b.holding.Load()
+	if f != nil {
+		(*f)(errHoldCanceled)
+	}
+	return f != nil
+}
+
+// spent charges a statement of the session that kept its server
+// connection busy for d, net of what its transaction's start reserved if
+// it is the transaction's first.
+func (b *sessionBase) spent(d time.Duration) {
+	if reserved := b.reserved.Swap(0); b.limits.serverTime.limited.Load() {
+		b.limits.serverTime.settle((time.Duration(reserved) - d).Seconds())
+	}
+}
+
+// transacted folds a transaction that took d into the tenant's usual
+// transaction time.
+func (tl *tenantLimits) transacted(d time.Duration) {
+	was := tl.txTime.Load()
+	tl.txTime.Store(was + (int64(d)-was)/8)
+}
+
+// estimate is what the tenant's next transaction is reckoned to take of a
+// server connection's time.
+func (tl *tenantLimits) estimate() time.Duration {
+	if d := time.Duration(tl.txTime.Load()); d > 0 {
+		return d
+	}
+	return firstTxEstimate
+}
+
+// overLimit is a transaction refused by one of its tenant's limits; reason
+// labels tenantproxy_tenant_refusals_total.
+type overLimit struct {
+	reason string
+	err    *pgerr.Error
+}
+
+func (o *overLimit) Error() string { return o.err.Error() }
+func (o *overLimit) Unwrap() error { return o.err }
 
 func (s *Server) refreshLimits(tenant string, tl *tenantLimits) {
 	defer tl.refreshing.Store(false)
@@ -114,67 +221,99 @@ func (s *Server) refreshLimits(tenant string, tl *tenantLimits) {
 	s.applyQuota(t, tl)
 }
 
-// tokenBucket spaces a tenant's transactions to its rate, with a burst of
-// one second's worth. Waiters reserve their token as they arrive, so they
-// are served in order; one that would wait longer than its bound takes no
-// token and fails at once.
+// tokenBucket spaces a tenant's transactions to a rate, with a burst. A
+// transaction takes its cost as it arrives, so waiters are served in
+// order.
 type tokenBucket struct {
 	// limited mirrors rate > 0, so that a tenant without a rate takes no
 	// lock per transaction.
 	limited atomic.Bool
 	mu      sync.Mutex
 	rate    float64 // tokens a second; 0: unlimited
-	tokens  float64 // may be negative: tokens reserved by waiters
+	burst   float64 // the most tokens it holds
+	floor   float64 // the fewest settle leaves it
+	tokens  float64 // negative: taken by waiters, or owed
 	last    time.Time
 }
 
-func (b *tokenBucket) setRate(rate float64, now time.Time) {
+func (b *tokenBucket) setRate(rate, burst, floor float64, now time.Time) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	if rate == b.rate {
+	if rate == b.rate && burst == b.burst && floor == b.floor {
 		return
 	}
 	b.refillLocked(now)
 	if b.rate == 0 {
-		b.tokens = rate // a bucket starts full
+		b.tokens = burst // a bucket starts full
 	}
-	b.rate = rate
-	b.tokens = min(b.tokens, b.burstLocked())
+	b.rate, b.burst, b.floor = rate, burst, floor
+	b.tokens = min(b.tokens, burst)
 	b.limited.Store(rate > 0)
 }
 
-func (b *tokenBucket) burstLocked() float64 { return max(b.rate, 1) }
+func (b *tokenBucket) limit() float64 {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.rate
+}
 
 func (b *tokenBucket) refillLocked(now time.Time) {
 	if !b.last.IsZero() {
-		b.tokens = min(b.tokens+now.Sub(b.last).Seconds()*b.rate, b.burstLocked())
+		b.tokens = min(b.tokens+now.Sub(b.last).Seconds()*b.rate, b.burst)
 	}
 	b.last = now
 }
 
-// wait takes a token, waiting for it up to bound.
-func (b *tokenBucket) wait(ctx context.Context, now time.Time, bound time.Duration, tenant string) error {
+// waitLocked is how long a taker of cost tokens at now waits for them.
+func (b *tokenBucket) waitLocked(now time.Time, cost float64) time.Duration {
+	b.refillLocked(now)
+	if b.tokens >= cost {
+		return 0
+	}
+	return time.Duration((cost - b.tokens) / b.rate * float64(time.Second))
+}
+
+// reserve takes cost tokens at now and returns how long their taker must
+// wait for them; ok is false, and nothing is taken, if that is longer than
+// bound.
+func (b *tokenBucket) reserve(now time.Time, cost float64, bound time.Duration) (wait time.Duration, ok bool) {
 	if !b.limited.Load() {
-		return nil
+		return 0, true
 	}
 	b.mu.Lock()
+	defer b.mu.Unlock()
 	if b.rate <= 0 {
-		b.mu.Unlock()
-		return nil
+		return 0, true
 	}
-	b.refillLocked(now)
-	if b.tokens >= 1 {
-		b.tokens--
-		b.mu.Unlock()
-		return nil
+	if wait = b.waitLocked(now, cost); wait > bound {
+		return 0, false
 	}
-	d := time.Duration((1 - b.tokens) / b.rate * float64(time.Second))
-	if d > bound {
-		rate := b.rate
-		b.mu.Unlock()
-		return pgerr.Errorf(pgerr.CodeRateLimited, "tenant %q is over its limit of %g transactions per second; retry later", tenant, rate)
+	b.tokens -= cost
+	return wait, true
+}
+
+// delay takes cost tokens at now, at most the burst, and returns what it
+// took and how long the taker waits: as long as they take to come, at
+// most bound.
+func (b *tokenBucket) delay(now time.Time, cost float64, bound time.Duration) (taken float64, wait time.Duration) {
+	if !b.limited.Load() {
+		return 0, 0
 	}
-	b.tokens--
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.rate <= 0 {
+		return 0, 0
+	}
+	cost = min(cost, b.burst)
+	wait = min(b.waitLocked(now, cost), bound)
+	b.tokens -= cost
+	return cost, wait
+}
+
+// settle gives n tokens back (takes -n more if n is negative), keeping
+// the bucket between its floor and its burst.
+func (b *tokenBucket) settle(n float64) {
+	b.mu.Lock()
+	b.tokens = max(min(b.tokens+n, b.burst), b.floor)
 	b.mu.Unlock()
-	return hold(ctx, d)
 }

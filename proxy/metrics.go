@@ -33,6 +33,8 @@ type metrics struct {
 	txDuration, poolWait *prometheus.HistogramVec
 	// refusals count what a tenant's limits refused, by reason.
 	refusals *prometheus.CounterVec
+	// held is the time transactions waited for their tenant's server time.
+	held *prometheus.CounterVec
 	// quota are the storage quota's (quota.go).
 	quota *quotaMetrics
 }
@@ -40,7 +42,7 @@ type metrics struct {
 // perTenant are the counters of a tenantSeries, in its order.
 func (m *metrics) perTenant() [numCounters]*prometheus.CounterVec {
 	return [numCounters]*prometheus.CounterVec{countQueries: m.queries, countTransactions: m.transactions,
-		countReceived: m.clientReceived, countSent: m.clientSent}
+		countReceived: m.clientReceived, countSent: m.clientSent, countHeld: m.held}
 }
 
 // latencyBuckets span a sub-millisecond query on a warm connection to a
@@ -98,6 +100,10 @@ func newMetrics(reg prometheus.Registerer, buffered func() float64) (*metrics, e
 			Name: "tenantproxy_tenant_refusals_total",
 			Help: "Requests a tenant's limits refused, per tenant as tenantproxy_transactions_total and reason: transactions_per_second (over its rate, 53400), pool_wait (no server connection within the pool's wait, often its share full, 53400), client_connections (a login over its cap, 53300).",
 		}, []string{"tenant", "reason"}),
+		held: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "tenantproxy_tenant_server_time_wait_seconds_total",
+			Help: "Time a tenant's transactions waited because it was over its server_time_per_second (each at most 1 s; they then run), per tenant as tenantproxy_transactions_total.",
+		}, []string{"tenant"}),
 		poolWait: prometheus.NewHistogramVec(prometheus.HistogramOpts{
 			Name: "tenantproxy_tenant_pool_wait_seconds",
 			Help: "Time a tenant's session waited for a server connection (the pool's wait and its share's), per tenant as tenantproxy_transaction_duration_seconds; counted once per session in session mode, once per transaction in transaction mode.",
@@ -107,7 +113,7 @@ func newMetrics(reg prometheus.Registerer, buffered func() float64) (*metrics, e
 	}
 	m.quota = newQuotaMetrics()
 	for _, c := range append([]prometheus.Collector{m.queries, m.transactions, m.authFailures, m.startupClosed, m.buffered, m.loginsDelayed,
-		m.clientReceived, m.clientSent, m.queryDuration, m.txDuration, m.poolWait, m.refusals}, m.quota.collectors()...) {
+		m.clientReceived, m.clientSent, m.queryDuration, m.txDuration, m.poolWait, m.refusals, m.held}, m.quota.collectors()...) {
 		if err := register(reg, c); err != nil {
 			return nil, err
 		}
@@ -141,13 +147,14 @@ const (
 func (s *Server) countRefusal(tenant string, err error) {
 	reason := ""
 	var pe *pgerr.Error
+	var ol *overLimit
 	switch {
+	case errors.As(err, &ol):
+		reason = ol.reason
 	case errors.Is(err, pool.ErrWaitTimeout):
 		reason = refusedPoolWait
 	case !errors.As(err, &pe):
 		return
-	case pe.Code == pgerr.CodeRateLimited:
-		reason = refusedRate
 	case pe.Code == pgerr.CodeTooManyConnections:
 		reason = refusedClients
 	default:

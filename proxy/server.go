@@ -90,8 +90,12 @@ type Server struct {
 	// series are (labels).
 	times  map[string]*tenantTimes
 	labels *tenantLabels
-	// handlers counts connection and Serve goroutines.
+	// handlers counts connections (their goroutines, or their parked
+	// sessions) and Serve goroutines.
 	handlers sync.WaitGroup
+	// parked holds idle transaction-mode clients that have no goroutine
+	// (park.go).
+	parked parking
 	// unwatch stops the directory's reports of removed logins
 	// (terminate.go).
 	unwatch func()
@@ -203,30 +207,42 @@ func (s *Server) Serve(l net.Listener) error {
 	}
 }
 
-// handle owns one client connection from accept to close.
+// handle owns one client connection from accept until its session runs;
+// the session closes it when it ends (closeConn), on whichever goroutine
+// that is: a transaction-mode client parks between transactions with no
+// goroutine of its own (park.go).
 func (s *Server) handle(t *tracked) {
-	defer s.handlers.Done()
-	defer func() {
-		s.gate.leave(t.slot)
-		s.mu.Lock()
-		delete(s.conns, t)
-		s.mu.Unlock()
-		t.raw.Close()
-	}()
+	c := &clientConn{raw: t.raw, conn: t.raw, slot: t.slot}
+	ss := s.open(t, c)
+	if ss == nil {
+		s.closeConn(t)
+		return
+	}
+	// Not c: its start-up buffer (the ParameterStatus messages, ~0.5 kB)
+	// would live as long as the session.
+	conn := c.conn
+	ss.run(func() {
+		conn.Close()
+		s.closeConn(t)
+	})
+}
+
+// open takes the connection through its start-up to a session, which it
+// registers for Shutdown; nil when the connection ends there (refused, or
+// a CancelRequest handled).
+func (s *Server) open(t *tracked, c *clientConn) clientSession {
 	// The accept loop has set the start-up deadline (admitStartup).
 	lv := s.live.Load()
 	ctx, cancel := context.WithTimeout(s.ctx, lv.cfg.StartupTimeout)
 	defer cancel()
-	c := &clientConn{raw: t.raw, conn: t.raw, slot: t.slot}
 	ss, err := s.start(ctx, c, lv)
 	if err != nil {
 		s.refuse(c, err)
-		return
+		return nil
 	}
 	if ss == nil {
-		return
+		return nil
 	}
-	defer c.conn.Close()
 	if err := t.raw.SetDeadline(time.Time{}); err != nil {
 		ss.kill()
 	}
@@ -239,7 +255,18 @@ func (s *Server) handle(t *tracked) {
 		ss.drain()
 	}
 	s.mu.Unlock()
-	ss.run()
+	return ss
+}
+
+// closeConn ends what handle began: the start-up slot, the connection's
+// entry, its socket and its count in handlers.
+func (s *Server) closeConn(t *tracked) {
+	s.gate.leave(t.slot)
+	s.mu.Lock()
+	delete(s.conns, t)
+	s.mu.Unlock()
+	t.raw.Close()
+	s.handlers.Done()
 }
 
 // start runs admission and establishment; nil, nil is a handled
@@ -339,6 +366,9 @@ func (s *Server) forwardCancel(pid uint32, secret []byte) {
 		s.log.Debug("cancel request with an unknown key")
 		return
 	}
+	if e.sess.cancelHold() {
+		return
+	}
 	c := e.sess.startCancel()
 	if c == nil {
 		s.log.Debug("cancel request dropped: no statement of the session is running", zap.String("tenant", e.tenant))
@@ -359,6 +389,7 @@ func (s *Server) forwardCancel(pid uint32, secret []byte) {
 // It does not close the Backends.
 func (s *Server) Shutdown(ctx context.Context) error {
 	defer s.buffers.close()
+	defer s.parked.stop()
 	s.unwatch()
 	s.moves.stop()
 	s.mu.Lock()

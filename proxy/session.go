@@ -57,7 +57,8 @@ type pinnedSession struct {
 
 // run relays until the session ends, then returns the server connection
 // to the pool (for reuse only when the client left it clean).
-func (ss *pinnedSession) run() {
+func (ss *pinnedSession) run(closed func()) {
+	defer closed()
 	defer ss.counted()()
 	done := make(chan clientResult, 1)
 	go func() { done <- ss.clientToBackend() }()
@@ -189,7 +190,7 @@ func (ss *pinnedSession) charge(sc *pgwire.Scanner, typ byte, charged *bool) err
 		return nil
 	}
 	*charged = typ != pgwire.Query
-	if err := ss.srv.admitTransaction(ss.srv.ctx, ss.tenant, ss.limits); err != nil {
+	if err := ss.srv.admitTransaction(ss.srv.ctx, ss.base()); err != nil {
 		ss.srv.countRefusal(ss.tenant, err)
 		return err
 	}

@@ -24,6 +24,9 @@ const (
 	countTransactions
 	countReceived
 	countSent
+	// countHeld is seconds, in the series only (a total of whole units
+	// would lose them).
+	countHeld
 	numCounters
 )
 

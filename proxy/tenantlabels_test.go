@@ -278,7 +278,8 @@ tenantproxy_tenant_limit_usage_ratio{limit="server_connections",tenant="other"} 
 func TestRefusalsAreCountedByLimit(t *testing.T) {
 	s, _ := labelsServer(t, 1)
 	s.testSession("acme")
-	s.countRefusal("acme", pgerr.Errorf(pgerr.CodeRateLimited, "over its rate"))
+	s.countRefusal("acme", &overLimit{reason: refusedRate, err: pgerr.Errorf(pgerr.CodeRateLimited, "over its rate")})
+	s.countRefusal("acme", pgerr.Errorf(pgerr.CodeRateLimited, "paused; timed out waiting for RESUME"))
 	s.countRefusal("acme", fmt.Errorf("acquire: %w", pool.ErrWaitTimeout))
 	s.countRefusal("beta", pgerr.Errorf(pgerr.CodeTooManyConnections, "too many"))
 	s.countRefusal("acme", errShuttingDown)

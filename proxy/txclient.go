@@ -14,28 +14,31 @@ import (
 	"github.com/tenantproxy/tenantproxy/pool"
 )
 
-// clientLoop reads the client until it leaves or the session ends. It
+// clientLoop reads the client until it leaves or the session ends, or
+// returns errIdle when the client stayed idle long enough to park
+// (park.go); resumed, its first wait for the client does not park. It
 // holds a pooled reader only while the client has bytes buffered.
-func (tx *txSession) clientLoop() error {
+func (tx *txSession) clientLoop(resumed bool) error {
 	sc := &tx.clientScan
-	sc.SetMaxBody(tx.maxMsg)
-	sc.WholeAll()
-	sc.SetBuffers(&messageBuffers{budget: tx.srv.buffers, copies: txCopies})
 	defer sc.Release()
 	var src *bufio.Reader
 	defer func() {
 		if src != nil {
 			putTxReader(src)
 		}
+		tx.first.release()
 	}()
 	for {
 		var m pgwire.Message
 		var err error
 		tx.armIdleInTx()
 		if src == nil {
-			if src, err = tx.idleRead(); err == nil {
+			if src, err = tx.idleRead(!resumed && tx.mayPark()); err == nil {
 				sc.Reset(src, nil)
+			} else if err == errIdle {
+				return err
 			}
+			resumed = false
 		}
 		if err == nil {
 			m, err = sc.Next()
@@ -60,6 +63,7 @@ func (tx *txSession) clientLoop() error {
 		if sc.Buffered() == 0 && tx.first.empty() {
 			putTxReader(src)
 			src = nil
+			tx.first.release()
 		}
 	}
 }
@@ -214,7 +218,7 @@ func (tx *txSession) acquire(typ byte) error {
 	if err := tx.followMove(); err != nil {
 		return tx.acquireFailed(typ, err)
 	}
-	if err := tx.srv.admitTransaction(tx.srv.ctx, tx.tenant, tx.limits); err != nil {
+	if err := tx.srv.admitTransaction(tx.srv.ctx, tx.base()); err != nil {
 		return tx.acquireFailed(typ, err)
 	}
 	tx.replan()

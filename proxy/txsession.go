@@ -118,12 +118,29 @@ type txSession struct {
 	pin txPin
 	// route follows the tenant's moves (move.go).
 	route movedRoute
+
+	// parkToken names the session in Server.parked while it is parked, 0
+	// otherwise; under the parking's lock (park.go).
+	parkToken uint64
+	// closed and uncount are run's, for whichever goroutine ends the
+	// session.
+	closed, uncount func()
 }
 
-// run relays until the session ends, then gives back what it holds.
-func (tx *txSession) run() {
-	defer tx.counted()()
-	cerr := tx.clientLoop()
+// run relays until the session ends or parks (park.go), on the
+// connection's handler goroutine.
+func (tx *txSession) run(closed func()) {
+	tx.closed, tx.uncount = closed, tx.counted()
+	sc := &tx.clientScan
+	sc.SetMaxBody(tx.maxMsg)
+	sc.WholeAll()
+	sc.SetBuffers(&messageBuffers{budget: tx.srv.buffers, copies: txCopies})
+	tx.serve(false)
+}
+
+// end gives back what the session holds once its client loop has
+// returned with cerr, on whichever goroutine ran it last.
+func (tx *txSession) end(cerr error) {
 	tx.clientGone.Store(true)
 	tx.mu.Lock()
 	c, st := tx.server, tx.state
@@ -131,9 +148,11 @@ func (tx *txSession) run() {
 		interruptRead(c.NetConn())
 	}
 	tx.mu.Unlock()
-	if st.relaying() {
-		tx.wg.Wait()
-	} else if c != nil {
+	// Waited for even when the binding is over: a relayer that ended it
+	// (a kill, the server lost) may still be writing the client its last
+	// error, and the client is closed after this.
+	tx.wg.Wait()
+	if !st.relaying() && c != nil {
 		// Left with a transaction open and no relayer: all replies owed
 		// were relayed, nothing is buffered.
 		tx.serverStopped(c, os.ErrDeadlineExceeded, true)
@@ -147,13 +166,15 @@ func (tx *txSession) run() {
 		tx.client.Write(encodeError(cerr, fatal))
 	}
 	tx.ended(reason, zap.String("pool_mode", PoolTransaction))
+	tx.uncount()
+	tx.closed()
 }
 
 // drain ends the session when no transaction is open: now if none is
 // bound, else when the transaction's connection goes back to the pool.
 func (tx *txSession) drain() {
 	tx.draining.Store(true)
-	interruptRead(tx.client)
+	tx.wakeClient()
 	tx.wakePinned()
 }
 
@@ -161,7 +182,7 @@ func (tx *txSession) drain() {
 func (tx *txSession) kill() {
 	tx.killed.Store(true)
 	tx.client.SetWriteDeadline(time.Now().Add(killGrace))
-	interruptRead(tx.client)
+	tx.wakeClient()
 	tx.mu.Lock()
 	if tx.server != nil {
 		tx.server.NetConn().SetDeadline(pastDeadline)
@@ -234,7 +255,7 @@ func (tx *txSession) fail(c *pool.Conn, err error) {
 	tx.unbindLocked(c, false)
 	tx.state, tx.endErr = ended, err
 	tx.mu.Unlock()
-	interruptRead(tx.client)
+	tx.wakeClient()
 }
 
 // giveBack returns c to the pool if the client has nothing in flight on
@@ -246,7 +267,7 @@ func (tx *txSession) giveBack(c *pool.Conn) bool {
 	}
 	tx.releaseIdle(c)
 	if tx.draining.Load() || tx.killed.Load() {
-		interruptRead(tx.client)
+		tx.wakeClient()
 	}
 	return true
 }

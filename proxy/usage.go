@@ -4,8 +4,11 @@ package proxy
 // metering (package metering turns it into hourly rows in the catalog).
 type Usage struct {
 	Transactions, Statements uint64
-	// ServerTimeMicros is the time server connections spent in the
-	// tenant's transactions.
+	// ServerTimeMicros is the time server connections were busy with the
+	// tenant's statements, each from its message relayed (or the previous
+	// ReadyForQuery) to its ReadyForQuery: what its server_time_per_second
+	// charges. Idle time inside a transaction is not in it; a transaction
+	// its client abandons bills the statements answered.
 	ServerTimeMicros  uint64
 	BytesIn, BytesOut uint64
 	// PeakConnections is the most client connections the tenant held at
@@ -39,7 +42,7 @@ func (s *Server) Usage() map[string]Usage {
 	out := make(map[string]Usage, len(s.times))
 	for tenant, t := range s.times {
 		out[tenant] = Usage{
-			Transactions: t.totals[countTransactions].Load(), Statements: t.totals[countQueries].Load(), ServerTimeMicros: t.xact.Load(),
+			Transactions: t.totals[countTransactions].Load(), Statements: t.totals[countQueries].Load(), ServerTimeMicros: t.query.Load(),
 			BytesIn: t.totals[countReceived].Load(), BytesOut: t.totals[countSent].Load(), PeakConnections: s.peaks[tenant],
 		}
 		s.peaks[tenant] = s.perTenant[tenant]

@@ -41,7 +41,7 @@ func TestBenchQuickRunsEveryScenario(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
 	defer cancel()
 	var progress bytes.Buffer
-	report, err := bench.Run(ctx, bench.Options{ProxyBinary: bin, OutDir: out, Quick: true, Progress: &progress})
+	report, err := bench.Run(ctx, bench.Options{ProxyBinary: bin, OutDir: out, Quick: true, Duration: time.Second, Progress: &progress})
 	if err != nil {
 		t.Fatalf("bench --quick: %v\nprogress:\n%s", err, progress.String())
 	}

@@ -160,6 +160,71 @@ func TestLimitTransactionsPerSecond(t *testing.T) {
 	}
 }
 
+// TestLimitServerTimePerSecond: a tenant that used more than its
+// server_time_per_second (counted per statement, so an abandoned
+// transaction pays too) has its next transactions held, each at most a
+// second, until the time is paid for; they run, none is refused; another
+// tenant is not slowed; a cancel request reaches a held statement. Both
+// modes, one with the simple protocol, the other with the extended.
+func TestLimitServerTimePerSecond(t *testing.T) {
+	e := newLimitsEnv(t)
+	e.limit(t, "acme", catalog.LimitServerTimePerSecond, val(100))
+	for mode, qm := range map[string]pgx.QueryExecMode{proxy.PoolSession: pgx.QueryExecModeSimpleProtocol, proxy.PoolTransaction: pgx.QueryExecModeExec} {
+		t.Run(mode+"/"+qm.String(), func(t *testing.T) {
+			ctx := ctxT(t)
+			c := e.connect(t, mode, "acme")
+			time.Sleep(time.Second) // a full bucket: 100 ms
+			timed := func(c *pgx.Conn, sql string) time.Duration {
+				t.Helper()
+				start := time.Now()
+				if _, err := c.Exec(ctx, sql, qm); err != nil {
+					t.Fatalf("%s: %v", sql, err)
+				}
+				return time.Since(start)
+			}
+			if d := timed(c, "SELECT 1"); d > 500*time.Millisecond {
+				t.Fatalf("acme's first transaction, within its budget, took %s", d)
+			}
+			// 300 ms of a budget of 100 ms a second: it owes 2 s, though
+			// the client that ran it left before its transaction ended.
+			gone := e.connect(t, mode, "acme")
+			timed(gone, "BEGIN")
+			timed(gone, "SELECT pg_sleep(0.3)")
+			gone.Close(ctx)
+			// A cancel request reaches a statement held for it, which
+			// then never runs.
+			done := make(chan error, 1)
+			go func() {
+				_, err := c.Exec(ctx, "SELECT pg_sleep(5)", qm)
+				done <- err
+			}()
+			time.Sleep(300 * time.Millisecond)
+			if err := c.PgConn().CancelRequest(ctx); err != nil {
+				t.Fatal(err)
+			}
+			if err := <-done; sqlstateOf(err) != "57014" {
+				t.Fatalf("cancel of a held statement: %v; want 57014", err)
+			}
+			if d := timed(c, "SELECT 1"); d < 900*time.Millisecond || d > 1500*time.Millisecond {
+				t.Fatalf("acme's transaction after using 3 s of budget took %s; want held about the 1 s bound", d)
+			}
+			other := e.connect(t, mode, "globex")
+			start := time.Now()
+			for range 20 {
+				timed(other, "SELECT 1")
+			}
+			if d := time.Since(start); d > 2*time.Second {
+				t.Fatalf("globex's 20 transactions beside acme's debt took %s", d)
+			}
+			// Paid for about 3 s after it was run up: acme is served at once.
+			time.Sleep(2 * time.Second)
+			if d := timed(c, "SELECT 1"); d > 500*time.Millisecond {
+				t.Fatalf("acme's transaction after paying its debt took %s", d)
+			}
+		})
+	}
+}
+
 // TestLimitTimeouts: the tenant's sessions start with its
 // statement_timeout (a longer statement is canceled with 57014, the
 // session going on; another tenant's is not), and its own

@@ -219,6 +219,7 @@ func printDemo(out io.Writer, cluster *pgcluster.Cluster, cat demoCatalog, addr 
 	fmt.Fprintf(&b, "\nTry:\n")
 	fmt.Fprintf(&b, "  PGPASSWORD=%s psql \"host=%s port=%d user=alice.acme dbname=chat sslmode=disable\" -c 'SELECT * FROM messages'\n", demoPassword, addr.IP, addr.Port)
 	fmt.Fprintf(&b, "  PGPASSWORD=%s psql \"host=%s port=%d user=alice dbname=chat sslmode=disable options=-ctenant=globex\" -c '\\dt'\n", demoPassword, addr.IP, addr.Port)
+	fmt.Fprintf(&b, "  PGPASSWORD=%s pg_dump -Fc \"host=%s port=%d user=alice.initech dbname=chat sslmode=disable\" | pg_restore -l   (a tenant's own backup)\n", demoPassword, addr.IP, addr.Port)
 	if adm != nil {
 		fmt.Fprintf(&b, "  curl -s http://%s/metrics | grep ^tenantproxy_\n", adm.Addr())
 	}
@@ -227,7 +228,7 @@ func printDemo(out io.Writer, cluster *pgcluster.Cluster, cat demoCatalog, addr 
 	fmt.Fprintf(&b, "  export TENANTPROXY_CATALOG_DSN='%s' TENANTPROXY_SECRETS_KEY='%s'\n", cat.dsn, cat.key)
 	b.WriteString("  go run ./cmd/tenantproxy tenant list\n  go run ./cmd/tenantproxy migrate status\n")
 	fmt.Fprintf(&b, "  go run ./cmd/tenantproxy migrate up --dir %s   (what the demo ran: the chat is an app like yours)\n", chatapi.SchemaDir)
-	b.WriteString("  go run ./cmd/tenantproxy tenant update acme --limit transactions_per_second=50\n  go run ./cmd/tenantproxy usage    (flushed every 10 s)\n")
+	b.WriteString("  go run ./cmd/tenantproxy tenant update acme --limit transactions_per_second=50 --limit server_time_per_second=100ms\n  go run ./cmd/tenantproxy usage    (flushed every 10 s)\n")
 	b.WriteString("\nCtrl-C stops the demo and removes everything.\n")
 	io.WriteString(out, b.String())
 }

@@ -23,7 +23,8 @@ import (
 // while its clients are still connected, with a flush interval longer
 // than the test so that only the flush after draining stores anything;
 // the usage command and the admin API then report exactly the
-// transactions and statements the clients ran.
+// transactions and statements the clients ran, and server time that
+// counts a statement's time but not a transaction's idle time.
 func TestUsageCountsEveryTransactionAcrossARestart(t *testing.T) {
 	dsn := pgtest.NewDatabase(t, pgtest.Shared(t))
 	t.Setenv("TENANTPROXY_CATALOG_DSN", dsn)
@@ -31,7 +32,7 @@ func TestUsageCountsEveryTransactionAcrossARestart(t *testing.T) {
 	mustCLI(t, "tenant", "create", "acme", "--plan", "free", "--admin-user", "alice", "--admin-password", "correct-horse")
 	mustCLI(t, "tenant", "create", "globex", "--plan", "free", "--admin-user", "alice", "--admin-password", "correct-horse")
 
-	ran := 0
+	ran, statements := 0, 0
 	for i, mode := range []string{"transaction", "session"} {
 		listen, adminAddr := test.FreeAddr(t), test.FreeAddr(t)
 		config := filepath.Join(t.TempDir(), "tenantproxy.yaml")
@@ -60,7 +61,18 @@ func TestUsageCountsEveryTransactionAcrossARestart(t *testing.T) {
 				t.Fatal(err)
 			}
 		}
-		ran += n
+		ran, statements = ran+n, statements+n
+		if i == 0 {
+			// 200 ms of server time, then a second idle in the transaction.
+			for _, sql := range []string{"BEGIN", "SELECT pg_sleep(0.2)", "", "COMMIT"} {
+				if sql == "" {
+					time.Sleep(time.Second)
+				} else if _, err := conn.Exec(ctx, sql); err != nil {
+					t.Fatal(err)
+				}
+			}
+			ran, statements = ran+1, statements+3
+		}
 		if resp, err := http.Get("http://" + adminAddr + "/usage?tenant=acme"); err != nil || resp.StatusCode != http.StatusOK {
 			t.Fatalf("GET /usage: %v %v", resp, err)
 		} else {
@@ -83,15 +95,20 @@ func TestUsageCountsEveryTransactionAcrossARestart(t *testing.T) {
 		t.Fatal(err)
 	}
 	var xacts, stmts, in, out int64
+	var serverMS float64
 	for _, r := range recs {
 		if r.Tenant != "acme" {
 			t.Fatalf("usage acme listed %s", r.Tenant)
 		}
 		xacts, stmts, in, out = xacts+r.Transactions, stmts+r.Statements, in+r.BytesIn, out+r.BytesOut
+		serverMS += r.ServerTimeMS
 	}
-	if xacts != int64(ran) || stmts != int64(ran) || in == 0 || out == 0 {
+	if xacts != int64(ran) || stmts != int64(statements) || in == 0 || out == 0 {
 		t.Fatalf("usage across a restart: %d transactions, %d statements (Query messages), %d bytes in, %d out; want %d and %d, bytes both ways",
-			xacts, stmts, in, out, ran, ran)
+			xacts, stmts, in, out, ran, statements)
+	}
+	if serverMS < 200 || serverMS >= 1000 {
+		t.Fatalf("usage across a restart: %.1f ms of server time; want the 200 ms statement's and the others', not the second idle in its transaction", serverMS)
 	}
 	if csv := mustCLI(t, "usage", "-o", "csv"); !strings.HasPrefix(csv, "tenant,hour,transactions") || strings.Contains(csv, "globex") {
 		t.Fatalf("usage -o csv:\n%s", csv)

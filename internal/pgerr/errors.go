@@ -92,6 +92,10 @@ const (
 	// read-only until back under it (ERROR 25006, as PostgreSQL refuses a
 	// write in a read-only transaction).
 	CodeReadOnly
+	// CodeQueryCanceled: a client's cancel request reached its statement
+	// while the proxy held it for its tenant's limits, before any server
+	// ran it (ERROR 57014, as PostgreSQL's answer to a cancel).
+	CodeQueryCanceled
 
 	// codeCount is the number of codes; it stays last.
 	codeCount

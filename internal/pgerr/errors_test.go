@@ -81,6 +81,7 @@ func TestREADMEErrorTable(t *testing.T) {
 		{CodeStatementRefused, false, "42501"},
 		{CodeTooManyConnections, true, "53300"},
 		{CodeRateLimited, false, "53400"},
+		{CodeQueryCanceled, false, "57014"},
 		{CodeShuttingDown, true, "57P01"},
 		{CodeOutOfMemory, true, "53200"},
 		{CodeInternal, true, "XX000"},

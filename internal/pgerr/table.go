@@ -40,6 +40,7 @@ var codes = [codeCount]row{
 	CodeInvalidParameterValue:      {"CodeInvalidParameterValue", "22023", false},
 	CodeTooManyPinned:              {"CodeTooManyPinned", "53400", false},
 	CodeReadOnly:                   {"CodeReadOnly", "25006", false},
+	CodeQueryCanceled:              {"CodeQueryCanceled", "57014", false},
 }
 
 // rowOf returns c's row; a value outside the enum gets CodeInternal's,
