@@ -10,6 +10,7 @@ import (
 )
 
 func main() {
+	execServeWithSysmonAwake(os.Args[1:])
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	err := run(ctx, os.Args[1:], os.Stdout, os.Stderr)
 	stop()

@@ -193,7 +193,10 @@ func buildServeCommand(g *globals) (*cobra.Command, *serveFlags) {
 		Short: "Serve the proxy: clients name their tenant, the proxy routes them to its data",
 		Long: "Serves PostgreSQL clients on --listen. Tenants are identified by TLS SNI under --base-domain,\n" +
 			"by options=-c tenant=ID, or by user name.tenant. SIGTERM drains sessions (--drain-timeout);\n" +
-			"SIGHUP re-reads the environment and --config file and applies what can change live.",
+			"SIGHUP re-reads the environment and --config file and applies what can change live.\n" +
+			"At start it runs itself again, same pid and arguments, with GODEBUG=schedtrace=2147483647,\n" +
+			"which keeps Go's monitor thread from a sleep and wake-up per transaction (README, issue 15's\n" +
+			"goal 3); a schedtrace already in GODEBUG stands, and GODEBUG=schedtrace=0 turns this off.",
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			// The admin listener comes first, so that probes see the
