@@ -47,12 +47,18 @@ import (
 //
 // plan-defaults is the same with no flag and no limit set: the noisy
 // tenant is on the free plan, whose built-in limits (4 server
-// connections, 1,000 transactions a second) apply; the cap=N runs lift
-// them to measure the pool's cap alone.
+// connections, 1,000 transactions a second, 50 ms of server time a
+// second) apply; the cap=N runs lift them to measure the pool's cap
+// alone. plan-defaults/noisy-sleeps is plan-defaults with a noisy query
+// of the same server time that takes no CPU (pg_sleep(0.002)): the
+// control that tells CPU contention from the proxy's own effects.
+// Figures: README "Noisy neighbours".
 func BenchmarkTxPoolNoisyNeighbour(b *testing.B) {
-	for _, cap := range []int{-1, 0, 1, 2} {
-		name := "cap=half"
+	for _, cap := range []int{-1, -2, 0, 1, 2} {
+		name, noisyQuery := "cap=half", "SELECT count(*) FROM generate_series(1, 30000)"
 		switch {
+		case cap == -2:
+			name, noisyQuery = "plan-defaults/noisy-sleeps", "SELECT pg_sleep(0.002)"
 		case cap < 0:
 			name = "plan-defaults"
 		case cap > 0:
@@ -98,7 +104,7 @@ func BenchmarkTxPoolNoisyNeighbour(b *testing.B) {
 								return
 							default:
 							}
-							if _, err := c.Exec(ctx, "SELECT count(*) FROM generate_series(1, 30000)"); err != nil {
+							if _, err := c.Exec(ctx, noisyQuery); err != nil {
 								b.Error(err)
 								return
 							}
