@@ -41,6 +41,7 @@ const (
 // goes straight to a victim waiting for it.
 func TestHostileCancelReachesOnlyTheSendersStatement(t *testing.T) {
 	e := newProxyEnvWith(t, pgcluster.Options{}, pool.Config{MaxConnsPerKey: 2})
+	e.unthrottled(t, "acme", "globex")
 	for _, mode := range poolModes {
 		t.Run(mode, func(t *testing.T) {
 			_, addr := e.startProxy(t, proxy.Config{PoolMode: mode})

@@ -41,6 +41,7 @@ func seed(t *testing.T, conn *pgx.Conn, sub string, n int) {
 // TestClientsThroughProxy drives every tier with pgx, psql and pgbench.
 func TestClientsThroughProxy(t *testing.T) {
 	e := newProxyEnv(t)
+	e.unthrottled(t, "acme", "globex", "initech")
 	_, addr := e.startProxy(t, proxy.Config{})
 	for i, tt := range tierTenants {
 		seed(t, connect(t, dsn(addr, "alice."+tt.sub, tenantPassword)), tt.sub, 3+i)

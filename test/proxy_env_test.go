@@ -49,6 +49,19 @@ type proxyEnv struct {
 	catalogDSN string
 }
 
+// unthrottled lifts the server-time budget (server_time_per_second) of
+// the tenants subs: for tests that load the proxy with a free tenant's
+// traffic to test something else, which the free plan's 50 ms a second
+// would only make slow. The limit's own tests keep it.
+func (e *proxyEnv) unthrottled(t testing.TB, subs ...string) {
+	t.Helper()
+	for _, sub := range subs {
+		if _, err := e.cat.Update(ctxT(t), sub, catalog.UpdateRequest{Limits: map[string]*float64{catalog.LimitServerTimePerSecond: new(float64)}}); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
 // newProxyEnv builds the environment on a private cluster with default
 // settings.
 func newProxyEnv(t testing.TB) *proxyEnv {

@@ -163,6 +163,7 @@ func TestTxPoolClientLeavingMidTransactionIsRolledBack(t *testing.T) {
 
 func TestTxPoolPgbenchEveryProtocolMode(t *testing.T) {
 	e := newTxEnv(t, pgcluster.Options{}, pool.Config{MaxConnsPerKey: 2}, proxy.Config{})
+	e.unthrottled(t, "acme", "initech")
 	e.seedUsers(t, "acme", "initech", "umbrella")
 	pgbench := clientTool(t, "pgbench")
 	script := filepath.Join(t.TempDir(), "chat.sql")
