@@ -128,15 +128,17 @@ func (s *Server) admitTransaction(ctx context.Context, b *sessionBase) error {
 			"tenant %q is over its limit of %g transactions per second; retry later", b.tenant, tl.rate.limit())}
 	}
 	wait, err := b.reserveServerTime(now)
+	if err == nil {
+		err = b.hold(ctx, max(d, wait))
+	}
 	if err != nil {
-		return err
-	}
-	if err := b.hold(ctx, max(d, wait)); err != nil {
 		// Never to run: what it reserved goes back.
+		if tl.rate.limited.Load() {
+			tl.rate.settle(1, 0)
+		}
 		tl.serverTime.settle(float64(b.reserved.Swap(0))/float64(time.Second), 0)
-		return err
 	}
-	return nil
+	return err
 }
 
 // reserveServerTime reserves the session's next transaction's share of
